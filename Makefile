@@ -1,0 +1,33 @@
+# The two set-up commands of README.md. Each creates what it needs on a fresh machine.
+PY      ?= python3
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+STUDY   ?= studies/fashion-mnist-quick.yaml
+FMNIST   = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test lint env data
+
+$(BIN)/kdbench: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/kdbench
+
+env: $(BIN)/kdbench
+
+# Fashion-MNIST from Debian's package when root; else kdbench says where to put the files.
+data:
+	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)); fi
+	@test -f $(FMNIST) || echo "note: Fashion-MNIST not in /usr/share/datasets; set KDBENCH_DATA or data.download: true"
+
+demo: env data
+	$(BIN)/kdbench sweep $(STUDY)
+
+test: env data
+	$(BIN)/python -m pytest -q
+
+lint: env
+	$(BIN)/ruff check kdbench tests
+	$(BIN)/mypy

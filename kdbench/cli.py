@@ -1,0 +1,240 @@
+"""The `kdbench` command: parse, call one library function, turn known errors into one-line messages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from kdbench.errors import KdbenchError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STORAGE_HELP = "SQLAlchemy URL of the results database (Optuna's tables and kdbench's)."
+
+
+def _fail(message: str) -> None:
+    click.echo(f"kdbench: error: {message}", err=True)
+    sys.exit(2)
+
+
+def _handle_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KdbenchError as exc:
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except KeyboardInterrupt:
+            click.echo("\nkdbench: interrupted; the current trial was recorded as interrupted. "
+                       "Run the same command again to resume.", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_torch(threads: int | None, device: str) -> Any:
+    import torch
+
+    from kdbench.train import resolve_device
+
+    if threads is None:
+        threads = max(1, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise KdbenchError(f"--device {device}: CUDA is not available here; use --device cpu")
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
+def _study_options(fn: F) -> F:
+    fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                      help="Override a study key, e.g. --set student.epochs=1 (repeatable).")(fn)
+    fn = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 or auto.")(fn)
+    fn = click.option("--threads", type=click.IntRange(min=1), default=None,
+                      help="CPU threads for torch (default: all cores).")(fn)
+    fn = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                      help="Teacher cache folder (default $KDBENCH_CACHE or ./.kdbench-cache).")(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kdbench")
+@click.option("-v", "--verbose", is_flag=True, help="Log what kdbench does.")
+def main(verbose: bool) -> None:
+    """kdbench: does distillation help your small model, and with which T and alpha?
+
+    \b
+    kdbench teacher studies/fashion-mnist-quick.yaml   # train and cache the teacher
+    kdbench sweep studies/fashion-mnist-quick.yaml     # baseline, T x alpha search, finalists
+    kdbench show fashion-mnist-quick                   # best configurations and counts
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=UserWarning)
+        logging.getLogger("optuna").setLevel(logging.WARNING)
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@_study_options
+@_handle_errors
+def teacher(study_file: str, overrides: tuple[str, ...], device: str, threads: int | None,
+            cache_dir: str | None) -> None:
+    """Train (or load from the cache) the study's teacher and print its accuracy.
+
+    Example: kdbench teacher studies/fashion-mnist-quick.yaml
+    """
+    from kdbench.config import load_study
+    from kdbench.teacher import prepare_teacher
+
+    study = load_study(study_file, overrides)
+    dev = _setup_torch(threads, device)
+    with _progress(quiet=False) as events:
+        t = prepare_teacher(study, device=dev, cache_dir=cache_dir, enforce_floor=False,
+                            on_epoch=lambda r: events.on_epoch(r, study.teacher.epochs or 1))
+    source = "cache" if t.from_cache else ("checkpoint" if study.teacher.checkpoint else "trained")
+    click.echo(f"teacher {study.teacher.model} ({t.parameters:,} parameters, {source}, key {t.key}): "
+               f"val {t.val_acc:.2%}  test {t.test_acc:.2%}  in {t.seconds:.1f} s  [{t.cache_dir}]")
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@_study_options
+@click.option("--storage", default="sqlite:///kdbench.db", show_default=True, help=STORAGE_HELP)
+@click.option("--quiet", is_flag=True, help="No live progress lines; one line per finished trial (for CI logs).")
+@click.option("--replace", is_flag=True, help="Delete a stored study of the same name first (its results too).")
+@click.option("--max-visits", type=click.IntRange(min=1), default=None, help="Stop after this many trials.")
+@_handle_errors
+def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int | None,
+          cache_dir: str | None, storage: str, quiet: bool, replace: bool, max_visits: int | None) -> None:
+    """Run a study: teacher, CE baseline, T x alpha search, finalists. Re-run to resume; run it on
+    several processes or machines against one --storage to share the work.
+
+    Example: kdbench sweep studies/fashion-mnist-quick.yaml --storage sqlite:///kdbench.db
+    """
+    from kdbench.config import load_study
+    from kdbench.store import Store
+    from kdbench.sweep import drop_study, optuna_storage, run_sweep
+
+    study = load_study(study_file, overrides)
+    dev = _setup_torch(threads, device)
+    if replace:
+        Store.open(storage)
+        drop_study(Store.open(storage), study.name, optuna_storage(storage))
+    with _progress(quiet, study) as events:
+        summary = run_sweep(study, storage=storage, device=dev, cache_dir=cache_dir, events=events,
+                            max_visits=max_visits)
+    _print_summary(study.name, storage, summary)
+
+
+@main.command(name="ls")
+@click.option("--storage", default="sqlite:///kdbench.db", show_default=True, help=STORAGE_HELP)
+@_handle_errors
+def ls_(storage: str) -> None:
+    """List the studies in a database with their run counts.
+
+    Example: kdbench ls --storage sqlite:///kdbench.db
+    """
+    from kdbench.store import Store
+
+    df = Store.open(storage, create=False).studies()
+    if df.empty:
+        click.echo(f"no studies in {storage}")
+        return
+    cols = [c for c in ("name", "config_hash", "created", "complete", "pruned", "failed", "running",
+                        "interrupted") if c in df]
+    click.echo(df[cols].to_string(index=False))
+
+
+@main.command()
+@click.argument("study_name")
+@click.option("--storage", default="sqlite:///kdbench.db", show_default=True, help=STORAGE_HELP)
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Configurations to list.")
+@_handle_errors
+def show(study_name: str, storage: str, top: int) -> None:
+    """Print a study's best configurations (by validation accuracy), counts and finalists.
+
+    Example: kdbench show fashion-mnist-quick
+    """
+    from kdbench.store import Store
+    from kdbench.sweep import finalist_summary
+
+    store = Store.open(storage, create=False)
+    runs = store.runs(study_name)
+    counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
+    click.echo(f"study {study_name} in {storage}\n\nruns by kind and state:\n{counts.to_string()}\n")
+    for kind in ("kd", "ce"):
+        best = runs[(runs["kind"] == kind) & (runs["state"] == "complete")].nlargest(top, "val_acc")
+        if not best.empty:
+            cols = ["trial_number", "temperature", "alpha", "lr", "val_acc", "wall_time_s"]
+            cols = [c for c in cols if kind == "kd" or c not in ("temperature", "alpha")]
+            click.echo(f"best {kind.upper()} trials (validation accuracy):\n{best[cols].to_string(index=False)}\n")
+    _print_summary(study_name, storage, finalist_summary(store, study_name))
+
+
+def _print_summary(name: str, storage: str, summary: Any) -> None:
+    if summary.empty:
+        click.echo(f"{name}: no finalists yet (run kdbench sweep to finish the study)")
+        return
+    click.echo(f"{name}: finalists, test accuracy over seeds (storage {storage})")
+    for _, r in summary.iterrows():
+        cfg = (f"T={r['temperature']:g} alpha={r['alpha']:g} " if r["loss"] == "kd" else "") + f"lr={r['lr']:.3g}"
+        sd = f"{r['test_sd']:.2%}" if r["test_sd"] == r["test_sd"] else "n/a"
+        click.echo(f"  best {r['loss'].upper()} #{int(r['rank']) + 1}: {cfg}: test {r['test_mean']:.2%} ± {sd} "
+                   f"(n={int(r['n'])})")
+
+
+@contextmanager
+def _progress(quiet: bool, study: Any = None) -> Iterator[Any]:
+    """Live lines (sweep and current trial's epochs) with rich, or plain log lines with --quiet."""
+    from kdbench.sweep import SweepEvents, planned_total
+
+    if quiet:
+        state: dict[str, Any] = {"done": 0}
+
+        def end(v: Any, s: str, acc: float | None) -> None:
+            state["done"] += 1
+            click.echo(f"[{state['done']}] {v.key}: {s}" + (f", val {acc:.4f}" if acc is not None else ""))
+
+        yield SweepEvents(on_visit_end=end)
+        return
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=False) as bar:
+        total = planned_total(study) if study is not None else None
+        sweep_task = bar.add_task("sweep", total=total, visible=study is not None)
+        epoch_task = bar.add_task("epochs", total=1)
+        best: dict[str, float] = {}
+
+        def start(v: Any, params: dict[str, float]) -> None:
+            desc = " ".join(f"{k[0] if k != 'alpha' else 'α'}={val:.3g}" for k, val in params.items())
+            bar.update(epoch_task, completed=0, description=f"{v.kind} {desc}")
+
+        def epoch(r: Any, total_epochs: int) -> None:
+            bar.update(epoch_task, total=total_epochs, completed=r.epoch + 1)
+
+        def end(v: Any, s: str, acc: float | None) -> None:
+            if acc is not None and v.kind in ("kd", "ce"):
+                best[v.kind] = max(best.get(v.kind, 0.0), acc)
+            shown = "  ".join(f"best {k} val {a:.2%}" for k, a in sorted(best.items(), reverse=True))
+            bar.update(sweep_task, advance=1, description=f"sweep  {shown}")
+
+        def status(msg: str) -> None:
+            bar.update(epoch_task, description=msg)
+
+        yield SweepEvents(on_visit_start=start, on_epoch=epoch, on_visit_end=end, on_status=status)

@@ -1,0 +1,311 @@
+"""The study file: a typed schema with every default and its unit, validation, overrides and a stable hash.
+
+A study file (``studies/*.yaml``) names a dataset, a teacher recipe, a student recipe, the T × alpha
+grid (and lr range) to search, the CE baseline and the finalists. Unknown keys are errors: a typo must
+never fall back to a default. Every default in kdbench lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdbench.errors import ConfigError
+
+__all__ = [
+    "BaselineConfig",
+    "DataConfig",
+    "FinalistsConfig",
+    "Range",
+    "Recipe",
+    "SearchConfig",
+    "StudentConfig",
+    "Study",
+    "TeacherConfig",
+    "apply_overrides",
+    "load_study",
+    "parse_study",
+    "study_hash",
+]
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Strict):
+    """Which data, and how it is split. Sizes are in samples."""
+
+    dataset: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | cifar100 | imagefolder
+    root: str | None = None  # folder holding the files; else $KDBENCH_DATA, ./data, /usr/share/datasets
+    download: bool = False  # allow torchvision's download when the files are nowhere to be found
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1  # of the official training set, stratified
+    subset: Annotated[int, Field(gt=0)] | None = None  # labelled training samples for the student
+    augment: Literal["none", "flip", "crop", "crop+flip"] = "none"  # batched on the device, seeded
+    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None  # pixels; imagefolder resize (default 32)
+
+
+class Recipe(_Strict):
+    """How one model is trained. lr is per optimiser step (not scaled by batch size)."""
+
+    model: str
+    epochs: Annotated[int, Field(ge=1)] | None = 3  # passes over the training split
+    steps: Annotated[int, Field(ge=1)] | None = None  # optimiser steps; overrides epochs when set
+    batch_size: Annotated[int, Field(ge=1)] = 128  # samples per step
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: Annotated[float, Field(gt=0.0)] = 1.0e-3  # learning rate per step
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0  # L2 (sgd, adam) or decoupled (adamw)
+    schedule: Literal["constant", "cosine", "step"] = "constant"  # lr schedule over the budget
+    warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0  # linear warm-up from 0, in epochs
+    step_milestones: tuple[float, ...] = (0.5, 0.75)  # 'step' schedule: fractions of the budget
+    step_gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # 'step' schedule: lr factor at each milestone
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # on the hard-label CE term
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on for CNNs on CUDA
+    compile: bool = False  # torch.compile the model
+    pretrained: str | None = None  # a local state-dict file to start from
+
+    @field_validator("step_milestones")
+    @classmethod
+    def _milestones_in_unit(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not (0.0 < m < 1.0) for m in v) or list(v) != sorted(v):
+            raise ValueError("must be increasing fractions of the budget, each in (0, 1)")
+        return v
+
+
+class TeacherConfig(Recipe):
+    """The teacher: trained once from this recipe (or loaded from ``checkpoint``), then cached."""
+
+    model: str = "cnn-m"
+    checkpoint: str | None = None  # a state-dict file: load instead of training
+    cache: Literal["fixed", "live"] | dict[Literal["views"], Annotated[int, Field(ge=1)]] = "fixed"
+    logit_dtype: Literal["float16", "float32"] = "float16"  # precision of cached (and live) logits
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # val accuracy floor; default
+    # None means chance + half the way to 1 (0.55 for 10 classes): clearly above chance
+
+    @property
+    def cache_views(self) -> int:
+        """Number of cached augmented views (0 for 'fixed' and 'live')."""
+        return self.cache["views"] if isinstance(self.cache, dict) else 0
+
+
+class StudentConfig(Recipe):
+    """The student recipe shared by every trial; lr is searched (``search.lr``)."""
+
+    model: str = "mlp-800"
+
+
+class Range(_Strict):
+    """A range handed to the sampler."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("low and high must be finite numbers")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is greater than high ({self.high}); swap them")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+Grid = Annotated[list[float], Field(min_length=1)]
+
+
+class SearchConfig(_Strict):
+    """The T × alpha (+ lr) search. A list is a grid; ``{low, high, log}`` is a range for the sampler."""
+
+    temperature: Grid | Range = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    alpha: Grid | Range = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    lr: Grid | Range = Field(default_factory=lambda: Range(low=3.0e-4, high=3.0e-3, log=True))
+    trials_per_point: Annotated[int, Field(ge=1)] = 1  # lr samples per (T, alpha) grid point
+    trials: Annotated[int, Field(ge=1)] | None = None  # total KD trials when T or alpha is a range
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"  # on validation accuracy per epoch
+
+    @field_validator("temperature")
+    @classmethod
+    def _t_positive(cls, v: list[float] | Range) -> list[float] | Range:
+        values = v if isinstance(v, list) else [v.low, v.high]
+        if v == [] or any(not math.isfinite(x) or x <= 0 for x in values):
+            raise ValueError(f"temperatures must be > 0, got {values}")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_unit(cls, v: list[float] | Range) -> list[float] | Range:
+        values = v if isinstance(v, list) else [v.low, v.high]
+        if any(not (0.0 <= x <= 1.0) for x in values):
+            raise ValueError(f"alpha values must be in [0, 1] (the weight of the hard labels), got {values}")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_positive(cls, v: list[float] | Range) -> list[float] | Range:
+        values = v if isinstance(v, list) else [v.low, v.high]
+        if any(not math.isfinite(x) or x <= 0 for x in values):
+            raise ValueError(f"learning rates must be > 0, got {values}")
+        return v
+
+    @model_validator(mode="after")
+    def _grid_sampler(self) -> SearchConfig:
+        if self.sampler == "grid":
+            ranged = [k for k in ("temperature", "alpha", "lr") if isinstance(getattr(self, k), Range)]
+            if ranged:
+                raise ValueError(f"sampler 'grid' needs every parameter as a list; {ranged} are ranges")
+        return self
+
+    @property
+    def is_grid(self) -> bool:
+        """True when both T and alpha are lists (grid points are visited ``trials_per_point`` times)."""
+        return isinstance(self.temperature, list) and isinstance(self.alpha, list)
+
+
+class BaselineConfig(_Strict):
+    """The CE-only student, tuned with the same lr range."""
+
+    ce: bool = True
+    trials: Annotated[int, Field(ge=1)] | None = None  # default: max(3, trials_per_point)
+
+
+class FinalistsConfig(_Strict):
+    """Best configurations re-trained on paired seeds and evaluated on the test set."""
+
+    top_k: Annotated[int, Field(ge=0)] = 1  # best KD configurations (plus the best CE one)
+    seeds: Annotated[int, Field(ge=1)] = 5  # seeds per finalist: seed, seed+1, ...
+
+
+class Study(_Strict):
+    """A whole study file."""
+
+    name: str
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not SAFE_NAME.match(v):
+            raise ValueError(
+                f"{v!r} is not a safe name: use letters, digits, '.', '_' and '-' (up to 100, no leading '.')"
+            )
+        return v
+
+    def resolved(self) -> dict[str, Any]:
+        """The study with every default filled in, as plain JSON-able data."""
+        return self.model_dump(mode="json")
+
+    @property
+    def hash(self) -> str:
+        """Stable short hash of the resolved config (see :func:`study_hash`)."""
+        return study_hash(self)
+
+
+# Fields that say where to find things, not what is computed: they do not change results.
+_NOT_HASHED = {("data", "root"), ("data", "download")}
+
+
+def study_hash(study: Study) -> str:
+    """A 16-hex-digit SHA-256 of the resolved config, stable across runs, machines and key order.
+
+    ``data.root`` and ``data.download`` are left out: they say where the files are, not what is computed.
+    """
+    cfg = study.resolved()
+    for section, key in _NOT_HASHED:
+        cfg[section].pop(key, None)
+    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a raw study dict; returns a new dict."""
+    out: dict[str, Any] = json.loads(json.dumps(raw))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set student.epochs=1")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = nxt
+        node[parts[-1]] = parsed
+    return out
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("list[", "Range", "dict[")))
+    loc = re.sub(r"\.(float|int|str|bool|literal\[.*?\])$", "", loc) or "(top level)"
+    kind, msg = first["type"], first["msg"]
+    if kind == "extra_forbidden":
+        text = f"unknown key {loc!r}; check the spelling (see the study-file reference in README.md)"
+    elif kind == "missing":
+        text = f"{loc}: required key is missing"
+    else:
+        msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        text = f"{loc}: {msg} (got {first.get('input')!r})"
+    more = len(err.errors()) - 1
+    return f"{source}: {text}" + (f" [+{more} more]" if more > 0 else "")
+
+
+def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[str, ...] = ()) -> Study:
+    """Validate a raw mapping (as read from YAML) into a :class:`Study`, after applying overrides."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a study file must be a YAML mapping of keys (name, data, teacher, ...)")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return Study.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Study:
+    """Read, override and validate a study file.
+
+    Raises:
+        ConfigError: one line naming the file, the key and the fix.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: study file not found (see studies/ for examples)") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the study file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
+    return parse_study(raw, str(p), overrides)

@@ -1,0 +1,55 @@
+"""The errors kdbench raises on purpose: each becomes one line and exit status 2 in the CLI."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataNotFoundError",
+    "KdbenchError",
+    "NonFiniteLossError",
+    "StoreError",
+    "TeacherTooWeakError",
+]
+
+
+class KdbenchError(Exception):
+    """Base class: a known failure with a one-line message that names the field and the fix."""
+
+
+class ConfigError(KdbenchError, ValueError):
+    """The study file or an override is invalid."""
+
+
+class DataNotFoundError(KdbenchError, FileNotFoundError):
+    """A dataset's files were not found in any of the places kdbench looks."""
+
+
+class CheckpointError(KdbenchError):
+    """A checkpoint or cache file cannot be used (not a state dict, wrong classes, unsafe)."""
+
+
+class StoreError(KdbenchError):
+    """The results database cannot be used as asked."""
+
+
+class TeacherTooWeakError(KdbenchError):
+    """The teacher is not accurate enough to distil from."""
+
+
+class NonFiniteLossError(KdbenchError, FloatingPointError):
+    """The training loss became NaN or infinite.
+
+    Attributes:
+        step: the 0-based optimisation step at which it was detected.
+        epoch: the 0-based epoch of that step.
+    """
+
+    def __init__(self, step: int, epoch: int, value: float) -> None:
+        self.step = step
+        self.epoch = epoch
+        self.value = value
+        super().__init__(
+            f"training loss became {value} at step {step} (epoch {epoch}); "
+            "lower the learning rate or check the inputs"
+        )

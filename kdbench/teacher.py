@@ -1,0 +1,268 @@
+"""Train (or load) the teacher once; cache its weights and its logits on the training set.
+
+Cache layout, under the cache folder (``$KDBENCH_CACHE`` or ``./.kdbench-cache``)::
+
+    teachers/<weights key>/weights.pt            state dict (loaded with weights_only=True)
+    teachers/<weights key>/meta.json             recipe, accuracies, provenance, sha256 of each file
+    teachers/<weights key>/logits-<logits key>.pt  {"logits": [views, N, K], "indices": [N]}
+
+The weights key hashes everything that determines the weights (dataset, split, seed, recipe, the
+checkpoint file's bytes); the logits key adds the cache mode, augmentation and logit precision. A file
+whose sha256 does not match meta.json is treated as missing and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdbench.config import Study
+from kdbench.data import Data, load_data
+from kdbench.errors import CheckpointError, TeacherTooWeakError
+from kdbench.models import build_model, count_parameters, load_state_dict_file
+from kdbench.provenance import provenance
+from kdbench.train import (
+    CachedLogits,
+    EpochRecord,
+    LiveTeacher,
+    TeacherSignal,
+    evaluate,
+    predict_logits,
+    train,
+    view_images,
+)
+
+__all__ = ["CACHE_FORMAT", "Teacher", "default_cache_dir", "prepare_teacher", "teacher_floor"]
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1  # bump when the files' meaning changes: old caches are then rebuilt
+
+
+def default_cache_dir() -> Path:
+    """``$KDBENCH_CACHE`` if set, else ``./.kdbench-cache``."""
+    return Path(os.environ.get("KDBENCH_CACHE", ".kdbench-cache"))
+
+
+def teacher_floor(study: Study, num_classes: int) -> float:
+    """The validation accuracy below which kdbench refuses to distil (default: chance + half of the rest)."""
+    if study.teacher.min_accuracy is not None:
+        return study.teacher.min_accuracy
+    chance = 1.0 / num_classes
+    return chance + 0.5 * (1.0 - chance)
+
+
+@dataclass
+class Teacher:
+    """A trained teacher, its accuracies and (unless 'live') its cached training-set logits."""
+
+    model: nn.Module
+    key: str
+    logits_key: str
+    val_acc: float
+    val_loss: float
+    test_acc: float
+    test_loss: float
+    parameters: int
+    cache_dir: Path
+    from_cache: bool
+    seconds: float
+    train_seconds: float | None
+    meta: dict[str, Any]
+    cached: CachedLogits | None
+    indices: torch.Tensor | None  # official training-set index of each cached row
+    logit_dtype: torch.dtype
+
+    def signal_for(self, data: Data) -> TeacherSignal:
+        """Teacher logits aligned with ``data.train`` (any subset of the teacher's rows), or the live model."""
+        if self.cached is None:
+            return LiveTeacher(self.model, self.logit_dtype)
+        assert self.indices is not None
+        lookup = torch.full((int(self.indices.max()) + 1,), -1, dtype=torch.long)
+        lookup[self.indices] = torch.arange(len(self.indices))
+        want = data.train_indices.cpu()
+        if int(want.max()) >= len(lookup) or bool((lookup[want] < 0).any()):
+            raise ValueError("the student's training rows are not all in the teacher's cache")
+        rows = lookup[want].to(self.cached.logits.device)
+        return CachedLogits(self.cached.logits[:, rows], self.cached.augmented, self.cached.seed)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _weights_key(study: Study) -> str:
+    recipe = study.teacher.model_dump(mode="json", exclude={"cache", "logit_dtype", "min_accuracy"})
+    if study.teacher.checkpoint:
+        path = Path(study.teacher.checkpoint)
+        if not path.is_file():
+            raise CheckpointError(f"teacher.checkpoint: file {path} not found; give the path of a state dict")
+        recipe = {"model": study.teacher.model, "checkpoint_sha256": _sha256(path)}
+    d = study.data
+    return _key({
+        "format": CACHE_FORMAT, "dataset": d.dataset, "val_fraction": d.val_fraction, "augment": d.augment,
+        "image_size": d.image_size, "seed": study.seed, "teacher": recipe,
+    })
+
+
+def _logits_key(study: Study, weights_key: str) -> str:
+    t = study.teacher
+    return _key({"weights": weights_key, "cache": t.cache, "dtype": t.logit_dtype, "augment": study.data.augment})
+
+
+def _read_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        meta: dict[str, Any] = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("format") == CACHE_FORMAT else None
+
+
+def _verified(path: Path, expected: str | None) -> bool:
+    if not path.is_file() or expected is None:
+        return False
+    if _sha256(path) != expected:
+        log.warning("teacher cache file %s fails its checksum: rebuilding it", path)
+        return False
+    return True
+
+
+def _atomic_save(obj: Any, path: Path) -> str:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    digest = _sha256(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    tmp = folder / f"meta.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, folder / "meta.json")
+
+
+def prepare_teacher(
+    study: Study,
+    *,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    data: Data | None = None,
+    enforce_floor: bool = True,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> Teacher:
+    """Return the study's teacher, from the cache when it is there and intact, else trained (or loaded).
+
+    Args:
+        study: the study; its ``teacher`` recipe, ``data`` and ``seed`` decide the teacher.
+        device: where to train and keep the logits.
+        cache_dir: the cache folder (default :func:`default_cache_dir`).
+        data: the teacher's data (full training split, no subset), if already loaded.
+        enforce_floor: raise :class:`TeacherTooWeakError` when validation accuracy is below the floor.
+        on_epoch: progress callback while training.
+    """
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    cfg = study.teacher
+    if data is None:
+        d = study.data
+        data = load_data(
+            d.dataset, root=d.root, val_fraction=d.val_fraction, subset=None, seed=study.seed,
+            device=device, download=d.download, image_size=d.image_size,
+        )
+    info = data.info
+    wkey = _weights_key(study)
+    lkey = _logits_key(study, wkey)
+    folder = Path(cache_dir or default_cache_dir()) / "teachers" / wkey
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = _read_meta(folder) or {}
+    wpath = folder / "weights.pt"
+    torch.manual_seed(study.seed)
+    model = build_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes,
+                        image_size=info.image_size, pretrained=cfg.pretrained if not cfg.checkpoint else None)
+    model.to(device)
+    from_cache = _verified(wpath, meta.get("weights_sha256"))
+    train_seconds: float | None = None
+    if from_cache:
+        model.load_state_dict(torch.load(wpath, map_location=device, weights_only=True))
+        model.eval()
+    else:
+        if cfg.checkpoint:
+            load_state_dict_file(model, cfg.checkpoint)
+        else:
+            log.info("training teacher %s (%s) on %s", cfg.model, wkey, device)
+            res = train(model, data, cfg, seed=study.seed, augment_kind=study.data.augment, callback=on_epoch)
+            train_seconds = res.wall_time_s
+        val_acc, val_loss = evaluate(model, data.val, info)
+        test_acc, test_loss = evaluate(model, data.test, info)
+        meta = {
+            "format": CACHE_FORMAT, "key": wkey, "model": cfg.model, "dataset": info.name,
+            "recipe": cfg.model_dump(mode="json"), "seed": study.seed,
+            "checkpoint": cfg.checkpoint, "parameters": count_parameters(model),
+            "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
+            "train_seconds": train_seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "provenance": provenance(device), "logits": {},
+        }
+        meta["weights_sha256"] = _atomic_save(model.state_dict(), wpath)
+        _write_meta(folder, meta)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    floor = teacher_floor(study, info.num_classes)
+    if enforce_floor and not meta["val_acc"] >= floor:
+        raise TeacherTooWeakError(
+            f"teacher {cfg.model} reaches {meta['val_acc']:.1%} validation accuracy, below the floor "
+            f"{floor:.1%} (teacher.min_accuracy): train it longer (teacher.epochs) or lower the floor"
+        )
+
+    logit_dtype = torch.float16 if cfg.logit_dtype == "float16" else torch.float32
+    cached: CachedLogits | None = None
+    indices: torch.Tensor | None = None
+    if cfg.cache != "live":
+        lpath = folder / f"logits-{lkey}.pt"
+        entry = meta.get("logits", {}).get(lkey, {})
+        augmented = cfg.cache_views > 0 and study.data.augment != "none"
+        if _verified(lpath, entry.get("sha256")):
+            blob = torch.load(lpath, map_location="cpu", weights_only=True)
+            logits, indices = blob["logits"], blob["indices"]
+        else:
+            views = max(1, cfg.cache_views) if augmented else 1
+            outs = []
+            for v in range(views):
+                imgs = view_images(data.train.images, study.data.augment, study.seed, v) if augmented \
+                    else data.train.images
+                outs.append(predict_logits(model, imgs, info, amp=cfg.amp).to(logit_dtype).cpu())
+            logits, indices = torch.stack(outs), data.train_indices.cpu()
+            sha = _atomic_save({"logits": logits, "indices": indices}, lpath)
+            meta = _read_meta(folder) or meta
+            meta.setdefault("logits", {})[lkey] = {"sha256": sha, "views": views, "mode": cfg.cache,
+                                                   "dtype": cfg.logit_dtype}
+            _write_meta(folder, meta)
+        if not torch.isfinite(logits.float()).all():
+            raise CheckpointError(f"teacher logits in {lpath} are not finite; delete {folder} and rerun")
+        cached = CachedLogits(logits.to(device), augmented=augmented, seed=study.seed)
+
+    return Teacher(
+        model=model, key=wkey, logits_key=lkey, val_acc=meta["val_acc"], val_loss=meta["val_loss"],
+        test_acc=meta["test_acc"], test_loss=meta["test_loss"], parameters=meta["parameters"],
+        cache_dir=folder, from_cache=from_cache, seconds=time.perf_counter() - t0,
+        train_seconds=meta.get("train_seconds"), meta=meta, cached=cached, indices=indices,
+        logit_dtype=logit_dtype,
+    )

@@ -1,0 +1,68 @@
+"""A real end-to-end sweep on a Fashion-MNIST subset, resume, Optuna's view and the store's queries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+
+from kdbench.config import parse_study
+from kdbench.errors import StoreError
+from kdbench.store import load_runs
+from kdbench.sweep import plan_search, planned_total, run_sweep
+
+
+def test_plan_counts(tiny_study_dict: dict) -> None:
+    study = parse_study(tiny_study_dict)
+    visits = plan_search(study)
+    assert [v.key for v in visits] == ["ce/r=0", "kd/T=2/a=0.5/r=0", "kd/T=4/a=0.5/r=0"]
+    assert planned_total(study) == 3 + 2 * 2
+    default = parse_study({"name": "d"})
+    assert len(plan_search(default)) == 20 + 3  # 4 T x 5 alpha, CE baseline max(3, trials_per_point)
+
+
+def test_end_to_end_sweep_and_resume(needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path) -> None:
+    study = parse_study(tiny_study_dict)
+    cache = tmp_path / "cache"
+    # stop after two visits, as if interrupted, then resume: nothing is redone, nothing duplicated
+    run_sweep(study, storage=db_url, cache_dir=cache, max_visits=2)
+    assert len(load_runs(db_url, "tiny")) == 2
+    summary = run_sweep(study, storage=db_url, cache_dir=cache)
+    runs = load_runs(db_url, "tiny")
+    assert len(runs) == planned_total(study) == 7
+    assert runs["visit"].is_unique and set(runs["state"]) == {"complete"}
+    assert set(runs["kind"]) == {"kd", "ce", "finalist"}
+    search = runs[runs["kind"] != "finalist"]
+    assert search["test_acc"].isna().all()  # the search never looks at the test set
+    fin = runs[runs["kind"] == "finalist"]
+    assert fin["test_acc"].between(0.3, 1.0).all() and sorted(set(fin["seed"])) == [1, 2]
+    row = runs.iloc[0]
+    assert row["commit"] and row["device"].startswith("cpu") and row["versions"]["torch"].startswith("2.14")
+    assert row["config_hash"] == study.hash
+    assert list(summary["loss"]) == ["kd", "ce"] and list(summary["n"]) == [2, 2]
+    # Optuna sees the study as it is: one complete trial per visit
+    kd = optuna.load_study(study_name="tiny", storage=db_url)
+    assert [t.state.name for t in kd.trials] == ["COMPLETE", "COMPLETE"]
+    assert sorted(t.params["temperature"] for t in kd.trials) == [2.0, 4.0]
+    assert len(optuna.load_study(study_name="tiny.ce", storage=db_url).trials) == 1
+    # a rerun of a finished study does nothing more
+    run_sweep(study, storage=db_url, cache_dir=cache)
+    assert len(load_runs(db_url, "tiny")) == 7
+    # same name, different config: refused with a way out
+    with pytest.raises(StoreError, match="--set name=tiny-2"):
+        run_sweep(parse_study(tiny_study_dict, overrides=["student.epochs=2"]), storage=db_url, cache_dir=cache)
+
+
+def test_cli_errors_are_one_line(tmp_path, db_url: str) -> None:
+    bad = tmp_path / "s.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "search": {"alpha": [2.0]}}))
+    out = subprocess.run([sys.executable, "-m", "kdbench", "sweep", str(bad), "--storage", db_url],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "search.alpha" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "kdbench", "show", "nope", "--storage", db_url],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
