@@ -37,5 +37,5 @@ def test_cache_hit_miss_and_corruption(needs_fmnist: None, tiny_study_dict: dict
 @pytest.mark.slow
 def test_floor_refuses_a_weak_teacher(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
     study = parse_study(tiny_study_dict, overrides=["teacher.min_accuracy=0.999"])
-    with pytest.raises(TeacherTooWeakError, match="teacher.min_accuracy"):
+    with pytest.raises(TeacherTooWeakError, match=r"teacher\.min_accuracy"):
         prepare_teacher(study, cache_dir=tmp_path / "c")
