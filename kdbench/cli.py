@@ -84,7 +84,9 @@ def main(verbose: bool) -> None:
         import warnings
 
         warnings.filterwarnings("ignore", category=UserWarning)
-        logging.getLogger("optuna").setLevel(logging.WARNING)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @main.command()

@@ -19,6 +19,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,7 +331,9 @@ def _ask(ctx: _Context, visit: Visit, index: int) -> tuple[optuna.Study, optuna.
                                  load_if_exists=True, pruner=_pruner(ctx.study))
     fixed = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha), ("lr", visit.lr))
              if v is not None}
-    ostudy.sampler = optuna.samplers.PartialFixedSampler(fixed, _sampler(ctx.study, index))
+    with warnings.catch_warnings():  # PartialFixedSampler is marked experimental; its interface is all we use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ostudy.sampler = optuna.samplers.PartialFixedSampler(fixed, _sampler(ctx.study, index))
     trial = ostudy.ask()
     s = ctx.study.search
     params: dict[str, float] = {}
