@@ -134,7 +134,6 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
     study = load_study(study_file, overrides)
     dev = _setup_torch(threads, device)
     if replace:
-        Store.open(storage)
         drop_study(Store.open(storage), study.name, optuna_storage(storage))
     with _progress(quiet, study) as events:
         summary = run_sweep(study, storage=storage, device=dev, cache_dir=cache_dir, events=events,
