@@ -84,9 +84,6 @@ def main(verbose: bool) -> None:
         import warnings
 
         warnings.filterwarnings("ignore", category=UserWarning)
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @main.command()
@@ -127,10 +124,14 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
 
     Example: kdbench sweep studies/fashion-mnist-quick.yaml --storage sqlite:///kdbench.db
     """
+    import optuna
+
     from kdbench.config import load_study
     from kdbench.store import Store
     from kdbench.sweep import drop_study, optuna_storage, run_sweep
 
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # Optuna's per-trial info lines only with -v
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(study_file, overrides)
     dev = _setup_torch(threads, device)
     if replace:
