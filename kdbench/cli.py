@@ -187,6 +187,31 @@ def show(study_name: str, storage: str, top: int) -> None:
     _print_summary(study_name, storage, finalist_summary(store, study_name))
 
 
+@main.command()
+@click.argument("studies", nargs=-1, required=True)
+@click.option("--storage", default="sqlite:///kdbench.db", show_default=True, help=STORAGE_HELP)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default reports/<study>/, or reports/<a>+<b>/ for several studies).")
+@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True,
+              help="html: write figures, tables and index.html; md: print the comparison table only.")
+@_handle_errors
+def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) -> None:
+    """Write a study's report (heatmaps, CE comparison, curves, predictions, provenance) from the
+    database alone; several studies share one comparison table and figure. Never trains.
+
+    Example: kdbench report fashion-mnist-quick --storage sqlite:///kdbench.db
+    """
+    from kdbench.report import write_report
+
+    rep = write_report(storage, list(studies), out, fmt=fmt)
+    if fmt == "md":
+        click.echo(rep.markdown, nl=False)
+        return
+    for sf in rep.frames:
+        click.echo(f"{sf.name}: {sf.verdict}")
+    click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
+
+
 def _print_summary(name: str, storage: str, summary: Any) -> None:
     if summary.empty:
         click.echo(f"{name}: no finalists yet (run kdbench sweep to finish the study)")

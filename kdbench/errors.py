@@ -8,6 +8,7 @@ __all__ = [
     "DataNotFoundError",
     "KdbenchError",
     "NonFiniteLossError",
+    "ReportError",
     "StoreError",
     "TeacherTooWeakError",
 ]
@@ -53,3 +54,7 @@ class NonFiniteLossError(KdbenchError, FloatingPointError):
             f"training loss became {value} at step {step} (epoch {epoch}); "
             "lower the learning rate or check the inputs"
         )
+
+
+class ReportError(KdbenchError):
+    """A report cannot be written as asked (e.g. an unwritable output folder)."""

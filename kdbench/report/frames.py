@@ -1,0 +1,410 @@
+"""Everything a report shows, as DataFrames computed from the store (no drawing here).
+
+:func:`study_frames` reads one study (kdbench's tables and Optuna's) and returns a
+:class:`StudyFrames`: the T × α grid (best validation accuracy, trials per cell, the lr each point
+ended up with, the difference to the tuned CE baseline), the comparison rows (teacher, CE and KD
+finalists with mean ± sd, n and the paired KD − CE difference), learning curves, the prediction grid's
+data, Optuna's parameter importances and the provenance. It is a pure function of the database (and,
+for the prediction grid's images, of the dataset's test split): it never trains and never writes.
+Whatever a partial study lacks is listed in ``missing`` instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import sqlalchemy as sa
+import yaml
+
+from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
+from kdbench.report.stats import Paired, paired_difference, summarize, verdict
+from kdbench.store import Store
+
+__all__ = [
+    "IMPORTANCE_EVALUATOR",
+    "MIN_IMPORTANCE_TRIALS",
+    "PREDICTION_IMAGES",
+    "Importances",
+    "Predictions",
+    "StudyFrames",
+    "comparison_table",
+    "grid_cells",
+    "grid_pivot",
+    "is_geometric",
+    "open_store",
+    "study_frames",
+]
+
+MIN_IMPORTANCE_TRIALS = 4  # complete KD trials below which importances are not computed
+PREDICTION_IMAGES = 24  # test images in the prediction grid (half the first ones, half disagreements)
+IMPORTANCE_EVALUATOR = (
+    "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, target_quantile=0.1, on complete KD trials; "
+    "Optuna 5's default, which replaced fANOVA)"
+)
+RUN_STATES = ("complete", "pruned", "failed", "running", "interrupted")
+
+
+@dataclass
+class Predictions:
+    """The prediction grid: chosen test images with label and each model's prediction.
+
+    Attributes:
+        table: one row per image: ``index`` (in the test split), ``label``, ``teacher``, ``ce``, ``kd``
+            (class indices; -1 where that model's predictions are missing).
+        images: ``uint8 [k, C, H, W]`` test images in the table's order, or None when the data is missing.
+        classes: class names by index.
+        seed: the finalist seed whose predictions are shown.
+        notes: what is missing.
+    """
+
+    table: pd.DataFrame
+    images: npt.NDArray[np.uint8] | None
+    classes: list[str]
+    seed: int | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Importances:
+    """Optuna's parameter importances of the KD study, with the evaluator named."""
+
+    table: pd.DataFrame  # param, importance
+    evaluator: str
+    n_trials: int
+    note: str
+
+
+@dataclass
+class StudyFrames:
+    """One study's report data. Accuracies are fractions; ``missing`` lists what a partial study lacks."""
+
+    name: str
+    config: dict[str, Any]
+    config_hash: str
+    is_grid: bool
+    geometric_t: bool
+    grid: pd.DataFrame
+    ce_best_val: float
+    ce_trials: pd.DataFrame
+    arms: pd.DataFrame
+    paired: Paired
+    verdict: str
+    curves: pd.DataFrame
+    predictions: Predictions
+    importances: Importances
+    provenance: dict[str, Any]
+    missing: list[str]
+
+
+def open_store(storage: str) -> Store:
+    """Open an existing results database read-only in intent (a missing SQLite file is an error, not created).
+
+    Raises:
+        StoreError: no such database, or no kdbench tables in it.
+    """
+    url = sa.engine.make_url(storage) if "://" in storage else None
+    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(url.database or "")
+        if not path.exists():
+            raise StoreError(f"--storage {storage}: no such database file {path}; run kdbench sweep first "
+                             "or point --storage at its database")
+    return Store.open(storage, create=False)
+
+
+def is_geometric(values: list[float]) -> bool:
+    """True for three or more positive values with a constant ratio (T = 1, 2, 4, 8): draw them on a log axis."""
+    v = sorted(float(x) for x in values)
+    if len(v) < 3 or v[0] <= 0:
+        return False
+    ratios = np.diff(np.log(v))
+    return bool(np.allclose(ratios, ratios[0], rtol=0.05) and ratios[0] > 0)
+
+
+def study_frames(storage: str, name: str, *, load_images: bool = True) -> StudyFrames:
+    """Compute everything the report of one study shows.
+
+    Args:
+        storage: SQLAlchemy URL of the results database.
+        name: the study's name.
+        load_images: read the test split for the prediction grid (else it says the images were skipped).
+
+    Raises:
+        StoreError: unknown study (the message lists the studies in the database) or unusable database.
+    """
+    store = open_store(storage)
+    runs = store.runs(name)  # raises StoreError listing the known studies
+    row = store.study(name)
+    assert row is not None
+    config = json.loads(row.config)
+    search = config.get("search", {})
+    temps, alphas = search.get("temperature"), search.get("alpha")
+    is_grid = isinstance(temps, list) and isinstance(alphas, list)
+    missing: list[str] = []
+
+    search_runs = runs[runs["kind"].isin(["kd", "ce"])]
+    kd = search_runs[search_runs["kind"] == "kd"]
+    ce = search_runs[(search_runs["kind"] == "ce") & (search_runs["state"] == "complete")]
+    if kd.empty:
+        missing.append("no KD search trials yet")
+    ce_best = float(ce["val_acc"].max()) if not ce.empty else math.nan
+    if ce.empty:
+        missing.append("no complete CE baseline trial (baseline.ce off or not run yet): no differences to CE")
+    grid = _grid(kd, temps if is_grid else None, alphas if is_grid else None, ce_best)
+
+    teacher = store.teacher(row.teacher_key) if row.teacher_key else None
+    if teacher is None:
+        missing.append("no teacher recorded yet")
+    finals = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
+    if finals.empty:
+        missing.append("no complete finalists yet: no test accuracies, comparison or learning curves")
+    arms, paired = _arms(name, config, teacher, finals)
+    curves = _curves(store.epochs(name), finals)
+    predictions = _predictions(store, name, config, teacher, finals, load_images)
+    importances = _importances(storage, name, int((kd["state"] == "complete").sum()))
+    provenance = _provenance(row, runs, teacher, config)
+    return StudyFrames(
+        name=name, config=config, config_hash=row.config_hash, is_grid=is_grid,
+        geometric_t=is_grid and is_geometric(temps), grid=grid, ce_best_val=ce_best,
+        ce_trials=ce[["trial_number", "lr", "val_acc"]].reset_index(drop=True), arms=arms, paired=paired,
+        verdict=verdict(paired) if not finals.empty else "KD and CE cannot be compared yet: no complete finalists.",
+        curves=curves, predictions=predictions, importances=importances, provenance=provenance, missing=missing)
+
+
+# ---------------------------------------------------------------------------------------------- grid
+
+
+def _grid(kd: pd.DataFrame, temps: list[float] | None, alphas: list[float] | None, ce_best: float) -> pd.DataFrame:
+    """One row per (T, α): trials by state, best/mean/sd/min validation accuracy of complete trials, best lr."""
+    cols = ["temperature", "alpha", "n_trials", *(f"n_{s}" for s in RUN_STATES), "best_val", "mean_val",
+            "sd_val", "min_val", "lr_best", "diff_ce"]
+    keyed = kd.dropna(subset=["temperature", "alpha"])
+    rows = []
+    for (t, a), g in keyed.groupby(["temperature", "alpha"], sort=True):
+        done = g[g["state"] == "complete"].sort_values(["val_acc", "trial_number"], ascending=[False, True])
+        s = summarize(done["val_acc"])
+        rows.append({"temperature": float(t), "alpha": float(a), "n_trials": len(g),
+                     **{f"n_{st}": int((g["state"] == st).sum()) for st in RUN_STATES},
+                     "best_val": float(done["val_acc"].iloc[0]) if len(done) else math.nan,
+                     "mean_val": s.mean, "sd_val": s.sd,
+                     "min_val": float(done["val_acc"].min()) if len(done) else math.nan,
+                     "lr_best": float(done["lr"].iloc[0]) if len(done) else math.nan})
+    out = pd.DataFrame(rows, columns=cols[:-1])
+    if temps is not None and alphas is not None:  # every configured point, visited or not
+        full = pd.MultiIndex.from_product([sorted(map(float, temps)), sorted(map(float, alphas))],
+                                          names=["temperature", "alpha"])
+        out = out.set_index(["temperature", "alpha"]).reindex(full).reset_index()
+        for c in out.columns:
+            if c.startswith("n_"):
+                out[c] = out[c].fillna(0).astype(int)
+    out["diff_ce"] = out["best_val"] - ce_best
+    return out[cols].sort_values(["temperature", "alpha"]).reset_index(drop=True)
+
+
+def grid_pivot(sf: StudyFrames, column: str) -> pd.DataFrame:
+    """``column`` of the grid as α rows (largest on top) × T columns."""
+    return sf.grid.pivot(index="alpha", columns="temperature", values=column).sort_index(ascending=False)
+
+
+def grid_cells(sf: StudyFrames, column: str, fmt: str = "{:.2f}") -> pd.DataFrame:
+    """Cell text of a grid table or heatmap: the value in % (or pp) and the cell's trials, e.g. ``88.93 n=1``;
+    a cell without a value says why (not run, pruned, running, failed)."""
+    values, n = grid_pivot(sf, column), grid_pivot(sf, "n_trials")
+    pruned, failed = grid_pivot(sf, "n_pruned"), grid_pivot(sf, "n_failed")
+    text = values.astype(object).copy()
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            v, k = values.iat[i, j], int(n.iat[i, j])
+            if not math.isnan(v):
+                head = fmt.format(100 * v)
+            elif k == 0:
+                head = "not run"
+            elif pruned.iat[i, j]:
+                head = "pruned"
+            else:
+                head = "failed" if failed.iat[i, j] else "running"
+            text.iat[i, j] = f"{head}\nn={k}"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+
+
+COMPARISON_COLUMNS = [
+    "study", "arm", "model", "temperature", "alpha", "lr", "test_mean", "test_sd", "n", "diff_mean",
+    "ci_low", "ci_high", "p_value", "n_pairs", "parameters", "infer_ms_per_batch", "device",
+]
+
+
+def _arms(name: str, config: dict[str, Any], teacher: Any, finals: pd.DataFrame) -> tuple[pd.DataFrame, Paired]:
+    rows: list[dict[str, Any]] = []
+    if teacher is not None:
+        rows.append({"arm": "teacher", "model": teacher.model, "test_mean": float(teacher.test_acc), "n": 1,
+                     "parameters": teacher.parameters, "infer_ms_per_batch": teacher.infer_ms_per_batch,
+                     "device": teacher.device})
+    student = config.get("student", {}).get("model", "?")
+    by_seed = {key: g.set_index("seed")["test_acc"] for key, g in finals.groupby(["loss", "rank"])}
+    ce = by_seed.get(("ce", 0))
+    paired = paired_difference(by_seed[("kd", 0)], ce) if ce is not None and ("kd", 0) in by_seed \
+        else paired_difference(pd.Series(dtype=float), pd.Series(dtype=float))
+    for (loss, rank), g in sorted(finals.groupby(["loss", "rank"]), key=lambda kv: (kv[0][0] != "ce", kv[0][1])):
+        s = summarize(g["test_acc"])
+        row: dict[str, Any] = {
+            "arm": "CE student" if loss == "ce" else ("KD student" + (f" #{int(rank) + 1}" if rank else "")),
+            "model": student, "temperature": g["temperature"].iloc[0], "alpha": g["alpha"].iloc[0],
+            "lr": g["lr"].iloc[0], "test_mean": s.mean, "test_sd": s.sd, "n": s.n,
+            "parameters": g["parameters"].iloc[0], "infer_ms_per_batch": float(g["infer_ms_per_batch"].median()),
+            "device": "; ".join(sorted(set(g["device"].dropna())))}
+        if loss == "kd" and ce is not None:
+            p = paired_difference(g.set_index("seed")["test_acc"], ce)
+            row.update(diff_mean=p.mean, ci_low=p.ci_low, ci_high=p.ci_high, p_value=p.p_value, n_pairs=p.n)
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS[1:])
+    out.insert(0, "study", name)
+    return out, paired
+
+
+def comparison_table(frames: list[StudyFrames]) -> pd.DataFrame:
+    """The comparison rows of one or more studies, one table (numbers as fractions; see ``COMPARISON_COLUMNS``)."""
+    parts = [f.arms for f in frames if not f.arms.empty]
+    if not parts:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[COMPARISON_COLUMNS]
+
+
+# ---------------------------------------------------------------------------------------------- curves
+
+
+def _curves(epochs: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
+    """Per loss and epoch of the best (rank 0) finalists: val accuracy and train loss, mean/sd/min/max over seeds."""
+    cols = ["loss", "epoch", "n", "val_mean", "val_sd", "loss_mean", "loss_sd"]
+    ep = epochs[epochs["run_id"].isin(finals.loc[finals["rank"] == 0, "run_id"])]
+    if ep.empty:
+        return pd.DataFrame(columns=cols)
+    g = ep.groupby(["loss", "epoch"])
+    out = g.agg(n=("run_id", "size"), val_mean=("val_acc", "mean"), val_sd=("val_acc", "std"),
+                loss_mean=("train_loss", "mean"), loss_sd=("train_loss", "std")).reset_index()
+    return out[cols]
+
+
+# ---------------------------------------------------------------------------------------------- predictions
+
+
+def _decode(blob: bytes | None) -> npt.NDArray[np.int16] | None:
+    return None if blob is None else np.frombuffer(blob, dtype=np.int16)
+
+
+def _predictions(store: Store, name: str, config: dict[str, Any], teacher: Any, finals: pd.DataFrame,
+                 load_images: bool) -> Predictions:
+    from kdbench.data import DATASETS
+
+    dataset = config.get("data", {}).get("dataset", "")
+    classes = list(DATASETS[dataset].classes) if dataset in DATASETS else []
+    empty = pd.DataFrame(columns=["index", "label", "teacher", "ce", "kd"])
+    notes: list[str] = []
+    best = finals[finals["rank"] == 0]
+    seeds = sorted(set(best.loc[best["loss"] == "kd", "seed"]) & set(best.loc[best["loss"] == "ce", "seed"]))
+    if not seeds:
+        return Predictions(empty, None, classes, None, ["no seed with both a KD and a CE finalist yet"])
+    seed = int(seeds[0])
+    run_ids = {loss: int(best.loc[(best["loss"] == loss) & (best["seed"] == seed), "run_id"].iloc[0])
+               for loss in ("kd", "ce")}
+    from kdbench.store import RunRow
+
+    with store.session() as s:
+        blobs = dict(s.execute(sa.select(RunRow.loss, RunRow.test_predictions)
+                               .where(RunRow.id.in_(run_ids.values()))).tuples().all())
+    preds = {loss: _decode(blobs.get(loss)) for loss in ("kd", "ce")}
+    preds["teacher"] = _decode(teacher.test_predictions) if teacher is not None else None
+    if preds["teacher"] is None:
+        notes.append("teacher test predictions missing")
+    if preds["kd"] is None or preds["ce"] is None:
+        return Predictions(empty, None, classes, seed, [*notes, "finalist test predictions missing"])
+    if not load_images:
+        return Predictions(empty, None, classes, seed, [*notes, "test images not loaded"])
+    try:
+        from kdbench.data import load_raw
+
+        d = config.get("data", {})
+        info, _, test, _ = load_raw(dataset, root=d.get("root"), download=False, image_size=d.get("image_size"))
+    except (DataNotFoundError, KdbenchError) as exc:
+        return Predictions(empty, None, classes, seed, [*notes, f"test images unavailable: {str(exc).splitlines()[0]}"])
+    labels = test.labels.numpy()
+    n = len(labels)
+    if any(p is not None and len(p) != n for p in preds.values()):
+        return Predictions(empty, None, list(info.classes), seed,
+                           [*notes, f"stored predictions do not match the {n} test images found"])
+    kd_p, ce_p = preds["kd"], preds["ce"]
+    assert kd_p is not None and ce_p is not None
+    half = PREDICTION_IMAGES // 2
+    first = list(range(min(half, n)))
+    disagree = [int(i) for i in np.flatnonzero(kd_p != ce_p) if i >= half][: PREDICTION_IMAGES - len(first)]
+    idx = np.array(first + disagree, dtype=np.int64)
+    t_p = preds["teacher"]
+    table = pd.DataFrame({"index": idx, "label": labels[idx].astype(int),
+                          "teacher": t_p[idx].astype(int) if t_p is not None else -1,
+                          "ce": ce_p[idx].astype(int), "kd": kd_p[idx].astype(int)})
+    return Predictions(table, test.images[idx].numpy(), list(info.classes), seed, notes)
+
+
+# ---------------------------------------------------------------------------------------------- importances
+
+
+def _importances(storage: str, name: str, n_complete: int) -> Importances:
+    empty = pd.DataFrame(columns=["param", "importance"])
+    if n_complete < MIN_IMPORTANCE_TRIALS:
+        return Importances(empty, IMPORTANCE_EVALUATOR, n_complete,
+                           f"not computed: {n_complete} complete KD trial(s), fewer than the "
+                           f"{MIN_IMPORTANCE_TRIALS} an importance estimate needs")
+    import optuna
+
+    try:
+        ostorage = optuna.storages.RDBStorage(storage, skip_table_creation=True)
+        study = optuna.load_study(study_name=name, storage=ostorage)
+    except (KeyError, sa.exc.SQLAlchemyError, RuntimeError) as exc:
+        return Importances(empty, IMPORTANCE_EVALUATOR, n_complete, f"Optuna study {name!r} unreadable ({exc})")
+    with warnings.catch_warnings():  # experimental-API and few-trial warnings: the note says what matters
+        warnings.simplefilter("ignore")
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    table = pd.DataFrame({"param": list(imp), "importance": [float(v) for v in imp.values()]})
+    table = table.sort_values(["importance", "param"], ascending=[False, True]).reset_index(drop=True)
+    note = (f"from {n_complete} complete KD trials; PED-ANOVA wants at least 5 trials in its top 10 % "
+            f"(about 50 trials), so read these as indicative" if n_complete < 50 else f"from {n_complete} trials")
+    return Importances(table, IMPORTANCE_EVALUATOR, n_complete, note)
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def _provenance(row: Any, runs: pd.DataFrame, teacher: Any, config: dict[str, Any]) -> dict[str, Any]:
+    counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=list(RUN_STATES), fill_value=0).reindex(["ce", "kd", "finalist"], fill_value=0)
+    counts.loc["all"] = counts.sum()
+    versions = sorted({v for v in runs["versions"].dropna()})
+
+    def _date(x: Any) -> str:
+        return "n/a" if x is None or pd.isna(x) else pd.Timestamp(x).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    return {
+        "config_yaml": yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100),
+        "config_hash": row.config_hash,
+        "study_commit": row.commit,
+        "run_commits": sorted({str(c) for c in runs["commit"].dropna()}),
+        "versions": [json.loads(v) if isinstance(v, str) else v for v in versions],
+        "devices": sorted({str(d) for d in runs["device"].dropna()}),
+        "created": _date(row.created),
+        "first_started": _date(runs["started"].min() if len(runs) else None),
+        "last_finished": _date(runs["finished"].max() if len(runs) else None),
+        "counts": counts.astype(int),
+        "teacher": None if teacher is None else {
+            "key": teacher.key, "model": teacher.model, "val_acc": teacher.val_acc, "test_acc": teacher.test_acc,
+            "commit": teacher.commit, "device": teacher.device, "cache": teacher.cache_location},
+    }

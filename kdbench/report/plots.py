@@ -1,0 +1,261 @@
+"""The report's figures, drawn from :mod:`kdbench.report.frames` only (never from the store).
+
+Each function takes frames and returns a matplotlib Figure (Agg backend, no display). Accuracies
+are shown in percent and differences in percentage points (pp); every axis and colour bar says its
+unit. T gets a log axis when its grid is geometric (1, 2, 4, 8).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from kdbench.report.frames import StudyFrames, grid_cells, grid_pivot
+
+__all__ = ["comparison", "heatmap_diff", "heatmap_val", "importances", "learning_curves", "predictions",
+           "sensitivity"]
+
+T_LABEL = "temperature T"
+ALPHA_LABEL = "α (weight of the hard-label CE term)"
+COLORS = {"ce": "#4c72b0", "kd": "#dd8452", "teacher": "#55a868"}
+
+
+def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """A Figure on the Agg canvas (no pyplot: no global state, nothing to close) and its axes."""
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, **kwargs)
+
+
+def _empty(fig: Figure, ax: Axes, text: str) -> Figure:
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=11, color="#555")
+    return fig
+
+
+def _t_ticklabels(ax: Axes, temps: list[float]) -> None:
+    ax.set_xticklabels([f"{t:g}" for t in temps], rotation=0)
+
+
+def _heatmap(sf: StudyFrames, column: str, title: str, cbar: str, diverging: bool) -> Figure:
+    fig, ax = _figure(1.3 * max(4, sf.grid["temperature"].nunique()) + 2.5, 4.6)
+    if not sf.is_grid:
+        return _scatter(fig, ax, sf, column, title, cbar, diverging)
+    values = grid_pivot(sf, column) * 100
+    if values.isna().all().all():
+        return _empty(fig, ax, f"{title}: no complete KD trial" +
+                      (" and no CE baseline" if column == "diff_ce" else ""))
+    kwargs = {}
+    if diverging:
+        lim = float(np.nanmax(np.abs(values.to_numpy()))) or 1.0
+        kwargs = dict(cmap="RdBu", center=0.0, vmin=-lim, vmax=lim)
+    else:
+        kwargs = dict(cmap="viridis")
+    cells = grid_cells(sf, column, "{:+.2f}" if diverging else "{:.2f}").to_numpy()
+    sns.heatmap(values, annot=cells, fmt="", linewidths=0.5, linecolor="white", ax=ax, cbar_kws={"label": cbar},
+                annot_kws={"fontsize": 9}, **kwargs)
+    ax.set_facecolor("#e6e6e6")  # cells without a value: seaborn leaves them unannotated, so say why here
+    for i, j in zip(*np.nonzero(values.isna().to_numpy()), strict=True):
+        ax.text(j + 0.5, i + 0.5, cells[i, j], ha="center", va="center", fontsize=9, color="#555")
+    _t_ticklabels(ax, list(values.columns))
+    ax.set_yticklabels([f"{a:g}" for a in values.index], rotation=0)
+    ax.set_xlabel(T_LABEL + (" (geometric grid: equal steps are equal ratios)" if sf.geometric_t else ""))
+    ax.set_ylabel(ALPHA_LABEL)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _scatter(fig: Figure, ax: Axes, sf: StudyFrames, column: str, title: str, cbar: str,
+             diverging: bool) -> Figure:
+    g = sf.grid.dropna(subset=[column])
+    if g.empty:
+        return _empty(fig, ax, f"{title}: no complete KD trial")
+    v = 100 * g[column]
+    lim = float(v.abs().max()) or 1.0
+    sc = ax.scatter(g["temperature"], g["alpha"], c=v, cmap="RdBu" if diverging else "viridis",
+                    vmin=-lim if diverging else None, vmax=lim if diverging else None, s=60, edgecolor="k")
+    fig.colorbar(sc, ax=ax, label=cbar)
+    ax.set_xscale("log")
+    ax.set_xlabel(T_LABEL + " (log axis)")
+    ax.set_ylabel(ALPHA_LABEL)
+    ax.set_title(title + " (T, α sampled from ranges: one point per trial)")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_val(sf: StudyFrames) -> Figure:
+    """Best validation accuracy at each (T, α) (best lr at the point), annotated with trials per cell."""
+    return _heatmap(sf, "best_val", f"{sf.name}: best validation accuracy per grid point",
+                    "validation accuracy (%)", diverging=False)
+
+
+def heatmap_diff(sf: StudyFrames) -> Figure:
+    """Best validation accuracy minus the tuned CE baseline's, on a diverging palette centred on 0."""
+    ce = "n/a" if math.isnan(sf.ce_best_val) else f"{100 * sf.ce_best_val:.2f} %"
+    return _heatmap(sf, "diff_ce", f"{sf.name}: KD − tuned CE (CE best val {ce})",
+                    "Δ validation accuracy vs CE (pp)", diverging=True)
+
+
+def _ce_line(ax: Axes, sf: StudyFrames) -> None:
+    if not math.isnan(sf.ce_best_val):
+        ax.axhline(100 * sf.ce_best_val, color=COLORS["ce"], ls="--", lw=1.2, label="tuned CE (best val)")
+
+
+def sensitivity(sf: StudyFrames) -> Figure:
+    """Accuracy vs T (a line per α) and vs α (a line per T): best per point, bars from its worst trial."""
+    fig, axes = _figure(11, 4.2, 1, 2, sharey=True)
+    g = sf.grid.dropna(subset=["best_val"])
+    if g.empty:
+        _empty(fig, axes[1], "")
+        return _empty(fig, axes[0], "no complete KD trial yet")
+    for ax, x, hue, xlabel, hue_name in ((axes[0], "temperature", "alpha", T_LABEL, "α"),
+                                         (axes[1], "alpha", "temperature", ALPHA_LABEL, "T")):
+        palette = sns.color_palette("crest", g[hue].nunique())
+        for color, (h, part) in zip(palette, g.groupby(hue), strict=True):
+            part = part.sort_values(x)
+            best, low = 100 * part["best_val"], 100 * part["min_val"]
+            ax.errorbar(part[x], best, yerr=[best - low, 0 * best], marker="o", ms=4, capsize=3, color=color,
+                        label=f"{hue_name}={h:g}")
+        _ce_line(ax, sf)
+        if x == "temperature" and sf.geometric_t:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(g[x].unique()), [f"{t:g}" for t in sorted(g[x].unique())])
+            ax.minorticks_off()
+            xlabel += " (log axis)"
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncols=2, title=None)
+    axes[0].set_ylabel("validation accuracy (%)")
+    fig.suptitle(f"{sf.name}: accuracy vs T and vs α (marker: best lr at the point; bar down to its worst "
+                 "complete trial when it has several)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(sf: StudyFrames) -> Figure:
+    """Validation accuracy and training loss per epoch of the CE and KD finalists: mean and ±1 sd over seeds."""
+    fig, axes = _figure(11, 4, 1, 2)
+    c = sf.curves
+    if c.empty:
+        _empty(fig, axes[1], "")
+        return _empty(fig, axes[0], "no complete finalists yet")
+    for loss, part in c.groupby("loss"):
+        label = f"{str(loss).upper()} finalist (n={int(part['n'].min())} seeds)"
+        for ax, m, sd, scale in ((axes[0], "val_mean", "val_sd", 100), (axes[1], "loss_mean", "loss_sd", 1)):
+            x = part["epoch"] + 1
+            ax.plot(x, scale * part[m], marker="o", color=COLORS[str(loss)], label=label)
+            ax.fill_between(x, scale * (part[m] - part[sd].fillna(0)), scale * (part[m] + part[sd].fillna(0)),
+                            color=COLORS[str(loss)], alpha=0.2)
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[1].set_ylabel("training loss (each run's own objective)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{sf.name}: learning curves (line: mean over seeds, band: ±1 sd)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def predictions(sf: StudyFrames) -> Figure:
+    """Test images with label and teacher / CE / KD predictions; a wrong prediction is red, a KD ≠ CE cell framed."""
+    p = sf.predictions
+    if p.images is None or p.table.empty:
+        fig, ax = _figure(6, 1.5)
+        return _empty(fig, ax, "prediction grid unavailable: " + "; ".join(p.notes))
+    cols = 8
+    rows = math.ceil(len(p.table) / cols)
+    fig, axes = _figure(cols * 1.6, rows * 2.35, rows, cols, squeeze=False)
+    names = p.classes or [str(i) for i in range(int(p.table[["label", "ce", "kd"]].max().max()) + 1)]
+
+    def short(k: int) -> str:
+        return "—" if k < 0 else names[k][:11]
+
+    for ax, (i, r) in zip(axes.flat, p.table.iterrows(), strict=False):
+        img = p.images[i]
+        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray_r" if img.shape[0] == 1
+                  else None, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        lines = [("label", int(r["label"]), "black")] + [
+            (who, int(r[col]), "black" if int(r[col]) == int(r["label"]) else "#c0392b")
+            for who, col in (("T", "teacher"), ("CE", "ce"), ("KD", "kd"))]
+        for k, (who, cls, color) in enumerate(lines):
+            ax.text(0.0, -0.06 - 0.15 * k, f"{who}: {short(cls)}", transform=ax.transAxes, fontsize=7,
+                    va="top", color=color, weight="bold" if who == "label" else "normal")
+        if int(r["ce"]) != int(r["kd"]):
+            for s in ax.spines.values():
+                s.set_color("#8e44ad")
+                s.set_linewidth(2.5)
+        ax.set_title(f"#{int(r['index'])}", fontsize=7)
+    for ax in list(axes.flat)[len(p.table):]:
+        ax.axis("off")
+    fig.suptitle(f"{sf.name}: test predictions of seed {p.seed} (red: wrong; purple frame: CE and KD disagree)",
+                 fontsize=10)
+    fig.subplots_adjust(hspace=0.8, wspace=0.25, top=0.93, bottom=0.1)
+    return fig
+
+
+def importances(sf: StudyFrames) -> Figure:
+    """Optuna's parameter importances (evaluator in the title) and the lr each grid point ended up with."""
+    fig, axes = _figure(11, 4.2, 1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    imp = sf.importances
+    if imp.table.empty:
+        _empty(fig, axes[0], f"importances {imp.note}")
+    else:
+        t = imp.table.iloc[::-1]
+        axes[0].barh(t["param"], 100 * t["importance"], color="#8172b3")
+        axes[0].set_xlabel("importance (% of the total)")
+        axes[0].set_title("parameter importance (PED-ANOVA)", fontsize=10)
+        axes[0].grid(axis="x", alpha=0.3)
+    lr = grid_pivot(sf, "lr_best") if sf.is_grid else pd.DataFrame()
+    if lr.empty or lr.isna().all().all():
+        _empty(fig, axes[1], "no lr per grid point (no complete KD trial on a T × α grid)")
+    else:
+        sns.heatmap(lr * 1e3, annot=True, fmt=".2f", cmap="mako", ax=axes[1], linewidths=0.5,
+                    cbar_kws={"label": "learning rate (×10⁻³ per step)"}, annot_kws={"fontsize": 9})
+        _t_ticklabels(axes[1], list(lr.columns))
+        axes[1].set_yticklabels([f"{a:g}" for a in lr.index], rotation=0)
+        axes[1].set_xlabel(T_LABEL)
+        axes[1].set_ylabel(ALPHA_LABEL)
+        axes[1].set_title("lr of the best trial at each grid point (grey: no complete trial)", fontsize=10)
+        axes[1].set_facecolor("#e6e6e6")
+    fig.suptitle(f"{sf.name}: what mattered", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def comparison(table: pd.DataFrame) -> Figure:
+    """Test accuracy (mean ± sd over seeds) of each arm, studies side by side."""
+    studies = list(dict.fromkeys(table["study"]))
+    fig, ax = _figure(max(6.0, 2.6 * len(studies) + 2), 4)
+    if table.empty:
+        return _empty(fig, ax, "no test accuracies yet (no teacher or finalists)")
+    arms = list(dict.fromkeys(table["arm"]))
+    width = 0.8 / len(arms)
+    for k, arm in enumerate(arms):
+        part = table[table["arm"] == arm].set_index("study").reindex(studies)
+        x = np.arange(len(studies)) + (k - (len(arms) - 1) / 2) * width
+        key = "teacher" if arm == "teacher" else ("ce" if arm.startswith("CE") else "kd")
+        ax.errorbar(x, 100 * part["test_mean"], yerr=100 * part["test_sd"].fillna(0), fmt="o", capsize=4,
+                    color=COLORS[key], alpha=1.0 if "#" not in arm else 0.6, label=arm)
+        for xi, (_, r) in zip(x, part.iterrows(), strict=True):
+            if not pd.isna(r["n"]):
+                ax.annotate(f"n={int(r['n'])}", (xi, 100 * r["test_mean"]), textcoords="offset points",
+                            xytext=(6, -3), fontsize=7)
+    ax.set_xticks(np.arange(len(studies)), studies)
+    ax.set_ylabel("test accuracy (%, mean ± sd over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("test accuracy by arm", fontsize=10)
+    fig.tight_layout()
+    return fig

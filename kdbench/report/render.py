@@ -1,0 +1,224 @@
+"""Write a report: figures (PNG + SVG), tables (Markdown, CSV, LaTeX booktabs) and a self-contained index.html.
+
+:func:`write_report` is what ``kdbench report`` calls. It computes the frames of each study, draws the
+figures, and writes everything under one folder; index.html embeds its PNGs as data URIs, so it opens
+from disk with no network. The output is a pure function of the database: the same store gives
+byte-identical tables, and figures are saved without dates (SVG ids salted with a constant).
+Every string that came from a user (study names, configs, devices) is HTML-escaped by Jinja2's
+autoescape, and LaTeX-escaped in the .tex tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+
+from kdbench.errors import ReportError
+from kdbench.provenance import kdbench_commit, library_versions
+from kdbench.report import plots
+from kdbench.report.frames import StudyFrames, comparison_table, grid_cells, study_frames
+from kdbench.report.stats import CONFIDENCE
+
+__all__ = ["SECTIONS", "Report", "comparison_display", "default_out", "write_report"]
+
+SECTIONS = {  # id -> heading of each per-study section, in page order
+    "grid": "Accuracy over T × α",
+    "sensitivity": "Accuracy vs T and vs α",
+    "curves": "Learning curves",
+    "predictions": "Predictions",
+    "importances": "What mattered",
+    "provenance": "Provenance",
+}
+FIGURE_DPI = 110  # dots per inch of the PNGs
+RC: dict[str, Any] = {"svg.hashsalt": "kdbench", "svg.fonttype": "path", "font.size": 9}
+FIGURES: dict[str, Callable[[StudyFrames], Figure]] = {
+    "heatmap-val": plots.heatmap_val,
+    "heatmap-diff": plots.heatmap_diff,
+    "sensitivity": plots.sensitivity,
+    "learning-curves": plots.learning_curves,
+    "predictions": plots.predictions,
+    "importances": plots.importances,
+}
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` produced."""
+
+    out: Path | None
+    frames: list[StudyFrames]
+    comparison: pd.DataFrame
+    markdown: str
+    files: list[Path] = field(default_factory=list)
+
+
+def default_out(studies: list[str]) -> Path:
+    """``reports/<study>/``, or ``reports/<a>+<b>/`` for several studies."""
+    return Path("reports") / "+".join(studies)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _pct(x: Any, digits: int = 2, sign: bool = False) -> str:
+    if x is None or pd.isna(x):
+        return ""
+    return f"{100 * float(x):{'+' if sign else ''}.{digits}f}"
+
+
+def _num(x: Any, fmt: str) -> str:
+    return "" if x is None or pd.isna(x) else format(float(x), fmt)
+
+
+def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison table as text: accuracy in %, differences in pp with their CI, the study column only when
+    there are several studies."""
+    ci = f"{CONFIDENCE:.0%} CI (pp)"
+    rows = []
+    for _, r in table.iterrows():
+        sd = "" if pd.isna(r["test_sd"]) else f" ± {_pct(r['test_sd'])}"
+        rows.append({
+            "study": r["study"], "arm": r["arm"], "model": r["model"],
+            "T": _num(r["temperature"], "g"), "α": _num(r["alpha"], "g"), "lr": _num(r["lr"], ".3g"),
+            "test acc (%)": _pct(r["test_mean"]) + sd, "n": _num(r["n"], ".0f"),
+            "KD − CE (pp)": _pct(r["diff_mean"], sign=True),
+            ci: "" if pd.isna(r["ci_low"]) else f"[{_pct(r['ci_low'], sign=True)}, {_pct(r['ci_high'], sign=True)}]",
+            "p (paired t)": "" if pd.isna(r["p_value"]) else (f"{r['p_value']:.2g}" if r["p_value"] >= 1e-4
+                                                               else "<0.0001"),
+            "parameters": _num(r["parameters"], ",.0f"), "ms/batch": _num(r["infer_ms_per_batch"], ".1f"),
+            "device": r["device"]})
+    out = pd.DataFrame(rows, columns=["study", "arm", "model", "T", "α", "lr", "test acc (%)", "n", "KD − CE (pp)",
+                                      ci, "p (paired t)", "parameters", "ms/batch", "device"])
+    return out.drop(columns=["study"]) if table["study"].nunique() <= 1 else out
+
+
+def _grid_display(sf: StudyFrames) -> pd.DataFrame:
+    cells = grid_cells(sf, "best_val").map(lambda s: s.replace("\n", " (") + ")")
+    cells.index = [f"α={a:g}" for a in cells.index]
+    cells.columns = [f"T={t:g}" for t in cells.columns]
+    return cells.rename_axis("best val acc (%)").reset_index()
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def _latex(df: pd.DataFrame, caption: str) -> str:
+    return df.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1).to_latex(
+        hrules=True, caption=caption, column_format="l" * len(df.columns), position="htbp")
+
+
+def _write_table(df: pd.DataFrame, numeric: pd.DataFrame, out: Path, stem: str, caption: str) -> list[Path]:
+    paths = [out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.tex"]
+    paths[0].write_text(_markdown(df), encoding="utf-8")
+    numeric.to_csv(paths[1], index=False, float_format="%.10g", lineterminator="\n")
+    paths[2].write_text(_latex(df, caption), encoding="utf-8")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def _save(fig: Figure, out: Path, stem: str, files: list[Path]) -> str:
+    """Write ``stem``.png and .svg; return the PNG as a data URI."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI, metadata={"Software": None})
+    png = buf.getvalue()
+    (out / f"{stem}.png").write_bytes(png)
+    fig.savefig(out / f"{stem}.svg", format="svg", metadata={"Date": None})
+    files += [out / f"{stem}.png", out / f"{stem}.svg"]
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def _writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".kdbench-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ReportError(f"--out {out}: cannot write there ({exc.strerror or exc}); pass a writable "
+                          "folder with --out") from None
+
+
+def write_report(storage: str, studies: list[str], out: str | Path | None = None, *, fmt: str = "html",
+                 load_images: bool = True) -> Report:
+    """Build the report of one or more studies.
+
+    Args:
+        storage: SQLAlchemy URL of the results database.
+        studies: study names; several give one combined comparison table and figure.
+        out: output folder (default :func:`default_out`); ignored for ``fmt="md"``.
+        fmt: ``html`` writes everything; ``md`` only computes the comparison table (printed by the CLI).
+        load_images: read the dataset's test split for the prediction grid.
+
+    Raises:
+        StoreError: no such database or study (the message lists the studies there).
+        ReportError: ``out`` cannot be written.
+    """
+    if fmt not in ("html", "md"):
+        raise ReportError(f"--format {fmt!r}: use html or md")
+    studies = list(dict.fromkeys(studies))
+    frames = [study_frames(storage, s, load_images=load_images and fmt == "html") for s in studies]
+    table = comparison_table(frames)
+    display = comparison_display(table)
+    markdown = _markdown(display)
+    if fmt == "md":
+        return Report(None, frames, table, markdown)
+
+    out_dir = Path(out) if out is not None else default_out(studies)
+    _writable(out_dir)
+    files: list[Path] = []
+    ci = f"{CONFIDENCE:.0%}"
+    caption = (f"Test accuracy (mean ± sd over finalist seeds, n seeds); KD − CE paired over shared seeds with "
+               f"its {ci} t interval and paired t-test p. Studies: {', '.join(studies)}.")
+    files += _write_table(display, table, out_dir, "comparison", caption)
+    with matplotlib.rc_context(RC):  # type: ignore[arg-type]
+        comparison_png = _save(plots.comparison(table), out_dir, "comparison", files)
+        studies_ctx = []
+        for sf in frames:
+            prefix = "" if len(frames) == 1 else f"{sf.name}-"
+            grid_stem = f"{prefix}grid"
+            files += _write_table(_grid_display(sf), sf.grid, out_dir, grid_stem,
+                                  f"{sf.name}: best validation accuracy (%) per T × α point and trials per point.")
+            figs = {key: {"uri": _save(draw(sf), out_dir, prefix + key, files), "file": prefix + key}
+                    for key, draw in FIGURES.items()}
+            studies_ctx.append(_study_context(sf, figs, grid_stem))
+    html = _template().render(
+        title=" + ".join(studies), comparison_md=markdown, comparison=display, comparison_png=comparison_png,
+        studies=studies_ctx, sections=SECTIONS, several=len(frames) > 1,
+        generator={"commit": kdbench_commit(), **library_versions()})
+    (out_dir / "index.html").write_text(html, encoding="utf-8")
+    files.append(out_dir / "index.html")
+    return Report(out_dir, frames, table, markdown, files)
+
+
+def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: str) -> dict[str, Any]:
+    prov = dict(sf.provenance)
+    prov["counts"] = sf.provenance["counts"].reset_index().rename(columns={"kind": "kind"})
+    p = sf.predictions
+    return {
+        "name": sf.name, "frames": sf, "figs": figs, "grid_stem": grid_stem, "grid": _grid_display(sf),
+        "ce_best": "n/a" if math.isnan(sf.ce_best_val) else f"{100 * sf.ce_best_val:.2f} %",
+        "ce_trials": len(sf.ce_trials), "verdict": sf.verdict, "missing": sf.missing, "prov": prov,
+        "importances": sf.importances, "pred_notes": p.notes, "pred_seed": p.seed,
+    }
+
+
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("kdbench.report", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template("index.html.j2")
