@@ -168,7 +168,7 @@ def study_frames(storage: str, name: str, *, load_images: bool = True) -> StudyF
     arms, paired = _arms(name, config, teacher, finals)
     curves = _curves(store.epochs(name), finals)
     predictions = _predictions(store, name, config, teacher, finals, load_images)
-    importances = _importances(storage, name, int((kd["state"] == "complete").sum()))
+    importances = _importances(store, name, int((kd["state"] == "complete").sum()))
     provenance = _provenance(row, runs, teacher, config)
     return StudyFrames(
         name=name, config=config, config_hash=row.config_hash, is_grid=is_grid,
@@ -319,8 +319,8 @@ def _predictions(store: Store, name: str, config: dict[str, Any], teacher: Any, 
     from kdbench.store import RunRow
 
     with store.session() as s:
-        blobs = dict(s.execute(sa.select(RunRow.loss, RunRow.test_predictions)
-                               .where(RunRow.id.in_(run_ids.values()))).tuples().all())
+        blobs = {loss: blob for loss, blob in s.execute(
+            sa.select(RunRow.loss, RunRow.test_predictions).where(RunRow.id.in_(run_ids.values())))}
     preds = {loss: _decode(blobs.get(loss)) for loss in ("kd", "ce")}
     preds["teacher"] = _decode(teacher.test_predictions) if teacher is not None else None
     if preds["teacher"] is None:
@@ -357,7 +357,7 @@ def _predictions(store: Store, name: str, config: dict[str, Any], teacher: Any, 
 # ---------------------------------------------------------------------------------------------- importances
 
 
-def _importances(storage: str, name: str, n_complete: int) -> Importances:
+def _importances(store: Store, name: str, n_complete: int) -> Importances:
     empty = pd.DataFrame(columns=["param", "importance"])
     if n_complete < MIN_IMPORTANCE_TRIALS:
         return Importances(empty, IMPORTANCE_EVALUATOR, n_complete,
@@ -365,11 +365,16 @@ def _importances(storage: str, name: str, n_complete: int) -> Importances:
                            f"{MIN_IMPORTANCE_TRIALS} an importance estimate needs")
     import optuna
 
+    with store.engine.connect() as conn:  # opening Optuna's storage on a database without its tables would add them
+        has_optuna = sa.inspect(conn).has_table("version_info")
     try:
-        ostorage = optuna.storages.RDBStorage(storage, skip_table_creation=True)
-        study = optuna.load_study(study_name=name, storage=ostorage)
-    except (KeyError, sa.exc.SQLAlchemyError, RuntimeError) as exc:
-        return Importances(empty, IMPORTANCE_EVALUATOR, n_complete, f"Optuna study {name!r} unreadable ({exc})")
+        if not has_optuna:
+            raise KeyError("no Optuna tables in this database")
+        study = optuna.load_study(study_name=name,
+                                  storage=optuna.storages.RDBStorage(store.url, skip_table_creation=True))
+    except (KeyError, sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        return Importances(empty, IMPORTANCE_EVALUATOR, n_complete,
+                           f"not computed: Optuna study {name!r} not readable ({str(exc).strip(chr(39))})")
     with warnings.catch_warnings():  # experimental-API and few-trial warnings: the note says what matters
         warnings.simplefilter("ignore")
         imp = optuna.importance.get_param_importances(

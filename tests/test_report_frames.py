@@ -1,0 +1,144 @@
+"""The report's numbers: statistics against hand-computed values, the grid, partial studies, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner, Result
+from report_db import CE_TEST, CE_VAL, KD_TEST, make_db
+
+from kdbench.cli import main
+from kdbench.errors import StoreError
+from kdbench.report.frames import comparison_table, is_geometric, study_frames
+from kdbench.report.render import write_report
+from kdbench.report.stats import paired_difference, summarize, verdict
+
+T_975_DF4 = 2.7764451051977987  # Student t, 97.5th percentile, 4 degrees of freedom (printed tables)
+
+
+def _t4_cdf(t: float) -> float:
+    """Closed-form CDF of Student's t with 4 degrees of freedom."""
+    u = t * t / 4
+    return 0.5 + 0.375 * (t / math.sqrt(1 + u)) * (1 - u / (3 * (1 + u)))
+
+
+def _hand(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+@pytest.fixture
+def known(db_url: str) -> str:
+    make_db(db_url)
+    return db_url
+
+
+def test_t4_cdf_is_right() -> None:
+    assert _t4_cdf(0.0) == 0.5 and _t4_cdf(T_975_DF4) == pytest.approx(0.975, abs=1e-9)
+
+
+def test_comparison_statistics_match_hand_computation(known: str) -> None:
+    f = study_frames(known, "known", load_images=False)
+    arms = f.arms.set_index("arm")
+    for arm, accs in (("KD student", KD_TEST), ("CE student", CE_TEST)):
+        mean, sd = _hand(list(accs.values()))
+        assert arms.loc[arm, "test_mean"] == pytest.approx(mean, abs=1e-12)
+        assert arms.loc[arm, "test_sd"] == pytest.approx(sd, abs=1e-12)
+        assert arms.loc[arm, "n"] == 5
+    diffs = [KD_TEST[s] - CE_TEST[s] for s in sorted(KD_TEST)]
+    d_mean, d_sd = _hand(diffs)
+    se = d_sd / math.sqrt(5)
+    kd = arms.loc["KD student"]
+    assert kd["diff_mean"] == pytest.approx(d_mean, abs=1e-12) == pytest.approx(0.013, abs=1e-12)
+    assert kd["ci_low"] == pytest.approx(d_mean - T_975_DF4 * se, abs=1e-9)
+    assert kd["ci_high"] == pytest.approx(d_mean + T_975_DF4 * se, abs=1e-9)
+    assert kd["p_value"] == pytest.approx(2 * (1 - _t4_cdf(d_mean / se)), rel=1e-6)
+    assert kd["n_pairs"] == 5
+    assert f.verdict.startswith("KD helped") and "n=5" in f.verdict and "+1.30 pp" in f.verdict
+    t = arms.loc["teacher"]
+    assert t["test_mean"] == 0.905 and t["n"] == 1 and math.isnan(t["test_sd"]) and t["parameters"] == 5000
+    assert kd["device"] == "cpu (test, 1 thread)" and kd["infer_ms_per_batch"] == 1.5
+
+
+def test_paired_difference_uses_only_shared_seeds(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    make_db(url, kd_test={1: 0.80, 2: 0.82, 3: 0.81}, ce_test={2: 0.83, 3: 0.85, 4: 0.99})
+    f = study_frames(url, "known", load_images=False)
+    p = f.paired
+    assert p.n == 2
+    diffs = [0.82 - 0.83, 0.81 - 0.85]
+    mean, sd = _hand(diffs)
+    t_975_df1 = 12.706204736174698
+    assert p.mean == pytest.approx(mean) and p.ci_high == pytest.approx(mean + t_975_df1 * sd / math.sqrt(2))
+    assert p.ci_low < 0 < p.ci_high
+    assert f.verdict.startswith("KD and CE could not be told apart at n=2")
+
+
+def test_verdicts_follow_the_interval() -> None:
+    kd = pd.Series([0.80, 0.81, 0.79, 0.80], index=[1, 2, 3, 4])
+    assert verdict(paired_difference(kd, kd + 0.02)).startswith("KD hurt")
+    assert verdict(paired_difference(kd + pd.Series([0.03, 0.02, 0.04, 0.03], index=kd.index), kd)).startswith(
+        "KD helped")
+    one = paired_difference(kd.iloc[:1], kd.iloc[:1] - 0.01)
+    assert one.n == 1 and math.isnan(one.ci_low) and "at n=1" in verdict(one)
+    assert "no seed" in verdict(paired_difference(kd, pd.Series(dtype=float)))
+    s = summarize([0.5])
+    assert (s.mean, s.n) == (0.5, 1) and math.isnan(s.sd)
+
+
+def test_grid_best_counts_and_difference_to_ce(known: str) -> None:
+    g = study_frames(known, "known", load_images=False).grid.set_index(["temperature", "alpha"])
+    assert len(g) == 6  # every configured point, visited or not
+    assert g.loc[(2.0, 0.5), "best_val"] == 0.890 and g.loc[(2.0, 0.5), "lr_best"] == 2e-3
+    assert g.loc[(2.0, 0.5), "n_trials"] == 2 and g.loc[(2.0, 0.5), "min_val"] == 0.875
+    assert g.loc[(2.0, 0.5), "diff_ce"] == pytest.approx(0.890 - max(CE_VAL))
+    assert math.isnan(g.loc[(4.0, 0.5), "best_val"]) and g.loc[(4.0, 0.5), "n_pruned"] == 1  # pruned: no best
+    assert g.loc[(1.0, 0.9), "n_failed"] == 1 and g.loc[(4.0, 0.9), "n_trials"] == 0
+
+
+def test_partial_study_says_what_is_missing(db_url: str) -> None:
+    make_db(db_url, "partial", kd_test={}, ce_test={}, ce_val=[], teacher=False,
+            kd_trials={(1.0, 0.5): [("running", None, 1e-3)], (2.0, 0.5): [("pruned", 0.7, 1e-3)]})
+    f = study_frames(db_url, "partial")
+    assert any("CE baseline" in m for m in f.missing) and any("finalists" in m for m in f.missing)
+    assert any("teacher" in m for m in f.missing)
+    assert f.arms.empty and f.curves.empty and f.predictions.images is None
+    assert "cannot be compared" in f.verdict and "not computed" in f.importances.note
+    assert f.grid["best_val"].isna().all() and int(f.grid["n_running"].sum()) == 1
+    assert comparison_table([f]).empty
+    counts = f.provenance["counts"]
+    assert counts.loc["kd", "running"] == 1 and counts.loc["kd", "pruned"] == 1 and counts.loc["all", "complete"] == 0
+
+
+def test_unknown_study_lists_the_known_ones(known: str, tmp_path) -> None:
+    with pytest.raises(StoreError, match=r"no study named 'nope'.*studies there: known"):
+        study_frames(known, "nope")
+    with pytest.raises(StoreError, match="no such database file"):
+        study_frames(f"sqlite:///{tmp_path / 'absent.db'}", "known")
+    assert not (tmp_path / "absent.db").exists()  # the report never creates a database
+
+
+def test_cli_errors_and_markdown(known: str, tmp_path) -> None:
+    runner = CliRunner()
+
+    def run(*args: str) -> Result:
+        return runner.invoke(main, ["report", *args, "--storage", known])
+
+    out = run("nope")
+    assert out.exit_code == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("kdbench: error: ") and "studies there: known" in out.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = run("known", "--out", str(blocker / "sub"))
+    assert out.exit_code == 2 and out.stderr.count("\n") == 1 and "--out" in out.stderr and "writable" in out.stderr
+    out = run("known", "--format", "md")
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout.startswith("| arm") and "| KD student |" in out.stdout and "[+0.59, +2.01]" in out.stdout
+    assert out.stdout == write_report(known, ["known"], fmt="md").markdown
+
+
+def test_geometric_detection() -> None:
+    assert is_geometric([1, 2, 4, 8]) and is_geometric([8, 1, 2, 4]) and is_geometric([0.5, 1.5, 4.5])
+    assert not is_geometric([0.1, 0.3, 0.5, 0.7, 0.9]) and not is_geometric([1, 2]) and not is_geometric([0, 1, 2])
