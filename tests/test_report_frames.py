@@ -78,12 +78,16 @@ def test_paired_difference_uses_only_shared_seeds(tmp_path) -> None:
 
 def test_verdicts_follow_the_interval() -> None:
     kd = pd.Series([0.80, 0.81, 0.79, 0.80], index=[1, 2, 3, 4])
-    assert verdict(paired_difference(kd, kd + 0.02)).startswith("KD hurt")
+    assert verdict(paired_difference(kd, kd + pd.Series([0.02, 0.03, 0.02, 0.025], index=kd.index))).startswith(
+        "KD hurt")
     assert verdict(paired_difference(kd + pd.Series([0.03, 0.02, 0.04, 0.03], index=kd.index), kd)).startswith(
         "KD helped")
     one = paired_difference(kd.iloc[:1], kd.iloc[:1] - 0.01)
     assert one.n == 1 and math.isnan(one.ci_low) and "at n=1" in verdict(one)
     assert "no seed" in verdict(paired_difference(kd, pd.Series(dtype=float)))
+    same = paired_difference(kd + 0.5, kd)  # no spread: no interval, no verdict either way
+    assert same.n == 4 and math.isnan(same.ci_low) and math.isnan(same.p_value)
+    assert verdict(same).startswith("KD and CE could not be told apart at n=4")
     s = summarize([0.5])
     assert (s.mean, s.n) == (0.5, 1) and math.isnan(s.sd)
 

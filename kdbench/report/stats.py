@@ -65,8 +65,8 @@ def paired_difference(kd: pd.Series, ce: pd.Series) -> Paired:
         ce: test accuracy per seed (index: seed) of the CE finalist.
 
     Returns:
-        The paired result; CI and p-value are NaN with fewer than two pairs (and p-value is NaN when
-        every difference is the same, where the t statistic is undefined).
+        The paired result; CI and p-value are NaN with fewer than two pairs, or when every difference is
+        the same (the t statistic is then undefined).
     """
     both = pd.concat({"kd": kd, "ce": ce}, axis=1, join="inner").dropna().sort_index()
     d = (both["kd"] - both["ce"]).to_numpy(dtype=float)
@@ -77,8 +77,10 @@ def paired_difference(kd: pd.Series, ce: pd.Series) -> Paired:
     if n < 2:
         return Paired(mean, math.nan, math.nan, math.nan, math.nan, n)
     sd = float(d.std(ddof=1))
+    if sd <= 1e-12:  # every seed gave the same difference: the t statistic and its interval are undefined
+        return Paired(mean, sd, math.nan, math.nan, math.nan, n)
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
-    p = float(stats.ttest_rel(both["kd"], both["ce"]).pvalue) if sd > 0 else math.nan
+    p = float(stats.ttest_rel(both["kd"], both["ce"]).pvalue)
     return Paired(mean, sd, mean - half, mean + half, p, n)
 
 
@@ -86,9 +88,12 @@ def verdict(p: Paired) -> str:
     """One sentence: did KD help, hurt, or could the two not be told apart at this n? (decided by the CI)."""
     if p.n == 0:
         return "KD and CE could not be compared: no seed has a complete KD and CE finalist yet."
-    if p.n < 2 or math.isnan(p.ci_low):
+    if p.n < 2:
         return (f"KD and CE could not be told apart at n={p.n}: a confidence interval needs at least "
                 f"2 shared seeds (KD − CE = {100 * p.mean:+.2f} pp on the one there is).")
+    if math.isnan(p.ci_low):
+        return (f"KD and CE could not be told apart at n={p.n}: every seed gave KD − CE = {100 * p.mean:+.2f} pp, "
+                "and with no spread a t interval is undefined; add seeds.")
     interval = (f"KD − CE = {100 * p.mean:+.2f} pp, {CONFIDENCE:.0%} CI [{100 * p.ci_low:+.2f}, "
                 f"{100 * p.ci_high:+.2f}] pp, paired t-test p = {_p(p.p_value)}, n={p.n} shared seeds")
     if p.ci_low > 0:

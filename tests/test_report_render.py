@@ -1,0 +1,101 @@
+"""The written report: files, determinism, escaping, several studies, partial studies, headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from report_db import make_db
+
+from kdbench.report.render import SECTIONS, write_report
+
+pytestmark = pytest.mark.slow  # each render draws seven figures (seconds each on a busy CPU)
+
+DEVICE = 'cpu <b>bold</b> & "quoted"'  # a user-controlled string that must be escaped everywhere
+TABLE_SUFFIXES = (".md", ".csv", ".tex")
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'kd.db'}"
+    make_db(url, "known", device=DEVICE)
+    make_db(url, "other", kd_test={1: 0.85, 2: 0.86}, ce_test={1: 0.86, 2: 0.865})
+    make_db(url, "partial", kd_test={}, ce_test={}, ce_val=[], teacher=False,
+            kd_trials={(1.0, 0.5): [("running", None, 1e-3)], (2.0, 0.5): [("pruned", 0.7, 1e-3)]})
+    return url
+
+
+@pytest.fixture(scope="module")
+def single(db: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("single")
+    write_report(db, ["known"], out)
+    return out
+
+
+def test_writes_every_table_and_figure(single: Path) -> None:
+    names = {p.name for p in single.iterdir()}
+    for stem in ("comparison", "grid"):
+        assert {stem + s for s in TABLE_SUFFIXES} <= names
+    for stem in ("comparison", "heatmap-val", "heatmap-diff", "sensitivity", "learning-curves", "predictions",
+                 "importances"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+    tex = (single / "comparison.tex").read_text()
+    assert all(rule in tex for rule in ("\\toprule", "\\midrule", "\\bottomrule"))
+    csv = pd.read_csv(single / "comparison.csv").set_index("arm")
+    assert csv.loc["KD student", "diff_mean"] == pytest.approx(0.013)
+    assert csv.loc["KD student", "n"] == 5 and csv.loc["teacher", "parameters"] == 5000
+
+
+def test_same_database_same_bytes(db: str, single: Path, tmp_path: Path) -> None:
+    write_report(db, ["known"], tmp_path)
+    for p in sorted(single.iterdir()):
+        assert (tmp_path / p.name).read_bytes() == p.read_bytes(), f"{p.name} differs between two renders"
+
+
+def test_user_strings_are_escaped(single: Path) -> None:
+    html = (single / "index.html").read_text()
+    assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt; &amp; &#34;quoted&#34;" in html
+    assert r"\&" in (single / "comparison.tex").read_text()
+
+
+def test_several_studies_share_one_table(db: str, tmp_path: Path) -> None:
+    rep = write_report(db, ["known", "other"], tmp_path)
+    md = (tmp_path / "comparison.md").read_text()
+    assert md.startswith("| study") and "| known " in md and "| other " in md
+    assert {"known-heatmap-val.png", "other-heatmap-val.png", "known-grid.csv", "comparison.png"} <= {
+        p.name for p in tmp_path.iterdir()}
+    assert [f.name for f in rep.frames] == ["known", "other"]
+    html = (tmp_path / "index.html").read_text()
+    assert "known: KD helped" in html and "other: KD and CE could not be told apart at n=2" in html
+
+
+def test_partial_study_renders_what_exists(db: str, tmp_path: Path) -> None:
+    write_report(db, ["partial"], tmp_path)
+    html = (tmp_path / "index.html").read_text()
+    assert "Partial study: what is missing" in html and "no complete CE baseline trial" in html
+    assert "no complete finalists yet" in html and "cannot be compared yet" in html
+    grid = (tmp_path / "grid.md").read_text()
+    assert "running (n=1)" in grid and "pruned (n=1)" in grid and "not run (n=0)" in grid
+    assert len(list(tmp_path.glob("*.png"))) == 7
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is absent (make data installs it)")
+def test_index_html_loads_in_headless_chromium(single: Path) -> None:
+    html = (single / "index.html").read_text()
+    n_images = html.count("<img ")
+    assert n_images == 7 and "http://" not in html.replace("http://www.w3.org", "")  # self-contained
+    dom = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+         "--dump-dom", (single / "index.html").as_uri()],
+        capture_output=True, text=True, timeout=120).stdout
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded is not None, "the page's load script did not run"
+    assert loaded.groups() == (str(n_images), str(n_images)), f"images loaded: {loaded.group(0)}"
+    headings = re.findall(r"<h2[^>]*>(.*?)</h2>", dom)
+    assert "Comparison" in headings
+    for title in SECTIONS.values():
+        assert title.replace("&", "&amp;") in headings, f"section {title!r} missing"
