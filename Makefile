@@ -16,11 +16,14 @@ $(BIN)/kdbench: pyproject.toml
 
 env: $(BIN)/kdbench
 
-# Fashion-MNIST from Debian's package when root; else kdbench says where to put the files.
+# Fashion-MNIST (and chromium, for the report's browser test) from Debian's packages when root.
 data:
 	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)); fi
 	@test -f $(FMNIST) || echo "note: Fashion-MNIST not in /usr/share/datasets; set KDBENCH_DATA or data.download: true"
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)); fi
+	@command -v chromium >/dev/null || echo "note: no chromium; the report's browser test is skipped"
 
 demo: env data
 	$(BIN)/kdbench sweep $(STUDY)

@@ -99,3 +99,22 @@ def test_index_html_loads_in_headless_chromium(single: Path) -> None:
     assert "Comparison" in headings
     for title in SECTIONS.values():
         assert title.replace("&", "&amp;") in headings, f"section {title!r} missing"
+
+
+def test_report_of_a_real_tiny_sweep(needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path) -> None:
+    from kdbench.config import parse_study
+    from kdbench.sweep import run_sweep
+
+    run_sweep(parse_study(tiny_study_dict), storage=db_url, cache_dir=tmp_path / "cache")
+    db_file = Path(db_url.removeprefix("sqlite:///"))
+    before = db_file.read_bytes()
+    rep = write_report(db_url, ["tiny"], tmp_path / "out")
+    assert db_file.read_bytes() == before  # a pure reader: nothing was trained or written
+    f = rep.frames[0]
+    assert f.missing == [] and f.paired.n == 2 and "n=2" in f.verdict
+    assert f.predictions.images is not None and len(f.predictions.table) == 24 and f.predictions.seed == 1
+    assert (f.predictions.table["teacher"] >= 0).all() and f.predictions.classes[9] == "Ankle boot"
+    assert "not computed" in f.importances.note  # 2 KD trials are too few for importances
+    assert list(rep.comparison["arm"]) == ["teacher", "CE student", "KD student"]
+    assert f.curves.groupby("loss")["n"].min().to_dict() == {"ce": 2, "kd": 2}
+    assert f.provenance["counts"].loc["all", "complete"] == 7
