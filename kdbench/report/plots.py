@@ -237,7 +237,7 @@ def importances(sf: StudyFrames) -> Figure:
 def comparison(table: pd.DataFrame) -> Figure:
     """Test accuracy (mean ± sd over seeds) of each arm, studies side by side."""
     studies = list(dict.fromkeys(table["study"]))
-    fig, ax = _figure(max(6.0, 2.6 * len(studies) + 2), 4)
+    fig, ax = _figure(max(5.5, 2.6 * len(studies) + 2), 4)
     if table.empty:
         return _empty(fig, ax, "no test accuracies yet (no teacher or finalists)")
     arms = list(dict.fromkeys(table["arm"]))
@@ -253,6 +253,7 @@ def comparison(table: pd.DataFrame) -> Figure:
                 ax.annotate(f"n={int(r['n'])}", (xi, 100 * r["test_mean"]), textcoords="offset points",
                             xytext=(6, -3), fontsize=7)
     ax.set_xticks(np.arange(len(studies)), studies)
+    ax.set_xlim(-0.6, len(studies) - 0.4)
     ax.set_ylabel("test accuracy (%, mean ± sd over seeds)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
