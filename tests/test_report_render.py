@@ -45,6 +45,7 @@ def test_writes_every_table_and_figure(single: Path) -> None:
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     tex = (single / "comparison.tex").read_text()
     assert all(rule in tex for rule in ("\\toprule", "\\midrule", "\\bottomrule"))
+    assert "95\\%" in tex and re.search(r"(?<!\\)%", tex) is None  # a bare % would comment the rest out
     csv = pd.read_csv(single / "comparison.csv").set_index("arm")
     assert csv.loc["KD student", "diff_mean"] == pytest.approx(0.013)
     assert csv.loc["KD student", "n"] == 5 and csv.loc["teacher", "parameters"] == 5000

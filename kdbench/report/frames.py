@@ -165,7 +165,7 @@ def study_frames(storage: str, name: str, *, load_images: bool = True) -> StudyF
     finals = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
     if finals.empty:
         missing.append("no complete finalists yet: no test accuracies, comparison or learning curves")
-    arms, paired = _arms(name, config, teacher, finals)
+    arms, paired = _arms(name, config, row.config_hash, teacher, finals)
     curves = _curves(store.epochs(name), finals)
     predictions = _predictions(store, name, config, teacher, finals, load_images)
     importances = _importances(store, name, int((kd["state"] == "complete").sum()))
@@ -239,16 +239,18 @@ def grid_cells(sf: StudyFrames, column: str, fmt: str = "{:.2f}") -> pd.DataFram
 
 COMPARISON_COLUMNS = [
     "study", "arm", "model", "temperature", "alpha", "lr", "test_mean", "test_sd", "n", "diff_mean",
-    "ci_low", "ci_high", "p_value", "n_pairs", "parameters", "infer_ms_per_batch", "device",
+    "ci_low", "ci_high", "p_value", "n_pairs", "parameters", "infer_ms_per_batch", "device", "seeds", "commit",
+    "config_hash",
 ]
 
 
-def _arms(name: str, config: dict[str, Any], teacher: Any, finals: pd.DataFrame) -> tuple[pd.DataFrame, Paired]:
+def _arms(name: str, config: dict[str, Any], config_hash: str, teacher: Any,
+          finals: pd.DataFrame) -> tuple[pd.DataFrame, Paired]:
     rows: list[dict[str, Any]] = []
     if teacher is not None:
         rows.append({"arm": "teacher", "model": teacher.model, "test_mean": float(teacher.test_acc), "n": 1,
                      "parameters": teacher.parameters, "infer_ms_per_batch": teacher.infer_ms_per_batch,
-                     "device": teacher.device})
+                     "device": teacher.device, "seeds": str(config.get("seed", "")), "commit": teacher.commit})
     student = config.get("student", {}).get("model", "?")
     by_seed = {key: g.set_index("seed")["test_acc"] for key, g in finals.groupby(["loss", "rank"])}
     ce = by_seed.get(("ce", 0))
@@ -261,13 +263,16 @@ def _arms(name: str, config: dict[str, Any], teacher: Any, finals: pd.DataFrame)
             "model": student, "temperature": g["temperature"].iloc[0], "alpha": g["alpha"].iloc[0],
             "lr": g["lr"].iloc[0], "test_mean": s.mean, "test_sd": s.sd, "n": s.n,
             "parameters": g["parameters"].iloc[0], "infer_ms_per_batch": float(g["infer_ms_per_batch"].median()),
-            "device": "; ".join(sorted(set(g["device"].dropna())))}
+            "device": "; ".join(sorted(set(g["device"].dropna()))),
+            "seeds": " ".join(str(int(x)) for x in sorted(g["seed"])),
+            "commit": "; ".join(sorted({str(c) for c in g["commit"].dropna()}))}
         if loss == "kd" and ce is not None:
             p = paired_difference(g.set_index("seed")["test_acc"], ce)
             row.update(diff_mean=p.mean, ci_low=p.ci_low, ci_high=p.ci_high, p_value=p.p_value, n_pairs=p.n)
         rows.append(row)
     out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS[1:])
     out.insert(0, "study", name)
+    out["config_hash"] = config_hash
     return out, paired
 
 

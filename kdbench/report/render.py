@@ -29,7 +29,7 @@ from kdbench.report import plots
 from kdbench.report.frames import StudyFrames, comparison_table, grid_cells, study_frames
 from kdbench.report.stats import CONFIDENCE
 
-__all__ = ["SECTIONS", "Report", "comparison_display", "default_out", "write_report"]
+__all__ = ["SECTIONS", "Report", "comparison_display", "default_out", "source_note", "write_report"]
 
 SECTIONS = {  # id -> heading of each per-study section, in page order
     "grid": "Accuracy over T × α",
@@ -102,6 +102,17 @@ def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns=["study"]) if table["study"].nunique() <= 1 else out
 
 
+def source_note(table: pd.DataFrame) -> str:
+    """Where the comparison's numbers came from: per study, its config hash, finalist seeds and kdbench commits."""
+    parts = []
+    for study, g in table.groupby("study", sort=False):
+        seeds = sorted({x for v in g.loc[g["arm"] != "teacher", "seeds"] for x in str(v).split()}, key=int)
+        commits = sorted({c[:12] for v in g["commit"].dropna() for c in str(v).split("; ") if c})
+        parts.append(f"{study}: config {g['config_hash'].iloc[0]}, finalist seeds {' '.join(seeds) or 'none'}, "
+                     f"kdbench {', '.join(commits) or 'unknown'}")
+    return "Source: " + ("; ".join(parts) if parts else "no teacher or finalists yet") + "."
+
+
 def _grid_display(sf: StudyFrames) -> pd.DataFrame:
     cells = grid_cells(sf, "best_val").map(lambda s: s.replace("\n", " (") + ")")
     cells.index = [f"α={a:g}" for a in cells.index]
@@ -113,14 +124,20 @@ def _markdown(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                                                       "\\": r"\textbackslash{}"}
+
+
 def _latex(df: pd.DataFrame, caption: str) -> str:
+    """A booktabs table; cells, headers and the caption LaTeX-escaped."""
+    escaped = "".join(_LATEX_SPECIAL.get(c, c) for c in caption)
     return df.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1).to_latex(
-        hrules=True, caption=caption, column_format="l" * len(df.columns), position="htbp")
+        hrules=True, caption=escaped, column_format="l" * len(df.columns), position="htbp")
 
 
 def _write_table(df: pd.DataFrame, numeric: pd.DataFrame, out: Path, stem: str, caption: str) -> list[Path]:
     paths = [out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.tex"]
-    paths[0].write_text(_markdown(df), encoding="utf-8")
+    paths[0].write_text(_markdown(df) + "\n" + caption + "\n", encoding="utf-8")
     numeric.to_csv(paths[1], index=False, float_format="%.10g", lineterminator="\n")
     paths[2].write_text(_latex(df, caption), encoding="utf-8")
     return paths
@@ -175,7 +192,7 @@ def write_report(storage: str, studies: list[str], out: str | Path | None = None
     frames = [study_frames(storage, s, load_images=load_images and fmt == "html") for s in studies]
     table = comparison_table(frames)
     display = comparison_display(table)
-    markdown = _markdown(display)
+    markdown = _markdown(display) + "\n" + source_note(table) + "\n"  # what --format md prints
     if fmt == "md":
         return Report(None, frames, table, markdown)
 
@@ -184,7 +201,7 @@ def write_report(storage: str, studies: list[str], out: str | Path | None = None
     files: list[Path] = []
     ci = f"{CONFIDENCE:.0%}"
     caption = (f"Test accuracy (mean ± sd over finalist seeds, n seeds); KD − CE paired over shared seeds with "
-               f"its {ci} t interval and paired t-test p. Studies: {', '.join(studies)}.")
+               f"its {ci} t interval and paired t-test p. {source_note(table)}")
     files += _write_table(display, table, out_dir, "comparison", caption)
     with matplotlib.rc_context(RC):  # type: ignore[arg-type]
         comparison_png = _save(plots.comparison(table), out_dir, "comparison", files)
@@ -198,7 +215,7 @@ def write_report(storage: str, studies: list[str], out: str | Path | None = None
                     for key, draw in FIGURES.items()}
             studies_ctx.append(_study_context(sf, figs, grid_stem))
     html = _template().render(
-        title=" + ".join(studies), comparison_md=markdown, comparison=display, comparison_png=comparison_png,
+        title=" + ".join(studies), source=source_note(table), comparison=display, comparison_png=comparison_png,
         studies=studies_ctx, sections=SECTIONS, several=len(frames) > 1,
         generator={"commit": kdbench_commit(), **library_versions()})
     (out_dir / "index.html").write_text(html, encoding="utf-8")
