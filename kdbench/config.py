@@ -8,6 +8,7 @@ never fall back to a default. Every default in kdbench lives here.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -36,6 +37,18 @@ __all__ = [
 ]
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def is_geometric(values: list[float]) -> bool:
+    """True for three or more positive values with a constant ratio (T = 1, 2, 4, 8).
+
+    Such a grid is searched (and drawn) on a log scale; alpha = 0.1, 0.3, ..., 0.9 is not geometric.
+    """
+    v = sorted(float(x) for x in values)
+    if len(v) < 3 or v[0] <= 0:
+        return False
+    steps = [math.log(b / a) for a, b in itertools.pairwise(v)]
+    return steps[0] > 0 and all(math.isclose(x, steps[0], rel_tol=0.05) for x in steps)
 
 
 class _Strict(BaseModel):

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 import torch
 from sqlalchemy.exc import IntegrityError
 
-from kdbench.config import Range, Study
+from kdbench.config import Range, Study, is_geometric
 from kdbench.data import Data, load_data
 from kdbench.errors import NonFiniteLossError, StoreError
 from kdbench.models import build_model, count_parameters
@@ -320,9 +320,7 @@ def _pruner(study: Study) -> optuna.pruners.BasePruner:
 def _suggest(trial: optuna.Trial, name: str, space: list[float] | Range) -> float:
     if isinstance(space, Range):
         return trial.suggest_float(name, space.low, space.high, log=space.log)
-    lo, hi = min(space), max(space)
-    geometric = lo > 0 and len(space) > 2 and hi / lo >= 8
-    return trial.suggest_float(name, lo, hi, log=geometric)
+    return trial.suggest_float(name, min(space), max(space), log=is_geometric(space))
 
 
 def _ask(ctx: _Context, visit: Visit, index: int) -> tuple[optuna.Study, optuna.Trial, dict[str, float]]:

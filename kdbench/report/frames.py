@@ -24,6 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 import yaml
 
+from kdbench.config import is_geometric
 from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
 from kdbench.report.stats import Paired, paired_difference, summarize, verdict
 from kdbench.store import Store
@@ -117,15 +118,6 @@ def open_store(storage: str) -> Store:
             raise StoreError(f"--storage {storage}: no such database file {path}; run kdbench sweep first "
                              "or point --storage at its database")
     return Store.open(storage, create=False)
-
-
-def is_geometric(values: list[float]) -> bool:
-    """True for three or more positive values with a constant ratio (T = 1, 2, 4, 8): draw them on a log axis."""
-    v = sorted(float(x) for x in values)
-    if len(v) < 3 or v[0] <= 0:
-        return False
-    ratios = np.diff(np.log(v))
-    return bool(np.allclose(ratios, ratios[0], rtol=0.05) and ratios[0] > 0)
 
 
 def study_frames(storage: str, name: str, *, load_images: bool = True) -> StudyFrames:
