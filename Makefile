@@ -25,8 +25,10 @@ data:
 	  (apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)); fi
 	@command -v chromium >/dev/null || echo "note: no chromium; the report's browser test is skipped"
 
+# The shipped studies' file names are their study names.
 demo: env data
 	$(BIN)/kdbench sweep $(STUDY)
+	$(BIN)/kdbench report $(basename $(notdir $(STUDY)))
 
 test: env data
 	$(BIN)/python -m pytest -q
