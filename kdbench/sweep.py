@@ -209,6 +209,8 @@ def _takeover_reason(run: RunRow, stale_after_s: float) -> str | None:
         return run.error or "interrupted"
     if run.state != "running":
         return None
+    if run.owner == worker_id():  # this process claims one visit at a time: this one is a leftover
+        return f"an earlier sweep in this process ({run.owner}) stopped without recording it"
     if _pid_alive(run.owner) is False:
         return f"worker {run.owner} died (its process is gone) at epoch {run.epochs_done}"
     age = math.inf if run.heartbeat is None else (_now() - run.heartbeat).total_seconds()
@@ -492,8 +494,11 @@ def _run_visit(ctx: _Context, c: Claimed) -> str:
     common = dict(finished=_now(), device=device_name(ctx.device), versions=ctx.versions,
                   commit=kdbench_commit(), parameters=count_parameters(model))
 
+    closed: list[str] = []
+
     def close(state: str, reason: str | None, **values: Any) -> str:
         _finish(ctx, c.run_id, records, state=state, error=reason, **{**common, "finished": _now()}, **values)
+        closed.append(state)
         if trial is not None:
             _close_trial(ctx.storage, trial._trial_id, state, reason, values.get("val_acc"))
         ctx.events.on_visit_end(visit, state, values.get("val_acc"), reason)
@@ -505,6 +510,10 @@ def _run_visit(ctx: _Context, c: Claimed) -> str:
                         teacher=ctx.teacher.signal_for(ctx.data) if kd else None, kd=kd,
                         augment_kind=study.data.augment, callback=on_epoch,
                         evaluate_test=visit.kind == "finalist")
+        extra = _finalist_outputs(ctx, visit, model) if visit.kind == "finalist" else {}
+        return close("complete", None, val_acc=_num(res.val_acc), val_loss=_num(res.val_loss),
+                     test_acc=res.test_acc, test_loss=res.test_loss, wall_time_s=res.wall_time_s,
+                     samples_per_s=res.samples_per_s, **extra)
     except optuna.TrialPruned as exc:
         return close("pruned", str(exc))
     except NonFiniteLossError as exc:  # recorded as failed; the sweep goes on
@@ -512,22 +521,23 @@ def _run_visit(ctx: _Context, c: Claimed) -> str:
             trial.set_user_attr("fail_step", exc.step)
         return close("failed", str(exc))
     except BaseException as exc:  # Ctrl-C or a bug: the visit is re-run on resume
-        close("interrupted", f"{type(exc).__name__}: {exc}"[:500])
+        if not closed:
+            close("interrupted", f"{type(exc).__name__}: {exc}"[:500])
         raise
 
-    extra: dict[str, Any] = {}
-    if visit.kind == "finalist":
-        ctx.weights_dir.mkdir(parents=True, exist_ok=True)
-        wpath = ctx.weights_dir / (visit.key.replace("/", "_").replace("=", "") + ".pt")
-        tmp = wpath.with_suffix(f".tmp{os.getpid()}")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, wpath)
-        preds = predict_logits(model, ctx.data.test.images, info).argmax(1).to(torch.int16).cpu().numpy()
-        extra = dict(weights_path=str(wpath), test_predictions=preds.tobytes(),
-                     infer_ms_per_batch=inference_ms_per_batch(model, info, ctx.device))
-    return close("complete", None, val_acc=_num(res.val_acc), val_loss=_num(res.val_loss),
-                 test_acc=res.test_acc, test_loss=res.test_loss, wall_time_s=res.wall_time_s,
-                 samples_per_s=res.samples_per_s, **extra)
+
+
+def _finalist_outputs(ctx: _Context, visit: Visit, model: torch.nn.Module) -> dict[str, Any]:
+    """Keep a finalist's weights (written whole, then renamed) and its test predictions."""
+    ctx.weights_dir.mkdir(parents=True, exist_ok=True)
+    wpath = ctx.weights_dir / (visit.key.replace("/", "_").replace("=", "") + ".pt")
+    tmp = wpath.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, wpath)
+    info = ctx.data.info
+    preds = predict_logits(model, ctx.data.test.images, info).argmax(1).to(torch.int16).cpu().numpy()
+    return dict(weights_path=str(wpath), test_predictions=preds.tobytes(),
+                infer_ms_per_batch=inference_ms_per_batch(model, info, ctx.device))
 
 
 def _num(x: float | None) -> float | None:
