@@ -460,22 +460,25 @@ def _finish(ctx: _Context, run_id: int, records: list[EpochRecord], **values: An
 
 
 def _run_visit(ctx: _Context, c: Claimed) -> str:
-    """Train one claimed visit and record it; returns its final state."""
+    """Train one claimed visit and record it; returns its final state.
+
+    Everything after the claim is inside one ``try``: whatever stops it (Ctrl-C while asking Optuna,
+    a bug), the run is recorded as interrupted rather than left running.
+    """
     study, visit = ctx.study, c.visit
-    if c.replaced_trial is not None:
-        _close_trial(ctx.storage, c.replaced_trial, "failed", c.replaced_reason)
     trial: optuna.Trial | None = None
-    if visit.kind in ("kd", "ce"):
-        ostudy, trial, params = _ask(ctx, visit, c.index)
-        _update(ctx, c.run_id, optuna_study=ostudy.study_name, trial_number=trial.number,
-                trial_id=trial._trial_id, temperature=params.get("temperature"), alpha=params.get("alpha"),
-                lr=params["lr"])
-    else:
-        params = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha),
-                                    ("lr", visit.lr)) if v is not None}
-    ctx.events.on_visit_start(visit, params)
-    total_epochs = study.student.epochs or 1
     records: list[EpochRecord] = []
+    closed: list[str] = []
+    common: dict[str, Any] = dict(device=device_name(ctx.device), versions=ctx.versions, commit=kdbench_commit())
+    total_epochs = study.student.epochs or 1
+
+    def close(state: str, reason: str | None, **values: Any) -> str:
+        _finish(ctx, c.run_id, records, state=state, error=reason, finished=_now(), **common, **values)
+        closed.append(state)
+        if trial is not None:
+            _close_trial(ctx.storage, trial._trial_id, state, reason, values.get("val_acc"))
+        ctx.events.on_visit_end(visit, state, values.get("val_acc"), reason)
+        return state
 
     def on_epoch(rec: EpochRecord) -> None:
         records.append(rec)
@@ -486,25 +489,24 @@ def _run_visit(ctx: _Context, c: Claimed) -> str:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {rec.epoch} (val acc {rec.val_acc:.4f})")
 
-    torch.manual_seed(visit.seed)
-    info = ctx.data.info
-    model = build_model(study.student.model, in_channels=info.channels, num_classes=info.num_classes,
-                        image_size=info.image_size, pretrained=study.student.pretrained).to(ctx.device)
-    kd = KDParams(params["temperature"], params["alpha"]) if visit.loss == "kd" else None
-    common = dict(finished=_now(), device=device_name(ctx.device), versions=ctx.versions,
-                  commit=kdbench_commit(), parameters=count_parameters(model))
-
-    closed: list[str] = []
-
-    def close(state: str, reason: str | None, **values: Any) -> str:
-        _finish(ctx, c.run_id, records, state=state, error=reason, **{**common, "finished": _now()}, **values)
-        closed.append(state)
-        if trial is not None:
-            _close_trial(ctx.storage, trial._trial_id, state, reason, values.get("val_acc"))
-        ctx.events.on_visit_end(visit, state, values.get("val_acc"), reason)
-        return state
-
     try:
+        if c.replaced_trial is not None:
+            _close_trial(ctx.storage, c.replaced_trial, "failed", c.replaced_reason)
+        if visit.kind in ("kd", "ce"):
+            ostudy, trial, params = _ask(ctx, visit, c.index)
+            _update(ctx, c.run_id, optuna_study=ostudy.study_name, trial_number=trial.number,
+                    trial_id=trial._trial_id, temperature=params.get("temperature"), alpha=params.get("alpha"),
+                    lr=params["lr"])
+        else:
+            params = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha),
+                                        ("lr", visit.lr)) if v is not None}
+        ctx.events.on_visit_start(visit, params)
+        torch.manual_seed(visit.seed)
+        info = ctx.data.info
+        model = build_model(study.student.model, in_channels=info.channels, num_classes=info.num_classes,
+                            image_size=info.image_size, pretrained=study.student.pretrained).to(ctx.device)
+        common["parameters"] = count_parameters(model)
+        kd = KDParams(params["temperature"], params["alpha"]) if visit.loss == "kd" else None
         with _Heartbeat(ctx.store, c.run_id):
             res = train(model, ctx.data, study.student, lr=params["lr"], seed=visit.seed,
                         teacher=ctx.teacher.signal_for(ctx.data) if kd else None, kd=kd,
@@ -524,7 +526,6 @@ def _run_visit(ctx: _Context, c: Claimed) -> str:
         if not closed:
             close("interrupted", f"{type(exc).__name__}: {exc}"[:500])
         raise
-
 
 
 def _finalist_outputs(ctx: _Context, visit: Visit, model: torch.nn.Module) -> dict[str, Any]:
