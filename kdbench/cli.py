@@ -6,8 +6,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
@@ -97,11 +96,12 @@ def teacher(study_file: str, overrides: tuple[str, ...], device: str, threads: i
     Example: kdbench teacher studies/fashion-mnist-quick.yaml
     """
     from kdbench.config import load_study
+    from kdbench.progress import sweep_display
     from kdbench.teacher import prepare_teacher
 
     study = load_study(study_file, overrides)
     dev = _setup_torch(threads, device)
-    with _progress(quiet=False) as events:
+    with sweep_display(quiet=False, total_epochs=study.teacher.epochs or 1) as events:
         t = prepare_teacher(study, device=dev, cache_dir=cache_dir, enforce_floor=False,
                             on_epoch=lambda r: events.on_epoch(r, study.teacher.epochs or 1))
     source = "cache" if t.from_cache else ("checkpoint" if study.teacher.checkpoint else "trained")
@@ -113,33 +113,60 @@ def teacher(study_file: str, overrides: tuple[str, ...], device: str, threads: i
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @_study_options
 @click.option("--storage", default="sqlite:///kdbench.db", show_default=True, help=STORAGE_HELP)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on this machine sharing the study (torch threads each: cores // N).")
 @click.option("--quiet", is_flag=True, help="No live progress lines; one line per finished trial (for CI logs).")
 @click.option("--replace", is_flag=True, help="Delete a stored study of the same name first (its results too).")
-@click.option("--max-visits", type=click.IntRange(min=1), default=None, help="Stop after this many trials.")
+@click.option("--max-visits", type=click.IntRange(min=1), default=None,
+              help="Stop after this many trials (per worker).")
+@click.option("--as-worker", is_flag=True, hidden=True, help="Started by --workers: no summary at the end.")
 @_handle_errors
 def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int | None,
-          cache_dir: str | None, storage: str, quiet: bool, replace: bool, max_visits: int | None) -> None:
+          cache_dir: str | None, storage: str, workers: int, quiet: bool, replace: bool,
+          max_visits: int | None, as_worker: bool) -> None:
     """Run a study: teacher, CE baseline, T x alpha search, finalists. Re-run to resume; run it on
-    several processes or machines against one --storage to share the work.
+    several processes (--workers N) or machines against one --storage to share the work.
 
-    Example: kdbench sweep studies/fashion-mnist-quick.yaml --storage sqlite:///kdbench.db
+    Example: kdbench sweep studies/fashion-mnist-quick.yaml --workers 2
     """
     import optuna
 
     from kdbench.config import load_study
+    from kdbench.progress import sweep_display
     from kdbench.store import Store
-    from kdbench.sweep import drop_study, optuna_storage, run_sweep
+    from kdbench.sweep import drop_study, finalist_summary, optuna_storage, prepare_sweep, run_sweep
+    from kdbench.workers import run_workers, worker_threads
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # Optuna's per-trial info lines only with -v
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(study_file, overrides)
-    dev = _setup_torch(threads, device)
+    dev = _setup_torch(worker_threads(1, threads) if workers == 1 else threads, device)
     if replace:
         drop_study(Store.open(storage), study.name, optuna_storage(storage))
-    with _progress(quiet, study) as events:
-        summary = run_sweep(study, storage=storage, device=dev, cache_dir=cache_dir, events=events,
-                            max_visits=max_visits)
+    with sweep_display(quiet, study.student.epochs or 1) as events:
+        if workers == 1:
+            summary = run_sweep(study, storage=storage, device=dev, cache_dir=cache_dir, events=events,
+                                max_visits=max_visits)
+        else:
+            args = [study_file, "--storage", storage, "--quiet", "--as-worker", "--device", device,
+                    "--threads", str(worker_threads(workers, threads)),
+                    *(f"--set={o}" for o in overrides), *(["--cache-dir", cache_dir] if cache_dir else []),
+                    *(["--max-visits", str(max_visits)] if max_visits else [])]
+            run_workers(study, args, workers=workers, storage=storage, events=events,
+                        prepare=lambda: prepare_sweep(study, storage=storage, device=dev, cache_dir=cache_dir,
+                                                      events=events))
+            summary = finalist_summary(Store.open(storage), study.name)
+    if as_worker:
+        return
+    _print_counts(Store.open(storage), study.name)
     _print_summary(study.name, storage, summary)
+
+
+def _print_counts(store: Any, name: str) -> None:
+    runs = store.runs(name)
+    counts = runs["state"].value_counts()
+    text = ", ".join(f"{int(n)} {state}" for state, n in counts.items())
+    click.echo(f"{name}: {len(runs)} runs ({text}); failed and interrupted attempts: kdbench show {name}")
 
 
 @main.command(name="ls")
@@ -222,46 +249,3 @@ def _print_summary(name: str, storage: str, summary: Any) -> None:
         sd = f"{r['test_sd']:.2%}" if r["test_sd"] == r["test_sd"] else "n/a"
         click.echo(f"  best {r['loss'].upper()} #{int(r['rank']) + 1}: {cfg}: test {r['test_mean']:.2%} ± {sd} "
                    f"(n={int(r['n'])})")
-
-
-@contextmanager
-def _progress(quiet: bool, study: Any = None) -> Iterator[Any]:
-    """Live lines (sweep and current trial's epochs) with rich, or plain log lines with --quiet."""
-    from kdbench.sweep import SweepEvents, planned_total
-
-    if quiet:
-        state: dict[str, Any] = {"done": 0}
-
-        def end(v: Any, s: str, acc: float | None) -> None:
-            state["done"] += 1
-            click.echo(f"[{state['done']}] {v.key}: {s}" + (f", val {acc:.4f}" if acc is not None else ""))
-
-        yield SweepEvents(on_visit_end=end)
-        return
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=False) as bar:
-        total = planned_total(study) if study is not None else None
-        sweep_task = bar.add_task("sweep", total=total, visible=study is not None)
-        epoch_task = bar.add_task("epochs", total=1)
-        best: dict[str, float] = {}
-
-        def start(v: Any, params: dict[str, float]) -> None:
-            desc = " ".join(f"{k[0] if k != 'alpha' else 'α'}={val:.3g}" for k, val in params.items())
-            bar.update(epoch_task, completed=0, description=f"{v.kind} {desc}")
-
-        def epoch(r: Any, total_epochs: int) -> None:
-            bar.update(epoch_task, total=total_epochs, completed=r.epoch + 1)
-
-        def end(v: Any, s: str, acc: float | None) -> None:
-            if acc is not None and v.kind in ("kd", "ce"):
-                best[v.kind] = max(best.get(v.kind, 0.0), acc)
-            shown = "  ".join(f"best {k} val {a:.2%}" for k, a in sorted(best.items(), reverse=True))
-            bar.update(sweep_task, advance=1, description=f"sweep  {shown}")
-
-        def status(msg: str) -> None:
-            bar.update(epoch_task, description=msg)
-
-        yield SweepEvents(on_visit_start=start, on_epoch=epoch, on_visit_end=end, on_status=status)

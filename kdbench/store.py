@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -191,6 +192,17 @@ class Store:
             StoreError: unreachable database, or one written by a newer kdbench.
         """
         engine = make_engine(url)
+        for attempt in range(5):  # workers started together on a fresh database race to create the tables
+            try:
+                return cls._open(url, engine, create)
+            except StoreError as exc:
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open(cls, url: str, engine: Engine, create: bool) -> Store:
         try:
             with engine.begin() as conn:
                 if create:

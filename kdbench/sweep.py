@@ -4,8 +4,11 @@ Plan → claim → run. The plan is the list of visits a study needs (each (T, a
 ``trials_per_point`` times, the CE baseline's lr trials, then the finalists' seeds). Workers claim
 visits in the store under a unique constraint, so any number of ``kdbench sweep`` processes, on one
 machine or many sharing a database, split the work without running a visit twice. A visit whose
-worker died (a stale heartbeat) or was interrupted is claimed again; completed, pruned and failed
-visits are final. Every search visit is one Optuna trial (KD trials in the study ``<name>``, CE trials
+worker died (a dead PID on this host, or a stale heartbeat) or was interrupted is claimed again: the old
+attempt stays in the store as ``<visit>#<attempt>`` (failed with the reason, or interrupted) and its
+Optuna trial is failed with a ``fail_reason`` user attribute. Completed, pruned and failed (non-finite
+loss) visits are final. A run's results and epochs are written in one transaction when it ends.
+Every search visit is one Optuna trial (KD trials in the study ``<name>``, CE trials
 in ``<name>.ce``): T and alpha are fixed by the visit through ``PartialFixedSampler`` while the
 sampler draws lr, so Optuna's own tools see the study as it is. Selection uses validation accuracy;
 the test set is only evaluated for finalists.
@@ -14,6 +17,7 @@ the test set is only evaluated for finalists.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import math
 import os
@@ -37,20 +41,25 @@ from kdbench.data import Data, load_data
 from kdbench.errors import NonFiniteLossError, StoreError
 from kdbench.models import build_model, count_parameters
 from kdbench.provenance import device_name, kdbench_commit, library_versions
-from kdbench.store import EpochRow, RunRow, Store, StudyRow, TeacherRow, _now, worker_id
+from kdbench.store import EpochRow, RunRow, Store, StudyRow, TeacherRow, _first_line, _now, worker_id
 from kdbench.teacher import Teacher, default_cache_dir, prepare_teacher
 from kdbench.train import EpochRecord, KDParams, inference_ms_per_batch, predict_logits, train
 
 __all__ = [
     "STALE_AFTER_S",
+    "Claimed",
+    "Progress",
     "SweepEvents",
     "Visit",
     "ce_trials",
+    "claim",
     "finalist_summary",
     "plan_finalists",
     "plan_search",
+    "prepare_sweep",
     "register_study",
     "run_sweep",
+    "study_progress",
 ]
 
 log = logging.getLogger(__name__)
@@ -194,51 +203,78 @@ def _pid_alive(owner: str | None) -> bool | None:
     return True
 
 
-def _is_stale(run: RunRow, stale_after_s: float) -> bool:
+def _takeover_reason(run: RunRow, stale_after_s: float) -> str | None:
+    """Why another worker may take ``run``'s visit over, or None while its worker lives."""
+    if run.state == "interrupted":
+        return run.error or "interrupted"
     if run.state != "running":
-        return False
-    alive = _pid_alive(run.owner)
-    if alive is not None:
-        return not alive
-    return run.heartbeat is None or (_now() - run.heartbeat).total_seconds() > stale_after_s
+        return None
+    if run.owner == worker_id():  # this process claims one visit at a time: this one is a leftover
+        return f"an earlier sweep in this process ({run.owner}) stopped without recording it"
+    if _pid_alive(run.owner) is False:
+        return f"worker {run.owner} died (its process is gone) at epoch {run.epochs_done}"
+    age = math.inf if run.heartbeat is None else (_now() - run.heartbeat).total_seconds()
+    if age > stale_after_s:
+        return f"worker {run.owner} stopped: no heartbeat for {age:.0f} s (limit {stale_after_s:g} s)"
+    return None
 
 
-def claim(store: Store, study_id: int, visit: Visit, config_hash: str, stale_after_s: float) -> RunRow | None:
-    """Claim ``visit`` for this worker: a new row, or one whose worker died or was interrupted.
+@dataclass(frozen=True)
+class Claimed:
+    """A visit this worker now owns: its new run row, and the attempt it replaced (if any)."""
 
-    Returns the claimed row, or None if the visit is done or another live worker holds it.
+    run_id: int
+    visit: Visit
+    index: int
+    replaced_trial: int | None = None  # Optuna trial id of a dead attempt, to be marked failed
+    replaced_reason: str | None = None
+
+
+def claim(store: Store, study_id: int, visit: Visit, index: int, config_hash: str,
+          stale_after_s: float) -> Claimed | None:
+    """Claim ``visit`` for this worker, in one transaction.
+
+    A visit nobody ran gets a new row. A visit whose worker died (dead PID on this host, or no heartbeat
+    for ``stale_after_s``) or was interrupted keeps its row as a retired attempt (visit ``key#attempt``,
+    state ``failed`` with the reason, or ``interrupted``) and gets a new row. The unique (study, visit)
+    constraint and a conditional update make sure only one worker wins.
+
+    Returns:
+        The claim, or None if the visit is final or a live worker holds it.
     """
-    me = worker_id()
     fields = dict(kind=visit.kind, loss=visit.loss, seed=visit.seed, temperature=visit.temperature,
                   alpha=visit.alpha, lr=visit.lr, rank=visit.rank, config_hash=config_hash)
+
+    def new_row(attempt: int) -> RunRow:
+        return RunRow(study_id=study_id, visit=visit.key, state="running", owner=worker_id(), heartbeat=_now(),
+                      started=_now(), attempt=attempt, **fields)
+
     try:
         with store.session() as s:
             run = s.scalar(sa.select(RunRow).where(RunRow.study_id == study_id, RunRow.visit == visit.key))
             if run is None:
-                run = RunRow(study_id=study_id, visit=visit.key, state="running", owner=me, heartbeat=_now(),
-                             started=_now(), **fields)
-                s.add(run)
+                row = new_row(1)
+                s.add(row)
                 s.flush()
-                return run
-            if not (run.state == "interrupted" or _is_stale(run, stale_after_s)):
+                return Claimed(row.id, visit, index)
+            reason = _takeover_reason(run, stale_after_s)
+            if reason is None:
                 return None
-            old = run.trial_id, run.optuna_study, run.state, run.owner
-            taken = s.execute(  # type: ignore[attr-defined]
+            retired = s.execute(  # type: ignore[attr-defined]
                 sa.update(RunRow)
-                .where(RunRow.id == run.id, RunRow.attempt == run.attempt, RunRow.state == run.state)
-                .values(state="running", owner=me, heartbeat=_now(), started=_now(), attempt=run.attempt + 1,
-                        error=f"attempt {run.attempt} {'was interrupted' if old[2] == 'interrupted' else 'died'}"
-                              f" ({old[3]})", epochs_done=0, trial_id=None, trial_number=None, **fields)
+                .where(RunRow.id == run.id, RunRow.visit == visit.key, RunRow.attempt == run.attempt,
+                       RunRow.state == run.state)
+                .values(visit=f"{visit.key}#{run.attempt}", error=reason, finished=run.finished or _now(),
+                        state="interrupted" if run.state == "interrupted" else "failed")
                 .execution_options(synchronize_session=False)
             ).rowcount
-            if taken != 1:
+            if retired != 1:
                 return None
-            s.execute(sa.delete(EpochRow).where(EpochRow.run_id == run.id))
-            s.expire(run)
-            run = s.get(RunRow, run.id)
-            assert run is not None
-            run.__dict__["_previous_trial"] = old[:2]
-            return run
+            row = new_row(run.attempt + 1)
+            s.add(row)
+            s.flush()
+            dead = run.trial_id if run.state == "running" else None
+            return Claimed(row.id, visit, index, dead, reason)
     except IntegrityError:
         return None
 
@@ -271,14 +307,40 @@ class _Heartbeat:
 # ---------------------------------------------------------------------------------------------- running
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where the whole study stands, over every worker's runs (for progress displays)."""
+
+    done: int  # planned visits that are final (complete, pruned or failed)
+    total: int  # planned visits, search and finalists
+    counts: dict[str, int]  # runs by state, retired attempts included
+    best: dict[str, float]  # best validation accuracy so far, by kind (kd, ce)
+    running: list[tuple[str, int]]  # (visit, epochs done) of the runs in progress
+
+
+def study_progress(store: Store, study: Study) -> Progress:
+    """Count the study's final visits and find its best validation accuracies so far."""
+    runs = store.runs(study.name)
+    planned = ~runs["visit"].str.contains("#", regex=False)
+    ok = runs[(runs["state"] == "complete") & runs["kind"].isin(["kd", "ce"])]
+    live = runs[runs["state"] == "running"]
+    return Progress(
+        done=int((planned & runs["state"].isin(TERMINAL)).sum()), total=planned_total(study),
+        counts={str(k): int(v) for k, v in runs["state"].value_counts().items()},
+        best={str(k): float(v) for k, v in ok.groupby("kind")["val_acc"].max().items()},
+        running=[(str(v), int(e)) for v, e in zip(live["visit"], live["epochs_done"], strict=True)])
+
+
 @dataclass
 class SweepEvents:
     """Hooks for progress displays; every one is optional."""
 
+    on_progress: Callable[[Progress], None] = lambda p: None
     on_visit_start: Callable[[Visit, dict[str, float]], None] = lambda v, p: None
     on_epoch: Callable[[EpochRecord, int], None] = lambda r, total: None
-    on_visit_end: Callable[[Visit, str, float | None], None] = lambda v, state, acc: None
+    on_visit_end: Callable[[Visit, str, float | None, str | None], None] = lambda v, state, acc, note: None
     on_status: Callable[[str], None] = lambda msg: None
+    on_log: Callable[[str], None] = lambda line: None  # a line from another process (worker output)
 
 
 @dataclass
@@ -297,9 +359,20 @@ class _Context:
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage on the same database (SQLite gets the same busy timeout as ours)."""
+    """Optuna's RDB storage on the same database (SQLite gets the same busy timeout as ours).
+
+    Workers started at the same moment on a fresh database race to create Optuna's tables; the loser
+    retries.
+    """
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except sa.exc.OperationalError as exc:
+            if attempt == 4:
+                raise StoreError(f"--storage {url}: cannot open Optuna's tables ({_first_line(exc)})") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _sampler(study: Study, index: int) -> optuna.samplers.BaseSampler:
@@ -344,20 +417,30 @@ def _ask(ctx: _Context, visit: Visit, index: int) -> tuple[optuna.Study, optuna.
         params["lr"] = _suggest(trial, "lr", s.lr)
     trial.set_user_attr("visit", visit.key)
     trial.set_user_attr("config_hash", ctx.study.hash)
+    trial.set_user_attr("worker", worker_id())
     return ostudy, trial, params
 
 
-def _fail_previous(ctx: _Context, run: RunRow) -> None:
-    prev = run.__dict__.get("_previous_trial")
-    if not prev or prev[0] is None:
-        return
-    trial_id = prev[0]
+_OPTUNA_STATE = {
+    "complete": optuna.trial.TrialState.COMPLETE,
+    "pruned": optuna.trial.TrialState.PRUNED,
+    "failed": optuna.trial.TrialState.FAIL,
+    "interrupted": optuna.trial.TrialState.FAIL,
+}
+
+
+def _close_trial(storage: optuna.storages.BaseStorage, trial_id: int, state: str, reason: str | None = None,
+                 value: float | None = None) -> None:
+    """Finish an Optuna trial as kdbench recorded its run (a no-op if it is already finished)."""
+    tstate = _OPTUNA_STATE[state]
     try:
-        t = ctx.storage.get_trial(trial_id)
-        if not t.state.is_finished():
-            ctx.storage.set_trial_system_attr(trial_id, "fail_reason", f"kdbench: worker died ({run.error})")
-            ctx.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-    except (KeyError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+        if storage.get_trial(trial_id).state.is_finished():
+            return
+        if reason and tstate == optuna.trial.TrialState.FAIL:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        values = [value] if tstate == optuna.trial.TrialState.COMPLETE and value is not None else None
+        storage.set_trial_state_values(trial_id, tstate, values)
+    except (KeyError, optuna.exceptions.UpdateFinishedTrialError):
         pass
 
 
@@ -366,83 +449,94 @@ def _update(ctx: _Context, run_id: int, **values: Any) -> None:
         s.execute(sa.update(RunRow).where(RunRow.id == run_id).values(**values))
 
 
-def _run_visit(ctx: _Context, run: RunRow, visit: Visit, index: int) -> str:
-    """Train one claimed visit and record it; returns its final state."""
-    study = ctx.study
-    _fail_previous(ctx, run)
-    ostudy: optuna.Study | None = None
+def _finish(ctx: _Context, run_id: int, records: list[EpochRecord], **values: Any) -> None:
+    """Write a run's final state, its results and its epochs in one transaction: never half a run."""
+    with ctx.store.session() as s:
+        s.execute(sa.update(RunRow).where(RunRow.id == run_id).values(epochs_done=len(records), **values))
+        s.add_all(EpochRow(run_id=run_id, epoch=r.epoch, train_loss=_num(r.train_loss), val_acc=_num(r.val_acc),
+                           val_loss=_num(r.val_loss), seconds=r.seconds, lr=r.lr) for r in records)
+
+
+def _run_visit(ctx: _Context, c: Claimed) -> str:
+    """Train one claimed visit and record it; returns its final state.
+
+    Everything after the claim is inside one ``try``: whatever stops it (Ctrl-C while asking Optuna,
+    a bug), the run is recorded as interrupted rather than left running.
+    """
+    study, visit = ctx.study, c.visit
     trial: optuna.Trial | None = None
-    if visit.kind in ("kd", "ce"):
-        ostudy, trial = _ask(ctx, visit, index)[:2]
-        params = dict(trial.params)
-        _update(ctx, run.id, optuna_study=ostudy.study_name, trial_number=trial.number, trial_id=trial._trial_id,
-                temperature=params.get("temperature"), alpha=params.get("alpha"), lr=params["lr"])
-    else:
-        params = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha),
-                                    ("lr", visit.lr)) if v is not None}
-    ctx.events.on_visit_start(visit, params)
+    records: list[EpochRecord] = []
+    closed: list[str] = []
+    common: dict[str, Any] = dict(device=device_name(ctx.device), versions=ctx.versions, commit=kdbench_commit())
     total_epochs = study.student.epochs or 1
 
+    def close(state: str, reason: str | None, **values: Any) -> str:
+        _finish(ctx, c.run_id, records, state=state, error=reason, finished=_now(), **common, **values)
+        closed.append(state)
+        if trial is not None:
+            _close_trial(ctx.storage, trial._trial_id, state, reason, values.get("val_acc"))
+        ctx.events.on_visit_end(visit, state, values.get("val_acc"), reason)
+        return state
+
     def on_epoch(rec: EpochRecord) -> None:
-        with ctx.store.session() as s:
-            s.add(EpochRow(run_id=run.id, epoch=rec.epoch, train_loss=_num(rec.train_loss), val_acc=_num(rec.val_acc),
-                           val_loss=_num(rec.val_loss), seconds=rec.seconds, lr=rec.lr))
-            s.execute(sa.update(RunRow).where(RunRow.id == run.id)
-                      .values(epochs_done=rec.epoch + 1, heartbeat=_now(), val_acc=_num(rec.val_acc)))
+        records.append(rec)
+        _update(ctx, c.run_id, epochs_done=rec.epoch + 1, heartbeat=_now(), val_acc=_num(rec.val_acc))
         ctx.events.on_epoch(rec, total_epochs)
         if trial is not None and math.isfinite(rec.val_acc):
             trial.report(rec.val_acc, rec.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {rec.epoch} (val acc {rec.val_acc:.4f})")
 
-    torch.manual_seed(visit.seed)
-    info = ctx.data.info
-    model = build_model(study.student.model, in_channels=info.channels, num_classes=info.num_classes,
-                        image_size=info.image_size, pretrained=study.student.pretrained).to(ctx.device)
-    kd = KDParams(params["temperature"], params["alpha"]) if visit.loss == "kd" else None
-    common = dict(finished=_now(), device=device_name(ctx.device), versions=ctx.versions,
-                  commit=kdbench_commit(), parameters=count_parameters(model))
     try:
-        with _Heartbeat(ctx.store, run.id):
+        if c.replaced_trial is not None:
+            _close_trial(ctx.storage, c.replaced_trial, "failed", c.replaced_reason)
+        if visit.kind in ("kd", "ce"):
+            ostudy, trial, params = _ask(ctx, visit, c.index)
+            _update(ctx, c.run_id, optuna_study=ostudy.study_name, trial_number=trial.number,
+                    trial_id=trial._trial_id, temperature=params.get("temperature"), alpha=params.get("alpha"),
+                    lr=params["lr"])
+        else:
+            params = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha),
+                                        ("lr", visit.lr)) if v is not None}
+        ctx.events.on_visit_start(visit, params)
+        torch.manual_seed(visit.seed)
+        info = ctx.data.info
+        model = build_model(study.student.model, in_channels=info.channels, num_classes=info.num_classes,
+                            image_size=info.image_size, pretrained=study.student.pretrained).to(ctx.device)
+        common["parameters"] = count_parameters(model)
+        kd = KDParams(params["temperature"], params["alpha"]) if visit.loss == "kd" else None
+        with _Heartbeat(ctx.store, c.run_id):
             res = train(model, ctx.data, study.student, lr=params["lr"], seed=visit.seed,
                         teacher=ctx.teacher.signal_for(ctx.data) if kd else None, kd=kd,
                         augment_kind=study.data.augment, callback=on_epoch,
                         evaluate_test=visit.kind == "finalist")
+        extra = _finalist_outputs(ctx, visit, model) if visit.kind == "finalist" else {}
+        return close("complete", None, val_acc=_num(res.val_acc), val_loss=_num(res.val_loss),
+                     test_acc=res.test_acc, test_loss=res.test_loss, wall_time_s=res.wall_time_s,
+                     samples_per_s=res.samples_per_s, **extra)
     except optuna.TrialPruned as exc:
-        _update(ctx, run.id, state="pruned", error=str(exc), **common)
-        if ostudy is not None and trial is not None:
-            ostudy.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        ctx.events.on_visit_end(visit, "pruned", None)
-        return "pruned"
-    except NonFiniteLossError as exc:
-        _update(ctx, run.id, state="failed", error=str(exc), **common)
-        if ostudy is not None and trial is not None:
-            trial.set_user_attr("fail_reason", str(exc))
-            ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
-        ctx.events.on_visit_end(visit, "failed", None)
-        return "failed"
+        return close("pruned", str(exc))
+    except NonFiniteLossError as exc:  # recorded as failed; the sweep goes on
+        if trial is not None:
+            trial.set_user_attr("fail_step", exc.step)
+        return close("failed", str(exc))
     except BaseException as exc:  # Ctrl-C or a bug: the visit is re-run on resume
-        _update(ctx, run.id, state="interrupted", error=f"{type(exc).__name__}: {exc}"[:500], **common)
-        if ostudy is not None and trial is not None:
-            trial.set_user_attr("fail_reason", f"interrupted: {type(exc).__name__}")
-            ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if not closed:
+            close("interrupted", f"{type(exc).__name__}: {exc}"[:500])
         raise
 
-    extra: dict[str, Any] = {}
-    if visit.kind == "finalist":
-        ctx.weights_dir.mkdir(parents=True, exist_ok=True)
-        wpath = ctx.weights_dir / (visit.key.replace("/", "_").replace("=", "") + ".pt")
-        torch.save(model.state_dict(), wpath)
-        preds = predict_logits(model, ctx.data.test.images, info).argmax(1).to(torch.int16).cpu().numpy()
-        extra = dict(weights_path=str(wpath), test_predictions=preds.tobytes(),
-                     infer_ms_per_batch=inference_ms_per_batch(model, info, ctx.device))
-    _update(ctx, run.id, state="complete", val_acc=_num(res.val_acc), val_loss=_num(res.val_loss),
-            test_acc=res.test_acc, test_loss=res.test_loss, wall_time_s=res.wall_time_s,
-            samples_per_s=res.samples_per_s, error=None, **common, **extra)
-    if ostudy is not None and trial is not None:
-        ostudy.tell(trial, res.val_acc)
-    ctx.events.on_visit_end(visit, "complete", res.val_acc)
-    return "complete"
+
+def _finalist_outputs(ctx: _Context, visit: Visit, model: torch.nn.Module) -> dict[str, Any]:
+    """Keep a finalist's weights (written whole, then renamed) and its test predictions."""
+    ctx.weights_dir.mkdir(parents=True, exist_ok=True)
+    wpath = ctx.weights_dir / (visit.key.replace("/", "_").replace("=", "") + ".pt")
+    tmp = wpath.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, wpath)
+    info = ctx.data.info
+    preds = predict_logits(model, ctx.data.test.images, info).argmax(1).to(torch.int16).cpu().numpy()
+    return dict(weights_path=str(wpath), test_predictions=preds.tobytes(),
+                infer_ms_per_batch=inference_ms_per_batch(model, info, ctx.device))
 
 
 def _num(x: float | None) -> float | None:
@@ -450,25 +544,32 @@ def _num(x: float | None) -> float | None:
 
 
 def _repair(ctx: _Context) -> None:
-    """Finish Optuna trials whose run was recorded but whose worker died before telling Optuna."""
-    runs = ctx.store.runs(ctx.study.name)
-    for _, r in runs[runs["state"].isin(TERMINAL)].iterrows():
-        tid = _trial_id(ctx, r["run_id"])
-        if tid is None:
-            continue
-        t = ctx.storage.get_trial(tid)
-        if t.state.is_finished():
-            continue
-        if r["state"] == "complete" and r["val_acc"] is not None:
-            ctx.storage.set_trial_state_values(tid, optuna.trial.TrialState.COMPLETE, [float(r["val_acc"])])
-        else:
-            state = optuna.trial.TrialState.PRUNED if r["state"] == "pruned" else optuna.trial.TrialState.FAIL
-            ctx.storage.set_trial_state_values(tid, state)
+    """Bring Optuna's trials in line with kdbench's runs after a crash.
 
-
-def _trial_id(ctx: _Context, run_id: int) -> int | None:
-    with ctx.store.session() as s:
-        return s.scalar(sa.select(RunRow.trial_id).where(RunRow.id == run_id))
+    A run recorded as final whose worker died before telling Optuna gets its state; an Optuna trial
+    no run points to (its worker died between asking Optuna and recording the trial) is failed once its
+    worker is gone.
+    """
+    with ctx.store.engine.connect() as conn:
+        rows = conn.execute(sa.select(RunRow.trial_id, RunRow.state, RunRow.val_acc, RunRow.error)
+                            .where(RunRow.study_id == ctx.study_id, RunRow.trial_id.is_not(None))).all()
+    linked = {r.trial_id for r in rows}
+    for r in rows:
+        if r.state != "running":
+            _close_trial(ctx.storage, r.trial_id, r.state, r.error, r.val_acc)
+    for name in (ctx.study.name, f"{ctx.study.name}.ce"):
+        try:
+            sid = ctx.storage.get_study_id_from_name(name)
+        except KeyError:
+            continue
+        for t in ctx.storage.get_all_trials(sid, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t._trial_id in linked:
+                continue
+            alive = _pid_alive(t.user_attrs.get("worker"))
+            age = (dt.datetime.now() - (t.datetime_start or dt.datetime.now())).total_seconds()
+            if alive is False or (alive is None and age > ctx.stale_after_s):
+                _close_trial(ctx.storage, t._trial_id, "failed",
+                             f"orphaned: worker {t.user_attrs.get('worker')} stopped before kdbench recorded it")
 
 
 def _record_teacher(store: Store, teacher: Teacher, data: Data, device: torch.device) -> None:
@@ -496,24 +597,65 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def _claim_loop(ctx: _Context, visits: list[Visit], offset: int) -> Iterator[tuple[RunRow, Visit, int]]:
+
+
+def _claim_loop(ctx: _Context, visits: list[Visit], offset: int) -> Iterator[Claimed]:
     """Yield claimed visits until every one of ``visits`` is final (waiting for other workers' ones)."""
     while True:
-        pending = False
         for i, v in enumerate(visits):
-            run = claim(ctx.store, ctx.study_id, v, ctx.study.hash, ctx.stale_after_s)
-            if run is not None:
-                yield run, v, offset + i
-                pending = True
+            c = claim(ctx.store, ctx.study_id, v, offset + i, ctx.study.hash, ctx.stale_after_s)
+            if c is not None:
+                yield c
                 break
-        if pending:
-            continue
-        states = ctx.store.runs(ctx.study.name).set_index("visit")["state"]
-        waiting = [v.key for v in visits if states.get(v.key) not in TERMINAL]
-        if not waiting:
-            return
-        ctx.events.on_status(f"waiting for {len(waiting)} visit(s) held by other workers")
-        time.sleep(POLL_S)
+        else:
+            states = ctx.store.runs(ctx.study.name).set_index("visit")["state"]
+            waiting = [v.key for v in visits if states.get(v.key) not in TERMINAL]
+            if not waiting:
+                return
+            ctx.events.on_status(f"waiting for {len(waiting)} visit(s) held by other workers")
+            time.sleep(POLL_S)
+
+
+def prepare_sweep(
+    study: Study,
+    *,
+    storage: str,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    events: SweepEvents | None = None,
+    stale_after_s: float = STALE_AFTER_S,
+) -> _Context:
+    """Register the study, load its data and get its teacher (trained once, then from the cache).
+
+    Args:
+        study: the validated study.
+        storage: SQLAlchemy URL of the results database.
+        device: training device.
+        cache_dir: teacher cache and finalist weights folder.
+        events: progress hooks.
+        stale_after_s: a running visit without a heartbeat for this long is taken over.
+    """
+    device = torch.device(device)
+    events = events or SweepEvents()
+    store = Store.open(storage)
+    ostorage = optuna_storage(storage)
+    row = register_study(store, study)
+    cache = Path(cache_dir or default_cache_dir())
+    d = study.data
+    events.on_status("loading data")
+    tdata = load_data(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=None, seed=study.seed,
+                      device=device, download=d.download, image_size=d.image_size)
+    sdata = tdata if d.subset is None else load_data(
+        d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, seed=study.seed, device=device,
+        download=d.download, image_size=d.image_size)
+    events.on_status("preparing the teacher")
+    teacher = prepare_teacher(study, device=device, cache_dir=cache, data=tdata,
+                              on_epoch=lambda r: events.on_epoch(r, study.teacher.epochs or 1))
+    _record_teacher(store, teacher, tdata, device)
+    with store.session() as s:
+        s.execute(sa.update(StudyRow).where(StudyRow.id == row.id).values(teacher_key=teacher.key))
+    return _Context(study, store, row.id, sdata, teacher, device, ostorage, cache / "runs" / study.name,
+                    events, stale_after_s, versions=_json(library_versions()))
 
 
 def run_sweep(
@@ -537,42 +679,21 @@ def run_sweep(
         stale_after_s: a running visit without a heartbeat for this long is taken over.
         max_visits: stop after this many visits (for tests and time-boxed workers).
     """
-    device = torch.device(device)
-    events = events or SweepEvents()
-    store = Store.open(storage)
-    ostorage = optuna_storage(storage)
-    row = register_study(store, study)
-    cache = Path(cache_dir or default_cache_dir())
-    d = study.data
-    events.on_status("loading data")
-    tdata = load_data(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=None, seed=study.seed,
-                      device=device, download=d.download, image_size=d.image_size)
-    sdata = tdata if d.subset is None else load_data(
-        d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, seed=study.seed, device=device,
-        download=d.download, image_size=d.image_size)
-    events.on_status("preparing the teacher")
-    teacher = prepare_teacher(study, device=device, cache_dir=cache, data=tdata,
-                              on_epoch=lambda r: events.on_epoch(r, study.teacher.epochs or 1))
-    _record_teacher(store, teacher, tdata, device)
-    with store.session() as s:
-        s.execute(sa.update(StudyRow).where(StudyRow.id == row.id).values(teacher_key=teacher.key))
-    ctx = _Context(study, store, row.id, sdata, teacher, device, ostorage, cache / "runs" / study.name,
-                   events, stale_after_s, versions=_json(library_versions()))
+    ctx = prepare_sweep(study, storage=storage, device=device, cache_dir=cache_dir, events=events,
+                        stale_after_s=stale_after_s)
     _repair(ctx)
-    done = 0
+    ctx.events.on_progress(study_progress(ctx.store, study))
     search = plan_search(study)
-    for run, visit, index in _claim_loop(ctx, search, 0):
-        _run_visit(ctx, run, visit, index)
-        done += 1
-        if max_visits is not None and done >= max_visits:
-            return finalist_summary(store, study.name)
-    finals = plan_finalists(study, store.runs(study.name))
-    for run, visit, index in _claim_loop(ctx, finals, len(search)):
-        _run_visit(ctx, run, visit, index)
-        done += 1
-        if max_visits is not None and done >= max_visits:
-            break
-    return finalist_summary(store, study.name)
+    done = 0
+    for offset in (0, len(search)):
+        visits = search if offset == 0 else plan_finalists(study, ctx.store.runs(study.name))
+        for c in _claim_loop(ctx, visits, offset):
+            _run_visit(ctx, c)
+            ctx.events.on_progress(study_progress(ctx.store, study))
+            done += 1
+            if max_visits is not None and done >= max_visits:
+                return finalist_summary(ctx.store, study.name)
+    return finalist_summary(ctx.store, study.name)
 
 
 def finalist_summary(store: Store, name: str) -> pd.DataFrame:

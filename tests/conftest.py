@@ -18,8 +18,7 @@ def needs_fmnist() -> None:
         pytest.skip("Fashion-MNIST package files absent: apt-get install -y dataset-fashion-mnist")
 
 
-@pytest.fixture
-def tiny_study_dict() -> dict:
+def tiny_study_raw() -> dict:
     """A real study small enough for seconds: 600 labelled samples, tiny models, one epoch."""
     return {
         "name": "tiny",
@@ -33,6 +32,12 @@ def tiny_study_dict() -> dict:
         "baseline": {"ce": True, "trials": 1},
         "finalists": {"top_k": 1, "seeds": 2},
     }
+
+
+@pytest.fixture
+def tiny_study_dict() -> dict:
+    """A fresh copy of :func:`tiny_study_raw` for each test."""
+    return tiny_study_raw()
 
 
 @pytest.fixture

@@ -1,0 +1,138 @@
+"""``kdbench sweep --workers N``: N worker processes on this machine sharing one study through the store.
+
+The parent prepares the study once (registers it, trains or loads the teacher), then starts N
+``kdbench sweep --quiet`` processes, each with ``max(1, cores // N)`` torch threads unless told
+otherwise. They split the visits through the store's claims, exactly as separate ``kdbench sweep``
+commands would. The parent relays their lines and shows the study's progress from the store. Each
+worker runs in its own process group, so a Ctrl-C reaches only the parent, which passes one SIGINT to
+every worker (each records its trial as interrupted) and waits for them; a worker whose parent dies is
+sent SIGINT too (Linux).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from kdbench.config import Study
+from kdbench.errors import KdbenchError
+from kdbench.store import Store
+from kdbench.sweep import POLL_S, SweepEvents, study_progress
+
+__all__ = ["WorkerError", "cpu_cores", "run_workers", "worker_threads"]
+
+STOP_GRACE_S = 60.0  # seconds a worker gets to record its interrupted trial before it is killed
+
+
+class WorkerError(KdbenchError):
+    """A worker process ended with an error."""
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_threads(workers: int, threads: int | None = None) -> int:
+    """Torch threads per worker: ``threads`` if given, else ``max(1, cores // workers)``."""
+    return threads if threads is not None else max(1, cpu_cores() // workers)
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG: SIGINT when the parent dies
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)
+
+
+def _relay(i: int, proc: subprocess.Popen[str], lines: queue.Queue[tuple[int, str]]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.put((i, line.rstrip("\n")))
+
+
+def run_workers(
+    study: Study,
+    worker_args: list[str],
+    *,
+    workers: int,
+    storage: str,
+    events: SweepEvents,
+    prepare: Callable[[], object],
+) -> None:
+    """Prepare the study, run ``workers`` worker processes to the end, relaying their output.
+
+    Args:
+        study: the validated study (for progress).
+        worker_args: the ``kdbench sweep`` arguments of one worker (study file, storage, threads, ...).
+        workers: how many processes.
+        storage: the results database, polled for progress.
+        events: progress hooks (``on_progress``, ``on_log``, ``on_status``).
+        prepare: registers the study and caches the teacher before the workers start.
+
+    Raises:
+        KeyboardInterrupt: after Ctrl-C, once every worker has stopped.
+        WorkerError: a worker exited with an error (its last line is in the message).
+    """
+    prepare()
+    store = Store.open(storage)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "kdbench", "sweep", *worker_args]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              start_new_session=True, preexec_fn=_die_with_parent) for _ in range(workers)]
+    lines: queue.Queue[tuple[int, str]] = queue.Queue()
+    relays = [threading.Thread(target=_relay, args=(i, p, lines), daemon=True) for i, p in enumerate(procs)]
+    for t in relays:
+        t.start()
+    last: dict[int, str] = {}
+
+    def drain() -> None:
+        while not lines.empty():
+            i, line = lines.get()
+            last[i] = line
+            events.on_log(f"w{i + 1}: {line}")
+
+    events.on_status(f"{workers} workers (pids {', '.join(str(p.pid) for p in procs)})")
+    try:
+        next_poll = 0.0
+        while any(p.poll() is None for p in procs):
+            drain()
+            if time.monotonic() >= next_poll:
+                events.on_progress(study_progress(store, study))
+                next_poll = time.monotonic() + POLL_S
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        events.on_status("stopping the workers (each records its trial as interrupted)")
+        _stop(procs)
+        raise
+    finally:
+        for t in relays:
+            t.join(timeout=5)
+        drain()
+    events.on_progress(study_progress(store, study))
+    failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        i, rc = failed[0]
+        raise WorkerError(f"worker {i + 1} of {workers} exited with status {rc}: {last.get(i, 'no output')}")
+
+
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()  # its visit is reclaimed as a dead worker's on the next sweep
+            p.wait()

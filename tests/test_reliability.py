@@ -1,0 +1,236 @@
+"""Crash safety and many workers, on real processes, a real SQLite store and a real Fashion-MNIST subset.
+
+Ctrl-C and SIGKILL mid-trial, racing workers, a non-finite loss, a crash inside a run's final write, and
+Optuna's own CLI reading the study. The teacher is trained once per session into a shared cache.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import yaml
+from conftest import tiny_study_raw
+from sqlalchemy.orm import Session
+
+from kdbench.config import Study, parse_study
+from kdbench.store import EpochRow, RunRow, Store, _now, load_runs, worker_id
+from kdbench.sweep import claim, plan_search, planned_total, register_study, run_sweep, study_progress
+from kdbench.teacher import prepare_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("needs_fmnist")
+
+
+@pytest.fixture(scope="module")
+def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny study's teacher, trained once for every test here (the cache is keyed by content)."""
+    cache = tmp_path_factory.mktemp("cache")
+    study = parse_study(tiny_study_raw())
+    prepare_teacher(study, cache_dir=cache)
+    return cache
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _sweep(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "kdbench", "sweep", *args, "--quiet"], text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _runs(db: str, name: str):
+    try:
+        return Store.open(db, create=False).runs(name)
+    except Exception:  # not created yet
+        return None
+
+
+def _wait_mid_trial(proc: subprocess.Popen[str], db: str, name: str, min_complete: int) -> None:
+    """Until the store shows ``min_complete`` complete runs and one running: the worker is mid-trial."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        runs = _runs(db, name)
+        if runs is not None and (runs["state"] == "complete").sum() >= min_complete \
+                and (runs["state"] == "running").any():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the sweep never got mid-trial")
+
+
+def _check_planned_set(db: str, study: Study) -> None:
+    """Exactly one complete run per planned visit; retired attempts only as ``visit#n``; no orphans."""
+    runs = load_runs(db, study.name)
+    planned = runs[~runs["visit"].str.contains("#")]
+    assert planned["visit"].is_unique and len(planned) == planned_total(study)
+    assert set(planned["state"]) == {"complete"}
+    assert {v.key for v in plan_search(study)} <= set(planned["visit"])
+    store = Store.open(db)
+    with store.engine.connect() as conn:
+        epochs = dict(conn.execute(sa.select(EpochRow.run_id, sa.func.count()).group_by(EpochRow.run_id)).all())
+        trial_ids = conn.execute(sa.select(RunRow.trial_id, RunRow.state).where(RunRow.trial_id.is_not(None))).all()
+    for _, r in planned.iterrows():  # a complete run has all its epochs (written with it, in one transaction)
+        assert epochs.get(r["run_id"], 0) == r["epochs_done"] >= 1
+    fin = planned[planned["kind"] == "finalist"]
+    assert fin["test_acc"].notna().all()
+    storage = optuna.storages.RDBStorage(db)
+    for tid, state in trial_ids:  # Optuna agrees with kdbench on every trial
+        expected = {"complete": "COMPLETE", "pruned": "PRUNED"}.get(state, "FAIL")
+        assert storage.get_trial(tid).state.name == expected
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_and_optuna_cli(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+    study = parse_study(tiny_study_raw())
+    path = _write(tmp_path, tiny_study_raw())
+    proc = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
+    _wait_mid_trial(proc, db_url, "tiny", 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Run the same command again to resume" in err and "Traceback" not in err
+    runs = load_runs(db_url, "tiny")
+    assert "running" not in set(runs["state"])  # the trial was ended cleanly, not left running
+    run_sweep(study, storage=db_url, cache_dir=teacher_cache)
+    _check_planned_set(db_url, study)
+    # Optuna's own CLI reads the study from the same database
+    out = subprocess.run([Path(sys.executable).with_name("optuna"), "trials", "--study-name", "tiny",
+                          "--storage", db_url, "-f", "json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    trials = json.loads(out.stdout)
+    kd_runs = load_runs(db_url, "tiny").query("kind == 'kd' and trial_number.notna()", engine="python")
+    assert sorted(t["number"] for t in trials) == sorted(int(n) for n in kd_runs["trial_number"])
+    assert sum(t["state"] == "COMPLETE" for t in trials) == len(plan_search(study)) - 1  # minus the CE visit
+    # every run carries its provenance
+    runs = load_runs(db_url, "tiny")
+    for col in ("seed", "config_hash", "commit", "device", "versions", "started", "finished"):
+        assert runs[col].notna().all(), col
+    assert (runs["config_hash"] == study.hash).all() and runs["versions"].map(lambda v: "torch" in v).all()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_is_noticed_failed_and_rerun(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+    study = parse_study(tiny_study_raw())
+    path = _write(tmp_path, tiny_study_raw())
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(2):  # killed at random points, restarted each time
+        proc = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
+        before = (load_runs(db_url, "tiny")["state"] == "complete").sum() if kills else 0
+        _wait_mid_trial(proc, db_url, "tiny", before + rng.randint(0, 2))
+        proc.kill()
+        proc.communicate()
+        kills += 1
+    run_sweep(study, storage=db_url, cache_dir=teacher_cache)
+    _check_planned_set(db_url, study)
+    runs = load_runs(db_url, "tiny")
+    dead = runs[runs["visit"].str.contains("#")]
+    assert len(dead) == kills and set(dead["state"]) == {"failed"}
+    assert dead["error"].str.contains("died").all()
+    storage = optuna.storages.RDBStorage(db_url)
+    with Store.open(db_url).engine.connect() as conn:
+        tids = conn.execute(sa.select(RunRow.trial_id).where(RunRow.visit.contains("#"),
+                                                             RunRow.trial_id.is_not(None))).scalars().all()
+    for tid in tids:  # the dead attempts' Optuna trials are failed with the reason
+        t = storage.get_trial(tid)
+        assert t.state.name == "FAIL" and "died" in t.user_attrs["fail_reason"]
+
+
+def test_a_stale_heartbeat_on_another_host_is_taken_over(db_url: str) -> None:
+    study = parse_study(tiny_study_raw())
+    store = Store.open(db_url)
+    row = register_study(store, study)
+    visit = plan_search(study)[0]
+    first = claim(store, row.id, visit, 0, study.hash, stale_after_s=60)
+    assert first is not None
+    with store.session() as s:  # as if held by another live worker on this host (our parent process)
+        host = worker_id().rpartition(":")[0]
+        s.execute(sa.update(RunRow).where(RunRow.id == first.run_id).values(owner=f"{host}:{os.getppid()}"))
+    assert claim(store, row.id, visit, 0, study.hash, stale_after_s=60) is None
+    with store.session() as s:  # its worker is on another machine and stopped beating an hour ago
+        s.execute(sa.update(RunRow).where(RunRow.id == first.run_id).values(
+            owner="elsewhere:1", heartbeat=_now() - dt.timedelta(hours=1)))
+    again = claim(store, row.id, visit, 0, study.hash, stale_after_s=60)
+    assert again is not None and again.run_id != first.run_id and "no heartbeat" in (again.replaced_reason or "")
+    runs = store.runs("tiny").set_index("visit")
+    assert runs.loc[f"{visit.key}#1", "state"] == "failed" and runs.loc[visit.key, "attempt"] == 2
+
+
+@pytest.mark.slow
+def test_racing_workers_on_sqlite(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+    """`--workers 2` and a separate `kdbench sweep` started together on a fresh database."""
+    study = parse_study(tiny_study_raw())
+    path = _write(tmp_path, tiny_study_raw())
+    procs = [_sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache), "--workers", "2"),
+             _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out + err
+        assert "locked" not in out + err and "Traceback" not in out + err
+    assert "w2:" in outs[0][0]  # both workers of --workers 2 ran trials or waited for them
+    _check_planned_set(db_url, study)
+    assert "#" not in "".join(load_runs(db_url, "tiny")["visit"])  # no visit was run twice
+
+
+@pytest.mark.slow
+def test_non_finite_loss_is_failed_with_its_step_and_the_sweep_goes_on(db_url: str, teacher_cache: Path) -> None:
+    raw = tiny_study_raw()
+    raw["search"].update(lr=[1.0e-3, 1.0e30], sampler="grid")
+    raw["finalists"]["seeds"] = 1
+    study = parse_study(raw)
+    run_sweep(study, storage=db_url, cache_dir=teacher_cache)
+    runs = load_runs(db_url, "tiny")
+    failed = runs[runs["state"] == "failed"]
+    assert len(failed) == 3 and (failed["lr"] == 1.0e30).all()  # CE and both KD points at lr 1e30
+    assert failed["error"].str.contains(r"became (?:nan|-?inf) at step \d+", regex=True).all()
+    fin = runs[runs["kind"] == "finalist"]
+    assert set(fin["state"]) == {"complete"} and (fin["lr"] == 1.0e-3).all()
+    assert study_progress(Store.open(db_url), study).counts == {"complete": 5, "failed": 3}
+    bad = [t for t in optuna.load_study(study_name="tiny", storage=db_url).trials if t.state.name == "FAIL"]
+    assert len(bad) == 2 and all("at step" in t.user_attrs["fail_reason"] and "fail_step" in t.user_attrs for t in bad)
+
+
+@pytest.mark.slow
+def test_a_crash_inside_a_finalists_final_write_leaves_no_half_run(db_url: str, teacher_cache: Path) -> None:
+    study = parse_study(tiny_study_raw())
+    fired: list[int] = []
+
+    def crash(session: Session, _ctx: object) -> None:
+        for obj in session.new:
+            if isinstance(obj, EpochRow) and not fired:
+                kind, state = session.execute(sa.select(RunRow.kind, RunRow.state)
+                                              .where(RunRow.id == obj.run_id)).one()
+                if kind == "finalist" and state == "complete":  # the row is written, its epochs not yet
+                    fired.append(obj.run_id)
+                    raise RuntimeError("injected crash in the final write")
+
+    sa.event.listen(Session, "after_flush", crash)
+    try:
+        with pytest.raises(RuntimeError, match="injected crash"):
+            run_sweep(study, storage=db_url, cache_dir=teacher_cache)
+    finally:
+        sa.event.remove(Session, "after_flush", crash)
+    runs = load_runs(db_url, "tiny").set_index("run_id")
+    hit = runs.loc[fired[0]]
+    assert hit["state"] == "interrupted" and pd.isna(hit["test_acc"])  # the complete write was rolled back
+    with Store.open(db_url).engine.connect() as conn:
+        row = conn.execute(sa.select(RunRow.test_predictions).where(RunRow.id == fired[0])).scalar()
+    assert row is None
+    run_sweep(study, storage=db_url, cache_dir=teacher_cache)
+    _check_planned_set(db_url, study)
