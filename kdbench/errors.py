@@ -8,6 +8,7 @@ __all__ = [
     "DataNotFoundError",
     "KdbenchError",
     "NonFiniteLossError",
+    "OutputError",
     "StoreError",
     "TeacherTooWeakError",
 ]
@@ -27,6 +28,10 @@ class DataNotFoundError(KdbenchError, FileNotFoundError):
 
 class CheckpointError(KdbenchError):
     """A checkpoint or cache file cannot be used (not a state dict, wrong classes, unsafe)."""
+
+
+class OutputError(KdbenchError):
+    """An output folder or file (cache, report) cannot be written."""
 
 
 class StoreError(KdbenchError):

@@ -20,7 +20,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from kdbench.errors import StoreError
@@ -34,6 +34,7 @@ __all__ = [
     "StudyRow",
     "TeacherRow",
     "load_runs",
+    "shown_url",
     "worker_id",
 ]
 
@@ -162,6 +163,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def shown_url(url: str) -> str:
+    """``url`` as it may appear in messages and logs: its password masked."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL mode, a busy timeout and foreign keys."""
     try:
@@ -171,7 +180,10 @@ def make_engine(url: str) -> Engine:
         else:
             engine = sa.create_engine(url, pool_pre_ping=True)
     except (sa.exc.ArgumentError, ImportError, sa.exc.NoSuchModuleError) as exc:
-        raise StoreError(f"--storage {url!r}: not a usable SQLAlchemy URL ({exc})") from None
+        raise StoreError(
+            f"--storage {shown_url(url)!r}: not a usable SQLAlchemy URL ({exc}); use e.g. sqlite:///kdbench.db "
+            "or postgresql+psycopg://user@host/db (pip install 'kdbench[postgres]')"
+        ) from None
     return engine
 
 
@@ -179,7 +191,7 @@ class Store:
     """The kdbench tables in one database. Create with :meth:`open`."""
 
     def __init__(self, url: str, engine: Engine) -> None:
-        self.url = url
+        self.url = shown_url(url)  # for messages; the engine holds the real one
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
@@ -191,24 +203,27 @@ class Store:
             StoreError: unreachable database, or one written by a newer kdbench.
         """
         engine = make_engine(url)
+        shown = shown_url(url)
         try:
             with engine.begin() as conn:
                 if create:
                     Base.metadata.create_all(conn)
                 elif not sa.inspect(conn).has_table(MetaRow.__tablename__):
-                    raise StoreError(f"--storage {url}: no kdbench results in this database; run kdbench sweep")
+                    raise StoreError(f"--storage {shown}: no kdbench results in this database; run kdbench sweep")
                 row = conn.execute(sa.select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar()
                 if row is None:
                     conn.execute(sa.insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
                 elif int(row) > SCHEMA_VERSION:
                     raise StoreError(
-                        f"--storage {url}: written by a newer kdbench (schema {row}, this one reads up to "
+                        f"--storage {shown}: written by a newer kdbench (schema {row}, this one reads up to "
                         f"{SCHEMA_VERSION}); upgrade kdbench (pip install -U kdbench)"
                     )
         except IntegrityError:  # another worker created the version row first
             pass
-        except OperationalError as exc:
-            raise StoreError(f"--storage {url}: cannot open the database ({_first_line(exc)})") from None
+        except sa.exc.DBAPIError as exc:  # unreachable, refused, not a database, ...
+            fix = "check that its folder exists and is writable" if url.startswith("sqlite") else \
+                "check the URL, that the server is up and the user may connect"
+            raise StoreError(f"--storage {shown}: cannot open the database ({_first_line(exc)}); {fix}") from None
         return cls(url, engine)
 
     @contextmanager
