@@ -143,7 +143,7 @@ class SearchConfig(_Strict):
     def _t_positive(cls, v: list[float] | Range) -> list[float] | Range:
         values = v if isinstance(v, list) else [v.low, v.high]
         if v == [] or any(not math.isfinite(x) or x <= 0 for x in values):
-            raise ValueError(f"temperatures must be > 0, got {values}")
+            raise ValueError("temperatures must be > 0")
         return v
 
     @field_validator("alpha")
@@ -151,7 +151,7 @@ class SearchConfig(_Strict):
     def _alpha_unit(cls, v: list[float] | Range) -> list[float] | Range:
         values = v if isinstance(v, list) else [v.low, v.high]
         if any(not (0.0 <= x <= 1.0) for x in values):
-            raise ValueError(f"alpha values must be in [0, 1] (the weight of the hard labels), got {values}")
+            raise ValueError("alpha values must be in [0, 1] (the weight of the hard labels)")
         return v
 
     @field_validator("lr")
@@ -159,7 +159,7 @@ class SearchConfig(_Strict):
     def _lr_positive(cls, v: list[float] | Range) -> list[float] | Range:
         values = v if isinstance(v, list) else [v.low, v.high]
         if any(not math.isfinite(x) or x <= 0 for x in values):
-            raise ValueError(f"learning rates must be > 0, got {values}")
+            raise ValueError("learning rates must be > 0")
         return v
 
     @model_validator(mode="after")
@@ -207,10 +207,10 @@ class Study(_Strict):
     def _safe_name(cls, v: str) -> str:
         if not SAFE_NAME.match(v):
             raise ValueError(
-                f"{v!r} is not a safe name: use letters, digits, '.', '_' and '-' (up to 100, no leading '.')"
+                "not a safe file name: use letters, digits, '.', '_' and '-' (up to 100, no leading '.')"
             )
         if v.endswith(".ce"):  # "<name>.ce" is the Optuna study of another study's CE baseline
-            raise ValueError(f"{v!r} ends in '.ce', the suffix of CE-baseline studies; pick another name")
+            raise ValueError("ends in '.ce', the suffix of CE-baseline studies; pick another name")
         return v
 
     def resolved(self) -> dict[str, Any]:

@@ -221,7 +221,7 @@ class Store:
         except IntegrityError:  # another worker created the version row first
             pass
         except sa.exc.DBAPIError as exc:  # unreachable, refused, not a database, ...
-            fix = "check that its folder exists and is writable" if url.startswith("sqlite") else \
+            fix = "check the path (a SQLite file in a writable folder that exists)" if url.startswith("sqlite") else \
                 "check the URL, that the server is up and the user may connect"
             raise StoreError(f"--storage {shown}: cannot open the database ({_first_line(exc)}); {fix}") from None
         return cls(url, engine)

@@ -209,8 +209,7 @@ def prepare_teacher(
     info = data.info
     wkey = _weights_key(study)
     lkey = _logits_key(study, wkey)
-    folder = open_cache_dir(cache_dir) / "teachers" / wkey
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = open_cache_dir(cache_dir) / "teachers" / wkey  # created once there is something to keep
     meta = _read_meta(folder) or {}
     wpath = folder / "weights.pt"
     torch.manual_seed(study.seed)
@@ -224,7 +223,10 @@ def prepare_teacher(
         model.eval()
     else:
         if cfg.checkpoint:
-            load_state_dict_file(model, cfg.checkpoint)
+            try:
+                load_state_dict_file(model, cfg.checkpoint)
+            except CheckpointError as exc:
+                raise CheckpointError(f"teacher.checkpoint: {exc}") from None
         else:
             log.info("training teacher %s (%s) on %s", cfg.model, wkey, device)
             res = train(model, data, cfg, seed=study.seed, augment_kind=study.data.augment, callback=on_epoch)
@@ -239,6 +241,7 @@ def prepare_teacher(
             "train_seconds": train_seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "provenance": provenance(device), "logits": {},
         }
+        folder.mkdir(parents=True, exist_ok=True)
         meta["weights_sha256"] = _atomic_save(model.state_dict(), wpath)
         _write_meta(folder, meta)
     model.eval()
