@@ -12,15 +12,16 @@ import datetime as dt
 import json
 import os
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from kdbench.errors import StoreError
@@ -34,6 +35,7 @@ __all__ = [
     "StudyRow",
     "TeacherRow",
     "load_runs",
+    "retry_schema_race",
     "shown_url",
     "worker_id",
 ]
@@ -41,6 +43,8 @@ __all__ = [
 DEFAULT_STORAGE = "sqlite:///kdbench.db"
 SCHEMA_VERSION = 1
 SQLITE_BUSY_TIMEOUT_S = 60.0  # seconds a writer waits for the lock before failing
+SCHEMA_RETRY_S = 0.2  # seconds before retrying a table creation that raced another worker (times the attempt)
+T = TypeVar("T")
 
 
 def _now() -> dt.datetime:
@@ -187,6 +191,24 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
+    """Call ``create`` (which creates tables and rows if missing), again if it lost a race with another
+    worker creating the same ones at the same moment.
+
+    ``create_all`` checks, then creates: two workers starting together on a new database both see no
+    table, and the slower one fails (SQLite: "table ... already exists"; PostgreSQL: a unique violation
+    in its catalog, or on a version row). By the next try the tables are there.
+    """
+    for attempt in range(attempts):
+        try:
+            return create()
+        except DBAPIError as exc:
+            if attempt == attempts - 1 or not (isinstance(exc, IntegrityError) or "already exists" in str(exc)):
+                raise
+            time.sleep(SCHEMA_RETRY_S * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 class Store:
     """The kdbench tables in one database. Create with :meth:`open`."""
 
@@ -204,7 +226,8 @@ class Store:
         """
         engine = make_engine(url)
         shown = shown_url(url)
-        try:
+
+        def prepare() -> None:
             with engine.begin() as conn:
                 if create:
                     Base.metadata.create_all(conn)
@@ -218,9 +241,10 @@ class Store:
                         f"--storage {shown}: written by a newer kdbench (schema {row}, this one reads up to "
                         f"{SCHEMA_VERSION}); upgrade kdbench (pip install -U kdbench)"
                     )
-        except IntegrityError:  # another worker created the version row first
-            pass
-        except sa.exc.DBAPIError as exc:  # unreachable, refused, not a database, ...
+
+        try:
+            retry_schema_race(prepare)
+        except DBAPIError as exc:  # unreachable, refused, not a database, ...
             fix = "check the path (a SQLite file in a writable folder that exists)" if url.startswith("sqlite") else \
                 "check the URL, that the server is up and the user may connect"
             raise StoreError(f"--storage {shown}: cannot open the database ({_first_line(exc)}); {fix}") from None

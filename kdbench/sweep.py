@@ -37,7 +37,7 @@ from kdbench.data import Data, DatasetInfo, load_data
 from kdbench.errors import CheckpointError, ConfigError, NonFiniteLossError, StoreError
 from kdbench.models import build_model, count_parameters
 from kdbench.provenance import device_name, kdbench_commit, library_versions
-from kdbench.store import EpochRow, RunRow, Store, StudyRow, TeacherRow, _now, worker_id
+from kdbench.store import EpochRow, RunRow, Store, StudyRow, TeacherRow, _now, retry_schema_race, worker_id
 from kdbench.teacher import Teacher, open_cache_dir, prepare_teacher
 from kdbench.train import EpochRecord, KDParams, inference_ms_per_batch, predict_logits, train
 
@@ -332,7 +332,7 @@ class _Context:
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage on the same database (SQLite gets the same busy timeout as ours)."""
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    return retry_schema_race(lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
 
 
 def _sampler(study: Study, index: int) -> optuna.samplers.BaseSampler:

@@ -91,3 +91,15 @@ def test_queries_and_drop(storage: str, tiny_study_dict: dict) -> None:
     assert optuna.get_all_study_names(ostorage) == []
     with pytest.raises(StoreError, match="no study named 'tiny'"):
         load_runs(storage, "tiny")
+
+
+def test_workers_starting_at_once_on_a_new_database(storage: str) -> None:
+    # each worker opens kdbench's tables and Optuna's storage; on a new database they race to create them
+    def start(_: int) -> int:
+        Store.open(storage)
+        optuna_storage(storage)
+        return 1
+
+    with ThreadPoolExecutor(6) as pool:
+        assert sum(pool.map(start, range(6))) == 6
+    assert Store.open(storage).studies().empty
