@@ -7,7 +7,7 @@ FMNIST   = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: demo test lint env data
 
-$(BIN)/kdbench: pyproject.toml
+$(BIN)/kdbench: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
