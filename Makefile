@@ -7,11 +7,11 @@ FMNIST   = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: demo test lint env data
 
-$(BIN)/kdbench: pyproject.toml
+$(BIN)/kdbench: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,postgres]'
 	touch $(BIN)/kdbench
 
 env: $(BIN)/kdbench
@@ -30,8 +30,9 @@ demo: env data
 	$(BIN)/kdbench sweep $(STUDY)
 	$(BIN)/kdbench report $(basename $(notdir $(STUDY)))
 
+# A throwaway PostgreSQL server for the multi-worker tests (see .ci/postgres.sh); they skip without one.
 test: env data
-	$(BIN)/python -m pytest -q
+	bash .ci/postgres.sh $(BIN)/python -m pytest -q
 
 lint: env
 	$(BIN)/ruff check kdbench tests

@@ -156,7 +156,7 @@ class SearchConfig(_Strict):
     def _t_positive(cls, v: list[float] | Range) -> list[float] | Range:
         values = v if isinstance(v, list) else [v.low, v.high]
         if v == [] or any(not math.isfinite(x) or x <= 0 for x in values):
-            raise ValueError(f"temperatures must be > 0, got {values}")
+            raise ValueError("temperatures must be > 0")
         return v
 
     @field_validator("alpha")
@@ -164,7 +164,7 @@ class SearchConfig(_Strict):
     def _alpha_unit(cls, v: list[float] | Range) -> list[float] | Range:
         values = v if isinstance(v, list) else [v.low, v.high]
         if any(not (0.0 <= x <= 1.0) for x in values):
-            raise ValueError(f"alpha values must be in [0, 1] (the weight of the hard labels), got {values}")
+            raise ValueError("alpha values must be in [0, 1] (the weight of the hard labels)")
         return v
 
     @field_validator("lr")
@@ -172,7 +172,7 @@ class SearchConfig(_Strict):
     def _lr_positive(cls, v: list[float] | Range) -> list[float] | Range:
         values = v if isinstance(v, list) else [v.low, v.high]
         if any(not math.isfinite(x) or x <= 0 for x in values):
-            raise ValueError(f"learning rates must be > 0, got {values}")
+            raise ValueError("learning rates must be > 0")
         return v
 
     @model_validator(mode="after")
@@ -220,8 +220,10 @@ class Study(_Strict):
     def _safe_name(cls, v: str) -> str:
         if not SAFE_NAME.match(v):
             raise ValueError(
-                f"{v!r} is not a safe name: use letters, digits, '.', '_' and '-' (up to 100, no leading '.')"
+                "not a safe file name: use letters, digits, '.', '_' and '-' (up to 100, no leading '.')"
             )
+        if v.endswith(".ce"):  # "<name>.ce" is the Optuna study of another study's CE baseline
+            raise ValueError("ends in '.ce', the suffix of CE-baseline studies; pick another name")
         return v
 
     def resolved(self) -> dict[str, Any]:
@@ -274,19 +276,31 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return out
 
 
+# Errors that only say "this union member has another shape": a union's other member explains better.
+_SHAPE_ERRORS = {"list_type", "dict_type", "model_type", "model_attributes_type", "literal_error"}
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``search.lr`` from pydantic's location, without its union-member tags (``list[float]``, ...)."""
+    keep = [str(p) for p in loc if isinstance(p, int) or re.fullmatch(r"[A-Za-z_][\w.+-]*", p)]
+    return re.sub(r"\.(float|int|str|bool)$", "", ".".join(keep)) or "(top level)"
+
+
 def _format_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("list[", "Range", "dict[")))
-    loc = re.sub(r"\.(float|int|str|bool|literal\[.*?\])$", "", loc) or "(top level)"
+    errors = err.errors()
+    first = min(errors, key=lambda e: e["type"] in _SHAPE_ERRORS)  # the first specific one, else the first
+    loc = _where(first["loc"])
     kind, msg = first["type"], first["msg"]
     if kind == "extra_forbidden":
         text = f"unknown key {loc!r}; check the spelling (see the study-file reference in README.md)"
     elif kind == "missing":
         text = f"{loc}: required key is missing"
+    elif kind == "too_short":
+        text = f"{loc}: is empty; give at least one value"
     else:
         msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         text = f"{loc}: {msg} (got {first.get('input')!r})"
-    more = len(err.errors()) - 1
+    more = len({_where(e["loc"]) for e in errors} - {loc})
     return f"{source}: {text}" + (f" [+{more} more]" if more > 0 else "")
 
 

@@ -8,7 +8,7 @@ __all__ = [
     "DataNotFoundError",
     "KdbenchError",
     "NonFiniteLossError",
-    "ReportError",
+    "OutputError",
     "StoreError",
     "TeacherTooWeakError",
 ]
@@ -28,6 +28,10 @@ class DataNotFoundError(KdbenchError, FileNotFoundError):
 
 class CheckpointError(KdbenchError):
     """A checkpoint or cache file cannot be used (not a state dict, wrong classes, unsafe)."""
+
+
+class OutputError(KdbenchError):
+    """An output folder or file (cache, report) cannot be written."""
 
 
 class StoreError(KdbenchError):
@@ -54,7 +58,3 @@ class NonFiniteLossError(KdbenchError, FloatingPointError):
             f"training loss became {value} at step {step} (epoch {epoch}); "
             "lower the learning rate or check the inputs"
         )
-
-
-class ReportError(KdbenchError):
-    """A report cannot be written as asked (e.g. an unwritable output folder)."""

@@ -13,15 +13,15 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from kdbench.errors import StoreError
@@ -35,12 +35,16 @@ __all__ = [
     "StudyRow",
     "TeacherRow",
     "load_runs",
+    "retry_schema_race",
+    "shown_url",
     "worker_id",
 ]
 
 DEFAULT_STORAGE = "sqlite:///kdbench.db"
 SCHEMA_VERSION = 1
 SQLITE_BUSY_TIMEOUT_S = 60.0  # seconds a writer waits for the lock before failing
+SCHEMA_RETRY_S = 0.2  # seconds before retrying a table creation that raced another worker (times the attempt)
+T = TypeVar("T")
 
 
 def _now() -> dt.datetime:
@@ -163,6 +167,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def shown_url(url: str) -> str:
+    """``url`` as it may appear in messages and logs: its password masked."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL mode, a busy timeout and foreign keys."""
     try:
@@ -172,15 +184,36 @@ def make_engine(url: str) -> Engine:
         else:
             engine = sa.create_engine(url, pool_pre_ping=True)
     except (sa.exc.ArgumentError, ImportError, sa.exc.NoSuchModuleError) as exc:
-        raise StoreError(f"--storage {url!r}: not a usable SQLAlchemy URL ({exc})") from None
+        raise StoreError(
+            f"--storage {shown_url(url)!r}: not a usable SQLAlchemy URL ({exc}); use e.g. sqlite:///kdbench.db "
+            "or postgresql+psycopg://user@host/db (pip install 'kdbench[postgres]')"
+        ) from None
     return engine
+
+
+def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
+    """Call ``create`` (which creates tables and rows if missing), again if it lost a race with another
+    worker creating the same ones at the same moment.
+
+    ``create_all`` checks, then creates: two workers starting together on a new database both see no
+    table, and the slower one fails (SQLite: "table ... already exists"; PostgreSQL: a unique violation
+    in its catalog, or on a version row). By the next try the tables are there.
+    """
+    for attempt in range(attempts):
+        try:
+            return create()
+        except DBAPIError as exc:
+            if attempt == attempts - 1 or not (isinstance(exc, IntegrityError) or "already exists" in str(exc)):
+                raise
+            time.sleep(SCHEMA_RETRY_S * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class Store:
     """The kdbench tables in one database. Create with :meth:`open`."""
 
     def __init__(self, url: str, engine: Engine) -> None:
-        self.url = url
+        self.url = shown_url(url)  # for messages; the engine holds the real one
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
@@ -192,35 +225,29 @@ class Store:
             StoreError: unreachable database, or one written by a newer kdbench.
         """
         engine = make_engine(url)
-        for attempt in range(5):  # workers started together on a fresh database race to create the tables
-            try:
-                return cls._open(url, engine, create)
-            except StoreError as exc:
-                if "already exists" not in str(exc) or attempt == 4:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")
+        shown = shown_url(url)
 
-    @classmethod
-    def _open(cls, url: str, engine: Engine, create: bool) -> Store:
-        try:
+        def prepare() -> None:
             with engine.begin() as conn:
                 if create:
                     Base.metadata.create_all(conn)
                 elif not sa.inspect(conn).has_table(MetaRow.__tablename__):
-                    raise StoreError(f"--storage {url}: no kdbench results in this database; run kdbench sweep")
+                    raise StoreError(f"--storage {shown}: no kdbench results in this database; run kdbench sweep")
                 row = conn.execute(sa.select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar()
                 if row is None:
                     conn.execute(sa.insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
                 elif int(row) > SCHEMA_VERSION:
                     raise StoreError(
-                        f"--storage {url}: written by a newer kdbench (schema {row}, this one reads up to "
+                        f"--storage {shown}: written by a newer kdbench (schema {row}, this one reads up to "
                         f"{SCHEMA_VERSION}); upgrade kdbench (pip install -U kdbench)"
                     )
-        except IntegrityError:  # another worker created the version row first
-            pass
-        except OperationalError as exc:
-            raise StoreError(f"--storage {url}: cannot open the database ({_first_line(exc)})") from None
+
+        try:
+            retry_schema_race(prepare)
+        except DBAPIError as exc:  # unreachable, refused, not a database, ...
+            fix = "check the path (a SQLite file in a writable folder that exists)" if url.startswith("sqlite") else \
+                "check the URL, that the server is up and the user may connect"
+            raise StoreError(f"--storage {shown}: cannot open the database ({_first_line(exc)}); {fix}") from None
         return cls(url, engine)
 
     @contextmanager

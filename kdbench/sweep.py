@@ -37,12 +37,12 @@ import torch
 from sqlalchemy.exc import IntegrityError
 
 from kdbench.config import Range, Study, is_geometric
-from kdbench.data import Data, load_data
-from kdbench.errors import NonFiniteLossError, StoreError
+from kdbench.data import Data, DatasetInfo, load_data
+from kdbench.errors import CheckpointError, ConfigError, NonFiniteLossError, StoreError
 from kdbench.models import build_model, count_parameters
 from kdbench.provenance import device_name, kdbench_commit, library_versions
-from kdbench.store import EpochRow, RunRow, Store, StudyRow, TeacherRow, _first_line, _now, worker_id
-from kdbench.teacher import Teacher, default_cache_dir, prepare_teacher
+from kdbench.store import EpochRow, RunRow, Store, StudyRow, TeacherRow, _now, retry_schema_race, worker_id
+from kdbench.teacher import Teacher, open_cache_dir, prepare_teacher
 from kdbench.train import EpochRecord, KDParams, inference_ms_per_batch, predict_logits, train
 
 __all__ = [
@@ -52,6 +52,8 @@ __all__ = [
     "SweepEvents",
     "Visit",
     "ce_trials",
+    "check_models",
+    "check_study",
     "claim",
     "finalist_summary",
     "plan_finalists",
@@ -152,9 +154,25 @@ def planned_total(study: Study) -> int:
 # ---------------------------------------------------------------------------------------------- store
 
 
+def check_study(store: Store, study: Study) -> StudyRow | None:
+    """The stored row of ``study`` (None if new), after checking it was made from the same config.
+
+    Raises:
+        StoreError: the name is taken by a study with another config hash.
+    """
+    row = store.study(study.name)
+    if row is not None and row.config_hash != study.hash:
+        raise StoreError(
+            f"study {study.name!r} in {store.url} was created from another config (hash {row.config_hash}, "
+            f"this one is {study.hash}); start a new study with --set name={study.name}-2, "
+            f"or drop the old one with --replace"
+        )
+    return row
+
+
 def register_study(store: Store, study: Study) -> StudyRow:
     """Create the study's row, or check that the stored one has the same config hash."""
-    row = store.study(study.name)
+    row = check_study(store, study)
     if row is None:
         try:
             with store.session() as s:
@@ -162,15 +180,30 @@ def register_study(store: Store, study: Study) -> StudyRow:
                                commit=kdbench_commit()))
         except IntegrityError:
             pass
-        row = store.study(study.name)
+        row = check_study(store, study)  # ours, or one another worker registered first
         assert row is not None
-    if row.config_hash != study.hash:
-        raise StoreError(
-            f"study {study.name!r} in {store.url} was created from another config (hash {row.config_hash}, "
-            f"this one is {study.hash}); start a new study with --set name={study.name}-2, "
-            f"or drop the old one with --replace"
-        )
     return row
+
+
+def check_models(study: Study, info: DatasetInfo) -> None:
+    """Build the teacher (with ``teacher.checkpoint``) and the student once, so that an unknown model or
+    a bad weights file is reported before anything is trained or stored.
+
+    Raises:
+        ConfigError: an unknown model name.
+        CheckpointError: a weights file that is not a state dict of that model for this dataset.
+    """
+    t = study.teacher
+    t_weights = ("checkpoint", t.checkpoint) if t.checkpoint else ("pretrained", t.pretrained)
+    s_weights = ("pretrained", study.student.pretrained)
+    for section, recipe, (weights_key, weights) in (("teacher", t, t_weights), ("student", study.student, s_weights)):
+        try:
+            build_model(recipe.model, in_channels=info.channels, num_classes=info.num_classes,
+                        image_size=info.image_size, pretrained=weights)
+        except ConfigError as exc:
+            raise ConfigError(f"{section}.model: {exc}") from None
+        except CheckpointError as exc:
+            raise CheckpointError(f"{section}.{weights_key}: {exc}") from None
 
 
 def drop_study(store: Store, name: str, optuna_storage: optuna.storages.BaseStorage) -> None:
@@ -365,14 +398,7 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     retries.
     """
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        except sa.exc.OperationalError as exc:
-            if attempt == 4:
-                raise StoreError(f"--storage {url}: cannot open Optuna's tables ({_first_line(exc)})") from None
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return retry_schema_race(lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
 
 
 def _sampler(study: Study, index: int) -> optuna.samplers.BaseSampler:
@@ -637,10 +663,10 @@ def prepare_sweep(
     """
     device = torch.device(device)
     events = events or SweepEvents()
+    # Everything a user can get wrong is checked before the first write to the store or the first step.
     store = Store.open(storage)
-    ostorage = optuna_storage(storage)
-    row = register_study(store, study)
-    cache = Path(cache_dir or default_cache_dir())
+    check_study(store, study)
+    cache = open_cache_dir(cache_dir)
     d = study.data
     events.on_status("loading data")
     tdata = load_data(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=None, seed=study.seed,
@@ -648,6 +674,9 @@ def prepare_sweep(
     sdata = tdata if d.subset is None else load_data(
         d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, seed=study.seed, device=device,
         download=d.download, image_size=d.image_size)
+    check_models(study, tdata.info)
+    ostorage = optuna_storage(storage)
+    row = register_study(store, study)
     events.on_status("preparing the teacher")
     teacher = prepare_teacher(study, device=device, cache_dir=cache, data=tdata,
                               on_epoch=lambda r: events.on_epoch(r, study.teacher.epochs or 1))

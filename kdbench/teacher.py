@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from torch import nn
 
 from kdbench.config import Study
 from kdbench.data import Data, load_data
-from kdbench.errors import CheckpointError, TeacherTooWeakError
+from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError
 from kdbench.models import build_model, count_parameters, load_state_dict_file
 from kdbench.provenance import provenance
 from kdbench.train import (
@@ -42,7 +43,7 @@ from kdbench.train import (
     view_images,
 )
 
-__all__ = ["CACHE_FORMAT", "Teacher", "default_cache_dir", "prepare_teacher", "teacher_floor"]
+__all__ = ["CACHE_FORMAT", "Teacher", "default_cache_dir", "open_cache_dir", "prepare_teacher", "teacher_floor"]
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the files' meaning changes: old caches are then rebuilt
@@ -51,6 +52,25 @@ CACHE_FORMAT = 1  # bump when the files' meaning changes: old caches are then re
 def default_cache_dir() -> Path:
     """``$KDBENCH_CACHE`` if set, else ``./.kdbench-cache``."""
     return Path(os.environ.get("KDBENCH_CACHE", ".kdbench-cache"))
+
+
+def open_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """The cache folder (``cache_dir`` or :func:`default_cache_dir`), created and checked to be writable.
+
+    Raises:
+        OutputError: it cannot be created or written.
+    """
+    folder = Path(cache_dir or default_cache_dir())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"--cache-dir {folder}: cannot write there ({exc.strerror or exc}); give a writable folder "
+            "(--cache-dir or $KDBENCH_CACHE)"
+        ) from None
+    return folder
 
 
 def teacher_floor(study: Study, num_classes: int) -> float:
@@ -189,8 +209,7 @@ def prepare_teacher(
     info = data.info
     wkey = _weights_key(study)
     lkey = _logits_key(study, wkey)
-    folder = Path(cache_dir or default_cache_dir()) / "teachers" / wkey
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = open_cache_dir(cache_dir) / "teachers" / wkey  # created once there is something to keep
     meta = _read_meta(folder) or {}
     wpath = folder / "weights.pt"
     torch.manual_seed(study.seed)
@@ -204,7 +223,10 @@ def prepare_teacher(
         model.eval()
     else:
         if cfg.checkpoint:
-            load_state_dict_file(model, cfg.checkpoint)
+            try:
+                load_state_dict_file(model, cfg.checkpoint)
+            except CheckpointError as exc:
+                raise CheckpointError(f"teacher.checkpoint: {exc}") from None
         else:
             log.info("training teacher %s (%s) on %s", cfg.model, wkey, device)
             res = train(model, data, cfg, seed=study.seed, augment_kind=study.data.augment, callback=on_epoch)
@@ -219,6 +241,7 @@ def prepare_teacher(
             "train_seconds": train_seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "provenance": provenance(device), "logits": {},
         }
+        folder.mkdir(parents=True, exist_ok=True)
         meta["weights_sha256"] = _atomic_save(model.state_dict(), wpath)
         _write_meta(folder, meta)
     model.eval()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,46 @@ def tiny_study_dict() -> dict:
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'kd.db'}"
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL
+# `make test` starts a throwaway server (.ci/postgres.sh) and exports its URL; any server whose user may
+# CREATE DATABASE will do. Each test gets a database of its own, dropped afterwards.
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL in $KDBENCH_TEST_POSTGRES, or a skip that says why there is none."""
+    url = os.environ.get("KDBENCH_TEST_POSTGRES")
+    if not url:
+        why = os.environ.get("KDBENCH_TEST_POSTGRES_WHY", "KDBENCH_TEST_POSTGRES is not set")
+        pytest.skip(f"no PostgreSQL server ({why}); `make test` as root starts one (.ci/postgres.sh)")
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the test server for this test alone; dropped afterwards."""
+    import sqlalchemy as sa
+
+    admin = sa.engine.make_url(postgres_server)
+    name = f"kdbench_test_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        pytest.fail(f"KDBENCH_TEST_POSTGRES={postgres_server} cannot create a database: {exc}")
+    yield admin.set(database=name).render_as_string(hide_password=False)
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage kdbench supports, like Optuna's storage tests: SQLite always, PostgreSQL when there."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'kd.db'}"
+    return str(request.getfixturevalue("postgres_url"))

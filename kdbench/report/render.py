@@ -23,7 +23,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kdbench.errors import ReportError
+from kdbench.errors import OutputError
 from kdbench.provenance import kdbench_commit, library_versions
 from kdbench.report import plots
 from kdbench.report.frames import StudyFrames, comparison_table, grid_cells, study_frames
@@ -167,7 +167,7 @@ def _writable(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ReportError(f"--out {out}: cannot write there ({exc.strerror or exc}); pass a writable "
+        raise OutputError(f"--out {out}: cannot write there ({exc.strerror or exc}); pass a writable "
                           "folder with --out") from None
 
 
@@ -184,10 +184,10 @@ def write_report(storage: str, studies: list[str], out: str | Path | None = None
 
     Raises:
         StoreError: no such database or study (the message lists the studies there).
-        ReportError: ``out`` cannot be written.
+        OutputError: ``out`` cannot be written.
     """
     if fmt not in ("html", "md"):
-        raise ReportError(f"--format {fmt!r}: use html or md")
+        raise OutputError(f"--format {fmt!r}: use html or md")
     studies = list(dict.fromkeys(studies))
     frames = [study_frames(storage, s, load_images=load_images and fmt == "html") for s in studies]
     table = comparison_table(frames)

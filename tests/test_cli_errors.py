@@ -1,0 +1,195 @@
+"""Every bad input, through the real `kdbench` CLI: exit 2, one `kdbench: error:` line naming the field,
+file or value, no traceback, the store unchanged and nothing trained (the teacher cache stays empty)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import sqlalchemy as sa
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from kdbench.cli import main
+from kdbench.config import parse_study
+from kdbench.models import build_model
+from kdbench.store import SCHEMA_VERSION, MetaRow, Store
+from kdbench.sweep import optuna_storage, register_study
+
+
+class Env:
+    """A test's folder, its populated store and helpers to write inputs."""
+
+    def __init__(self, tmp: Path, study: dict) -> None:
+        self.tmp, self.study = tmp, study
+        self.db = f"sqlite:///{tmp / 'kd.db'}"
+        self.cache = tmp / "cache"
+
+    def yaml(self, text: str | None = None, **changes: Any) -> str:
+        """The tiny study with ``changes`` merged into its sections (or ``text`` verbatim) as a file."""
+        raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.study.items()}
+        for section, values in changes.items():
+            if isinstance(raw.get(section), dict) and isinstance(values, dict):
+                raw[section].update(values)
+            else:
+                raw[section] = values
+        path = self.tmp / "study.yaml"
+        path.write_text(text if text is not None else yaml.safe_dump(raw))
+        return str(path)
+
+    def sweep(self, study_file: str, *extra: str, storage: str | None = None) -> list[str]:
+        return ["sweep", study_file, "--storage", storage or self.db, "--quiet", "--device", "cpu",
+                "--threads", "1", "--cache-dir", str(self.cache), *extra]
+
+    def imagefolder(self, classes: int = 2, bad: bool = False) -> dict:
+        """A tiny real image folder (4 gray 16x16 PNGs per class); ``bad`` adds a file that is no image."""
+        root = self.tmp / "images"
+        rng = np.random.default_rng(0)
+        for c in range(classes):
+            folder = root / "train" / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"{i}.png")
+        if bad:
+            (root / "train" / "class0" / "broken.png").write_bytes(b"not a png")
+        return {"dataset": "imagefolder", "root": str(root), "image_size": 16, "subset": None,
+                "val_fraction": 0.25}
+
+    def checkpoint(self, obj: object) -> str:
+        path = self.tmp / "teacher.pt"
+        torch.save(obj, path)
+        return str(path)
+
+
+def _cnn_s(classes: int) -> dict[str, torch.Tensor]:
+    return build_model("cnn-s", in_channels=1, num_classes=classes, image_size=16).state_dict()
+
+
+def _newer_store(e: Env) -> None:
+    with Store.open(e.db).session() as s:
+        s.execute(sa.update(MetaRow).where(MetaRow.key == "schema_version").values(value=str(SCHEMA_VERSION + 1)))
+
+
+# id -> (prepare the inputs and return the CLI arguments, fragments the one-line message must contain)
+CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
+    "malformed YAML": (lambda e: e.sweep(e.yaml("name: x\nsearch: {alpha: [0.5\n")),
+                       ("study.yaml: malformed YAML at line",)),
+    "not a mapping": (lambda e: e.sweep(e.yaml("- name\n- x\n")), ("must be a YAML mapping",)),
+    "study file missing": (lambda e: e.sweep(str(e.tmp / "nope.yaml")), ("nope.yaml: study file not found",)),
+    "unknown key": (lambda e: e.sweep(e.yaml(serach={})), ("unknown key 'serach'",)),
+    "unknown nested key": (lambda e: e.sweep(e.yaml(student={"epoch": 2})), ("unknown key 'student.epoch'",)),
+    "unknown --set key": (lambda e: e.sweep(e.yaml(), "--set", "teacher.lr_max=1"),
+                          ("unknown key 'teacher.lr_max'",)),
+    "--set without =": (lambda e: e.sweep(e.yaml(), "--set", "student.epochs"), ("expected KEY=VALUE",)),
+    "wrong type": (lambda e: e.sweep(e.yaml(student={"epochs": "three"})), ("student.epochs", "integer")),
+    "wrong section type": (lambda e: e.sweep(e.yaml(search=[1, 2])), ("search:", "dictionary")),
+    "alpha above 1": (lambda e: e.sweep(e.yaml(search={"alpha": [0.5, 1.5]})), ("search.alpha", "[0, 1]")),
+    "alpha range below 0": (lambda e: e.sweep(e.yaml(search={"alpha": {"low": -0.1, "high": 0.5}})),
+                            ("search.alpha", "[0, 1]")),
+    "T = 0": (lambda e: e.sweep(e.yaml(search={"temperature": [0, 2]})), ("search.temperature", "> 0")),
+    "T < 0 by --set": (lambda e: e.sweep(e.yaml(), "--set", "search.temperature=[-1]"),
+                       ("search.temperature", "> 0")),
+    "empty grid": (lambda e: e.sweep(e.yaml(search={"alpha": []})), ("search.alpha: is empty",)),
+    "lr low > high": (lambda e: e.sweep(e.yaml(search={"lr": {"low": 1e-2, "high": 1e-3}})),
+                      ("search.lr: low (0.01) is greater than high (0.001); swap them",)),
+    "unsafe study name": (lambda e: e.sweep(e.yaml(name="../../etc/x")),
+                          ("name: not a safe file name", "'../../etc/x'")),
+    "study name with a space": (lambda e: e.sweep(e.yaml(), "--set", "name=my study"), ("not a safe file name",)),
+    "study name ending .ce": (lambda e: e.sweep(e.yaml(name="tiny.ce")), ("ends in '.ce'",)),
+    "unknown dataset": (lambda e: e.sweep(e.yaml(data={"dataset": "svhn"})), ("data.dataset 'svhn' is unknown",)),
+    "unknown teacher model": (lambda e: e.sweep(e.yaml(data=e.imagefolder(), teacher={"model": "cnn-xl"})),
+                              ("teacher.model: unknown model 'cnn-xl'",)),
+    "unknown student model": (lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": "mlp-9"})),
+                              ("student.model: unknown model 'mlp-9'",)),
+    "data files missing": (lambda e: e.sweep(e.yaml(data={"dataset": "mnist", "root": str(e.tmp / "none")})),
+                           ("mnist not found; looked in", "none", "KDBENCH_DATA", "data.download: true")),
+    "imagefolder with one class": (lambda e: e.sweep(e.yaml(data=e.imagefolder(classes=1))),
+                                   ("has 1 class", "at least 2")),
+    "imagefolder unreadable image": (lambda e: e.sweep(e.yaml(data=e.imagefolder(bad=True))),
+                                     ("broken.png cannot be read", "replace or delete it")),
+    "checkpoint missing": (lambda e: e.sweep(e.yaml(data=e.imagefolder(), teacher={"checkpoint": "no.pt"})),
+                           ("teacher.checkpoint:", "no.pt does not exist")),
+    "checkpoint not a state dict": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), teacher={"checkpoint": e.checkpoint([1, 2, 3])})),
+        ("teacher.checkpoint:", "holds a list, not a dict of tensors")),
+    "checkpoint wrong class count": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), teacher={"checkpoint": e.checkpoint(_cnn_s(3))})),
+        ("teacher.checkpoint:", "teacher.pt")),
+    "checkpoint refused by weights_only": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), teacher={"checkpoint": e.checkpoint(torch.nn.Linear(2, 2))})),
+        ("teacher.checkpoint:", "weights_only=True refused it")),
+    "student pretrained wrong model": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"pretrained": e.checkpoint(_cnn_s(2))})),
+        ("student.pretrained:", "keys")),
+    "study reused with another config": (lambda e: e.sweep(e.yaml(name="stored"), "--set", "student.epochs=2"),
+                                         ("study 'stored'", "another config", "--set name=stored-2", "--replace")),
+    "unreachable PostgreSQL": (lambda e: e.sweep(e.yaml(), storage="postgresql+psycopg://nobody@127.0.0.1:1/x"),
+                               ("--storage postgresql+psycopg://nobody@127.0.0.1:1/x: cannot open", "server")),
+    "password not shown": (lambda e: e.sweep(e.yaml(), storage="postgresql+psycopg://u:secret@127.0.0.1:1/x"),
+                           ("u:***@127.0.0.1:1",)),
+    "SQLite folder missing": (lambda e: e.sweep(e.yaml(), storage="sqlite:////nonexistent/dir/x.db"),
+                              ("--storage sqlite:////nonexistent/dir/x.db: cannot open", "folder that exists")),
+    "not a database": (lambda e: e.sweep(e.yaml(), storage=f"sqlite:///{_garbage(e)}"), ("not.db: cannot open",)),
+    "not a URL": (lambda e: e.sweep(e.yaml(), storage="kdbench.db"), ("not a usable SQLAlchemy URL", "sqlite:///")),
+    "database from a newer kdbench (sweep)": (lambda e: (_newer_store(e), e.sweep(e.yaml()))[1],
+                                              ("newer kdbench", "upgrade kdbench")),
+    "database from a newer kdbench (ls)": (lambda e: (_newer_store(e), ["ls", "--storage", e.db])[1],
+                                           ("newer kdbench",)),
+    "database from a newer kdbench (show)": (lambda e: (_newer_store(e), ["show", "stored", "--storage", e.db])[1],
+                                             ("newer kdbench",)),
+    "show an unknown study": (lambda e: ["show", "nope", "--storage", e.db], ("no study named 'nope'", "stored")),
+    "cache folder not writable": (lambda e: e.sweep(e.yaml(), "--cache-dir", f"{_garbage(e)}/sub"),
+                                  ("--cache-dir", "cannot write there")),
+    "teacher command, bad checkpoint": (
+        lambda e: ["teacher", e.yaml(data=e.imagefolder(), teacher={"checkpoint": e.checkpoint([1])}),
+                   "--device", "cpu", "--cache-dir", str(e.cache)],
+        ("teacher.checkpoint:", "holds a list")),
+}
+
+
+def _garbage(e: Env) -> Path:
+    path = e.tmp / "not.db"
+    path.write_bytes(b"this is not a database file, not even close" * 100)
+    return path
+
+
+def _row_counts(url: str) -> dict[str, int]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        names = sa.inspect(conn).get_table_names()
+        counts = {n: conn.execute(sa.text(f'SELECT COUNT(*) FROM "{n}"')).scalar_one() for n in names}
+    engine.dispose()
+    return counts
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_study_dict: dict, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """A store that already holds a study, 'stored' (kdbench's rows and Optuna's), as users' stores do."""
+    monkeypatch.chdir(tmp_path)  # ./data and ./.kdbench-cache are the test's own
+    monkeypatch.setenv("KDBENCH_DATA", str(tmp_path / "no-data-here"))
+    e = Env(tmp_path, tiny_study_dict)
+    register_study(Store.open(e.db), parse_study({**tiny_study_dict, "name": "stored"}))
+    optuna.create_study(storage=optuna_storage(e.db), study_name="stored")
+    return e
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_changes_nothing(case: str, env: Env) -> None:
+    prepare, fragments = CASES[case]
+    args = prepare(env)
+    before = _row_counts(env.db)
+    result = CliRunner().invoke(main, args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, f"{case}: exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    assert len(lines) == 1 and lines[0].startswith("kdbench: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in: {lines[0]}"
+    assert _row_counts(env.db) == before
+    assert not (env.cache / "teachers").exists(), "a teacher was trained or loaded before the error"
