@@ -128,7 +128,7 @@ def _stacked_logits(
     def forward(p: Tensors, b: Tensors, xb: torch.Tensor) -> torch.Tensor:
         return functional_call(base, (p, b), (xb,))
 
-    return vmap(forward, in_dims=(0, 0, None), randomness="different")(params, buffers, x)  # type: ignore[no-any-return]
+    return vmap(forward, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
 
 
 @torch.no_grad()
@@ -222,7 +222,7 @@ def train_fused(
     def losses_of(out: torch.Tensor, t_logits: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         if t_logits is None:  # every student is CE: no teacher to read
             return vmap(lambda o: F.cross_entropy(o.float(), y, label_smoothing=recipe.label_smoothing))(out)
-        return vmap(  # type: ignore[no-any-return]
+        return vmap(
             lambda o, t, a: mixed_loss(o, t_logits, y, t, a, recipe.label_smoothing))(out, temps, alphas)
 
     active = list(range(k))  # original index of each stacked row

@@ -39,7 +39,7 @@ from kdbench.models import build_model, count_parameters
 from kdbench.provenance import device_name, kdbench_commit, library_versions
 from kdbench.store import EpochRow, RunRow, Store, StudyRow, TeacherRow, _now, worker_id
 from kdbench.teacher import Teacher, default_cache_dir, prepare_teacher
-from kdbench.train import EpochRecord, KDParams, inference_ms_per_batch, predict_logits, train
+from kdbench.train import EpochRecord, KDParams, TrainResult, inference_ms_per_batch, predict_logits, train
 
 __all__ = [
     "STALE_AFTER_S",
@@ -368,8 +368,60 @@ def _update(ctx: _Context, run_id: int, **values: Any) -> None:
         s.execute(sa.update(RunRow).where(RunRow.id == run_id).values(**values))
 
 
+@dataclass
+class _Started:
+    """A claimed visit ready to train: its Optuna trial (search visits), parameters, fresh model and callback."""
+
+    run: RunRow
+    visit: Visit
+    params: dict[str, float]
+    model: torch.nn.Module
+    kd: KDParams | None
+    on_epoch: Callable[[EpochRecord], None]
+    ostudy: optuna.Study | None
+    trial: optuna.Trial | None
+
+
 def _run_visit(ctx: _Context, run: RunRow, visit: Visit, index: int) -> str:
     """Train one claimed visit and record it; returns its final state."""
+    v = _start_visit(ctx, run, visit, index)
+    try:
+        with _Heartbeat(ctx.store, run.id):
+            res: TrainResult | BaseException = train(
+                v.model, ctx.data, ctx.study.student, lr=v.params["lr"], seed=visit.seed,
+                teacher=ctx.teacher.signal_for(ctx.data) if v.kd else None, kd=v.kd,
+                augment_kind=ctx.study.data.augment, callback=v.on_epoch, evaluate_test=visit.kind == "finalist")
+    except BaseException as exc:
+        res = exc
+    return _finish_visit(ctx, v, res)
+
+
+def _run_fused(ctx: _Context, claimed: list[tuple[RunRow, Visit, int]]) -> None:
+    """Train search visits (one seed) together with :func:`kdbench.fused.train_fused`; pruning acts per visit."""
+    from kdbench.fused import FusedStudent, train_fused
+
+    started = [_start_visit(ctx, run, visit, index) for run, visit, index in claimed]
+    with contextlib.ExitStack() as beats:
+        for v in started:
+            beats.enter_context(_Heartbeat(ctx.store, v.run.id))
+        try:
+            outcomes: list[TrainResult | BaseException] = list(train_fused(
+                [v.model for v in started], ctx.data, ctx.study.student,
+                [FusedStudent(v.params["lr"], v.kd, v.on_epoch) for v in started], seed=claimed[0][1].seed,
+                teacher=ctx.teacher.signal_for(ctx.data), augment_kind=ctx.study.data.augment))
+        except BaseException as exc:
+            outcomes = [exc] * len(started)
+    raised: BaseException | None = None
+    for v, res in zip(started, outcomes, strict=True):
+        try:
+            _finish_visit(ctx, v, res)
+        except BaseException as exc:  # record every visit first, then stop as the sequential path would
+            raised = raised or exc
+    if raised is not None:
+        raise raised
+
+
+def _start_visit(ctx: _Context, run: RunRow, visit: Visit, index: int) -> _Started:
     study = ctx.study
     _fail_previous(ctx, run)
     ostudy: optuna.Study | None = None
@@ -402,14 +454,19 @@ def _run_visit(ctx: _Context, run: RunRow, visit: Visit, index: int) -> str:
     model = build_model(study.student.model, in_channels=info.channels, num_classes=info.num_classes,
                         image_size=info.image_size, pretrained=study.student.pretrained).to(ctx.device)
     kd = KDParams(params["temperature"], params["alpha"]) if visit.loss == "kd" else None
+    return _Started(run, visit, params, model, kd, on_epoch, ostudy, trial)
+
+
+def _finish_visit(ctx: _Context, v: _Started, outcome: TrainResult | BaseException) -> str:
+    """Record a trained visit (or the exception that stopped it); returns its final state."""
+    run, visit, model, ostudy, trial = v.run, v.visit, v.model, v.ostudy, v.trial
+    info = ctx.data.info
     common = dict(finished=_now(), device=device_name(ctx.device), versions=ctx.versions,
                   commit=kdbench_commit(), parameters=count_parameters(model))
     try:
-        with _Heartbeat(ctx.store, run.id):
-            res = train(model, ctx.data, study.student, lr=params["lr"], seed=visit.seed,
-                        teacher=ctx.teacher.signal_for(ctx.data) if kd else None, kd=kd,
-                        augment_kind=study.data.augment, callback=on_epoch,
-                        evaluate_test=visit.kind == "finalist")
+        if isinstance(outcome, BaseException):
+            raise outcome
+        res = outcome
     except optuna.TrialPruned as exc:
         _update(ctx, run.id, state="pruned", error=str(exc), **common)
         if ostudy is not None and trial is not None:
@@ -498,17 +555,20 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def _claim_loop(ctx: _Context, visits: list[Visit], offset: int) -> Iterator[tuple[RunRow, Visit, int]]:
-    """Yield claimed visits until every one of ``visits`` is final (waiting for other workers' ones)."""
+def _claim_loop(
+    ctx: _Context, visits: list[Visit], offset: int, k: int = 1
+) -> Iterator[list[tuple[RunRow, Visit, int]]]:
+    """Yield up to ``k`` claimed visits at a time until every one of ``visits`` is final (waiting for others')."""
     while True:
-        pending = False
+        batch = []
         for i, v in enumerate(visits):
             run = claim(ctx.store, ctx.study_id, v, ctx.study.hash, ctx.stale_after_s)
             if run is not None:
-                yield run, v, offset + i
-                pending = True
-                break
-        if pending:
+                batch.append((run, v, offset + i))
+                if len(batch) == k:
+                    break
+        if batch:
+            yield batch
             continue
         states = ctx.store.runs(ctx.study.name).set_index("visit")["state"]
         waiting = [v.key for v in visits if states.get(v.key) not in TERMINAL]
@@ -563,13 +623,17 @@ def run_sweep(
     _repair(ctx)
     done = 0
     search = plan_search(study)
-    for run, visit, index in _claim_loop(ctx, search, 0):
-        _run_visit(ctx, run, visit, index)
-        done += 1
+    fuse = study.search.fuse if max_visits is None else max(1, min(study.search.fuse, max_visits))
+    for batch in _claim_loop(ctx, search, 0, fuse):
+        if len(batch) > 1:  # search visits share the study's seed, hence one data order
+            _run_fused(ctx, batch)
+        else:
+            _run_visit(ctx, *batch[0])
+        done += len(batch)
         if max_visits is not None and done >= max_visits:
             return finalist_summary(store, study.name)
     finals = plan_finalists(study, store.runs(study.name))
-    for run, visit, index in _claim_loop(ctx, finals, len(search)):
+    for [(run, visit, index)] in _claim_loop(ctx, finals, len(search)):
         _run_visit(ctx, run, visit, index)
         done += 1
         if max_visits is not None and done >= max_visits:

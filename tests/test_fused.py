@@ -70,6 +70,7 @@ def test_fused_equals_sequential(needs_fmnist: None, name: str, optimizer: str, 
         assert [e.lr for e in f.epochs] == pytest.approx([e.lr for e in s.epochs])
 
 
+@pytest.mark.slow
 def test_fused_prunes_and_fails_per_student(needs_fmnist: None) -> None:
     data = _data()
     recipe = parse_study({"name": "f", "student": {"model": "mlp-800", "batch_size": 128, "epochs": 2}}).student
