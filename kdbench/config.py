@@ -150,6 +150,7 @@ class SearchConfig(_Strict):
     trials: Annotated[int, Field(ge=1)] | None = None  # total KD trials when T or alpha is a range
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"  # on validation accuracy per epoch
+    fuse: Annotated[int, Field(ge=1, le=256)] = 1  # search trials (students) trained at once by one fused step; 1 = off
 
     @field_validator("temperature")
     @classmethod
@@ -243,11 +244,14 @@ _NOT_HASHED = {("data", "root"), ("data", "download")}
 def study_hash(study: Study) -> str:
     """A 16-hex-digit SHA-256 of the resolved config, stable across runs, machines and key order.
 
-    ``data.root`` and ``data.download`` are left out: they say where the files are, not what is computed.
+    ``data.root`` and ``data.download`` are left out: they say where the files are, not what is computed;
+    so is ``search.fuse`` when it is 1 (the default), so that adding the key changed no stored hash.
     """
     cfg = study.resolved()
     for section, key in _NOT_HASHED:
         cfg[section].pop(key, None)
+    if cfg["search"]["fuse"] == 1:  # the default leaves the hashes of studies written before it unchanged
+        del cfg["search"]["fuse"]
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

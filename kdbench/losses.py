@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["distillation_loss", "kd_term", "validate_alpha", "validate_temperature"]
+__all__ = ["distillation_loss", "kd_term", "mixed_loss", "validate_alpha", "validate_temperature"]
 
 
 def validate_temperature(temperature: float) -> float:
@@ -43,11 +43,35 @@ def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     Both sides go through ``log_softmax`` in float32, so large logits and fp16/bf16 inputs are safe
     (no ``log`` of a softmax that has underflowed to zero).
     """
-    t = validate_temperature(temperature)
+    return _soft(student_logits, teacher_logits, validate_temperature(temperature))
+
+
+def _soft(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    if isinstance(t, torch.Tensor):  # under vmap, where kl_div has no batching rule: the same sum, written out
+        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum() / student_logits.shape[0]
+    else:
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * (t * t)
+
+
+def mixed_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: torch.Tensor,
+    alpha: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """:func:`distillation_loss` with T and alpha as (0-dim) tensors, unvalidated and without shortcuts.
+
+    For ``torch.func.vmap`` over students that each have their own T and alpha (kdbench.fused). At
+    alpha = 1 it is ``CE + 0 * KD``: the same value and gradient as plain CE while the KD term is finite.
+    The caller validates T and alpha (:class:`kdbench.train.KDParams` does).
+    """
+    ce = F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
+    return alpha * ce + (1.0 - alpha) * _soft(student_logits, teacher_logits, temperature)
 
 
 def distillation_loss(

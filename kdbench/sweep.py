@@ -43,7 +43,7 @@ from kdbench.models import build_model, count_parameters
 from kdbench.provenance import device_name, kdbench_commit, library_versions
 from kdbench.store import EpochRow, RunRow, Store, StudyRow, TeacherRow, _now, retry_schema_race, worker_id
 from kdbench.teacher import Teacher, open_cache_dir, prepare_teacher
-from kdbench.train import EpochRecord, KDParams, inference_ms_per_batch, predict_logits, train
+from kdbench.train import EpochRecord, KDParams, TrainResult, inference_ms_per_batch, predict_logits, train
 
 __all__ = [
     "STALE_AFTER_S",
@@ -483,73 +483,132 @@ def _finish(ctx: _Context, run_id: int, records: list[EpochRecord], **values: An
                            val_loss=_num(r.val_loss), seconds=r.seconds, lr=r.lr) for r in records)
 
 
-def _run_visit(ctx: _Context, c: Claimed) -> str:
-    """Train one claimed visit and record it; returns its final state.
+class _Attempt:
+    """One claimed visit from its start (Optuna trial, fresh model) to its recorded end.
 
-    Everything after the claim is inside one ``try``: whatever stops it (Ctrl-C while asking Optuna,
-    a bug), the run is recorded as interrupted rather than left running.
+    :meth:`finish` records whatever stopped it (a result, pruning, a non-finite loss, Ctrl-C, a bug), so a
+    claimed visit is never left running by a live worker.
     """
-    study, visit = ctx.study, c.visit
-    trial: optuna.Trial | None = None
-    records: list[EpochRecord] = []
-    closed: list[str] = []
-    common: dict[str, Any] = dict(device=device_name(ctx.device), versions=ctx.versions, commit=kdbench_commit())
-    total_epochs = study.student.epochs or 1
 
-    def close(state: str, reason: str | None, **values: Any) -> str:
-        _finish(ctx, c.run_id, records, state=state, error=reason, finished=_now(), **common, **values)
-        closed.append(state)
-        if trial is not None:
-            _close_trial(ctx.storage, trial._trial_id, state, reason, values.get("val_acc"))
-        ctx.events.on_visit_end(visit, state, values.get("val_acc"), reason)
-        return state
+    def __init__(self, ctx: _Context, c: Claimed) -> None:
+        self.ctx, self.c, self.visit = ctx, c, c.visit
+        self.trial: optuna.Trial | None = None
+        self.params: dict[str, float] = {}
+        self.model: torch.nn.Module | None = None
+        self.kd: KDParams | None = None
+        self.records: list[EpochRecord] = []
+        self.closed = False
+        self.common: dict[str, Any] = dict(device=device_name(ctx.device), versions=ctx.versions,
+                                           commit=kdbench_commit())
 
-    def on_epoch(rec: EpochRecord) -> None:
-        records.append(rec)
-        _update(ctx, c.run_id, epochs_done=rec.epoch + 1, heartbeat=_now(), val_acc=_num(rec.val_acc))
-        ctx.events.on_epoch(rec, total_epochs)
-        if trial is not None and math.isfinite(rec.val_acc):
-            trial.report(rec.val_acc, rec.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {rec.epoch} (val acc {rec.val_acc:.4f})")
-
-    try:
+    def start(self) -> None:
+        ctx, c, visit = self.ctx, self.c, self.visit
         if c.replaced_trial is not None:
             _close_trial(ctx.storage, c.replaced_trial, "failed", c.replaced_reason)
         if visit.kind in ("kd", "ce"):
-            ostudy, trial, params = _ask(ctx, visit, c.index)
-            _update(ctx, c.run_id, optuna_study=ostudy.study_name, trial_number=trial.number,
-                    trial_id=trial._trial_id, temperature=params.get("temperature"), alpha=params.get("alpha"),
-                    lr=params["lr"])
+            ostudy, self.trial, params = _ask(ctx, visit, c.index)
+            _update(ctx, c.run_id, optuna_study=ostudy.study_name, trial_number=self.trial.number,
+                    trial_id=self.trial._trial_id, temperature=params.get("temperature"),
+                    alpha=params.get("alpha"), lr=params["lr"])
         else:
             params = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha),
                                         ("lr", visit.lr)) if v is not None}
+        self.params = params
         ctx.events.on_visit_start(visit, params)
         torch.manual_seed(visit.seed)
-        info = ctx.data.info
-        model = build_model(study.student.model, in_channels=info.channels, num_classes=info.num_classes,
-                            image_size=info.image_size, pretrained=study.student.pretrained).to(ctx.device)
-        common["parameters"] = count_parameters(model)
-        kd = KDParams(params["temperature"], params["alpha"]) if visit.loss == "kd" else None
+        info, student = ctx.data.info, ctx.study.student
+        self.model = build_model(student.model, in_channels=info.channels, num_classes=info.num_classes,
+                                 image_size=info.image_size, pretrained=student.pretrained).to(ctx.device)
+        self.common["parameters"] = count_parameters(self.model)
+        self.kd = KDParams(params["temperature"], params["alpha"]) if visit.loss == "kd" else None
+
+    def on_epoch(self, rec: EpochRecord) -> None:
+        self.records.append(rec)
+        _update(self.ctx, self.c.run_id, epochs_done=rec.epoch + 1, heartbeat=_now(), val_acc=_num(rec.val_acc))
+        self.ctx.events.on_epoch(rec, self.ctx.study.student.epochs or 1)
+        if self.trial is not None and math.isfinite(rec.val_acc):
+            self.trial.report(rec.val_acc, rec.epoch)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {rec.epoch} (val acc {rec.val_acc:.4f})")
+
+    def close(self, state: str, reason: str | None, **values: Any) -> str:
+        _finish(self.ctx, self.c.run_id, self.records, state=state, error=reason, finished=_now(), **self.common,
+                **values)
+        self.closed = True
+        if self.trial is not None:
+            _close_trial(self.ctx.storage, self.trial._trial_id, state, reason, values.get("val_acc"))
+        self.ctx.events.on_visit_end(self.visit, state, values.get("val_acc"), reason)
+        return state
+
+    def finish(self, outcome: TrainResult | BaseException) -> str:
+        """Record the outcome; returns the final state (re-raises Ctrl-C and bugs once recorded)."""
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            assert self.model is not None
+            extra = _finalist_outputs(self.ctx, self.visit, self.model) if self.visit.kind == "finalist" else {}
+            return self.close("complete", None, val_acc=_num(outcome.val_acc), val_loss=_num(outcome.val_loss),
+                              test_acc=outcome.test_acc, test_loss=outcome.test_loss,
+                              wall_time_s=outcome.wall_time_s, samples_per_s=outcome.samples_per_s, **extra)
+        except optuna.TrialPruned as exc:
+            return self.close("pruned", str(exc))
+        except NonFiniteLossError as exc:  # recorded as failed; the sweep goes on
+            if self.trial is not None:
+                self.trial.set_user_attr("fail_step", exc.step)
+            return self.close("failed", str(exc))
+        except BaseException as exc:  # Ctrl-C or a bug: the visit is re-run on resume
+            if not self.closed:
+                self.close("interrupted", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+
+
+def _run_visit(ctx: _Context, c: Claimed) -> str:
+    """Train one claimed visit and record it; returns its final state.
+
+    Everything after the claim is covered: whatever stops it (Ctrl-C while asking Optuna, a bug), the run
+    is recorded as interrupted rather than left running.
+    """
+    a = _Attempt(ctx, c)
+    outcome: TrainResult | BaseException
+    try:
+        a.start()
+        assert a.model is not None
         with _Heartbeat(ctx.store, c.run_id):
-            res = train(model, ctx.data, study.student, lr=params["lr"], seed=visit.seed,
-                        teacher=ctx.teacher.signal_for(ctx.data) if kd else None, kd=kd,
-                        augment_kind=study.data.augment, callback=on_epoch,
-                        evaluate_test=visit.kind == "finalist")
-        extra = _finalist_outputs(ctx, visit, model) if visit.kind == "finalist" else {}
-        return close("complete", None, val_acc=_num(res.val_acc), val_loss=_num(res.val_loss),
-                     test_acc=res.test_acc, test_loss=res.test_loss, wall_time_s=res.wall_time_s,
-                     samples_per_s=res.samples_per_s, **extra)
-    except optuna.TrialPruned as exc:
-        return close("pruned", str(exc))
-    except NonFiniteLossError as exc:  # recorded as failed; the sweep goes on
-        if trial is not None:
-            trial.set_user_attr("fail_step", exc.step)
-        return close("failed", str(exc))
-    except BaseException as exc:  # Ctrl-C or a bug: the visit is re-run on resume
-        if not closed:
-            close("interrupted", f"{type(exc).__name__}: {exc}"[:500])
-        raise
+            outcome = train(a.model, ctx.data, ctx.study.student, lr=a.params["lr"], seed=c.visit.seed,
+                            teacher=ctx.teacher.signal_for(ctx.data) if a.kd else None, kd=a.kd,
+                            augment_kind=ctx.study.data.augment, callback=a.on_epoch,
+                            evaluate_test=c.visit.kind == "finalist")
+    except BaseException as exc:
+        outcome = exc
+    return a.finish(outcome)
+
+
+def _run_fused(ctx: _Context, claimed: list[Claimed]) -> None:
+    """Train search visits (one seed) together with :func:`kdbench.fused.train_fused`; pruning acts per visit."""
+    from kdbench.fused import FusedStudent, train_fused
+
+    attempts = [_Attempt(ctx, c) for c in claimed]
+    outcomes: list[TrainResult | BaseException]
+    try:
+        for a in attempts:
+            a.start()
+        with contextlib.ExitStack() as beats:
+            for a in attempts:
+                beats.enter_context(_Heartbeat(ctx.store, a.c.run_id))
+            outcomes = list(train_fused(
+                [a.model for a in attempts if a.model is not None], ctx.data, ctx.study.student,
+                [FusedStudent(a.params["lr"], a.kd, a.on_epoch) for a in attempts], seed=claimed[0].visit.seed,
+                teacher=ctx.teacher.signal_for(ctx.data), augment_kind=ctx.study.data.augment))
+    except BaseException as exc:
+        outcomes = [exc] * len(attempts)
+    raised: BaseException | None = None
+    for a, res in zip(attempts, outcomes, strict=True):
+        try:
+            a.finish(res)
+        except BaseException as exc:  # record every visit first, then stop as the sequential path would
+            raised = raised or exc
+    if raised is not None:
+        raise raised
 
 
 def _finalist_outputs(ctx: _Context, visit: Visit, model: torch.nn.Module) -> dict[str, Any]:
@@ -623,23 +682,25 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-
-
-def _claim_loop(ctx: _Context, visits: list[Visit], offset: int) -> Iterator[Claimed]:
-    """Yield claimed visits until every one of ``visits`` is final (waiting for other workers' ones)."""
+def _claim_loop(ctx: _Context, visits: list[Visit], offset: int, k: int = 1) -> Iterator[list[Claimed]]:
+    """Yield up to ``k`` claimed visits at a time until every one of ``visits`` is final (waiting for others')."""
     while True:
+        batch: list[Claimed] = []
         for i, v in enumerate(visits):
             c = claim(ctx.store, ctx.study_id, v, offset + i, ctx.study.hash, ctx.stale_after_s)
             if c is not None:
-                yield c
-                break
-        else:
-            states = ctx.store.runs(ctx.study.name).set_index("visit")["state"]
-            waiting = [v.key for v in visits if states.get(v.key) not in TERMINAL]
-            if not waiting:
-                return
-            ctx.events.on_status(f"waiting for {len(waiting)} visit(s) held by other workers")
-            time.sleep(POLL_S)
+                batch.append(c)
+                if len(batch) == k:
+                    break
+        if batch:
+            yield batch
+            continue
+        states = ctx.store.runs(ctx.study.name).set_index("visit")["state"]
+        waiting = [v.key for v in visits if states.get(v.key) not in TERMINAL]
+        if not waiting:
+            return
+        ctx.events.on_status(f"waiting for {len(waiting)} visit(s) held by other workers")
+        time.sleep(POLL_S)
 
 
 def prepare_sweep(
@@ -713,13 +774,18 @@ def run_sweep(
     _repair(ctx)
     ctx.events.on_progress(study_progress(ctx.store, study))
     search = plan_search(study)
+    fuse = study.search.fuse if max_visits is None else max(1, min(study.search.fuse, max_visits))
     done = 0
     for offset in (0, len(search)):
         visits = search if offset == 0 else plan_finalists(study, ctx.store.runs(study.name))
-        for c in _claim_loop(ctx, visits, offset):
-            _run_visit(ctx, c)
+        # search visits share the study's seed, hence one data order: they can be fused; finalists run alone
+        for batch in _claim_loop(ctx, visits, offset, fuse if offset == 0 else 1):
+            if len(batch) > 1:
+                _run_fused(ctx, batch)
+            else:
+                _run_visit(ctx, batch[0])
             ctx.events.on_progress(study_progress(ctx.store, study))
-            done += 1
+            done += len(batch)
             if max_visits is not None and done >= max_visits:
                 return finalist_summary(ctx.store, study.name)
     return finalist_summary(ctx.store, study.name)

@@ -9,6 +9,7 @@ with the host inside the step loop; the epoch end reads the losses back once and
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -30,13 +31,21 @@ __all__ = [
     "KDParams",
     "LiveTeacher",
     "TrainResult",
+    "batch_order",
+    "budget",
+    "check_teacher",
+    "configure_device",
+    "epoch_pixels",
     "evaluate",
+    "first_non_finite",
     "inference_ms_per_batch",
+    "lr_factor",
     "make_optimizer",
     "make_scheduler",
     "predict_logits",
     "resolve_device",
     "train",
+    "uses_channels_last",
     "view_images",
 ]
 
@@ -152,10 +161,8 @@ def make_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.O
     )
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then constant, cosine (to 0) or step decay; stepped once per optimiser step."""
+def lr_factor(recipe: Recipe, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """The multiplier of the base lr at optimiser step ``step``: linear warm-up, then constant/cosine/step."""
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
     milestones = [int(m * total_steps) for m in recipe.step_milestones]
 
@@ -169,7 +176,81 @@ def make_scheduler(
             return float(recipe.step_gamma ** sum(step >= m for m in milestones))
         return 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then constant, cosine (to 0) or step decay; stepped once per optimiser step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(recipe, total_steps, steps_per_epoch))
+
+
+def budget(recipe: Recipe, n: int) -> tuple[int, int, int]:
+    """``(steps_per_epoch, total_steps, epochs)`` of a recipe on ``n`` training rows (``steps`` beats ``epochs``)."""
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    if recipe.steps is not None:
+        return steps_per_epoch, recipe.steps, math.ceil(recipe.steps / steps_per_epoch)
+    epochs = recipe.epochs or 1
+    return steps_per_epoch, epochs * steps_per_epoch, epochs
+
+
+def check_teacher(teacher: TeacherSignal | None, data: Data, augment_kind: str, use_kd: bool) -> None:
+    """Refuse a teacher signal that does not fit the training split or the augmentation."""
+    if use_kd and teacher is None:
+        raise ValueError("kd with alpha < 1 needs a teacher (cached logits or a live model)")
+    if isinstance(teacher, CachedLogits) and teacher.logits.shape[1] != len(data.train):
+        raise ValueError(
+            f"cached logits cover {teacher.logits.shape[1]} rows, the training split has {len(data.train)}"
+        )
+    if isinstance(teacher, CachedLogits) and teacher.augmented and augment_kind == "none":
+        raise ValueError("augmented teacher views need the same augmentation for the student")
+
+
+def epoch_pixels(
+    data: Data, teacher: TeacherSignal | None, augment_kind: str, seed: int, epoch: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The uint8 images epoch ``epoch`` trains on, and the cached teacher logits for them (None if live/none).
+
+    A cached augmented view when the teacher has them, else a fresh seeded augmentation of the split.
+    """
+    if isinstance(teacher, CachedLogits) and teacher.augmented:
+        view = epoch % teacher.views
+        return view_images(data.train.images, augment_kind, teacher.seed, view), teacher.logits[view]
+    images = view_images(data.train.images, augment_kind, _mix(seed, 0xA11), epoch)
+    return images, teacher.logits[0] if isinstance(teacher, CachedLogits) else None
+
+
+def batch_order(n: int, seed: int, device: torch.device) -> Callable[[int], Iterator[torch.Tensor]]:
+    """Seeded generator of per-epoch batch indices: ``order(batch_size)`` yields one epoch's batches."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(_mix(seed, 0x5EED))
+
+    def order(batch_size: int) -> Iterator[torch.Tensor]:
+        return _batches(n, batch_size, gen, device)
+
+    return order
+
+
+def first_non_finite(step_losses: torch.Tensor) -> int | None:
+    """Index of the first NaN/inf in a CPU tensor of step losses, or None."""
+    finite = torch.isfinite(step_losses)
+    return None if bool(finite.all()) else int((~finite).nonzero()[0, 0])
+
+
+def uses_channels_last(recipe: Recipe, device: torch.device, model: nn.Module) -> bool:
+    """``channels_last: auto`` turns it on for convolutional models on CUDA."""
+    return recipe.channels_last is True or (
+        recipe.channels_last == "auto" and device.type == "cuda" and _is_conv(model)
+    )
+
+
+def configure_device(device: torch.device) -> None:
+    """cuDNN autotuning and TF32 matmuls on CUDA (fixed shapes: the autotuner runs once per shape)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
@@ -216,6 +297,29 @@ def evaluate(
     return float(stats[0]) / len(split), float(stats[1]) / len(split)
 
 
+# torch.compile'd modules kept for the life of the process, one per architecture, device and memory format:
+# a new trial copies its freshly initialised weights into the compiled module instead of compiling again.
+_COMPILED: dict[tuple[str, str, bool], tuple[nn.Module, nn.Module]] = {}
+_COMPILED_MAX = 4
+
+
+def _compiled(model: nn.Module, compile_: bool) -> tuple[nn.Module, nn.Module]:
+    """``(module to train, callable for the forward pass)``: ``model`` twice, or a cached compiled pair."""
+    if not compile_:
+        return model, model
+    weight = next(model.parameters())
+    key = (repr(model), str(weight.device), weight.dim() == 4 and weight.is_contiguous(
+        memory_format=torch.channels_last) and not weight.is_contiguous())
+    if key not in _COMPILED:
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        cached = copy.deepcopy(model)
+        _COMPILED[key] = (cached, torch.compile(cached))  # type: ignore[assignment]
+    cached, step_model = _COMPILED[key]
+    cached.load_state_dict(model.state_dict())
+    return cached, step_model
+
+
 def _batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
     perm = torch.randperm(n, generator=gen, device=device)
     yield from perm.split(batch_size)
@@ -259,34 +363,18 @@ def train(
     torch.manual_seed(seed)
     lr = recipe.lr if lr is None else lr
     use_kd = kd is not None and kd.alpha < 1.0
-    if use_kd and teacher is None:
-        raise ValueError("kd with alpha < 1 needs a teacher (cached logits or a live model)")
-    if isinstance(teacher, CachedLogits) and teacher.logits.shape[1] != len(data.train):
-        raise ValueError(
-            f"cached logits cover {teacher.logits.shape[1]} rows, the training split has {len(data.train)}"
-        )
-    if isinstance(teacher, CachedLogits) and teacher.augmented and augment_kind == "none":
-        raise ValueError("augmented teacher views need the same augmentation for the student")
-
-    channels_last = recipe.channels_last is True or (
-        recipe.channels_last == "auto" and device.type == "cuda" and _is_conv(model)
-    )
+    check_teacher(teacher, data, augment_kind, use_kd)
+    configure_device(device)
+    channels_last = uses_channels_last(recipe, device, model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    step_model: nn.Module = torch.compile(model) if recipe.compile else model  # type: ignore[assignment]
+    user_model, model, step_model = model, *_compiled(model, recipe.compile)
 
     n = len(data.train)
-    steps_per_epoch = math.ceil(n / recipe.batch_size)
-    if recipe.steps is not None:
-        total_steps = recipe.steps
-        epochs = math.ceil(total_steps / steps_per_epoch)
-    else:
-        epochs = recipe.epochs or 1
-        total_steps = epochs * steps_per_epoch
+    steps_per_epoch, total_steps, epochs = budget(recipe, n)
     optimizer = make_optimizer(model, recipe, lr)
     scheduler = make_scheduler(optimizer, recipe, total_steps, steps_per_epoch)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(_mix(seed, 0x5EED))
+    order = batch_order(n, seed, device)
     info = data.info
     if isinstance(teacher, LiveTeacher):
         teacher.model.eval()
@@ -298,18 +386,11 @@ def train(
     model.train()
     for epoch in range(epochs):
         t_epoch = time.perf_counter()
-        # Which pixels this epoch trains on: a cached view, or a fresh seeded augmentation.
-        if isinstance(teacher, CachedLogits) and teacher.augmented:
-            view = epoch % teacher.views
-            images = view_images(data.train.images, augment_kind, teacher.seed, view)
-            epoch_logits: torch.Tensor | None = teacher.logits[view]
-        else:
-            images = view_images(data.train.images, augment_kind, _mix(seed, 0xA11), epoch)
-            epoch_logits = teacher.logits[0] if isinstance(teacher, CachedLogits) else None
-        budget = min(steps_per_epoch, total_steps - step)
-        losses = torch.zeros(budget, device=device)
-        for i, idx in enumerate(_batches(n, recipe.batch_size, gen, device)):
-            if i >= budget:
+        images, epoch_logits = epoch_pixels(data, teacher, augment_kind, seed, epoch)
+        todo = min(steps_per_epoch, total_steps - step)
+        losses = torch.zeros(todo, device=device)
+        for i, idx in enumerate(order(recipe.batch_size)):
+            if i >= todo:
                 break
             x = normalize(images[idx], info)
             if channels_last:
@@ -338,18 +419,17 @@ def train(
             losses[i] = loss.detach()
             samples += int(idx.shape[0])
         step_losses = losses.cpu()
-        finite = torch.isfinite(step_losses)
-        if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0, 0])
+        bad = first_non_finite(step_losses)
+        if bad is not None:
             raise NonFiniteLossError(step + bad, epoch, float(step_losses[bad]))
-        step += budget
+        step += todo
         if keep_step_losses:
             result.step_losses.extend(step_losses.tolist())
         train_time += time.perf_counter() - t_epoch
         val_acc, val_loss = evaluate(model, data.val, info, amp=recipe.amp)
         record = EpochRecord(
             epoch=epoch,
-            train_loss=float(step_losses.mean()) if budget else math.nan,
+            train_loss=float(step_losses.mean()) if todo else math.nan,
             val_acc=val_acc,
             val_loss=val_loss,
             seconds=time.perf_counter() - t_epoch,
@@ -364,8 +444,10 @@ def train(
             break
     if evaluate_test:
         result.test_acc, result.test_loss = evaluate(model, data.test, info, amp=recipe.amp)
+    if model is not user_model:  # trained the cached compiled module: hand the weights back
+        user_model.load_state_dict(model.state_dict())
     if channels_last:
-        model.to(memory_format=torch.contiguous_format)
+        user_model.to(memory_format=torch.contiguous_format)
     result.steps = step
     result.train_time_s = train_time
     result.samples_per_s = samples / train_time if train_time > 0 else math.nan

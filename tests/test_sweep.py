@@ -66,3 +66,21 @@ def test_cli_errors_are_one_line(tmp_path, db_url: str) -> None:
     out = subprocess.run([sys.executable, "-m", "kdbench", "show", "nope", "--storage", db_url],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_fused_sweep_matches_sequential(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+    """`search.fuse: 3` trains the three search visits at once; each gets the accuracy it gets alone."""
+    cache = tmp_path / "cache"
+    got = {}
+    for fuse in (1, 3):
+        url = f"sqlite:///{tmp_path / f'fuse{fuse}.db'}"
+        study = parse_study(tiny_study_dict, overrides=[f"search.fuse={fuse}", "finalists.seeds=1"])
+        run_sweep(study, storage=url, cache_dir=cache)
+        runs = load_runs(url, "tiny")
+        assert set(runs["state"]) == {"complete"} and len(runs) == planned_total(study)
+        got[fuse] = runs.set_index("visit")
+    search = [v.key for v in plan_search(parse_study(tiny_study_dict))]
+    assert got[1].loc[search, "lr"].tolist() == pytest.approx(got[3].loc[search, "lr"].tolist())
+    assert got[1].loc[search, "val_acc"].tolist() == pytest.approx(got[3].loc[search, "val_acc"].tolist(), abs=3e-3)
+    assert parse_study(tiny_study_dict).hash == parse_study(tiny_study_dict, overrides=["search.fuse=1"]).hash
