@@ -225,6 +225,9 @@ def train_fused(
         return vmap(
             lambda o, t, a: mixed_loss(o, t_logits, y, t, a, recipe.label_smoothing))(out, temps, alphas)
 
+    # bf16 autocast with vmapped batch norm fails in backward (running stats stay float32): BN students
+    # train fused in float32 on CUDA; everything else keeps the recipe's amp
+    amp = recipe.amp and not any(name.endswith("running_mean") for name in buffers)
     active = list(range(k))  # original index of each stacked row
     outcomes: list[TrainResult | Exception | None] = [None] * k
     results = [TrainResult(math.nan, math.nan, None, None, device=str(device)) for _ in range(k)]
@@ -258,9 +261,9 @@ def train_fused(
                 t_logits = epoch_logits[idx]
             elif use_kd:
                 assert isinstance(teacher, LiveTeacher)
-                with torch.no_grad(), _autocast(device, recipe.amp):
+                with torch.no_grad(), _autocast(device, amp):
                     t_logits = teacher.model(x).float().to(teacher.logit_dtype)
-            with _autocast(device, recipe.amp):
+            with _autocast(device, amp):
                 out = _stacked_logits(base, params, buffers, x)
             loss = losses_of(out, t_logits, y)
             for p in params.values():
@@ -272,7 +275,7 @@ def train_fused(
         step_losses = losses.cpu()
         step += todo
         train_time += time.perf_counter() - t_epoch
-        evals = _evaluate(base, params, buffers, data.val, info, recipe.amp)
+        evals = _evaluate(base, params, buffers, data.val, info, amp)
         leaving: list[int] = []
         for row, orig in enumerate(active):
             res = results[orig]
@@ -312,7 +315,7 @@ def train_fused(
     if active:
         write_back(list(range(len(active))))
         if evaluate_test:
-            for row, (acc, loss_) in enumerate(_evaluate(base, params, buffers, data.test, info, recipe.amp)):
+            for row, (acc, loss_) in enumerate(_evaluate(base, params, buffers, data.test, info, amp)):
                 results[active[row]].test_acc, results[active[row]].test_loss = acc, loss_
     wall = time.perf_counter() - t_start
     for orig in active:
