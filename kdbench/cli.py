@@ -158,8 +158,9 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
             summary = finalist_summary(Store.open(storage), study.name)
     if as_worker:
         return
-    _print_counts(Store.open(storage), study.name)
-    _print_summary(study.name, storage, summary)
+    store = Store.open(storage)
+    _print_counts(store, study.name)
+    _print_summary(store, study.name, storage, summary)
 
 
 def _print_counts(store: Any, name: str) -> None:
@@ -211,7 +212,7 @@ def show(study_name: str, storage: str, top: int) -> None:
             cols = ["trial_number", "temperature", "alpha", "lr", "val_acc", "wall_time_s"]
             cols = [c for c in cols if kind == "kd" or c not in ("temperature", "alpha")]
             click.echo(f"best {kind.upper()} trials (validation accuracy):\n{best[cols].to_string(index=False)}\n")
-    _print_summary(study_name, storage, finalist_summary(store, study_name))
+    _print_summary(store, study_name, storage, finalist_summary(store, study_name))
 
 
 @main.command()
@@ -239,7 +240,12 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) ->
     click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
 
 
-def _print_summary(name: str, storage: str, summary: Any) -> None:
+def _print_summary(store: Any, name: str, storage: str, summary: Any) -> None:
+    row = store.study(name)
+    teacher = store.teacher(row.teacher_key) if row is not None and row.teacher_key else None
+    if teacher is not None:
+        click.echo(f"{name}: teacher {teacher.model}: test {teacher.test_acc:.2%} (val {teacher.val_acc:.2%}, "
+                   f"{teacher.parameters:,} parameters)")
     if summary.empty:
         click.echo(f"{name}: no finalists yet (run kdbench sweep to finish the study)")
         return
