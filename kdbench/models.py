@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from kdbench.errors import CheckpointError, ConfigError
@@ -489,6 +488,8 @@ def _torchvision_resnet(arch: str) -> Callable[..., nn.Module]:
     """
 
     def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+        import torchvision.models  # here: it imports torch._dynamo (~2.5 s), which only these models need
+
         model: torchvision.models.ResNet = getattr(torchvision.models, arch)(
             weights=None, num_classes=num_classes
         )
