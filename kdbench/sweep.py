@@ -432,18 +432,22 @@ def _ask(ctx: _Context, visit: Visit, index: int) -> tuple[optuna.Study, optuna.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ostudy.sampler = optuna.samplers.PartialFixedSampler(fixed, _sampler(ctx.study, index))
     trial = ostudy.ask()
-    s = ctx.study.search
-    params: dict[str, float] = {}
-    if visit.loss == "kd":
-        params["temperature"] = _suggest(trial, "temperature", s.temperature)
-        params["alpha"] = _suggest(trial, "alpha", s.alpha)
-    if isinstance(s.lr, list) and s.sampler != "grid":
-        params["lr"] = float(trial.suggest_categorical("lr", s.lr))
-    else:
-        params["lr"] = _suggest(trial, "lr", s.lr)
-    trial.set_user_attr("visit", visit.key)
-    trial.set_user_attr("config_hash", ctx.study.hash)
-    trial.set_user_attr("worker", worker_id())
+    try:  # the worker id first: the trial must be traceable even if what follows is cut off
+        trial.set_user_attr("worker", worker_id())
+        s = ctx.study.search
+        params: dict[str, float] = {}
+        if visit.loss == "kd":
+            params["temperature"] = _suggest(trial, "temperature", s.temperature)
+            params["alpha"] = _suggest(trial, "alpha", s.alpha)
+        if isinstance(s.lr, list) and s.sampler != "grid":
+            params["lr"] = float(trial.suggest_categorical("lr", s.lr))
+        else:
+            params["lr"] = _suggest(trial, "lr", s.lr)
+        trial.set_user_attr("visit", visit.key)
+        trial.set_user_attr("config_hash", ctx.study.hash)
+    except BaseException as exc:  # Ctrl-C right after the ask: no run will point to this trial
+        _close_trial(ctx.storage, trial._trial_id, "interrupted", f"{type(exc).__name__} while asking Optuna")
+        raise
     return ostudy, trial, params
 
 
@@ -493,6 +497,7 @@ class _Attempt:
     def __init__(self, ctx: _Context, c: Claimed) -> None:
         self.ctx, self.c, self.visit = ctx, c, c.visit
         self.trial: optuna.Trial | None = None
+        self.link: dict[str, Any] = {}  # the Optuna study and trial, once asked
         self.params: dict[str, float] = {}
         self.model: torch.nn.Module | None = None
         self.kd: KDParams | None = None
@@ -507,9 +512,10 @@ class _Attempt:
             _close_trial(ctx.storage, c.replaced_trial, "failed", c.replaced_reason)
         if visit.kind in ("kd", "ce"):
             ostudy, self.trial, params = _ask(ctx, visit, c.index)
-            _update(ctx, c.run_id, optuna_study=ostudy.study_name, trial_number=self.trial.number,
-                    trial_id=self.trial._trial_id, temperature=params.get("temperature"),
-                    alpha=params.get("alpha"), lr=params["lr"])
+            self.link = dict(optuna_study=ostudy.study_name, trial_number=self.trial.number,
+                             trial_id=self.trial._trial_id)
+            _update(ctx, c.run_id, **self.link, temperature=params.get("temperature"), alpha=params.get("alpha"),
+                    lr=params["lr"])
         else:
             params = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha),
                                         ("lr", visit.lr)) if v is not None}
@@ -532,8 +538,9 @@ class _Attempt:
                 raise optuna.TrialPruned(f"pruned at epoch {rec.epoch} (val acc {rec.val_acc:.4f})")
 
     def close(self, state: str, reason: str | None, **values: Any) -> str:
+        # the link again: a Ctrl-C between asking Optuna and the first write must not orphan the trial
         _finish(self.ctx, self.c.run_id, self.records, state=state, error=reason, finished=_now(), **self.common,
-                **values)
+                **self.link, **values)
         self.closed = True
         if self.trial is not None:
             _close_trial(self.ctx.storage, self.trial._trial_id, state, reason, values.get("val_acc"))
