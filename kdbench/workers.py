@@ -50,6 +50,9 @@ def worker_threads(workers: int, threads: int | None = None) -> int:
 
 
 def _die_with_parent() -> None:
+    # the parent stops its workers with SIGINT: a worker must not inherit an ignored SIGINT (as every
+    # command started with `&` from a non-interactive shell does)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG: SIGINT when the parent dies
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)
 

@@ -50,8 +50,11 @@ def _write(tmp_path: Path, raw: dict) -> Path:
 
 def _sweep(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # SIGINT as at a terminal, even when the test run itself was started in the background (`cmd &` from a
+    # script starts with SIGINT ignored, and children inherit that)
     return subprocess.Popen([sys.executable, "-m", "kdbench", "sweep", *args, "--quiet"], text=True, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _runs(db: str, name: str):
