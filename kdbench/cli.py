@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kdbench.config import DEFAULT_STORAGE
 from kdbench.errors import KdbenchError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,7 +113,7 @@ def teacher(study_file: str, overrides: tuple[str, ...], device: str, threads: i
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @_study_options
-@click.option("--storage", default="sqlite:///kdbench.db", show_default=True, help=STORAGE_HELP)
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help=STORAGE_HELP)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine sharing the study (torch threads each: cores // N).")
 @click.option("--quiet", is_flag=True, help="No live progress lines; one line per finished trial (for CI logs).")
@@ -134,33 +135,33 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
     from kdbench.config import load_study
     from kdbench.progress import sweep_display
     from kdbench.store import Store
-    from kdbench.sweep import drop_study, finalist_summary, optuna_storage, prepare_sweep, run_sweep
+    from kdbench.sweep import prepare_sweep, run_sweep
     from kdbench.workers import run_workers, worker_threads
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # Optuna's per-trial info lines only with -v
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(study_file, overrides)
     dev = _setup_torch(worker_threads(1, threads) if workers == 1 else threads, device)
+    store = Store.open(storage)
     if replace:
-        drop_study(Store.open(storage), study.name, optuna_storage(storage))
+        store.drop_study(study.name)
     with sweep_display(quiet, study.student.epochs or 1) as events:
         if workers == 1:
-            summary = run_sweep(study, storage=storage, device=dev, cache_dir=cache_dir, events=events,
+            summary = run_sweep(study, storage=store, device=dev, cache_dir=cache_dir, events=events,
                                 max_visits=max_visits)
         else:
             args = [study_file, "--storage", storage, "--quiet", "--as-worker", "--device", device,
                     "--threads", str(worker_threads(workers, threads)),
                     *(f"--set={o}" for o in overrides), *(["--cache-dir", cache_dir] if cache_dir else []),
                     *(["--max-visits", str(max_visits)] if max_visits else [])]
-            run_workers(study, args, workers=workers, storage=storage, events=events,
-                        prepare=lambda: prepare_sweep(study, storage=storage, device=dev, cache_dir=cache_dir,
+            run_workers(study, args, workers=workers, store=store, events=events,
+                        prepare=lambda: prepare_sweep(study, storage=store, device=dev, cache_dir=cache_dir,
                                                       events=events))
-            summary = finalist_summary(Store.open(storage), study.name)
+            summary = store.finalist_summary(study.name)
     if as_worker:
         return
-    store = Store.open(storage)
     _print_counts(store, study.name)
-    _print_summary(store, study.name, storage, summary)
+    _print_summary(store, study.name, summary)
 
 
 def _print_counts(store: Any, name: str) -> None:
@@ -171,7 +172,7 @@ def _print_counts(store: Any, name: str) -> None:
 
 
 @main.command(name="ls")
-@click.option("--storage", default="sqlite:///kdbench.db", show_default=True, help=STORAGE_HELP)
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help=STORAGE_HELP)
 @_handle_errors
 def ls_(storage: str) -> None:
     """List the studies in a database with their run counts.
@@ -180,9 +181,10 @@ def ls_(storage: str) -> None:
     """
     from kdbench.store import Store
 
-    df = Store.open(storage, create=False).studies()
+    store = Store.open(storage, create=False)
+    df = store.studies()
     if df.empty:
-        click.echo(f"no studies in {storage}")
+        click.echo(f"no studies in {store.url}")
         return
     cols = [c for c in ("name", "config_hash", "created", "complete", "pruned", "failed", "running",
                         "interrupted") if c in df]
@@ -191,7 +193,7 @@ def ls_(storage: str) -> None:
 
 @main.command()
 @click.argument("study_name")
-@click.option("--storage", default="sqlite:///kdbench.db", show_default=True, help=STORAGE_HELP)
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help=STORAGE_HELP)
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Configurations to list.")
 @_handle_errors
 def show(study_name: str, storage: str, top: int) -> None:
@@ -200,24 +202,23 @@ def show(study_name: str, storage: str, top: int) -> None:
     Example: kdbench show fashion-mnist-quick
     """
     from kdbench.store import Store
-    from kdbench.sweep import finalist_summary
 
     store = Store.open(storage, create=False)
     runs = store.runs(study_name)
     counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
-    click.echo(f"study {study_name} in {storage}\n\nruns by kind and state:\n{counts.to_string()}\n")
+    click.echo(f"study {study_name} in {store.url}\n\nruns by kind and state:\n{counts.to_string()}\n")
     for kind in ("kd", "ce"):
         best = runs[(runs["kind"] == kind) & (runs["state"] == "complete")].nlargest(top, "val_acc")
         if not best.empty:
             cols = ["trial_number", "temperature", "alpha", "lr", "val_acc", "wall_time_s"]
             cols = [c for c in cols if kind == "kd" or c not in ("temperature", "alpha")]
             click.echo(f"best {kind.upper()} trials (validation accuracy):\n{best[cols].to_string(index=False)}\n")
-    _print_summary(store, study_name, storage, finalist_summary(store, study_name))
+    _print_summary(store, study_name, store.finalist_summary(study_name))
 
 
 @main.command()
 @click.argument("studies", nargs=-1, required=True)
-@click.option("--storage", default="sqlite:///kdbench.db", show_default=True, help=STORAGE_HELP)
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help=STORAGE_HELP)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default reports/<study>/, or reports/<a>+<b>/ for several studies).")
 @click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True,
@@ -240,16 +241,15 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) ->
     click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
 
 
-def _print_summary(store: Any, name: str, storage: str, summary: Any) -> None:
-    row = store.study(name)
-    teacher = store.teacher(row.teacher_key) if row is not None and row.teacher_key else None
+def _print_summary(store: Any, name: str, summary: Any) -> None:
+    teacher = store.study_teacher(name)
     if teacher is not None:
         click.echo(f"{name}: teacher {teacher.model}: test {teacher.test_acc:.2%} (val {teacher.val_acc:.2%}, "
                    f"{teacher.parameters:,} parameters)")
     if summary.empty:
         click.echo(f"{name}: no finalists yet (run kdbench sweep to finish the study)")
         return
-    click.echo(f"{name}: finalists, test accuracy over seeds (storage {storage})")
+    click.echo(f"{name}: finalists, test accuracy over seeds (storage {store.url})")
     for _, r in summary.iterrows():
         cfg = (f"T={r['temperature']:g} alpha={r['alpha']:g} " if r["loss"] == "kd" else "") + f"lr={r['lr']:.3g}"
         sd = f"{r['test_sd']:.2%}" if r["test_sd"] == r["test_sd"] else "n/a"

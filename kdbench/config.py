@@ -36,6 +36,16 @@ __all__ = [
     "study_hash",
 ]
 
+# Defaults that are not study keys (command-line and run-time), with their units.
+DEFAULT_STORAGE = "sqlite:///kdbench.db"  # SQLAlchemy URL of the results database (--storage)
+STALE_AFTER_S = 120.0  # seconds without a heartbeat after which another worker takes a running visit over
+HEARTBEAT_S = 15.0  # seconds between heartbeats of a running visit
+POLL_S = 2.0  # seconds between looks at the store while waiting for other workers
+RANGE_TRIALS_PER_POINT = 20  # KD trials per trials_per_point when T or alpha is a range and search.trials is unset
+SAMPLER_STARTUP_TRIALS = 5  # random trials before TPE models, and complete trials before the median pruner acts
+CE_MIN_TRIALS = 3  # CE baseline trials at least, when baseline.trials is unset
+TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
+
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -184,10 +194,6 @@ class SearchConfig(_Strict):
                 raise ValueError(f"sampler 'grid' needs every parameter as a list; {ranged} are ranges")
         return self
 
-    @property
-    def is_grid(self) -> bool:
-        """True when both T and alpha are lists (grid points are visited ``trials_per_point`` times)."""
-        return isinstance(self.temperature, list) and isinstance(self.alpha, list)
 
 
 class BaselineConfig(_Strict):

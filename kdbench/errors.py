@@ -11,6 +11,7 @@ __all__ = [
     "OutputError",
     "StoreError",
     "TeacherTooWeakError",
+    "first_line",
 ]
 
 
@@ -58,3 +59,9 @@ class NonFiniteLossError(KdbenchError, FloatingPointError):
             f"training loss became {value} at step {step} (epoch {epoch}); "
             "lower the learning rate or check the inputs"
         )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a DBAPI error's driver message), for one-line errors."""
+    text = str(getattr(exc, "orig", exc)) or type(exc).__name__
+    return text.strip().splitlines()[0]

@@ -108,7 +108,7 @@ def sweep_display(quiet: bool, total_epochs: int = 1) -> Iterator[SweepEvents]:
 
         def start_live(v: Visit, params: dict[str, float]) -> None:
             start(v, params)
-            bar.reset(epoch_task, total=total_epochs, description="epochs", info=f"{v.kind} {v.key}")
+            bar.reset(epoch_task, total=total_epochs, description="epochs", info=f"{v.stage} {v.key}")
             show()
 
         def epoch(r: EpochRecord, total: int) -> None:

@@ -27,23 +27,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdbench.config import Study
+from kdbench.config import TEACHER_FLOOR_SHARE, Study
 from kdbench.data import Data, load_data
 from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError
 from kdbench.models import build_model, count_parameters, load_state_dict_file
-from kdbench.provenance import provenance
+from kdbench.provenance import device_name, kdbench_commit, library_versions, provenance
 from kdbench.train import (
     CachedLogits,
     EpochRecord,
     LiveTeacher,
     TeacherSignal,
     evaluate,
+    inference_ms_per_batch,
     predict_logits,
     train,
     view_images,
 )
 
-__all__ = ["CACHE_FORMAT", "Teacher", "default_cache_dir", "open_cache_dir", "prepare_teacher", "teacher_floor"]
+__all__ = [
+    "CACHE_FORMAT",
+    "Teacher",
+    "default_cache_dir",
+    "open_cache_dir",
+    "prepare_teacher",
+    "teacher_floor",
+    "teacher_record",
+]
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the files' meaning changes: old caches are then rebuilt
@@ -78,7 +87,7 @@ def teacher_floor(study: Study, num_classes: int) -> float:
     if study.teacher.min_accuracy is not None:
         return study.teacher.min_accuracy
     chance = 1.0 / num_classes
-    return chance + 0.5 * (1.0 - chance)
+    return chance + TEACHER_FLOOR_SHARE * (1.0 - chance)
 
 
 @dataclass
@@ -289,3 +298,16 @@ def prepare_teacher(
         train_seconds=meta.get("train_seconds"), meta=meta, cached=cached, indices=indices,
         logit_dtype=logit_dtype,
     )
+
+
+def teacher_record(teacher: Teacher, data: Data, device: torch.device) -> dict[str, Any]:
+    """The teacher's row for the store: accuracies, timing, provenance and its test-set predictions (int16)."""
+    preds = predict_logits(teacher.model, data.test.images, data.info).argmax(1).to(torch.int16).cpu().numpy()
+    prov = teacher.meta.get("provenance", {})
+    return dict(
+        key=teacher.key, model=teacher.meta["model"], dataset=data.info.name, parameters=teacher.parameters,
+        val_acc=teacher.val_acc, test_acc=teacher.test_acc, train_seconds=teacher.train_seconds,
+        infer_ms_per_batch=inference_ms_per_batch(teacher.model, data.info, device),
+        cache_location=str(teacher.cache_dir.resolve()), device=prov.get("device", device_name(device)),
+        versions=json.dumps(prov.get("versions", library_versions()), sort_keys=True),
+        commit=prov.get("commit", kdbench_commit()), test_predictions=preds.tobytes())

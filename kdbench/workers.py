@@ -22,10 +22,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from kdbench.config import Study
+from kdbench.config import POLL_S, Study
 from kdbench.errors import KdbenchError
 from kdbench.store import Store
-from kdbench.sweep import POLL_S, SweepEvents, study_progress
+from kdbench.sweep import SweepEvents, study_progress
 
 __all__ = ["WorkerError", "cpu_cores", "run_workers", "worker_threads"]
 
@@ -68,7 +68,7 @@ def run_workers(
     worker_args: list[str],
     *,
     workers: int,
-    storage: str,
+    store: Store,
     events: SweepEvents,
     prepare: Callable[[], object],
 ) -> None:
@@ -78,7 +78,7 @@ def run_workers(
         study: the validated study (for progress).
         worker_args: the ``kdbench sweep`` arguments of one worker (study file, storage, threads, ...).
         workers: how many processes.
-        storage: the results database, polled for progress.
+        store: the results database, polled for progress.
         events: progress hooks (``on_progress``, ``on_log``, ``on_status``).
         prepare: registers the study and caches the teacher before the workers start.
 
@@ -87,7 +87,6 @@ def run_workers(
         WorkerError: a worker exited with an error (its last line is in the message).
     """
     prepare()
-    store = Store.open(storage)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "kdbench", "sweep", *worker_args]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

@@ -20,7 +20,6 @@ from kdbench.cli import main
 from kdbench.config import parse_study
 from kdbench.models import build_model
 from kdbench.store import SCHEMA_VERSION, MetaRow, Store
-from kdbench.sweep import optuna_storage, register_study
 
 
 class Env:
@@ -174,8 +173,8 @@ def env(tmp_path: Path, tiny_study_dict: dict, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.chdir(tmp_path)  # ./data and ./.kdbench-cache are the test's own
     monkeypatch.setenv("KDBENCH_DATA", str(tmp_path / "no-data-here"))
     e = Env(tmp_path, tiny_study_dict)
-    register_study(Store.open(e.db), parse_study({**tiny_study_dict, "name": "stored"}))
-    optuna.create_study(storage=optuna_storage(e.db), study_name="stored")
+    Store.open(e.db).register_study(parse_study({**tiny_study_dict, "name": "stored"}))
+    optuna.create_study(storage=Store.open(e.db).optuna_storage(), study_name="stored")
     return e
 
 

@@ -25,8 +25,8 @@ from conftest import tiny_study_raw
 from sqlalchemy.orm import Session
 
 from kdbench.config import Study, parse_study
-from kdbench.store import EpochRow, RunRow, Store, _now, load_runs, worker_id
-from kdbench.sweep import claim, plan_search, planned_total, register_study, run_sweep, study_progress
+from kdbench.store import EpochRow, RunRow, Store, load_runs, now, worker_id
+from kdbench.sweep import plan_search, planned_total, run_sweep, study_progress
 from kdbench.teacher import prepare_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,18 +161,18 @@ def test_sigkill_mid_trial_is_noticed_failed_and_rerun(tmp_path: Path, db_url: s
 def test_a_stale_heartbeat_on_another_host_is_taken_over(db_url: str) -> None:
     study = parse_study(tiny_study_raw())
     store = Store.open(db_url)
-    row = register_study(store, study)
+    row = store.register_study(study)
     visit = plan_search(study)[0]
-    first = claim(store, row.id, visit, 0, study.hash, stale_after_s=60)
+    first = store.claim(row.id, visit, 0, study.hash, stale_after_s=60)
     assert first is not None
     with store.session() as s:  # as if held by another live worker on this host (our parent process)
         host = worker_id().rpartition(":")[0]
         s.execute(sa.update(RunRow).where(RunRow.id == first.run_id).values(owner=f"{host}:{os.getppid()}"))
-    assert claim(store, row.id, visit, 0, study.hash, stale_after_s=60) is None
+    assert store.claim(row.id, visit, 0, study.hash, stale_after_s=60) is None
     with store.session() as s:  # its worker is on another machine and stopped beating an hour ago
         s.execute(sa.update(RunRow).where(RunRow.id == first.run_id).values(
-            owner="elsewhere:1", heartbeat=_now() - dt.timedelta(hours=1)))
-    again = claim(store, row.id, visit, 0, study.hash, stale_after_s=60)
+            owner="elsewhere:1", heartbeat=now() - dt.timedelta(hours=1)))
+    again = store.claim(row.id, visit, 0, study.hash, stale_after_s=60)
     assert again is not None and again.run_id != first.run_id and "no heartbeat" in (again.replaced_reason or "")
     runs = store.runs("tiny").set_index("visit")
     assert runs.loc[f"{visit.key}#1", "state"] == "failed" and runs.loc[visit.key, "attempt"] == 2

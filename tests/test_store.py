@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from kdbench.config import parse_study
 from kdbench.errors import StoreError
 from kdbench.store import SCHEMA_VERSION, EpochRow, MetaRow, RunRow, Store, load_runs
-from kdbench.sweep import Visit, claim, drop_study, optuna_storage, register_study
+from kdbench.sweep import Visit
 
 
 def _visit(key: str = "kd/T=2/a=0.5/r=0") -> Visit:
@@ -31,19 +31,19 @@ def test_open_checks_the_schema_version(storage: str) -> None:
 def test_register_study_refuses_another_config(storage: str, tiny_study_dict: dict) -> None:
     store = Store.open(storage)
     study = parse_study(tiny_study_dict)
-    row = register_study(store, study)
-    assert register_study(store, study).id == row.id
+    row = store.register_study(study)
+    assert store.register_study(study).id == row.id
     with pytest.raises(StoreError, match="--set name=tiny-2"):
-        register_study(store, parse_study(tiny_study_dict, overrides=["student.epochs=2"]))
+        store.register_study(parse_study(tiny_study_dict, overrides=["student.epochs=2"]))
 
 
 def test_claims_are_exclusive_and_taken_over(storage: str, tiny_study_dict: dict) -> None:
     store = Store.open(storage)
     study = parse_study(tiny_study_dict)
-    sid = register_study(store, study).id
+    sid = store.register_study(study).id
 
     def go(stale_after_s: float = 60.0) -> object:
-        return claim(store, sid, _visit(), 0, study.hash, stale_after_s)
+        return store.claim(sid, _visit(), 0, study.hash, stale_after_s)
 
     def rows() -> list[tuple[str, str, int]]:
         with store.session() as s:
@@ -83,8 +83,8 @@ def test_claims_are_exclusive_and_taken_over(storage: str, tiny_study_dict: dict
 def test_queries_and_drop(storage: str, tiny_study_dict: dict) -> None:
     store = Store.open(storage)
     study = parse_study(tiny_study_dict)
-    sid = register_study(store, study).id
-    c = claim(store, sid, _visit(), 0, study.hash, 60.0)
+    sid = store.register_study(study).id
+    c = store.claim(sid, _visit(), 0, study.hash, 60.0)
     assert c is not None
     preds = bytes(range(20))
     with store.session() as s:
@@ -99,9 +99,9 @@ def test_queries_and_drop(storage: str, tiny_study_dict: dict) -> None:
         assert s.scalar(sa.select(RunRow.test_predictions)) == preds
     counts = store.studies()
     assert list(counts["name"]) == ["tiny"] and int(counts.loc[0, "complete"]) == 1
-    ostorage = optuna_storage(storage)
+    ostorage = store.optuna_storage()
     optuna.create_study(storage=ostorage, study_name="tiny")
-    drop_study(store, "tiny", ostorage)
+    store.drop_study("tiny")
     assert store.studies().empty
     assert optuna.get_all_study_names(ostorage) == []
     with pytest.raises(StoreError, match="no study named 'tiny'"):
@@ -111,8 +111,7 @@ def test_queries_and_drop(storage: str, tiny_study_dict: dict) -> None:
 def test_workers_starting_at_once_on_a_new_database(storage: str) -> None:
     # each worker opens kdbench's tables and Optuna's storage; on a new database they race to create them
     def start(_: int) -> int:
-        Store.open(storage)
-        optuna_storage(storage)
+        Store.open(storage).optuna_storage()
         return 1
 
     with ThreadPoolExecutor(6) as pool:

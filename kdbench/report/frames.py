@@ -313,12 +313,8 @@ def _predictions(store: Store, name: str, config: dict[str, Any], teacher: Any, 
     seed = int(seeds[0])
     run_ids = {loss: int(best.loc[(best["loss"] == loss) & (best["seed"] == seed), "run_id"].iloc[0])
                for loss in ("kd", "ce")}
-    from kdbench.store import RunRow
-
-    with store.session() as s:
-        blobs = {loss: blob for loss, blob in s.execute(
-            sa.select(RunRow.loss, RunRow.test_predictions).where(RunRow.id.in_(run_ids.values())))}
-    preds = {loss: _decode(blobs.get(loss)) for loss in ("kd", "ce")}
+    blobs = store.test_predictions(list(run_ids.values()))
+    preds = {loss: _decode(blobs.get(run_id)) for loss, run_id in run_ids.items()}
     preds["teacher"] = _decode(teacher.test_predictions) if teacher is not None else None
     if preds["teacher"] is None:
         notes.append("teacher test predictions missing")
@@ -362,13 +358,10 @@ def _importances(store: Store, name: str, n_complete: int) -> Importances:
                            f"{MIN_IMPORTANCE_TRIALS} an importance estimate needs")
     import optuna
 
-    with store.engine.connect() as conn:  # opening Optuna's storage on a database without its tables would add them
-        has_optuna = sa.inspect(conn).has_table("version_info")
     try:
-        if not has_optuna:
+        if not store.has_optuna_tables():  # opening Optuna's storage there would add its tables
             raise KeyError("no Optuna tables in this database")
-        study = optuna.load_study(study_name=name,
-                                  storage=optuna.storages.RDBStorage(store.url, skip_table_creation=True))
+        study = optuna.load_study(study_name=name, storage=store.optuna_storage())
     except (KeyError, sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         return Importances(empty, IMPORTANCE_EVALUATOR, n_complete,
                            f"not computed: Optuna study {name!r} not readable ({str(exc).strip(chr(39))})")

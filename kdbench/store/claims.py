@@ -1,0 +1,270 @@
+"""Every write of kdbench's tables: register a study, claim a visit (exactly once), beat, finish a run.
+
+The exactly-once protocol: a visit is claimed by inserting its run row under the unique (study, visit)
+constraint, so two workers never run the same visit. A visit whose worker died (a dead PID on this
+host, or no heartbeat for ``stale_after_s``) or was interrupted is claimed again: the old attempt stays
+as ``<visit>#<attempt>`` (failed with the reason, or interrupted) and the visit gets a new row. A run
+ends in one transaction: its state, results and epochs together, never half a run.
+
+:class:`Claims` is one half of :class:`kdbench.store.Store` (the other, :class:`~kdbench.store.queries.Queries`,
+reads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from kdbench.config import HEARTBEAT_S
+from kdbench.errors import StoreError
+from kdbench.store.db import Database
+from kdbench.store.schema import EpochRow, RunRow, StudyRow, TeacherRow, now
+
+if TYPE_CHECKING:
+    from kdbench.config import Study
+
+__all__ = ["Claimed", "Claims", "EpochLike", "VisitLike", "finite_or_none", "pid_alive", "worker_id"]
+
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    """``host:pid``, the owner written on claimed runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def finite_or_none(x: float | None) -> float | None:
+    """``x`` as the store keeps it: a non-finite number (a diverged run's loss) becomes NULL."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def pid_alive(owner: str | None) -> bool | None:
+    """True/False for an owner (``host:pid``) on this host; None when it lives on another host."""
+    if not owner or ":" not in owner:
+        return None
+    host, _, pid = owner.rpartition(":")
+    if host != worker_id().rpartition(":")[0] or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _takeover_reason(run: RunRow, stale_after_s: float) -> str | None:
+    """Why another worker may take ``run``'s visit over, or None while its worker lives."""
+    if run.state == "interrupted":
+        return run.error or "interrupted"
+    if run.state != "running":
+        return None
+    if run.owner == worker_id():  # this process claims one visit at a time: this one is a leftover
+        return f"an earlier sweep in this process ({run.owner}) stopped without recording it"
+    if pid_alive(run.owner) is False:
+        return f"worker {run.owner} died (its process is gone) at epoch {run.epochs_done}"
+    age = math.inf if run.heartbeat is None else (now() - run.heartbeat).total_seconds()
+    if age > stale_after_s:
+        return f"worker {run.owner} stopped: no heartbeat for {age:.0f} s (limit {stale_after_s:g} s)"
+    return None
+
+
+class VisitLike(Protocol):
+    """What a claim needs of a planned visit (:class:`kdbench.sweep.plan.Visit` is one)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def loss(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def alpha(self) -> float | None: ...
+    @property
+    def lr(self) -> float | None: ...
+    @property
+    def rank(self) -> int | None: ...
+
+
+class EpochLike(Protocol):
+    """What the store keeps of one epoch (:class:`kdbench.train.EpochRecord` is one)."""
+
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def train_loss(self) -> float: ...
+    @property
+    def val_acc(self) -> float: ...
+    @property
+    def val_loss(self) -> float: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def lr(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A visit this worker now owns: its new run row, and the attempt it replaced (if any)."""
+
+    run_id: int
+    visit: Any  # the VisitLike that was claimed, as the caller passed it
+    index: int
+    replaced_trial: int | None = None  # Optuna trial id of a dead attempt, to be marked failed
+    replaced_reason: str | None = None
+
+
+class Claims(Database):
+    """The writes of the store."""
+
+    def check_study(self, study: Study) -> StudyRow | None:
+        """The stored row of ``study`` (None if new), after checking it was made from the same config.
+
+        Raises:
+            StoreError: the name is taken by a study with another config hash.
+        """
+        with self.session() as s:
+            row = s.scalar(sa.select(StudyRow).where(StudyRow.name == study.name))
+        if row is not None and row.config_hash != study.hash:
+            raise StoreError(
+                f"study {study.name!r} in {self.url} was created from another config (hash {row.config_hash}, "
+                f"this one is {study.hash}); start a new study with --set name={study.name}-2, "
+                f"or drop the old one with --replace"
+            )
+        return row
+
+    def register_study(self, study: Study) -> StudyRow:
+        """Create the study's row, or check that the stored one has the same config hash."""
+        row = self.check_study(study)
+        if row is None:
+            from kdbench.provenance import kdbench_commit  # imports torch: only when a study is new
+
+            with contextlib.suppress(IntegrityError), self.session() as s:
+                s.add(StudyRow(name=study.name, config=study.model_dump_json(), config_hash=study.hash,
+                               commit=kdbench_commit()))
+            row = self.check_study(study)  # ours, or one another worker registered first
+            assert row is not None
+        return row
+
+    def set_study_teacher(self, study_id: int, teacher_key: str) -> None:
+        """Record which cached teacher the study distils from."""
+        with self.session() as s:
+            s.execute(sa.update(StudyRow).where(StudyRow.id == study_id).values(teacher_key=teacher_key))
+
+    def record_teacher(self, **fields: Any) -> None:
+        """Add a teacher row (the columns of ``kdbench_teachers``) unless its key is already recorded."""
+        with contextlib.suppress(IntegrityError), self.session() as s:
+            if s.scalar(sa.select(TeacherRow.id).where(TeacherRow.key == fields["key"])) is None:
+                s.add(TeacherRow(**fields))
+
+    def drop_study(self, name: str) -> None:
+        """Delete a study's kdbench rows and its two Optuna studies (``name`` and ``name.ce``)."""
+        import optuna
+
+        with self.session() as s:
+            row = s.scalar(sa.select(StudyRow).where(StudyRow.name == name))
+            if row is not None:
+                ids = sa.select(RunRow.id).where(RunRow.study_id == row.id)
+                s.execute(sa.delete(EpochRow).where(EpochRow.run_id.in_(ids)))
+                s.execute(sa.delete(RunRow).where(RunRow.study_id == row.id))
+                s.delete(row)
+        for oname in (name, f"{name}.ce"):
+            with contextlib.suppress(KeyError):
+                optuna.delete_study(study_name=oname, storage=self.optuna_storage())
+
+    def claim(self, study_id: int, visit: VisitLike, index: int, config_hash: str,
+              stale_after_s: float) -> Claimed | None:
+        """Claim ``visit`` for this worker, in one transaction.
+
+        A visit nobody ran gets a new row. A visit whose worker died (dead PID on this host, or no heartbeat
+        for ``stale_after_s``) or was interrupted keeps its row as a retired attempt (visit ``key#attempt``,
+        state ``failed`` with the reason, or ``interrupted``) and gets a new row. The unique (study, visit)
+        constraint and a conditional update make sure only one worker wins.
+
+        Returns:
+            The claim, or None if the visit is final or a live worker holds it.
+        """
+        fields = dict(kind=visit.stage, loss=visit.loss, seed=visit.seed, temperature=visit.temperature,
+                      alpha=visit.alpha, lr=visit.lr, rank=visit.rank, config_hash=config_hash)
+
+        def new_row(attempt: int) -> RunRow:
+            return RunRow(study_id=study_id, visit=visit.key, state="running", owner=worker_id(), heartbeat=now(),
+                          started=now(), attempt=attempt, **fields)
+
+        try:
+            with self.session() as s:
+                run = s.scalar(sa.select(RunRow).where(RunRow.study_id == study_id, RunRow.visit == visit.key))
+                if run is None:
+                    row = new_row(1)
+                    s.add(row)
+                    s.flush()
+                    return Claimed(row.id, visit, index)
+                reason = _takeover_reason(run, stale_after_s)
+                if reason is None:
+                    return None
+                retired = s.execute(  # type: ignore[attr-defined]
+                    sa.update(RunRow)
+                    .where(RunRow.id == run.id, RunRow.visit == visit.key, RunRow.attempt == run.attempt,
+                           RunRow.state == run.state)
+                    .values(visit=f"{visit.key}#{run.attempt}", error=reason, finished=run.finished or now(),
+                            state="interrupted" if run.state == "interrupted" else "failed")
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if retired != 1:
+                    return None
+                row = new_row(run.attempt + 1)
+                s.add(row)
+                s.flush()
+                dead = run.trial_id if run.state == "running" else None
+                return Claimed(row.id, visit, index, dead, reason)
+        except IntegrityError:
+            return None
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        """Set columns of a running run (its Optuna link, parameters, progress, heartbeat)."""
+        with self.session() as s:
+            s.execute(sa.update(RunRow).where(RunRow.id == run_id).values(**values))
+
+    def finish_run(self, run_id: int, epochs: Iterable[EpochLike], **values: Any) -> None:
+        """Write a run's final state, its results and its epochs in one transaction: never half a run."""
+        records = list(epochs)
+        with self.session() as s:
+            s.execute(sa.update(RunRow).where(RunRow.id == run_id).values(epochs_done=len(records), **values))
+            s.add_all(EpochRow(run_id=run_id, epoch=r.epoch, train_loss=finite_or_none(r.train_loss),
+                               val_acc=finite_or_none(r.val_acc), val_loss=finite_or_none(r.val_loss),
+                               seconds=r.seconds, lr=r.lr) for r in records)
+
+    @contextlib.contextmanager
+    def heartbeat(self, run_id: int, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+        """Refresh the run's heartbeat every ``every_s`` seconds from a background thread while the block runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every_s):
+                try:
+                    self.update_run(run_id, heartbeat=now())
+                except Exception:  # a missed heartbeat is not fatal; the next one retries
+                    log.debug("heartbeat failed", exc_info=True)
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)

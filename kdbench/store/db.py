@@ -1,0 +1,162 @@
+"""One database connection: a URL becomes an engine, kdbench's tables and an Optuna storage, once.
+
+:class:`Database` is the base of :class:`kdbench.store.Store`: it opens the database (creating
+kdbench's tables, checking the schema version), hands out transactions, and builds Optuna's
+``RDBStorage`` on the same database from the real URL. Messages only ever show the URL with its
+password masked (:func:`shown_url`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from kdbench.config import DEFAULT_STORAGE
+from kdbench.errors import StoreError, first_line
+from kdbench.store.schema import SCHEMA_VERSION, Base, MetaRow
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+__all__ = ["Database", "make_engine", "retry_schema_race", "shown_url"]
+
+SQLITE_BUSY_TIMEOUT_S = 60.0  # seconds a writer waits for the lock before failing
+SCHEMA_RETRY_S = 0.2  # seconds before retrying a table creation that raced another worker (times the attempt)
+OPTUNA_VERSION_TABLE = "version_info"  # one of Optuna's tables: its presence says Optuna wrote here
+T = TypeVar("T")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may appear in messages and logs: its password masked."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL mode, a busy timeout and foreign keys.
+
+    Raises:
+        StoreError: not a URL SQLAlchemy can use (or its driver is not installed).
+    """
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, ImportError, sa.exc.NoSuchModuleError) as exc:
+        raise StoreError(
+            f"--storage {shown_url(url)!r}: not a usable SQLAlchemy URL ({exc}); use e.g. sqlite:///kdbench.db "
+            "or postgresql+psycopg://user@host/db (pip install 'kdbench[postgres]')"
+        ) from None
+    return engine
+
+
+def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
+    """Call ``create`` (which creates tables and rows if missing), again if it lost a race with another
+    worker creating the same ones at the same moment.
+
+    ``create_all`` checks, then creates: two workers starting together on a new database both see no
+    table, and the slower one fails (SQLite: "table ... already exists"; PostgreSQL: a unique violation
+    in its catalog, or on a version row). By the next try the tables are there.
+    """
+    for attempt in range(attempts):
+        try:
+            return create()
+        except DBAPIError as exc:
+            if attempt == attempts - 1 or not (isinstance(exc, IntegrityError) or "already exists" in str(exc)):
+                raise
+            time.sleep(SCHEMA_RETRY_S * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class Database:
+    """A connected results database. Create with :meth:`open` (or :meth:`get`)."""
+
+    def __init__(self, url: str, engine: Engine) -> None:
+        self.url = shown_url(url)  # for messages; the engine holds the real one
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._optuna: RDBStorage | None = None
+
+    @classmethod
+    def open(cls, url: str = DEFAULT_STORAGE, *, create: bool = True) -> Self:
+        """Connect, create kdbench's tables if asked, and check the schema version.
+
+        Raises:
+            StoreError: unreachable database, or one written by a newer kdbench.
+        """
+        engine = make_engine(url)
+        shown = shown_url(url)
+
+        def prepare() -> None:
+            with engine.begin() as conn:
+                if create:
+                    Base.metadata.create_all(conn)
+                elif not sa.inspect(conn).has_table(MetaRow.__tablename__):
+                    raise StoreError(f"--storage {shown}: no kdbench results in this database; run kdbench sweep")
+                row = conn.execute(sa.select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar()
+                if row is None:
+                    conn.execute(sa.insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                elif int(row) > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"--storage {shown}: written by a newer kdbench (schema {row}, this one reads up to "
+                        f"{SCHEMA_VERSION}); upgrade kdbench (pip install -U kdbench)"
+                    )
+
+        try:
+            retry_schema_race(prepare)
+        except DBAPIError as exc:  # unreachable, refused, not a database, ...
+            fix = "check the path (a SQLite file in a writable folder that exists)" if url.startswith("sqlite") else \
+                "check the URL, that the server is up and the user may connect"
+            raise StoreError(f"--storage {shown}: cannot open the database ({first_line(exc)}); {fix}") from None
+        return cls(url, engine)
+
+    @classmethod
+    def get(cls, storage: str | Self, *, create: bool = True) -> Self:
+        """``storage`` itself when it is already open, else :meth:`open` on the URL (as Optuna's ``get_storage``)."""
+        return storage if isinstance(storage, cls) else cls.open(str(storage), create=create)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose block is one transaction (committed on success, rolled back on error)."""
+        with self._sessions.begin() as s:
+            yield s
+
+    def has_optuna_tables(self) -> bool:
+        """Whether Optuna has written to this database (opening its storage would otherwise create tables)."""
+        with self.engine.connect() as conn:
+            return sa.inspect(conn).has_table(OPTUNA_VERSION_TABLE)
+
+    def optuna_storage(self) -> RDBStorage:
+        """Optuna's ``RDBStorage`` on this database, built once from the real (unmasked) URL.
+
+        SQLite gets the same busy timeout as kdbench's engine. Workers starting together on a new
+        database race to create Optuna's tables; the loser retries.
+        """
+        if self._optuna is None:
+            import optuna
+
+            url = self.engine.url.render_as_string(hide_password=False)
+            kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} \
+                if url.startswith("sqlite") else {}
+            self._optuna = retry_schema_race(lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
+        return self._optuna

@@ -1,0 +1,132 @@
+"""Every read of kdbench's tables, as rows or DataFrames: studies, runs, epochs, teachers, finalists.
+
+:class:`Queries` is one half of :class:`kdbench.store.Store` (the other, :class:`~kdbench.store.claims.Claims`,
+writes). Nothing here changes the database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from kdbench.errors import StoreError
+from kdbench.store.db import Database
+from kdbench.store.schema import RUN_COLUMNS, EpochRow, RunRow, StudyRow, TeacherRow
+
+__all__ = ["FINALIST_COLUMNS", "Queries", "load_runs"]
+
+FINALIST_COLUMNS = ["loss", "rank", "temperature", "alpha", "lr", "test_mean", "test_sd", "n", "val_mean"]
+
+
+class Queries(Database):
+    """The reads of the store."""
+
+    def study(self, name: str) -> StudyRow | None:
+        """The study's row, or None."""
+        with self.session() as s:
+            return s.scalar(sa.select(StudyRow).where(StudyRow.name == name))
+
+    def _study_row(self, name: str) -> StudyRow:
+        row = self.study(name)
+        if row is None:
+            known = ", ".join(self.studies().get("name", pd.Series(dtype=str))) or "none"
+            raise StoreError(f"no study named {name!r} in {self.url} (studies there: {known})")
+        return row
+
+    def studies(self) -> pd.DataFrame:
+        """One row per study with counts of runs by state."""
+        with self.engine.connect() as conn:
+            studies = pd.read_sql(sa.select(StudyRow.id, StudyRow.name, StudyRow.config_hash, StudyRow.created),
+                                  conn)
+            counts = pd.read_sql(
+                sa.select(RunRow.study_id, RunRow.state, sa.func.count().label("n"))
+                .group_by(RunRow.study_id, RunRow.state), conn)
+        if studies.empty:
+            return studies
+        wide = counts.pivot_table(index="study_id", columns="state", values="n", fill_value=0)
+        out = studies.merge(wide, left_on="id", right_index=True, how="left").fillna(0)
+        for col in ("complete", "pruned", "failed", "running", "interrupted"):
+            out[col] = out[col].astype(int) if col in out else 0
+        return out.drop(columns=["id"]).sort_values("name").reset_index(drop=True)
+
+    def runs(self, study: str) -> pd.DataFrame:
+        """Every run of ``study``, one row each, with provenance (see ``RUN_COLUMNS``).
+
+        Raises:
+            StoreError: no such study (the message lists the studies there).
+        """
+        row = self._study_row(study)
+        cols = [getattr(RunRow, c) for c in RUN_COLUMNS if c not in ("study", "run_id")]
+        with self.engine.connect() as conn:
+            df = pd.read_sql(sa.select(RunRow.id.label("run_id"), *cols)
+                             .where(RunRow.study_id == row.id).order_by(RunRow.id), conn)
+        df.insert(0, "study", study)
+        return df[RUN_COLUMNS]
+
+    def epochs(self, study: str) -> pd.DataFrame:
+        """Per-epoch curves of every run of ``study`` (joined with the run's visit, kind and loss)."""
+        row = self.study(study)
+        if row is None:
+            raise StoreError(f"no study named {study!r} in {self.url}")
+        q = (sa.select(RunRow.id.label("run_id"), RunRow.visit, RunRow.kind, RunRow.loss, RunRow.seed,
+                       RunRow.rank, EpochRow.epoch, EpochRow.train_loss, EpochRow.val_acc, EpochRow.val_loss,
+                       EpochRow.seconds, EpochRow.lr)
+             .join(EpochRow, EpochRow.run_id == RunRow.id)
+             .where(RunRow.study_id == row.id).order_by(RunRow.id, EpochRow.epoch))
+        with self.engine.connect() as conn:
+            return pd.read_sql(q, conn)
+
+    def teacher(self, key: str) -> TeacherRow | None:
+        """The teacher recorded under cache ``key``, or None."""
+        with self.session() as s:
+            return s.scalar(sa.select(TeacherRow).where(TeacherRow.key == key))
+
+    def study_teacher(self, name: str) -> TeacherRow | None:
+        """The teacher a study distils from, once the sweep has recorded it."""
+        row = self.study(name)
+        return self.teacher(row.teacher_key) if row is not None and row.teacher_key else None
+
+    def test_predictions(self, run_ids: list[int]) -> dict[int, bytes | None]:
+        """The stored test-set predictions (int16 argmax) of these runs, by run id."""
+        with self.session() as s:
+            return dict(s.execute(sa.select(RunRow.id, RunRow.test_predictions).where(RunRow.id.in_(run_ids))).all())
+
+    def trial_links(self, study_id: int) -> list[Any]:
+        """``(trial_id, state, val_acc, error)`` of the study's runs that are linked to an Optuna trial."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(RunRow.trial_id, RunRow.state, RunRow.val_acc, RunRow.error)
+                                     .where(RunRow.study_id == study_id, RunRow.trial_id.is_not(None))).all())
+
+    def finalist_summary(self, name: str) -> pd.DataFrame:
+        """Test accuracy of each finalist configuration over its seeds: mean, sd, n (see ``FINALIST_COLUMNS``).
+
+        The one summary of the finalists: ``kdbench sweep``, ``kdbench show`` and the report all print it.
+        """
+        runs = self.runs(name)
+        fin = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
+        if fin.empty:
+            return pd.DataFrame(columns=FINALIST_COLUMNS)
+        g = fin.groupby(["loss", "rank"], dropna=False)
+        out = g.agg(temperature=("temperature", "first"), alpha=("alpha", "first"), lr=("lr", "first"),
+                    test_mean=("test_acc", "mean"), test_sd=("test_acc", lambda x: float(np.std(x, ddof=1))
+                                                             if len(x) > 1 else math.nan),
+                    n=("test_acc", "size"), val_mean=("val_acc", "mean")).reset_index()
+        return out[FINALIST_COLUMNS].sort_values(["loss", "rank"], ascending=[False, True]).reset_index(drop=True)
+
+
+def load_runs(storage: str, study: str) -> pd.DataFrame:
+    """Every run of a study as a DataFrame: one row per run, with T, alpha, lr, seed, state,
+    accuracies, timings and provenance (device, library versions, kdbench commit, config hash).
+
+    Args:
+        storage: a SQLAlchemy URL, e.g. ``sqlite:///kdbench.db``.
+        study: the study's name.
+    """
+    df = Queries.open(storage, create=False).runs(study)
+    df["versions"] = df["versions"].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+    return df

@@ -1,0 +1,137 @@
+"""kdbench's tables, beside Optuna's in the same database (ours carry a ``kdbench_`` prefix).
+
+A study row holds the resolved config and its hash; a run row is one attempt at one planned visit
+(a KD or CE search trial, or a finalist seed); an epoch row is one point of a run's curve; a teacher
+row records a cached teacher. The unique (study, visit) constraint is what makes claims exclusive.
+The column ``kdbench_runs.kind`` holds a visit's *stage* (kd, ce or finalist); the name is kept so
+that databases written by earlier kdbench versions read unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "RUN_COLUMNS",
+    "SCHEMA_VERSION",
+    "Base",
+    "EpochRow",
+    "MetaRow",
+    "RunRow",
+    "StudyRow",
+    "TeacherRow",
+    "now",
+]
+
+SCHEMA_VERSION = 1
+
+
+def now() -> dt.datetime:
+    """The current UTC time, naive (as every timestamp column stores it)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of kdbench's tables."""
+
+
+class MetaRow(Base):
+    __tablename__ = "kdbench_meta"
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.Text)
+
+
+class StudyRow(Base):
+    __tablename__ = "kdbench_studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    config: Mapped[str] = mapped_column(sa.Text)  # resolved config as JSON
+    config_hash: Mapped[str] = mapped_column(sa.String(32))
+    teacher_key: Mapped[str | None] = mapped_column(sa.String(32))
+    created: Mapped[dt.datetime] = mapped_column(default=now)
+    commit: Mapped[str] = mapped_column(sa.String(64), default="unknown")
+
+
+class TeacherRow(Base):
+    __tablename__ = "kdbench_teachers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    model: Mapped[str] = mapped_column(sa.String(64))
+    dataset: Mapped[str] = mapped_column(sa.String(64))
+    parameters: Mapped[int]
+    val_acc: Mapped[float]
+    test_acc: Mapped[float]
+    train_seconds: Mapped[float | None]
+    infer_ms_per_batch: Mapped[float | None]
+    cache_location: Mapped[str] = mapped_column(sa.Text)
+    device: Mapped[str] = mapped_column(sa.String(200))
+    versions: Mapped[str] = mapped_column(sa.Text)
+    commit: Mapped[str] = mapped_column(sa.String(64))
+    test_predictions: Mapped[bytes | None] = mapped_column(sa.LargeBinary)  # int16 argmax over the test set
+    created: Mapped[dt.datetime] = mapped_column(default=now)
+
+
+class RunRow(Base):
+    """One training run: a KD or CE search trial, or a finalist seed."""
+
+    __tablename__ = "kdbench_runs"
+    __table_args__ = (sa.UniqueConstraint("study_id", "visit", name="uq_kdbench_runs_visit"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(sa.ForeignKey("kdbench_studies.id", ondelete="CASCADE"), index=True)
+    visit: Mapped[str] = mapped_column(sa.String(200))  # the planned visit this run fulfils
+    kind: Mapped[str] = mapped_column(sa.String(16))  # the stage: kd | ce | finalist
+    loss: Mapped[str] = mapped_column(sa.String(8))  # kd | ce: what the student was trained with
+    rank: Mapped[int | None]  # finalists: 0 = best configuration of its loss
+    optuna_study: Mapped[str | None] = mapped_column(sa.String(200))
+    trial_number: Mapped[int | None]
+    trial_id: Mapped[int | None]
+    temperature: Mapped[float | None]
+    alpha: Mapped[float | None]
+    lr: Mapped[float | None]
+    seed: Mapped[int]
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)  # running|complete|pruned|failed|interrupted
+    attempt: Mapped[int] = mapped_column(default=1)
+    owner: Mapped[str | None] = mapped_column(sa.String(200))
+    heartbeat: Mapped[dt.datetime | None]
+    val_acc: Mapped[float | None]
+    val_loss: Mapped[float | None]
+    test_acc: Mapped[float | None]
+    test_loss: Mapped[float | None]
+    epochs_done: Mapped[int] = mapped_column(default=0)
+    wall_time_s: Mapped[float | None]
+    samples_per_s: Mapped[float | None]
+    infer_ms_per_batch: Mapped[float | None]
+    parameters: Mapped[int | None]
+    device: Mapped[str | None] = mapped_column(sa.String(200))
+    versions: Mapped[str | None] = mapped_column(sa.Text)
+    commit: Mapped[str | None] = mapped_column(sa.String(64))
+    config_hash: Mapped[str] = mapped_column(sa.String(32))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    weights_path: Mapped[str | None] = mapped_column(sa.Text)
+    test_predictions: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    started: Mapped[dt.datetime | None]
+    finished: Mapped[dt.datetime | None]
+
+
+class EpochRow(Base):
+    __tablename__ = "kdbench_epochs"
+    __table_args__ = (sa.UniqueConstraint("run_id", "epoch", name="uq_kdbench_epochs"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("kdbench_runs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int]
+    train_loss: Mapped[float | None]
+    val_acc: Mapped[float | None]
+    val_loss: Mapped[float | None]
+    seconds: Mapped[float]
+    lr: Mapped[float | None]
+
+
+RUN_COLUMNS = [
+    "study", "visit", "kind", "loss", "rank", "optuna_study", "trial_number", "temperature", "alpha", "lr",
+    "seed", "state", "attempt", "val_acc", "val_loss", "test_acc", "test_loss", "epochs_done",
+    "wall_time_s", "samples_per_s", "infer_ms_per_batch", "parameters", "device", "versions", "commit",
+    "config_hash", "error", "started", "finished", "run_id",
+]

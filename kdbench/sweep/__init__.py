@@ -1,0 +1,38 @@
+"""The sweep: a CE baseline and an Optuna study over T × alpha (+ lr), then multi-seed finalists.
+
+Vocabulary, used everywhere in kdbench:
+
+- a **visit** is a planned unit of work (a KD or CE search trial, or one finalist seed): :mod:`.plan`;
+- its **stage** says which part of the study it belongs to: ``kd``, ``ce`` or ``finalist``;
+- an **attempt** is one try at a visit (a worker that dies leaves a retired attempt): :mod:`.attempt`;
+- a **run** is an attempt's row in the store (:mod:`kdbench.store`);
+- a **trial** is Optuna's record of a search visit: :mod:`.optuna_bridge`.
+
+Plan → claim → run: :mod:`.run` prepares the study once (check, register, data, teacher) and works
+through its visits, claiming each in the store so that any number of ``kdbench sweep`` processes, on one
+machine or many sharing a database, split the work without running a visit twice. Selection uses
+validation accuracy; the test set is only evaluated for finalists.
+"""
+
+from __future__ import annotations
+
+from kdbench.sweep.attempt import SweepContext
+from kdbench.sweep.events import Progress, SweepEvents, study_progress
+from kdbench.sweep.plan import Visit, ce_trials, finalist_seeds, plan_finalists, plan_search, planned_total
+from kdbench.sweep.run import check_models, prepare_sweep, run_sweep
+
+__all__ = [
+    "Progress",
+    "SweepContext",
+    "SweepEvents",
+    "Visit",
+    "ce_trials",
+    "check_models",
+    "finalist_seeds",
+    "plan_finalists",
+    "plan_search",
+    "planned_total",
+    "prepare_sweep",
+    "run_sweep",
+    "study_progress",
+]

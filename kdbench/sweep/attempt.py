@@ -1,0 +1,199 @@
+"""One attempt's life: from a claimed visit to its recorded end, trained alone or fused with others.
+
+An :class:`Attempt` asks Optuna for the trial (search visits), builds a fresh student, reports each
+epoch (to the store, the display and Optuna's pruner) and records whatever stopped it: a result,
+pruning, a non-finite loss, Ctrl-C or a bug. A claimed visit is never left running by a live worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from kdbench.config import Study
+from kdbench.data import Data
+from kdbench.errors import NonFiniteLossError
+from kdbench.models import build_model, count_parameters
+from kdbench.provenance import device_name, kdbench_commit
+from kdbench.store import Claimed, Store, finite_or_none, now
+from kdbench.sweep import optuna_bridge
+from kdbench.sweep.events import SweepEvents
+from kdbench.sweep.plan import Visit
+from kdbench.teacher import Teacher
+from kdbench.train import EpochRecord, KDParams, TrainResult, inference_ms_per_batch, predict_logits, train
+
+__all__ = ["Attempt", "SweepContext", "run_fused", "run_visit"]
+
+
+@dataclass
+class SweepContext:
+    """What every attempt of one study in this process shares: the open store, data, teacher, device."""
+
+    study: Study
+    store: Store
+    study_id: int
+    data: Data
+    teacher: Teacher
+    device: torch.device
+    weights_dir: Path
+    events: SweepEvents
+    stale_after_s: float
+    versions: str = ""
+
+
+class Attempt:
+    """One claimed visit from its start (Optuna trial, fresh model) to its recorded end.
+
+    :meth:`finish` records whatever stopped it (a result, pruning, a non-finite loss, Ctrl-C, a bug), so a
+    claimed visit is never left running by a live worker.
+    """
+
+    def __init__(self, ctx: SweepContext, c: Claimed) -> None:
+        self.ctx, self.c = ctx, c
+        self.visit: Visit = c.visit
+        self.trial: optuna.Trial | None = None
+        self.link: dict[str, Any] = {}  # the Optuna study and trial, once asked
+        self.params: dict[str, float] = {}
+        self.model: torch.nn.Module | None = None
+        self.kd: KDParams | None = None
+        self.records: list[EpochRecord] = []
+        self.closed = False
+        self.common: dict[str, Any] = dict(device=device_name(ctx.device), versions=ctx.versions,
+                                           commit=kdbench_commit())
+
+    def start(self) -> None:
+        """Fail the attempt this one replaces, ask Optuna (search visits), and build the fresh student."""
+        ctx, c, visit = self.ctx, self.c, self.visit
+        storage = ctx.store.optuna_storage()
+        if c.replaced_trial is not None:
+            optuna_bridge.close_trial(storage, c.replaced_trial, "failed", c.replaced_reason)
+        if visit.stage in ("kd", "ce"):
+            ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index)
+            self.link = dict(optuna_study=ostudy.study_name, trial_number=self.trial.number,
+                             trial_id=self.trial._trial_id)
+            ctx.store.update_run(c.run_id, **self.link, temperature=params.get("temperature"),
+                                 alpha=params.get("alpha"), lr=params["lr"])
+        else:
+            params = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha),
+                                        ("lr", visit.lr)) if v is not None}
+        self.params = params
+        ctx.events.on_visit_start(visit, params)
+        torch.manual_seed(visit.seed)
+        info, student = ctx.data.info, ctx.study.student
+        self.model = build_model(student.model, in_channels=info.channels, num_classes=info.num_classes,
+                                 image_size=info.image_size, pretrained=student.pretrained).to(ctx.device)
+        self.common["parameters"] = count_parameters(self.model)
+        self.kd = KDParams(params["temperature"], params["alpha"]) if visit.loss == "kd" else None
+
+    def on_epoch(self, rec: EpochRecord) -> None:
+        """Record the epoch's progress, show it, and let Optuna's pruner judge it."""
+        self.records.append(rec)
+        self.ctx.store.update_run(self.c.run_id, epochs_done=rec.epoch + 1, heartbeat=now(),
+                                  val_acc=finite_or_none(rec.val_acc))
+        self.ctx.events.on_epoch(rec, self.ctx.study.student.epochs or 1)
+        if self.trial is not None and math.isfinite(rec.val_acc):
+            self.trial.report(rec.val_acc, rec.epoch)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {rec.epoch} (val acc {rec.val_acc:.4f})")
+
+    def _close(self, state: str, reason: str | None, **values: Any) -> str:
+        # the link again: a Ctrl-C between asking Optuna and the first write must not orphan the trial
+        self.ctx.store.finish_run(self.c.run_id, self.records, state=state, error=reason, finished=now(),
+                                  **self.common, **self.link, **values)
+        self.closed = True
+        if self.trial is not None:
+            optuna_bridge.close_trial(self.ctx.store.optuna_storage(), self.trial._trial_id, state, reason,
+                                      values.get("val_acc"))
+        self.ctx.events.on_visit_end(self.visit, state, values.get("val_acc"), reason)
+        return state
+
+    def finish(self, outcome: TrainResult | BaseException) -> str:
+        """Record the outcome; returns the final state (re-raises Ctrl-C and bugs once recorded)."""
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            assert self.model is not None
+            extra = _finalist_outputs(self.ctx, self.visit, self.model) if self.visit.stage == "finalist" else {}
+            return self._close("complete", None, val_acc=finite_or_none(outcome.val_acc),
+                               val_loss=finite_or_none(outcome.val_loss), test_acc=outcome.test_acc,
+                               test_loss=outcome.test_loss, wall_time_s=outcome.wall_time_s,
+                               samples_per_s=outcome.samples_per_s, **extra)
+        except optuna.TrialPruned as exc:
+            return self._close("pruned", str(exc))
+        except NonFiniteLossError as exc:  # recorded as failed; the sweep goes on
+            if self.trial is not None:
+                self.trial.set_user_attr("fail_step", exc.step)
+            return self._close("failed", str(exc))
+        except BaseException as exc:  # Ctrl-C or a bug: the visit is re-run on resume
+            if not self.closed:
+                self._close("interrupted", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+
+
+def run_visit(ctx: SweepContext, c: Claimed) -> str:
+    """Train one claimed visit and record it; returns its final state.
+
+    Everything after the claim is covered: whatever stops it (Ctrl-C while asking Optuna, a bug), the run
+    is recorded as interrupted rather than left running.
+    """
+    a = Attempt(ctx, c)
+    outcome: TrainResult | BaseException
+    try:
+        a.start()
+        assert a.model is not None
+        with ctx.store.heartbeat(c.run_id):
+            outcome = train(a.model, ctx.data, ctx.study.student, lr=a.params["lr"], seed=c.visit.seed,
+                            teacher=ctx.teacher.signal_for(ctx.data) if a.kd else None, kd=a.kd,
+                            augment_kind=ctx.study.data.augment, callback=a.on_epoch,
+                            evaluate_test=c.visit.stage == "finalist")
+    except BaseException as exc:
+        outcome = exc
+    return a.finish(outcome)
+
+
+def run_fused(ctx: SweepContext, claimed: list[Claimed]) -> None:
+    """Train search visits (one seed) together with :func:`kdbench.fused.train_fused`; pruning acts per visit."""
+    from kdbench.fused import FusedStudent, train_fused
+
+    attempts = [Attempt(ctx, c) for c in claimed]
+    outcomes: list[TrainResult | BaseException]
+    try:
+        for a in attempts:
+            a.start()
+        with contextlib.ExitStack() as beats:
+            for a in attempts:
+                beats.enter_context(ctx.store.heartbeat(a.c.run_id))
+            outcomes = list(train_fused(
+                [a.model for a in attempts if a.model is not None], ctx.data, ctx.study.student,
+                [FusedStudent(a.params["lr"], a.kd, a.on_epoch) for a in attempts], seed=claimed[0].visit.seed,
+                teacher=ctx.teacher.signal_for(ctx.data), augment_kind=ctx.study.data.augment))
+    except BaseException as exc:
+        outcomes = [exc] * len(attempts)
+    raised: BaseException | None = None
+    for a, res in zip(attempts, outcomes, strict=True):
+        try:
+            a.finish(res)
+        except BaseException as exc:  # record every visit first, then stop as the sequential path would
+            raised = raised or exc
+    if raised is not None:
+        raise raised
+
+
+def _finalist_outputs(ctx: SweepContext, visit: Visit, model: torch.nn.Module) -> dict[str, Any]:
+    """Keep a finalist's weights (written whole, then renamed) and its test predictions."""
+    ctx.weights_dir.mkdir(parents=True, exist_ok=True)
+    wpath = ctx.weights_dir / (visit.key.replace("/", "_").replace("=", "") + ".pt")
+    tmp = wpath.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, wpath)
+    info = ctx.data.info
+    preds = predict_logits(model, ctx.data.test.images, info).argmax(1).to(torch.int16).cpu().numpy()
+    return dict(weights_path=str(wpath), test_predictions=preds.tobytes(),
+                infer_ms_per_batch=inference_ms_per_batch(model, info, ctx.device))

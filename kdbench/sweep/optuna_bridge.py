@@ -1,0 +1,131 @@
+"""The Optuna side of a sweep: sampler, pruner, asking for a trial, closing it, repairing after a crash.
+
+Every search visit is one Optuna trial (KD trials in the study ``<name>``, CE trials in ``<name>.ce``),
+in the same database as kdbench's tables. T and alpha are fixed by the visit through
+``PartialFixedSampler`` while the sampler draws lr, so Optuna's own tools (``optuna trials``,
+optuna-dashboard) see the study as it is. kdbench's run rows are the record; Optuna's trial states
+follow them (:func:`close_trial`, :func:`repair`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+
+import optuna
+
+from kdbench.config import SAMPLER_STARTUP_TRIALS, Range, Study, is_geometric
+from kdbench.store import Store, pid_alive, worker_id
+from kdbench.sweep.plan import Visit
+
+__all__ = ["OPTUNA_STATE", "ask", "close_trial", "optuna_study_name", "repair"]
+
+OPTUNA_STATE = {
+    "complete": optuna.trial.TrialState.COMPLETE,
+    "pruned": optuna.trial.TrialState.PRUNED,
+    "failed": optuna.trial.TrialState.FAIL,
+    "interrupted": optuna.trial.TrialState.FAIL,
+}
+
+
+def optuna_study_name(study: Study, loss: str) -> str:
+    """The Optuna study holding the trials of one loss: ``<name>`` for KD, ``<name>.ce`` for CE."""
+    return study.name if loss == "kd" else f"{study.name}.ce"
+
+
+def _sampler(study: Study, index: int) -> optuna.samplers.BaseSampler:
+    seed = (study.seed * 1_000_003 + index) % (2**31)
+    if study.search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=SAMPLER_STARTUP_TRIALS)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _pruner(study: Study) -> optuna.pruners.BasePruner:
+    if study.search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=SAMPLER_STARTUP_TRIALS, n_warmup_steps=1)
+    if study.search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=study.student.epochs or 1)
+    return optuna.pruners.NopPruner()
+
+
+def _suggest(trial: optuna.Trial, name: str, space: list[float] | Range) -> float:
+    if isinstance(space, Range):
+        return trial.suggest_float(name, space.low, space.high, log=space.log)
+    return trial.suggest_float(name, min(space), max(space), log=is_geometric(space))
+
+
+def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit,
+        index: int) -> tuple[optuna.Study, optuna.Trial, dict[str, float]]:
+    """A new Optuna trial for a search visit, and its parameters (the visit's fixed ones, the sampler's draws).
+
+    The trial carries the worker id first, so that it stays traceable if what follows is cut off; a
+    Ctrl-C before the parameters are drawn fails the trial.
+    """
+    ostudy = optuna.create_study(storage=storage, study_name=optuna_study_name(study, visit.loss),
+                                 direction="maximize", load_if_exists=True, pruner=_pruner(study))
+    fixed = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha), ("lr", visit.lr))
+             if v is not None}
+    with warnings.catch_warnings():  # PartialFixedSampler is marked experimental; its interface is all we use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ostudy.sampler = optuna.samplers.PartialFixedSampler(fixed, _sampler(study, index))
+    trial = ostudy.ask()
+    try:
+        trial.set_user_attr("worker", worker_id())
+        s = study.search
+        params: dict[str, float] = {}
+        if visit.loss == "kd":
+            params["temperature"] = _suggest(trial, "temperature", s.temperature)
+            params["alpha"] = _suggest(trial, "alpha", s.alpha)
+        if isinstance(s.lr, list) and s.sampler != "grid":
+            params["lr"] = float(trial.suggest_categorical("lr", s.lr))
+        else:
+            params["lr"] = _suggest(trial, "lr", s.lr)
+        trial.set_user_attr("visit", visit.key)
+        trial.set_user_attr("config_hash", study.hash)
+    except BaseException as exc:  # Ctrl-C right after the ask: no run will point to this trial
+        close_trial(storage, trial._trial_id, "interrupted", f"{type(exc).__name__} while asking Optuna")
+        raise
+    return ostudy, trial, params
+
+
+def close_trial(storage: optuna.storages.BaseStorage, trial_id: int, state: str, reason: str | None = None,
+                value: float | None = None) -> None:
+    """Finish an Optuna trial as kdbench recorded its run (a no-op if it is already finished)."""
+    tstate = OPTUNA_STATE[state]
+    try:
+        if storage.get_trial(trial_id).state.is_finished():
+            return
+        if reason and tstate == optuna.trial.TrialState.FAIL:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        values = [value] if tstate == optuna.trial.TrialState.COMPLETE and value is not None else None
+        storage.set_trial_state_values(trial_id, tstate, values)
+    except (KeyError, optuna.exceptions.UpdateFinishedTrialError):
+        pass
+
+
+def repair(store: Store, study: Study, study_id: int, stale_after_s: float) -> None:
+    """Bring Optuna's trials in line with kdbench's runs after a crash.
+
+    A run recorded as final whose worker died before telling Optuna gets its state; an Optuna trial
+    no run points to (its worker died between asking Optuna and recording the trial) is failed once its
+    worker is gone.
+    """
+    storage = store.optuna_storage()
+    rows = store.trial_links(study_id)
+    linked = {r.trial_id for r in rows}
+    for r in rows:
+        if r.state != "running":
+            close_trial(storage, r.trial_id, r.state, r.error, r.val_acc)
+    for name in (optuna_study_name(study, "kd"), optuna_study_name(study, "ce")):
+        try:
+            sid = storage.get_study_id_from_name(name)
+        except KeyError:
+            continue
+        for t in storage.get_all_trials(sid, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t._trial_id in linked:
+                continue
+            alive = pid_alive(t.user_attrs.get("worker"))
+            age = (dt.datetime.now() - (t.datetime_start or dt.datetime.now())).total_seconds()
+            if alive is False or (alive is None and age > stale_after_s):
+                close_trial(storage, t._trial_id, "failed",
+                            f"orphaned: worker {t.user_attrs.get('worker')} stopped before kdbench recorded it")

@@ -1,0 +1,160 @@
+"""Running a study: prepare it once (check, register, data, teacher), then claim and train its visits.
+
+:func:`run_sweep` runs, resumes, or joins as one more worker: it works through the search visits, then
+plans the finalists from the search's results and works through them, claiming each visit in the store
+so that any number of workers split the work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kdbench.config import POLL_S, STALE_AFTER_S, Study
+from kdbench.data import DatasetInfo, load_data
+from kdbench.errors import CheckpointError, ConfigError
+from kdbench.models import build_model
+from kdbench.provenance import library_versions
+from kdbench.store import Claimed, Store
+from kdbench.sweep import optuna_bridge
+from kdbench.sweep.attempt import SweepContext, run_fused, run_visit
+from kdbench.sweep.events import TERMINAL, SweepEvents, study_progress
+from kdbench.sweep.plan import Visit, plan_finalists, plan_search
+from kdbench.teacher import open_cache_dir, prepare_teacher, teacher_record
+
+__all__ = ["check_models", "prepare_sweep", "run_sweep"]
+
+
+def check_models(study: Study, info: DatasetInfo) -> None:
+    """Build the teacher (with ``teacher.checkpoint``) and the student once, so that an unknown model or
+    a bad weights file is reported before anything is trained or stored.
+
+    Raises:
+        ConfigError: an unknown model name.
+        CheckpointError: a weights file that is not a state dict of that model for this dataset.
+    """
+    t = study.teacher
+    t_weights = ("checkpoint", t.checkpoint) if t.checkpoint else ("pretrained", t.pretrained)
+    s_weights = ("pretrained", study.student.pretrained)
+    for section, recipe, (weights_key, weights) in (("teacher", t, t_weights), ("student", study.student, s_weights)):
+        try:
+            build_model(recipe.model, in_channels=info.channels, num_classes=info.num_classes,
+                        image_size=info.image_size, pretrained=weights)
+        except ConfigError as exc:
+            raise ConfigError(f"{section}.model: {exc}") from None
+        except CheckpointError as exc:
+            raise CheckpointError(f"{section}.{weights_key}: {exc}") from None
+
+
+def prepare_sweep(
+    study: Study,
+    *,
+    storage: str | Store,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    events: SweepEvents | None = None,
+    stale_after_s: float = STALE_AFTER_S,
+) -> SweepContext:
+    """Register the study, load its data and get its teacher (trained once, then from the cache).
+
+    Args:
+        study: the validated study.
+        storage: the open store, or the SQLAlchemy URL of the results database.
+        device: training device.
+        cache_dir: teacher cache and finalist weights folder.
+        events: progress hooks.
+        stale_after_s: a running visit without a heartbeat for this long is taken over.
+    """
+    device = torch.device(device)
+    events = events or SweepEvents()
+    # Everything a user can get wrong is checked before the first write to the store or the first step.
+    store = Store.get(storage)
+    store.check_study(study)
+    cache = open_cache_dir(cache_dir)
+    d = study.data
+    events.on_status("loading data")
+    tdata = load_data(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=None, seed=study.seed,
+                      device=device, download=d.download, image_size=d.image_size)
+    sdata = tdata if d.subset is None else load_data(
+        d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, seed=study.seed, device=device,
+        download=d.download, image_size=d.image_size)
+    check_models(study, tdata.info)
+    store.optuna_storage()  # Optuna's tables before the first kdbench row
+    row = store.register_study(study)
+    events.on_status("preparing the teacher")
+    teacher = prepare_teacher(study, device=device, cache_dir=cache, data=tdata,
+                              on_epoch=lambda r: events.on_epoch(r, study.teacher.epochs or 1))
+    if store.teacher(teacher.key) is None:
+        store.record_teacher(**teacher_record(teacher, tdata, device))
+    store.set_study_teacher(row.id, teacher.key)
+    return SweepContext(study, store, row.id, sdata, teacher, device, cache / "runs" / study.name, events,
+                        stale_after_s, versions=json.dumps(library_versions(), sort_keys=True))
+
+
+def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1) -> Iterator[list[Claimed]]:
+    """Yield up to ``k`` claimed visits at a time until every one of ``visits`` is final (waiting for others')."""
+    while True:
+        batch: list[Claimed] = []
+        for i, v in enumerate(visits):
+            c = ctx.store.claim(ctx.study_id, v, offset + i, ctx.study.hash, ctx.stale_after_s)
+            if c is not None:
+                batch.append(c)
+                if len(batch) == k:
+                    break
+        if batch:
+            yield batch
+            continue
+        states = ctx.store.runs(ctx.study.name).set_index("visit")["state"]
+        waiting = [v.key for v in visits if states.get(v.key) not in TERMINAL]
+        if not waiting:
+            return
+        ctx.events.on_status(f"waiting for {len(waiting)} visit(s) held by other workers")
+        time.sleep(POLL_S)
+
+
+def run_sweep(
+    study: Study,
+    *,
+    storage: str | Store,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    events: SweepEvents | None = None,
+    stale_after_s: float = STALE_AFTER_S,
+    max_visits: int | None = None,
+) -> pd.DataFrame:
+    """Run (or resume, or join as one more worker) the whole study; return the finalists' summary.
+
+    Args:
+        study: the validated study.
+        storage: the open store, or the SQLAlchemy URL of the results database (Optuna's tables and kdbench's).
+        device: training device.
+        cache_dir: teacher cache and finalist weights folder.
+        events: progress hooks.
+        stale_after_s: a running visit without a heartbeat for this long is taken over.
+        max_visits: stop after this many visits (for tests and time-boxed workers).
+    """
+    ctx = prepare_sweep(study, storage=storage, device=device, cache_dir=cache_dir, events=events,
+                        stale_after_s=stale_after_s)
+    optuna_bridge.repair(ctx.store, study, ctx.study_id, stale_after_s)
+    ctx.events.on_progress(study_progress(ctx.store, study))
+    search = plan_search(study)
+    fuse = study.search.fuse if max_visits is None else max(1, min(study.search.fuse, max_visits))
+    done = 0
+    for offset in (0, len(search)):
+        visits = search if offset == 0 else plan_finalists(study, ctx.store.runs(study.name))
+        # search visits share the study's seed, hence one data order: they can be fused; finalists run alone
+        for batch in _claim_loop(ctx, visits, offset, fuse if offset == 0 else 1):
+            if len(batch) > 1:
+                run_fused(ctx, batch)
+            else:
+                run_visit(ctx, batch[0])
+            ctx.events.on_progress(study_progress(ctx.store, study))
+            done += len(batch)
+            if max_visits is not None and done >= max_visits:
+                return ctx.store.finalist_summary(study.name)
+    return ctx.store.finalist_summary(study.name)
