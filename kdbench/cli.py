@@ -231,8 +231,9 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) ->
     Example: kdbench report fashion-mnist-quick --storage sqlite:///kdbench.db
     """
     from kdbench.report import write_report
+    from kdbench.store import Store
 
-    rep = write_report(storage, list(studies), out, fmt=fmt)
+    rep = write_report(Store.open(storage, create=False), list(studies), out, fmt=fmt)
     if fmt == "md":
         click.echo(rep.markdown, nl=False)
         return

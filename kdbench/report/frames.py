@@ -15,7 +15,6 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ import sqlalchemy as sa
 import yaml
 
 from kdbench.config import is_geometric
-from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
+from kdbench.errors import DataNotFoundError, KdbenchError
 from kdbench.report.stats import Paired, paired_difference, summarize, verdict
 from kdbench.store import Store
 
@@ -40,7 +39,6 @@ __all__ = [
     "grid_cells",
     "grid_pivot",
     "is_geometric",
-    "open_store",
     "study_frames",
 ]
 
@@ -105,22 +103,7 @@ class StudyFrames:
     missing: list[str]
 
 
-def open_store(storage: str) -> Store:
-    """Open an existing results database read-only in intent (a missing SQLite file is an error, not created).
-
-    Raises:
-        StoreError: no such database, or no kdbench tables in it.
-    """
-    url = sa.engine.make_url(storage) if "://" in storage else None
-    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        path = Path(url.database or "")
-        if not path.exists():
-            raise StoreError(f"--storage {storage}: no such database file {path}; run kdbench sweep first "
-                             "or point --storage at its database")
-    return Store.open(storage, create=False)
-
-
-def study_frames(storage: str, name: str, *, load_images: bool = True) -> StudyFrames:
+def study_frames(storage: str | Store, name: str, *, load_images: bool = True) -> StudyFrames:
     """Compute everything the report of one study shows.
 
     Args:
@@ -131,7 +114,7 @@ def study_frames(storage: str, name: str, *, load_images: bool = True) -> StudyF
     Raises:
         StoreError: unknown study (the message lists the studies in the database) or unusable database.
     """
-    store = open_store(storage)
+    store = Store.get(storage, create=False)
     runs = store.runs(name)  # raises StoreError listing the known studies
     row = store.study(name)
     assert row is not None

@@ -28,6 +28,7 @@ from kdbench.provenance import kdbench_commit, library_versions
 from kdbench.report import plots
 from kdbench.report.frames import StudyFrames, comparison_table, grid_cells, study_frames
 from kdbench.report.stats import CONFIDENCE
+from kdbench.store import Store
 
 __all__ = ["SECTIONS", "Report", "comparison_display", "default_out", "source_note", "write_report"]
 
@@ -171,12 +172,12 @@ def _writable(out: Path) -> None:
                           "folder with --out") from None
 
 
-def write_report(storage: str, studies: list[str], out: str | Path | None = None, *, fmt: str = "html",
+def write_report(storage: str | Store, studies: list[str], out: str | Path | None = None, *, fmt: str = "html",
                  load_images: bool = True) -> Report:
     """Build the report of one or more studies.
 
     Args:
-        storage: SQLAlchemy URL of the results database.
+        storage: the open store, or the SQLAlchemy URL of the results database.
         studies: study names; several give one combined comparison table and figure.
         out: output folder (default :func:`default_out`); ignored for ``fmt="md"``.
         fmt: ``html`` writes everything; ``md`` only computes the comparison table (printed by the CLI).
@@ -189,7 +190,8 @@ def write_report(storage: str, studies: list[str], out: str | Path | None = None
     if fmt not in ("html", "md"):
         raise OutputError(f"--format {fmt!r}: use html or md")
     studies = list(dict.fromkeys(studies))
-    frames = [study_frames(storage, s, load_images=load_images and fmt == "html") for s in studies]
+    store = Store.get(storage, create=False)
+    frames = [study_frames(store, s, load_images=load_images and fmt == "html") for s in studies]
     table = comparison_table(frames)
     display = comparison_display(table)
     markdown = _markdown(display) + "\n" + source_note(table) + "\n"  # what --format md prints

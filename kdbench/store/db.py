@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import sqlalchemy as sa
@@ -101,11 +102,22 @@ class Database:
     def open(cls, url: str = DEFAULT_STORAGE, *, create: bool = True) -> Self:
         """Connect, create kdbench's tables if asked, and check the schema version.
 
+        Args:
+            url: SQLAlchemy URL of the database.
+            create: create kdbench's tables if missing (a sweep); else the database must hold kdbench
+                results already, and a missing SQLite file is an error rather than created (ls, show, report).
+
         Raises:
-            StoreError: unreachable database, or one written by a newer kdbench.
+            StoreError: unreachable or missing database, no kdbench tables (``create=False``), or one
+                written by a newer kdbench.
         """
         engine = make_engine(url)
         shown = shown_url(url)
+        db = engine.url.database
+        if not create and engine.url.get_backend_name() == "sqlite" and db not in (None, "", ":memory:") \
+                and not Path(db or "").exists():
+            raise StoreError(f"--storage {shown}: no such database file {db}; run kdbench sweep first "
+                             "or point --storage at its database")
 
         def prepare() -> None:
             with engine.begin() as conn:
