@@ -4,7 +4,9 @@
 # - KDBENCH_TEST_POSTGRES already set: use that server (a SQLAlchemy URL whose user may CREATE DATABASE).
 # - root: install Debian's postgresql if initdb is missing, start a fresh cluster (trust auth, 127.0.0.1
 #   only, a free port, a temp folder) as the postgres user, export KDBENCH_TEST_POSTGRES, run the
-#   command, then stop the server and delete the cluster.
+#   command, then stop the server and delete the cluster. One role is the exception to trust: the user
+#   kdbench_pw_user (created by the test that needs it) must log in with its password (scram-sha-256), so
+#   that a test can check that kdbench passes a real password through and never shows it.
 # - otherwise: run the command without a server; the PostgreSQL tests skip and print
 #   KDBENCH_TEST_POSTGRES_WHY.
 set -uo pipefail
@@ -40,6 +42,8 @@ trap stop EXIT
 trap 'exit 130' INT TERM
 
 if ! as_pg "$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 >"$DIR/initdb.log" 2>&1 \
+   || ! { hba="$DIR/data/pg_hba.conf"; { echo "host all kdbench_pw_user 127.0.0.1/32 scram-sha-256"; cat "$hba"; } \
+          >"$hba.new" && mv "$hba.new" "$hba" && chown postgres "$hba"; } \
    || ! as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 \
         -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c max_connections=200 -c fsync=off" start >/dev/null; then
   cat "$DIR"/*.log >&2

@@ -1,4 +1,4 @@
-"""Three `kdbench sweep` workers started at once on a real PostgreSQL server finish one study together."""
+"""PostgreSQL: three `kdbench sweep` workers share one study; a password-protected database keeps its secret."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -54,3 +56,88 @@ def test_three_workers_share_a_study(needs_fmnist: None, postgres_url: str, tiny
                           "-f", "json"], capture_output=True, text=True, timeout=300, check=True).stdout
     assert [t["state"] for t in json.loads(out)] == ["COMPLETE"]
 
+
+
+PW_USER = "kdbench_pw_user"  # .ci/postgres.sh makes this one user log in with its password (scram-sha-256)
+
+
+@pytest.fixture
+def password_url(postgres_server: str) -> Iterator[tuple[str, str]]:
+    """A fresh database owned by a user that must give its password: (URL with the password, the password)."""
+    import sqlalchemy as sa
+
+    admin = sa.engine.make_url(postgres_server)
+    secret = f"pw-{uuid.uuid4().hex}"
+    name = f"kdbench_test_pw_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :u"), {"u": PW_USER}).scalar()
+        conn.execute(sa.text(f"{'ALTER' if exists else 'CREATE'} ROLE {PW_USER} LOGIN PASSWORD '{secret}'"))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}" OWNER {PW_USER}'))
+    url = admin.set(username=PW_USER, password=secret, database=name)
+    wrong = sa.create_engine(url.set(password="not-" + secret))
+    try:
+        with wrong.connect():
+            pytest.skip("this PostgreSQL server lets kdbench_pw_user in without its password (see .ci/postgres.sh)")
+    except sa.exc.OperationalError:
+        pass  # the server checks the password: a masked one could not connect
+    finally:
+        wrong.dispose()
+    yield url.render_as_string(hide_password=False), secret
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_password_protected_database(needs_fmnist: None, password_url: tuple[str, str], tiny_study_dict: dict,
+                                       tmp_path: Path) -> None:
+    """A sweep and a report on a database whose user needs a password: the report computes the importances
+    (Optuna is opened with the real password), and the password appears in no message, row or report file."""
+    import sqlalchemy as sa
+
+    from kdbench.report.frames import study_frames
+
+    url, secret = password_url
+    tiny_study_dict["search"]["temperature"] = [1, 2, 4, 8]  # four complete KD trials: enough for importances
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_study_dict))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out_dir = tmp_path / "report"
+
+    def kdbench(*args: str, ok: bool = True) -> str:
+        p = subprocess.run([sys.executable, "-m", "kdbench", *args], capture_output=True, text=True, env=env,
+                           timeout=900)
+        assert (p.returncode == 0) == ok, f"kdbench {args[0]} exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
+        return p.stdout + p.stderr
+
+    said = [
+        kdbench("sweep", str(path), "--storage", url, "--quiet", "--threads", "1", "--device", "cpu",
+                "--cache-dir", str(tmp_path / "cache")),
+        kdbench("report", "tiny", "--storage", url, "--out", str(out_dir)),
+        kdbench("show", "tiny", "--storage", url),
+        kdbench("ls", "--storage", url),
+        kdbench("show", "tiny", "--storage", url.replace(secret, "not-" + secret), ok=False),
+    ]
+    assert "kdbench_pw_user:***@" in said[2] and "error" in said[4]
+
+    frames = study_frames(url, "tiny", load_images=False)
+    assert frames.importances.n_trials == 4 and not frames.importances.table.empty, frames.importances.note
+    assert "not computed" not in frames.importances.note
+
+    for text in said:
+        assert secret not in text
+    files = [f for f in out_dir.rglob("*") if f.is_file()]
+    assert any(f.name == "index.html" for f in files)
+    for f in files:
+        assert secret.encode() not in f.read_bytes(), f"the password is in {f}"
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = sa.inspect(conn).get_table_names()
+            assert "kdbench_runs" in tables and "trials" in tables
+            for table in tables:
+                for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
+                    assert secret not in repr(tuple(row)), f"the password is stored in {table}"
+    finally:
+        engine.dispose()
