@@ -1,0 +1,40 @@
+"""The CLI is thin: one database connection per process, opened at the edge and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from kdbench import cli
+from kdbench.store import db
+
+
+@pytest.mark.slow
+def test_sweep_opens_the_database_once(needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = {"engine": 0, "optuna": 0}
+    make_engine, rdb_init = db.make_engine, optuna.storages.RDBStorage.__init__
+
+    def count_engine(url: str) -> Any:
+        opened["engine"] += 1
+        return make_engine(url)
+
+    def count_optuna(self: Any, *args: Any, **kwargs: Any) -> None:
+        opened["optuna"] += 1
+        rdb_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(db, "make_engine", count_engine)
+    monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", count_optuna)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_study_dict))
+    res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--quiet", "--device", "cpu",
+                                        "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
+                                        "--max-visits", "2"])
+    assert res.exit_code == 0, res.output
+    assert "tiny: 2 runs" in res.output
+    assert opened == {"engine": 1, "optuna": 1}
