@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from kdbench import data
 from kdbench.data import (
     AUGMENTS,
     DATASETS,
@@ -21,6 +20,7 @@ from kdbench.data import (
     DatasetInfo,
     Split,
     augment,
+    files,
     load_data,
     load_raw,
     normalize,
@@ -77,7 +77,7 @@ def no_system_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     empty_cwd = tmp_path / "cwd"
     empty_cwd.mkdir()
     monkeypatch.chdir(empty_cwd)
-    monkeypatch.setattr(data, "SYSTEM_DATA_ROOT", tmp_path / "system")
+    monkeypatch.setattr(files, "SYSTEM_DATA_ROOT", tmp_path / "system")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,15 +291,15 @@ def test_search_roots_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         tmp_path / "explicit",
         tmp_path / "env",
         tmp_path / "data",
-        data.SYSTEM_DATA_ROOT,
+        files.SYSTEM_DATA_ROOT,
     ]
     monkeypatch.delenv("KDBENCH_DATA")
-    assert search_roots(None) == [tmp_path / "data", data.SYSTEM_DATA_ROOT]
+    assert search_roots(None) == [tmp_path / "data", files.SYSTEM_DATA_ROOT]
 
 
 def test_first_root_that_holds_the_data_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     system = tmp_path / "system"
-    monkeypatch.setattr(data, "SYSTEM_DATA_ROOT", system)
+    monkeypatch.setattr(files, "SYSTEM_DATA_ROOT", system)
     cwd = tmp_path / "cwd"
     explicit, env = tmp_path / "explicit", tmp_path / "env"
     for i, root in enumerate((system, cwd / "data", env, explicit)):

@@ -1,0 +1,57 @@
+"""Datasets as whole uint8 tensors on one device, with the splits, normalisation and augmentation.
+
+A dataset is read once into memory as ``uint8 [N, C, H, W]`` images and ``int64 [N]`` labels and moved
+to the training device in one piece; batches are then slices of those tensors, normalised and augmented
+on the device (:func:`normalize`, :func:`augment`) without a DataLoader or any per-sample Python work.
+
+Where the files are looked for (:func:`search_roots`, first hit wins): the study's ``data.root``, then
+``$KDBENCH_DATA``, then ``./data``, then ``/usr/share/datasets`` (where ``apt-get install -y
+dataset-fashion-mnist`` puts Fashion-MNIST). Under each root:
+
+* ``fashion-mnist``: ``fashion-mnist/``, ``FashionMNIST/raw/`` (torchvision's layout) or the root itself,
+  holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` files, gzipped or not;
+* ``mnist``: the same files in ``mnist/`` or ``MNIST/raw/``;
+* ``cifar10`` / ``cifar100``: torchvision's ``cifar-10-batches-py/`` / ``cifar-100-python/`` pickles;
+* ``imagefolder``: no search; ``data.root`` is the folder itself, with ``train/<class>/*.png`` (and
+  optionally ``test/<class>/...``).
+
+With ``download=True`` and nothing found, torchvision downloads the dataset into the first search root,
+in the layout above, and it is read from there.
+
+Splits (:func:`load_data`): the validation set is a stratified, seeded carve-out of the official training
+set; ``subset`` then takes a stratified sample of what is left; the official test set is never touched.
+
+The modules, each importing only from those above it:
+
+* :mod:`~kdbench.data.catalog`: :class:`DatasetInfo`, the :data:`DATASETS` table, :class:`Split`,
+  :class:`Data`;
+* :mod:`~kdbench.data.split`: :func:`stratified_split`, the seeded, class-proportional sample;
+* :mod:`~kdbench.data.formats`: the readers of IDX files, CIFAR pickles and image folders;
+* :mod:`~kdbench.data.files`: the search roots, the not-found message, the download (the search reads
+  :data:`SYSTEM_DATA_ROOT` from this module: to change it, e.g. in a test, set it here);
+* :mod:`~kdbench.data.load`: :func:`load_raw` and :func:`load_data`, which put those together;
+* :mod:`~kdbench.data.transforms`: :func:`normalize` and :func:`augment`, per batch on the device.
+"""
+
+from __future__ import annotations
+
+from kdbench.data.catalog import DATASETS, Data, DatasetInfo, Split
+from kdbench.data.files import SYSTEM_DATA_ROOT, search_roots
+from kdbench.data.load import load_data, load_raw
+from kdbench.data.split import stratified_split
+from kdbench.data.transforms import AUGMENTS, augment, normalize
+
+__all__ = [
+    "AUGMENTS",
+    "DATASETS",
+    "SYSTEM_DATA_ROOT",
+    "Data",
+    "DatasetInfo",
+    "Split",
+    "augment",
+    "load_data",
+    "load_raw",
+    "normalize",
+    "search_roots",
+    "stratified_split",
+]

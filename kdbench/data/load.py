@@ -1,0 +1,147 @@
+"""Loading a dataset: find and read its official sets, then carve out validation, subsample and move it.
+
+:func:`load_raw` reads the official training and test sets into CPU tensors (finding the files, or
+downloading them, and resizing once if asked); :func:`load_data` splits those into the train / val / test
+:class:`~kdbench.data.catalog.Data` a run trains on: the validation set is a stratified, seeded carve-out
+of the official training set, ``subset`` then takes a stratified sample of what is left, and the
+official test set is never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kdbench.data.catalog import Data, DatasetInfo, Split, canonical_name
+from kdbench.data.files import download as download_dataset
+from kdbench.data.files import find_dataset, not_found_error, search_roots
+from kdbench.data.formats import load_imagefolder, read_dataset
+from kdbench.data.split import stratified_split
+from kdbench.errors import ConfigError
+
+__all__ = ["load_data", "load_raw"]
+
+
+def load_raw(
+    dataset: str,
+    *,
+    root: str | Path | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+) -> tuple[DatasetInfo, Split, Split, Path | None]:
+    """Read a dataset's official training and test sets into CPU tensors.
+
+    Args:
+        dataset: a key of :data:`DATASETS` (case and ``_``/``-`` do not matter).
+        root: the study's ``data.root``, searched first; for ``imagefolder``, the folder itself (required).
+        download: if nothing is found, let torchvision download it into the first search root.
+        image_size: resize the images to this square side once, here (bilinear, antialiased); ``None``
+            keeps the native size (``imagefolder``: 32).
+
+    Returns:
+        ``(info, train, test, root_found)``: ``info.image_size`` is the size as loaded; ``root_found`` is
+        the search root the files were under (for ``imagefolder``, the folder itself).
+
+    Raises:
+        ConfigError: unknown dataset, bad ``image_size``, or a file that is not in the expected format.
+        DataNotFoundError: the files are in none of the searched places (the message lists them).
+    """
+    name = canonical_name(dataset)
+    if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
+        raise ConfigError(f"data.image_size must be a positive integer, got {image_size!r}")
+    if name == "imagefolder":
+        return load_imagefolder(root, 32 if image_size is None else int(image_size))
+
+    roots = search_roots(root)
+    found = find_dataset(name, roots)
+    if found is None and download:
+        download_dataset(name, roots[0])
+        found = find_dataset(name, roots[:1])
+    if found is None:
+        raise not_found_error(name, roots, download)
+    search_root, directory = found
+    info, train, test = read_dataset(name, directory)
+    if image_size is not None and int(image_size) != info.image_size:
+        info = replace(info, image_size=int(image_size))
+        train = Split(_resize(train.images, info.image_size), train.labels)
+        test = Split(_resize(test.images, info.image_size), test.labels)
+    return info, train, test, search_root
+
+
+def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize uint8 ``[N, C, H, W]`` images to ``size x size`` (bilinear, antialiased), ``chunk`` images at a time."""
+    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].to(torch.float32)
+        resized = F.interpolate(
+            block, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+        out[start : start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def load_data(
+    dataset: str = "fashion-mnist",
+    *,
+    root: str | Path | None = None,
+    val_fraction: float = 0.1,
+    subset: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    download: bool = False,
+    image_size: int | None = None,
+) -> Data:
+    """Load a dataset, carve out a validation set, optionally subsample, and move it all to ``device``.
+
+    Args:
+        dataset: a key of :data:`DATASETS`.
+        root: the study's ``data.root`` (see :func:`search_roots`; for ``imagefolder``, the folder).
+        val_fraction: fraction of the official training set held out, stratified, as ``val``; in
+            ``[0, 1)``, ``0`` gives an empty ``val``.
+        subset: if set, train on this many rows, a stratified sample of what is left after ``val``.
+        seed: seeds both the validation carve-out and the subset.
+        device: where the three splits are put.
+        download: let torchvision download the dataset if it is not found.
+        image_size: resize once at load time (see :func:`load_raw`).
+
+    Returns:
+        The splits, the dataset info, the official-set indices of ``train`` and the root found.
+
+    Raises:
+        ConfigError: an argument is out of range (the message names the ``data.*`` field).
+        DataNotFoundError: the dataset is not found (and not downloaded).
+    """
+    if isinstance(val_fraction, bool) or not 0.0 <= float(val_fraction) < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
+    info, official_train, test, found = load_raw(dataset, root=root, download=download, image_size=image_size)
+
+    val_idx, train_idx = stratified_split(official_train.labels, float(val_fraction), seed)
+    if subset is not None:
+        if isinstance(subset, bool) or int(subset) != subset:
+            raise ConfigError(f"data.subset must be an integer number of training rows, got {subset!r}")
+        if subset > len(train_idx):
+            raise ConfigError(
+                f"data.subset={subset} is more than the {len(train_idx)} training rows left after the "
+                "validation carve-out; lower data.subset or data.val_fraction"
+            )
+        if subset < info.num_classes:
+            raise ConfigError(
+                f"data.subset={subset} is fewer than the {info.num_classes} classes; "
+                f"use at least {info.num_classes}"
+            )
+        chosen, _ = stratified_split(official_train.labels[train_idx], int(subset), seed)
+        train_idx = train_idx[chosen]
+    if len(train_idx) == 0:
+        raise ConfigError(f"data.val_fraction={val_fraction} leaves no training rows; lower it")
+
+    return Data(
+        info=info,
+        train=official_train.take(train_idx).to(device),
+        val=official_train.take(val_idx).to(device),
+        test=test.to(device),
+        train_indices=train_idx,
+        root=found,
+    )
