@@ -41,9 +41,10 @@ DEFAULT_STORAGE = "sqlite:///kdbench.db"  # SQLAlchemy URL of the results databa
 STALE_AFTER_S = 120.0  # seconds without a heartbeat after which another worker takes a running visit over
 HEARTBEAT_S = 15.0  # seconds between heartbeats of a running visit
 POLL_S = 2.0  # seconds between looks at the store while waiting for other workers
-RANGE_TRIALS_PER_POINT = 20  # KD trials per trials_per_point when T or alpha is a range and search.trials is unset
+RANGE_TRIALS = 20  # KD trials of a range search when search.trials is unset (the CE baseline gets as many)
+GRID_REPLICATES = 3  # search seeds per cell of a grid search when search.replicates is unset
+SEARCH_SEED_OFFSET = 1000  # replicate i of the search trains on seed + SEARCH_SEED_OFFSET + i (finalists: seed + 1 + i)
 SAMPLER_STARTUP_TRIALS = 5  # random trials before TPE models, and complete trials before the median pruner acts
-CE_MIN_TRIALS = 3  # CE baseline trials at least, when baseline.trials is unset
 TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -151,15 +152,21 @@ Grid = Annotated[list[float], Field(min_length=1)]
 
 
 class SearchConfig(_Strict):
-    """The T × alpha (+ lr) search. A list is a grid; ``{low, high, log}`` is a range for the sampler."""
+    """The T × alpha (+ lr) search. A list is a grid; ``{low, high, log}`` is a range for the sampler.
+
+    A grid search (T and alpha both lists) trains every cell, and the CE baseline as one more cell, at
+    every lr candidate on the same ``replicates`` search seeds: two cells differ in T and alpha, not in lr
+    luck or seed luck. A range search (T or alpha a range) lets the sampler draw ``trials`` configurations.
+    """
 
     temperature: Grid | Range = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
     alpha: Grid | Range = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
     lr: Grid | Range = Field(default_factory=lambda: Range(low=3.0e-4, high=3.0e-3, log=True))
-    trials_per_point: Annotated[int, Field(ge=1)] = 1  # lr samples per (T, alpha) grid point
-    trials: Annotated[int, Field(ge=1)] | None = None  # total KD trials when T or alpha is a range
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"  # on validation accuracy per epoch
+    lr_points: Annotated[int, Field(ge=1, le=20)] = 3  # lr candidates spread over an lr range (grid searches)
+    replicates: Annotated[int, Field(ge=1, le=100)] | None = None  # search seeds per cell; default 3 (grid), 1 (range)
+    trials: Annotated[int, Field(ge=1)] | None = None  # range searches: KD trials (default 20); CE gets as many
+    sampler: Literal["tpe", "random", "grid"] = "tpe"  # range searches; a grid visits every cell
+    pruner: Literal["median", "hyperband", "none"] | None = None  # default none (grid), median (range)
     fuse: Annotated[int, Field(ge=1, le=256)] = 1  # search trials (students) trained at once by one fused step; 1 = off
 
     @field_validator("temperature")
@@ -187,27 +194,63 @@ class SearchConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _grid_sampler(self) -> SearchConfig:
-        if self.sampler == "grid":
-            ranged = [k for k in ("temperature", "alpha", "lr") if isinstance(getattr(self, k), Range)]
-            if ranged:
-                raise ValueError(f"sampler 'grid' needs every parameter as a list; {ranged} are ranges")
+    def _grid_or_range(self) -> SearchConfig:
+        ranged = [k for k in ("temperature", "alpha") if isinstance(getattr(self, k), Range)]
+        if self.sampler == "grid" and ranged:
+            raise ValueError(f"sampler 'grid' needs temperature and alpha as lists; {ranged} are ranges")
+        if ranged and self.replicates not in (None, 1):
+            raise ValueError(f"replicates > 1 needs temperature and alpha as lists (a grid); {ranged} are ranges")
         return self
 
+    @property
+    def is_grid(self) -> bool:
+        """T and alpha both lists: every cell is trained at every lr candidate on every replicate seed."""
+        return isinstance(self.temperature, list) and isinstance(self.alpha, list)
+
+    @property
+    def n_replicates(self) -> int:
+        """Search seeds per cell (``replicates``, default 3 for a grid and 1 for a range search)."""
+        return self.replicates or (GRID_REPLICATES if self.is_grid else 1)
+
+    @property
+    def n_trials(self) -> int:
+        """Range searches: KD trials (``trials``, default RANGE_TRIALS); the CE baseline gets as many."""
+        return self.trials or RANGE_TRIALS
+
+    @property
+    def pruner_name(self) -> str:
+        """``pruner``, default none for a grid (a pruned cell is no evidence) and median for a range search."""
+        return self.pruner or ("none" if self.is_grid else "median")
+
+    def lr_candidates(self) -> list[float] | None:
+        """The lr values every cell is trained at (grid searches), or None when the sampler draws lr.
+
+        A list is used as it is; a range becomes ``lr_points`` values spread evenly (on a log scale when
+        ``log``) from low to high.
+        """
+        if isinstance(self.lr, list):
+            return sorted(float(x) for x in self.lr)
+        if not self.is_grid:
+            return None
+        lo, hi, n = self.lr.low, self.lr.high, self.lr_points
+        if n == 1:
+            return [math.sqrt(lo * hi) if self.lr.log else (lo + hi) / 2]
+        inner = [lo * (hi / lo) ** (i / (n - 1)) if self.lr.log else lo + (hi - lo) * i / (n - 1)
+                 for i in range(1, n - 1)]
+        return [lo, *(float(x) for x in inner), hi]  # the ends exactly, so the sampler's range holds them
 
 
 class BaselineConfig(_Strict):
-    """The CE-only student, tuned with the same lr range."""
+    """The CE-only student: one more cell of the search, with exactly a KD cell's budget."""
 
     ce: bool = True
-    trials: Annotated[int, Field(ge=1)] | None = None  # default: max(3, trials_per_point)
 
 
 class FinalistsConfig(_Strict):
     """Best configurations re-trained on paired seeds and evaluated on the test set."""
 
     top_k: Annotated[int, Field(ge=0)] = 1  # best KD configurations (plus the best CE one)
-    seeds: Annotated[int, Field(ge=1)] = 5  # seeds per finalist: seed, seed+1, ...
+    seeds: Annotated[int, Field(ge=1, lt=SEARCH_SEED_OFFSET)] = 5  # seeds per finalist: seed+1, seed+2, ...
 
 
 class Study(_Strict):
@@ -296,12 +339,23 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return re.sub(r"\.(float|int|str|bool)$", "", ".".join(keep)) or "(top level)"
 
 
+RETIRED_KEYS = {  # keys of earlier kdbench versions, and what replaced them
+    "search.trials_per_point": "each grid cell is now trained at every lr candidate (search.lr as a list, or "
+                               "search.lr_points values over an lr range) on search.replicates seeds (default 3); "
+                               "delete it and set search.replicates",
+    "baseline.trials": "the CE baseline is now one more cell with exactly a KD cell's budget (the lr candidates "
+                       "× search.replicates, or search.trials in a range search); delete it",
+}
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     errors = err.errors()
     first = min(errors, key=lambda e: e["type"] in _SHAPE_ERRORS)  # the first specific one, else the first
     loc = _where(first["loc"])
     kind, msg = first["type"], first["msg"]
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and loc in RETIRED_KEYS:
+        text = f"{loc} is no longer a key: {RETIRED_KEYS[loc]}"
+    elif kind == "extra_forbidden":
         text = f"unknown key {loc!r}; check the spelling (see the study-file reference in README.md)"
     elif kind == "missing":
         text = f"{loc}: required key is missing"

@@ -30,9 +30,8 @@ def tiny_study_raw() -> dict:
         "teacher": {"model": "cnn-s", "epochs": 1, "steps": 60, "lr": 3e-3, "batch_size": 128,
                     "min_accuracy": 0.3},
         "student": {"model": "mlp-800", "epochs": 1, "batch_size": 64},
-        "search": {"temperature": [2, 4], "alpha": [0.5], "lr": {"low": 1e-3, "high": 3e-3, "log": True},
-                   "pruner": "none"},
-        "baseline": {"ce": True, "trials": 1},
+        "search": {"temperature": [2, 4], "alpha": [0.5], "lr": [2e-3], "replicates": 1},
+        "baseline": {"ce": True},
         "finalists": {"top_k": 1, "seeds": 2},
     }
 

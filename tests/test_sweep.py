@@ -16,10 +16,11 @@ from kdbench.sweep import plan_search, planned_total, run_sweep
 def test_plan_counts(tiny_study_dict: dict) -> None:
     study = parse_study(tiny_study_dict)
     visits = plan_search(study)
-    assert [v.key for v in visits] == ["ce/r=0", "kd/T=2/a=0.5/r=0", "kd/T=4/a=0.5/r=0"]
+    assert sorted(v.key for v in visits) == ["ce/lr=0.002/r=0", "kd/T=2/a=0.5/lr=0.002/r=0",
+                                             "kd/T=4/a=0.5/lr=0.002/r=0"]
     assert planned_total(study) == 3 + 2 * 2
     default = parse_study({"name": "d"})
-    assert len(plan_search(default)) == 20 + 3  # 4 T x 5 alpha, CE baseline max(3, trials_per_point)
+    assert len(plan_search(default)) == (20 + 1) * 3 * 3  # 4 T x 5 alpha and CE, x 3 lr x 3 replicates
 
 
 def test_end_to_end_sweep_and_resume(needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path) -> None:

@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from kdbench.sweep.attempt import SweepContext
 from kdbench.sweep.events import Progress, SweepEvents, study_progress
-from kdbench.sweep.plan import Visit, ce_trials, finalist_seeds, plan_finalists, plan_search, planned_total
+from kdbench.sweep.plan import (
+    Visit,
+    budget_words,
+    finalist_seeds,
+    plan_finalists,
+    plan_search,
+    planned_total,
+    search_seeds,
+)
 from kdbench.sweep.run import check_models, prepare_sweep, run_sweep
 
 __all__ = [
@@ -26,7 +34,7 @@ __all__ = [
     "SweepContext",
     "SweepEvents",
     "Visit",
-    "ce_trials",
+    "budget_words",
     "check_models",
     "finalist_seeds",
     "plan_finalists",
@@ -34,5 +42,6 @@ __all__ = [
     "planned_total",
     "prepare_sweep",
     "run_sweep",
+    "search_seeds",
     "study_progress",
 ]

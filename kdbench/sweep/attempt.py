@@ -27,7 +27,15 @@ from kdbench.sweep import optuna_bridge
 from kdbench.sweep.events import SweepEvents
 from kdbench.sweep.plan import Visit
 from kdbench.teacher import Teacher
-from kdbench.train import EpochRecord, KDParams, TrainResult, inference_ms_per_batch, predict_logits, train
+from kdbench.train import (
+    EpochRecord,
+    KDParams,
+    TrainResult,
+    budget,
+    inference_ms_per_batch,
+    predict_logits,
+    train,
+)
 
 __all__ = ["Attempt", "SweepContext", "run_fused", "run_visit"]
 
@@ -64,6 +72,7 @@ class Attempt:
         self.model: torch.nn.Module | None = None
         self.kd: KDParams | None = None
         self.records: list[EpochRecord] = []
+        self.epochs = budget(ctx.study.student, len(ctx.data.train))[2]  # epochs this visit trains
         self.closed = False
         self.common: dict[str, Any] = dict(device=device_name(ctx.device), versions=ctx.versions,
                                            commit=kdbench_commit())
@@ -75,7 +84,7 @@ class Attempt:
         if c.replaced_trial is not None:
             optuna_bridge.close_trial(storage, c.replaced_trial, "failed", c.replaced_reason)
         if visit.stage in ("kd", "ce"):
-            ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index)
+            ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs)
             self.link = dict(optuna_study=ostudy.study_name, trial_number=self.trial.number,
                              trial_id=self.trial._trial_id)
             ctx.store.update_run(c.run_id, **self.link, temperature=params.get("temperature"),
@@ -93,14 +102,13 @@ class Attempt:
         self.kd = KDParams(params["temperature"], params["alpha"]) if visit.loss == "kd" else None
 
     def on_epoch(self, rec: EpochRecord) -> None:
-        """Record the epoch's progress, show it, and let Optuna's pruner judge it."""
+        """Record the epoch's progress, show it, and let Optuna's pruner judge it (never at the last epoch)."""
         self.records.append(rec)
         self.ctx.store.update_run(self.c.run_id, epochs_done=rec.epoch + 1, heartbeat=now(),
                                   val_acc=finite_or_none(rec.val_acc))
-        self.ctx.events.on_epoch(rec, self.ctx.study.student.epochs or 1)
+        self.ctx.events.on_epoch(rec, self.epochs)
         if self.trial is not None and math.isfinite(rec.val_acc):
-            self.trial.report(rec.val_acc, rec.epoch)
-            if self.trial.should_prune():
+            if optuna_bridge.report_epoch(self.trial, rec.val_acc, rec.epoch, self.epochs):
                 raise optuna.TrialPruned(f"pruned at epoch {rec.epoch} (val acc {rec.val_acc:.4f})")
 
     def _close(self, state: str, reason: str | None, **values: Any) -> str:

@@ -14,11 +14,11 @@ import warnings
 
 import optuna
 
-from kdbench.config import SAMPLER_STARTUP_TRIALS, Range, Study, is_geometric
+from kdbench.config import SAMPLER_STARTUP_TRIALS, Range, Study
 from kdbench.store import Store, pid_alive, worker_id
 from kdbench.sweep.plan import Visit
 
-__all__ = ["OPTUNA_STATE", "ask", "close_trial", "optuna_study_name", "repair"]
+__all__ = ["OPTUNA_STATE", "ask", "close_trial", "optuna_study_name", "repair", "report_epoch"]
 
 OPTUNA_STATE = {
     "complete": optuna.trial.TrialState.COMPLETE,
@@ -40,29 +40,32 @@ def _sampler(study: Study, index: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _pruner(study: Study) -> optuna.pruners.BasePruner:
-    if study.search.pruner == "median":
+def _pruner(study: Study, epochs: int) -> optuna.pruners.BasePruner:
+    """The study's pruner over ``epochs`` reports per trial (kdbench never lets it act on the last one)."""
+    name = study.search.pruner_name
+    if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=SAMPLER_STARTUP_TRIALS, n_warmup_steps=1)
-    if study.search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=study.student.epochs or 1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs))
     return optuna.pruners.NopPruner()
 
 
 def _suggest(trial: optuna.Trial, name: str, space: list[float] | Range) -> float:
+    """A range is sampled as a float; a list is a grid of its own values (a categorical: never in between)."""
     if isinstance(space, Range):
         return trial.suggest_float(name, space.low, space.high, log=space.log)
-    return trial.suggest_float(name, min(space), max(space), log=is_geometric(space))
+    return float(trial.suggest_categorical(name, sorted(float(x) for x in space)))
 
 
-def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit,
-        index: int) -> tuple[optuna.Study, optuna.Trial, dict[str, float]]:
+def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit, index: int,
+        epochs: int) -> tuple[optuna.Study, optuna.Trial, dict[str, float]]:
     """A new Optuna trial for a search visit, and its parameters (the visit's fixed ones, the sampler's draws).
 
     The trial carries the worker id first, so that it stays traceable if what follows is cut off; a
     Ctrl-C before the parameters are drawn fails the trial.
     """
     ostudy = optuna.create_study(storage=storage, study_name=optuna_study_name(study, visit.loss),
-                                 direction="maximize", load_if_exists=True, pruner=_pruner(study))
+                                 direction="maximize", load_if_exists=True, pruner=_pruner(study, epochs))
     fixed = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha), ("lr", visit.lr))
              if v is not None}
     with warnings.catch_warnings():  # PartialFixedSampler is marked experimental; its interface is all we use
@@ -76,16 +79,23 @@ def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit,
         if visit.loss == "kd":
             params["temperature"] = _suggest(trial, "temperature", s.temperature)
             params["alpha"] = _suggest(trial, "alpha", s.alpha)
-        if isinstance(s.lr, list) and s.sampler != "grid":
-            params["lr"] = float(trial.suggest_categorical("lr", s.lr))
-        else:
-            params["lr"] = _suggest(trial, "lr", s.lr)
+        params["lr"] = _suggest(trial, "lr", s.lr)
         trial.set_user_attr("visit", visit.key)
         trial.set_user_attr("config_hash", study.hash)
     except BaseException as exc:  # Ctrl-C right after the ask: no run will point to this trial
         close_trial(storage, trial._trial_id, "interrupted", f"{type(exc).__name__} while asking Optuna")
         raise
     return ostudy, trial, params
+
+
+def report_epoch(trial: optuna.Trial, value: float, epoch: int, epochs: int) -> bool:
+    """Report one epoch's validation accuracy to Optuna; True when the pruner stops the trial.
+
+    Never at the last epoch: a trial that finished is a result, whatever the pruner thinks of it (Optuna's
+    median pruner compares it with the median of earlier trials, and would otherwise blank finished cells).
+    """
+    trial.report(value, epoch)
+    return epoch + 1 < epochs and trial.should_prune()
 
 
 def close_trial(storage: optuna.storages.BaseStorage, trial_id: int, state: str, reason: str | None = None,

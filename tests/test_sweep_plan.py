@@ -1,0 +1,104 @@
+"""The search's design: replicated cells on shared seeds, CE as one more cell, an order that favours no cell,
+and a pruner that never acts on a finished trial."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from kdbench import cli
+from kdbench.config import SEARCH_SEED_OFFSET, parse_study
+from kdbench.errors import ConfigError
+from kdbench.store import load_runs
+from kdbench.sweep import budget_words, plan_search, planned_total, run_sweep, search_seeds
+from kdbench.sweep.optuna_bridge import report_epoch
+
+
+def _cell(key: str) -> str:
+    return key.rsplit("/lr=", 1)[0] if key.startswith("kd/") else "ce"
+
+
+def test_every_cell_and_ce_get_the_same_budget_on_the_same_seeds() -> None:
+    study = parse_study({"name": "d"})  # the defaults: 4 T x 5 alpha, lr range -> 3 candidates, 3 replicates
+    visits = plan_search(study)
+    per_cell = Counter(_cell(v.key) for v in visits)
+    assert len(per_cell) == 21 and set(per_cell.values()) == {9}  # 3 lr x 3 seeds, CE included
+    lrs = study.search.lr_candidates()
+    assert lrs is not None and lrs[0] == 3.0e-4 and lrs[-1] == 3.0e-3 and len(lrs) == 3
+    assert lrs[1] == pytest.approx((3.0e-4 * 3.0e-3) ** 0.5)  # log-spaced
+    seeds = search_seeds(study)
+    assert seeds == [SEARCH_SEED_OFFSET, SEARCH_SEED_OFFSET + 1, SEARCH_SEED_OFFSET + 2]
+    for cell in per_cell:
+        mine = [v for v in visits if _cell(v.key) == cell]
+        assert sorted({(v.seed, v.lr) for v in mine}) == sorted({(s, lr) for s in seeds for lr in lrs})
+    assert not set(seeds) & {study.seed + 1 + i for i in range(study.finalists.seeds)}  # finalists: fresh seeds
+    assert budget_words(study) == {"kd": "20 cells × 3 lr × 3 seeds", "ce": "3 lr × 3 seeds"}
+    assert planned_total(study) == 189 + 2 * 5
+
+
+def test_the_visit_order_is_replicate_major_and_interleaved() -> None:
+    study = parse_study({"name": "d"})
+    visits = plan_search(study)
+    n = len(visits) // 3
+    for r in range(3):  # replicate-major: every cell once on seed r before any on seed r + 1
+        assert {v.seed for v in visits[r * n:(r + 1) * n]} == {search_seeds(study)[r]}
+    orders = [[_cell(v.key) for v in visits[r * n:(r + 1) * n:3]] for r in range(3)]
+    assert all(len(set(o)) == 21 for o in orders)
+    assert len({tuple(o) for o in orders}) == 3  # a new shuffle per replicate
+    for o in orders:  # no T (and so no row of the heatmap) comes first as a block
+        temps = [c.split("/")[1] for c in o if c != "ce"]
+        assert temps != sorted(temps) and temps[:5] != [temps[0]] * 5
+    firsts = {o[0] for o in orders}
+    assert plan_search(study) == visits  # seeded: the same plan every time
+    assert len(firsts) > 1 or "ce" not in firsts
+
+
+def test_range_search_gives_ce_as_many_sampler_trials() -> None:
+    study = parse_study({"name": "r", "search": {"temperature": {"low": 1, "high": 8, "log": True}, "trials": 6}})
+    visits = plan_search(study)
+    assert Counter(v.stage for v in visits) == {"kd": 6, "ce": 6}
+    assert budget_words(study) == {"kd": "6 sampler trials over T, α and lr", "ce": "6 sampler trials over lr"}
+    assert study.search.pruner_name == "median" and parse_study({"name": "g"}).search.pruner_name == "none"
+
+
+def test_old_keys_fail_with_the_new_field_named(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"search\.trials_per_point is no longer a key: .*search\.replicates"):
+        parse_study({"name": "old", "search": {"trials_per_point": 2}})
+    with pytest.raises(ConfigError, match=r"baseline\.trials is no longer a key: .*KD cell's budget"):
+        parse_study({"name": "old", "baseline": {"trials": 3}})
+    with pytest.raises(ConfigError, match=r"search: replicates > 1 needs temperature and alpha as lists"):
+        parse_study({"name": "r", "search": {"alpha": {"low": 0.1, "high": 0.9}, "replicates": 3}})
+    path = tmp_path / "old.yaml"
+    path.write_text("name: old\nsearch: {trials_per_point: 2}\n")
+    res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", f"sqlite:///{tmp_path / 'kd.db'}"])
+    assert res.exit_code == 2 and "search.replicates" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "kd.db").exists()
+
+
+def test_the_pruner_never_stops_a_finished_trial() -> None:
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # wants to prune everything
+    trial = study.ask()
+    assert [report_epoch(trial, 0.5, e, 3) for e in range(3)] == [True, True, False]
+    one = study.ask()
+    assert report_epoch(one, 0.5, 0, 1) is False  # a one-epoch trial is never pruned
+
+
+@pytest.mark.slow
+def test_replicate_i_of_every_cell_and_of_ce_shares_init_and_batch_order(needs_fmnist: None, tiny_study_dict: dict,
+                                                                         db_url: str, tmp_path) -> None:
+    """alpha = 1 is exactly cross-entropy: on a shared seed, KD cells at alpha = 1 (whatever T) and the CE cell
+    start from the same weights, see the same batches and so end at the same accuracy; another seed does not."""
+    tiny_study_dict["search"].update(temperature=[2, 4], alpha=[1.0], replicates=2)
+    tiny_study_dict["finalists"] = {"top_k": 0, "seeds": 1}
+    study = parse_study(tiny_study_dict)
+    run_sweep(study, storage=db_url, cache_dir=tmp_path / "cache")
+    runs = load_runs(db_url, "tiny")
+    search = runs[runs["kind"] != "finalist"]
+    assert len(search) == 6 and set(search["state"]) == {"complete"}
+    by_seed = search.groupby("seed")
+    for _, g in by_seed:
+        assert g["val_acc"].nunique() == 1 and g["val_loss"].nunique() == 1, g[["visit", "val_acc", "val_loss"]]
+    assert by_seed["val_loss"].first().nunique() == 2
