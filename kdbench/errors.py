@@ -11,6 +11,7 @@ __all__ = [
     "OutputError",
     "StoreError",
     "TeacherTooWeakError",
+    "first_line",
 ]
 
 
@@ -58,3 +59,18 @@ class NonFiniteLossError(KdbenchError, FloatingPointError):
             f"training loss became {value} at step {step} (epoch {epoch}); "
             "lower the learning rate or check the inputs"
         )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for embedding it in a one-line error.
+
+    Args:
+        exc: the exception; a wrapper's underlying error (``exc.orig``, e.g. the database driver's
+            exception under SQLAlchemy's) speaks for it when it has one.
+
+    Returns:
+        The first line of the message once white space around the whole message is stripped; the name
+        of ``exc``'s type when the message is blank.
+    """
+    text = str(getattr(exc, "orig", exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -30,18 +30,10 @@ from torch import nn
 from kdbench.config import Study
 from kdbench.data import Data, load_data
 from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError
+from kdbench.evaluate import evaluate, predict_logits
 from kdbench.models import build_model, count_parameters, load_state_dict_file
 from kdbench.provenance import provenance
-from kdbench.train import (
-    CachedLogits,
-    EpochRecord,
-    LiveTeacher,
-    TeacherSignal,
-    evaluate,
-    predict_logits,
-    train,
-    view_images,
-)
+from kdbench.train import CachedLogits, EpochRecord, LiveTeacher, TeacherSignal, train, view_images
 
 __all__ = ["CACHE_FORMAT", "Teacher", "default_cache_dir", "open_cache_dir", "prepare_teacher", "teacher_floor"]
 
