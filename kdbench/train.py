@@ -4,39 +4,54 @@ Data stay on the device as uint8 tensors; each epoch draws a seeded permutation,
 split in one batched call (so a cached teacher view and the student see the same pixels), and every
 step normalises its batch on the device. Losses are summed into a device tensor: nothing synchronises
 with the host inside the step loop; the epoch end reads the losses back once and checks them.
+
+The frame of that loop (seeding, checks, budget, epochs and their batches, the teacher's logits for
+a batch, the epoch's record and the run's totals) is :class:`StepLoop`, made by :func:`start_loop`:
+:func:`train` and :func:`kdbench.fused.train_fused` both run in it, so K fused students see exactly
+the batches K sequential runs see. Evaluation lives in :mod:`kdbench.evaluate`; its functions are
+importable from here too.
+
+The module runs past 500 lines because it is one story, read top to bottom: what a run takes and
+returns, the seeded data views, optimiser and schedule, the checks, the frame built from those, and
+:func:`train` in it. Fused training's agreement with :func:`train` rests on every piece matching, so
+the pieces stay beside the one loop that reads them all in order.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdbench.config import Recipe
-from kdbench.data import Data, DatasetInfo, Split, augment, normalize
+from kdbench.data import Data, augment, normalize
 from kdbench.errors import NonFiniteLossError
+from kdbench.evaluate import autocast, evaluate, inference_ms_per_batch, predict_logits
 from kdbench.losses import distillation_loss, validate_alpha, validate_temperature
 
 __all__ = [
+    "Batch",
     "CachedLogits",
+    "Epoch",
     "EpochRecord",
     "KDParams",
     "LiveTeacher",
+    "StepLoop",
+    "TeacherSignal",
     "TrainResult",
     "batch_order",
     "budget",
     "check_teacher",
     "configure_device",
     "epoch_pixels",
-    "evaluate",
+    "evaluate",  # re-exported from kdbench.evaluate, with the two below
     "first_non_finite",
     "inference_ms_per_batch",
     "lr_factor",
@@ -44,6 +59,7 @@ __all__ = [
     "make_scheduler",
     "predict_logits",
     "resolve_device",
+    "start_loop",
     "train",
     "uses_channels_last",
     "view_images",
@@ -253,48 +269,167 @@ def configure_device(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _is_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, info: DatasetInfo, *, batch_size: int = 1024, amp: bool = True
-) -> torch.Tensor:
-    """Float32 logits of ``model`` (in eval mode) for uint8 ``images``, batched on their device."""
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for i in range(0, images.shape[0], batch_size):
-            x = normalize(images[i : i + batch_size], info)
-            with _autocast(images.device, amp):
-                out.append(model(x).float())
-    finally:
-        model.train(was_training)
-    if not out:
-        return torch.empty(0, info.num_classes, device=images.device)
-    return torch.cat(out)
+class Batch(NamedTuple):
+    """One step's batch: its position ``i`` in the epoch, its training ``rows``, images ``x``, labels ``y``."""
+
+    i: int
+    rows: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, split: Split, info: DatasetInfo, *, batch_size: int = 1024, amp: bool = True
-) -> tuple[float, float]:
-    """(accuracy in [0, 1], mean cross-entropy) of ``model`` on ``split``; (nan, nan) if it is empty."""
-    if len(split) == 0:
-        return math.nan, math.nan
-    logits = predict_logits(model, split.images, info, batch_size=batch_size, amp=amp)
-    loss = F.cross_entropy(logits, split.labels, reduction="sum")
-    correct = (logits.argmax(1) == split.labels).sum()
-    stats = torch.stack([correct.float(), loss]).cpu()
-    return float(stats[0]) / len(split), float(stats[1]) / len(split)
+@dataclass
+class Epoch:
+    """One epoch of a :class:`StepLoop`: the pixels it trains on and the steps it runs.
+
+    Attributes:
+        index: the 0-based epoch.
+        first_step: optimiser steps taken before it.
+        todo: steps it runs (the last epoch may stop short, at the budget).
+        images: the uint8 training images of this epoch (see :func:`epoch_pixels`).
+        cached_logits: the cached teacher logits for them, or None (live teacher or none).
+        started: ``time.perf_counter()`` at its start.
+    """
+
+    index: int
+    first_step: int
+    todo: int
+    images: torch.Tensor
+    cached_logits: torch.Tensor | None
+    started: float
+
+    def non_finite(self, step_losses: torch.Tensor) -> NonFiniteLossError | None:
+        """The error naming the first NaN/inf among one student's CPU step losses of this epoch, or None."""
+        bad = first_non_finite(step_losses)
+        return None if bad is None else NonFiniteLossError(self.first_step + bad, self.index, float(step_losses[bad]))
+
+    def record(self, step_losses: torch.Tensor, val: tuple[float, float], lr: float) -> EpochRecord:
+        """This epoch's record, from one student's step losses, its (accuracy, loss) on val and its lr."""
+        return EpochRecord(
+            epoch=self.index,
+            train_loss=float(step_losses.mean()) if self.todo else math.nan,
+            val_acc=val[0],
+            val_loss=val[1],
+            seconds=time.perf_counter() - self.started,
+            lr=lr,
+            steps=self.first_step + self.todo,
+        )
+
+
+@dataclass
+class StepLoop:
+    """The frame of the step loop that :func:`train` and :func:`kdbench.fused.train_fused` share.
+
+    Made by :func:`start_loop`. The caller runs ``for epoch in loop.epochs()``, in it ``for batch in
+    loop.batches(epoch)`` with its own forward, loss and update, then :meth:`end_epoch`; at the end
+    :meth:`finish` writes the totals into the results. The loop counts steps, samples and training time.
+    """
+
+    data: Data
+    recipe: Recipe
+    teacher: TeacherSignal | None
+    augment_kind: str
+    seed: int
+    use_kd: bool
+    channels_last: bool
+    steps_per_epoch: int
+    total_steps: int
+    num_epochs: int
+    order: Callable[[int], Iterator[torch.Tensor]]
+    started: float
+    step: int = 0
+    samples: int = 0
+    train_time: float = 0.0
+
+    def epochs(self) -> Iterator[Epoch]:
+        """Each epoch in turn, until the caller stops or an epoch's end reaches the step budget."""
+        for index in range(self.num_epochs):
+            started = time.perf_counter()
+            images, cached = epoch_pixels(self.data, self.teacher, self.augment_kind, self.seed, index)
+            todo = min(self.steps_per_epoch, self.total_steps - self.step)
+            yield Epoch(index, self.step, todo, images, cached, started)
+            if self.step >= self.total_steps:
+                return
+
+    def batches(self, epoch: Epoch) -> Iterator[Batch]:
+        """The epoch's ``todo`` seeded batches, normalised on the device (channels-last if the loop is)."""
+        for i, rows in enumerate(self.order(self.recipe.batch_size)):
+            if i >= epoch.todo:
+                break
+            x = normalize(epoch.images[rows], self.data.info)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield Batch(i, rows, x, self.data.train.labels[rows])
+            self.samples += int(rows.shape[0])
+
+    def teacher_logits(self, epoch: Epoch, batch: Batch, amp: bool) -> torch.Tensor | None:
+        """The teacher's logits for ``batch``: cached rows, a live no-grad forward, or None (no KD)."""
+        if not self.use_kd:
+            return None
+        if epoch.cached_logits is not None:
+            return epoch.cached_logits[batch.rows]
+        assert isinstance(self.teacher, LiveTeacher)
+        with torch.no_grad(), autocast(self.data.device, amp):
+            return self.teacher.model(batch.x).float().to(self.teacher.logit_dtype)
+
+    def end_epoch(self, epoch: Epoch, losses: torch.Tensor) -> torch.Tensor:
+        """Read the epoch's device losses back (the loop's one host sync), count its steps and time."""
+        step_losses = losses.cpu()
+        self.step += epoch.todo
+        self.train_time += time.perf_counter() - epoch.started
+        return step_losses
+
+    def finish(self, results: Iterable[TrainResult]) -> None:
+        """Write the run's steps, training time, throughput and wall time into each result."""
+        wall = time.perf_counter() - self.started
+        for result in results:
+            result.steps, result.train_time_s, result.wall_time_s = self.step, self.train_time, wall
+            result.samples_per_s = self.samples / self.train_time if self.train_time > 0 else math.nan
+
+
+def start_loop(
+    model: nn.Module,
+    data: Data,
+    recipe: Recipe,
+    *,
+    seed: int,
+    teacher: TeacherSignal | None,
+    augment_kind: str,
+    use_kd: bool,
+) -> StepLoop:
+    """Start a training run: seed it, check the teacher, set up the device, the budget and the batch order.
+
+    Args:
+        model: the network to train (for fused students, any one of them): decides channels-last.
+        data: splits as uint8 tensors on the training device.
+        recipe: the budget, batch size and memory format.
+        seed: seeds torch (dropout, anything random in the step) and the data order and augmentation.
+        teacher: cached logits, a live teacher (put in eval mode here) or None.
+        augment_kind: 'none', 'flip', 'crop' or 'crop+flip'.
+        use_kd: whether any loss reads the teacher.
+
+    Returns:
+        The loop, at step 0.
+
+    Raises:
+        ValueError: the teacher signal does not fit the training split or the augmentation.
+    """
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    check_teacher(teacher, data, augment_kind, use_kd)
+    configure_device(data.device)
+    n = len(data.train)
+    steps_per_epoch, total_steps, epochs = budget(recipe, n)
+    if isinstance(teacher, LiveTeacher):
+        teacher.model.eval()
+    return StepLoop(
+        data, recipe, teacher, augment_kind, seed, use_kd, uses_channels_last(recipe, data.device, model),
+        steps_per_epoch, total_steps, epochs, batch_order(n, seed, data.device), started,
+    )
 
 
 # torch.compile'd modules kept for the life of the process, one per architecture, device and memory format:
@@ -358,123 +493,52 @@ def train(
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the message names the step.
     """
-    device = data.device
-    t_start = time.perf_counter()
-    torch.manual_seed(seed)
     lr = recipe.lr if lr is None else lr
     use_kd = kd is not None and kd.alpha < 1.0
-    check_teacher(teacher, data, augment_kind, use_kd)
-    configure_device(device)
-    channels_last = uses_channels_last(recipe, device, model)
-    if channels_last:
+    loop = start_loop(model, data, recipe, seed=seed, teacher=teacher, augment_kind=augment_kind, use_kd=use_kd)
+    if loop.channels_last:
         model = model.to(memory_format=torch.channels_last)
     user_model, model, step_model = model, *_compiled(model, recipe.compile)
-
-    n = len(data.train)
-    steps_per_epoch, total_steps, epochs = budget(recipe, n)
     optimizer = make_optimizer(model, recipe, lr)
-    scheduler = make_scheduler(optimizer, recipe, total_steps, steps_per_epoch)
-    order = batch_order(n, seed, device)
-    info = data.info
-    if isinstance(teacher, LiveTeacher):
-        teacher.model.eval()
+    scheduler = make_scheduler(optimizer, recipe, loop.total_steps, loop.steps_per_epoch)
 
-    result = TrainResult(math.nan, math.nan, None, None, device=str(device))
-    step = 0
-    train_time = 0.0
-    samples = 0
+    result = TrainResult(math.nan, math.nan, None, None, device=str(data.device))
     model.train()
-    for epoch in range(epochs):
-        t_epoch = time.perf_counter()
-        images, epoch_logits = epoch_pixels(data, teacher, augment_kind, seed, epoch)
-        todo = min(steps_per_epoch, total_steps - step)
-        losses = torch.zeros(todo, device=device)
-        for i, idx in enumerate(order(recipe.batch_size)):
-            if i >= todo:
-                break
-            x = normalize(images[idx], info)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = data.train.labels[idx]
-            with _autocast(device, recipe.amp):
-                out = step_model(x)
-            if use_kd:
-                assert kd is not None
-                if epoch_logits is not None:
-                    t_logits = epoch_logits[idx]
-                else:
-                    assert isinstance(teacher, LiveTeacher)
-                    with torch.no_grad(), _autocast(device, recipe.amp):
-                        t_logits = teacher.model(x).float().to(teacher.logit_dtype)
+    for epoch in loop.epochs():
+        losses = torch.zeros(epoch.todo, device=data.device)
+        for batch in loop.batches(epoch):
+            with autocast(data.device, recipe.amp):
+                out = step_model(batch.x)
+            t_logits = loop.teacher_logits(epoch, batch, recipe.amp)
+            if kd is not None and t_logits is not None:
                 loss = distillation_loss(
-                    out, t_logits, y, temperature=kd.temperature, alpha=kd.alpha,
+                    out, t_logits, batch.y, temperature=kd.temperature, alpha=kd.alpha,
                     label_smoothing=recipe.label_smoothing,
                 )
             else:
-                loss = F.cross_entropy(out.float(), y, label_smoothing=recipe.label_smoothing)
+                loss = F.cross_entropy(out.float(), batch.y, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses[i] = loss.detach()
-            samples += int(idx.shape[0])
-        step_losses = losses.cpu()
-        bad = first_non_finite(step_losses)
-        if bad is not None:
-            raise NonFiniteLossError(step + bad, epoch, float(step_losses[bad]))
-        step += todo
+            losses[batch.i] = loss.detach()
+        step_losses = loop.end_epoch(epoch, losses)
+        error = epoch.non_finite(step_losses)
+        if error is not None:
+            raise error
         if keep_step_losses:
             result.step_losses.extend(step_losses.tolist())
-        train_time += time.perf_counter() - t_epoch
-        val_acc, val_loss = evaluate(model, data.val, info, amp=recipe.amp)
-        record = EpochRecord(
-            epoch=epoch,
-            train_loss=float(step_losses.mean()) if todo else math.nan,
-            val_acc=val_acc,
-            val_loss=val_loss,
-            seconds=time.perf_counter() - t_epoch,
-            lr=float(optimizer.param_groups[0]["lr"]),
-            steps=step,
-        )
+        val = evaluate(model, data.val, data.info, amp=recipe.amp)
+        record = epoch.record(step_losses, val, lr=float(optimizer.param_groups[0]["lr"]))
         result.epochs.append(record)
-        result.val_acc, result.val_loss = val_acc, val_loss
+        result.val_acc, result.val_loss = val
         if callback is not None:
             callback(record)
-        if step >= total_steps:
-            break
     if evaluate_test:
-        result.test_acc, result.test_loss = evaluate(model, data.test, info, amp=recipe.amp)
+        result.test_acc, result.test_loss = evaluate(model, data.test, data.info, amp=recipe.amp)
     if model is not user_model:  # trained the cached compiled module: hand the weights back
         user_model.load_state_dict(model.state_dict())
-    if channels_last:
+    if loop.channels_last:
         user_model.to(memory_format=torch.contiguous_format)
-    result.steps = step
-    result.train_time_s = train_time
-    result.samples_per_s = samples / train_time if train_time > 0 else math.nan
-    result.wall_time_s = time.perf_counter() - t_start
+    loop.finish([result])
     return result
-
-
-@torch.no_grad()
-def inference_ms_per_batch(
-    model: nn.Module, info: DatasetInfo, device: torch.device | str, *, batch_size: int = 256, repeats: int = 10
-) -> float:
-    """Median milliseconds of one eval-mode forward pass over a batch of ``batch_size`` images."""
-    device = torch.device(device)
-    x = torch.randn(batch_size, info.channels, info.image_size, info.image_size, device=device)
-    was_training = model.training
-    model.eval()
-    times = []
-    try:
-        for i in range(repeats + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 2:  # the first calls warm caches and allocators
-                times.append(time.perf_counter() - t0)
-    finally:
-        model.train(was_training)
-    return 1000.0 * sorted(times)[len(times) // 2]

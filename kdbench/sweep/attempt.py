@@ -27,7 +27,8 @@ from kdbench.sweep import optuna_bridge
 from kdbench.sweep.events import SweepEvents
 from kdbench.sweep.plan import Visit
 from kdbench.teacher import Teacher
-from kdbench.train import EpochRecord, KDParams, TrainResult, inference_ms_per_batch, predict_logits, train
+from kdbench.evaluate import inference_ms_per_batch, predict_logits
+from kdbench.train import EpochRecord, KDParams, TrainResult, train
 
 __all__ = ["Attempt", "SweepContext", "run_fused", "run_visit"]
 
