@@ -40,8 +40,9 @@ from torch.func import functional_call, stack_module_state, vmap
 from kdbench.config import Recipe
 from kdbench.data import Data, DatasetInfo, Split, normalize
 from kdbench.evaluate import autocast
+from kdbench.loop import EpochRecord, KDParams, TeacherSignal, TrainResult, start_loop
 from kdbench.losses import mixed_loss
-from kdbench.train import EpochRecord, KDParams, TeacherSignal, TrainResult, lr_factor, start_loop
+from kdbench.train import lr_factor
 
 __all__ = ["FusedStudent", "StackedOptimizer", "train_fused"]
 

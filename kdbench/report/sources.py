@@ -21,9 +21,8 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import sqlalchemy as sa
 
-from kdbench.errors import DataNotFoundError, KdbenchError
+from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
 from kdbench.store import Store, TeacherRow
 
 __all__ = [
@@ -219,11 +218,11 @@ def _importances(store: Store, name: str, kd_complete: int) -> tuple[dict[str, f
     import optuna
 
     try:
-        if not store.has_optuna_tables():  # opening Optuna's storage there would add its tables
-            raise KeyError("no Optuna tables in this database")
-        study = optuna.load_study(study_name=name, storage=store.optuna_storage())
-    except (KeyError, sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        study = store.optuna_study(name)
+    except KeyError as exc:
         return None, f"not computed: Optuna study {name!r} not readable ({str(exc).strip(chr(39))})"
+    except StoreError as exc:
+        return None, f"not computed: {exc}"
     with warnings.catch_warnings():  # experimental-API and few-trial warnings: the report's note says what matters
         warnings.simplefilter("ignore")
         imp = optuna.importance.get_param_importances(
