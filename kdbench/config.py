@@ -44,6 +44,9 @@ POLL_S = 2.0  # seconds between looks at the store while waiting for other worke
 RANGE_TRIALS_PER_POINT = 20  # KD trials per trials_per_point when T or alpha is a range and search.trials is unset
 SAMPLER_STARTUP_TRIALS = 5  # random trials before TPE models, and complete trials before the median pruner acts
 CE_MIN_TRIALS = 3  # CE baseline trials at least, when baseline.trials is unset
+IMAGEFOLDER_SIZE = 32  # pixels: image folders are resized to this square when data.image_size is unset
+IMAGEFOLDER_TEST_FRACTION = 0.2  # of an image folder's train/ images, carved out as its test set when it has no test/
+CROP_PAD = 4  # pixels of zero padding on each side before a random crop (data.augment: crop)
 TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -74,7 +77,7 @@ class DataConfig(_Strict):
     val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1  # of the official training set, stratified
     subset: Annotated[int, Field(gt=0)] | None = None  # labelled training samples for the student
     augment: Literal["none", "flip", "crop", "crop+flip"] = "none"  # batched on the device, seeded
-    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None  # pixels; imagefolder resize (default 32)
+    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None  # pixels; imagefolder resize (IMAGEFOLDER_SIZE)
 
 
 class Recipe(_Strict):
