@@ -22,8 +22,9 @@ from torchvision import transforms
 
 from kdbench.config import parse_study
 from kdbench.data import load_data
+from kdbench.evaluate import predict_logits
 from kdbench.models import build_model
-from kdbench.train import CachedLogits, KDParams, predict_logits, train
+from kdbench.train import CachedLogits, KDParams, train
 
 SWEEP_TRIALS = 28  # the default study: 20 grid points, 3 CE trials, 5 finalist seeds
 

@@ -45,6 +45,9 @@ RANGE_TRIALS = 20  # KD trials of a range search when search.trials is unset (th
 GRID_REPLICATES = 3  # search seeds per cell of a grid search when search.replicates is unset
 SEARCH_SEED_OFFSET = 1000  # replicate i of the search trains on seed + SEARCH_SEED_OFFSET + i (finalists: seed + 1 + i)
 SAMPLER_STARTUP_TRIALS = 5  # random trials before TPE models, and complete trials before the median pruner acts
+IMAGEFOLDER_SIZE = 32  # pixels: image folders are resized to this square when data.image_size is unset
+IMAGEFOLDER_TEST_FRACTION = 0.2  # of an image folder's train/ images, carved out as its test set when it has no test/
+CROP_PAD = 4  # pixels of zero padding on each side before a random crop (data.augment: crop)
 TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -75,7 +78,7 @@ class DataConfig(_Strict):
     val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1  # of the official training set, stratified
     subset: Annotated[int, Field(gt=0)] | None = None  # labelled training samples for the student
     augment: Literal["none", "flip", "crop", "crop+flip"] = "none"  # batched on the device, seeded
-    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None  # pixels; imagefolder resize (default 32)
+    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None  # pixels; imagefolder resize (IMAGEFOLDER_SIZE)
 
 
 class Recipe(_Strict):

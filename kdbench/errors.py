@@ -62,6 +62,15 @@ class NonFiniteLossError(KdbenchError, FloatingPointError):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (a DBAPI error's driver message), for one-line errors."""
-    text = str(getattr(exc, "orig", exc)) or type(exc).__name__
-    return text.strip().splitlines()[0]
+    """The first line of an exception's message, for embedding it in a one-line error.
+
+    Args:
+        exc: the exception; a wrapper's underlying error (``exc.orig``, e.g. the database driver's
+            exception under SQLAlchemy's) speaks for it when it has one.
+
+    Returns:
+        The first line of the message once white space around the whole message is stripped; the name
+        of ``exc``'s type when the message is blank.
+    """
+    text = str(getattr(exc, "orig", exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -6,7 +6,9 @@ along a new leading dimension; ``vmap`` over ``functional_call`` runs the K forw
 batched computation on the *shared* batch (all K see the same data order: the sweep's search visits
 share the study's seed); each student's loss is :func:`kdbench.losses.mixed_loss` with its own T and
 alpha tensors; the K losses are summed and one backward pass gives every student its own gradient
-(the students share no parameter, so the sum's gradient is each student's own).
+(the students share no parameter, so the sum's gradient is each student's own). The loop around
+the step (seeding, checks, budget, batch order, epoch pixels, teacher logits, records, totals) is
+:func:`kdbench.train.start_loop`'s :class:`~kdbench.train.StepLoop`, the one :func:`kdbench.train.train` runs in.
 
 The optimiser is written here on the stacked tensors, with one lr per student (a ``[K]`` tensor
 times the recipe's schedule factor) and per-student moment buffers, following torch.optim's update
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,24 +39,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from kdbench.config import Recipe
 from kdbench.data import Data, DatasetInfo, Split, normalize
-from kdbench.errors import NonFiniteLossError
+from kdbench.evaluate import autocast
+from kdbench.loop import EpochRecord, KDParams, TeacherSignal, TrainResult, start_loop
 from kdbench.losses import mixed_loss
-from kdbench.train import (
-    EpochRecord,
-    KDParams,
-    LiveTeacher,
-    TeacherSignal,
-    TrainResult,
-    _autocast,
-    batch_order,
-    budget,
-    check_teacher,
-    configure_device,
-    epoch_pixels,
-    first_non_finite,
-    lr_factor,
-    uses_channels_last,
-)
+from kdbench.train import lr_factor
 
 __all__ = ["FusedStudent", "StackedOptimizer", "train_fused"]
 
@@ -136,7 +123,7 @@ def _evaluate(
     base: nn.Module, params: Tensors, buffers: Tensors, split: Split, info: DatasetInfo, amp: bool,
     batch_size: int = 1024,
 ) -> list[tuple[float, float]]:
-    """(accuracy, mean CE) of each stacked student on ``split``, as :func:`kdbench.train.evaluate` computes."""
+    """(accuracy, mean CE) of each stacked student on ``split``, as :func:`kdbench.evaluate.evaluate` computes."""
     k = next(iter(params.values())).shape[0]
     if len(split) == 0:
         return [(math.nan, math.nan)] * k
@@ -147,7 +134,7 @@ def _evaluate(
         for i in range(0, len(split), batch_size):
             x = normalize(split.images[i : i + batch_size], info)
             y = split.labels[i : i + batch_size]
-            with _autocast(x.device, amp):
+            with autocast(x.device, amp):
                 logits = _stacked_logits(base, params, buffers, x).float()
             loss += F.cross_entropy(logits.transpose(1, 2), y.expand(k, -1), reduction="none").sum(1)
             correct += (logits.argmax(-1) == y).sum(1)
@@ -196,13 +183,9 @@ def train_fused(
     if len({repr(m) for m in models}) != 1:
         raise ValueError("fused students must share one architecture (the same model name and sizes)")
     device = data.device
-    t_start = time.perf_counter()
-    torch.manual_seed(seed)
     kds = [s.kd if s.kd is not None else KDParams(1.0, 1.0) for s in students]  # alpha 1: plain CE
     use_kd = any(kd.alpha < 1.0 for kd in kds)
-    check_teacher(teacher, data, augment_kind, use_kd)
-    configure_device(device)
-    channels_last = uses_channels_last(recipe, device, models[0])
+    loop = start_loop(models[0], data, recipe, seed=seed, teacher=teacher, augment_kind=augment_kind, use_kd=use_kd)
     for m in models:
         m.train()
     params, buffers = stack_module_state(list(models))
@@ -211,13 +194,7 @@ def train_fused(
     alphas = torch.tensor([kd.alpha for kd in kds], device=device)
     lrs = torch.tensor([s.lr for s in students], device=device)
     optimizer = StackedOptimizer(recipe)
-    n = len(data.train)
-    steps_per_epoch, total_steps, epochs = budget(recipe, n)
-    factor = lr_factor(recipe, total_steps, steps_per_epoch)
-    order = batch_order(n, seed, device)
-    info = data.info
-    if isinstance(teacher, LiveTeacher):
-        teacher.model.eval()
+    factor = lr_factor(recipe, loop.total_steps, loop.steps_per_epoch)
 
     def losses_of(out: torch.Tensor, t_logits: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         if t_logits is None:  # every student is CE: no teacher to read
@@ -241,57 +218,32 @@ def train_fused(
                 for name, t in buffers.items():
                     model.get_buffer(name).copy_(t[row])
 
-    step = 0
-    train_time = 0.0
-    samples = 0
-    for epoch in range(epochs):
-        t_epoch = time.perf_counter()
-        images, epoch_logits = epoch_pixels(data, teacher, augment_kind, seed, epoch)
-        todo = min(steps_per_epoch, total_steps - step)
-        losses = torch.zeros(todo, len(active), device=device)
-        for i, idx in enumerate(order(recipe.batch_size)):
-            if i >= todo:
-                break
-            x = normalize(images[idx], info)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = data.train.labels[idx]
-            t_logits: torch.Tensor | None = None
-            if use_kd and epoch_logits is not None:
-                t_logits = epoch_logits[idx]
-            elif use_kd:
-                assert isinstance(teacher, LiveTeacher)
-                with torch.no_grad(), _autocast(device, amp):
-                    t_logits = teacher.model(x).float().to(teacher.logit_dtype)
-            with _autocast(device, amp):
-                out = _stacked_logits(base, params, buffers, x)
-            loss = losses_of(out, t_logits, y)
+    for epoch in loop.epochs():
+        losses = torch.zeros(epoch.todo, len(active), device=device)
+        for batch in loop.batches(epoch):
+            t_logits = loop.teacher_logits(epoch, batch, amp)
+            with autocast(device, amp):
+                out = _stacked_logits(base, params, buffers, batch.x)
+            loss = losses_of(out, t_logits, batch.y)
             for p in params.values():
                 p.grad = None
             loss.sum().backward()
-            optimizer.step(params, lrs * factor(step + i))
-            losses[i] = loss.detach()
-            samples += int(idx.shape[0])
-        step_losses = losses.cpu()
-        step += todo
-        train_time += time.perf_counter() - t_epoch
-        evals = _evaluate(base, params, buffers, data.val, info, amp)
+            optimizer.step(params, lrs * factor(epoch.first_step + batch.i))
+            losses[batch.i] = loss.detach()
+        step_losses = loop.end_epoch(epoch, losses)
+        evals = _evaluate(base, params, buffers, data.val, data.info, amp)
         leaving: list[int] = []
         for row, orig in enumerate(active):
             res = results[orig]
             column = step_losses[:, row]
-            bad = first_non_finite(column)
-            if bad is not None:
-                outcomes[orig] = NonFiniteLossError(step - todo + bad, epoch, float(column[bad]))
+            error = epoch.non_finite(column)
+            if error is not None:
+                outcomes[orig] = error
                 leaving.append(row)
                 continue
             if keep_step_losses:
                 res.step_losses.extend(column.tolist())
-            record = EpochRecord(
-                epoch=epoch, train_loss=float(column.mean()) if todo else math.nan, val_acc=evals[row][0],
-                val_loss=evals[row][1], seconds=time.perf_counter() - t_epoch,
-                lr=students[orig].lr * factor(step), steps=step,
-            )
+            record = epoch.record(column, evals[row], lr=students[orig].lr * factor(loop.step))
             res.epochs.append(record)
             res.val_acc, res.val_loss = evals[row]
             callback = students[orig].callback
@@ -310,17 +262,14 @@ def train_fused(
             optimizer.keep(rows)
             temps, alphas, lrs = temps[rows], alphas[rows], lrs[rows]
             active = [active[row] for row in keep]
-        if not active or step >= total_steps:
+        if not active:
             break
     if active:
         write_back(list(range(len(active))))
         if evaluate_test:
-            for row, (acc, loss_) in enumerate(_evaluate(base, params, buffers, data.test, info, amp)):
+            for row, (acc, loss_) in enumerate(_evaluate(base, params, buffers, data.test, data.info, amp)):
                 results[active[row]].test_acc, results[active[row]].test_loss = acc, loss_
-    wall = time.perf_counter() - t_start
+    loop.finish(results[orig] for orig in active)
     for orig in active:
-        res = results[orig]
-        res.steps, res.train_time_s, res.wall_time_s = step, train_time, wall
-        res.samples_per_s = samples / train_time if train_time > 0 else math.nan
-        outcomes[orig] = res
+        outcomes[orig] = results[orig]
     return [o if o is not None else RuntimeError("student left without an outcome") for o in outcomes]

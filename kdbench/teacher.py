@@ -30,19 +30,10 @@ from torch import nn
 from kdbench.config import TEACHER_FLOOR_SHARE, Study
 from kdbench.data import Data, load_data
 from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError
+from kdbench.evaluate import evaluate, inference_ms_per_batch, predict_logits
 from kdbench.models import build_model, count_parameters, load_state_dict_file
 from kdbench.provenance import device_name, kdbench_commit, library_versions, provenance
-from kdbench.train import (
-    CachedLogits,
-    EpochRecord,
-    LiveTeacher,
-    TeacherSignal,
-    evaluate,
-    inference_ms_per_batch,
-    predict_logits,
-    train,
-    view_images,
-)
+from kdbench.train import CachedLogits, EpochRecord, LiveTeacher, TeacherSignal, train, view_images
 
 __all__ = [
     "CACHE_FORMAT",

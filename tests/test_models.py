@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kdbench.errors import CheckpointError, ConfigError
-from kdbench.models import MODELS, build_model, count_parameters, has_batchnorm, load_state_dict_file
+from kdbench.models import MODELS, build_model, count_parameters, load_state_dict_file
 
 SLOW_MODELS = {"resnet50", "resnet34", "resnet110", "resnet32x4", "wrn-40-2"}
 
@@ -94,6 +94,12 @@ def test_torchvision_resnet_stem_depends_on_image_size() -> None:
     assert isinstance(conv1, nn.Conv2d)
     assert (conv1.in_channels, conv1.kernel_size, conv1.stride) == (1, (7, 7), (2, 2))
     assert isinstance(large.get_submodule("maxpool"), nn.MaxPool2d)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Return whether ``model`` contains a batch-norm layer (whose statistics depend on train/eval mode)."""
+    # _BatchNorm is the common base of BatchNorm1d/2d/3d, their Lazy variants and SyncBatchNorm.
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def test_has_batchnorm() -> None:

@@ -10,8 +10,9 @@ from click.testing import CliRunner, Result
 from report_db import CE_TEST, CE_VAL, KD_TEST, make_db
 
 from kdbench.cli import main
+from kdbench.config import is_geometric
 from kdbench.errors import StoreError
-from kdbench.report.frames import comparison_table, is_geometric, study_frames
+from kdbench.report.frames import comparison_table, study_frames
 from kdbench.report.render import write_report
 from kdbench.report.stats import paired_difference, summarize, verdict
 

@@ -28,6 +28,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from kdbench.config import IMAGEFOLDER_TEST_FRACTION
 from kdbench.data.catalog import DATASETS, DatasetInfo, Split
 from kdbench.data.split import stratified_split
 from kdbench.errors import ConfigError, DataNotFoundError
@@ -227,7 +228,6 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[npt.NDArray[Any], npt
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 # PIL image modes read as one gray channel; every other mode is converted to RGB.
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-_IMAGEFOLDER_TEST_FRACTION = 0.2  # of the train/ images, carved out as the test set when there is no test/
 _IMAGEFOLDER_TEST_SEED = 0  # fixed: the carved-out test set must not change with the run's seed
 
 
@@ -283,7 +283,7 @@ def load_imagefolder(root: str | Path | None, size: int) -> tuple[DatasetInfo, S
     if test_files:
         train, test = all_rows.take(torch.arange(n_train)), all_rows.take(torch.arange(n_train, len(labels)))
     else:
-        test_idx, train_idx = stratified_split(labels, _IMAGEFOLDER_TEST_FRACTION, _IMAGEFOLDER_TEST_SEED)
+        test_idx, train_idx = stratified_split(labels, IMAGEFOLDER_TEST_FRACTION, _IMAGEFOLDER_TEST_SEED)
         train, test = all_rows.take(train_idx), all_rows.take(test_idx)
 
     pixels = train.images.to(torch.float64).div_(255)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from kdbench.config import IMAGEFOLDER_SIZE
 from kdbench.data.catalog import Data, DatasetInfo, Split, canonical_name
 from kdbench.data.files import download as download_dataset
 from kdbench.data.files import find_dataset, not_found_error, search_roots
@@ -53,7 +54,7 @@ def load_raw(
     if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
         raise ConfigError(f"data.image_size must be a positive integer, got {image_size!r}")
     if name == "imagefolder":
-        return load_imagefolder(root, 32 if image_size is None else int(image_size))
+        return load_imagefolder(root, IMAGEFOLDER_SIZE if image_size is None else int(image_size))
 
     roots = search_roots(root)
     found = find_dataset(name, roots)

@@ -12,6 +12,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from kdbench.config import CROP_PAD
 from kdbench.data.catalog import DatasetInfo
 from kdbench.errors import ConfigError
 
@@ -63,7 +64,6 @@ def _channel_stats(
 
 
 AUGMENTS: tuple[str, ...] = ("none", "flip", "crop", "crop+flip")
-_CROP_PAD = 4  # pixels of zero padding on each side before a random crop
 
 
 def augment(images_uint8: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -101,7 +101,7 @@ def augment(images_uint8: torch.Tensor, kind: str, generator: torch.Generator) -
         )
     out = images_uint8
     if "crop" in kind:
-        out = _random_crop(out, _CROP_PAD, generator)
+        out = _random_crop(out, CROP_PAD, generator)
     if "flip" in kind:
         out = _random_flip(out, generator)
     return out

@@ -1,7 +1,9 @@
 """``kdbench report``: the store's results as figures, tables and one self-contained HTML page.
 
-frames.py computes DataFrames from the store (pandas only), stats.py the statistics, plots.py draws
-figures from frames, render.py writes HTML, Markdown, CSV and LaTeX.
+A report flows one way: sources.py makes every read (the store, Optuna's importances, the dataset's
+test split) and returns plain data; frames.py computes the report's DataFrames from it (pandas only),
+with stats.py's statistics; plots.py draws figures from the frames; render.py writes HTML (through
+templates/), Markdown, CSV and LaTeX.
 """
 
 from __future__ import annotations

@@ -1,53 +1,51 @@
-"""Everything a report shows, as DataFrames computed from the store (no drawing here).
+"""Everything a report shows, as DataFrames computed from what :mod:`kdbench.report.sources` read (pandas only).
 
-:func:`study_frames` reads one study (kdbench's tables and Optuna's) and returns a
-:class:`StudyFrames`: the T × α grid (best validation accuracy, trials per cell, the lr each point
-ended up with, the difference to the tuned CE baseline), the comparison rows (teacher, CE and KD
-finalists with mean ± sd, n and the paired KD − CE difference), learning curves, the prediction grid's
-data, Optuna's parameter importances and the provenance. It is a pure function of the database (and,
-for the prediction grid's images, of the dataset's test split): it never trains and never writes.
-Whatever a partial study lacks is listed in ``missing`` instead of failing.
+:func:`study_frames` reads one study through :func:`~kdbench.report.sources.read_study` and hands the
+sources to :func:`compute_frames`, which returns a :class:`StudyFrames`: the T × α grid (best validation
+accuracy, trials per cell, the lr each point ended up with, the difference to the tuned CE baseline), the
+comparison rows (teacher, CE and KD finalists with the store's mean ± sd and n, and the paired KD − CE
+difference), learning curves, the prediction grid's data, Optuna's parameter importances and the
+provenance. Everything here is a pure function of the sources: no database, Optuna or dataset is touched,
+nothing is trained or written. Whatever a partial study lacks is listed in ``missing`` instead of failing.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import sqlalchemy as sa
 import yaml
 
 from kdbench.config import is_geometric
-from kdbench.errors import DataNotFoundError, KdbenchError
+from kdbench.report.sources import (
+    IMPORTANCE_EVALUATOR,
+    PredictionSources,
+    StoreLike,
+    StudySources,
+    TeacherSource,
+    read_study,
+)
 from kdbench.report.stats import Paired, paired_difference, summarize, verdict
-from kdbench.store import Store
 
 __all__ = [
-    "IMPORTANCE_EVALUATOR",
-    "MIN_IMPORTANCE_TRIALS",
+    "COMPARISON_COLUMNS",
     "PREDICTION_IMAGES",
     "Importances",
     "Predictions",
     "StudyFrames",
     "comparison_table",
+    "compute_frames",
     "grid_cells",
     "grid_pivot",
-    "is_geometric",
     "study_frames",
 ]
 
-MIN_IMPORTANCE_TRIALS = 4  # complete KD trials below which importances are not computed
 PREDICTION_IMAGES = 24  # test images in the prediction grid (half the first ones, half disagreements)
-IMPORTANCE_EVALUATOR = (
-    "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, target_quantile=0.1, on complete KD trials; "
-    "Optuna 5's default, which replaced fANOVA)"
-)
 RUN_STATES = ("complete", "pruned", "failed", "running", "interrupted")
 
 
@@ -103,22 +101,34 @@ class StudyFrames:
     missing: list[str]
 
 
-def study_frames(storage: str | Store, name: str, *, load_images: bool = True) -> StudyFrames:
-    """Compute everything the report of one study shows.
+def study_frames(storage: StoreLike, name: str, *, load_images: bool = True) -> StudyFrames:
+    """Read one study (:func:`~kdbench.report.sources.read_study`) and compute everything its report shows.
 
     Args:
-        storage: SQLAlchemy URL of the results database.
+        storage: the open store, or the SQLAlchemy URL of the results database.
         name: the study's name.
         load_images: read the test split for the prediction grid (else it says the images were skipped).
+
+    Returns:
+        The study's frames (see :func:`compute_frames`).
 
     Raises:
         StoreError: unknown study (the message lists the studies in the database) or unusable database.
     """
-    store = Store.get(storage, create=False)
-    runs = store.runs(name)  # raises StoreError listing the known studies
-    row = store.study(name)
-    assert row is not None
-    config = json.loads(row.config)
+    return compute_frames(read_study(storage, name, load_images=load_images))
+
+
+def compute_frames(src: StudySources) -> StudyFrames:
+    """Compute everything the report of one study shows from what was read of it.
+
+    Args:
+        src: the study's sources, as :func:`~kdbench.report.sources.read_study` returns them.
+
+    Returns:
+        The grid, comparison rows, paired KD − CE result and verdict, curves, prediction grid, importances and
+        provenance; ``missing`` lists what a partial study lacks.
+    """
+    config, runs = src.config, src.runs
     search = config.get("search", {})
     temps, alphas = search.get("temperature"), search.get("alpha")
     is_grid = isinstance(temps, list) and isinstance(alphas, list)
@@ -134,23 +144,19 @@ def study_frames(storage: str | Store, name: str, *, load_images: bool = True) -
         missing.append("no complete CE baseline trial (baseline.ce off or not run yet): no differences to CE")
     grid = _grid(kd, temps if is_grid else None, alphas if is_grid else None, ce_best)
 
-    teacher = store.teacher(row.teacher_key) if row.teacher_key else None
-    if teacher is None:
+    if src.teacher is None:
         missing.append("no teacher recorded yet")
     finals = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
     if finals.empty:
         missing.append("no complete finalists yet: no test accuracies, comparison or learning curves")
-    arms, paired = _arms(name, config, row.config_hash, teacher, finals)
-    curves = _curves(store.epochs(name), finals)
-    predictions = _predictions(store, name, config, teacher, finals, load_images)
-    importances = _importances(store, name, int((kd["state"] == "complete").sum()))
-    provenance = _provenance(row, runs, teacher, config)
+    arms, paired = _arms(src, finals)
     return StudyFrames(
-        name=name, config=config, config_hash=row.config_hash, is_grid=is_grid,
+        name=src.name, config=config, config_hash=src.config_hash, is_grid=is_grid,
         geometric_t=is_grid and is_geometric(temps), grid=grid, ce_best_val=ce_best,
         ce_trials=ce[["trial_number", "lr", "val_acc"]].reset_index(drop=True), arms=arms, paired=paired,
         verdict=verdict(paired) if not finals.empty else "KD and CE cannot be compared yet: no complete finalists.",
-        curves=curves, predictions=predictions, importances=importances, provenance=provenance, missing=missing)
+        curves=_curves(src.epochs, finals), predictions=_predictions(src.predictions, src.teacher),
+        importances=_importances(src), provenance=_provenance(src), missing=missing)
 
 
 # ---------------------------------------------------------------------------------------------- grid
@@ -184,13 +190,30 @@ def _grid(kd: pd.DataFrame, temps: list[float] | None, alphas: list[float] | Non
 
 
 def grid_pivot(sf: StudyFrames, column: str) -> pd.DataFrame:
-    """``column`` of the grid as α rows (largest on top) × T columns."""
+    """``column`` of the grid as α rows (largest on top) × T columns.
+
+    Args:
+        sf: the study's frames.
+        column: a column of ``sf.grid``.
+
+    Returns:
+        The pivoted column, indexed by α (descending) with one column per T.
+    """
     return sf.grid.pivot(index="alpha", columns="temperature", values=column).sort_index(ascending=False)
 
 
 def grid_cells(sf: StudyFrames, column: str, fmt: str = "{:.2f}") -> pd.DataFrame:
     """Cell text of a grid table or heatmap: the value in % (or pp) and the cell's trials, e.g. ``88.93 n=1``;
-    a cell without a value says why (not run, pruned, running, failed)."""
+    a cell without a value says why (not run, pruned, running, failed).
+
+    Args:
+        sf: the study's frames.
+        column: a column of ``sf.grid`` holding fractions.
+        fmt: format of the value in % (or pp).
+
+    Returns:
+        Text cells in :func:`grid_pivot`'s layout, value and ``n=`` on two lines.
+    """
     values, n = grid_pivot(sf, column), grid_pivot(sf, "n_trials")
     pruned, failed = grid_pivot(sf, "n_pruned"), grid_pivot(sf, "n_failed")
     text = values.astype(object).copy()
@@ -219,25 +242,29 @@ COMPARISON_COLUMNS = [
 ]
 
 
-def _arms(name: str, config: dict[str, Any], config_hash: str, teacher: Any,
-          finals: pd.DataFrame) -> tuple[pd.DataFrame, Paired]:
+def _arms(src: StudySources, finals: pd.DataFrame) -> tuple[pd.DataFrame, Paired]:
+    """The comparison rows: the teacher, then the CE and KD finalists with the store's test mean, sd and n
+    (:meth:`kdbench.store.Store.finalist_summary`) and, for KD, the paired difference to CE over shared seeds."""
     rows: list[dict[str, Any]] = []
+    config, teacher = src.config, src.teacher
     if teacher is not None:
         rows.append({"arm": "teacher", "model": teacher.model, "test_mean": float(teacher.test_acc), "n": 1,
                      "parameters": teacher.parameters, "infer_ms_per_batch": teacher.infer_ms_per_batch,
                      "device": teacher.device, "seeds": str(config.get("seed", "")), "commit": teacher.commit})
     student = config.get("student", {}).get("model", "?")
+    summary = src.finalists.set_index(["loss", "rank"])
     by_seed = {key: g.set_index("seed")["test_acc"] for key, g in finals.groupby(["loss", "rank"])}
     ce = by_seed.get(("ce", 0))
     paired = paired_difference(by_seed[("kd", 0)], ce) if ce is not None and ("kd", 0) in by_seed \
         else paired_difference(pd.Series(dtype=float), pd.Series(dtype=float))
     for (loss, rank), g in sorted(finals.groupby(["loss", "rank"]), key=lambda kv: (kv[0][0] != "ce", kv[0][1])):
-        s = summarize(g["test_acc"])
+        s = summary.loc[(loss, rank)]
         row: dict[str, Any] = {
             "arm": "CE student" if loss == "ce" else ("KD student" + (f" #{int(rank) + 1}" if rank else "")),
             "model": student, "temperature": g["temperature"].iloc[0], "alpha": g["alpha"].iloc[0],
-            "lr": g["lr"].iloc[0], "test_mean": s.mean, "test_sd": s.sd, "n": s.n,
-            "parameters": g["parameters"].iloc[0], "infer_ms_per_batch": float(g["infer_ms_per_batch"].median()),
+            "lr": g["lr"].iloc[0], "test_mean": float(s["test_mean"]), "test_sd": float(s["test_sd"]),
+            "n": int(s["n"]), "parameters": g["parameters"].iloc[0],
+            "infer_ms_per_batch": float(g["infer_ms_per_batch"].median()),
             "device": "; ".join(sorted(set(g["device"].dropna()))),
             "seeds": " ".join(str(int(x)) for x in sorted(g["seed"])),
             "commit": "; ".join(sorted({str(c) for c in g["commit"].dropna()}))}
@@ -246,13 +273,20 @@ def _arms(name: str, config: dict[str, Any], config_hash: str, teacher: Any,
             row.update(diff_mean=p.mean, ci_low=p.ci_low, ci_high=p.ci_high, p_value=p.p_value, n_pairs=p.n)
         rows.append(row)
     out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS[1:])
-    out.insert(0, "study", name)
-    out["config_hash"] = config_hash
+    out.insert(0, "study", src.name)
+    out["config_hash"] = src.config_hash
     return out, paired
 
 
 def comparison_table(frames: list[StudyFrames]) -> pd.DataFrame:
-    """The comparison rows of one or more studies, one table (numbers as fractions; see ``COMPARISON_COLUMNS``)."""
+    """The comparison rows of one or more studies, one table.
+
+    Args:
+        frames: the studies' frames, in the table's order.
+
+    Returns:
+        Their ``arms`` concatenated, numbers as fractions (columns ``COMPARISON_COLUMNS``; empty when none has rows).
+    """
     parts = [f.arms for f in frames if not f.arms.empty]
     if not parts:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
@@ -281,88 +315,58 @@ def _decode(blob: bytes | None) -> npt.NDArray[np.int16] | None:
     return None if blob is None else np.frombuffer(blob, dtype=np.int16)
 
 
-def _predictions(store: Store, name: str, config: dict[str, Any], teacher: Any, finals: pd.DataFrame,
-                 load_images: bool) -> Predictions:
-    from kdbench.data import DATASETS
-
-    dataset = config.get("data", {}).get("dataset", "")
-    classes = list(DATASETS[dataset].classes) if dataset in DATASETS else []
+def _predictions(src: PredictionSources, teacher: TeacherSource | None) -> Predictions:
+    """The first half of the test images, then those where KD and CE disagree; notes say what is missing."""
     empty = pd.DataFrame(columns=["index", "label", "teacher", "ce", "kd"])
-    notes: list[str] = []
-    best = finals[finals["rank"] == 0]
-    seeds = sorted(set(best.loc[best["loss"] == "kd", "seed"]) & set(best.loc[best["loss"] == "ce", "seed"]))
-    if not seeds:
-        return Predictions(empty, None, classes, None, ["no seed with both a KD and a CE finalist yet"])
-    seed = int(seeds[0])
-    run_ids = {loss: int(best.loc[(best["loss"] == loss) & (best["seed"] == seed), "run_id"].iloc[0])
-               for loss in ("kd", "ce")}
-    blobs = store.test_predictions(list(run_ids.values()))
-    preds = {loss: _decode(blobs.get(run_id)) for loss, run_id in run_ids.items()}
-    preds["teacher"] = _decode(teacher.test_predictions) if teacher is not None else None
-    if preds["teacher"] is None:
-        notes.append("teacher test predictions missing")
-    if preds["kd"] is None or preds["ce"] is None:
-        return Predictions(empty, None, classes, seed, [*notes, "finalist test predictions missing"])
-    if not load_images:
-        return Predictions(empty, None, classes, seed, [*notes, "test images not loaded"])
-    try:
-        from kdbench.data import load_raw
-
-        d = config.get("data", {})
-        info, _, test, _ = load_raw(dataset, root=d.get("root"), download=False, image_size=d.get("image_size"))
-    except (DataNotFoundError, KdbenchError) as exc:
-        return Predictions(empty, None, classes, seed, [*notes, f"test images unavailable: {str(exc).splitlines()[0]}"])
-    labels = test.labels.numpy()
+    if src.seed is None:
+        return Predictions(empty, None, src.classes, None, ["no seed with both a KD and a CE finalist yet"])
+    kd_p, ce_p = _decode(src.kd), _decode(src.ce)
+    t_p = _decode(teacher.test_predictions) if teacher is not None else None
+    notes = [] if t_p is not None else ["teacher test predictions missing"]
+    if kd_p is None or ce_p is None:
+        return Predictions(empty, None, src.classes, src.seed, [*notes, "finalist test predictions missing"])
+    if not src.load_images:
+        return Predictions(empty, None, src.classes, src.seed, [*notes, "test images not loaded"])
+    if src.test is None:
+        reason = (src.test_error or "not read").splitlines()[0]
+        return Predictions(empty, None, src.classes, src.seed, [*notes, f"test images unavailable: {reason}"])
+    labels = src.test.labels
     n = len(labels)
-    if any(p is not None and len(p) != n for p in preds.values()):
-        return Predictions(empty, None, list(info.classes), seed,
+    if any(p is not None and len(p) != n for p in (kd_p, ce_p, t_p)):
+        return Predictions(empty, None, src.test.classes, src.seed,
                            [*notes, f"stored predictions do not match the {n} test images found"])
-    kd_p, ce_p = preds["kd"], preds["ce"]
-    assert kd_p is not None and ce_p is not None
     half = PREDICTION_IMAGES // 2
     first = list(range(min(half, n)))
     disagree = [int(i) for i in np.flatnonzero(kd_p != ce_p) if i >= half][: PREDICTION_IMAGES - len(first)]
     idx = np.array(first + disagree, dtype=np.int64)
-    t_p = preds["teacher"]
     table = pd.DataFrame({"index": idx, "label": labels[idx].astype(int),
                           "teacher": t_p[idx].astype(int) if t_p is not None else -1,
                           "ce": ce_p[idx].astype(int), "kd": kd_p[idx].astype(int)})
-    return Predictions(table, test.images[idx].numpy(), list(info.classes), seed, notes)
+    return Predictions(table, src.test.images[idx], src.test.classes, src.seed, notes)
 
 
 # ---------------------------------------------------------------------------------------------- importances
 
 
-def _importances(store: Store, name: str, n_complete: int) -> Importances:
-    empty = pd.DataFrame(columns=["param", "importance"])
-    if n_complete < MIN_IMPORTANCE_TRIALS:
-        return Importances(empty, IMPORTANCE_EVALUATOR, n_complete,
-                           f"not computed: {n_complete} complete KD trial(s), fewer than the "
-                           f"{MIN_IMPORTANCE_TRIALS} an importance estimate needs")
-    import optuna
-
-    try:
-        if not store.has_optuna_tables():  # opening Optuna's storage there would add its tables
-            raise KeyError("no Optuna tables in this database")
-        study = optuna.load_study(study_name=name, storage=store.optuna_storage())
-    except (KeyError, sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-        return Importances(empty, IMPORTANCE_EVALUATOR, n_complete,
-                           f"not computed: Optuna study {name!r} not readable ({str(exc).strip(chr(39))})")
-    with warnings.catch_warnings():  # experimental-API and few-trial warnings: the note says what matters
-        warnings.simplefilter("ignore")
-        imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
-    table = pd.DataFrame({"param": list(imp), "importance": [float(v) for v in imp.values()]})
+def _importances(src: StudySources) -> Importances:
+    """Optuna's importances as a table, largest first, with a note on how far to trust them."""
+    n = src.kd_complete
+    if src.importances is None:
+        return Importances(pd.DataFrame(columns=["param", "importance"]), IMPORTANCE_EVALUATOR, n,
+                           src.importances_skipped)
+    table = pd.DataFrame({"param": list(src.importances), "importance": list(src.importances.values())})
     table = table.sort_values(["importance", "param"], ascending=[False, True]).reset_index(drop=True)
-    note = (f"from {n_complete} complete KD trials; PED-ANOVA wants at least 5 trials in its top 10 % "
-            f"(about 50 trials), so read these as indicative" if n_complete < 50 else f"from {n_complete} trials")
-    return Importances(table, IMPORTANCE_EVALUATOR, n_complete, note)
+    note = (f"from {n} complete KD trials; PED-ANOVA wants at least 5 trials in its top 10 % "
+            f"(about 50 trials), so read these as indicative" if n < 50 else f"from {n} trials")
+    return Importances(table, IMPORTANCE_EVALUATOR, n, note)
 
 
 # ---------------------------------------------------------------------------------------------- provenance
 
 
-def _provenance(row: Any, runs: pd.DataFrame, teacher: Any, config: dict[str, Any]) -> dict[str, Any]:
+def _provenance(src: StudySources) -> dict[str, Any]:
+    """Config, hashes, commits, library versions, devices, dates, run counts and the teacher of one study."""
+    runs, teacher = src.runs, src.teacher
     counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=list(RUN_STATES), fill_value=0).reindex(["ce", "kd", "finalist"], fill_value=0)
     counts.loc["all"] = counts.sum()
@@ -372,13 +376,13 @@ def _provenance(row: Any, runs: pd.DataFrame, teacher: Any, config: dict[str, An
         return "n/a" if x is None or pd.isna(x) else pd.Timestamp(x).strftime("%Y-%m-%d %H:%M:%S UTC")
 
     return {
-        "config_yaml": yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100),
-        "config_hash": row.config_hash,
-        "study_commit": row.commit,
+        "config_yaml": yaml.safe_dump(src.config, sort_keys=False, default_flow_style=None, width=100),
+        "config_hash": src.config_hash,
+        "study_commit": src.commit,
         "run_commits": sorted({str(c) for c in runs["commit"].dropna()}),
         "versions": [json.loads(v) if isinstance(v, str) else v for v in versions],
         "devices": sorted({str(d) for d in runs["device"].dropna()}),
-        "created": _date(row.created),
+        "created": _date(src.created),
         "first_started": _date(runs["started"].min() if len(runs) else None),
         "last_finished": _date(runs["finished"].max() if len(runs) else None),
         "counts": counts.astype(int),

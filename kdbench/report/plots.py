@@ -92,13 +92,27 @@ def _scatter(fig: Figure, ax: Axes, sf: StudyFrames, column: str, title: str, cb
 
 
 def heatmap_val(sf: StudyFrames) -> Figure:
-    """Best validation accuracy at each (T, α) (best lr at the point), annotated with trials per cell."""
+    """Best validation accuracy at each (T, α) (best lr at the point), annotated with trials per cell.
+
+    Args:
+        sf: the study's frames.
+
+    Returns:
+        The figure.
+    """
     return _heatmap(sf, "best_val", f"{sf.name}: best validation accuracy per grid point",
                     "validation accuracy (%)", diverging=False)
 
 
 def heatmap_diff(sf: StudyFrames) -> Figure:
-    """Best validation accuracy minus the tuned CE baseline's, on a diverging palette centred on 0."""
+    """Best validation accuracy minus the tuned CE baseline's, on a diverging palette centred on 0.
+
+    Args:
+        sf: the study's frames.
+
+    Returns:
+        The figure.
+    """
     ce = "n/a" if math.isnan(sf.ce_best_val) else f"{100 * sf.ce_best_val:.2f} %"
     return _heatmap(sf, "diff_ce", f"{sf.name}: KD − tuned CE (CE best val {ce})",
                     "Δ validation accuracy vs CE (pp)", diverging=True)
@@ -110,7 +124,14 @@ def _ce_line(ax: Axes, sf: StudyFrames) -> None:
 
 
 def sensitivity(sf: StudyFrames) -> Figure:
-    """Accuracy vs T (a line per α) and vs α (a line per T): best per point, bars from its worst trial."""
+    """Accuracy vs T (a line per α) and vs α (a line per T): best per point, bars from its worst trial.
+
+    Args:
+        sf: the study's frames.
+
+    Returns:
+        The figure.
+    """
     fig, axes = _figure(11, 4.2, 1, 2, sharey=True)
     g = sf.grid.dropna(subset=["best_val"])
     if g.empty:
@@ -141,7 +162,14 @@ def sensitivity(sf: StudyFrames) -> Figure:
 
 
 def learning_curves(sf: StudyFrames) -> Figure:
-    """Validation accuracy and training loss per epoch of the CE and KD finalists: mean and ±1 sd over seeds."""
+    """Validation accuracy and training loss per epoch of the CE and KD finalists: mean and ±1 sd over seeds.
+
+    Args:
+        sf: the study's frames.
+
+    Returns:
+        The figure.
+    """
     fig, axes = _figure(11, 4, 1, 2)
     c = sf.curves
     if c.empty:
@@ -167,7 +195,14 @@ def learning_curves(sf: StudyFrames) -> Figure:
 
 
 def predictions(sf: StudyFrames) -> Figure:
-    """Test images with label and teacher / CE / KD predictions; a wrong prediction is red, a KD ≠ CE cell framed."""
+    """Test images with label and teacher / CE / KD predictions; a wrong prediction is red, a KD ≠ CE cell framed.
+
+    Args:
+        sf: the study's frames.
+
+    Returns:
+        The figure.
+    """
     p = sf.predictions
     if p.images is None or p.table.empty:
         fig, ax = _figure(6, 1.5)
@@ -206,7 +241,14 @@ def predictions(sf: StudyFrames) -> Figure:
 
 
 def importances(sf: StudyFrames) -> Figure:
-    """Optuna's parameter importances (evaluator in the title) and the lr each grid point ended up with."""
+    """Optuna's parameter importances (evaluator in the title) and the lr each grid point ended up with.
+
+    Args:
+        sf: the study's frames.
+
+    Returns:
+        The figure.
+    """
     fig, axes = _figure(11, 4.2, 1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     imp = sf.importances
     if imp.table.empty:
@@ -235,7 +277,14 @@ def importances(sf: StudyFrames) -> Figure:
 
 
 def comparison(table: pd.DataFrame) -> Figure:
-    """Test accuracy (mean ± sd over seeds) of each arm, studies side by side."""
+    """Test accuracy (mean ± sd over seeds) of each arm, studies side by side.
+
+    Args:
+        table: :func:`~kdbench.report.frames.comparison_table`'s rows.
+
+    Returns:
+        The figure.
+    """
     studies = list(dict.fromkeys(table["study"]))
     fig, ax = _figure(max(5.5, 2.6 * len(studies) + 2), 4)
     if table.empty:

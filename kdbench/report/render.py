@@ -1,8 +1,9 @@
 """Write a report: figures (PNG + SVG), tables (Markdown, CSV, LaTeX booktabs) and a self-contained index.html.
 
-:func:`write_report` is what ``kdbench report`` calls. It computes the frames of each study, draws the
-figures, and writes everything under one folder; index.html embeds its PNGs as data URIs, so it opens
-from disk with no network. The output is a pure function of the database: the same store gives
+:func:`write_report` is what ``kdbench report`` calls. It reads each study (:mod:`kdbench.report.sources`),
+computes its frames (:mod:`kdbench.report.frames`), draws the figures (:mod:`kdbench.report.plots`), and
+writes everything under one folder; index.html embeds its PNGs as data URIs, so it opens from disk with no
+network. The output is a pure function of the database: the same store gives
 byte-identical tables, and figures are saved without dates (SVG ids salted with a constant).
 Every string that came from a user (study names, configs, devices) is HTML-escaped by Jinja2's
 autoescape, and LaTeX-escaped in the .tex tables.
@@ -26,9 +27,9 @@ from matplotlib.figure import Figure
 from kdbench.errors import OutputError
 from kdbench.provenance import kdbench_commit, library_versions
 from kdbench.report import plots
-from kdbench.report.frames import StudyFrames, comparison_table, grid_cells, study_frames
+from kdbench.report.frames import StudyFrames, comparison_table, compute_frames, grid_cells
+from kdbench.report.sources import StoreLike, read_studies
 from kdbench.report.stats import CONFIDENCE
-from kdbench.store import Store
 
 __all__ = ["SECTIONS", "Report", "comparison_display", "default_out", "source_note", "write_report"]
 
@@ -64,7 +65,14 @@ class Report:
 
 
 def default_out(studies: list[str]) -> Path:
-    """``reports/<study>/``, or ``reports/<a>+<b>/`` for several studies."""
+    """The default output folder.
+
+    Args:
+        studies: the report's study names.
+
+    Returns:
+        ``reports/<study>/``, or ``reports/<a>+<b>/`` for several studies.
+    """
     return Path("reports") / "+".join(studies)
 
 
@@ -82,8 +90,14 @@ def _num(x: Any, fmt: str) -> str:
 
 
 def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
-    """The comparison table as text: accuracy in %, differences in pp with their CI, the study column only when
-    there are several studies."""
+    """The comparison table as text: accuracy in %, differences in pp with their CI.
+
+    Args:
+        table: :func:`~kdbench.report.frames.comparison_table`'s rows.
+
+    Returns:
+        One text row per arm; the study column only when there are several studies.
+    """
     ci = f"{CONFIDENCE:.0%} CI (pp)"
     rows = []
     for _, r in table.iterrows():
@@ -104,7 +118,14 @@ def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def source_note(table: pd.DataFrame) -> str:
-    """Where the comparison's numbers came from: per study, its config hash, finalist seeds and kdbench commits."""
+    """Where the comparison's numbers came from.
+
+    Args:
+        table: :func:`~kdbench.report.frames.comparison_table`'s rows.
+
+    Returns:
+        One sentence: per study, its config hash, finalist seeds and kdbench commits.
+    """
     parts = []
     for study, g in table.groupby("study", sort=False):
         seeds = sorted({x for v in g.loc[g["arm"] != "teacher", "seeds"] for x in str(v).split()}, key=int)
@@ -172,7 +193,7 @@ def _writable(out: Path) -> None:
                           "folder with --out") from None
 
 
-def write_report(storage: str | Store, studies: list[str], out: str | Path | None = None, *, fmt: str = "html",
+def write_report(storage: StoreLike, studies: list[str], out: str | Path | None = None, *, fmt: str = "html",
                  load_images: bool = True) -> Report:
     """Build the report of one or more studies.
 
@@ -190,8 +211,8 @@ def write_report(storage: str | Store, studies: list[str], out: str | Path | Non
     if fmt not in ("html", "md"):
         raise OutputError(f"--format {fmt!r}: use html or md")
     studies = list(dict.fromkeys(studies))
-    store = Store.get(storage, create=False)
-    frames = [study_frames(store, s, load_images=load_images and fmt == "html") for s in studies]
+    sources = read_studies(storage, studies, load_images=load_images and fmt == "html")
+    frames = [compute_frames(src) for src in sources]
     table = comparison_table(frames)
     display = comparison_display(table)
     markdown = _markdown(display) + "\n" + source_note(table) + "\n"  # what --format md prints
@@ -227,7 +248,7 @@ def write_report(storage: str | Store, studies: list[str], out: str | Path | Non
 
 def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: str) -> dict[str, Any]:
     prov = dict(sf.provenance)
-    prov["counts"] = sf.provenance["counts"].reset_index().rename(columns={"kind": "kind"})
+    prov["counts"] = sf.provenance["counts"].reset_index()
     p = sf.predictions
     return {
         "name": sf.name, "frames": sf, "figs": figs, "grid_stem": grid_stem, "grid": _grid_display(sf),

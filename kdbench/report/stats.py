@@ -85,7 +85,14 @@ def paired_difference(kd: pd.Series, ce: pd.Series) -> Paired:
 
 
 def verdict(p: Paired) -> str:
-    """One sentence: did KD help, hurt, or could the two not be told apart at this n? (decided by the CI)."""
+    """One sentence: did KD help, hurt, or could the two not be told apart at this n? (decided by the CI).
+
+    Args:
+        p: the paired KD − CE result.
+
+    Returns:
+        The verdict, with the difference, its interval and p-value when there is one.
+    """
     if p.n == 0:
         return "KD and CE could not be compared: no seed has a complete KD and CE finalist yet."
     if p.n < 2:

@@ -25,6 +25,7 @@ from kdbench.errors import StoreError, first_line
 from kdbench.store.schema import SCHEMA_VERSION, Base, MetaRow
 
 if TYPE_CHECKING:
+    import optuna
     from optuna.storages import RDBStorage
 
 __all__ = ["Database", "make_engine", "retry_schema_race", "shown_url"]
@@ -157,6 +158,22 @@ class Database:
         """Whether Optuna has written to this database (opening its storage would otherwise create tables)."""
         with self.engine.connect() as conn:
             return sa.inspect(conn).has_table(OPTUNA_VERSION_TABLE)
+
+    def optuna_study(self, name: str) -> optuna.Study:
+        """The stored Optuna study ``name``, read through :meth:`optuna_storage`.
+
+        Raises:
+            KeyError: no Optuna tables in this database, or no study of that name.
+            StoreError: the database could not be read.
+        """
+        import optuna
+
+        if not self.has_optuna_tables():  # opening Optuna's storage there would add its tables
+            raise KeyError("no Optuna tables in this database")
+        try:
+            return optuna.load_study(study_name=name, storage=self.optuna_storage())
+        except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            raise StoreError(f"--storage {self.url}: Optuna study {name!r} not readable ({first_line(exc)})") from None
 
     def optuna_storage(self) -> RDBStorage:
         """Optuna's ``RDBStorage`` on this database, built once from the real (unmasked) URL.

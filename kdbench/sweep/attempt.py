@@ -20,6 +20,7 @@ import torch
 from kdbench.config import Study
 from kdbench.data import Data
 from kdbench.errors import NonFiniteLossError
+from kdbench.evaluate import inference_ms_per_batch, predict_logits
 from kdbench.models import build_model, count_parameters
 from kdbench.provenance import device_name, kdbench_commit
 from kdbench.store import Claimed, Store, finite_or_none, now
@@ -27,15 +28,7 @@ from kdbench.sweep import optuna_bridge
 from kdbench.sweep.events import SweepEvents
 from kdbench.sweep.plan import Visit
 from kdbench.teacher import Teacher
-from kdbench.train import (
-    EpochRecord,
-    KDParams,
-    TrainResult,
-    budget,
-    inference_ms_per_batch,
-    predict_logits,
-    train,
-)
+from kdbench.train import EpochRecord, KDParams, TrainResult, budget, train
 
 __all__ = ["Attempt", "SweepContext", "run_fused", "run_visit"]
 

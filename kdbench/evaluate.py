@@ -1,0 +1,128 @@
+"""Forward passes outside the training step: logits, accuracy and loss, and inference latency.
+
+Every forward pass kdbench runs, in or out of training, uses :func:`autocast` for its precision
+(bf16 on CUDA when a recipe asks for ``amp``), so evaluation sees the numbers training saw. Images
+stay uint8 on their device until a batch is normalised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdbench.data import DatasetInfo, Split, normalize
+
+__all__ = ["autocast", "evaluate", "inference_ms_per_batch", "predict_logits"]
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """The mixed-precision context of a forward pass on ``device``.
+
+    Args:
+        device: where the pass runs.
+        amp: the recipe's ``amp`` flag.
+
+    Returns:
+        bf16 autocast when ``amp`` is set and ``device`` is CUDA; otherwise a context that changes nothing.
+    """
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, info: DatasetInfo, *, batch_size: int = 1024, amp: bool = True
+) -> torch.Tensor:
+    """Float32 logits of ``model`` (in eval mode) for uint8 ``images``, batched on their device.
+
+    Args:
+        model: the network; put back in its former train/eval mode afterwards.
+        images: uint8 images ``[N, C, H, W]`` on the model's device.
+        info: the dataset's normalisation and class count.
+        batch_size: images per forward pass.
+        amp: run the passes under :func:`autocast`.
+
+    Returns:
+        ``[N, num_classes]`` float32 logits (empty for no images).
+    """
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for i in range(0, images.shape[0], batch_size):
+            x = normalize(images[i : i + batch_size], info)
+            with autocast(images.device, amp):
+                out.append(model(x).float())
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.empty(0, info.num_classes, device=images.device)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: Split, info: DatasetInfo, *, batch_size: int = 1024, amp: bool = True
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``split``.
+
+    Args:
+        model: the network (evaluated in eval mode, as :func:`predict_logits` does).
+        split: uint8 images and labels on the model's device.
+        info: the dataset's normalisation and class count.
+        batch_size: images per forward pass.
+        amp: run the passes under :func:`autocast`.
+
+    Returns:
+        ``(accuracy in [0, 1], mean cross-entropy)``; ``(nan, nan)`` if the split is empty.
+    """
+    if len(split) == 0:
+        return math.nan, math.nan
+    logits = predict_logits(model, split.images, info, batch_size=batch_size, amp=amp)
+    loss = F.cross_entropy(logits, split.labels, reduction="sum")
+    correct = (logits.argmax(1) == split.labels).sum()
+    stats = torch.stack([correct.float(), loss]).cpu()
+    return float(stats[0]) / len(split), float(stats[1]) / len(split)
+
+
+@torch.no_grad()
+def inference_ms_per_batch(
+    model: nn.Module, info: DatasetInfo, device: torch.device | str, *, batch_size: int = 256, repeats: int = 10
+) -> float:
+    """Median milliseconds of one eval-mode forward pass over a batch of ``batch_size`` images.
+
+    Args:
+        model: the network, on ``device``; put back in its former train/eval mode afterwards.
+        info: the dataset's image shape.
+        device: where to time it (CUDA is synchronised around each pass).
+        batch_size: images per pass (random normal inputs).
+        repeats: timed passes, after two untimed warm-up passes.
+
+    Returns:
+        The median of the timed passes, in milliseconds.
+    """
+    device = torch.device(device)
+    x = torch.randn(batch_size, info.channels, info.image_size, info.image_size, device=device)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        for i in range(repeats + 2):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= 2:  # the first calls warm caches and allocators
+                times.append(time.perf_counter() - t0)
+    finally:
+        model.train(was_training)
+    return 1000.0 * sorted(times)[len(times) // 2]

@@ -1,0 +1,230 @@
+"""Every read a report makes, in one place: the store, Optuna, and the dataset's test split.
+
+:func:`read_study` (or :func:`read_studies`, several studies on one store) reads one study and returns
+a :class:`StudySources` of plain data: its runs and per-epoch curves, the study row's config (parsed
+from its JSON), the teacher it distils from, the finalists' test summary
+(:meth:`kdbench.store.Store.finalist_summary`, the one summary kdbench prints everywhere), the stored
+test predictions the prediction grid shows with the test split's labels and images, and Optuna's
+parameter importances. Nothing here draws or reshapes; :mod:`kdbench.report.frames` computes the
+report's tables from what this returns. Nothing here writes either: the store is opened without
+creating a database, and Optuna's storage only where Optuna's tables already exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
+from kdbench.store import Store, TeacherRow
+
+__all__ = [
+    "IMPORTANCE_EVALUATOR",
+    "MIN_IMPORTANCE_TRIALS",
+    "PredictionSources",
+    "StoreLike",
+    "StudySources",
+    "TeacherSource",
+    "TestSplit",
+    "read_studies",
+    "read_study",
+]
+
+StoreLike: TypeAlias = str | Store  # an open store, or the URL of one
+MIN_IMPORTANCE_TRIALS = 4  # complete KD trials below which importances are not computed
+IMPORTANCE_EVALUATOR = (
+    "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, target_quantile=0.1, on complete KD trials; "
+    "Optuna 5's default, which replaced fANOVA)"
+)
+
+
+@dataclass
+class TeacherSource:
+    """The teacher's row as plain values (see :class:`kdbench.store.TeacherRow`)."""
+
+    key: str
+    model: str
+    parameters: int
+    val_acc: float
+    test_acc: float
+    infer_ms_per_batch: float | None
+    device: str
+    commit: str
+    cache_location: str
+    test_predictions: bytes | None  # int16 argmax over the test set
+
+
+@dataclass
+class TestSplit:
+    """The dataset's test split as read: ``labels`` ``int64 [N]``, ``images`` ``uint8 [N, C, H, W]``, class names."""
+
+    labels: npt.NDArray[np.int64]
+    images: npt.NDArray[np.uint8]
+    classes: list[str]
+
+
+@dataclass
+class PredictionSources:
+    """What the prediction grid reads: one seed's best KD and CE finalists' stored predictions, and the test split.
+
+    Attributes:
+        seed: the first seed with both a complete best (rank 0) KD and CE finalist, or None.
+        kd: the KD finalist's stored test predictions (int16 argmax), None when missing.
+        ce: the CE finalist's, likewise.
+        classes: the dataset's class names by index (empty for a dataset kdbench does not know).
+        load_images: whether the test split was asked for.
+        test: the test split, read only when asked for and both predictions are there.
+        test_error: why the test split could not be read, or None.
+    """
+
+    seed: int | None
+    kd: bytes | None
+    ce: bytes | None
+    classes: list[str]
+    load_images: bool
+    test: TestSplit | None = None
+    test_error: str | None = None
+
+
+@dataclass
+class StudySources:
+    """Everything the report of one study reads, as returned by the reads.
+
+    Attributes:
+        name: the study's name.
+        config: the study's config (its row's JSON, parsed).
+        config_hash: the config's hash.
+        commit: the kdbench commit that created the study.
+        created: when the study was created.
+        runs: every run (:meth:`kdbench.store.Store.runs`).
+        epochs: every run's per-epoch curves (:meth:`kdbench.store.Store.epochs`).
+        teacher: the teacher the study distils from, or None before the sweep recorded it.
+        finalists: the finalists' test mean, sd and n (:meth:`kdbench.store.Store.finalist_summary`).
+        predictions: what the prediction grid shows.
+        kd_complete: complete KD search trials (what the importances are computed on).
+        importances: Optuna's importance of each parameter, or None when not computed.
+        importances_skipped: why they were not computed ("" when they were).
+    """
+
+    name: str
+    config: dict[str, Any]
+    config_hash: str
+    commit: str | None
+    created: dt.datetime | None
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    teacher: TeacherSource | None
+    finalists: pd.DataFrame
+    predictions: PredictionSources
+    kd_complete: int
+    importances: dict[str, float] | None
+    importances_skipped: str
+
+
+def read_study(storage: StoreLike, name: str, *, load_images: bool = True) -> StudySources:
+    """Read everything the report of one study shows.
+
+    Args:
+        storage: the open store, or the SQLAlchemy URL of the results database (never created).
+        name: the study's name.
+        load_images: read the dataset's test split for the prediction grid.
+
+    Returns:
+        The study's sources.
+
+    Raises:
+        StoreError: unknown study (the message lists the studies in the database) or unusable database.
+    """
+    store = Store.get(storage, create=False)
+    runs = store.runs(name)  # raises StoreError listing the known studies
+    row = store.study(name)
+    assert row is not None
+    config = json.loads(row.config)
+    teacher = _teacher(store.teacher(row.teacher_key)) if row.teacher_key else None
+    kd_complete = int(((runs["kind"] == "kd") & (runs["state"] == "complete")).sum())
+    importances, skipped = _importances(store, name, kd_complete)
+    return StudySources(
+        name=name, config=config, config_hash=row.config_hash, commit=row.commit, created=row.created, runs=runs,
+        epochs=store.epochs(name), teacher=teacher, finalists=store.finalist_summary(name),
+        predictions=_predictions(store, config, runs, load_images), kd_complete=kd_complete,
+        importances=importances, importances_skipped=skipped)
+
+
+def read_studies(storage: StoreLike, names: list[str], *, load_images: bool = True) -> list[StudySources]:
+    """:func:`read_study` for each of ``names``, on one store opened once.
+
+    Args:
+        storage: the open store, or the SQLAlchemy URL of the results database (never created).
+        names: the studies' names, in the order returned.
+        load_images: read the dataset's test split for each prediction grid.
+
+    Raises:
+        StoreError: an unknown study (the message lists the studies in the database) or unusable database.
+    """
+    store = Store.get(storage, create=False)
+    return [read_study(store, name, load_images=load_images) for name in names]
+
+
+def _teacher(row: TeacherRow | None) -> TeacherSource | None:
+    if row is None:
+        return None
+    return TeacherSource(
+        key=row.key, model=row.model, parameters=row.parameters, val_acc=row.val_acc, test_acc=row.test_acc,
+        infer_ms_per_batch=row.infer_ms_per_batch, device=row.device, commit=row.commit,
+        cache_location=row.cache_location, test_predictions=row.test_predictions)
+
+
+def _predictions(store: Store, config: dict[str, Any], runs: pd.DataFrame, load_images: bool) -> PredictionSources:
+    """The stored predictions of the first seed with a best KD and CE finalist; the test split when both exist."""
+    from kdbench.data import DATASETS
+
+    data = config.get("data", {})
+    dataset = data.get("dataset", "")
+    classes = list(DATASETS[dataset].classes) if dataset in DATASETS else []
+    best = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete") & (runs["rank"] == 0)]
+    seeds = sorted(set(best.loc[best["loss"] == "kd", "seed"]) & set(best.loc[best["loss"] == "ce", "seed"]))
+    if not seeds:
+        return PredictionSources(None, None, None, classes, load_images)
+    seed = int(seeds[0])
+    run_ids = {loss: int(best.loc[(best["loss"] == loss) & (best["seed"] == seed), "run_id"].iloc[0])
+               for loss in ("kd", "ce")}
+    blobs = store.test_predictions(list(run_ids.values()))
+    out = PredictionSources(seed, blobs.get(run_ids["kd"]), blobs.get(run_ids["ce"]), classes, load_images)
+    if not load_images or out.kd is None or out.ce is None:
+        return out
+    try:
+        from kdbench.data import load_raw
+
+        info, _, test, _ = load_raw(dataset, root=data.get("root"), download=False, image_size=data.get("image_size"))
+    except (DataNotFoundError, KdbenchError) as exc:
+        out.test_error = str(exc)
+        return out
+    out.test = TestSplit(test.labels.numpy(), test.images.numpy(), list(info.classes))
+    return out
+
+
+def _importances(store: Store, name: str, kd_complete: int) -> tuple[dict[str, float] | None, str]:
+    """Optuna's PED-ANOVA importances of the KD study, or None and why they were not computed."""
+    if kd_complete < MIN_IMPORTANCE_TRIALS:
+        return None, (f"not computed: {kd_complete} complete KD trial(s), fewer than the "
+                      f"{MIN_IMPORTANCE_TRIALS} an importance estimate needs")
+    import optuna
+
+    try:
+        study = store.optuna_study(name)
+    except KeyError as exc:
+        return None, f"not computed: Optuna study {name!r} not readable ({str(exc).strip(chr(39))})"
+    except StoreError as exc:
+        return None, f"not computed: {exc}"
+    with warnings.catch_warnings():  # experimental-API and few-trial warnings: the report's note says what matters
+        warnings.simplefilter("ignore")
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    return {param: float(v) for param, v in imp.items()}, ""
