@@ -1,0 +1,473 @@
+"""The statistics of a replicated T × α search: best lr per cell, KD − CE per cell, main effects, reliability.
+
+The design: every grid cell (T, α) of the KD search, and the CE baseline as one more cell, is trained at
+every lr of a small list on the same R replicate seeds. Seed i of every cell shares its initialisation and
+batch order (common random numbers), so differences between cells pair by seed and the seed-to-seed
+variation that all cells share cancels out of them. Selection is on validation accuracy.
+
+- :func:`best_lr_cells`: each cell's lr, chosen on the replicate mean, with n, mean, sd and a t interval;
+  the mean at every lr is kept too.
+- :func:`seed_matrix`: the per-seed values at those lrs (cells × seeds), where every paired statistic starts.
+- :func:`delta_vs_ce`: each KD cell − CE, paired over seeds, with a one-sided p-value for Δ > 0 and Holm's
+  correction over the cells: with many cells, one clears 0 by chance unless the family is corrected.
+- :func:`main_effects`: T and α level means and their paired effects against the grid mean, and a
+  repeated-measures ANOVA with seed as subject. A level averages several cells, so these are more precise
+  than any single cell.
+- :func:`reliability`: split-half reliability of the pattern of KD cell means across seeds (Spearman–Brown
+  corrected): whether the grid's picture would come back with new seeds or is seed noise.
+- :func:`binned_effect`: for range searches (T or α sampled continuously), mean accuracy per quantile bin.
+
+Every interval is two-sided at :data:`CONFIDENCE`, Student t; every statistic comes from ``scipy.stats``
+or ``statsmodels``. These are pure functions on DataFrames: no drawing, no database. An incomplete design
+(a run not finished) uses what is there and reports n; an empty frame gives empty results.
+
+The module is longer than 400 lines because the six statistics read one design (the cells × seeds matrix)
+and share its helpers; split apart, each piece would need the others' private helpers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.stats.anova import AnovaRM
+from statsmodels.stats.multitest import multipletests
+
+from kdbench.report.stats import CONFIDENCE
+
+__all__ = [
+    "ANOVA_COLUMNS",
+    "BIN_COLUMNS",
+    "CELL_COLUMNS",
+    "CONFIDENCE",
+    "DELTA_COLUMNS",
+    "FACTORS",
+    "LEVEL_COLUMNS",
+    "PARTLY_RELIABLE",
+    "PER_LR_COLUMNS",
+    "RELIABLE",
+    "RUN_COLUMNS",
+    "SIGNIFICANCE",
+    "BestLr",
+    "MainEffects",
+    "Reliability",
+    "best_lr_cells",
+    "binned_effect",
+    "delta_vs_ce",
+    "main_effects",
+    "reliability",
+    "reliability_sentence",
+    "seed_matrix",
+]
+
+# Spearman–Brown split-half reliability of the KD cell means. From 0.7 (the usual bar for a reliable
+# measurement) the cell-to-cell pattern is reproducible; from 0.4 it is partly so (trust row and column
+# effects, which average cells, more than single cells); below 0.4 it is mostly seed noise.
+RELIABLE = 0.7
+PARTLY_RELIABLE = 0.4
+SIGNIFICANCE = round(1 - CONFIDENCE, 12)  # the level of the RM-ANOVA's verdict and of Holm's rejections
+
+RUN_COLUMNS = ("stage", "temperature", "alpha", "lr", "seed", "val_acc")
+CELL_COLUMNS = ("stage", "temperature", "alpha", "best_lr", "n_lrs", "n", "mean", "sd", "ci_low", "ci_high",
+                "ci_half")
+PER_LR_COLUMNS = ("stage", "temperature", "alpha", "lr", "n", "mean", "sd", "best")
+DELTA_COLUMNS = ("temperature", "alpha", "n", "mean", "sd", "ci_low", "ci_high", "p_greater", "p_holm",
+                 "holm_above_zero")
+LEVEL_COLUMNS = ("factor", "level", "n", "mean", "ci_low", "ci_high", "effect", "effect_ci_low", "effect_ci_high")
+ANOVA_COLUMNS = ("term", "F", "df_num", "df_den", "p")
+BIN_COLUMNS = ("bin", "low", "high", "n", "mean", "ci_low", "ci_high")
+
+FACTORS = ("temperature", "alpha")
+_SYMBOL = {"temperature": "T", "alpha": "α"}
+_EPS = 1e-12  # a standard deviation at or below this is "no spread": the t interval is undefined
+
+
+@dataclass(frozen=True)
+class BestLr:
+    """Each cell's chosen lr and the means at every lr.
+
+    Attributes:
+        cells: one row per cell (KD cells by T then α, CE last with T = α = NaN), columns
+            :data:`CELL_COLUMNS`: ``best_lr`` (highest replicate mean; ties → the smaller lr), ``n_lrs``
+            (lr candidates tried) and, at ``best_lr``: ``n`` (replicates), ``mean``, ``sd`` (ddof=1),
+            ``ci_low``/``ci_high`` (t interval of the mean) and ``ci_half`` (its half-width).
+        per_lr: one row per cell and lr, columns :data:`PER_LR_COLUMNS` (``best`` marks the chosen lr).
+    """
+
+    cells: pd.DataFrame
+    per_lr: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class MainEffects:
+    """Level means and paired effects of T and α, the RM-ANOVA, and one sentence per factor.
+
+    Attributes:
+        levels: one row per factor and level, columns :data:`LEVEL_COLUMNS`: ``n`` seeds, ``mean`` (per
+            seed the mean over that level's cells, then over seeds) with its t interval, and ``effect``: per
+            seed that level mean − the seed's mean over all KD cells, averaged over seeds, with its interval.
+        anova: rows ``temperature``, ``alpha``, ``temperature:alpha`` (factors with one level left out),
+            columns :data:`ANOVA_COLUMNS`; None when the design is incomplete (``notes`` says why).
+        sentences: ``{"temperature": …, "alpha": …}``, one plain sentence each, differences in pp.
+        notes: what limited the analysis.
+    """
+
+    levels: pd.DataFrame
+    anova: pd.DataFrame | None
+    sentences: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Split-half reliability of the KD cell means (NaN where it cannot be computed; ``sentence`` says why).
+
+    Attributes:
+        coefficient: Spearman–Brown corrected reliability, 2r / (1 + r), of the mean split-half r.
+        half_r: the arithmetic mean of the split-half Pearson correlations.
+        n_splits: splits whose correlation was defined (and averaged).
+        n_seeds: replicate seeds (R).
+        n_cells: KD cells.
+        sentence: one plain sentence for a report.
+    """
+
+    coefficient: float
+    half_r: float
+    n_splits: int
+    n_seeds: int
+    n_cells: int
+    sentence: str
+
+
+def best_lr_cells(runs: pd.DataFrame) -> BestLr:
+    """Each cell's best lr on the replicate mean of validation accuracy, and its statistics there.
+
+    Args:
+        runs: complete search runs, one a row, columns :data:`RUN_COLUMNS` (T and α NaN for CE). Rows
+            without a finite ``val_acc`` are ignored.
+
+    Returns:
+        The cells and the per-lr means; both frames are empty (with their columns) for no runs.
+    """
+    r = _runs(runs)
+    keys = ["stage", "temperature", "alpha"]
+    per_lr = (r.groupby([*keys, "lr"], dropna=False)["val_acc"].agg(n="count", mean="mean", sd="std")
+              .reset_index().sort_values([*keys, "lr"], key=_cell_order, ignore_index=True))
+    per_lr["n"] = per_lr["n"].astype(int)
+    groups = per_lr.groupby(keys, dropna=False, sort=False)["mean"]
+    best, n_lrs = groups.idxmax(), groups.size()  # idxmax: the first maximum, so ties go to the smaller lr
+    per_lr["best"] = per_lr.index.isin(best.to_numpy())
+    rows = []
+    for i, tried in zip(best.to_numpy(), n_lrs.to_numpy(), strict=True):
+        cell = per_lr.loc[i]
+        x = r.loc[_in_cell(r, cell["stage"], cell["temperature"], cell["alpha"]) & (r["lr"] == cell["lr"]),
+                  "val_acc"].to_numpy(dtype=float)
+        low, high = _t_interval(x)
+        rows.append({"stage": cell["stage"], "temperature": cell["temperature"], "alpha": cell["alpha"],
+                     "best_lr": cell["lr"], "n_lrs": int(tried),
+                     "n": len(x), "mean": float(x.mean()), "sd": _sd(x), "ci_low": low, "ci_high": high,
+                     "ci_half": (high - low) / 2})
+    return BestLr(pd.DataFrame(rows, columns=list(CELL_COLUMNS)), per_lr.loc[:, list(PER_LR_COLUMNS)])
+
+
+def seed_matrix(runs: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The per-seed validation accuracy of each cell at its best lr.
+
+    Args:
+        runs: the runs given to :func:`best_lr_cells`.
+        cells: ``best_lr_cells(runs).cells``.
+
+    Returns:
+        Index: a MultiIndex ``(temperature, alpha)`` in the order of ``cells``, the CE cell as ``(NaN, NaN)``
+        (the last row; find it with ``index.get_level_values("temperature").isna()``). Columns: the seeds
+        (named ``seed``), sorted. NaN where a seed's run is missing (mean of duplicates, if any).
+    """
+    r = _runs(runs)
+    rows = [r.loc[_in_cell(r, c.stage, c.temperature, c.alpha) & (r["lr"] == c.best_lr)]
+            .groupby("seed")["val_acc"].mean() for c in cells.itertuples(index=False)]
+    index = pd.MultiIndex.from_arrays([cells["temperature"].to_numpy(dtype=float),
+                                       cells["alpha"].to_numpy(dtype=float)], names=list(FACTORS))
+    matrix = pd.DataFrame(rows, index=index, dtype=float) if rows else pd.DataFrame(index=index, dtype=float)
+    matrix = matrix.reindex(columns=sorted(matrix.columns))
+    matrix.columns.name = "seed"
+    return matrix
+
+
+def delta_vs_ce(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Each KD cell − CE, paired over the seeds both have, with Holm's correction over the cells.
+
+    Args:
+        matrix: :func:`seed_matrix`'s result.
+
+    Returns:
+        One row per KD cell, columns :data:`DELTA_COLUMNS`: n pairs, mean and sd (ddof=1) of the
+        differences, the paired t interval (``ttest_rel``), ``p_greater`` (one-sided, Δ > 0), ``p_holm``
+        (Holm-adjusted over the cells whose p is defined) and ``holm_above_zero`` (Holm rejects Δ ≤ 0 at
+        :data:`SIGNIFICANCE`). With n < 2, no spread in the differences, or no CE row, the interval and the
+        p-values are NaN and ``holm_above_zero`` is False.
+    """
+    kd, ce = _split(matrix)
+    rows = []
+    for (t, a), cell in kd.iterrows():
+        both = pd.concat([cell, ce], axis=1, join="inner").dropna() if ce is not None else pd.DataFrame()
+        d = (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy(dtype=float) if len(both) else np.array([])
+        row = {"temperature": t, "alpha": a, "n": len(d), "mean": float(d.mean()) if len(d) else math.nan,
+               "sd": _sd(d), "ci_low": math.nan, "ci_high": math.nan, "p_greater": math.nan}
+        if len(d) >= 2 and _sd(d) > _EPS:
+            ci = stats.ttest_rel(both.iloc[:, 0], both.iloc[:, 1]).confidence_interval(CONFIDENCE)
+            p = stats.ttest_rel(both.iloc[:, 0], both.iloc[:, 1], alternative="greater").pvalue
+            row.update(ci_low=float(ci.low), ci_high=float(ci.high), p_greater=float(p))
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=list(DELTA_COLUMNS))
+    out["p_holm"] = math.nan
+    out["holm_above_zero"] = False
+    ok = np.isfinite(out["p_greater"].to_numpy(dtype=float))
+    if ok.any():
+        reject, p_holm, _, _ = multipletests(out.loc[ok, "p_greater"].to_numpy(dtype=float), alpha=SIGNIFICANCE,
+                                             method="holm")
+        out.loc[ok, "p_holm"] = p_holm
+        out.loc[ok, "holm_above_zero"] = reject
+    out["holm_above_zero"] = out["holm_above_zero"].astype(bool)
+    return out
+
+
+def main_effects(matrix: pd.DataFrame) -> MainEffects:
+    """Level means and paired effects of T and α over the KD cells, and the T × α RM-ANOVA.
+
+    Incomplete designs use, per seed, the cells it has (``n`` counts the seeds behind each level); the
+    RM-ANOVA needs every cell of the full T × α grid on every seed, at least 2 seeds and a factor with at
+    least 2 levels. A factor with one level is left out of the ANOVA (a one-way RM-ANOVA on the other).
+
+    Args:
+        matrix: :func:`seed_matrix`'s result.
+
+    Returns:
+        The effects; empty levels, no ANOVA and a note for a matrix without KD cells.
+    """
+    kd, _ = _split(matrix)
+    kd = kd.dropna(axis=1, how="all")
+    grand = kd.mean(axis=0)  # per seed: the mean over all of its KD cells
+    rows = []
+    for factor in FACTORS:
+        by_level = kd.groupby(level=factor).mean()  # level × seed: per seed, the mean over the level's cells
+        for level, x in by_level.iterrows():
+            x = x.dropna()
+            effect = (x - grand[x.index]).to_numpy(dtype=float)
+            m_low, m_high = _t_interval(x.to_numpy(dtype=float))
+            e_low, e_high = _t_interval(effect)
+            rows.append({"factor": factor, "level": float(level), "n": len(x), "mean": float(x.mean()),
+                         "ci_low": m_low, "ci_high": m_high, "effect": float(effect.mean()),
+                         "effect_ci_low": e_low, "effect_ci_high": e_high})
+    levels = pd.DataFrame(rows, columns=list(LEVEL_COLUMNS))
+    anova, why = _anova(kd)
+    notes = [] if why is None else [f"no RM-ANOVA: {why}"]
+    if kd.isna().to_numpy().any():
+        notes.append(f"incomplete design: {int(kd.isna().to_numpy().sum())} cell × seed values missing; "
+                     "each seed's level means use the cells it has")
+    sentences = {f: _factor_sentence(f, levels[levels["factor"] == f], anova, why) for f in FACTORS}
+    return MainEffects(levels, anova, sentences, notes)
+
+
+def reliability(matrix: pd.DataFrame) -> Reliability:
+    """Split-half reliability of the pattern of KD cell means across replicate seeds.
+
+    For every split of the R seeds into halves of ⌊R/2⌋ and ⌈R/2⌉ seeds (each split once), the Pearson
+    correlation over the KD cells of the two halves' cell means; the correlations are averaged
+    arithmetically (not via Fisher z, which is infinite at r = ±1, easily reached with few cells), and the
+    mean r is Spearman–Brown corrected to the full R: ρ = 2r / (1 + r). A split is skipped when fewer than
+    3 cells have values in both halves or a half's cell means are all equal. The number of splits is
+    C(R, ⌊R/2⌋) (half that for even R): all of them are computed.
+
+    Args:
+        matrix: :func:`seed_matrix`'s result.
+
+    Returns:
+        The reliability; NaN with a sentence saying why for fewer than 2 seeds, fewer than 3 cells or no
+        variance.
+    """
+    kd, _ = _split(matrix)
+    kd = kd.dropna(axis=1, how="all").dropna(axis=0, how="all")
+    n_seeds, n_cells = kd.shape[1], kd.shape[0]
+    why = None
+    if n_seeds < 2:
+        why = f"fewer than 2 seeds (R = {n_seeds})"
+    elif n_cells < 3:
+        why = f"fewer than 3 KD cells ({n_cells})"
+    rs = []
+    for first, second in _halves(list(kd.columns)) if why is None else iter(()):
+        a, b = kd[first].mean(axis=1), kd[second].mean(axis=1)
+        ok = a.notna() & b.notna()
+        if ok.sum() >= 3 and _sd(a[ok].to_numpy(dtype=float)) > _EPS and _sd(b[ok].to_numpy(dtype=float)) > _EPS:
+            rs.append(float(stats.pearsonr(a[ok], b[ok]).statistic))
+    if why is None and not rs:
+        why = "no variance: in every split a half's cell means are all equal (or fewer than 3 cells in both)"
+    if why is not None:
+        return Reliability(math.nan, math.nan, 0, n_seeds, n_cells,
+                           f"The reliability of the cell-to-cell differences cannot be computed: {why}.")
+    r = float(np.mean(rs))
+    rho = 2 * r / (1 + r) if r > -1 else -math.inf
+    return Reliability(rho, r, len(rs), n_seeds, n_cells, reliability_sentence(rho))
+
+
+def reliability_sentence(rho: float) -> str:
+    """The report's sentence for a reliability coefficient (thresholds :data:`RELIABLE`, :data:`PARTLY_RELIABLE`).
+
+    Args:
+        rho: the Spearman–Brown reliability.
+
+    Returns:
+        One sentence; for NaN, that the reliability is unknown.
+    """
+    if math.isnan(rho):
+        return "The reliability of the cell-to-cell differences is unknown."
+    if rho >= RELIABLE:
+        return f"Cell-to-cell differences are larger than seed noise (reliability {rho:.2f})."
+    if rho >= PARTLY_RELIABLE:
+        return (f"Cell-to-cell differences are only partly larger than seed noise (reliability {rho:.2f}): "
+                "trust the row and column effects more than single cells.")
+    return (f"Cell-to-cell differences are not larger than seed noise (reliability {rho:.2f}): "
+            "no single cell can be called best.")
+
+
+def binned_effect(runs: pd.DataFrame, param: str, bins: int) -> pd.DataFrame:
+    """Mean validation accuracy of the KD runs per quantile bin of ``param`` (no interpolation).
+
+    Every KD run counts, at whatever lr it was trained; pass only each cell's best-lr runs to see the
+    accuracy a value reaches when its lr is tuned.
+
+    Args:
+        runs: search runs, columns :data:`RUN_COLUMNS`.
+        param: ``"temperature"`` or ``"alpha"``.
+        bins: how many quantile bins (``pandas.qcut``; duplicate edges are dropped, so there may be fewer).
+
+    Returns:
+        One row per bin, columns :data:`BIN_COLUMNS`: ``bin`` (0-based), ``low``/``high`` (the quantile
+        edges: the first bin is [low, high], the others (low, high]), ``n``, ``mean`` and its t interval
+        (NaN for n < 2 or no spread). Empty for no KD runs.
+    """
+    if param not in FACTORS:
+        raise ValueError(f"param must be one of {FACTORS}, not {param!r}")
+    r = _runs(runs)
+    r = r[(r["stage"] == "kd") & r[param].notna()]
+    if r.empty or bins < 1:
+        return pd.DataFrame(columns=list(BIN_COLUMNS))
+    x = r[param].astype(float)
+    if x.nunique() == 1:
+        codes, edges = np.zeros(len(x), dtype=int), np.array([x.iloc[0], x.iloc[0]])
+    else:
+        binned, edges = pd.qcut(x, bins, retbins=True, duplicates="drop")
+        codes = binned.cat.codes.to_numpy()
+    rows = []
+    for i in range(len(edges) - 1):
+        y = r.loc[codes == i, "val_acc"].to_numpy(dtype=float)
+        low, high = _t_interval(y)
+        rows.append({"bin": i, "low": float(edges[i]), "high": float(edges[i + 1]), "n": len(y),
+                     "mean": float(y.mean()) if len(y) else math.nan, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=list(BIN_COLUMNS))
+
+
+def _runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs' six columns, KD and CE rows with a finite val_acc and lr; T and α NaN for CE."""
+    if runs.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object if c == "stage" else float) for c in RUN_COLUMNS})
+    missing = [c for c in RUN_COLUMNS if c not in runs.columns]
+    if missing:
+        raise ValueError(f"runs lack the columns {missing}; expected {list(RUN_COLUMNS)}")
+    r = runs.loc[:, list(RUN_COLUMNS)].copy()
+    for c in ("temperature", "alpha", "lr", "val_acc"):
+        r[c] = pd.to_numeric(r[c], errors="coerce").astype(float)
+    r.loc[r["stage"] == "ce", ["temperature", "alpha"]] = math.nan
+    keep = np.isfinite(r["val_acc"]) & np.isfinite(r["lr"]) & (
+        (r["stage"] == "ce") | ((r["stage"] == "kd") & r["temperature"].notna() & r["alpha"].notna()))
+    return r[keep]
+
+
+def _in_cell(r: pd.DataFrame, stage: str, temperature: float, alpha: float) -> pd.Series:
+    if stage == "ce":
+        return r["stage"] == "ce"
+    return (r["stage"] == "kd") & (r["temperature"] == temperature) & (r["alpha"] == alpha)
+
+
+def _cell_order(column: pd.Series) -> pd.Series:
+    """Sort key: KD before CE; numbers as they are."""
+    return (column != "kd").astype(int) if column.name == "stage" else column
+
+
+def _split(matrix: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series | None]:
+    """The KD rows of a seed matrix, and the CE row (None when there is none)."""
+    if len(matrix.index) == 0:
+        empty = pd.MultiIndex.from_arrays([[], []], names=list(FACTORS))
+        return pd.DataFrame(index=empty, columns=matrix.columns, dtype=float), None
+    is_ce = np.asarray(matrix.index.get_level_values("temperature").isna())
+    return matrix[~is_ce], (matrix[is_ce].iloc[0] if is_ce.any() else None)
+
+
+def _sd(x: np.ndarray) -> float:
+    return float(np.std(x, ddof=1)) if len(x) >= 2 else math.nan
+
+
+def _t_interval(x: np.ndarray) -> tuple[float, float]:
+    """Student-t interval of the mean of ``x`` (``ttest_1samp``); NaN for n < 2 or no spread."""
+    x = x[np.isfinite(x)]
+    if len(x) < 2 or _sd(x) <= _EPS:
+        return math.nan, math.nan
+    ci = stats.ttest_1samp(x, 0.0).confidence_interval(CONFIDENCE)
+    return float(ci.low), float(ci.high)
+
+
+def _halves(seeds: list[int]) -> Iterator[tuple[list[int], list[int]]]:
+    """Every split of the seeds into ⌊R/2⌋ and ⌈R/2⌉, once each (for even R, the first seed's half only)."""
+    k = len(seeds) // 2
+    for first in itertools.combinations(seeds, k):
+        if 2 * k == len(seeds) and seeds[0] not in first:
+            continue
+        yield list(first), [s for s in seeds if s not in first]
+
+
+def _anova(kd: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
+    """The RM-ANOVA table (seed as subject) of a complete design, else None and the reason."""
+    within = [f for f in FACTORS if kd.index.get_level_values(f).nunique() >= 2]
+    full = math.prod(kd.index.get_level_values(f).nunique() for f in FACTORS)
+    if kd.empty:
+        return None, "there are no KD cells"
+    if kd.shape[1] < 2:
+        return None, f"it needs at least 2 seeds with KD runs ({kd.shape[1]})"
+    if not within:
+        return None, "neither T nor α has 2 levels"
+    if len(kd) < full or kd.isna().to_numpy().any():
+        return None, "the design is incomplete: not every T × α cell has a value on every seed"
+    if kd.sub(kd.mean(axis=0), axis=1).std(axis=1).max() <= _EPS:  # every seed shows the same pattern
+        return None, "the cells differ by exactly the same amounts on every seed: no error variance, F undefined"
+    long = kd.stack().rename("val_acc").reset_index()
+    with warnings.catch_warnings():  # an error term that is 0 for one effect only gives F = inf: reported as is
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table = AnovaRM(long, "val_acc", subject="seed", within=within).fit().anova_table
+    out = pd.DataFrame({"term": table.index, "F": table["F Value"].to_numpy(), "df_num": table["Num DF"].to_numpy(),
+                        "df_den": table["Den DF"].to_numpy(), "p": table["Pr > F"].to_numpy()})
+    return out.loc[:, list(ANOVA_COLUMNS)], None
+
+
+def _factor_sentence(factor: str, levels: pd.DataFrame, anova: pd.DataFrame | None, why: str | None) -> str:
+    sym = _SYMBOL[factor]
+    if levels.empty:
+        return f"{sym}'s effect cannot be estimated: there are no KD cells."
+    if len(levels) < 2:
+        return f"{sym} was not varied (one level, {sym} = {levels['level'].iloc[0]:g})."
+    top = levels.loc[levels["effect"].idxmax()]
+    ci = (f"{CONFIDENCE:.0%} CI [{100 * top['effect_ci_low']:+.2f}, {100 * top['effect_ci_high']:+.2f}]"
+          if np.isfinite(top["effect_ci_low"]) else "no CI (fewer than 2 seeds or no spread)")
+    best = f"best {sym} = {top['level']:g}: {100 * top['effect']:+.2f} pp over the grid mean, {ci}"
+    row = anova[anova["term"] == factor] if anova is not None else pd.DataFrame()
+    if row.empty:
+        return f"{sym}'s RM-ANOVA was not run ({why}); {best}."
+    f, d1, d2, p = (float(row[c].iloc[0]) for c in ("F", "df_num", "df_den", "p"))
+    test = f"F({d1:g}, {d2:g}) = {f:.1f}, p {'< 0.0001' if p < 1e-4 else f'= {p:.2g}'}"  # nan where F is
+    if p < SIGNIFICANCE:
+        return f"{sym} changes validation accuracy (RM-ANOVA {test}); {best}."
+    return f"{sym}'s effect cannot be told apart from seed noise ({test})."
