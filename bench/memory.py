@@ -45,7 +45,7 @@ def main() -> None:
 
     raw = {"name": "bench-memory", "data": {"dataset": "fashion-mnist", "val_fraction": 0.1},
            "teacher": {"model": "cnn-m", "steps": 100}, "student": {"model": args.student, "steps": 100},
-           "search": {"temperature": [4], "alpha": [0.5], "trials_per_point": 2, "pruner": "none"},
+           "search": {"temperature": [4], "alpha": [0.5], "lr": [1e-3], "replicates": 2},
            "baseline": {"ce": False}, "finalists": {"top_k": 0, "seeds": 1}}
     study = parse_study(raw)
     with tempfile.TemporaryDirectory() as tmp:

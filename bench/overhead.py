@@ -69,8 +69,8 @@ def main() -> None:
         "data": {"dataset": "fashion-mnist", "val_fraction": 0.05, "subset": args.subset},
         "teacher": {"model": "cnn-s", "steps": 60, "lr": 3e-3, "min_accuracy": 0.3},
         "student": {"model": args.student, "epochs": args.epochs, "batch_size": 128},
-        "search": {"temperature": [4], "alpha": [0.5], "trials_per_point": args.repeats + 1,
-                   "lr": {"low": 1e-3, "high": 1e-3}, "sampler": "random", "pruner": "median"},
+        "search": {"temperature": [4], "alpha": [0.5], "replicates": args.repeats + 1,
+                   "lr": [1e-3], "pruner": "median"},
         "baseline": {"ce": False}, "finalists": {"top_k": 0, "seeds": 1},
     })
     trial_s: list[float] = []

@@ -31,8 +31,7 @@ def study(name: str, trials: int, subset: int) -> dict:  # type: ignore[type-arg
         "data": {"dataset": "fashion-mnist", "val_fraction": 0.05, "subset": subset},
         "teacher": {"model": "cnn-s", "steps": 60, "lr": 3e-3, "min_accuracy": 0.3},
         "student": {"model": "mlp-800", "epochs": 1, "batch_size": 128},
-        "search": {"temperature": [2, 4], "alpha": [0.5], "trials_per_point": trials // 2, "sampler": "random",
-                   "pruner": "none"},
+        "search": {"temperature": [2, 4], "alpha": [0.5], "replicates": trials // 2, "lr": [1e-3]},
         "baseline": {"ce": False}, "finalists": {"top_k": 0, "seeds": 1},
     }
 

@@ -161,6 +161,7 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
     if as_worker:
         return
     _print_counts(store, study.name)
+    _print_evidence(store, study.name)
     _print_summary(store, study.name, summary)
 
 
@@ -213,6 +214,7 @@ def show(study_name: str, storage: str, top: int) -> None:
             cols = ["trial_number", "temperature", "alpha", "lr", "val_acc", "wall_time_s"]
             cols = [c for c in cols if kind == "kd" or c not in ("temperature", "alpha")]
             click.echo(f"best {kind.upper()} trials (validation accuracy):\n{best[cols].to_string(index=False)}\n")
+    _print_evidence(store, study_name)
     _print_summary(store, study_name, store.finalist_summary(study_name))
 
 
@@ -240,6 +242,16 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) ->
     for sf in rep.frames:
         click.echo(f"{sf.name}: {sf.verdict}")
     click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
+
+
+def _print_evidence(store: Any, name: str) -> None:
+    """The search's plain sentences: main effects, reliability, cells above CE after Holm, budgets."""
+    from kdbench.report.frames import study_frames
+
+    evidence = study_frames(store, name, load_images=False).evidence
+    if evidence.sentences:
+        click.echo(f"{name}: what the search says (validation accuracy):\n" +
+                   "\n".join(f"  - {line}" for line in evidence.sentences))
 
 
 def _print_summary(store: Any, name: str, summary: Any) -> None:

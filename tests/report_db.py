@@ -82,3 +82,52 @@ def make_db(url: str, name: str = "known", *, kd_test: dict[int, float] | None =
                 for e in range(3):
                     s.add(EpochRow(run_id=run.id, epoch=e, train_loss=1.0 / (e + 1), val_acc=acc - 0.01 * (2 - e),
                                    val_loss=0.5, seconds=1.0, lr=2e-3))
+
+
+# A replicated grid (the current design): T in {1, 4} x alpha in {0.1, 0.9} and CE, 2 lr, 3 seeds.
+# val = 0.80 + cell effect + lr effect + seed effect + a small fixed wiggle, so every statistic is known.
+REP_SEEDS = (1000, 1001, 1002)
+REP_LRS = (1e-3, 2e-3)
+REP_CELL = {(1.0, 0.1): 0.010, (1.0, 0.9): 0.000, (4.0, 0.1): 0.030, (4.0, 0.9): 0.005, None: 0.0}  # None: CE
+REP_LR = {1e-3: 0.0, 2e-3: 0.004}
+REP_SEED = {1000: 0.0, 1001: -0.006, 1002: 0.003}
+REP_WIGGLE = {1000: 0.001, 1001: -0.001, 1002: 0.0}
+
+
+def rep_val(cell: tuple[float, float] | None, lr: float, seed: int) -> float:
+    """The validation accuracy :func:`make_replicated_db` stores for one run."""
+    wiggle = REP_WIGGLE[seed] * (1 if cell is None or cell[0] == 1.0 else -1)
+    return 0.80 + REP_CELL[cell] + REP_LR[lr] + REP_SEED[seed] + wiggle
+
+
+def make_replicated_db(url: str, name: str = "rep", *, search: dict[str, Any] | None = None) -> None:
+    """A study on the replicated design (no finalists, no teacher); ``search`` overrides the grid for a range
+    study, whose runs then spread T and alpha over their ranges (one seed)."""
+    raw = {"name": name, "search": {"temperature": [1, 4], "alpha": [0.1, 0.9], "lr": list(REP_LRS),
+                                    "replicates": 3, **(search or {})}}
+    study = parse_study(raw)
+    store = Store.open(url)
+    common: dict[str, Any] = dict(config_hash=study.hash, device="cpu", commit="abc123", versions="{}",
+                                  parameters=1000, started=T0, finished=T0, state="complete", epochs_done=1)
+    with store.session() as s:
+        s.add(StudyRow(name=name, config=study.model_dump_json(), config_hash=study.hash, created=T0,
+                       commit="abc123"))
+    with store.session() as s:
+        sid = s.query(StudyRow.id).filter(StudyRow.name == name).scalar()
+        if study.search.is_grid:
+            for cell in REP_CELL:
+                for lr in REP_LRS:
+                    for r, seed in enumerate(REP_SEEDS):
+                        kind = "ce" if cell is None else "kd"
+                        t, a = (None, None) if cell is None else cell
+                        key = f"ce/lr={lr:g}/r={r}" if cell is None else f"kd/T={t:g}/a={a:g}/lr={lr:g}/r={r}"
+                        s.add(RunRow(study_id=sid, visit=key, kind=kind, loss=kind, temperature=t, alpha=a, lr=lr,
+                                     seed=seed, val_acc=rep_val(cell, lr, seed), **common))
+            return
+        rng = np.random.default_rng(0)
+        for r in range(20):
+            t, a = float(2 ** rng.uniform(0, 3)), float(rng.uniform(0.1, 0.9))
+            s.add(RunRow(study_id=sid, visit=f"kd/r={r}", kind="kd", loss="kd", temperature=t, alpha=a, lr=1e-3,
+                         seed=1000, val_acc=0.80 + 0.01 * np.log2(t) - 0.01 * a, trial_number=r, **common))
+            s.add(RunRow(study_id=sid, visit=f"ce/r={r}", kind="ce", loss="ce", lr=1e-3 * (1 + r % 3), seed=1000,
+                         val_acc=0.80 + 0.001 * (r % 3), trial_number=r, **common))

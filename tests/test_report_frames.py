@@ -148,3 +148,75 @@ def test_cli_errors_and_markdown(known: str, tmp_path) -> None:
 def test_geometric_detection() -> None:
     assert is_geometric([1, 2, 4, 8]) and is_geometric([8, 1, 2, 4]) and is_geometric([0.5, 1.5, 4.5])
     assert not is_geometric([0.1, 0.3, 0.5, 0.7, 0.9]) and not is_geometric([1, 2]) and not is_geometric([0, 1, 2])
+
+
+def test_replicated_grid_cells_effects_and_budgets(tmp_path) -> None:
+    from report_db import REP_CELL, REP_LRS, REP_SEEDS, make_replicated_db, rep_val
+
+    url = f"sqlite:///{tmp_path / 'rep.db'}"
+    make_replicated_db(url)
+    f = study_frames(url, "rep", load_images=False)
+    g = f.grid.set_index(["temperature", "alpha"])
+    for cell in (c for c in REP_CELL if c is not None):
+        means = {lr: sum(rep_val(cell, lr, s) for s in REP_SEEDS) / 3 for lr in REP_LRS}
+        best = max(means, key=lambda lr: (means[lr], -lr))
+        ce = {s: rep_val(None, 2e-3, s) for s in REP_SEEDS}  # CE's best lr is 2e-3 too
+        assert g.loc[cell, "cell_lr"] == best and g.loc[cell, "cell_n"] == 3
+        assert g.loc[cell, "cell_mean"] == pytest.approx(means[best])
+        assert g.loc[cell, "delta_ce"] == pytest.approx(sum(rep_val(cell, best, s) - ce[s] for s in REP_SEEDS) / 3)
+        assert g.loc[cell, "delta_n"] == 3 and g.loc[cell, "cell_ci_half"] > 0
+    # T=4, alpha=0.1 is 3 pp above CE with little seed noise: it survives Holm; T=1, alpha=0.9 ties CE
+    assert bool(g.loc[(4.0, 0.1), "holm_above_zero"]) and not bool(g.loc[(1.0, 0.9), "holm_above_zero"])
+    ev = f.evidence
+    assert ev.budgets == {"kd": "4 cells × 2 lr × 3 seeds", "ce": "2 lr × 3 seeds"} and ev.replicates == 3
+    assert ev.pruner == "none" and not ev.reliability.sentence == ""
+    text = " ".join(ev.sentences)
+    assert "Tuning budgets: KD: 4 cells × 2 lr × 3 seeds; CE: 2 lr × 3 seeds." in text
+    assert "beat CE on validation after Holm's correction: T=4 α=0.1" in text
+    assert "reliability" in text and ev.main_effects.sentences["temperature"] in text
+    assert set(ev.main_effects.levels["factor"]) == {"temperature", "alpha"}
+
+
+def test_a_range_study_has_binned_effects_not_cells(tmp_path) -> None:
+    from report_db import make_replicated_db
+
+    url = f"sqlite:///{tmp_path / 'range.db'}"
+    make_replicated_db(url, "range", search={"temperature": {"low": 1, "high": 8, "log": True},
+                                             "alpha": {"low": 0.1, "high": 0.9}, "lr": [1e-3, 2e-3, 3e-3],
+                                             "replicates": None, "trials": 20})
+    f = study_frames(url, "range", load_images=False)
+    assert not f.is_grid and set(f.evidence.binned["param"]) == {"temperature", "alpha"}
+    b = f.evidence.binned[f.evidence.binned["param"] == "temperature"]
+    assert b["n"].sum() == 20 and b["mean"].is_monotonic_increasing  # accuracy rises with log T by construction
+    assert (b["ci_low"] < b["mean"]).all() and (b["mean"] < b["ci_high"]).all()
+    assert f.evidence.budgets == {"kd": "20 trials", "ce": "20 trials"}
+
+
+def test_a_study_stored_before_replicated_grids_is_still_reported(tmp_path) -> None:
+    """A config with the retired keys (trials_per_point, baseline.trials) and one run per cell at a sampled lr."""
+    import json
+
+    import sqlalchemy as sa
+    from report_db import make_db
+
+    from kdbench.store import Store, StudyRow
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    make_db(url, "old")
+    store = Store.open(url)
+    row = store.study("old")
+    assert row is not None
+    config = json.loads(row.config)
+    config["search"] = {"temperature": [1.0, 2.0, 4.0], "alpha": [0.5, 0.9], "trials_per_point": 1,
+                        "lr": {"low": 3e-4, "high": 3e-3, "log": True}, "sampler": "tpe", "pruner": "median",
+                        "trials": None, "fuse": 1}
+    config["baseline"] = {"ce": True, "trials": None}
+    with store.session() as s:
+        s.execute(sa.update(StudyRow).where(StudyRow.name == "old").values(config=json.dumps(config)))
+    f = study_frames(url, "old", load_images=False)
+    assert f.evidence.budgets == {"kd": "6 trials", "ce": "3 trials"}
+    assert "Tuning was not equal (KD: 6 trials; CE: 3 trials): the arm tuned more is favoured." in f.verdict
+    g = f.grid.set_index(["temperature", "alpha"])
+    assert g.loc[(2.0, 0.5), "cell_n"] == 1 and math.isnan(g.loc[(2.0, 0.5), "cell_ci_half"])
+    assert g.loc[(2.0, 0.5), "cell_mean"] == 0.890  # its better lr's single run
+    assert f.evidence.pruner == "median"

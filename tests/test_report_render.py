@@ -42,7 +42,7 @@ def test_writes_every_table_and_figure(single: Path) -> None:
     names = {p.name for p in single.iterdir()}
     for stem in ("comparison", "grid"):
         assert {stem + s for s in TABLE_SUFFIXES} <= names
-    for stem in ("comparison", "heatmap-val", "heatmap-diff", "sensitivity", "learning-curves", "predictions",
+    for stem in ("comparison", "heatmap-val", "heatmap-diff", "effects", "learning-curves", "predictions",
                  "importances"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     tex = (single / "comparison.tex").read_text()
@@ -82,7 +82,7 @@ def test_partial_study_renders_what_exists(db: str, tmp_path: Path) -> None:
     assert "Partial study: what is missing" in html and "no complete CE baseline trial" in html
     assert "no complete finalists yet" in html and "cannot be compared yet" in html
     grid = (tmp_path / "grid.md").read_text()
-    assert "running (n=1)" in grid and "pruned (n=1)" in grid and "not run (n=0)" in grid
+    assert "running, n=1" in grid and "pruned, last 70.00, at epoch" in grid and "not run" in grid
     assert len(list(tmp_path.glob("*.png"))) == 7
 
 
@@ -126,3 +126,24 @@ def test_report_of_a_real_tiny_sweep(needs_fmnist: None, tiny_study_dict: dict, 
     assert list(rep.comparison["arm"]) == ["teacher", "CE student", "KD student"]
     assert f.curves.groupby("loss")["n"].min().to_dict() == {"ce": 2, "kd": 2}
     assert f.provenance["counts"].loc["all", "complete"] == 7
+
+
+def test_a_replicated_grid_and_a_range_study_render(tmp_path: Path) -> None:
+    from report_db import make_replicated_db
+
+    url = f"sqlite:///{tmp_path / 'rep.db'}"
+    make_replicated_db(url, "rep")
+    make_replicated_db(url, "range", search={"temperature": {"low": 1, "high": 8, "log": True},
+                                             "alpha": {"low": 0.1, "high": 0.9}, "replicates": None, "trials": 20})
+    out = tmp_path / "rep"
+    write_report(url, ["rep"], out, load_images=False)
+    html = (out / "index.html").read_text()
+    assert SECTIONS["effects"] in html and "reliability" in html and "after Holm" in html
+    assert "Tuning budgets: KD: 4 cells × 2 lr × 3 seeds; CE: 2 lr × 3 seeds." in html
+    effects_md = (out / "effects.md").read_text()
+    assert "vs grid mean (pp)" in effects_md and "| T " in effects_md
+    grid_md = (out / "grid.md").read_text()
+    assert re.search(r"\d+\.\d\d, ±\d\.\d\d n=3, lr 0\.00[12]", grid_md), grid_md
+    ranged = tmp_path / "range"
+    write_report(url, ["range"], ranged, load_images=False)
+    assert (ranged / "effects.png").stat().st_size > 0 and not (ranged / "effects.md").exists()

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from kdbench.config import is_geometric
+from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, search_evidence
 from kdbench.report.sources import (
     IMPORTANCE_EVALUATOR,
     PredictionSources,
@@ -30,7 +31,7 @@ from kdbench.report.sources import (
     TeacherSource,
     read_study,
 )
-from kdbench.report.stats import Paired, paired_difference, summarize, verdict
+from kdbench.report.stats import Paired, paired_difference, verdict
 
 __all__ = [
     "COMPARISON_COLUMNS",
@@ -46,7 +47,6 @@ __all__ = [
 ]
 
 PREDICTION_IMAGES = 24  # test images in the prediction grid (half the first ones, half disagreements)
-RUN_STATES = ("complete", "pruned", "failed", "running", "interrupted")
 
 
 @dataclass
@@ -89,6 +89,7 @@ class StudyFrames:
     is_grid: bool
     geometric_t: bool
     grid: pd.DataFrame
+    evidence: SearchEvidence
     ce_best_val: float
     ce_trials: pd.DataFrame
     arms: pd.DataFrame
@@ -142,19 +143,21 @@ def compute_frames(src: StudySources) -> StudyFrames:
     ce_best = float(ce["val_acc"].max()) if not ce.empty else math.nan
     if ce.empty:
         missing.append("no complete CE baseline trial (baseline.ce off or not run yet): no differences to CE")
-    grid = _grid(kd, temps if is_grid else None, alphas if is_grid else None, ce_best)
+    evidence = search_evidence(config, runs)
+    grid = grid_table(kd, temps if is_grid else None, alphas if is_grid else None, ce_best, evidence)
 
     if src.teacher is None:
         missing.append("no teacher recorded yet")
     finals = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
     if finals.empty:
         missing.append("no complete finalists yet: no test accuracies, comparison or learning curves")
-    arms, paired = _arms(src, finals)
+    arms, paired = _arms(src, finals, evidence.budgets)
     return StudyFrames(
         name=src.name, config=config, config_hash=src.config_hash, is_grid=is_grid,
-        geometric_t=is_grid and is_geometric(temps), grid=grid, ce_best_val=ce_best,
+        geometric_t=is_grid and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,
         ce_trials=ce[["trial_number", "lr", "val_acc"]].reset_index(drop=True), arms=arms, paired=paired,
-        verdict=verdict(paired) if not finals.empty else "KD and CE cannot be compared yet: no complete finalists.",
+        verdict=_verdict(paired, config, evidence) if not finals.empty else
+        "KD and CE cannot be compared yet: no complete finalists.",
         curves=_curves(src.epochs, finals), predictions=_predictions(src.predictions, src.teacher),
         importances=_importances(src), provenance=_provenance(src), missing=missing)
 
@@ -162,31 +165,21 @@ def compute_frames(src: StudySources) -> StudyFrames:
 # ---------------------------------------------------------------------------------------------- grid
 
 
-def _grid(kd: pd.DataFrame, temps: list[float] | None, alphas: list[float] | None, ce_best: float) -> pd.DataFrame:
-    """One row per (T, α): trials by state, best/mean/sd/min validation accuracy of complete trials, best lr."""
-    cols = ["temperature", "alpha", "n_trials", *(f"n_{s}" for s in RUN_STATES), "best_val", "mean_val",
-            "sd_val", "min_val", "lr_best", "diff_ce"]
-    keyed = kd.dropna(subset=["temperature", "alpha"])
-    rows = []
-    for (t, a), g in keyed.groupby(["temperature", "alpha"], sort=True):
-        done = g[g["state"] == "complete"].sort_values(["val_acc", "trial_number"], ascending=[False, True])
-        s = summarize(done["val_acc"])
-        rows.append({"temperature": float(t), "alpha": float(a), "n_trials": len(g),
-                     **{f"n_{st}": int((g["state"] == st).sum()) for st in RUN_STATES},
-                     "best_val": float(done["val_acc"].iloc[0]) if len(done) else math.nan,
-                     "mean_val": s.mean, "sd_val": s.sd,
-                     "min_val": float(done["val_acc"].min()) if len(done) else math.nan,
-                     "lr_best": float(done["lr"].iloc[0]) if len(done) else math.nan})
-    out = pd.DataFrame(rows, columns=cols[:-1])
-    if temps is not None and alphas is not None:  # every configured point, visited or not
-        full = pd.MultiIndex.from_product([sorted(map(float, temps)), sorted(map(float, alphas))],
-                                          names=["temperature", "alpha"])
-        out = out.set_index(["temperature", "alpha"]).reindex(full).reset_index()
-        for c in out.columns:
-            if c.startswith("n_"):
-                out[c] = out[c].fillna(0).astype(int)
-    out["diff_ce"] = out["best_val"] - ce_best
-    return out[cols].sort_values(["temperature", "alpha"]).reset_index(drop=True)
+def _verdict(paired: Paired, config: dict[str, Any], evidence: SearchEvidence) -> str:
+    """The paired verdict, then the training budget it holds for (a short search budget may not transfer) and
+    whether KD and CE were tuned alike."""
+    student = config.get("student", {})
+    steps, epochs, batch = student.get("steps"), student.get("epochs"), student.get("batch_size")
+    per = f" of batch {batch}" if batch else ""
+    budget = f"{steps} steps{per}" if steps else (f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "")
+    text = verdict(paired) + (f" This holds for students trained {budget}." if budget else "")
+    b = evidence.budgets
+    if "kd" in b and "ce" in b:
+        words = f"KD: {b['kd']}; CE: {b['ce']}"
+        equal = b["kd"].endswith(b["ce"]) or b["kd"] == b["ce"]  # a grid: cells × what CE got
+        text += (f" Tuning was equal per cell ({words})." if equal else
+                 f" Tuning was not equal ({words}): the arm tuned more is favoured.")
+    return text
 
 
 def grid_pivot(sf: StudyFrames, column: str) -> pd.DataFrame:
@@ -202,34 +195,53 @@ def grid_pivot(sf: StudyFrames, column: str) -> pd.DataFrame:
     return sf.grid.pivot(index="alpha", columns="temperature", values=column).sort_index(ascending=False)
 
 
-def grid_cells(sf: StudyFrames, column: str, fmt: str = "{:.2f}") -> pd.DataFrame:
-    """Cell text of a grid table or heatmap: the value in % (or pp) and the cell's trials, e.g. ``88.93 n=1``;
-    a cell without a value says why (not run, pruned, running, failed).
+def grid_cells(sf: StudyFrames, column: str) -> pd.DataFrame:
+    """Cell text of a grid table or heatmap, in :func:`grid_pivot`'s layout.
+
+    ``cell_mean``: the cell's value in %, its CI half-width and n, and its lr (``88.93 ±0.31 n=3 lr 0.001``);
+    ``delta_ce``: the paired difference to CE in pp with its interval, ``*`` when it stays above 0 after Holm's
+    correction; any other column: the value in % and the trials. A cell without a value says why (not run,
+    running, failed, or pruned with the last value a pruned trial reached and its epoch).
 
     Args:
         sf: the study's frames.
         column: a column of ``sf.grid`` holding fractions.
-        fmt: format of the value in % (or pp).
 
     Returns:
-        Text cells in :func:`grid_pivot`'s layout, value and ``n=`` on two lines.
+        Text cells, one line per item.
     """
-    values, n = grid_pivot(sf, column), grid_pivot(sf, "n_trials")
-    pruned, failed = grid_pivot(sf, "n_pruned"), grid_pivot(sf, "n_failed")
+    g = sf.grid.set_index(["alpha", "temperature"])
+    values = grid_pivot(sf, column)
     text = values.astype(object).copy()
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            v, k = values.iat[i, j], int(n.iat[i, j])
-            if not math.isnan(v):
-                head = fmt.format(100 * v)
-            elif k == 0:
-                head = "not run"
-            elif pruned.iat[i, j]:
-                head = "pruned"
+    for i, a in enumerate(values.index):
+        for j, t in enumerate(values.columns):
+            if (a, t) not in g.index:  # a range search: most (T, α) pairs were never drawn
+                text.iat[i, j] = ""
+                continue
+            r, v = g.loc[(a, t)], values.iat[i, j]
+            if math.isnan(v):
+                text.iat[i, j] = _no_value(r)
+            elif column == "cell_mean":
+                half = "" if math.isnan(r["cell_ci_half"]) else f"±{100 * r['cell_ci_half']:.2f} "
+                text.iat[i, j] = f"{100 * v:.2f}\n{half}n={int(r['cell_n'])}\nlr {r['cell_lr']:.2g}"
+            elif column == "delta_ce":
+                ci = "" if math.isnan(r["delta_ci_low"]) else \
+                    f"[{100 * r['delta_ci_low']:+.2f}, {100 * r['delta_ci_high']:+.2f}]"
+                text.iat[i, j] = f"{100 * v:+.2f}{' *' if r['holm_above_zero'] else ''}\n{ci}\nn={int(r['delta_n'])}"
             else:
-                head = "failed" if failed.iat[i, j] else "running"
-            text.iat[i, j] = f"{head}\nn={k}"
+                text.iat[i, j] = f"{100 * v:.2f}\nn={int(r['n_trials'])}"
     return text
+
+
+def _no_value(r: pd.Series) -> str:
+    """Why a grid cell has no value: not run, running, failed, or pruned (with what the pruned trial reached)."""
+    if int(r["n_trials"]) == 0:
+        return "not run"
+    if r["n_pruned"] and not math.isnan(r["pruned_last_val"]):
+        return f"pruned\nlast {100 * r['pruned_last_val']:.2f}\nat epoch {int(r['pruned_epoch'])}"
+    if r["n_pruned"]:
+        return f"pruned\nn={int(r['n_trials'])}"
+    return f"{'failed' if r['n_failed'] else 'running'}\nn={int(r['n_trials'])}"
 
 
 # ---------------------------------------------------------------------------------------------- comparison
@@ -238,11 +250,11 @@ def grid_cells(sf: StudyFrames, column: str, fmt: str = "{:.2f}") -> pd.DataFram
 COMPARISON_COLUMNS = [
     "study", "arm", "model", "temperature", "alpha", "lr", "test_mean", "test_sd", "n", "diff_mean",
     "ci_low", "ci_high", "p_value", "n_pairs", "parameters", "infer_ms_per_batch", "device", "seeds", "commit",
-    "config_hash",
+    "config_hash", "tuning",
 ]
 
 
-def _arms(src: StudySources, finals: pd.DataFrame) -> tuple[pd.DataFrame, Paired]:
+def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str]) -> tuple[pd.DataFrame, Paired]:
     """The comparison rows: the teacher, then the CE and KD finalists with the store's test mean, sd and n
     (:meth:`kdbench.store.Store.finalist_summary`) and, for KD, the paired difference to CE over shared seeds."""
     rows: list[dict[str, Any]] = []
@@ -267,7 +279,7 @@ def _arms(src: StudySources, finals: pd.DataFrame) -> tuple[pd.DataFrame, Paired
             "infer_ms_per_batch": float(g["infer_ms_per_batch"].median()),
             "device": "; ".join(sorted(set(g["device"].dropna()))),
             "seeds": " ".join(str(int(x)) for x in sorted(g["seed"])),
-            "commit": "; ".join(sorted({str(c) for c in g["commit"].dropna()}))}
+            "commit": "; ".join(sorted({str(c) for c in g["commit"].dropna()})), "tuning": budgets.get(str(loss))}
         if loss == "kd" and ce is not None:
             p = paired_difference(g.set_index("seed")["test_acc"], ce)
             row.update(diff_mean=p.mean, ci_low=p.ci_low, ci_high=p.ci_high, p_value=p.p_value, n_pairs=p.n)
@@ -275,6 +287,7 @@ def _arms(src: StudySources, finals: pd.DataFrame) -> tuple[pd.DataFrame, Paired
     out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS[1:])
     out.insert(0, "study", src.name)
     out["config_hash"] = src.config_hash
+    out = out[COMPARISON_COLUMNS]
     return out, paired
 
 

@@ -16,11 +16,12 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from kdbench.report.frames import StudyFrames, grid_cells, grid_pivot
+from kdbench.report.stats import CONFIDENCE
 
-__all__ = ["comparison", "heatmap_diff", "heatmap_val", "importances", "learning_curves", "predictions",
-           "sensitivity"]
+__all__ = ["comparison", "effects", "heatmap_diff", "heatmap_val", "importances", "learning_curves", "predictions"]
 
 T_LABEL = "temperature T"
 ALPHA_LABEL = "α (weight of the hard-label CE term)"
@@ -45,25 +46,28 @@ def _t_ticklabels(ax: Axes, temps: list[float]) -> None:
 
 
 def _heatmap(sf: StudyFrames, column: str, title: str, cbar: str, diverging: bool) -> Figure:
-    fig, ax = _figure(1.3 * max(4, sf.grid["temperature"].nunique()) + 2.5, 4.6)
+    fig, ax = _figure(1.45 * max(4, sf.grid["temperature"].nunique()) + 2.8, 5.0)
     if not sf.is_grid:
         return _scatter(fig, ax, sf, column, title, cbar, diverging)
     values = grid_pivot(sf, column) * 100
     if values.isna().all().all():
         return _empty(fig, ax, f"{title}: no complete KD trial" +
-                      (" and no CE baseline" if column == "diff_ce" else ""))
+                      (" and no CE baseline" if column == "delta_ce" else ""))
     kwargs = {}
     if diverging:
         lim = float(np.nanmax(np.abs(values.to_numpy()))) or 1.0
         kwargs = dict(cmap="RdBu", center=0.0, vmin=-lim, vmax=lim)
     else:
         kwargs = dict(cmap="viridis")
-    cells = grid_cells(sf, column, "{:+.2f}" if diverging else "{:.2f}").to_numpy()
+    cells = grid_cells(sf, column).to_numpy()
     sns.heatmap(values, annot=cells, fmt="", linewidths=0.5, linecolor="white", ax=ax, cbar_kws={"label": cbar},
-                annot_kws={"fontsize": 9}, **kwargs)
+                annot_kws={"fontsize": 8}, **kwargs)
     ax.set_facecolor("#e6e6e6")  # cells without a value: seaborn leaves them unannotated, so say why here
+    pruned = grid_pivot(sf, "n_pruned").to_numpy()
     for i, j in zip(*np.nonzero(values.isna().to_numpy()), strict=True):
-        ax.text(j + 0.5, i + 0.5, cells[i, j], ha="center", va="center", fontsize=9, color="#555")
+        if pruned[i, j]:  # a pruned cell is no result: hatched, with what its trial reached
+            ax.add_patch(Rectangle((j, i), 1, 1, fill=False, hatch="///", edgecolor="#999", lw=0))
+        ax.text(j + 0.5, i + 0.5, cells[i, j], ha="center", va="center", fontsize=8, color="#333")
     _t_ticklabels(ax, list(values.columns))
     ax.set_yticklabels([f"{a:g}" for a in values.index], rotation=0)
     ax.set_xlabel(T_LABEL + (" (geometric grid: equal steps are equal ratios)" if sf.geometric_t else ""))
@@ -86,13 +90,24 @@ def _scatter(fig: Figure, ax: Axes, sf: StudyFrames, column: str, title: str, cb
     ax.set_xscale("log")
     ax.set_xlabel(T_LABEL + " (log axis)")
     ax.set_ylabel(ALPHA_LABEL)
-    ax.set_title(title + " (T, α sampled from ranges: one point per trial)")
+    ax.set_title(title + " (T, α sampled from ranges: one point per trial; see the binned effects)")
     fig.tight_layout()
     return fig
 
 
+def _noise(sf: StudyFrames) -> str:
+    """The noise scale for a colour bar: the median 95 % CI half-width of the cells, and their n."""
+    half = sf.grid["cell_ci_half"].dropna()
+    n = sf.grid.loc[sf.grid["cell_n"] > 0, "cell_n"]
+    if half.empty:
+        return f"one run per cell (n={int(n.max()) if len(n) else 0}): no noise estimate"
+    median = 100 * float(half.median())
+    return f"cell {CONFIDENCE:.0%} CI half-width: median ±{median:.2f} pp, n={int(n.median())} seeds"
+
+
 def heatmap_val(sf: StudyFrames) -> Figure:
-    """Best validation accuracy at each (T, α) (best lr at the point), annotated with trials per cell.
+    """Each (T, α) cell's validation accuracy: its replicate mean at its best lr, with its CI half-width, n
+    and lr; the colour bar states the noise scale. Pruned cells are hatched and show their last value.
 
     Args:
         sf: the study's frames.
@@ -100,12 +115,13 @@ def heatmap_val(sf: StudyFrames) -> Figure:
     Returns:
         The figure.
     """
-    return _heatmap(sf, "best_val", f"{sf.name}: best validation accuracy per grid point",
-                    "validation accuracy (%)", diverging=False)
+    return _heatmap(sf, "cell_mean", f"{sf.name}: validation accuracy per cell (mean over seeds at its best lr)",
+                    f"validation accuracy (%)\n{_noise(sf)}", diverging=False)
 
 
 def heatmap_diff(sf: StudyFrames) -> Figure:
-    """Best validation accuracy minus the tuned CE baseline's, on a diverging palette centred on 0.
+    """Each cell minus the CE cell, paired over shared seeds, with its CI; ``*`` marks cells whose difference
+    stays above 0 after Holm's correction over the cells. Diverging palette centred on 0.
 
     Args:
         sf: the study's frames.
@@ -113,18 +129,18 @@ def heatmap_diff(sf: StudyFrames) -> Figure:
     Returns:
         The figure.
     """
-    ce = "n/a" if math.isnan(sf.ce_best_val) else f"{100 * sf.ce_best_val:.2f} %"
-    return _heatmap(sf, "diff_ce", f"{sf.name}: KD − tuned CE (CE best val {ce})",
-                    "Δ validation accuracy vs CE (pp)", diverging=True)
+    ce = sf.evidence.cells.cells
+    ce = ce[ce["stage"] == "ce"]
+    ce_text = "n/a" if ce.empty or math.isnan(float(ce["mean"].iloc[0])) else \
+        f"{100 * float(ce['mean'].iloc[0]):.2f} % at lr {float(ce['best_lr'].iloc[0]):.2g}, n={int(ce['n'].iloc[0])}"
+    return _heatmap(sf, "delta_ce", f"{sf.name}: KD cell − CE cell, paired over seeds (CE {ce_text})",
+                    f"Δ validation accuracy vs CE (pp)\n[{CONFIDENCE:.0%} CI]; * above 0 after Holm", diverging=True)
 
 
-def _ce_line(ax: Axes, sf: StudyFrames) -> None:
-    if not math.isnan(sf.ce_best_val):
-        ax.axhline(100 * sf.ce_best_val, color=COLORS["ce"], ls="--", lw=1.2, label="tuned CE (best val)")
-
-
-def sensitivity(sf: StudyFrames) -> Figure:
-    """Accuracy vs T (a line per α) and vs α (a line per T): best per point, bars from its worst trial.
+def effects(sf: StudyFrames) -> Figure:
+    """The main effects of T and α: each level's paired effect (its cells' mean minus the mean of all KD cells,
+    per seed, averaged over seeds) with its CI, so the seed noise all cells share cancels. Range searches
+    (no levels): validation accuracy per quantile bin of T and of α, mean ± CI, and the CE cell's band.
 
     Args:
         sf: the study's frames.
@@ -133,30 +149,47 @@ def sensitivity(sf: StudyFrames) -> Figure:
         The figure.
     """
     fig, axes = _figure(11, 4.2, 1, 2, sharey=True)
-    g = sf.grid.dropna(subset=["best_val"])
-    if g.empty:
+    ev = sf.evidence
+    grid = sf.is_grid
+    levels = ev.main_effects.levels if grid else ev.binned.rename(columns={"param": "factor"})
+    column = "effect" if grid else "mean"
+    if levels.empty or levels[column].isna().all():
         _empty(fig, axes[1], "")
-        return _empty(fig, axes[0], "no complete KD trial yet")
-    for ax, x, hue, xlabel, hue_name in ((axes[0], "temperature", "alpha", T_LABEL, "α"),
-                                         (axes[1], "alpha", "temperature", ALPHA_LABEL, "T")):
-        palette = sns.color_palette("crest", g[hue].nunique())
-        for color, (h, part) in zip(palette, g.groupby(hue), strict=True):
-            part = part.sort_values(x)
-            best, low = 100 * part["best_val"], 100 * part["min_val"]
-            ax.errorbar(part[x], best, yerr=[best - low, 0 * best], marker="o", ms=4, capsize=3, color=color,
-                        label=f"{hue_name}={h:g}")
-        _ce_line(ax, sf)
-        if x == "temperature" and sf.geometric_t:
+        return _empty(fig, axes[0], "no complete KD cell yet")
+    ce = ev.cells.cells
+    ce = ce[ce["stage"] == "ce"]
+    for ax, factor, xlabel in ((axes[0], "temperature", T_LABEL), (axes[1], "alpha", ALPHA_LABEL)):
+        part = levels[levels["factor"] == factor]
+        if part.empty:
+            _empty(fig, ax, f"{xlabel}: not varied")
+            continue
+        x = part["level"] if grid else (part["low"] + part["high"]) / 2
+        lo, hi = ("effect_ci_low", "effect_ci_high") if grid else ("ci_low", "ci_high")
+        y = 100 * part[column]
+        err = [y - 100 * part[lo].fillna(part[column]), 100 * part[hi].fillna(part[column]) - y]
+        ax.errorbar(x, y, yerr=err, marker="o", ms=5, capsize=4, color=COLORS["kd"],
+                    label=(f"level − mean of all KD cells, paired over seeds ± {CONFIDENCE:.0%} CI" if grid else
+                           f"KD: mean of the trials in each bin ± {CONFIDENCE:.0%} CI"))
+        if grid:
+            ax.axhline(0, color="#555", lw=0.8)
+        elif len(ce) and not math.isnan(float(ce["mean"].iloc[0])):
+            c = ce.iloc[0]
+            ax.axhline(100 * c["mean"], color=COLORS["ce"], ls="--", lw=1.2, label=f"CE cell (n={int(c['n'])})")
+            if not math.isnan(c["ci_low"]):
+                ax.axhspan(100 * c["ci_low"], 100 * c["ci_high"], color=COLORS["ce"], alpha=0.12)
+        if factor == "temperature" and (sf.geometric_t or not grid):
             ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted(g[x].unique()), [f"{t:g}" for t in sorted(g[x].unique())])
             ax.minorticks_off()
             xlabel += " (log axis)"
+        if grid:
+            ax.set_xticks(sorted(part["level"]), [f"{v:g}" for v in sorted(part["level"])])
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, ncols=2, title=None)
-    axes[0].set_ylabel("validation accuracy (%)")
-    fig.suptitle(f"{sf.name}: accuracy vs T and vs α (marker: best lr at the point; bar down to its worst "
-                 "complete trial when it has several)", fontsize=10)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("effect on validation accuracy (pp)" if grid else "validation accuracy (%)")
+    how = "n seeds; see the effects table for the level means" if grid else \
+        "T and α sampled from ranges: trials binned by quantile, no interpolation"
+    fig.suptitle(f"{sf.name}: main effects of T and α ({how})", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -259,7 +292,7 @@ def importances(sf: StudyFrames) -> Figure:
         axes[0].set_xlabel("importance (% of the total)")
         axes[0].set_title("parameter importance (PED-ANOVA)", fontsize=10)
         axes[0].grid(axis="x", alpha=0.3)
-    lr = grid_pivot(sf, "lr_best") if sf.is_grid else pd.DataFrame()
+    lr = grid_pivot(sf, "cell_lr") if sf.is_grid else pd.DataFrame()
     if lr.empty or lr.isna().all().all():
         _empty(fig, axes[1], "no lr per grid point (no complete KD trial on a T × α grid)")
     else:
@@ -269,7 +302,7 @@ def importances(sf: StudyFrames) -> Figure:
         axes[1].set_yticklabels([f"{a:g}" for a in lr.index], rotation=0)
         axes[1].set_xlabel(T_LABEL)
         axes[1].set_ylabel(ALPHA_LABEL)
-        axes[1].set_title("lr of the best trial at each grid point (grey: no complete trial)", fontsize=10)
+        axes[1].set_title("lr chosen per cell (best mean over seeds; grey: no complete trial)", fontsize=10)
         axes[1].set_facecolor("#e6e6e6")
     fig.suptitle(f"{sf.name}: what mattered", fontsize=10)
     fig.tight_layout()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ __all__ = ["SECTIONS", "Report", "comparison_display", "default_out", "source_no
 
 SECTIONS = {  # id -> heading of each per-study section, in page order
     "grid": "Accuracy over T × α",
-    "sensitivity": "Accuracy vs T and vs α",
+    "effects": "Main effects of T and α",
     "curves": "Learning curves",
     "predictions": "Predictions",
     "importances": "What mattered",
@@ -46,7 +45,7 @@ RC: dict[str, Any] = {"svg.hashsalt": "kdbench", "svg.fonttype": "path", "font.s
 FIGURES: dict[str, Callable[[StudyFrames], Figure]] = {
     "heatmap-val": plots.heatmap_val,
     "heatmap-diff": plots.heatmap_diff,
-    "sensitivity": plots.sensitivity,
+    "effects": plots.effects,
     "learning-curves": plots.learning_curves,
     "predictions": plots.predictions,
     "importances": plots.importances,
@@ -126,20 +125,39 @@ def source_note(table: pd.DataFrame) -> str:
     Returns:
         One sentence: per study, its config hash, finalist seeds and kdbench commits.
     """
-    parts = []
+    parts, tunings = [], []
     for study, g in table.groupby("study", sort=False):
         seeds = sorted({x for v in g.loc[g["arm"] != "teacher", "seeds"] for x in str(v).split()}, key=int)
         commits = sorted({c[:12] for v in g["commit"].dropna() for c in str(v).split("; ") if c})
         parts.append(f"{study}: config {g['config_hash'].iloc[0]}, finalist seeds {' '.join(seeds) or 'none'}, "
                      f"kdbench {', '.join(commits) or 'unknown'}")
-    return "Source: " + ("; ".join(parts) if parts else "no teacher or finalists yet") + "."
+        arms = [f"{a.split()[0]} {t}" for a, t in zip(g["arm"], g["tuning"], strict=True)
+                if a != "teacher" and isinstance(t, str) and "#" not in a]
+        if arms:
+            tunings.append((f"{study}: " if table["study"].nunique() > 1 else "") + ", ".join(arms))
+    return ("Source: " + ("; ".join(parts) if parts else "no teacher or finalists yet") + "."
+            + (f" Tuning: {'; '.join(tunings)}." if tunings else ""))
 
 
 def _grid_display(sf: StudyFrames) -> pd.DataFrame:
-    cells = grid_cells(sf, "best_val").map(lambda s: s.replace("\n", " (") + ")")
+    cells = grid_cells(sf, "cell_mean").map(lambda s: s.replace("\n", ", "))
     cells.index = [f"α={a:g}" for a in cells.index]
     cells.columns = [f"T={t:g}" for t in cells.columns]
-    return cells.rename_axis("best val acc (%)").reset_index()
+    return cells.rename_axis("val acc (%)").reset_index()
+
+
+def _effects_display(sf: StudyFrames) -> pd.DataFrame:
+    """The main effects as text: each level's mean and its paired effect against the grid mean, with CIs."""
+    ci = f"{CONFIDENCE:.0%} CI"
+    rows = [{"factor": "T" if r["factor"] == "temperature" else "α", "level": _num(r["level"], "g"),
+             "n seeds": _num(r["n"], ".0f"), "val acc (%)": _pct(r["mean"]),
+             f"{ci} (%)": "" if pd.isna(r["ci_low"]) else f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
+             "vs grid mean (pp)": _pct(r["effect"], sign=True),
+             f"{ci} (pp)": "" if pd.isna(r["effect_ci_low"]) else
+             f"[{_pct(r['effect_ci_low'], sign=True)}, {_pct(r['effect_ci_high'], sign=True)}]"}
+            for _, r in sf.evidence.main_effects.levels.iterrows()]
+    return pd.DataFrame(rows, columns=["factor", "level", "n seeds", "val acc (%)", f"{ci} (%)",
+                                       "vs grid mean (pp)", f"{ci} (pp)"])
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -233,7 +251,12 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
             prefix = "" if len(frames) == 1 else f"{sf.name}-"
             grid_stem = f"{prefix}grid"
             files += _write_table(_grid_display(sf), sf.grid, out_dir, grid_stem,
-                                  f"{sf.name}: best validation accuracy (%) per T × α point and trials per point.")
+                                  f"{sf.name}: validation accuracy (%) per T × α cell: the mean over seeds at the "
+                                  f"cell's best lr, its {ci} CI half-width, n seeds and that lr.")
+            if sf.is_grid:
+                files += _write_table(_effects_display(sf), sf.evidence.main_effects.levels, out_dir,
+                                      f"{prefix}effects", f"{sf.name}: main effects of T and α on validation "
+                                      f"accuracy, level means and paired effects vs the grid mean ({ci} CI).")
             figs = {key: {"uri": _save(draw(sf), out_dir, prefix + key, files), "file": prefix + key}
                     for key, draw in FIGURES.items()}
             studies_ctx.append(_study_context(sf, figs, grid_stem))
@@ -252,9 +275,10 @@ def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: 
     p = sf.predictions
     return {
         "name": sf.name, "frames": sf, "figs": figs, "grid_stem": grid_stem, "grid": _grid_display(sf),
-        "ce_best": "n/a" if math.isnan(sf.ce_best_val) else f"{100 * sf.ce_best_val:.2f} %",
-        "ce_trials": len(sf.ce_trials), "verdict": sf.verdict, "missing": sf.missing, "prov": prov,
+        "verdict": sf.verdict, "missing": sf.missing, "prov": prov,
         "importances": sf.importances, "pred_notes": p.notes, "pred_seed": p.seed,
+        "evidence": sf.evidence.sentences, "effects": _effects_display(sf) if sf.is_grid else None,
+        "budgets": sf.evidence.budgets, "replicates": sf.evidence.replicates, "pruner": sf.evidence.pruner,
     }
 
 

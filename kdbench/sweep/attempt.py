@@ -100,9 +100,9 @@ class Attempt:
         self.ctx.store.update_run(self.c.run_id, epochs_done=rec.epoch + 1, heartbeat=now(),
                                   val_acc=finite_or_none(rec.val_acc))
         self.ctx.events.on_epoch(rec, self.epochs)
-        if self.trial is not None and math.isfinite(rec.val_acc):
-            if optuna_bridge.report_epoch(self.trial, rec.val_acc, rec.epoch, self.epochs):
-                raise optuna.TrialPruned(f"pruned at epoch {rec.epoch} (val acc {rec.val_acc:.4f})")
+        if (self.trial is not None and math.isfinite(rec.val_acc)
+                and optuna_bridge.report_epoch(self.trial, rec.val_acc, rec.epoch, self.epochs)):
+            raise optuna.TrialPruned(f"pruned at epoch {rec.epoch} (val acc {rec.val_acc:.4f})")
 
     def _close(self, state: str, reason: str | None, **values: Any) -> str:
         # the link again: a Ctrl-C between asking Optuna and the first write must not orphan the trial

@@ -1,0 +1,164 @@
+"""The search's picture, from the runs (pandas only): the T × α grid with each cell's value, its interval
+and its paired difference to CE, and the evidence about the whole grid (main effects, reliability, budgets).
+
+A grid cell's value is the replicate mean of its validation accuracy at its own best lr (chosen on that
+mean, as for CE), so two cells differ in T and α, not in lr luck; its interval and n say how much seed
+noise is left. The statistics come from :mod:`kdbench.report.effects`. Pruned trials keep the last value
+they reached, shown as such (never as a result). Studies written before replicated grids (one run per
+cell at a sampled lr) read the same way, with n = 1 and no intervals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from kdbench.report import effects
+from kdbench.report.stats import summarize
+
+__all__ = ["GRID_COLUMNS", "RUN_STATES", "SearchEvidence", "budget_words", "grid_table", "search_evidence"]
+
+RUN_STATES = ("complete", "pruned", "failed", "running", "interrupted")
+GRID_COLUMNS = [
+    "temperature", "alpha", "n_trials", *(f"n_{s}" for s in RUN_STATES), "best_val", "mean_val", "sd_val",
+    "min_val", "lr_best", "diff_ce",
+    # the replicated design: the cell at its best lr, and its paired difference to CE
+    "cell_mean", "cell_n", "cell_ci_half", "cell_lr", "delta_ce", "delta_ci_low", "delta_ci_high", "delta_n",
+    "holm_above_zero", "pruned_last_val", "pruned_epoch",
+]
+
+
+@dataclass(frozen=True)
+class SearchEvidence:
+    """What the whole search says, beyond single cells.
+
+    Attributes:
+        cells: each cell's best lr and its value there, and the means at every lr (:class:`effects.BestLr`).
+        deltas: each KD cell − CE, paired over seeds, with Holm's correction (:func:`effects.delta_vs_ce`).
+        main_effects: T's and α's main effects and the RM-ANOVA (:func:`effects.main_effects`).
+        reliability: the grid's split-half reliability over seeds (:func:`effects.reliability`).
+        binned: range searches: binned validation accuracy by T and by α (``param`` column), else empty.
+        budgets: each arm's tuning budget in words.
+        replicates: search seeds per cell.
+        pruner: the pruner that ran (``none`` for a grid unless the study asked for one).
+        sentences: the plain sentences a reader gets first (effects, reliability, budgets, Holm).
+    """
+
+    cells: effects.BestLr
+    deltas: pd.DataFrame
+    main_effects: effects.MainEffects
+    reliability: effects.Reliability
+    binned: pd.DataFrame
+    budgets: dict[str, str]
+    replicates: int
+    pruner: str
+    sentences: list[str]
+
+
+def _search_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    done = runs[runs["kind"].isin(["kd", "ce"]) & (runs["state"] == "complete")]
+    return done.rename(columns={"kind": "stage"})[list(effects.RUN_COLUMNS)]
+
+
+def budget_words(config: dict[str, Any], runs: pd.DataFrame) -> dict[str, str]:
+    """Each arm's tuning budget in words, from what the search planned (its config) and ran (its runs).
+
+    A replicated grid reads ``{"kd": "20 cells × 3 lr × 3 seeds", "ce": "3 lr × 3 seeds"}``; any other
+    study counts its search runs, e.g. ``{"kd": "12 trials", "ce": "3 trials"}``.
+    """
+    search = config.get("search", {})
+    temps, alphas = search.get("temperature"), search.get("alpha")
+    search_runs = runs[runs["kind"].isin(["kd", "ce"])]
+    if isinstance(temps, list) and isinstance(alphas, list) and "replicates" in search:
+        per = search_runs.groupby("kind").agg(lrs=("lr", "nunique"), seeds=("seed", "nunique"))
+        out: dict[str, str] = {}
+        for stage in ("kd", "ce"):
+            if stage in per.index:
+                lrs, seeds = int(per.loc[stage, "lrs"]), int(per.loc[stage, "seeds"])
+                each = f"{lrs} lr × {seeds} seed{'s' if seeds != 1 else ''}"
+                out[stage] = f"{len(temps) * len(alphas)} cells × {each}" if stage == "kd" else each
+        return out
+    counts = search_runs["kind"].value_counts()
+    return {stage: f"{int(counts[stage])} trials" for stage in ("kd", "ce") if stage in counts}
+
+
+def search_evidence(config: dict[str, Any], runs: pd.DataFrame) -> SearchEvidence:
+    """Compute the grid's evidence from the study's config and its runs (see :class:`SearchEvidence`)."""
+    done = _search_runs(runs)
+    cells = effects.best_lr_cells(done)
+    matrix = effects.seed_matrix(done, cells.cells)
+    deltas = effects.delta_vs_ce(matrix)
+    main = effects.main_effects(matrix)
+    rel = effects.reliability(matrix)
+    search = config.get("search", {})
+    is_grid = isinstance(search.get("temperature"), list) and isinstance(search.get("alpha"), list)
+    kd = done[done["stage"] == "kd"]
+    binned = pd.DataFrame()
+    if not is_grid and len(kd) > 0:
+        parts = [effects.binned_effect(kd, p, 5).assign(param=p) for p in effects.FACTORS
+                 if isinstance(search.get(p), dict)]
+        binned = pd.concat(parts, ignore_index=True) if parts else binned
+    budgets = budget_words(config, runs)
+    pruner = search.get("pruner") or ("none" if is_grid else "median")
+    n_rep = int(done["seed"].nunique()) if len(done) else 0
+    sentences = [main.sentences[f] for f in effects.FACTORS if f in main.sentences] if is_grid else []
+    if is_grid:
+        sentences.append(rel.sentence[:1].upper() + rel.sentence[1:])
+    above = deltas[deltas["holm_above_zero"]]
+    if len(deltas) and deltas["n"].max() >= 2:
+        cells_text = ", ".join(f"T={t:g} α={a:g}" for t, a in zip(above["temperature"], above["alpha"],
+                                                                     strict=True))
+        sentences.append(f"{len(above)} of {len(deltas)} KD cells beat CE on validation after Holm's correction"
+                         + (f": {cells_text}." if len(above) else "."))
+    if budgets:
+        sentences.append("Tuning budgets: " + "; ".join(f"{k.upper()}: {v}" for k, v in budgets.items()) + ".")
+    return SearchEvidence(cells, deltas, main, rel, binned, budgets, n_rep, str(pruner), sentences)
+
+
+def grid_table(kd: pd.DataFrame, temps: list[float] | None, alphas: list[float] | None, ce_best: float,
+               evidence: SearchEvidence) -> pd.DataFrame:
+    """One row per (T, α) (columns :data:`GRID_COLUMNS`): trials by state; over complete trials the best,
+    mean, sd and minimum validation accuracy, the best single trial's lr and its difference to the best CE
+    trial; then the replicated design's cell value at its best lr (mean, n, CI half-width), its paired
+    difference to CE with its interval and Holm mark; and, for cells with pruned trials, the best last value
+    a pruned trial reached and at which epoch. A grid lists every configured cell, visited or not."""
+    keyed = kd.dropna(subset=["temperature", "alpha"])
+    rows = []
+    for (t, a), g in keyed.groupby(["temperature", "alpha"], sort=True):
+        done = g[g["state"] == "complete"].sort_values(["val_acc", "trial_number"], ascending=[False, True])
+        pruned = g[(g["state"] == "pruned") & g["val_acc"].notna()].sort_values("val_acc", ascending=False)
+        s = summarize(done["val_acc"])
+        rows.append({"temperature": float(t), "alpha": float(a), "n_trials": len(g),
+                     **{f"n_{st}": int((g["state"] == st).sum()) for st in RUN_STATES},
+                     "best_val": float(done["val_acc"].iloc[0]) if len(done) else math.nan,
+                     "mean_val": s.mean, "sd_val": s.sd,
+                     "min_val": float(done["val_acc"].min()) if len(done) else math.nan,
+                     "lr_best": float(done["lr"].iloc[0]) if len(done) else math.nan,
+                     "pruned_last_val": float(pruned["val_acc"].iloc[0]) if len(pruned) else math.nan,
+                     "pruned_epoch": int(pruned["epochs_done"].iloc[0]) - 1 if len(pruned) else math.nan})
+    out = pd.DataFrame(rows, columns=[c for c in GRID_COLUMNS if not c.startswith(("cell_", "delta_", "holm"))
+                                      and c != "diff_ce"])
+    if temps is not None and alphas is not None:  # every configured point, visited or not
+        full = pd.MultiIndex.from_product([sorted(map(float, temps)), sorted(map(float, alphas))],
+                                          names=["temperature", "alpha"])
+        out = out.set_index(["temperature", "alpha"]).reindex(full).reset_index()
+        for c in out.columns:
+            if c.startswith("n_"):
+                out[c] = out[c].fillna(0).astype(int)
+    out["diff_ce"] = out["best_val"] - ce_best
+    cells = evidence.cells.cells
+    cells = cells[cells["stage"] == "kd"].rename(columns={"mean": "cell_mean", "n": "cell_n",
+                                                           "ci_half": "cell_ci_half", "best_lr": "cell_lr"})
+    deltas = evidence.deltas.rename(columns={"mean": "delta_ce", "ci_low": "delta_ci_low", "ci_high": "delta_ci_high",
+                                             "n": "delta_n"})
+    out = out.merge(cells[["temperature", "alpha", "cell_mean", "cell_n", "cell_ci_half", "cell_lr"]],
+                    on=["temperature", "alpha"], how="left")
+    out = out.merge(deltas[["temperature", "alpha", "delta_ce", "delta_ci_low", "delta_ci_high", "delta_n",
+                            "holm_above_zero"]], on=["temperature", "alpha"], how="left")
+    out["cell_n"] = out["cell_n"].fillna(0).astype(int)
+    out["delta_n"] = out["delta_n"].fillna(0).astype(int)
+    out["holm_above_zero"] = out["holm_above_zero"].astype("boolean").fillna(False).astype(bool)
+    return out[GRID_COLUMNS].sort_values(["temperature", "alpha"]).reset_index(drop=True)
