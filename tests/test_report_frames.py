@@ -169,7 +169,7 @@ def test_replicated_grid_cells_effects_and_budgets(tmp_path) -> None:
     assert bool(g.loc[(4.0, 0.1), "holm_above_zero"]) and not bool(g.loc[(1.0, 0.9), "holm_above_zero"])
     ev = f.evidence
     assert ev.budgets == {"kd": "4 cells × 2 lr × 3 seeds", "ce": "2 lr × 3 seeds"} and ev.replicates == 3
-    assert ev.pruner == "none" and not ev.reliability.sentence == ""
+    assert ev.pruner == "none" and ev.reliability.sentence != ""
     text = " ".join(ev.sentences)
     assert "Tuning budgets: KD: 4 cells × 2 lr × 3 seeds; CE: 2 lr × 3 seeds." in text
     assert "beat CE on validation after Holm's correction: T=4 α=0.1" in text

@@ -13,7 +13,7 @@ from kdbench import cli
 from kdbench.config import SEARCH_SEED_OFFSET, parse_study
 from kdbench.errors import ConfigError
 from kdbench.store import load_runs
-from kdbench.sweep import budget_words, plan_search, planned_total, run_sweep, search_seeds
+from kdbench.sweep import plan_search, planned_total, run_sweep, search_seeds
 from kdbench.sweep.optuna_bridge import report_epoch
 
 
@@ -35,7 +35,6 @@ def test_every_cell_and_ce_get_the_same_budget_on_the_same_seeds() -> None:
         mine = [v for v in visits if _cell(v.key) == cell]
         assert sorted({(v.seed, v.lr) for v in mine}) == sorted({(s, lr) for s in seeds for lr in lrs})
     assert not set(seeds) & {study.seed + 1 + i for i in range(study.finalists.seeds)}  # finalists: fresh seeds
-    assert budget_words(study) == {"kd": "20 cells × 3 lr × 3 seeds", "ce": "3 lr × 3 seeds"}
     assert planned_total(study) == 189 + 2 * 5
 
 
@@ -60,7 +59,6 @@ def test_range_search_gives_ce_as_many_sampler_trials() -> None:
     study = parse_study({"name": "r", "search": {"temperature": {"low": 1, "high": 8, "log": True}, "trials": 6}})
     visits = plan_search(study)
     assert Counter(v.stage for v in visits) == {"kd": 6, "ce": 6}
-    assert budget_words(study) == {"kd": "6 sampler trials over T, α and lr", "ce": "6 sampler trials over lr"}
     assert study.search.pruner_name == "median" and parse_study({"name": "g"}).search.pruner_name == "none"
 
 
@@ -71,6 +69,8 @@ def test_old_keys_fail_with_the_new_field_named(tmp_path) -> None:
         parse_study({"name": "old", "baseline": {"trials": 3}})
     with pytest.raises(ConfigError, match=r"search: replicates > 1 needs temperature and alpha as lists"):
         parse_study({"name": "r", "search": {"alpha": {"low": 0.1, "high": 0.9}, "replicates": 3}})
+    with pytest.raises(ConfigError, match=r"search: sampler 'grid' needs temperature and alpha as lists"):
+        parse_study({"name": "r", "search": {"temperature": {"low": 1, "high": 8}, "sampler": "grid"}})
     path = tmp_path / "old.yaml"
     path.write_text("name: old\nsearch: {trials_per_point: 2}\n")
     res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", f"sqlite:///{tmp_path / 'kd.db'}"])

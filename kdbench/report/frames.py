@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from kdbench.config import is_geometric
-from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, search_evidence
+from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, qualified_verdict, search_evidence
 from kdbench.report.sources import (
     IMPORTANCE_EVALUATOR,
     PredictionSources,
@@ -156,30 +156,13 @@ def compute_frames(src: StudySources) -> StudyFrames:
         name=src.name, config=config, config_hash=src.config_hash, is_grid=is_grid,
         geometric_t=is_grid and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,
         ce_trials=ce[["trial_number", "lr", "val_acc"]].reset_index(drop=True), arms=arms, paired=paired,
-        verdict=_verdict(paired, config, evidence) if not finals.empty else
+        verdict=qualified_verdict(verdict(paired), config, evidence) if not finals.empty else
         "KD and CE cannot be compared yet: no complete finalists.",
         curves=_curves(src.epochs, finals), predictions=_predictions(src.predictions, src.teacher),
         importances=_importances(src), provenance=_provenance(src), missing=missing)
 
 
 # ---------------------------------------------------------------------------------------------- grid
-
-
-def _verdict(paired: Paired, config: dict[str, Any], evidence: SearchEvidence) -> str:
-    """The paired verdict, then the training budget it holds for (a short search budget may not transfer) and
-    whether KD and CE were tuned alike."""
-    student = config.get("student", {})
-    steps, epochs, batch = student.get("steps"), student.get("epochs"), student.get("batch_size")
-    per = f" of batch {batch}" if batch else ""
-    budget = f"{steps} steps{per}" if steps else (f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "")
-    text = verdict(paired) + (f" This holds for students trained {budget}." if budget else "")
-    b = evidence.budgets
-    if "kd" in b and "ce" in b:
-        words = f"KD: {b['kd']}; CE: {b['ce']}"
-        equal = b["kd"].endswith(b["ce"]) or b["kd"] == b["ce"]  # a grid: cells × what CE got
-        text += (f" Tuning was equal per cell ({words})." if equal else
-                 f" Tuning was not equal ({words}): the arm tuned more is favoured.")
-    return text
 
 
 def grid_pivot(sf: StudyFrames, column: str) -> pd.DataFrame:

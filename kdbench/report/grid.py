@@ -19,7 +19,15 @@ import pandas as pd
 from kdbench.report import effects
 from kdbench.report.stats import summarize
 
-__all__ = ["GRID_COLUMNS", "RUN_STATES", "SearchEvidence", "budget_words", "grid_table", "search_evidence"]
+__all__ = [
+    "GRID_COLUMNS",
+    "RUN_STATES",
+    "SearchEvidence",
+    "budget_words",
+    "grid_table",
+    "qualified_verdict",
+    "search_evidence",
+]
 
 RUN_STATES = ("complete", "pruned", "failed", "running", "interrupted")
 GRID_COLUMNS = [
@@ -116,6 +124,23 @@ def search_evidence(config: dict[str, Any], runs: pd.DataFrame) -> SearchEvidenc
     if budgets:
         sentences.append("Tuning budgets: " + "; ".join(f"{k.upper()}: {v}" for k, v in budgets.items()) + ".")
     return SearchEvidence(cells, deltas, main, rel, binned, budgets, n_rep, str(pruner), sentences)
+
+
+def qualified_verdict(text: str, config: dict[str, Any], evidence: SearchEvidence) -> str:
+    """A verdict, then the training budget it holds for (a short search budget may not transfer) and whether
+    KD and CE were tuned alike (a grid is equal per cell: KD's budget is cells × CE's)."""
+    student = config.get("student", {})
+    steps, epochs, batch = student.get("steps"), student.get("epochs"), student.get("batch_size")
+    per = f" of batch {batch}" if batch else ""
+    budget = f"{steps} steps{per}" if steps else (f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "")
+    text += f" This holds for students trained {budget}." if budget else ""
+    b = evidence.budgets
+    if "kd" in b and "ce" in b:
+        words = f"KD: {b['kd']}; CE: {b['ce']}"
+        equal = b["kd"] == b["ce"] or b["kd"].endswith(f"cells × {b['ce']}")
+        text += (f" Tuning was equal per cell ({words})." if equal else
+                 f" Tuning was not equal ({words}): the arm tuned more is favoured.")
+    return text
 
 
 def grid_table(kd: pd.DataFrame, temps: list[float] | None, alphas: list[float] | None, ce_best: float,

@@ -20,7 +20,6 @@ from kdbench.sweep.attempt import SweepContext
 from kdbench.sweep.events import Progress, SweepEvents, study_progress
 from kdbench.sweep.plan import (
     Visit,
-    budget_words,
     finalist_seeds,
     plan_finalists,
     plan_search,
@@ -34,7 +33,6 @@ __all__ = [
     "SweepContext",
     "SweepEvents",
     "Visit",
-    "budget_words",
     "check_models",
     "finalist_seeds",
     "plan_finalists",

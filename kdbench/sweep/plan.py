@@ -24,7 +24,7 @@ import pandas as pd
 
 from kdbench.config import SEARCH_SEED_OFFSET, Study
 
-__all__ = ["Visit", "budget_words", "finalist_seeds", "plan_finalists", "plan_search", "planned_total",
+__all__ = ["Visit", "finalist_seeds", "plan_finalists", "plan_search", "planned_total",
            "search_seeds"]
 
 
@@ -93,19 +93,6 @@ def _range_visits(study: Study) -> list[Visit]:
 def plan_search(study: Study) -> list[Visit]:
     """The KD and CE search visits, in the order they are claimed (see the module docstring)."""
     return _grid_visits(study) if study.search.is_grid else _range_visits(study)
-
-
-def budget_words(study: Study) -> dict[str, str]:
-    """Each arm's tuning budget in words, e.g. ``{"kd": "20 cells × 3 lr × 3 seeds", "ce": "3 lr × 3 seeds"}``."""
-    s = study.search
-    lrs = s.lr_candidates()
-    if s.is_grid:
-        assert isinstance(s.temperature, list) and isinstance(s.alpha, list) and lrs is not None
-        per_cell = f"{len(lrs)} lr × {s.n_replicates} seed{'s' if s.n_replicates > 1 else ''}"
-        out = {"kd": f"{len(s.temperature) * len(s.alpha)} cells × {per_cell}"}
-        return {**out, "ce": per_cell} if study.baseline.ce else out
-    out = {"kd": f"{s.n_trials} sampler trials over T, α and lr"}
-    return {**out, "ce": f"{s.n_trials} sampler trials over lr"} if study.baseline.ce else out
 
 
 def finalist_seeds(study: Study) -> list[int]:
