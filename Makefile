@@ -27,8 +27,10 @@ data:
 
 # The shipped studies' file names are their study names.
 demo: env data
-	$(BIN)/kdbench sweep $(STUDY)
-	$(BIN)/kdbench report $(basename $(notdir $(STUDY)))
+	@start=$$(date +%s); set -e; \
+	echo "$(BIN)/kdbench sweep $(STUDY)"; $(BIN)/kdbench sweep $(STUDY); \
+	echo "$(BIN)/kdbench report $(basename $(notdir $(STUDY)))"; $(BIN)/kdbench report $(basename $(notdir $(STUDY))); \
+	echo "make demo: sweep and report took $$(( $$(date +%s) - start )) s (set-up excluded)"
 
 # A throwaway PostgreSQL server for the multi-worker tests (see .ci/postgres.sh); they skip without one.
 test: env data

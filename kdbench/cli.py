@@ -161,7 +161,9 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
     if as_worker:
         return
     _print_counts(store, study.name)
-    _print_evidence(store, study.name)
+    from kdbench.report.frames import study_frames
+
+    _print_evidence(study_frames(store, study.name, load_images=False).evidence.sentences, study.name)
     _print_summary(store, study.name, summary)
 
 
@@ -208,13 +210,24 @@ def show(study_name: str, storage: str, top: int) -> None:
     runs = store.runs(study_name)
     counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
     click.echo(f"study {study_name} in {store.url}\n\nruns by kind and state:\n{counts.to_string()}\n")
-    for kind in ("kd", "ce"):
-        best = runs[(runs["kind"] == kind) & (runs["state"] == "complete")].nlargest(top, "val_acc")
-        if not best.empty:
-            cols = ["trial_number", "temperature", "alpha", "lr", "val_acc", "wall_time_s"]
-            cols = [c for c in cols if kind == "kd" or c not in ("temperature", "alpha")]
-            click.echo(f"best {kind.upper()} trials (validation accuracy):\n{best[cols].to_string(index=False)}\n")
-    _print_evidence(store, study_name)
+    from kdbench.report.frames import study_frames
+
+    evidence = study_frames(store, study_name, load_images=False).evidence
+    cells = evidence.cells.cells.dropna(subset=["mean"])
+    if not cells.empty:
+        deltas = evidence.deltas.set_index(["temperature", "alpha"])
+        lines = []
+        for _, c in cells[cells["stage"] == "kd"].nlargest(top, "mean").iterrows():
+            d = deltas.loc[(c["temperature"], c["alpha"])] if (c["temperature"], c["alpha"]) in deltas.index else None
+            vs = "" if d is None else f"; vs CE {100 * d['mean']:+.2f} pp " + (
+                "(no CI)" if d["ci_low"] != d["ci_low"] else f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
+            ) + (" *" if d["holm_above_zero"] else "")
+            lines.append(f"  T={c['temperature']:g} alpha={c['alpha']:g}: {_cell(c)}{vs}")
+        for _, c in cells[cells["stage"] == "ce"].iterrows():
+            lines.append(f"  CE: {_cell(c)}")
+        click.echo("best cells (validation accuracy, mean over seeds at the cell's best lr; * above CE after "
+                   "Holm):\n" + "\n".join(lines) + "\n")
+    _print_evidence(evidence.sentences, study_name)
     _print_summary(store, study_name, store.finalist_summary(study_name))
 
 
@@ -244,14 +257,16 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) ->
     click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
 
 
-def _print_evidence(store: Any, name: str) -> None:
-    """The search's plain sentences: main effects, reliability, cells above CE after Holm, budgets."""
-    from kdbench.report.frames import study_frames
+def _cell(c: Any) -> str:
+    half = "" if c["ci_half"] != c["ci_half"] else f" ± {100 * c['ci_half']:.2f}"
+    return f"{100 * c['mean']:.2f}%{half} (95% CI, n={int(c['n'])}) at lr {c['best_lr']:.3g}"
 
-    evidence = study_frames(store, name, load_images=False).evidence
-    if evidence.sentences:
+
+def _print_evidence(sentences: list[str], name: str) -> None:
+    """The search's plain sentences: main effects, reliability, cells above CE after Holm, budgets."""
+    if sentences:
         click.echo(f"{name}: what the search says (validation accuracy):\n" +
-                   "\n".join(f"  - {line}" for line in evidence.sentences))
+                   "\n".join(f"  - {line}" for line in sentences))
 
 
 def _print_summary(store: Any, name: str, summary: Any) -> None:

@@ -38,3 +38,19 @@ def test_sweep_opens_the_database_once(needs_fmnist: None, tiny_study_dict: dict
     assert res.exit_code == 0, res.output
     assert "tiny: 2 runs" in res.output
     assert opened == {"engine": 1, "optuna": 1}
+
+
+def test_show_prints_cells_effects_reliability_and_budgets(tmp_path: Path) -> None:
+    from report_db import make_replicated_db
+
+    url = f"sqlite:///{tmp_path / 'rep.db'}"
+    make_replicated_db(url, "rep")
+    res = CliRunner().invoke(cli.main, ["show", "rep", "--storage", url])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "best cells (validation accuracy, mean over seeds at the cell's best lr" in out
+    first = out.split("best cells", 1)[1].splitlines()[1]
+    assert first.startswith("  T=4 alpha=0.1: 83.30% ± ") and first.endswith("vs CE +3.00 pp [+2.50, +3.50] *")
+    assert "  CE: 80.30% ± " in out and "(no CI)" in out
+    assert "RM-ANOVA" in out and "(reliability " in out and "after Holm's correction: T=4 α=0.1" in out
+    assert "Tuning budgets: KD: 4 cells × 2 lr × 3 seeds; CE: 2 lr × 3 seeds." in out

@@ -62,17 +62,20 @@ def test_end_to_end_sweep_and_resume(needs_fmnist: None, tiny_study_dict: dict, 
 
 @pytest.mark.slow
 def test_fused_sweep_matches_sequential(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
-    """`search.fuse: 3` trains the three search visits at once; each gets the accuracy it gets alone."""
+    """`search.fuse: 4` trains search visits of one replicate seed at once (never two seeds in one fused step);
+    each gets the accuracy it gets alone."""
     cache = tmp_path / "cache"
     got = {}
-    for fuse in (1, 3):
+    for fuse in (1, 4):
         url = f"sqlite:///{tmp_path / f'fuse{fuse}.db'}"
-        study = parse_study(tiny_study_dict, overrides=[f"search.fuse={fuse}", "finalists.seeds=1"])
+        study = parse_study(tiny_study_dict, overrides=[f"search.fuse={fuse}", "finalists.seeds=1",
+                                                        "search.replicates=2"])
         run_sweep(study, storage=url, cache_dir=cache)
         runs = load_runs(url, "tiny")
         assert set(runs["state"]) == {"complete"} and len(runs) == planned_total(study)
         got[fuse] = runs.set_index("visit")
-    search = [v.key for v in plan_search(parse_study(tiny_study_dict))]
-    assert got[1].loc[search, "lr"].tolist() == pytest.approx(got[3].loc[search, "lr"].tolist())
-    assert got[1].loc[search, "val_acc"].tolist() == pytest.approx(got[3].loc[search, "val_acc"].tolist(), abs=3e-3)
+    search = [v.key for v in plan_search(parse_study(tiny_study_dict, overrides=["search.replicates=2"]))]
+    assert len(search) == 6
+    assert got[1].loc[search, "lr"].tolist() == pytest.approx(got[4].loc[search, "lr"].tolist())
+    assert got[1].loc[search, "val_acc"].tolist() == pytest.approx(got[4].loc[search, "val_acc"].tolist(), abs=3e-3)
     assert parse_study(tiny_study_dict).hash == parse_study(tiny_study_dict, overrides=["search.fuse=1"]).hash

@@ -101,6 +101,8 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
     while True:
         batch: list[Claimed] = []
         for i, v in enumerate(visits):
+            if batch and v.seed != batch[0].visit.seed:  # a fused step shares one batch order: one seed per batch
+                break
             c = ctx.store.claim(ctx.study_id, v, offset + i, ctx.study.hash, ctx.stale_after_s)
             if c is not None:
                 batch.append(c)
@@ -147,7 +149,7 @@ def run_sweep(
     done = 0
     for offset in (0, len(search)):
         visits = search if offset == 0 else plan_finalists(study, ctx.store.runs(study.name))
-        # search visits share the study's seed, hence one data order: they can be fused; finalists run alone
+        # search visits of one replicate share its seed, hence one data order: they can be fused; finalists alone
         for batch in _claim_loop(ctx, visits, offset, fuse if offset == 0 else 1):
             if len(batch) > 1:
                 run_fused(ctx, batch)
