@@ -121,9 +121,33 @@ def search_evidence(config: dict[str, Any], runs: pd.DataFrame) -> SearchEvidenc
                                                                      strict=True))
         sentences.append(f"{len(above)} of {len(deltas)} KD cells beat CE on validation after Holm's correction"
                          + (f": {cells_text}." if len(above) else "."))
+    edge = _lr_at_edge(cells)
+    if edge:
+        sentences.append(edge)
     if budgets:
         sentences.append("Tuning budgets: " + "; ".join(f"{k.upper()}: {v}" for k, v in budgets.items()) + ".")
     return SearchEvidence(cells, deltas, main, rel, binned, budgets, n_rep, str(pruner), sentences)
+
+
+def _lr_at_edge(cells: effects.BestLr) -> str:
+    """A sentence when cells chose the lowest or highest lr candidate: their optimum may lie outside the list."""
+    c = cells.cells[cells.cells["n_lrs"] > 1]
+    lrs = cells.per_lr.groupby("stage")["lr"].agg(["min", "max"])
+    if c.empty:
+        return ""
+    low = c["best_lr"] <= c["stage"].map(lrs["min"])
+    high = c["best_lr"] >= c["stage"].map(lrs["max"])
+    kd, ce = c["stage"] == "kd", c["stage"] == "ce"
+    parts = []
+    if (ce & (low | high)).any():
+        parts.append(f"CE ({'lowest' if (ce & low).any() else 'highest'})")
+    if (kd & (low | high)).any():
+        parts.append(f"{int((kd & low).sum())} KD cell(s) at the lowest and {int((kd & high).sum())} at the highest "
+                     f"of {int(kd.sum())}")
+    if not parts:
+        return ""
+    return (f"The best lr is at an end of the lr candidates for {' and '.join(parts)}: their optimum may lie "
+            "outside the list (widen search.lr).")
 
 
 def qualified_verdict(text: str, config: dict[str, Any], evidence: SearchEvidence) -> str:

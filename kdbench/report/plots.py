@@ -187,7 +187,7 @@ def effects(sf: StudyFrames) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("effect on validation accuracy (pp)" if grid else "validation accuracy (%)")
-    how = "n seeds; see the effects table for the level means" if grid else \
+    how = f"{ev.replicates} seeds; the effects table has the level means" if grid else \
         "T and α sampled from ranges: trials binned by quantile, no interpolation"
     fig.suptitle(f"{sf.name}: main effects of T and α ({how})", fontsize=10)
     fig.tight_layout()
