@@ -161,9 +161,7 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
     if as_worker:
         return
     _print_counts(store, study.name)
-    from kdbench.report.frames import study_frames
-
-    _print_evidence(study_frames(store, study.name, load_images=False).evidence.sentences, study.name)
+    _print_evidence(_evidence(store, study.name).sentences, study.name)
     _print_summary(store, study.name, summary)
 
 
@@ -210,9 +208,7 @@ def show(study_name: str, storage: str, top: int) -> None:
     runs = store.runs(study_name)
     counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
     click.echo(f"study {study_name} in {store.url}\n\nruns by kind and state:\n{counts.to_string()}\n")
-    from kdbench.report.frames import study_frames
-
-    evidence = study_frames(store, study_name, load_images=False).evidence
+    evidence = _evidence(store, study_name)
     cells = evidence.cells.cells.dropna(subset=["mean"])
     if not cells.empty:
         deltas = evidence.deltas.set_index(["temperature", "alpha"])
@@ -255,6 +251,17 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) ->
     for sf in rep.frames:
         click.echo(f"{sf.name}: {sf.verdict}")
     click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
+
+
+def _evidence(store: Any, name: str) -> Any:
+    """The search's evidence from the study's config and runs alone (not the report's other reads: no
+    epochs, predictions or Optuna importances)."""
+    import json
+
+    from kdbench.report.grid import search_evidence
+
+    row = store.study(name)
+    return search_evidence(json.loads(row.config) if row is not None else {}, store.runs(name))
 
 
 def _cell(c: Any) -> str:
