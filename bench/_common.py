@@ -19,6 +19,9 @@ import torch
 from kdbench.provenance import provenance
 
 FMNIST_ROOT = None  # kdbench's own search (data.root, $KDBENCH_DATA, ./data, /usr/share/datasets)
+FOREIGN_CORES_ALLOWED = 0.25  # cores other processes may keep busy (mean over a run) before its ratios are flagged
+START_LOAD_SHARE = 0.75  # a 1-minute load average above this share of the cores at the start is flagged (1.5 on 2)
+_START: dict[str, float] = {}
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -39,7 +42,35 @@ def setup(args: argparse.Namespace, title: str) -> torch.device:
     print(f"# commit {prov['commit']}  device {prov['device']}  torch threads {torch.get_num_threads()}")
     print(f"# versions {json.dumps(prov['versions'], sort_keys=True)}")
     print(f"# load average at start {load()}  (the machine may be shared: read ratios, not absolute times)")
+    cores = os.cpu_count() or 1
+    if os.getloadavg()[0] > START_LOAD_SHARE * cores:
+        print(f"# WARNING: load average {os.getloadavg()[0]:.2f} on {cores} cores at the start: the machine is "
+              "busy; the figures below are flagged unless it quietens (rerun when the load is low)")
+    _START.update(_cpu_snapshot(), wall=time.perf_counter())
     return device
+
+
+def _cpu_snapshot() -> dict[str, float]:
+    """Machine-wide busy and stolen CPU seconds (/proc/stat) and this process's own, children included."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    hz = os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz,
+            "own": t.user + t.system + t.children_user + t.children_system}
+
+
+def quietness() -> dict[str, float | bool]:
+    """How quiet the machine was since :func:`setup`: the cores that other processes kept busy on average
+    (machine busy time minus this process's and its children's), the cores the hypervisor stole, and
+    whether that stays within :data:`FOREIGN_CORES_ALLOWED`."""
+    now = _cpu_snapshot()
+    wall = max(1e-9, time.perf_counter() - _START["wall"])
+    foreign = max(0.0, (now["busy"] - _START["busy"]) - (now["own"] - _START["own"])) / wall
+    stolen = (now["steal"] - _START["steal"]) / wall
+    return {"foreign_cores": round(foreign, 3), "stolen_cores": round(stolen, 3),
+            "quiet": foreign + stolen <= FOREIGN_CORES_ALLOWED}
 
 
 def load() -> str:
@@ -68,6 +99,11 @@ def median(xs: list[float]) -> float:
 
 
 def footer(summary: dict[str, Any]) -> None:
-    """The load at the end and one JSON line with the figures, for scripts that collect them."""
-    print(f"# load average at end {load()}")
-    print("RESULT " + json.dumps(summary, sort_keys=True))
+    """The load at the end, how quiet the run was, and one JSON line with the figures (flagged when not quiet)."""
+    q = quietness()
+    print(f"# load average at end {load()}; other processes kept {q['foreign_cores']:.2f} cores busy on average, "
+          f"the hypervisor stole {q['stolen_cores']:.2f} (allowed together: {FOREIGN_CORES_ALLOWED})")
+    if not q["quiet"]:
+        print("# NOT QUIET: other work ran beside this benchmark; its ratios are not figures to publish. Rerun it "
+              "when the machine is quiet.")
+    print("RESULT " + json.dumps({**summary, **q}, sort_keys=True))

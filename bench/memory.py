@@ -1,11 +1,17 @@
-"""Memory: peak resident memory of a sweep worker against what it must hold.
+"""Memory: a sweep worker's peak resident memory, itemised, against what it must hold.
 
-Runs one `kdbench sweep` worker (default study shape: full Fashion-MNIST, cnn-m teacher cache, mlp-800
-student) as a child process and reads its peak RSS, then sets it beside: the dataset's uint8 tensors
-(train + val + test), the cached teacher logits, the student's state (weights, grads, Adam's two
-moments), the teacher model, and the peak RSS of a process that only imports kdbench's libraries.
+Runs two `kdbench sweep` processes on one study (full Fashion-MNIST, cnn-m teacher, mlp-800 student):
+the *first worker*, which trains and caches the teacher and runs one trial, then a *joining worker*
+(`--as-worker`, as `--workers N` and other machines start them: teacher cached, no end-of-run summary)
+that runs the other trials. Each one's peak RSS is read by a parent that waits for it. Beside them:
 
-    python bench/memory.py              # 2 short KD trials, teacher trained for 100 steps
+- the libraries, imported one after the other in a fresh process (RSS after each);
+- the data a worker must hold: the dataset's uint8 tensors, the cached teacher logits, the student's state;
+- the target of issue #16: a joining worker within 150 MiB of `import torch` + data + logits; and the
+  floor of any PyTorch training script (`import torch` and a first `torch.optim` step, which imports
+  torch._dynamo) + data + logits, for comparison.
+
+    python bench/memory.py              # teacher trained for 100 steps, 4 KD trials of 100 steps
 """
 
 from __future__ import annotations
@@ -21,6 +27,22 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1 << 20
+TARGET_MIB = 150  # issue #16: worker peak within this of import torch + data + logits
+
+# imported cumulatively in one process; the RSS after each step is its share
+STEPS = [
+    ("python", "pass"),
+    ("torch", "import torch"),
+    ("torch.optim first step (imports torch._dynamo)",
+     "m = torch.nn.Linear(2, 2); o = torch.optim.Adam(m.parameters()); m(torch.ones(1, 2)).sum().backward(); o.step()"),
+    ("sqlalchemy", "import sqlalchemy"),
+    ("optuna", "import optuna"),
+    ("pandas", "import pandas"),
+    ("PIL (image folders)", "import PIL.Image"),
+    ("kdbench.sweep (its own modules, pydantic, yaml)", "import kdbench.sweep, kdbench.cli"),
+    ("scipy + statsmodels (end-of-run summary only)", "import kdbench.report.grid"),
+    ("matplotlib + seaborn + jinja2 (report only)", "import kdbench.report.render"),
+]
 
 
 def child_peak_mb(args: list[str]) -> float:
@@ -32,11 +54,23 @@ def child_peak_mb(args: list[str]) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024  # Linux reports KiB
 
 
+def library_steps() -> list[tuple[str, float]]:
+    """(step, RSS in MiB after it) for :data:`STEPS`, in one fresh process."""
+    lines = ["import sys", "def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20"]
+    for i, (_, stmt) in enumerate(STEPS):
+        lines += [stmt, f"print({i}, rss(), flush=True)"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", "\n".join(lines)], env=env, capture_output=True, text=True,
+                         check=True)
+    rss = [float(line.split()[1]) for line in out.stdout.strip().splitlines()]
+    return [(name, r) for (name, _), r in zip(STEPS, rss, strict=True)]
+
+
 def main() -> None:
     p = c.parser(__doc__)
     p.add_argument("--student", default="mlp-800")
     args = p.parse_args()
-    c.setup(args, "memory: sweep worker peak RSS vs data + logits + models")
+    c.setup(args, "memory: sweep worker peak RSS vs data + logits + libraries")
     import torch
 
     from kdbench.config import parse_study
@@ -45,39 +79,47 @@ def main() -> None:
 
     raw = {"name": "bench-memory", "data": {"dataset": "fashion-mnist", "val_fraction": 0.1},
            "teacher": {"model": "cnn-m", "steps": 100}, "student": {"model": args.student, "steps": 100},
-           "search": {"temperature": [4], "alpha": [0.5], "lr": [1e-3], "replicates": 2},
+           "search": {"temperature": [2, 4], "alpha": [0.5], "lr": [1e-3], "replicates": 2},
            "baseline": {"ce": False}, "finalists": {"top_k": 0, "seeds": 1}}
     study = parse_study(raw)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "s.yaml"
         path.write_text(yaml.safe_dump(raw))
-        worker = child_peak_mb([sys.executable, "-m", "kdbench", "sweep", str(path), "--quiet", "--device", "cpu",
-                                "--threads", str(args.threads), "--storage", f"sqlite:///{tmp}/m.db",
-                                "--cache-dir", f"{tmp}/cache"])
-    libs = child_peak_mb([sys.executable, "-c", "import torch, torchvision, optuna, sqlalchemy, pandas, pydantic, "
-                          "kdbench.sweep"])
+        common = [sys.executable, "-m", "kdbench", "sweep", str(path), "--quiet", "--device", "cpu",
+                  "--threads", str(args.threads), "--storage", f"sqlite:///{tmp}/m.db", "--cache-dir", f"{tmp}/cache"]
+        first = child_peak_mb([*common, "--max-visits", "1"])
+        joining = child_peak_mb([*common, "--as-worker"])
+    steps = library_steps()
     data = load_data("fashion-mnist", val_fraction=0.1, seed=0)
     data_mb = sum(s.images.nbytes + s.labels.nbytes for s in (data.train, data.val, data.test)) / MB
     logits_mb = len(data.train) * data.info.num_classes * 2 / MB  # float16, one view
     info = data.info
     student = count_parameters(build_model(study.student.model, in_channels=1, num_classes=10,
                                            image_size=info.image_size))
-    teacher = count_parameters(build_model(study.teacher.model, in_channels=1, num_classes=10,
-                                           image_size=info.image_size))
-    student_mb, teacher_mb = student * 4 * 4 / MB, teacher * 4 / MB  # student: weights, grads, 2 Adam moments
-    held = data_mb + logits_mb + student_mb + teacher_mb
-    print(f"sweep worker peak RSS       {worker:8.1f} MiB")
-    print(f"  libraries imported only   {libs:8.1f} MiB   (python, torch, optuna, sqlalchemy, pandas, ...)")
-    print(f"  dataset uint8 tensors     {data_mb:8.1f} MiB   (train {len(data.train)}, val {len(data.val)}, "
-          f"test {len(data.test)})")
-    print(f"  cached teacher logits     {logits_mb:8.1f} MiB   (float16)")
-    print(f"  student state             {student_mb:8.1f} MiB   ({student} params: weights, grads, Adam m, v)")
-    print(f"  teacher weights           {teacher_mb:8.1f} MiB")
-    gap = worker - libs - held
-    print(f"  gap                       {gap:8.1f} MiB   = worker - libraries - held; activations, the raw arrays "
-          f"read from the .gz files while loading, the validation logits, allocator slack")
-    c.footer({"bench": "memory", "worker_mb": worker, "libraries_mb": libs, "held_mb": held, "gap_mb": gap,
-              "torch_threads": torch.get_num_threads()})
+    student_mb = student * 4 * 4 / MB  # weights, grads, Adam's 2 moments
+    rss = dict(steps)
+    torch_mb = rss["torch"]
+    optim_mb = rss["torch.optim first step (imports torch._dynamo)"]
+    print(f"first worker (trains the teacher)   peak {first:8.1f} MiB")
+    print(f"joining worker (teacher cached)     peak {joining:8.1f} MiB")
+    print("libraries, imported one after the other (RSS after each, and its share):")
+    before = 0.0
+    for name, r in steps:
+        print(f"  {name:<52} {r:8.1f} MiB  (+{r - before:6.1f})")
+        before = r
+    print(f"held: dataset uint8 tensors {data_mb:.1f} MiB (train {len(data.train)}, val {len(data.val)}, "
+          f"test {len(data.test)}), cached logits {logits_mb:.1f} MiB (float16), student state {student_mb:.1f} MiB "
+          f"({student} params: weights, grads, Adam m, v)")
+    target = torch_mb + data_mb + logits_mb + TARGET_MIB
+    floor = optim_mb + data_mb + logits_mb
+    verdict = "met" if joining <= target else "NOT met"
+    print(f"target (issue #16): joining worker <= import torch + data + logits + {TARGET_MIB} = {target:.1f} MiB: "
+          f"{verdict} ({joining - torch_mb - data_mb - logits_mb:+.1f} MiB over torch + data + logits)")
+    print(f"against a plain PyTorch training script's floor (torch + a torch.optim step + data + logits = "
+          f"{floor:.1f} MiB): {joining - floor:+.1f} MiB")
+    c.footer({"bench": "memory", "first_worker_mb": first, "joining_worker_mb": joining, "torch_mb": torch_mb,
+              "torch_optim_mb": optim_mb, "data_mb": data_mb, "logits_mb": logits_mb, "target_mb": target,
+              "target_met": joining <= target, "libraries": dict(steps), "torch_threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":

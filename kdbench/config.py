@@ -51,6 +51,8 @@ SAMPLER_STARTUP_TRIALS = 5  # random trials before TPE models, and complete tria
 IMAGEFOLDER_SIZE = 32  # pixels: image folders are resized to this square when data.image_size is unset
 IMAGEFOLDER_TEST_FRACTION = 0.2  # of an image folder's train/ images, carved out as its test set when it has no test/
 CROP_PAD = 4  # pixels of zero padding on each side before a random crop (data.augment: crop)
+FUSE_AUTO_MAX = 64  # search.fuse: auto on CUDA fuses up to this many students (one seed's visits at most)
+FUSE_MEMORY_SHARE = 0.5  # search.fuse: auto: fused students' estimated memory stays under this share of free GPU memory
 TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -173,7 +175,9 @@ class SearchConfig(_Strict):
     trials: Annotated[int, Field(ge=1)] | None = None  # range searches: KD trials (default 20); CE gets as many
     sampler: Literal["tpe", "random", "grid"] = "tpe"  # range searches; a grid visits every cell
     pruner: Literal["median", "hyperband", "none"] | None = None  # default none (grid), median (range)
-    fuse: Annotated[int, Field(ge=1, le=256)] = 1  # search trials (students) trained at once by one fused step; 1 = off
+    # search trials (students) trained at once by one fused step: auto (on CUDA as many as fit, up to
+    # FUSE_AUTO_MAX; sequential on the CPU, where fusing is slower), or K (1 = off; not on the CPU)
+    fuse: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
 
     @field_validator("temperature")
     @classmethod
@@ -300,12 +304,12 @@ def study_hash(study: Study) -> str:
     """A 16-hex-digit SHA-256 of the resolved config, stable across runs, machines and key order.
 
     ``data.root`` and ``data.download`` are left out: they say where the files are, not what is computed;
-    so is ``search.fuse`` when it is 1 (the default), so that adding the key changed no stored hash.
+    so is ``search.fuse`` when it is 1 or auto (the defaults), so that adding the key changed no stored hash.
     """
     cfg = study.resolved()
     for section, key in _NOT_HASHED:
         cfg[section].pop(key, None)
-    if cfg["search"]["fuse"] == 1:  # the default leaves the hashes of studies written before it unchanged
+    if cfg["search"]["fuse"] in (1, "auto"):  # the defaults leave the hashes of studies written before unchanged
         del cfg["search"]["fuse"]
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -18,7 +18,7 @@ from torch import nn
 
 from kdbench.data import DatasetInfo, Split, normalize
 
-__all__ = ["autocast", "evaluate", "inference_ms_per_batch", "predict_logits"]
+__all__ = ["autocast", "evaluate", "inference_ms_per_batch", "predict_logits", "scores"]
 
 
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
@@ -85,11 +85,15 @@ def evaluate(
     """
     if len(split) == 0:
         return math.nan, math.nan
-    logits = predict_logits(model, split.images, info, batch_size=batch_size, amp=amp)
-    loss = F.cross_entropy(logits, split.labels, reduction="sum")
-    correct = (logits.argmax(1) == split.labels).sum()
+    return scores(predict_logits(model, split.images, info, batch_size=batch_size, amp=amp), split.labels)
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """``(accuracy, mean cross-entropy)`` of float32 ``logits`` against ``labels`` (one read back to the host)."""
+    loss = F.cross_entropy(logits, labels, reduction="sum")
+    correct = (logits.argmax(1) == labels).sum()
     stats = torch.stack([correct.float(), loss]).cpu()
-    return float(stats[0]) / len(split), float(stats[1]) / len(split)
+    return float(stats[0]) / len(labels), float(stats[1]) / len(labels)
 
 
 @torch.no_grad()

@@ -13,9 +13,12 @@ whose sha256 does not match meta.json is treated as missing and rebuilt, never u
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -30,7 +33,7 @@ from torch import nn
 from kdbench.config import TEACHER_FLOOR_SHARE, Study
 from kdbench.data import Data, load_data
 from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError
-from kdbench.evaluate import evaluate, inference_ms_per_batch, predict_logits
+from kdbench.evaluate import evaluate, inference_ms_per_batch, predict_logits, scores
 from kdbench.models import build_model, count_parameters, load_state_dict_file
 from kdbench.provenance import device_name, kdbench_commit, library_versions, provenance
 from kdbench.train import CachedLogits, EpochRecord, LiveTeacher, TeacherSignal, train, view_images
@@ -232,7 +235,8 @@ def prepare_teacher(
             res = train(model, data, cfg, seed=study.seed, augment_kind=study.data.augment, callback=on_epoch)
             train_seconds = res.wall_time_s
         val_acc, val_loss = evaluate(model, data.val, info)
-        test_acc, test_loss = evaluate(model, data.test, info)
+        test_logits = predict_logits(model, data.test.images, info)  # one pass: the scores and the predictions
+        test_acc, test_loss = scores(test_logits, data.test.labels) if len(data.test) else (math.nan, math.nan)
         meta = {
             "format": CACHE_FORMAT, "key": wkey, "model": cfg.model, "dataset": info.name,
             "recipe": cfg.model_dump(mode="json"), "seed": study.seed,
@@ -243,6 +247,7 @@ def prepare_teacher(
         }
         folder.mkdir(parents=True, exist_ok=True)
         meta["weights_sha256"] = _atomic_save(model.state_dict(), wpath)
+        meta.update(_record_outputs(model, data, device, test_logits))
         _write_meta(folder, meta)
     model.eval()
     for p in model.parameters():
@@ -291,14 +296,33 @@ def prepare_teacher(
     )
 
 
+def _record_outputs(model: nn.Module, data: Data, device: torch.device,
+                    test_logits: torch.Tensor | None = None) -> dict[str, Any]:
+    """What the store's teacher row needs from running the teacher: its test predictions (int16, base64)
+    and its inference time, computed once with the teacher and kept in the cache's meta, so that a worker
+    that finds the teacher cached never runs it (a cnn-m pass over the test set costs ~300 MiB on the CPU)."""
+    if test_logits is None:
+        test_logits = predict_logits(model, data.test.images, data.info)
+    preds = test_logits.argmax(1).to(torch.int16).cpu().numpy()
+    return {"test_predictions": base64.b64encode(preds.tobytes()).decode("ascii"),
+            "infer_ms_per_batch": inference_ms_per_batch(model, data.info, device)}
+
+
 def teacher_record(teacher: Teacher, data: Data, device: torch.device) -> dict[str, Any]:
-    """The teacher's row for the store: accuracies, timing, provenance and its test-set predictions (int16)."""
-    preds = predict_logits(teacher.model, data.test.images, data.info).argmax(1).to(torch.int16).cpu().numpy()
-    prov = teacher.meta.get("provenance", {})
+    """The teacher's row for the store: accuracies, timing, provenance and its test-set predictions (int16).
+
+    Read from the cache's meta; a cache written before kdbench kept them there gets them now.
+    """
+    meta = teacher.meta
+    if "test_predictions" not in meta or "infer_ms_per_batch" not in meta:
+        meta.update(_record_outputs(teacher.model, data, device))
+        with contextlib.suppress(OSError):  # a read-only cache still records the teacher
+            _write_meta(teacher.cache_dir, meta)
+    prov = meta.get("provenance", {})
     return dict(
-        key=teacher.key, model=teacher.meta["model"], dataset=data.info.name, parameters=teacher.parameters,
+        key=teacher.key, model=meta["model"], dataset=data.info.name, parameters=teacher.parameters,
         val_acc=teacher.val_acc, test_acc=teacher.test_acc, train_seconds=teacher.train_seconds,
-        infer_ms_per_batch=inference_ms_per_batch(teacher.model, data.info, device),
+        infer_ms_per_batch=meta["infer_ms_per_batch"],
         cache_location=str(teacher.cache_dir.resolve()), device=prov.get("device", device_name(device)),
         versions=json.dumps(prov.get("versions", library_versions()), sort_keys=True),
-        commit=prov.get("commit", kdbench_commit()), test_predictions=preds.tobytes())
+        commit=prov.get("commit", kdbench_commit()), test_predictions=base64.b64decode(meta["test_predictions"]))

@@ -34,10 +34,14 @@ def test_sweep_opens_the_database_once(needs_fmnist: None, tiny_study_dict: dict
     path.write_text(yaml.safe_dump(tiny_study_dict))
     res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--quiet", "--device", "cpu",
                                         "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
-                                        "--max-visits", "2"])
+                                        "--max-visits", "2", "--set", "search.fuse=4"])
     assert res.exit_code == 0, res.output
     assert "tiny: 2 runs" in res.output
     assert opened == {"engine": 1, "optuna": 1}
+    # search.fuse: 4 on the CPU: said once, not applied (fused students are slower there)
+    assert res.output.count("search.fuse: 4 is not applied on the CPU") == 1
+    from kdbench.store import Store
+    assert not Store.open(db_url).runs("tiny")["device"].str.contains("fused").any()
 
 
 def test_show_prints_cells_effects_reliability_and_budgets(tmp_path: Path) -> None:

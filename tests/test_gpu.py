@@ -103,3 +103,21 @@ def test_fused_equals_sequential_on_cuda(needs_fmnist: None, name: str) -> None:
         assert isinstance(f, TrainResult)
         # TF32 convolutions (grouped under vmap, single without) round differently: looser than on the CPU
         torch.testing.assert_close(torch.tensor(f.step_losses), torch.tensor(s.step_losses), rtol=1e-2, atol=1e-2)
+
+
+def test_a_cuda_sweep_fuses_search_visits_by_default(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+    """search.fuse: auto on CUDA fuses one seed's search visits, says so once, and stores it with each run."""
+    from kdbench.store import load_runs
+    from kdbench.sweep import run_sweep
+    from kdbench.sweep.events import SweepEvents
+
+    study = parse_study(tiny_study_dict, overrides=["finalists.seeds=1", "search.replicates=2"])
+    url = f"sqlite:///{tmp_path / 'kd.db'}"
+    lines: list[str] = []
+    run_sweep(study, storage=url, device=CUDA, cache_dir=tmp_path / "cache", events=SweepEvents(on_log=lines.append))
+    runs = load_runs(url, "tiny")
+    assert set(runs["state"]) == {"complete"}
+    search = runs[runs["kind"] != "finalist"]
+    assert search["device"].str.endswith("fused x3").all(), search["device"].tolist()  # 3 visits per seed
+    assert not runs[runs["kind"] == "finalist"]["device"].str.contains("fused").any()
+    assert sum("search.fuse: auto: fusing up to" in line for line in lines) == 1, lines

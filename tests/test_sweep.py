@@ -62,20 +62,24 @@ def test_end_to_end_sweep_and_resume(needs_fmnist: None, tiny_study_dict: dict, 
 
 @pytest.mark.slow
 def test_fused_sweep_matches_sequential(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
-    """`search.fuse: 4` trains search visits of one replicate seed at once (never two seeds in one fused step);
-    each gets the accuracy it gets alone."""
+    """A sweep told to fuse 4 (as ``search.fuse: 4`` does on CUDA) trains search visits of one replicate seed
+    at once (never two seeds in one fused step); each gets the accuracy it gets alone, and its stored device
+    says it was fused."""
     cache = tmp_path / "cache"
     got = {}
+    study = parse_study(tiny_study_dict, overrides=["finalists.seeds=1", "search.replicates=2"])
     for fuse in (1, 4):
         url = f"sqlite:///{tmp_path / f'fuse{fuse}.db'}"
-        study = parse_study(tiny_study_dict, overrides=[f"search.fuse={fuse}", "finalists.seeds=1",
-                                                        "search.replicates=2"])
-        run_sweep(study, storage=url, cache_dir=cache)
+        run_sweep(study, storage=url, cache_dir=cache, fuse=fuse)
         runs = load_runs(url, "tiny")
         assert set(runs["state"]) == {"complete"} and len(runs) == planned_total(study)
         got[fuse] = runs.set_index("visit")
-    search = [v.key for v in plan_search(parse_study(tiny_study_dict, overrides=["search.replicates=2"]))]
+    search = [v.key for v in plan_search(study)]
     assert len(search) == 6
     assert got[1].loc[search, "lr"].tolist() == pytest.approx(got[4].loc[search, "lr"].tolist())
     assert got[1].loc[search, "val_acc"].tolist() == pytest.approx(got[4].loc[search, "val_acc"].tolist(), abs=3e-3)
-    assert parse_study(tiny_study_dict).hash == parse_study(tiny_study_dict, overrides=["search.fuse=1"]).hash
+    assert not got[1]["device"].str.contains("fused").any()
+    assert got[4].loc[search, "device"].str.endswith("fused x3").all()  # 3 visits per seed: groups of 3
+    assert not got[4].drop(index=search)["device"].str.contains("fused").any()  # finalists train alone
+    for fuse in ("1", "auto"):
+        assert parse_study(tiny_study_dict).hash == parse_study(tiny_study_dict, overrides=[f"search.fuse={fuse}"]).hash

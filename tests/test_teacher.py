@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,3 +40,32 @@ def test_floor_refuses_a_weak_teacher(needs_fmnist: None, tiny_study_dict: dict,
     study = parse_study(tiny_study_dict, overrides=["teacher.min_accuracy=0.999"])
     with pytest.raises(TeacherTooWeakError, match=r"teacher\.min_accuracy"):
         prepare_teacher(study, cache_dir=tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_the_store_record_comes_from_the_cache(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+    """The teacher's test predictions and inference time are kept in the cache with it, so a worker that finds
+    the teacher cached records it without running it; a cache written before they were kept gets them."""
+    import json
+
+    from kdbench.data import load_data
+    from kdbench.teacher import teacher_record
+
+    study = parse_study(tiny_study_dict)
+    data = load_data("fashion-mnist", val_fraction=study.data.val_fraction, seed=study.seed)
+    first = prepare_teacher(study, cache_dir=tmp_path / "c", data=data)
+    rec = teacher_record(first, data, torch.device("cpu"))
+    preds = torch.from_numpy(np.frombuffer(rec["test_predictions"], dtype="int16").copy())
+    assert len(preds) == len(data.test)
+    assert float((preds.long() == data.test.labels).float().mean()) == pytest.approx(first.test_acc)
+    cached = prepare_teacher(study, cache_dir=tmp_path / "c", data=data)
+    calls = []
+    cached.model.register_forward_hook(lambda *a: calls.append(1))
+    assert teacher_record(cached, data, torch.device("cpu")) == rec and not calls  # never ran the teacher
+    meta_path = first.cache_dir / "meta.json"
+    old = json.loads(meta_path.read_text())
+    del old["test_predictions"], old["infer_ms_per_batch"]
+    meta_path.write_text(json.dumps(old))  # as an earlier kdbench wrote it
+    again = prepare_teacher(study, cache_dir=tmp_path / "c", data=data)
+    assert teacher_record(again, data, torch.device("cpu"))["test_predictions"] == rec["test_predictions"]
+    assert "test_predictions" in json.loads(meta_path.read_text())  # written back for the next worker

@@ -19,6 +19,7 @@ import gzip
 import math
 import pickle
 import struct
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ def _to_split(images: npt.NDArray[Any], labels: npt.NDArray[Any], source: Path, 
         raise ConfigError(
             f"{source} has labels outside 0..{num_classes - 1}; check that it is the right dataset"
         )
-    return Split(torch.from_numpy(np.ascontiguousarray(images).copy()), labels_t)
+    images = np.ascontiguousarray(images)
+    return Split(torch.from_numpy(images if images.flags.writeable else images.copy()), labels_t)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,26 +150,35 @@ def _read_idx_dataset(name: str, directory: Path) -> tuple[DatasetInfo, Split, S
 
 
 def _read_idx(path: Path) -> npt.NDArray[Any]:
-    """Parse one IDX file (gzipped or not, told by its first bytes) into a numpy array."""
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise ConfigError(f"{path} is a damaged gzip file ({exc}); download it again") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ConfigError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}); download it again")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    dims = struct.unpack(f">{ndim}I", raw[4:header]) if len(raw) >= header else ()
-    expected = header + math.prod(dims) * dtype.itemsize
-    if len(dims) != ndim or len(raw) != expected:
+    """Parse one IDX file (gzipped or not, told by its first bytes) into a writable numpy array.
+
+    The data are decompressed straight into the array (no whole-file buffer beside it), which keeps a
+    worker's peak memory near the dataset's own size.
+    """
+    with path.open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+                raise ConfigError(f"{path} is not an IDX file (bad magic number {magic.hex()}); download it again")
+            ndim = magic[3]
+            head = f.read(4 * ndim)
+            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            dims = struct.unpack(f">{ndim}I", head) if len(head) == 4 * ndim else ()
+            out = np.empty(dims if len(dims) == ndim else 0, dtype=dtype)
+            got = f.readinto(out.data.cast("B")) if len(dims) == ndim and out.nbytes else 0
+            extra = len(f.read(1))
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ConfigError(f"{path} is a damaged gzip file ({exc}); download it again") from exc
+    expected = 4 + 4 * ndim + math.prod(dims) * dtype.itemsize
+    if len(dims) != ndim or got != out.nbytes or extra:
+        size = 4 + len(head) + got + extra
         raise ConfigError(
-            f"{path} has {len(raw)} bytes but its IDX header says shape {dims} ({expected} bytes); "
-            "the file is truncated or damaged, download it again"
+            f"{path} has {size}{'+' if extra else ''} bytes but its IDX header says shape {dims} ({expected} "
+            "bytes); the file is truncated or damaged, download it again"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

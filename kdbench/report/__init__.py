@@ -8,7 +8,22 @@ templates/), Markdown, CSV and LaTeX.
 
 from __future__ import annotations
 
-from kdbench.report.frames import StudyFrames, comparison_table, study_frames
-from kdbench.report.render import Report, write_report
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kdbench.report.frames import StudyFrames, comparison_table, study_frames
+    from kdbench.report.render import Report, write_report
 
 __all__ = ["Report", "StudyFrames", "comparison_table", "study_frames", "write_report"]
+
+# Imported on first use (PEP 562), so that a sweep's end-of-run summary (report.grid) does not load
+# matplotlib, seaborn and jinja2 into every worker.
+_HOME = {"Report": "render", "write_report": "render", "StudyFrames": "frames", "comparison_table": "frames",
+         "study_frames": "frames"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"kdbench.report.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'kdbench.report' has no attribute {name!r}")

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.stats.anova import AnovaRM
 from statsmodels.stats.multitest import multipletests
 
 from kdbench.report.stats import CONFIDENCE
@@ -447,6 +446,8 @@ def _anova(kd: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
     long = kd.stack().rename("val_acc").reset_index()
     with warnings.catch_warnings():  # an error term that is 0 for one effect only gives F = inf: reported as is
         warnings.simplefilter("ignore", RuntimeWarning)
+        from statsmodels.stats.anova import AnovaRM  # statsmodels' regression stack: loaded only here
+
         table = AnovaRM(long, "val_acc", subject="seed", within=within).fit().anova_table
     out = pd.DataFrame({"term": table.index, "F": table["F Value"].to_numpy(), "df_num": table["Num DF"].to_numpy(),
                         "df_den": table["Den DF"].to_numpy(), "p": table["Pr > F"].to_numpy()})

@@ -68,6 +68,14 @@ class Queries(Database):
         df.insert(0, "study", study)
         return df[RUN_COLUMNS]
 
+    def run_states(self, study_id: int) -> list[sa.Row[Any]]:
+        """(visit, kind, state, val_acc, epochs_done) of every run of a study: the cheap read a worker makes
+        between trials (claiming, progress), without the provenance columns or pandas."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(RunRow.visit, RunRow.kind, RunRow.state, RunRow.val_acc, RunRow.epochs_done)
+                .where(RunRow.study_id == study_id).order_by(RunRow.id)))
+
     def epochs(self, study: str) -> pd.DataFrame:
         """Per-epoch curves of every run of ``study`` (joined with the run's visit, kind and loss)."""
         row = self.study(study)

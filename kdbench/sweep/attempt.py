@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class SweepContext:
     events: SweepEvents
     stale_after_s: float
     versions: str = ""
+    optuna_studies: dict[str, optuna.Study] = field(default_factory=dict)  # by name, opened once per worker
 
 
 class Attempt:
@@ -56,7 +57,7 @@ class Attempt:
     claimed visit is never left running by a live worker.
     """
 
-    def __init__(self, ctx: SweepContext, c: Claimed) -> None:
+    def __init__(self, ctx: SweepContext, c: Claimed, fused: int = 1) -> None:
         self.ctx, self.c = ctx, c
         self.visit: Visit = c.visit
         self.trial: optuna.Trial | None = None
@@ -67,8 +68,8 @@ class Attempt:
         self.records: list[EpochRecord] = []
         self.epochs = budget(ctx.study.student, len(ctx.data.train))[2]  # epochs this visit trains
         self.closed = False
-        self.common: dict[str, Any] = dict(device=device_name(ctx.device), versions=ctx.versions,
-                                           commit=kdbench_commit())
+        device = device_name(ctx.device) + (f" · fused x{fused}" if fused > 1 else "")  # how it trained
+        self.common: dict[str, Any] = dict(device=device, versions=ctx.versions, commit=kdbench_commit())
 
     def start(self) -> None:
         """Fail the attempt this one replaces, ask Optuna (search visits), and build the fresh student."""
@@ -77,7 +78,8 @@ class Attempt:
         if c.replaced_trial is not None:
             optuna_bridge.close_trial(storage, c.replaced_trial, "failed", c.replaced_reason)
         if visit.stage in ("kd", "ce"):
-            ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs)
+            ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs,
+                                                           ctx.optuna_studies)
             self.link = dict(optuna_study=ostudy.study_name, trial_number=self.trial.number,
                              trial_id=self.trial._trial_id)
             ctx.store.update_run(c.run_id, **self.link, temperature=params.get("temperature"),
@@ -163,7 +165,7 @@ def run_fused(ctx: SweepContext, claimed: list[Claimed]) -> None:
     """Train search visits (one seed) together with :func:`kdbench.fused.train_fused`; pruning acts per visit."""
     from kdbench.fused import FusedStudent, train_fused
 
-    attempts = [Attempt(ctx, c) for c in claimed]
+    attempts = [Attempt(ctx, c, fused=len(claimed)) for c in claimed]
     outcomes: list[TrainResult | BaseException]
     try:
         for a in attempts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,17 +27,23 @@ class Progress:
     running: list[tuple[str, int]]  # (visit, epochs done) of the runs in progress
 
 
-def study_progress(store: Store, study: Study) -> Progress:
+def study_progress(store: Store, study: Study, study_id: int | None = None) -> Progress:
     """Count the study's final visits and find its best validation accuracies so far."""
-    runs = store.runs(study.name)
-    planned = ~runs["visit"].str.contains("#", regex=False)
-    ok = runs[(runs["state"] == "complete") & runs["kind"].isin(["kd", "ce"])]
-    live = runs[runs["state"] == "running"]
+    if study_id is None:
+        row = store.study(study.name)
+        rows = [] if row is None else store.run_states(row.id)
+    else:
+        rows = store.run_states(study_id)
+    counts: dict[str, int] = {}
+    best: dict[str, float] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+        if r.state == "complete" and r.kind in ("kd", "ce") and r.val_acc is not None:
+            best[r.kind] = max(best.get(r.kind, -math.inf), r.val_acc)
     return Progress(
-        done=int((planned & runs["state"].isin(TERMINAL)).sum()), total=planned_total(study),
-        counts={str(k): int(v) for k, v in runs["state"].value_counts().items()},
-        best={str(k): float(v) for k, v in ok.groupby("kind")["val_acc"].max().items()},
-        running=[(str(v), int(e)) for v, e in zip(live["visit"], live["epochs_done"], strict=True)])
+        done=sum(1 for r in rows if "#" not in r.visit and r.state in TERMINAL), total=planned_total(study),
+        counts=counts, best=best,
+        running=[(str(r.visit), int(r.epochs_done or 0)) for r in rows if r.state == "running"])
 
 
 @dataclass

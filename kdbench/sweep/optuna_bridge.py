@@ -18,7 +18,7 @@ from kdbench.config import SAMPLER_STARTUP_TRIALS, Range, Study
 from kdbench.store import Store, pid_alive, worker_id
 from kdbench.sweep.plan import Visit
 
-__all__ = ["OPTUNA_STATE", "ask", "close_trial", "optuna_study_name", "repair", "report_epoch"]
+__all__ = ["OPTUNA_STATE", "ask", "close_trial", "open_study", "optuna_study_name", "repair", "report_epoch"]
 
 OPTUNA_STATE = {
     "complete": optuna.trial.TrialState.COMPLETE,
@@ -57,15 +57,60 @@ def _suggest(trial: optuna.Trial, name: str, space: list[float] | Range) -> floa
     return float(trial.suggest_categorical(name, sorted(float(x) for x in space)))
 
 
+def _distribution(space: list[float] | Range) -> optuna.distributions.BaseDistribution:
+    """What :func:`_suggest` would record for ``space``."""
+    if isinstance(space, Range):
+        return optuna.distributions.FloatDistribution(space.low, space.high, log=space.log)
+    return optuna.distributions.CategoricalDistribution(sorted(float(x) for x in space))
+
+
+def _fixed_trial(ostudy: optuna.Study, study: Study, visit: Visit, attrs: dict[str, str]) -> optuna.Trial | None:
+    """A trial for a visit that fixes every parameter, written in one insert (parameters and attributes
+    together), or None when the sampler must draw one (a range)."""
+    s = study.search
+    spaces = ({"temperature": s.temperature, "alpha": s.alpha} if visit.loss == "kd" else {}) | {"lr": s.lr}
+    values = {"temperature": visit.temperature, "alpha": visit.alpha, "lr": visit.lr}
+    if any(values[k] is None or isinstance(v, Range) for k, v in spaces.items()):
+        return None
+    template = optuna.trial.FrozenTrial(
+        number=-1, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=dt.datetime.now(),
+        datetime_complete=None, params={k: float(values[k]) for k in spaces},  # type: ignore[arg-type]
+        distributions={k: _distribution(v) for k, v in spaces.items()}, user_attrs=attrs, system_attrs={},
+        intermediate_values={}, trial_id=-1)
+    trial_id = ostudy._storage.create_new_trial(ostudy._study_id, template_trial=template)
+    return optuna.Trial(ostudy, trial_id)
+
+
+def open_study(storage: optuna.storages.BaseStorage, study: Study, loss: str, epochs: int,
+               cache: dict[str, optuna.Study] | None = None) -> optuna.Study:
+    """The Optuna study of one loss (created on first use), kept in ``cache`` for this worker's later trials."""
+    name = optuna_study_name(study, loss)
+    if cache is not None and name in cache:
+        return cache[name]
+    ostudy = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+                                 pruner=_pruner(study, epochs))
+    if cache is not None:
+        cache[name] = ostudy
+    return ostudy
+
+
 def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit, index: int,
-        epochs: int) -> tuple[optuna.Study, optuna.Trial, dict[str, float]]:
+        epochs: int, cache: dict[str, optuna.Study] | None = None
+        ) -> tuple[optuna.Study, optuna.Trial, dict[str, float]]:
     """A new Optuna trial for a search visit, and its parameters (the visit's fixed ones, the sampler's draws).
 
-    The trial carries the worker id first, so that it stays traceable if what follows is cut off; a
-    Ctrl-C before the parameters are drawn fails the trial.
+    A visit that fixes every parameter (a grid) is written in one insert with its attributes. Otherwise the
+    trial carries the worker id first, so that it stays traceable if what follows is cut off; a Ctrl-C before
+    the parameters are drawn fails the trial.
+
+    Args:
+        cache: Optuna study objects by name, kept between the calls of one worker (saves a lookup per trial).
     """
-    ostudy = optuna.create_study(storage=storage, study_name=optuna_study_name(study, visit.loss),
-                                 direction="maximize", load_if_exists=True, pruner=_pruner(study, epochs))
+    ostudy = open_study(storage, study, visit.loss, epochs, cache)
+    attrs = {"worker": worker_id(), "visit": visit.key, "config_hash": study.hash}
+    trial = _fixed_trial(ostudy, study, visit, attrs)
+    if trial is not None:
+        return ostudy, trial, {k: float(v) for k, v in trial.params.items()}
     fixed = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha), ("lr", visit.lr))
              if v is not None}
     with warnings.catch_warnings():  # PartialFixedSampler is marked experimental; its interface is all we use
@@ -73,7 +118,7 @@ def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit, index:
         ostudy.sampler = optuna.samplers.PartialFixedSampler(fixed, _sampler(study, index))
     trial = ostudy.ask()
     try:
-        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("worker", attrs["worker"])
         s = study.search
         params: dict[str, float] = {}
         if visit.loss == "kd":

@@ -24,6 +24,7 @@ from kdbench.store import Claimed, Store
 from kdbench.sweep import optuna_bridge
 from kdbench.sweep.attempt import SweepContext, run_fused, run_visit
 from kdbench.sweep.events import TERMINAL, SweepEvents, study_progress
+from kdbench.sweep.fuse import FusePlan, fuse_plan
 from kdbench.sweep.plan import Visit, plan_finalists, plan_search
 from kdbench.teacher import open_cache_dir, prepare_teacher, teacher_record
 
@@ -97,10 +98,17 @@ def prepare_sweep(
 
 
 def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1) -> Iterator[list[Claimed]]:
-    """Yield up to ``k`` claimed visits at a time until every one of ``visits`` is final (waiting for others')."""
+    """Yield up to ``k`` claimed visits at a time until every one of ``visits`` is final (waiting for others').
+
+    One read of the study's run states per batch picks the candidates, so a batch costs one query and a
+    transaction per visit tried, not one per visit of the study.
+    """
     while True:
+        states = {r.visit: r.state for r in ctx.store.run_states(ctx.study_id)}
         batch: list[Claimed] = []
         for i, v in enumerate(visits):
+            if states.get(v.key) in TERMINAL:
+                continue
             if batch and v.seed != batch[0].visit.seed:  # a fused step shares one batch order: one seed per batch
                 break
             c = ctx.store.claim(ctx.study_id, v, offset + i, ctx.study.hash, ctx.stale_after_s)
@@ -111,7 +119,6 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
         if batch:
             yield batch
             continue
-        states = ctx.store.runs(ctx.study.name).set_index("visit")["state"]
         waiting = [v.key for v in visits if states.get(v.key) not in TERMINAL]
         if not waiting:
             return
@@ -128,6 +135,7 @@ def run_sweep(
     events: SweepEvents | None = None,
     stale_after_s: float = STALE_AFTER_S,
     max_visits: int | None = None,
+    fuse: int | None = None,
 ) -> pd.DataFrame:
     """Run (or resume, or join as one more worker) the whole study; return the finalists' summary.
 
@@ -139,23 +147,29 @@ def run_sweep(
         events: progress hooks.
         stale_after_s: a running visit without a heartbeat for this long is taken over.
         max_visits: stop after this many visits (for tests and time-boxed workers).
+        fuse: fuse up to this many search visits per step whatever the device (default: ``search.fuse`` as
+            :func:`kdbench.sweep.fuse.fuse_plan` applies it: sequential on the CPU).
     """
     ctx = prepare_sweep(study, storage=storage, device=device, cache_dir=cache_dir, events=events,
                         stale_after_s=stale_after_s)
     optuna_bridge.repair(ctx.store, study, ctx.study_id, stale_after_s)
-    ctx.events.on_progress(study_progress(ctx.store, study))
+    ctx.events.on_progress(study_progress(ctx.store, study, ctx.study_id))
     search = plan_search(study)
-    fuse = study.search.fuse if max_visits is None else max(1, min(study.search.fuse, max_visits))
+    plan = fuse_plan(study, ctx.device, ctx.data.info) if fuse is None else \
+        FusePlan(fuse, f"fusing up to {fuse} search visits per step (set by the caller)")
+    if plan.why:
+        ctx.events.on_log(f"{study.name}: {plan.why}")
+    k = plan.k if max_visits is None else max(1, min(plan.k, max_visits))
     done = 0
     for offset in (0, len(search)):
         visits = search if offset == 0 else plan_finalists(study, ctx.store.runs(study.name))
         # search visits of one replicate share its seed, hence one data order: they can be fused; finalists alone
-        for batch in _claim_loop(ctx, visits, offset, fuse if offset == 0 else 1):
+        for batch in _claim_loop(ctx, visits, offset, k if offset == 0 else 1):
             if len(batch) > 1:
                 run_fused(ctx, batch)
             else:
                 run_visit(ctx, batch[0])
-            ctx.events.on_progress(study_progress(ctx.store, study))
+            ctx.events.on_progress(study_progress(ctx.store, study, ctx.study_id))
             done += len(batch)
             if max_visits is not None and done >= max_visits:
                 return ctx.store.finalist_summary(study.name)
