@@ -3,8 +3,9 @@
 The sweep trial is the real code path (`run_sweep` on a temporary SQLite store: claim, Optuna ask,
 store writes, heartbeat thread, per-epoch callback with the pruning check, tell); it is timed from the
 claim's return to the end of `_run_visit`. The bare loop uses the same model (built with the same seed),
-the same uint8 tensors on the device, the same cached teacher logits, steps, batch size and one validation
-pass per epoch, and writes nothing. Target: ratio <= 1.10.
+the same uint8 tensors on the device, the same cached teacher logits, steps, batch size, one validation
+pass per epoch and the same numerics (bf16 autocast on CUDA, as kdbench's default `amp: true`; on the CPU
+autocast is off on both sides), and writes nothing. Target: ratio <= 1.10.
 
     python bench/overhead.py            # mlp-800 student, 2 epochs of 3000 Fashion-MNIST rows, 5 repeats
 """
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 import kdbench.sweep.run as sweep
 from kdbench.config import parse_study
 from kdbench.data import load_data, normalize
+from kdbench.evaluate import autocast
 from kdbench.models import build_model
 
 
@@ -40,7 +42,8 @@ def bare_loop(study, data, logits, lr: float, seed: int) -> float:  # type: igno
         model.train()
         for idx in torch.randperm(n, generator=gen, device=data.device).split(study.student.batch_size):
             x = normalize(data.train.images[idx], info)
-            out = model(x)
+            with autocast(data.device, True):  # what kdbench's recipe does (amp: true): bf16 on CUDA only
+                out = model(x).float()
             ce = F.cross_entropy(out, data.train.labels[idx])
             kd = F.kl_div(F.log_softmax(out / t, -1), F.log_softmax(logits[idx].float() / t, -1),
                           reduction="batchmean", log_target=True) * t * t
@@ -49,7 +52,7 @@ def bare_loop(study, data, logits, lr: float, seed: int) -> float:  # type: igno
             loss.backward()
             opt.step()
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(data.device, True):
             pred = model(normalize(data.val.images, info)).argmax(1)
             acc = float((pred == data.val.labels).float().mean())
     return acc

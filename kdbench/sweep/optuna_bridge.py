@@ -147,9 +147,7 @@ def close_trial(storage: optuna.storages.BaseStorage, trial_id: int, state: str,
                 value: float | None = None) -> None:
     """Finish an Optuna trial as kdbench recorded its run (a no-op if it is already finished)."""
     tstate = OPTUNA_STATE[state]
-    try:
-        if storage.get_trial(trial_id).state.is_finished():
-            return
+    try:  # a finished trial refuses both writes (UpdateFinishedTrialError): no read first
         if reason and tstate == optuna.trial.TrialState.FAIL:
             storage.set_trial_user_attr(trial_id, "fail_reason", reason)
         values = [value] if tstate == optuna.trial.TrialState.COMPLETE and value is not None else None
