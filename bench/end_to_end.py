@@ -29,7 +29,7 @@ def main() -> None:
     import kdbench.cli
     import kdbench.report.effects
     import kdbench.report.grid
-    import kdbench.sweep  # noqa: F401  (imports before the clock)
+    import kdbench.sweep  # (these imports before the clock)
     from kdbench.config import load_study
     from kdbench.store import Store
 

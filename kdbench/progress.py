@@ -62,19 +62,22 @@ def sweep_display(quiet: bool, total_epochs: int = 1) -> Iterator[SweepEvents]:
 
     def start(v: Visit, params: dict[str, float]) -> None:
         state["params"] = params
+        state.setdefault("by_visit", {})[v.key] = params  # a fused group starts all its visits first
 
     if quiet:
         def end(v: Visit, s: str, acc: float | None, note: str | None) -> None:
             val = f", val {acc:.4f}" if acc is not None else ""
             why = f" ({note})" if note and s != "complete" else ""
-            state["line"] = f"{v.key}: {s}{val}  {describe_params(state['params'])}{why}"
+            line = f"{v.key}: {s}{val}  {describe_params(state.get('by_visit', {}).pop(v.key, {}))}{why}"
             if s == "interrupted":
-                click.echo(state.pop("line"))
+                click.echo(line)
+            else:
+                state.setdefault("lines", []).append(line)
 
-        def counted(p: Progress) -> None:  # follows each visit's end: its line gets the study-wide count
+        def counted(p: Progress) -> None:  # follows the end of a visit (or of a fused group): study-wide count
             remember(p)
-            if "line" in state:
-                click.echo(f"[{p.done}/{p.total}] {state.pop('line')}")
+            for line in state.pop("lines", []):
+                click.echo(f"[{p.done}/{p.total}] {line}")
 
         def status(msg: str) -> None:
             if msg != state["status"]:

@@ -1,0 +1,22 @@
+"""The plain (--quiet, non-terminal) progress lines: one per finished trial, fused groups included."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdbench.progress import sweep_display
+from kdbench.sweep.events import Progress
+from kdbench.sweep.plan import Visit
+
+
+def test_a_fused_group_prints_one_line_per_visit_with_its_own_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    visits = [Visit(f"kd/T={t}/a=0.5/lr=0.001/r=0", "kd", "kd", 1000, float(t), 0.5, 1e-3) for t in (1, 2, 4)]
+    with sweep_display(quiet=True) as events:
+        for v in visits:  # a fused group asks for every trial first, then trains them together
+            events.on_visit_start(v, {"temperature": v.temperature or 0.0, "alpha": 0.5, "lr": 1e-3})
+        for i, v in enumerate(visits):
+            events.on_visit_end(v, "complete", 0.8 + i / 100, None)
+        events.on_progress(Progress(done=3, total=9, counts={"complete": 3}, best={}, running=[]))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"[3/9] kd/T={t}/a=0.5/lr=0.001/r=0: complete, val {0.8 + i / 100:.4f}  T={t} α=0.5 lr=0.001"
+                     for i, t in enumerate((1, 2, 4))]
