@@ -20,7 +20,6 @@ from kdbench.provenance import provenance
 
 FMNIST_ROOT = None  # kdbench's own search (data.root, $KDBENCH_DATA, ./data, /usr/share/datasets)
 FOREIGN_CORES_ALLOWED = 0.25  # cores other processes may keep busy (mean over a run) before its ratios are flagged
-START_LOAD_SHARE = 0.75  # a 1-minute load average above this share of the cores at the start is flagged (1.5 on 2)
 _START: dict[str, float] = {}
 
 
@@ -42,10 +41,12 @@ def setup(args: argparse.Namespace, title: str) -> torch.device:
     print(f"# commit {prov['commit']}  device {prov['device']}  torch threads {torch.get_num_threads()}")
     print(f"# versions {json.dumps(prov['versions'], sort_keys=True)}")
     print(f"# load average at start {load()}  (the machine may be shared: read ratios, not absolute times)")
-    cores = os.cpu_count() or 1
-    if os.getloadavg()[0] > START_LOAD_SHARE * cores:
-        print(f"# WARNING: load average {os.getloadavg()[0]:.2f} on {cores} cores at the start: the machine is "
-              "busy; the figures below are flagged unless it quietens (rerun when the load is low)")
+    _START.update(_cpu_snapshot(), wall=time.perf_counter())
+    time.sleep(1.0)  # one idle second: what the others use now (the load average still holds the last minute)
+    now = quietness()["foreign_cores"]
+    if now > FOREIGN_CORES_ALLOWED:
+        print(f"# WARNING: other processes keep {now:.2f} cores busy at the start (allowed {FOREIGN_CORES_ALLOWED}): "
+              "the figures below will be flagged unless the machine quietens; rerun when it is quiet")
     _START.update(_cpu_snapshot(), wall=time.perf_counter())
     return device
 

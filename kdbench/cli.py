@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from kdbench.config import DEFAULT_STORAGE
-from kdbench.errors import KdbenchError
+from kdbench.errors import KdbenchError, Terminated
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,12 +32,17 @@ def _handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except KdbenchError as exc:
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        except KeyboardInterrupt:
-            click.echo("\nkdbench: interrupted; the current trial was recorded as interrupted. "
+        except KeyboardInterrupt as exc:
+            how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"\nkdbench: {how}; the current trial was recorded as interrupted. "
                        "Run the same command again to resume.", err=True)
-            sys.exit(130)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)  # 128 + the signal, as shells report it
 
     return wrapper  # type: ignore[return-value]
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise Terminated("SIGTERM")
 
 
 def _setup_torch(threads: int | None, device: str) -> Any:
@@ -113,11 +119,15 @@ def teacher(study_file: str, overrides: tuple[str, ...], device: str, threads: i
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @_study_options
-@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help=STORAGE_HELP)
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, envvar="KDBENCH_STORAGE",
+              help=STORAGE_HELP + " Also read from $KDBENCH_STORAGE (how --workers passes it: a password never "
+              "appears in a process list).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine sharing the study (torch threads each: cores // N).")
-@click.option("--quiet", is_flag=True, help="No live progress lines; one line per finished trial (for CI logs).")
-@click.option("--replace", is_flag=True, help="Delete a stored study of the same name first (its results too).")
+@click.option("--quiet", is_flag=True, help="No live progress lines; one line per finished trial and teacher epoch "
+              "(the default when standard output is not a terminal).")
+@click.option("--replace", is_flag=True,
+              help="Delete a stored study of the same name (its results too), once the new input is checked.")
 @click.option("--max-visits", type=click.IntRange(min=1), default=None,
               help="Stop after this many trials (per worker).")
 @click.option("--as-worker", is_flag=True, hidden=True, help="Started by --workers: no summary at the end.")
@@ -140,23 +150,23 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # Optuna's per-trial info lines only with -v
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # a scheduler's SIGTERM ends the trial as Ctrl-C does
     study = load_study(study_file, overrides)
     dev = _setup_torch(worker_threads(1, threads) if workers == 1 else threads, device)
     store = Store.open(storage)
-    if replace:
-        store.drop_study(study.name)
-    with sweep_display(quiet, study.student.epochs or 1) as events:
-        if workers == 1:
+    quiet = quiet or not sys.stdout.isatty()  # a log file or a pipe: plain lines, not live ones that print at the end
+    with sweep_display(quiet, study.student.epochs if study.student.steps is None else None) as events:
+        if workers == 1:  # --replace drops the stored study only once the new input is checked
             summary = run_sweep(study, storage=store, device=dev, cache_dir=cache_dir, events=events,
-                                max_visits=max_visits)
+                                max_visits=max_visits, replace=replace)
         else:
-            args = [study_file, "--storage", storage, "--quiet", "--as-worker", "--device", device,
+            args = [study_file, "--quiet", "--as-worker", "--device", device,  # --storage: by environment
                     "--threads", str(worker_threads(workers, threads)),
                     *(f"--set={o}" for o in overrides), *(["--cache-dir", cache_dir] if cache_dir else []),
                     *(["--max-visits", str(max_visits)] if max_visits else [])]
-            run_workers(study, args, workers=workers, store=store, events=events,
+            run_workers(study, args, workers=workers, store=store, events=events, storage_url=storage,
                         prepare=lambda: prepare_sweep(study, storage=store, device=dev, cache_dir=cache_dir,
-                                                      events=events))
+                                                      events=events, replace=replace))
             summary = store.finalist_summary(study.name)
     if as_worker:
         return

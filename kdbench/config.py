@@ -53,6 +53,9 @@ IMAGEFOLDER_TEST_FRACTION = 0.2  # of an image folder's train/ images, carved ou
 CROP_PAD = 4  # pixels of zero padding on each side before a random crop (data.augment: crop)
 FUSE_AUTO_MAX = 64  # search.fuse: auto on CUDA fuses up to this many students (one seed's visits at most)
 FUSE_MEMORY_SHARE = 0.5  # search.fuse: auto: fused students' estimated memory stays under this share of free GPU memory
+MAX_EPOCHS = 10_000  # a recipe's epochs above this are refused as a typo (1e12 would train forever)
+MAX_STEPS = 100_000_000  # likewise for steps
+MAX_BATCH = 65_536  # likewise for batch_size (samples per step)
 TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -90,9 +93,9 @@ class Recipe(_Strict):
     """How one model is trained. lr is per optimiser step (not scaled by batch size)."""
 
     model: str
-    epochs: Annotated[int, Field(ge=1)] | None = 3  # passes over the training split
-    steps: Annotated[int, Field(ge=1)] | None = None  # optimiser steps; overrides epochs when set
-    batch_size: Annotated[int, Field(ge=1)] = 128  # samples per step
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = 3  # passes over the training split
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None  # optimiser steps; overrides epochs when set
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 128  # samples per step
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: Annotated[float, Field(gt=0.0)] = 1.0e-3  # learning rate per step
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
@@ -278,7 +281,7 @@ class Study(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not SAFE_NAME.match(v):
+        if not SAFE_NAME.fullmatch(v):  # fullmatch: '$' alone would accept a final newline
             raise ValueError(
                 "not a safe file name: use letters, digits, '.', '_' and '-' (up to 100, no leading '.')"
             )
@@ -315,6 +318,22 @@ def study_hash(study: Study) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases (``*name``): a study file needs none, and a few hundred bytes of
+    nested aliases expand to gigabytes (the "billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a study file; "
+                                              "write the value out", mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no Python objects
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a raw study dict; returns a new dict."""
     out: dict[str, Any] = json.loads(json.dumps(raw))
@@ -322,12 +341,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set student.epochs=1")
+        parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {item!r}: {key.strip()!r} has an empty part; name a key, "
+                              "e.g. --set student.epochs=1")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else None
+            parsed = _yaml(value) if value.strip() else None
         except yaml.YAMLError:
             parsed = value
         node = out
-        parts = key.strip().split(".")
         for part in parts[:-1]:
             nxt = node.get(part)
             if nxt is None:
@@ -384,9 +406,13 @@ def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[st
         raise ConfigError(f"{source}: a study file must be a YAML mapping of keys (name, data, teacher, ...)")
     raw = apply_overrides(raw, overrides)
     try:
-        return Study.model_validate(raw)
+        study = Study.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
+    if study.teacher.cache_views and study.data.augment == "none":
+        raise ConfigError(f"{source}: teacher.cache: {{views: {study.teacher.cache_views}}} caches augmented views, "
+                          "but data.augment is none; use cache: fixed, or set data.augment")
+    return study
 
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Study:
@@ -403,7 +429,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the study file ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -39,6 +39,11 @@ class StoreError(KdbenchError):
     """The results database cannot be used as asked."""
 
 
+class RetiredAttemptError(StoreError):
+    """This worker's attempt at a visit was retired by another worker (taken over after a missed heartbeat):
+    its writes are refused, and the trial it was training is dropped."""
+
+
 class TeacherTooWeakError(KdbenchError):
     """The teacher is not accurate enough to distil from."""
 
@@ -74,3 +79,8 @@ def first_line(exc: BaseException) -> str:
     """
     text = str(getattr(exc, "orig", exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a cluster scheduler or ``kill`` sends before it kills), raised where Ctrl-C would be so
+    that the current trial is recorded as interrupted in the same way."""

@@ -47,12 +47,13 @@ class _Pace:
 
 
 @contextmanager
-def sweep_display(quiet: bool, total_epochs: int = 1) -> Iterator[SweepEvents]:
+def sweep_display(quiet: bool, total_epochs: int | None = 1) -> Iterator[SweepEvents]:
     """Progress hooks for :func:`kdbench.sweep.run_sweep` (and the teacher's epochs).
 
     Args:
         quiet: plain lines (one per finished trial, each status once) instead of live lines.
-        total_epochs: epochs of a student trial, for the epoch line.
+        total_epochs: epochs of a student trial, for the epoch line (None: not known before the data are
+            loaded, as when ``student.steps`` sets the budget; the first epoch tells).
     """
     state: dict[str, Any] = {"progress": None, "params": {}, "status": None}
     pace = _Pace()
@@ -84,8 +85,12 @@ def sweep_display(quiet: bool, total_epochs: int = 1) -> Iterator[SweepEvents]:
                 click.echo(msg)
                 state["status"] = msg
 
+        def teacher_epoch(r: EpochRecord, total: int) -> None:  # minutes each: a line per epoch
+            click.echo(f"teacher epoch {r.epoch + 1}/{total}: train loss {r.train_loss:.4f}, val {r.val_acc:.2%} "
+                       f"({r.seconds:.1f} s)")
+
         yield SweepEvents(on_progress=counted, on_visit_start=start, on_visit_end=end, on_status=status,
-                          on_log=click.echo)
+                          on_log=click.echo, on_teacher_epoch=teacher_epoch)
         return
 
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn

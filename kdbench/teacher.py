@@ -32,7 +32,7 @@ from torch import nn
 
 from kdbench.config import TEACHER_FLOOR_SHARE, Study
 from kdbench.data import Data, load_data
-from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError
+from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError, first_line
 from kdbench.evaluate import evaluate, inference_ms_per_batch, predict_logits, scores
 from kdbench.models import build_model, count_parameters, load_state_dict_file
 from kdbench.provenance import device_name, kdbench_commit, library_versions, provenance
@@ -167,18 +167,45 @@ def _verified(path: Path, expected: str | None) -> bool:
     return True
 
 
+def _cache_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` whole through a temporary file renamed into place; on any failure (a full disk, a
+    read-only folder) the temporary file is removed and one line names the path and the fix."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        why = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1][:200]
+        raise OutputError(f"teacher cache: cannot write {path} ({why}); free space there, make it writable, or "
+                          "point --cache-dir (or $KDBENCH_CACHE) at another folder") from None
+
+
 def _atomic_save(obj: Any, path: Path) -> str:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    digest = _sha256(tmp)
-    os.replace(tmp, path)
-    return digest
+    digest: list[str] = []
+
+    def save(tmp: Path) -> None:
+        torch.save(obj, tmp)
+        digest.append(_sha256(tmp))
+
+    _cache_write(path, save)
+    return digest[0]
 
 
 def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    tmp = folder / f"meta.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp, folder / "meta.json")
+    _cache_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True)))
+
+
+def _load_cached(path: Path, device: torch.device | str) -> Any:
+    """A checksum-valid cache file, loaded with ``weights_only=True``; None (rebuild it) if it holds something
+    else than plain tensors (a file written by hand or by another program under the same name)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # UnpicklingError, EOFError, RuntimeError: not a plain weights file
+        log.warning("teacher cache file %s is not a valid weights file (%s): rebuilding it", path, first_line(exc))
+        return None
 
 
 def prepare_teacher(
@@ -219,10 +246,20 @@ def prepare_teacher(
     model = build_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes,
                         image_size=info.image_size, pretrained=cfg.pretrained if not cfg.checkpoint else None)
     model.to(device)
-    from_cache = _verified(wpath, meta.get("weights_sha256"))
+    state = _load_cached(wpath, device) if _verified(wpath, meta.get("weights_sha256")) else None
+    from_cache = False
+    if isinstance(state, dict):
+        try:
+            model.load_state_dict(state)
+            from_cache = True
+        except (RuntimeError, TypeError) as exc:  # a state dict of another model under this key
+            log.warning("teacher cache file %s does not fit %s (%s): rebuilding it", wpath, cfg.model, first_line(exc))
+            torch.manual_seed(study.seed)
+            model = build_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes,
+                                image_size=info.image_size,
+                                pretrained=cfg.pretrained if not cfg.checkpoint else None).to(device)
     train_seconds: float | None = None
     if from_cache:
-        model.load_state_dict(torch.load(wpath, map_location=device, weights_only=True))
         model.eval()
     else:
         if cfg.checkpoint:
@@ -245,7 +282,6 @@ def prepare_teacher(
             "train_seconds": train_seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "provenance": provenance(device), "logits": {},
         }
-        folder.mkdir(parents=True, exist_ok=True)
         meta["weights_sha256"] = _atomic_save(model.state_dict(), wpath)
         meta.update(_record_outputs(model, data, device, test_logits))
         _write_meta(folder, meta)
@@ -267,8 +303,9 @@ def prepare_teacher(
         lpath = folder / f"logits-{lkey}.pt"
         entry = meta.get("logits", {}).get(lkey, {})
         augmented = cfg.cache_views > 0 and study.data.augment != "none"
-        if _verified(lpath, entry.get("sha256")):
-            blob = torch.load(lpath, map_location="cpu", weights_only=True)
+        blob = _load_cached(lpath, "cpu") if _verified(lpath, entry.get("sha256")) else None
+        if isinstance(blob, dict) and isinstance(blob.get("logits"), torch.Tensor) \
+                and isinstance(blob.get("indices"), torch.Tensor):
             logits, indices = blob["logits"], blob["indices"]
         else:
             views = max(1, cfg.cache_views) if augmented else 1

@@ -71,6 +71,7 @@ def run_workers(
     store: Store,
     events: SweepEvents,
     prepare: Callable[[], object],
+    storage_url: str | None = None,
 ) -> None:
     """Prepare the study, run ``workers`` worker processes to the end, relaying their output.
 
@@ -81,6 +82,7 @@ def run_workers(
         store: the results database, polled for progress.
         events: progress hooks (``on_progress``, ``on_log``, ``on_status``).
         prepare: registers the study and caches the teacher before the workers start.
+        storage_url: the database's URL, passed to the workers in their environment ($KDBENCH_STORAGE).
 
     Raises:
         KeyboardInterrupt: after Ctrl-C, once every worker has stopped.
@@ -88,6 +90,8 @@ def run_workers(
     """
     prepare()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if storage_url is not None:  # not in argv, where `ps` would show a password to every user
+        env["KDBENCH_STORAGE"] = storage_url
     cmd = [sys.executable, "-m", "kdbench", "sweep", *worker_args]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                               start_new_session=True, preexec_fn=_die_with_parent) for _ in range(workers)]

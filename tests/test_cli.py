@@ -32,11 +32,13 @@ def test_sweep_opens_the_database_once(needs_fmnist: None, tiny_study_dict: dict
     monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", count_optuna)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_study_dict))
-    res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--quiet", "--device", "cpu",
+    # no --quiet: standard output is not a terminal here, so the sweep prints plain lines as it goes
+    res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--device", "cpu",
                                         "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
                                         "--max-visits", "2", "--set", "search.fuse=4"])
     assert res.exit_code == 0, res.output
     assert "tiny: 2 runs" in res.output
+    assert "teacher epoch 1/1: train loss" in res.output and "[1/7] " in res.output and "[2/7] " in res.output
     assert opened == {"engine": 1, "optuna": 1}
     # search.fuse: 4 on the CPU: said once, not applied (fused students are slower there)
     assert res.output.count("search.fuse: 4 is not applied on the CPU") == 1
@@ -58,3 +60,33 @@ def test_show_prints_cells_effects_reliability_and_budgets(tmp_path: Path) -> No
     assert "  CE: 80.30% ± " in out and "(no CI)" in out
     assert "RM-ANOVA" in out and "(reliability " in out and "after Holm's correction: T=4 α=0.1" in out
     assert "Tuning budgets: KD: 4 cells × 2 lr × 3 seeds; CE: 2 lr × 3 seeds." in out
+
+
+@pytest.mark.slow
+def test_workers_get_the_storage_url_by_environment_not_argv(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--workers N` passes --storage to its workers in $KDBENCH_STORAGE: a password in the URL never shows in
+    a process list (argv is readable by every user, a process's environment only by its owner)."""
+    import subprocess
+
+    from kdbench import workers
+
+    started: list[tuple[list[str], dict[str, str]]] = []
+    popen = subprocess.Popen
+
+    def record(cmd: list[str], **kw: Any) -> Any:
+        started.append((list(cmd), dict(kw.get("env") or {})))
+        return popen(cmd, **kw)
+
+    monkeypatch.setattr(workers.subprocess, "Popen", record)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_study_dict))
+    res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--quiet", "--device", "cpu",
+                                        "--cache-dir", str(tmp_path / "cache"), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert len(started) == 2
+    for cmd, env in started:
+        assert db_url not in " ".join(cmd) and "--storage" not in cmd
+        assert env["KDBENCH_STORAGE"] == db_url
+    from kdbench.store import Store
+    assert set(Store.open(db_url).runs("tiny")["state"]) == {"complete"}  # the workers found the database

@@ -128,6 +128,24 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
         ("student.pretrained:", "keys")),
     "study reused with another config": (lambda e: e.sweep(e.yaml(name="stored"), "--set", "student.epochs=2"),
                                          ("study 'stored'", "another config", "--set name=stored-2", "--replace")),
+    "--replace with an unknown student model": (
+        lambda e: e.sweep(e.yaml(name="stored", data=e.imagefolder(), student={"model": "mlp-9"}), "--replace"),
+        ("student.model: unknown model 'mlp-9'",)),
+    "--replace with data files missing": (
+        lambda e: e.sweep(e.yaml(name="stored", data={"dataset": "mnist", "root": str(e.tmp / "none")}), "--replace"),
+        ("mnist not found",)),
+    "val_fraction 0": (lambda e: e.sweep(e.yaml(data={**e.imagefolder(), "val_fraction": 0})),
+                       ("data.val_fraction: 0 leaves no validation set", "0.1")),
+    "study name ending in a newline": (lambda e: e.sweep(e.yaml(name="tiny\n")), ("not a safe file name",)),
+    "YAML alias bomb": (lambda e: e.sweep(e.yaml("name: x\na: &a [lol, lol]\nb: &b [*a, *a]\nc: [*b, *b]\n")),
+                        ("study.yaml: malformed YAML at line 3", "aliases (*name) are not allowed")),
+    "cache views without augmentation": (lambda e: e.sweep(e.yaml(teacher={"cache": {"views": 2}})),
+                                         ("teacher.cache: {views: 2} caches augmented views", "data.augment is none")),
+    "absurd epochs": (lambda e: e.sweep(e.yaml(), "--set", "student.epochs=1000000000000"),
+                      ("student.epochs", "less than or equal to 10000")),
+    "absurd batch size": (lambda e: e.sweep(e.yaml(teacher={"batch_size": 10**9})),
+                          ("teacher.batch_size", "less than or equal to 65536")),
+    "--set with an empty key": (lambda e: e.sweep(e.yaml(), "--set", "..=1"), ("'..' has an empty part",)),
     "unreachable PostgreSQL": (lambda e: e.sweep(e.yaml(), storage="postgresql+psycopg://nobody@127.0.0.1:1/x"),
                                ("--storage postgresql+psycopg://nobody@127.0.0.1:1/x: cannot open", "server")),
     "password not shown": (lambda e: e.sweep(e.yaml(), storage="postgresql+psycopg://u:secret@127.0.0.1:1/x"),
@@ -192,3 +210,29 @@ def test_bad_input_is_one_line_and_changes_nothing(case: str, env: Env) -> None:
         assert fragment in lines[0], f"{fragment!r} not in: {lines[0]}"
     assert _row_counts(env.db) == before
     assert not (env.cache / "teachers").exists(), "a teacher was trained or loaded before the error"
+
+
+def test_a_refused_sweep_creates_no_database(env: Env) -> None:
+    """A new database named by --storage is not created when the input is refused (here: missing data)."""
+    path = env.tmp / "fresh.db"
+    args = env.sweep(env.yaml(data={"dataset": "mnist", "root": str(env.tmp / "none")}), storage=f"sqlite:///{path}")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "mnist not found" in result.stderr
+    assert not path.exists()
+
+
+def test_a_foreign_database_is_refused_before_any_write(env: Env) -> None:
+    """An SQLite file of another application (with a `studies` table, as Optuna has one) is left untouched."""
+    path = env.tmp / "other.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE studies (id INTEGER PRIMARY KEY, title TEXT)"))
+        conn.execute(sa.text("CREATE TABLE invoices (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    before = _row_counts(f"sqlite:///{path}")
+    result = CliRunner().invoke(main, env.sweep(env.yaml(), storage=f"sqlite:///{path}"))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a kdbench database" in lines[0] and "invoices" in lines[0], lines
+    assert _row_counts(f"sqlite:///{path}") == before  # no table added
+    assert not (env.cache / "teachers").exists()

@@ -20,3 +20,12 @@ def test_a_fused_group_prints_one_line_per_visit_with_its_own_parameters(capsys:
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"[3/9] kd/T={t}/a=0.5/lr=0.001/r=0: complete, val {0.8 + i / 100:.4f}  T={t} α=0.5 lr=0.001"
                      for i, t in enumerate((1, 2, 4))]
+
+
+def test_the_teacher_prints_a_line_per_epoch(capsys: pytest.CaptureFixture[str]) -> None:
+    from kdbench.train import EpochRecord
+
+    with sweep_display(quiet=True) as events:
+        events.teacher_epoch(EpochRecord(epoch=0, train_loss=0.5, val_acc=0.875, val_loss=0.4, seconds=12.0, lr=1e-3,
+                                         steps=100), 3)
+    assert capsys.readouterr().out == "teacher epoch 1/3: train loss 0.5000, val 87.50% (12.0 s)\n"

@@ -166,8 +166,8 @@ def test_a_stale_heartbeat_on_another_host_is_taken_over(db_url: str) -> None:
     first = store.claim(row.id, visit, 0, study.hash, stale_after_s=60)
     assert first is not None
     with store.session() as s:  # as if held by another live worker on this host (our parent process)
-        host = worker_id().rpartition(":")[0]
-        s.execute(sa.update(RunRow).where(RunRow.id == first.run_id).values(owner=f"{host}:{os.getppid()}"))
+        host, _, ns, _ = worker_id().split(":")
+        s.execute(sa.update(RunRow).where(RunRow.id == first.run_id).values(owner=f"{host}:{os.getppid()}:{ns}:x"))
     assert store.claim(row.id, visit, 0, study.hash, stale_after_s=60) is None
     with store.session() as s:  # its worker is on another machine and stopped beating an hour ago
         s.execute(sa.update(RunRow).where(RunRow.id == first.run_id).values(
@@ -240,3 +240,80 @@ def test_a_crash_inside_a_finalists_final_write_leaves_no_half_run(db_url: str, 
     assert row is None
     run_sweep(study, storage=db_url, cache_dir=teacher_cache)
     _check_planned_set(db_url, study)
+
+
+@pytest.mark.slow
+def test_a_late_worker_never_writes_into_its_retired_attempt(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+    """Worker A is stopped (SIGSTOP) mid-trial past the heartbeat timeout; B takes its visit over and finishes
+    the study; A resumes: its writes are refused (the run stays retired, B's stands), it says so and ends
+    cleanly, and every visit has exactly one complete run and one COMPLETE Optuna trial."""
+    raw = tiny_study_raw()
+    raw["student"]["epochs"] = 8  # a trial of a few seconds, so that the stop lands inside one
+    study = parse_study(raw)
+    path = _write(tmp_path, raw)
+    a = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
+    _wait_mid_trial(a, db_url, "tiny", 0)
+    a.send_signal(signal.SIGSTOP)
+    try:
+        held = _runs(db_url, "tiny")
+        visit = held[held["state"] == "running"]["visit"].iloc[0]
+        run_sweep(study, storage=db_url, cache_dir=teacher_cache, stale_after_s=1.0)  # worker B, in this process
+    finally:
+        a.send_signal(signal.SIGCONT)
+    out, err = a.communicate(timeout=300)
+    assert a.returncode == 0, (out, err)
+    assert "Traceback" not in err
+    assert f"{visit}: retired" in out and "taken over by another worker" in out
+    _check_planned_set(db_url, study)
+    runs = load_runs(db_url, "tiny").set_index("visit")
+    assert runs.loc[f"{visit}#1", "state"] == "failed" and "heartbeat" in runs.loc[f"{visit}#1", "error"]
+    for name in ("tiny", "tiny.ce"):  # one COMPLETE Optuna trial per search visit: A's never completed
+        trials = optuna.load_study(study_name=name, storage=db_url).trials
+        done = [t.user_attrs["visit"] for t in trials if t.state.name == "COMPLETE"]
+        assert len(done) == len(set(done))
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_trial_as_ctrl_c_does(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+    """A scheduler's SIGTERM mid-trial: exit 143 with the resume line, the run interrupted and its Optuna trial
+    FAIL (not left running), and the same command finishes the study."""
+    raw = tiny_study_raw()
+    raw["student"]["epochs"] = 8  # trials of a few seconds: the signal lands inside one
+    study = parse_study(raw)
+    path = _write(tmp_path, raw)
+    proc = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
+    _wait_mid_trial(proc, db_url, "tiny", 1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (out, err)
+    assert "terminated (SIGTERM)" in err and "Run the same command again to resume" in err
+    assert "Traceback" not in err
+    runs = load_runs(db_url, "tiny")
+    assert "running" not in set(runs["state"]) and "interrupted" in set(runs["state"])
+    trials = optuna.load_study(study_name="tiny", storage=db_url).trials
+    trials += optuna.load_study(study_name="tiny.ce", storage=db_url).trials
+    assert not [t.number for t in trials if t.state.name == "RUNNING"]  # the cut-off trial is FAIL
+    assert any(t.state.name == "FAIL" for t in trials)
+    run_sweep(study, storage=db_url, cache_dir=teacher_cache)
+    _check_planned_set(db_url, study)
+
+
+@pytest.mark.slow
+def test_a_deleted_database_stops_the_sweep_at_once(tmp_path: Path, teacher_cache: Path) -> None:
+    """The database file is deleted mid-sweep: the worker stops before its next trial with one line and exit 2,
+    rather than training every remaining visit into a file nobody can read."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'kd.db'}"
+    raw = tiny_study_raw()
+    raw["student"]["epochs"] = 4
+    proc = _sweep(str(_write(tmp_path, raw)), "--storage", url, "--cache-dir", str(teacher_cache))
+    _wait_mid_trial(proc, url, "tiny", 0)
+    for f in folder.iterdir():
+        f.unlink()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, (out, err)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines[-1].startswith("kdbench: error: --storage ") and "deleted or replaced" in lines[-1]
+    assert "Traceback" not in err
+    assert out.count(": complete, val") <= 1  # at most the trial it was in; nothing after

@@ -147,3 +147,26 @@ def test_a_replicated_grid_and_a_range_study_render(tmp_path: Path) -> None:
     ranged = tmp_path / "range"
     write_report(url, ["range"], ranged, load_images=False)
     assert (ranged / "effects.png").stat().st_size > 0 and not (ranged / "effects.md").exists()
+
+
+def test_links_in_the_output_folder_are_replaced_not_followed(db: str, tmp_path: Path) -> None:
+    """A link placed where the report writes (index.html, a figure) is replaced by the report's file; the
+    file it pointed to, outside the folder, is untouched."""
+    out, outside = tmp_path / "out", tmp_path / "precious.txt"
+    out.mkdir()
+    outside.write_text("keep me")
+    for name in ("index.html", "comparison.png", "comparison.csv", ".kdbench-write-test"):
+        (out / name).symlink_to(outside)
+    write_report(db, ["known"], out)
+    assert outside.read_text() == "keep me"
+    for name in ("index.html", "comparison.png", "comparison.csv"):
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
+    assert oct((out / "index.html").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert not list(out.glob(".*.tmp"))  # no temporary file left
+
+
+def _umask() -> int:
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -117,3 +117,64 @@ def test_workers_starting_at_once_on_a_new_database(storage: str) -> None:
     with ThreadPoolExecutor(6) as pool:
         assert sum(pool.map(start, range(6))) == 6
     assert Store.open(storage).studies().empty
+
+
+def test_a_retired_attempt_cannot_write(tmp_path, tiny_study_dict: dict) -> None:  # type: ignore[no-untyped-def]
+    """Once another claim has taken a visit over, the old attempt's progress and final writes are refused
+    (conditional updates on state and owner) and its row keeps the retirement's reason."""
+    from kdbench.errors import RetiredAttemptError
+    from kdbench.sweep import plan_search
+
+    store = Store.open(f"sqlite:///{tmp_path / 'kd.db'}")
+    study = parse_study(tiny_study_dict)
+    row = store.register_study(study)
+    visit = plan_search(study)[0]
+    first = store.claim(row.id, visit, 0, study.hash, stale_after_s=60)
+    assert first is not None
+    store.update_run(first.run_id, epochs_done=1)  # its own running attempt: accepted
+    taken = store.claim(row.id, visit, 0, study.hash, stale_after_s=0.0)  # taken over
+    assert taken is not None and taken.run_id != first.run_id
+    with pytest.raises(RetiredAttemptError, match="taken over"):
+        store.update_run(first.run_id, epochs_done=2)
+    with pytest.raises(RetiredAttemptError, match="taken over"):
+        store.finish_run(first.run_id, [], state="complete", val_acc=0.99)
+    runs = store.runs("tiny").set_index("visit")
+    old = runs.loc[f"{visit.key}#1"]
+    assert old["state"] == "failed" and old["epochs_done"] == 1 and old["error"]  # the retirement's reason
+    assert runs.loc[visit.key, "state"] == "running" and runs.loc[visit.key, "attempt"] == 2
+
+
+def test_optuna_tables_list_matches_optuna() -> None:
+    from optuna.storages._rdb.models import BaseModel
+
+    from kdbench.store.db import OPTUNA_TABLES
+
+    assert set(BaseModel.metadata.tables) <= OPTUNA_TABLES
+
+
+def test_opening_a_new_sqlite_file_writes_nothing_until_the_first_write(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "new.db"
+    store = Store.open(f"sqlite:///{path}")
+    assert not store.ready and not path.exists()  # a refused input after this leaves no file
+    assert store.check_study(parse_study({"name": "x"})) is None and not path.exists()
+    assert store.studies().empty and store.ready and path.exists()  # the first use makes the tables
+
+
+def test_a_worker_in_another_pid_namespace_is_never_judged_dead_by_its_pid() -> None:
+    """A container sharing the host name but not the PID namespace: its pid means nothing here, so only its
+    heartbeat can retire it; in this namespace a dead pid is dead at once (old host:pid owners as before)."""
+    import os
+    import subprocess
+    import sys
+
+    from kdbench.store import pid_alive, worker_id
+
+    host, pid, ns, token = worker_id().split(":")
+    assert pid == str(os.getpid()) and len(token) == 8 and worker_id() == worker_id()  # one id per process
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that just ended
+    assert pid_alive(f"{host}:{dead}:{ns}:abcd1234") is False
+    assert pid_alive(f"{host}:{dead}:{ns}0:abcd1234") is None  # another namespace: unknown, not dead
+    assert pid_alive(f"{host}:{os.getpid()}:{ns}:abcd1234") is True
+    assert pid_alive(f"{host}:{dead}") is False  # an owner written by an earlier kdbench
+    assert pid_alive(f"elsewhere:{dead}:{ns}:abcd1234") is None

@@ -102,3 +102,18 @@ def test_replicate_i_of_every_cell_and_of_ce_shares_init_and_batch_order(needs_f
     for _, g in by_seed:
         assert g["val_acc"].nunique() == 1 and g["val_loss"].nunique() == 1, g[["visit", "val_acc", "val_loss"]]
     assert by_seed["val_loss"].first().nunique() == 2
+
+
+def test_a_list_is_a_grid_per_parameter_even_beside_a_range() -> None:
+    """T as a list and α as a range: the sampler draws T from the list only (a categorical), α from the range."""
+    from kdbench.sweep import optuna_bridge
+
+    study = parse_study({"name": "mixed", "search": {"temperature": [1, 4], "alpha": {"low": 0.1, "high": 0.9},
+                                                     "trials": 12, "sampler": "random"}})
+    storage = optuna.storages.InMemoryStorage()
+    kd = [v for v in plan_search(study) if v.loss == "kd"]
+    drawn = [optuna_bridge.ask(storage, study, v, i, 1)[2] for i, v in enumerate(kd)]
+    assert {d["temperature"] for d in drawn} <= {1.0, 4.0}
+    assert all(0.1 <= d["alpha"] <= 0.9 for d in drawn) and len({d["alpha"] for d in drawn}) == len(drawn)
+    trial = optuna.load_study(study_name="mixed", storage=storage).trials[0]
+    assert isinstance(trial.distributions["temperature"], optuna.distributions.CategoricalDistribution)

@@ -69,3 +69,56 @@ def test_the_store_record_comes_from_the_cache(needs_fmnist: None, tiny_study_di
     again = prepare_teacher(study, cache_dir=tmp_path / "c", data=data)
     assert teacher_record(again, data, torch.device("cpu"))["test_predictions"] == rec["test_predictions"]
     assert "test_predictions" in json.loads(meta_path.read_text())  # written back for the next worker
+
+
+@pytest.mark.slow
+def test_a_cache_entry_that_is_not_weights_is_rebuilt(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+    """A checksum-valid weights.pt holding something else than a state dict (here a pickled module, which
+    weights_only=True refuses) is an invalid cache entry: rebuilt, not a traceback."""
+    import json
+
+    from kdbench.teacher import _sha256
+
+    study = parse_study(tiny_study_dict)
+    first = prepare_teacher(study, cache_dir=tmp_path / "c")
+    wpath = first.cache_dir / "weights.pt"
+    torch.save(torch.nn.Linear(2, 2), wpath)
+    meta = json.loads((first.cache_dir / "meta.json").read_text())
+    meta["weights_sha256"] = _sha256(wpath)  # as if the cache itself had written it
+    (first.cache_dir / "meta.json").write_text(json.dumps(meta))
+    again = prepare_teacher(study, cache_dir=tmp_path / "c")
+    assert not again.from_cache and again.val_acc == pytest.approx(first.val_acc, abs=0.02)
+    assert isinstance(torch.load(wpath, weights_only=True), dict)  # the entry is whole again
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(needs_fmnist: None, tiny_study_dict: dict,
+                                                              tmp_path) -> None:
+    """The cache's writes fail (a file-size limit stands in for a full disk): exit 2, one line naming the
+    path, and no half-written .tmp file left behind."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_study_dict))
+
+    def limit() -> None:  # writes past 16 KiB fail with EFBIG instead of killing the process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, 16 << 10))
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "kdbench", "teacher", str(path), "--device", "cpu", "--threads", "1",
+                          "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, preexec_fn=limit,
+                         env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin",
+                              "PYTHONDONTWRITEBYTECODE": "1"},  # no bytecode cut short by the limit
+                         timeout=300)
+    assert res.returncode == 2, res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert lines[-1].startswith("kdbench: error: teacher cache: cannot write ") and "Traceback" not in res.stderr
+    assert "weights.pt" in lines[-1] and "--cache-dir" in lines[-1]
+    assert not list((tmp_path / "c").rglob("*.tmp*"))

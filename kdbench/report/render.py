@@ -12,7 +12,10 @@ autoescape, and LaTeX-escaped in the .tex tables.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,11 +178,30 @@ def _latex(df: pd.DataFrame, caption: str) -> str:
         hrules=True, caption=escaped, column_format="l" * len(df.columns), position="htbp")
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the process's umask, for files written through a temporary name
+
+
+def _put(path: Path, data: str | bytes) -> None:
+    """Write ``path`` whole: a temporary file in its folder, renamed over it. A link placed at ``path`` is
+    replaced, never followed, so a report cannot overwrite a file outside its folder."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would have made it (mkstemp makes 0600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _write_table(df: pd.DataFrame, numeric: pd.DataFrame, out: Path, stem: str, caption: str) -> list[Path]:
     paths = [out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.tex"]
-    paths[0].write_text(_markdown(df) + "\n" + caption + "\n", encoding="utf-8")
-    numeric.to_csv(paths[1], index=False, float_format="%.10g", lineterminator="\n")
-    paths[2].write_text(_latex(df, caption), encoding="utf-8")
+    _put(paths[0], _markdown(df) + "\n" + caption + "\n")
+    _put(paths[1], numeric.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    _put(paths[2], _latex(df, caption))
     return paths
 
 
@@ -191,8 +213,10 @@ def _save(fig: Figure, out: Path, stem: str, files: list[Path]) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=FIGURE_DPI, metadata={"Software": None})
     png = buf.getvalue()
-    (out / f"{stem}.png").write_bytes(png)
-    fig.savefig(out / f"{stem}.svg", format="svg", metadata={"Date": None})
+    _put(out / f"{stem}.png", png)
+    svg = io.BytesIO()
+    fig.savefig(svg, format="svg", metadata={"Date": None})
+    _put(out / f"{stem}.svg", svg.getvalue())
     files += [out / f"{stem}.png", out / f"{stem}.svg"]
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -203,9 +227,9 @@ def _save(fig: Figure, out: Path, stem: str, files: list[Path]) -> str:
 def _writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".kdbench-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".kdbench-write-test.")  # a new file: no link followed
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise OutputError(f"--out {out}: cannot write there ({exc.strerror or exc}); pass a writable "
                           "folder with --out") from None
@@ -264,7 +288,7 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
         title=" + ".join(studies), source=source_note(table), comparison=display, comparison_png=comparison_png,
         studies=studies_ctx, sections=SECTIONS, several=len(frames) > 1,
         generator={"commit": kdbench_commit(), **library_versions()})
-    (out_dir / "index.html").write_text(html, encoding="utf-8")
+    _put(out_dir / "index.html", html)
     files.append(out_dir / "index.html")
     return Report(out_dir, frames, table, markdown, files)
 

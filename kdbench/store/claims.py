@@ -13,9 +13,11 @@ reads).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
+import secrets
 import socket
 import threading
 from collections.abc import Iterable, Iterator
@@ -26,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from kdbench.config import HEARTBEAT_S
-from kdbench.errors import StoreError
+from kdbench.errors import RetiredAttemptError, StoreError
 from kdbench.store.db import Database
 from kdbench.store.schema import EpochRow, RunRow, StudyRow, TeacherRow, now
 
@@ -38,9 +40,20 @@ __all__ = ["Claimed", "Claims", "EpochLike", "VisitLike", "finite_or_none", "pid
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def worker_id() -> str:
-    """``host:pid``, the owner written on claimed runs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid:pidns:token``, the owner written on claimed runs and on Optuna trials.
+
+    The PID namespace (the inode of ``/proc/self/ns/pid``) tells whether a pid on this host name is a pid
+    this process can see: a worker in a container that shares the host name but not the PID namespace is
+    never judged dead by a pid check from outside it. The random token makes the id unique even when a pid
+    is reused.
+    """
+    try:
+        ns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:  # not Linux
+        ns = "-"
+    return f"{socket.gethostname()}:{os.getpid()}:{ns}:{secrets.token_hex(4)}"
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -49,11 +62,16 @@ def finite_or_none(x: float | None) -> float | None:
 
 
 def pid_alive(owner: str | None) -> bool | None:
-    """True/False for an owner (``host:pid``) on this host; None when it lives on another host."""
+    """Whether an owner's process lives: True/False when its pid is one this process can see (this host and,
+    for ``host:pid:pidns:token`` owners, this PID namespace); None otherwise (judge it by its heartbeat)."""
     if not owner or ":" not in owner:
         return None
-    host, _, pid = owner.rpartition(":")
-    if host != worker_id().rpartition(":")[0] or not pid.isdigit():
+    parts = owner.split(":")
+    host, pid = parts[0], parts[1]
+    me = worker_id().split(":")
+    if host != me[0] or not pid.isdigit():
+        return None
+    if len(parts) >= 3 and parts[2] != me[2]:  # another PID namespace (a container): its pids are not ours
         return None
     try:
         os.kill(int(pid), 0)
@@ -138,6 +156,8 @@ class Claims(Database):
         Raises:
             StoreError: the name is taken by a study with another config hash.
         """
+        if not self.ready:  # no kdbench tables yet (a new database): nothing stored, and nothing created
+            return None
         with self.session() as s:
             row = s.scalar(sa.select(StudyRow).where(StudyRow.name == study.name))
         if row is not None and row.config_hash != study.hash:
@@ -150,6 +170,7 @@ class Claims(Database):
 
     def register_study(self, study: Study) -> StudyRow:
         """Create the study's row, or check that the stored one has the same config hash."""
+        self.ensure_tables()
         row = self.check_study(study)
         if row is None:
             from kdbench.provenance import kdbench_commit  # imports torch: only when a study is new
@@ -175,6 +196,8 @@ class Claims(Database):
     def drop_study(self, name: str) -> None:
         """Delete a study's kdbench rows and its two Optuna studies (``name`` and ``name.ce``)."""
         import optuna
+
+        self.ensure_tables()
 
         with self.session() as s:
             row = s.scalar(sa.select(StudyRow).where(StudyRow.name == name))
@@ -236,18 +259,37 @@ class Claims(Database):
             return None
 
     def update_run(self, run_id: int, **values: Any) -> None:
-        """Set columns of a running run (its Optuna link, parameters, progress, heartbeat)."""
+        """Set columns of this worker's running run (its Optuna link, parameters, progress, heartbeat).
+
+        Raises:
+            RetiredAttemptError: the run is no longer this worker's running attempt (another worker took the
+                visit over after a missed heartbeat): nothing is written.
+        """
         with self.session() as s:
-            s.execute(sa.update(RunRow).where(RunRow.id == run_id).values(**values))
+            self._own_running(s, run_id, values)
 
     def finish_run(self, run_id: int, epochs: Iterable[EpochLike], **values: Any) -> None:
-        """Write a run's final state, its results and its epochs in one transaction: never half a run."""
+        """Write a run's final state, its results and its epochs in one transaction: never half a run.
+
+        Raises:
+            RetiredAttemptError: the run is no longer this worker's running attempt: nothing is written.
+        """
         records = list(epochs)
         with self.session() as s:
-            s.execute(sa.update(RunRow).where(RunRow.id == run_id).values(epochs_done=len(records), **values))
+            self._own_running(s, run_id, dict(epochs_done=len(records), **values))
             s.add_all(EpochRow(run_id=run_id, epoch=r.epoch, train_loss=finite_or_none(r.train_loss),
                                val_acc=finite_or_none(r.val_acc), val_loss=finite_or_none(r.val_loss),
                                seconds=r.seconds, lr=r.lr) for r in records)
+
+    @staticmethod
+    def _own_running(s: Any, run_id: int, values: dict[str, Any]) -> None:
+        """Update run ``run_id`` only while it is running and owned by this worker (a conditional update,
+        inside the caller's transaction): a worker whose attempt was retired cannot write into it."""
+        done = s.execute(sa.update(RunRow).where(RunRow.id == run_id, RunRow.state == "running",
+                                                 RunRow.owner == worker_id()).values(**values)).rowcount
+        if done != 1:
+            raise RetiredAttemptError(f"run {run_id} was taken over by another worker (this one missed its "
+                                      "heartbeat): this attempt's writes are refused and its trial is dropped")
 
     @contextlib.contextmanager
     def heartbeat(self, run_id: int, every_s: float = HEARTBEAT_S) -> Iterator[None]:
@@ -258,6 +300,8 @@ class Claims(Database):
             while not stop.wait(every_s):
                 try:
                     self.update_run(run_id, heartbeat=now())
+                except RetiredAttemptError:  # taken over: the trial's next write says so and stops it
+                    return
                 except Exception:  # a missed heartbeat is not fatal; the next one retries
                     log.debug("heartbeat failed", exc_info=True)
 

@@ -8,6 +8,7 @@ password masked (:func:`shown_url`).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,12 @@ __all__ = ["Database", "make_engine", "retry_schema_race", "shown_url"]
 SQLITE_BUSY_TIMEOUT_S = 60.0  # seconds a writer waits for the lock before failing
 SCHEMA_RETRY_S = 0.2  # seconds before retrying a table creation that raced another worker (times the attempt)
 OPTUNA_VERSION_TABLE = "version_info"  # one of Optuna's tables: its presence says Optuna wrote here
+# Optuna's RDB tables (optuna.storages._rdb.models; tests/test_store.py checks the list against it) and
+# alembic's: a database holding only these and kdbench's is one kdbench may write to
+OPTUNA_TABLES = frozenset({
+    "studies", "study_directions", "study_system_attributes", "study_user_attributes", "trial_heartbeats",
+    "trial_intermediate_values", "trial_params", "trial_system_attributes", "trial_user_attributes", "trial_values",
+    "trials", "version_info", "alembic_version"})
 T = TypeVar("T")
 
 
@@ -103,55 +110,125 @@ def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
 class Database:
     """A connected results database. Create with :meth:`open` (or :meth:`get`)."""
 
-    def __init__(self, url: str, engine: Engine) -> None:
+    def __init__(self, url: str, engine: Engine, *, ready: bool = True) -> None:
         self.url = shown_url(url)  # for messages; the engine holds the real one
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._optuna: RDBStorage | None = None
+        self._ready = ready  # kdbench's tables exist; else :meth:`ensure_tables` creates them at the first write
+        db = engine.url.database
+        self._file = Path(db) if engine.url.get_backend_name() == "sqlite" and db not in (None, "", ":memory:") \
+            else None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the SQLite file once it exists
 
     @classmethod
     def open(cls, url: str = DEFAULT_STORAGE, *, create: bool = True) -> Self:
-        """Connect, create kdbench's tables if asked, and check the schema version.
+        """Connect and check the database; nothing is written until the first write needs kdbench's tables.
+
+        A sweep opens with ``create=True``: kdbench's tables (and a new SQLite file) are made by
+        :meth:`ensure_tables` only once the study's input is accepted, so a refused input leaves no trace.
+        A database holding tables that are neither kdbench's nor Optuna's is refused before any write.
 
         Args:
             url: SQLAlchemy URL of the database.
-            create: create kdbench's tables if missing (a sweep); else the database must hold kdbench
-                results already, and a missing SQLite file is an error rather than created (ls, show, report).
+            create: allow a database without kdbench's tables (a sweep); else it must hold kdbench results
+                already, and a missing SQLite file is an error (ls, show, report).
 
         Raises:
-            StoreError: unreachable or missing database, no kdbench tables (``create=False``), or one
-                written by a newer kdbench.
+            StoreError: unreachable or missing database, a folder that does not exist or cannot be written,
+                another application's tables, no kdbench tables (``create=False``), or one written by a newer
+                kdbench.
         """
         engine = make_engine(url)
         shown = shown_url(url)
         db = engine.url.database
-        if not create and engine.url.get_backend_name() == "sqlite" and db not in (None, "", ":memory:") \
-                and not Path(db or "").exists():
-            raise StoreError(f"--storage {shown}: no such database file {db}; run kdbench sweep first "
-                             "or point --storage at its database")
+        sqlite_file = engine.url.get_backend_name() == "sqlite" and db not in (None, "", ":memory:")
+        if sqlite_file and not Path(db or "").exists():
+            if not create:
+                raise StoreError(f"--storage {shown}: no such database file {db}; run kdbench sweep first "
+                                 "or point --storage at its database")
+            folder = Path(db or "").resolve().parent
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise StoreError(f"--storage {shown}: cannot open the database (folder {folder} does not exist or "
+                                 "is not writable); check the path (a SQLite file in a writable folder that exists)")
+            return cls(url, engine, ready=False)  # the file is created by the first write
 
-        def prepare() -> None:
-            with engine.begin() as conn:
-                if create:
-                    Base.metadata.create_all(conn)
-                elif not sa.inspect(conn).has_table(MetaRow.__tablename__):
-                    raise StoreError(f"--storage {shown}: no kdbench results in this database; run kdbench sweep")
+        def check() -> bool:
+            with engine.connect() as conn:
+                tables = set(sa.inspect(conn).get_table_names())
+                if MetaRow.__tablename__ not in tables:
+                    foreign = sorted(tables - set(Base.metadata.tables) - OPTUNA_TABLES)
+                    if tables & OPTUNA_TABLES and OPTUNA_VERSION_TABLE not in tables:
+                        foreign = sorted(tables & OPTUNA_TABLES) + foreign  # Optuna's names, not Optuna's tables
+                    if foreign:
+                        raise StoreError(f"--storage {shown}: not a kdbench database: it holds tables of another "
+                                         f"application ({', '.join(foreign[:5])}); point --storage at a new file "
+                                         "or at a kdbench database")
+                    if not create:
+                        raise StoreError(f"--storage {shown}: no kdbench results in this database; "
+                                         "run kdbench sweep")
+                    return False
                 row = conn.execute(sa.select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar()
-                if row is None:
-                    conn.execute(sa.insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
-                elif int(row) > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"--storage {shown}: written by a newer kdbench (schema {row}, this one reads up to "
-                        f"{SCHEMA_VERSION}); upgrade kdbench (pip install -U kdbench)"
-                    )
+            if row is not None and int(row) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"--storage {shown}: written by a newer kdbench (schema {row}, this one reads up to "
+                    f"{SCHEMA_VERSION}); upgrade kdbench (pip install -U kdbench)"
+                )
+            return row is not None
 
         try:
-            retry_schema_race(prepare)
+            ready = retry_schema_race(check)
         except DBAPIError as exc:  # unreachable, refused, not a database, ...
             fix = "check the path (a SQLite file in a writable folder that exists)" if url.startswith("sqlite") else \
                 "check the URL, that the server is up and the user may connect"
             raise StoreError(f"--storage {shown}: cannot open the database ({first_line(exc)}); {fix}") from None
-        return cls(url, engine)
+        store = cls(url, engine, ready=ready)
+        store.check_file()  # the SQLite file's identity, from now on
+        return store
+
+    def check_file(self) -> None:
+        """Refuse to go on when the SQLite file was deleted or replaced since this process opened it (its
+        writes would go to a file nobody can read: a sweep checks before each claim).
+
+        Raises:
+            StoreError: the file is gone or is another file now.
+        """
+        if self._file is None or not self._ready:
+            return
+        try:
+            st = self._file.stat()
+        except OSError:
+            st = None
+        now = (st.st_dev, st.st_ino) if st is not None else None
+        if self._identity is None:
+            self._identity = now
+        if now is None or now != self._identity:
+            raise StoreError(f"--storage {self.url}: the database file was deleted or replaced while this process "
+                             "used it; stopping (what was written since is lost). Restore it, or start again")
+
+    @property
+    def ready(self) -> bool:
+        """Whether kdbench's tables exist (a sweep's store gets them at its first write)."""
+        return self._ready
+
+    def ensure_tables(self) -> None:
+        """Create kdbench's tables and schema version if missing (the first write of a new study's sweep)."""
+        if self._ready:
+            return
+
+        def create() -> None:
+            with self.engine.begin() as conn:
+                Base.metadata.create_all(conn)
+                if conn.execute(sa.select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar() is None:
+                    conn.execute(sa.insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+        try:
+            retry_schema_race(create)
+        except DBAPIError as exc:  # a read-only file, a full disk, a user who may not create tables
+            raise StoreError(f"--storage {self.url}: cannot create kdbench's tables ({first_line(exc)}); "
+                             "check that the database may be written") from None
+        self._ready = True
+        self.check_file()  # the new file's identity
 
     @classmethod
     def get(cls, storage: str | Self, *, create: bool = True) -> Self:
@@ -161,8 +238,14 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose block is one transaction (committed on success, rolled back on error)."""
+        self.ensure_tables()
         with self._sessions.begin() as s:
             yield s
+
+    def connect(self) -> sa.Connection:
+        """A connection for reads (kdbench's tables made first if this store has none yet)."""
+        self.ensure_tables()
+        return self.engine.connect()
 
     def has_optuna_tables(self) -> bool:
         """Whether Optuna has written to this database (opening its storage would otherwise create tables)."""
@@ -193,6 +276,8 @@ class Database:
         """
         if self._optuna is None:
             import optuna
+
+            self.ensure_tables()  # kdbench's tables first: the database is kdbench's from its first write
 
             url = self.engine.url.render_as_string(hide_password=False)
             kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} \

@@ -40,7 +40,7 @@ class Queries(Database):
 
     def studies(self) -> pd.DataFrame:
         """One row per study with counts of runs by state."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             studies = pd.read_sql(sa.select(StudyRow.id, StudyRow.name, StudyRow.config_hash, StudyRow.created),
                                   conn)
             counts = pd.read_sql(
@@ -62,7 +62,7 @@ class Queries(Database):
         """
         row = self._study_row(study)
         cols = [getattr(RunRow, c) for c in RUN_COLUMNS if c not in ("study", "run_id")]
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             df = pd.read_sql(sa.select(RunRow.id.label("run_id"), *cols)
                              .where(RunRow.study_id == row.id).order_by(RunRow.id), conn)
         df.insert(0, "study", study)
@@ -71,7 +71,7 @@ class Queries(Database):
     def run_states(self, study_id: int) -> list[sa.Row[Any]]:
         """(visit, kind, state, val_acc, epochs_done) of every run of a study: the cheap read a worker makes
         between trials (claiming, progress), without the provenance columns or pandas."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return list(conn.execute(
                 sa.select(RunRow.visit, RunRow.kind, RunRow.state, RunRow.val_acc, RunRow.epochs_done)
                 .where(RunRow.study_id == study_id).order_by(RunRow.id)))
@@ -86,7 +86,7 @@ class Queries(Database):
                        EpochRow.seconds, EpochRow.lr)
              .join(EpochRow, EpochRow.run_id == RunRow.id)
              .where(RunRow.study_id == row.id).order_by(RunRow.id, EpochRow.epoch))
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return pd.read_sql(q, conn)
 
     def teacher(self, key: str) -> TeacherRow | None:
@@ -106,7 +106,7 @@ class Queries(Database):
 
     def trial_links(self, study_id: int) -> list[Any]:
         """``(trial_id, state, val_acc, error)`` of the study's runs that are linked to an Optuna trial."""
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return list(conn.execute(sa.select(RunRow.trial_id, RunRow.state, RunRow.val_acc, RunRow.error)
                                      .where(RunRow.study_id == study_id, RunRow.trial_id.is_not(None))).all())
 

@@ -19,7 +19,7 @@ import torch
 
 from kdbench.config import Study
 from kdbench.data import Data
-from kdbench.errors import NonFiniteLossError
+from kdbench.errors import NonFiniteLossError, RetiredAttemptError
 from kdbench.evaluate import inference_ms_per_batch, predict_logits
 from kdbench.models import build_model, count_parameters
 from kdbench.provenance import device_name, kdbench_commit
@@ -118,7 +118,11 @@ class Attempt:
         return state
 
     def finish(self, outcome: TrainResult | BaseException) -> str:
-        """Record the outcome; returns the final state (re-raises Ctrl-C and bugs once recorded)."""
+        """Record the outcome; returns the final state (re-raises Ctrl-C and bugs once recorded).
+
+        An attempt that another worker retired (it took the visit over after this one missed its heartbeat)
+        writes nothing: it returns ``"retired"`` and the sweep goes on.
+        """
         try:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -128,6 +132,12 @@ class Attempt:
                                val_loss=finite_or_none(outcome.val_loss), test_acc=outcome.test_acc,
                                test_loss=outcome.test_loss, wall_time_s=outcome.wall_time_s,
                                samples_per_s=outcome.samples_per_s, **extra)
+        except RetiredAttemptError as exc:  # another worker took the visit over: its run is the record
+            self.closed = True
+            if self.trial is not None:  # already failed by the worker that took over (then a no-op)
+                optuna_bridge.close_trial(self.ctx.store.optuna_storage(), self.trial._trial_id, "failed", str(exc))
+            self.ctx.events.on_visit_end(self.visit, "retired", None, str(exc))
+            return "retired"
         except optuna.TrialPruned as exc:
             return self._close("pruned", str(exc))
         except NonFiniteLossError as exc:  # recorded as failed; the sweep goes on
@@ -166,21 +176,28 @@ def run_fused(ctx: SweepContext, claimed: list[Claimed]) -> None:
     from kdbench.fused import FusedStudent, train_fused
 
     attempts = [Attempt(ctx, c, fused=len(claimed)) for c in claimed]
-    outcomes: list[TrainResult | BaseException]
+    outcomes: dict[int, TrainResult | BaseException] = {}
     try:
-        for a in attempts:
-            a.start()
-        with contextlib.ExitStack() as beats:
-            for a in attempts:
-                beats.enter_context(ctx.store.heartbeat(a.c.run_id))
-            outcomes = list(train_fused(
-                [a.model for a in attempts if a.model is not None], ctx.data, ctx.study.student,
-                [FusedStudent(a.params["lr"], a.kd, a.on_epoch) for a in attempts], seed=claimed[0].visit.seed,
-                teacher=ctx.teacher.signal_for(ctx.data), augment_kind=ctx.study.data.augment))
+        for i, a in enumerate(attempts):
+            try:
+                a.start()
+            except RetiredAttemptError as exc:  # this visit alone was taken over: the others train
+                outcomes[i] = exc
+        live = [i for i in range(len(attempts)) if i not in outcomes]
+        if live:
+            with contextlib.ExitStack() as beats:
+                for i in live:
+                    beats.enter_context(ctx.store.heartbeat(attempts[i].c.run_id))
+                trained = train_fused(
+                    [m for i in live if (m := attempts[i].model) is not None], ctx.data, ctx.study.student,
+                    [FusedStudent(attempts[i].params["lr"], attempts[i].kd, attempts[i].on_epoch) for i in live],
+                    seed=claimed[0].visit.seed, teacher=ctx.teacher.signal_for(ctx.data),
+                    augment_kind=ctx.study.data.augment)
+            outcomes.update(zip(live, trained, strict=True))
     except BaseException as exc:
-        outcomes = [exc] * len(attempts)
+        outcomes = {i: outcomes.get(i, exc) for i in range(len(attempts))}
     raised: BaseException | None = None
-    for a, res in zip(attempts, outcomes, strict=True):
+    for a, res in zip(attempts, (outcomes[i] for i in range(len(attempts))), strict=True):
         try:
             a.finish(res)
         except BaseException as exc:  # record every visit first, then stop as the sequential path would

@@ -53,6 +53,11 @@ class SweepEvents:
     on_progress: Callable[[Progress], None] = lambda p: None
     on_visit_start: Callable[[Visit, dict[str, float]], None] = lambda v, p: None
     on_epoch: Callable[[EpochRecord, int], None] = lambda r, total: None
+    on_teacher_epoch: Callable[[EpochRecord, int], None] | None = None  # None: on_epoch's
     on_visit_end: Callable[[Visit, str, float | None, str | None], None] = lambda v, state, acc, note: None
     on_status: Callable[[str], None] = lambda msg: None
     on_log: Callable[[str], None] = lambda line: None  # a line from another process (worker output)
+
+    def teacher_epoch(self, rec: EpochRecord, total: int) -> None:
+        """One epoch of the teacher's training (its own hook when given, else :attr:`on_epoch`)."""
+        (self.on_teacher_epoch or self.on_epoch)(rec, total)

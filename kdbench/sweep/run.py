@@ -17,7 +17,7 @@ import torch
 
 from kdbench.config import POLL_S, STALE_AFTER_S, Study
 from kdbench.data import DatasetInfo, load_data
-from kdbench.errors import CheckpointError, ConfigError
+from kdbench.errors import CheckpointError, ConfigError, StoreError
 from kdbench.models import build_model
 from kdbench.provenance import library_versions
 from kdbench.store import Claimed, Store
@@ -60,8 +60,13 @@ def prepare_sweep(
     cache_dir: str | Path | None = None,
     events: SweepEvents | None = None,
     stale_after_s: float = STALE_AFTER_S,
+    replace: bool = False,
 ) -> SweepContext:
-    """Register the study, load its data and get its teacher (trained once, then from the cache).
+    """Check everything, get the teacher (trained once, then from the cache), then register the study.
+
+    Every input a user can get wrong (the study's name against the store, the data, the models and their
+    weights, the teacher's floor) is checked before the first write to the store, so a refused input leaves
+    the store as it was; ``replace`` drops a stored study of the same name only then.
 
     Args:
         study: the validated study.
@@ -70,26 +75,36 @@ def prepare_sweep(
         cache_dir: teacher cache and finalist weights folder.
         events: progress hooks.
         stale_after_s: a running visit without a heartbeat for this long is taken over.
+        replace: drop a stored study of the same name (its runs, epochs and Optuna trials) once all is checked.
     """
     device = torch.device(device)
     events = events or SweepEvents()
-    # Everything a user can get wrong is checked before the first write to the store or the first step.
     store = Store.get(storage)
-    store.check_study(study)
+    if not replace:
+        store.check_study(study)
     cache = open_cache_dir(cache_dir)
     d = study.data
     events.on_status("loading data")
     tdata = load_data(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=None, seed=study.seed,
                       device=device, download=d.download, image_size=d.image_size)
+    if len(tdata.val) == 0:
+        raise ConfigError(f"data.val_fraction: {d.val_fraction:g} leaves no validation set, and a sweep chooses its "
+                          "cells on validation accuracy; set it to e.g. 0.1")
     sdata = tdata if d.subset is None else load_data(
         d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, seed=study.seed, device=device,
         download=d.download, image_size=d.image_size)
     check_models(study, tdata.info)
-    store.optuna_storage()  # Optuna's tables before the first kdbench row
-    row = store.register_study(study)
+    if study.teacher.cache == "fixed" and d.augment != "none":
+        events.on_log(f"{study.name}: teacher.cache: fixed with data.augment: {d.augment}: the students see "
+                      "augmented images, the teacher's cached logits are of the clean ones (cache: {views: K} or "
+                      "live match them)")
     events.on_status("preparing the teacher")
     teacher = prepare_teacher(study, device=device, cache_dir=cache, data=tdata,
-                              on_epoch=lambda r: events.on_epoch(r, study.teacher.epochs or 1))
+                              on_epoch=lambda r: events.teacher_epoch(r, study.teacher.epochs or 1))
+    if replace:
+        store.drop_study(study.name)
+    store.optuna_storage()  # Optuna's tables before the first kdbench row
+    row = store.register_study(study)
     if store.teacher(teacher.key) is None:
         store.record_teacher(**teacher_record(teacher, tdata, device))
     store.set_study_teacher(row.id, teacher.key)
@@ -104,6 +119,11 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
     transaction per visit tried, not one per visit of the study.
     """
     while True:
+        ctx.store.check_file()  # a deleted database stops the sweep here, not after every visit has trained
+        row = ctx.store.study(ctx.study.name)
+        if row is None or row.id != ctx.study_id:  # dropped by another process's --replace
+            raise StoreError(f"study {ctx.study.name!r} was dropped or replaced in {ctx.store.url} by another "
+                             "process (kdbench sweep --replace); this worker stops")
         states = {r.visit: r.state for r in ctx.store.run_states(ctx.study_id)}
         batch: list[Claimed] = []
         for i, v in enumerate(visits):
@@ -136,6 +156,7 @@ def run_sweep(
     stale_after_s: float = STALE_AFTER_S,
     max_visits: int | None = None,
     fuse: int | None = None,
+    replace: bool = False,
 ) -> pd.DataFrame:
     """Run (or resume, or join as one more worker) the whole study; return the finalists' summary.
 
@@ -149,9 +170,10 @@ def run_sweep(
         max_visits: stop after this many visits (for tests and time-boxed workers).
         fuse: fuse up to this many search visits per step whatever the device (default: ``search.fuse`` as
             :func:`kdbench.sweep.fuse.fuse_plan` applies it: sequential on the CPU).
+        replace: drop a stored study of the same name once the inputs are checked (see :func:`prepare_sweep`).
     """
     ctx = prepare_sweep(study, storage=storage, device=device, cache_dir=cache_dir, events=events,
-                        stale_after_s=stale_after_s)
+                        stale_after_s=stale_after_s, replace=replace)
     optuna_bridge.repair(ctx.store, study, ctx.study_id, stale_after_s)
     ctx.events.on_progress(study_progress(ctx.store, study, ctx.study_id))
     search = plan_search(study)
