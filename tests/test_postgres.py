@@ -141,3 +141,28 @@ def test_a_password_protected_database(needs_fmnist: None, password_url: tuple[s
                     assert secret not in repr(tuple(row)), f"the password is stored in {table}"
     finally:
         engine.dispose()
+
+
+@pytest.mark.slow
+def test_three_times_more_workers_than_connections(postgres_server: str) -> None:
+    """12 store-load workers (bench/store_load.py: claims, Optuna ask/tell, run writes; no training) as a role
+    allowed 4 connections: kdbench holds a server connection only per transaction and waits while the server is
+    full, so every visit ends complete exactly once, with no error. (Connected as before, a pool per engine and
+    no waiting, the same load fails with "too many connections for role": `bench/store_load.py --pooled`.)"""
+    import sqlalchemy as sa
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import store_load
+
+    name = f"kdbench_limit_{os.getpid()}"
+    url = store_load._database(postgres_server, name, role_limit=4)
+    try:
+        got = store_load.run(url, workers=12, visits=48, pooled=False, admin_url=postgres_server)
+        assert got["errors"] == 0, got["first_error"]
+        assert got["exactly_once"] and got["max_connections"] <= 4
+    finally:
+        engine = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'DROP ROLE IF EXISTS "{name}_user"'))
+        engine.dispose()

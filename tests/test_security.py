@@ -22,7 +22,7 @@ def _torch_loads(path: Path) -> list[ast.Call]:
 
 def test_every_torch_load_is_weights_only() -> None:
     calls = {p.name: _torch_loads(p) for p in SOURCES}
-    assert sum(map(len, calls.values())) >= 3  # the teacher cache (weights, logits) and checkpoints
+    assert sum(map(len, calls.values())) >= 2  # the teacher cache's one loader (weights, logits) and checkpoints
     for name, found in calls.items():
         for call in found:
             flags = {k.arg: k.value for k in call.keywords}

@@ -9,6 +9,7 @@ password masked (:func:`shown_url`).
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from kdbench.config import DEFAULT_STORAGE
 from kdbench.errors import StoreError, first_line
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["Database", "make_engine", "retry_schema_race", "shown_url"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # seconds a writer waits for the lock before failing
+CONNECT_RETRY_S = 120.0  # seconds a server's "too many connections" is retried (with backoff) before failing
+# the server's words when its connection slots are full (PostgreSQL: max_connections, a role's CONNECTION LIMIT)
+_FULL = ("too many clients", "too many connections", "remaining connection slots")
 SCHEMA_RETRY_S = 0.2  # seconds before retrying a table creation that raced another worker (times the attempt)
 OPTUNA_VERSION_TABLE = "version_info"  # one of Optuna's tables: its presence says Optuna wrote here
 # Optuna's RDB tables (optuna.storages._rdb.models; tests/test_store.py checks the list against it) and
@@ -68,6 +73,46 @@ def _sqlite_sync(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _is_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it: Optuna wraps the driver's error) says the server's slots are full."""
+    for _ in range(5):
+        if exc is None:
+            return False
+        if any(words in str(exc) for words in _FULL):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _connect_patiently(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """Open a server connection, waiting (with jittered backoff) while the server's slots are all taken."""
+    deadline = time.monotonic() + CONNECT_RETRY_S
+    wait = 0.05
+    while True:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            if not _is_full(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(wait * (0.5 + random.random()))
+            wait = min(wait * 2, 2.0)
+
+
+def server_engine_kwargs() -> dict[str, Any]:
+    """How kdbench and Optuna connect to a database server (PostgreSQL, MySQL): no pool. A connection is
+    opened for each transaction and closed after it, so a worker holds one only while it writes or reads
+    (a trial's dozen short transactions), and hundreds of workers fit a server's default 100 slots; a
+    server that is full anyway is waited for (:data:`CONNECT_RETRY_S`)."""
+    return {"poolclass": NullPool}
+
+
+def patient(engine: Engine) -> Engine:
+    """``engine``, whose new connections wait while the server is full (a ``do_connect`` hook)."""
+    if engine.url.get_backend_name() != "sqlite":
+        event.listen(engine, "do_connect", _connect_patiently)
+    return engine
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL mode (commits not fsynced), a busy timeout and foreign keys.
 
@@ -80,13 +125,26 @@ def make_engine(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
             event.listen(engine, "connect", _sqlite_sync)
         else:
-            engine = sa.create_engine(url, pool_pre_ping=True)
+            engine = patient(sa.create_engine(url, **server_engine_kwargs()))
     except (sa.exc.ArgumentError, ImportError, sa.exc.NoSuchModuleError) as exc:
         raise StoreError(
             f"--storage {shown_url(url)!r}: not a usable SQLAlchemy URL ({exc}); use e.g. sqlite:///kdbench.db "
             "or postgresql+psycopg://user@host/db (pip install 'kdbench[postgres]')"
         ) from None
     return engine
+
+
+def _patiently(make: Callable[[], T]) -> T:
+    """``make()``, again while the server says it is full (Optuna's storage connects as it is built, before
+    :func:`patient` can hook its engine)."""
+    deadline = time.monotonic() + CONNECT_RETRY_S
+    while True:
+        try:
+            return make()
+        except Exception as exc:
+            if not _is_full(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2 + random.random())
 
 
 def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
@@ -281,8 +339,10 @@ class Database:
 
             url = self.engine.url.render_as_string(hide_password=False)
             kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} \
-                if url.startswith("sqlite") else {}
-            self._optuna = retry_schema_race(lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
+                if url.startswith("sqlite") else server_engine_kwargs()
+            self._optuna = retry_schema_race(lambda: _patiently(
+                lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs)))
+            patient(self._optuna.engine)
             if url.startswith("sqlite"):  # Optuna's own connections: the same commit cost as kdbench's
                 event.listen(self._optuna.engine, "connect", _sqlite_sync)
                 self._optuna.engine.dispose()  # connections opened while Optuna checked its tables lack it

@@ -1,0 +1,223 @@
+"""Store load: what one results database serves to N workers that only claim, ask, beat, finish and tell.
+
+N processes (no torch: the store, Optuna and pandas only) share one study of V visits and run, for each
+visit they win, kdbench's claim, Optuna's ask, the run's link and a heartbeat write, the run's final write
+and Optuna's tell, as a sweep worker does around its training. Printed per setting: visits per second
+(over the span from the first worker's first claim to the last one's end: start-up left out),
+p50 / p99 latency of a claim attempt, the errors, and the most server connections seen at once (PostgreSQL:
+sampled from pg_stat_activity, per worker), and whether every visit ended complete exactly once.
+
+    python bench/store_load.py                                   # SQLite, 1 4 16 workers
+    .ci/postgres.sh python bench/store_load.py --postgres        # and the throwaway PostgreSQL server
+    python bench/store_load.py --url postgresql+psycopg://u@h/db --workers 64 --visits 2000
+
+With --postgres, `--role-limit L` also runs the largest N as a role whose CONNECTION LIMIT is L (e.g. 3x
+more workers than connections), and `--pooled` repeats each setting as kdbench connected before: SQLAlchemy's
+default pool (5 connections per engine, kept open) and no waiting for a free slot, for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = "store-load"
+
+
+def worker(url: str, n_visits: int, index: int, pooled: bool) -> None:
+    """One load worker (run as its own process): prints one JSON line with what it measured."""
+    import optuna
+
+    import kdbench.store.db as db
+    from kdbench.store import Store, now
+
+    if pooled:  # kdbench before issue #15: SQLAlchemy's default pool per engine, no waiting for a free slot
+        db.server_engine_kwargs = lambda: {}  # type: ignore[assignment]
+        db.patient = lambda engine: engine  # type: ignore[assignment]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = Store.open(url)
+    row = store.study(STUDY)
+    assert row is not None
+    ostudy = optuna.load_study(study_name=STUDY, storage=store.optuna_storage())
+    rng = random.Random(index)
+    claim_ms: list[float] = []
+    won = errors = 0
+    first_error = ""
+    started = time.time()
+    for i in range(n_visits):
+        visit = _Visit(f"kd/v={i}", i)
+        try:
+            t0 = time.perf_counter()
+            claim = store.claim(row.id, visit, i, row.config_hash, stale_after_s=3600)
+            claim_ms.append(1000 * (time.perf_counter() - t0))
+            if claim is None:
+                continue
+            won += 1
+            trial = ostudy.ask()
+            trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+            store.update_run(claim.run_id, optuna_study=STUDY, trial_number=trial.number, trial_id=trial._trial_id)
+            store.update_run(claim.run_id, heartbeat=now(), epochs_done=1)
+            value = rng.random()
+            store.finish_run(claim.run_id, [], state="complete", val_acc=value, finished=now())
+            ostudy.tell(trial, value)
+        except Exception as exc:  # counted and shown: a load test goes on
+            errors += 1
+            cause = exc.__cause__ or exc.__context__
+            why = f" (from {type(cause).__name__}: {str(cause).splitlines()[0][:200]})" if cause else ""
+            first_error = first_error or f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}{why}"
+    print(json.dumps({"won": won, "errors": errors, "first_error": first_error, "claim_ms": claim_ms,
+                      "started": started, "ended": time.time()}))
+
+
+class _Visit:
+    """The claim's view of a planned visit (kdbench.store.VisitLike), without importing the sweep (torch)."""
+
+    def __init__(self, key: str, seed: int) -> None:
+        self.key, self.stage, self.loss, self.seed = key, "kd", "kd", seed
+        self.temperature, self.alpha, self.lr, self.rank = 4.0, 0.5, 1e-3, None
+
+
+def _connections(admin_url: str, database: str, stop: threading.Event, seen: list[int]) -> None:
+    """The most connections to ``database`` seen at once (PostgreSQL's pg_stat_activity, every 20 ms)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(admin_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            while not stop.wait(0.02):
+                n = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"),
+                                 {"d": database}).scalar_one()
+                seen.append(int(n))
+    except Exception as exc:  # the figure is then missing, said once
+        print(f"# connection count not sampled: {type(exc).__name__}: {exc}", file=sys.stderr)
+    finally:
+        engine.dispose()
+
+
+def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None) -> dict[str, Any]:
+    """One setting: a fresh study of ``visits`` visits, ``workers`` processes; returns the figures."""
+    import optuna
+    import sqlalchemy as sa
+
+    from kdbench.config import parse_study
+    from kdbench.store import Store
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = Store.open(url)
+    store.drop_study(STUDY)
+    store.register_study(parse_study({"name": STUDY}))
+    optuna.create_study(study_name=STUDY, storage=store.optuna_storage(), direction="maximize")
+    store.engine.dispose()
+    stop, seen = threading.Event(), [0]
+    watcher = None
+    if admin_url is not None:
+        database = sa.engine.make_url(url).database or ""
+        watcher = threading.Thread(target=_connections, args=(admin_url, database, stop, seen), daemon=True)
+        watcher.start()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, __file__, "--worker", url, str(visits)]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([*cmd, str(i), "1" if pooled else "0"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(workers)]
+    outs = [p.communicate() for p in procs]
+    wall = time.perf_counter() - t0
+    stop.set()
+    results = []
+    for p, (out, err) in zip(procs, outs, strict=True):
+        line = out.strip().splitlines()[-1] if out.strip() else ""
+        results.append(json.loads(line) if p.returncode == 0 and line.startswith("{") else
+                       {"won": 0, "errors": 1, "claim_ms": [], "first_error": (err.strip().splitlines() or ["?"])[-1]})
+    runs = Store.open(url, create=False).runs(STUDY)
+    ran = [r for r in results if "started" in r]  # the work's span: process start-up (imports) left out
+    span = max(r["ended"] for r in ran) - min(r["started"] for r in ran) if ran else wall
+    complete = runs[runs["state"] == "complete"]
+    ms = sorted(x for r in results for x in r["claim_ms"])
+    quantile = (lambda q: ms[min(len(ms) - 1, int(q * len(ms)))] if ms else float("nan"))  # noqa: E731
+    errors = sum(r["errors"] for r in results)
+    return {"workers": workers, "visits": visits, "pooled": pooled, "wall_s": round(wall, 2),
+            "visits_per_s": round(len(complete) / span, 1), "claim_p50_ms": round(quantile(0.5), 2),
+            "claim_p99_ms": round(quantile(0.99), 2), "errors": errors,
+            "first_error": next((r["first_error"] for r in results if r["first_error"]), ""),
+            "exactly_once": len(complete) == visits and complete["visit"].is_unique and len(runs) == visits,
+            "max_connections": max(seen), "connections_per_worker": round(max(seen) / workers, 2)}
+
+
+def _database(admin_url: str, name: str, role_limit: int | None = None) -> str:
+    """A fresh database (and, with ``role_limit``, a role allowed that many connections) on the server."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    user = None
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if role_limit is not None:
+            user = f"{name}_user"
+            conn.execute(sa.text(f'DROP ROLE IF EXISTS "{user}"'))
+            conn.execute(sa.text(f'CREATE ROLE "{user}" LOGIN CONNECTION LIMIT {int(role_limit)}'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"' + (f' OWNER "{user}"' if user else "")))
+    engine.dispose()
+    url = sa.engine.make_url(admin_url).set(database=name)
+    if user is not None:
+        url = url.set(username=user, password=None)
+    return url.render_as_string(hide_password=False)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":  # a load process: no _common, hence no torch
+        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1")
+        return
+    import _common as c
+
+    p = c.parser(__doc__)
+    p.add_argument("--workers", nargs="+", type=int, default=[1, 4, 16])
+    p.add_argument("--visits", type=int, default=400, help="visits in the study (default 400)")
+    p.add_argument("--url", default=None, help="a database to load (default: SQLite in a temporary folder)")
+    p.add_argument("--postgres", action="store_true", help="also the server in $KDBENCH_TEST_POSTGRES")
+    p.add_argument("--role-limit", type=int, default=None, help="PostgreSQL: connection limit of a role for one "
+                   "more run of the largest N (e.g. N / 3)")
+    p.add_argument("--pooled", action="store_true", help="also each setting with SQLAlchemy's default pool")
+    args = p.parse_args()
+    c.setup(args, "store load: claims, Optuna ask/tell and run writes from N processes, no training")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        targets: list[tuple[str, str, str | None]] = [(args.url, "given", None)] if args.url else \
+            [(f"sqlite:///{tmp}/load.db", "sqlite", None)]
+        admin = os.environ.get("KDBENCH_TEST_POSTGRES")
+        if args.postgres:
+            if not admin:
+                sys.exit("--postgres needs $KDBENCH_TEST_POSTGRES (run under .ci/postgres.sh)")
+            targets.append((_database(admin, "kdbench_load"), "postgresql", admin))
+        for url, name, admin_url in targets:
+            for pooled in ([False, True] if args.pooled and name != "sqlite" else [False]):
+                for n in args.workers:
+                    rows.append({"store": name, **run(url, n, args.visits, pooled, admin_url)})
+                    _show(rows[-1])
+        if args.postgres and args.role_limit and admin:
+            n = max(args.workers)
+            url = _database(admin, "kdbench_load_limited", args.role_limit)
+            rows.append({"store": f"postgresql, role limit {args.role_limit}", **run(url, n, args.visits, False,
+                                                                                   admin)})
+            _show(rows[-1])
+    c.footer({"bench": "store_load", "rows": rows})
+
+
+def _show(r: dict[str, Any]) -> None:
+    pool = "pool of 5" if r["pooled"] else "no pool"
+    conns = f", at most {r['max_connections']} connections ({r['connections_per_worker']}/worker)" \
+        if r["max_connections"] else ""
+    print(f"{r['store']:<32} {r['workers']:3d} workers ({pool}): {r['visits_per_s']:7.1f} visits/s, claim p50 "
+          f"{r['claim_p50_ms']:.1f} ms p99 {r['claim_p99_ms']:.1f} ms, {r['errors']} errors{conns}, exactly once: "
+          f"{r['exactly_once']}" + (f"  first error: {r['first_error']}" if r["first_error"] else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()
