@@ -131,17 +131,21 @@ def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _weights_key(study: Study) -> str:
+def _weights_key(study: Study, data: Data) -> str:
+    """What decides the teacher: its recipe (weights files by content, not path), the data (by content: two
+    image folders with the same recipe are two teachers), the split and the seed."""
     recipe = study.teacher.model_dump(mode="json", exclude={"cache", "logit_dtype", "min_accuracy"})
     if study.teacher.checkpoint:
         path = Path(study.teacher.checkpoint)
         if not path.is_file():
             raise CheckpointError(f"teacher.checkpoint: file {path} not found; give the path of a state dict")
         recipe = {"model": study.teacher.model, "checkpoint_sha256": _sha256(path)}
+    elif study.teacher.pretrained and Path(study.teacher.pretrained).is_file():
+        recipe["pretrained"] = _sha256(Path(study.teacher.pretrained))  # the weights, wherever they lie
     d = study.data
     return _key({
         "format": CACHE_FORMAT, "dataset": d.dataset, "val_fraction": d.val_fraction, "augment": d.augment,
-        "image_size": d.image_size, "seed": study.seed, "teacher": recipe,
+        "image_size": d.image_size, "seed": study.seed, "teacher": recipe, "data": data.fingerprint,
     })
 
 
@@ -237,7 +241,7 @@ def prepare_teacher(
             device=device, download=d.download, image_size=d.image_size,
         )
     info = data.info
-    wkey = _weights_key(study)
+    wkey = _weights_key(study, data)
     lkey = _logits_key(study, wkey)
     folder = open_cache_dir(cache_dir) / "teachers" / wkey  # created once there is something to keep
     meta = _read_meta(folder) or {}

@@ -122,3 +122,34 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(needs_fmnist: None
     assert lines[-1].startswith("kdbench: error: teacher cache: cannot write ") and "Traceback" not in res.stderr
     assert "weights.pt" in lines[-1] and "--cache-dir" in lines[-1]
     assert not list((tmp_path / "c").rglob("*.tmp*"))
+
+
+def test_the_teacher_cache_knows_what_the_data_are(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two image folders, same recipe, one shared cache: two teachers (the key holds the data's fingerprint);
+    the same images copied to another folder: the same teacher, from the cache."""
+    import shutil
+
+    from PIL import Image
+
+    def folder(name: str, seed: int) -> str:
+        rng = np.random.default_rng(seed)
+        for c in range(2):
+            d = tmp_path / name / "train" / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(d / f"{i}.png")
+        return str(tmp_path / name)
+
+    def study(root: str):  # type: ignore[no-untyped-def]
+        return parse_study({"name": "f", "data": {"dataset": "imagefolder", "root": root, "image_size": 16,
+                                                  "val_fraction": 0.25},
+                            "teacher": {"model": "cnn-s", "steps": 3, "batch_size": 4}})
+
+    a, b = folder("a", 0), folder("b", 1)
+    cache = tmp_path / "cache"
+    first = prepare_teacher(study(a), cache_dir=cache, enforce_floor=False)
+    other = prepare_teacher(study(b), cache_dir=cache, enforce_floor=False)
+    assert other.key != first.key and not other.from_cache
+    shutil.copytree(a, tmp_path / "a-copy")
+    again = prepare_teacher(study(str(tmp_path / "a-copy")), cache_dir=cache, enforce_floor=False)
+    assert again.key == first.key and again.from_cache

@@ -8,6 +8,7 @@ val, test), each a pair of ``uint8 [N, C, H, W]`` images and ``int64 [N]`` label
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 
 from kdbench.errors import ConfigError
 
-__all__ = ["DATASETS", "Data", "DatasetInfo", "Split", "canonical_name"]
+__all__ = ["DATASETS", "Data", "DatasetInfo", "Split", "canonical_name", "fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ class Data:
         test: the official test set; only ever evaluated.
         train_indices: int64 CPU indices of the ``train`` rows in the official training set.
         root: the search root the files were found under (for ``imagefolder``, the folder itself).
+        fingerprint: SHA-256 (16 hex digits) of the official training and test images and labels as loaded:
+            what the data are, whatever the files are called or wherever they lie (keys the teacher cache).
     """
 
     info: DatasetInfo
@@ -155,6 +158,7 @@ class Data:
     test: Split
     train_indices: torch.Tensor
     root: Path | None
+    fingerprint: str = ""
 
     @property
     def device(self) -> torch.device:
@@ -166,3 +170,14 @@ class Data:
             f"Data({self.info.name}, train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
             f"device={self.device}, root={self.root})"
         )
+
+
+def fingerprint(*splits: Split) -> str:
+    """SHA-256 (16 hex digits) of the splits' images and labels, read in place (CPU tensors)."""
+    h = hashlib.sha256()
+    for split in splits:
+        for t in (split.images, split.labels):
+            t = t.contiguous()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.numpy().data)
+    return h.hexdigest()[:16]

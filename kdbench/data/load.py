@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.config import IMAGEFOLDER_SIZE
-from kdbench.data.catalog import Data, DatasetInfo, Split, canonical_name
+from kdbench.data.catalog import Data, DatasetInfo, Split, canonical_name, fingerprint
 from kdbench.data.files import download as download_dataset
 from kdbench.data.files import find_dataset, not_found_error, search_roots
 from kdbench.data.formats import load_imagefolder, read_dataset
@@ -145,4 +145,5 @@ def load_data(
         test=test.to(device),
         train_indices=train_idx,
         root=found,
+        fingerprint=fingerprint(official_train, test),
     )
