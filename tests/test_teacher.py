@@ -153,3 +153,32 @@ def test_the_teacher_cache_knows_what_the_data_are(tmp_path) -> None:  # type: i
     shutil.copytree(a, tmp_path / "a-copy")
     again = prepare_teacher(study(str(tmp_path / "a-copy")), cache_dir=cache, enforce_floor=False)
     assert again.key == first.key and again.from_cache
+
+
+@pytest.mark.slow
+def test_cached_augmented_views(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+    """teacher.cache: {views: 3} with data.augment: flip keeps the teacher's logits of 3 seeded flipped views of
+    the training split (each equal to the teacher's logits on that view), reads them back from the cache, and a
+    student's epoch e trains on view e mod 3 with its logits."""
+    from kdbench.data import load_data
+    from kdbench.evaluate import predict_logits
+    from kdbench.loop import epoch_pixels, view_images
+
+    raw = {**tiny_study_dict, "data": {**tiny_study_dict["data"], "augment": "flip"},
+           "teacher": {**tiny_study_dict["teacher"], "cache": {"views": 3}, "logit_dtype": "float32"}}
+    study = parse_study(raw)
+    data = load_data("fashion-mnist", val_fraction=study.data.val_fraction, seed=study.seed)
+    first = prepare_teacher(study, cache_dir=tmp_path / "c", data=data)
+    cached = first.cached
+    assert cached is not None and cached.augmented and cached.logits.shape == (3, len(data.train), 10)
+    for v in range(3):
+        images = view_images(data.train.images, "flip", study.seed, v)
+        expected = predict_logits(first.model, images, data.info, amp=study.teacher.amp)
+        assert torch.allclose(cached.logits[v], expected, atol=1e-5)
+    assert not torch.equal(cached.logits[0], cached.logits[1])  # the views differ
+    again = prepare_teacher(study, cache_dir=tmp_path / "c", data=data)
+    assert again.from_cache and again.cached is not None and torch.equal(again.cached.logits, cached.logits)
+    for epoch in range(4):  # a student's epoch trains on its view, with that view's logits
+        pixels, logits = epoch_pixels(data, cached, "flip", seed=1, epoch=epoch)
+        assert torch.equal(pixels, view_images(data.train.images, "flip", study.seed, epoch % 3))
+        assert logits is not None and torch.equal(logits, cached.logits[epoch % 3])
