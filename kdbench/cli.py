@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from kdbench.config import DEFAULT_STORAGE
-from kdbench.errors import KdbenchError, Terminated
+from kdbench.errors import KdbenchError, Terminated, request_termination
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,6 +42,7 @@ def _handle_errors(fn: F) -> F:
 
 
 def _on_sigterm(_signum: int, _frame: Any) -> None:
+    request_termination()
     raise Terminated("SIGTERM")
 
 

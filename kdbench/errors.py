@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
@@ -84,3 +86,18 @@ def first_line(exc: BaseException) -> str:
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what a cluster scheduler or ``kill`` sends before it kills), raised where Ctrl-C would be so
     that the current trial is recorded as interrupted in the same way."""
+
+
+_TERMINATION = threading.Event()
+
+
+def request_termination() -> None:
+    """Note that SIGTERM arrived (the handler also raises :class:`Terminated` where it lands; if that point
+    swallows it, a finaliser say, :func:`check_termination` raises it again at the sweep's next safe point)."""
+    _TERMINATION.set()
+
+
+def check_termination() -> None:
+    """Raise :class:`Terminated` if SIGTERM arrived (called between epochs and before each claim)."""
+    if _TERMINATION.is_set():
+        raise Terminated("SIGTERM")

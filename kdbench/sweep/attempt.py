@@ -19,7 +19,7 @@ import torch
 
 from kdbench.config import Study
 from kdbench.data import Data
-from kdbench.errors import NonFiniteLossError, RetiredAttemptError
+from kdbench.errors import NonFiniteLossError, RetiredAttemptError, check_termination
 from kdbench.evaluate import inference_ms_per_batch, predict_logits
 from kdbench.models import build_model, count_parameters
 from kdbench.provenance import device_name, kdbench_commit
@@ -98,6 +98,7 @@ class Attempt:
 
     def on_epoch(self, rec: EpochRecord) -> None:
         """Record the epoch's progress, show it, and let Optuna's pruner judge it (never at the last epoch)."""
+        check_termination()  # SIGTERM ends the trial here if its exception was swallowed where it landed
         self.records.append(rec)
         self.ctx.store.update_run(self.c.run_id, epochs_done=rec.epoch + 1, heartbeat=now(),
                                   val_acc=finite_or_none(rec.val_acc))

@@ -17,7 +17,7 @@ import torch
 
 from kdbench.config import POLL_S, STALE_AFTER_S, Study
 from kdbench.data import DatasetInfo, load_data
-from kdbench.errors import CheckpointError, ConfigError, StoreError
+from kdbench.errors import CheckpointError, ConfigError, StoreError, check_termination
 from kdbench.models import build_model
 from kdbench.provenance import library_versions
 from kdbench.store import Claimed, Store
@@ -119,6 +119,7 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
     transaction per visit tried, not one per visit of the study.
     """
     while True:
+        check_termination()  # a SIGTERM whose exception was swallowed where it landed stops the sweep here
         ctx.store.check_file()  # a deleted database stops the sweep here, not after every visit has trained
         row = ctx.store.study(ctx.study.name)
         if row is None or row.id != ctx.study_id:  # dropped by another process's --replace
