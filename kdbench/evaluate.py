@@ -83,13 +83,14 @@ def evaluate(
     Returns:
         ``(accuracy in [0, 1], mean cross-entropy)``; ``(nan, nan)`` if the split is empty.
     """
-    if len(split) == 0:
-        return math.nan, math.nan
     return scores(predict_logits(model, split.images, info, batch_size=batch_size, amp=amp), split.labels)
 
 
 def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """``(accuracy, mean cross-entropy)`` of float32 ``logits`` against ``labels`` (one read back to the host)."""
+    """``(accuracy, mean cross-entropy)`` of float32 ``logits`` against ``labels`` (one read back to the host);
+    ``(nan, nan)`` for no labels."""
+    if len(labels) == 0:
+        return math.nan, math.nan
     loss = F.cross_entropy(logits, labels, reduction="sum")
     correct = (logits.argmax(1) == labels).sum()
     stats = torch.stack([correct.float(), loss]).cpu()

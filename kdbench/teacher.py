@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -246,10 +245,14 @@ def prepare_teacher(
     folder = open_cache_dir(cache_dir) / "teachers" / wkey  # created once there is something to keep
     meta = _read_meta(folder) or {}
     wpath = folder / "weights.pt"
-    torch.manual_seed(study.seed)
-    model = build_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes,
-                        image_size=info.image_size, pretrained=cfg.pretrained if not cfg.checkpoint else None)
-    model.to(device)
+
+    def fresh() -> nn.Module:  # the untrained teacher, seeded: built again if a cached state half-loaded
+        torch.manual_seed(study.seed)
+        return build_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes,
+                           image_size=info.image_size,
+                           pretrained=cfg.pretrained if not cfg.checkpoint else None).to(device)
+
+    model = fresh()
     state = _load_cached(wpath, device) if _verified(wpath, meta.get("weights_sha256")) else None
     from_cache = False
     if isinstance(state, dict):
@@ -258,10 +261,7 @@ def prepare_teacher(
             from_cache = True
         except (RuntimeError, TypeError) as exc:  # a state dict of another model under this key
             log.warning("teacher cache file %s does not fit %s (%s): rebuilding it", wpath, cfg.model, first_line(exc))
-            torch.manual_seed(study.seed)
-            model = build_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes,
-                                image_size=info.image_size,
-                                pretrained=cfg.pretrained if not cfg.checkpoint else None).to(device)
+            model = fresh()
     train_seconds: float | None = None
     if from_cache:
         model.eval()
@@ -277,7 +277,7 @@ def prepare_teacher(
             train_seconds = res.wall_time_s
         val_acc, val_loss = evaluate(model, data.val, info)
         test_logits = predict_logits(model, data.test.images, info)  # one pass: the scores and the predictions
-        test_acc, test_loss = scores(test_logits, data.test.labels) if len(data.test) else (math.nan, math.nan)
+        test_acc, test_loss = scores(test_logits, data.test.labels)
         meta = {
             "format": CACHE_FORMAT, "key": wkey, "model": cfg.model, "dataset": info.name,
             "recipe": cfg.model_dump(mode="json"), "seed": study.seed,
@@ -357,7 +357,7 @@ def teacher_record(teacher: Teacher, data: Data, device: torch.device) -> dict[s
     meta = teacher.meta
     if "test_predictions" not in meta or "infer_ms_per_batch" not in meta:
         meta.update(_record_outputs(teacher.model, data, device))
-        with contextlib.suppress(OSError):  # a read-only cache still records the teacher
+        with contextlib.suppress(OutputError):  # a read-only or full cache still records the teacher
             _write_meta(teacher.cache_dir, meta)
     prov = meta.get("provenance", {})
     return dict(

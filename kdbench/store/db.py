@@ -84,18 +84,25 @@ def _is_full(exc: BaseException | None) -> bool:
     return False
 
 
-def _connect_patiently(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-    """Open a server connection, waiting (with jittered backoff) while the server's slots are all taken."""
+def _patiently(make: Callable[[], T]) -> T:
+    """``make()``, again (jittered exponential backoff, up to :data:`CONNECT_RETRY_S`) while the server says
+    it is full: for each new connection (:func:`patient`) and for Optuna's storage, which connects as it is
+    built, before its engine can be hooked."""
     deadline = time.monotonic() + CONNECT_RETRY_S
     wait = 0.05
     while True:
         try:
-            return dialect.connect(*cargs, **cparams)
+            return make()
         except Exception as exc:
             if not _is_full(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(wait * (0.5 + random.random()))
             wait = min(wait * 2, 2.0)
+
+
+def _connect_patiently(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """A ``do_connect`` hook: open a server connection, waiting while the server's slots are all taken."""
+    return _patiently(lambda: dialect.connect(*cargs, **cparams))
 
 
 def server_engine_kwargs() -> dict[str, Any]:
@@ -111,6 +118,12 @@ def patient(engine: Engine) -> Engine:
     if engine.url.get_backend_name() != "sqlite":
         event.listen(engine, "do_connect", _connect_patiently)
     return engine
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file of a SQLite engine's database (None: another backend, or SQLite in memory)."""
+    db = engine.url.database
+    return Path(db) if engine.url.get_backend_name() == "sqlite" and db not in (None, "", ":memory:") else None
 
 
 def make_engine(url: str) -> Engine:
@@ -132,19 +145,6 @@ def make_engine(url: str) -> Engine:
             "or postgresql+psycopg://user@host/db (pip install 'kdbench[postgres]')"
         ) from None
     return engine
-
-
-def _patiently(make: Callable[[], T]) -> T:
-    """``make()``, again while the server says it is full (Optuna's storage connects as it is built, before
-    :func:`patient` can hook its engine)."""
-    deadline = time.monotonic() + CONNECT_RETRY_S
-    while True:
-        try:
-            return make()
-        except Exception as exc:
-            if not _is_full(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2 + random.random())
 
 
 def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
@@ -174,9 +174,7 @@ class Database:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._optuna: RDBStorage | None = None
         self._ready = ready  # kdbench's tables exist; else :meth:`ensure_tables` creates them at the first write
-        db = engine.url.database
-        self._file = Path(db) if engine.url.get_backend_name() == "sqlite" and db not in (None, "", ":memory:") \
-            else None
+        self._file = sqlite_file(engine)
         self._identity: tuple[int, int] | None = None  # (device, inode) of the SQLite file once it exists
 
     @classmethod
@@ -199,13 +197,12 @@ class Database:
         """
         engine = make_engine(url)
         shown = shown_url(url)
-        db = engine.url.database
-        sqlite_file = engine.url.get_backend_name() == "sqlite" and db not in (None, "", ":memory:")
-        if sqlite_file and not Path(db or "").exists():
+        file = sqlite_file(engine)
+        if file is not None and not file.exists():
             if not create:
-                raise StoreError(f"--storage {shown}: no such database file {db}; run kdbench sweep first "
+                raise StoreError(f"--storage {shown}: no such database file {file}; run kdbench sweep first "
                                  "or point --storage at its database")
-            folder = Path(db or "").resolve().parent
+            folder = file.resolve().parent
             if not folder.is_dir() or not os.access(folder, os.W_OK):
                 raise StoreError(f"--storage {shown}: cannot open the database (folder {folder} does not exist or "
                                  "is not writable); check the path (a SQLite file in a writable folder that exists)")
