@@ -3,7 +3,9 @@ file or value, no traceback, the store unchanged and nothing trained (the teache
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,14 @@ def _cnn_s(classes: int) -> dict[str, torch.Tensor]:
     return build_model("cnn-s", in_channels=1, num_classes=classes, image_size=16).state_dict()
 
 
+def _stored_on_other_data(e: Env) -> list[str]:
+    """The image-folder study 'folders', stored with the same config from another folder's files."""
+    path = e.yaml(name="folders", data=e.imagefolder())
+    study = parse_study(yaml.safe_load(Path(path).read_text()))
+    Store.open(e.db).register_study(study, data="0123456789abcdef")
+    return e.sweep(path)
+
+
 def _newer_store(e: Env) -> None:
     with Store.open(e.db).session() as s:
         s.execute(sa.update(MetaRow).where(MetaRow.key == "schema_version").values(value=str(SCHEMA_VERSION + 1)))
@@ -128,6 +138,8 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
         ("student.pretrained:", "keys")),
     "study reused with another config": (lambda e: e.sweep(e.yaml(name="stored"), "--set", "student.epochs=2"),
                                          ("study 'stored'", "another config", "--set name=stored-2", "--replace")),
+    "study reused on other data (same config, other image folder)": (
+        _stored_on_other_data, ("study 'folders'", "was run on other data", "--set name=folders-2", "--replace")),
     "--replace with an unknown student model": (
         lambda e: e.sweep(e.yaml(name="stored", data=e.imagefolder(), student={"model": "mlp-9"}), "--replace"),
         ("student.model: unknown model 'mlp-9'",)),
@@ -236,3 +248,54 @@ def test_a_foreign_database_is_refused_before_any_write(env: Env) -> None:
     assert len(lines) == 1 and "not a kdbench database" in lines[0] and "invoices" in lines[0], lines
     assert _row_counts(f"sqlite:///{path}") == before  # no table added
     assert not (env.cache / "teachers").exists()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a file system mounted read-only (a tmpfs remounted ro): what a results archive, another
+    user's share or a container's read-only volume is. Root may write any file, so chmod would prove nothing."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_read_only_commands_read_a_database_they_may_not_write(env: Env, read_only_folder: Path) -> None:
+    """ls and show open a read-only SQLite file read-only (mode=ro) and change nothing; its write-ahead log,
+    copied with it (a snapshot taken while a sweep ran), is read too."""
+    copied = sorted(p.name for p in env.tmp.glob("kd.db*"))  # kd.db, -wal, -shm: the env's stores are open
+    for name in copied:
+        shutil.copy(env.tmp / name, read_only_folder / name)
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_folder)], check=True)
+    url = f"sqlite:///{read_only_folder / 'kd.db'}"
+    as_is = f"sqlite:///file:{read_only_folder / 'kd.db'}?mode=ro&immutable=1&uri=true"  # the test's own reader
+    before = _row_counts(as_is)
+    for args in (["ls"], ["show", "stored"]):
+        result = CliRunner().invoke(main, [*args, "--storage", url])
+        assert result.exit_code == 0, f"{args}: {result.output}\n{result.exception!r}"
+        assert "stored" in result.output
+    result = CliRunner().invoke(main, ["show", "nope", "--storage", url])
+    assert result.exit_code == 2 and "no study named 'nope'" in result.stderr
+    assert _row_counts(as_is) == before
+    assert sorted(p.name for p in read_only_folder.iterdir()) == copied
+
+
+def test_a_read_only_database_of_an_older_schema_is_one_line(env: Env, read_only_folder: Path) -> None:
+    engine = sa.create_engine(env.db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE kdbench_studies DROP COLUMN data_fingerprint"))
+        conn.execute(sa.update(MetaRow).where(MetaRow.key == "schema_version").values(value="1"))
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # all in kd.db: a closed, archived database
+    engine.dispose()
+    shutil.copy(env.tmp / "kd.db", read_only_folder / "kd.db")
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_folder)], check=True)
+    result = CliRunner().invoke(main, ["ls", "--storage", f"sqlite:///{read_only_folder / 'kd.db'}"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "older kdbench (schema 1" in lines[0] and "read-only here" in lines[0]

@@ -178,3 +178,27 @@ def test_a_worker_in_another_pid_namespace_is_never_judged_dead_by_its_pid() -> 
     assert pid_alive(f"{host}:{os.getpid()}:{ns}:abcd1234") is True
     assert pid_alive(f"{host}:{dead}") is False  # an owner written by an earlier kdbench
     assert pid_alive(f"elsewhere:{dead}:{ns}:abcd1234") is None
+
+
+def _as_schema_1(storage: str) -> None:
+    """Make the store look as kdbench's schema 1 wrote it: without the columns schema 2 added."""
+    engine = sa.create_engine(storage)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE kdbench_studies DROP COLUMN data_fingerprint"))
+        conn.execute(sa.update(MetaRow).where(MetaRow.key == "schema_version").values(value="1"))
+    engine.dispose()
+
+
+def test_a_schema_1_database_is_upgraded_in_place_and_keeps_its_rows(storage: str, tiny_study_dict: dict) -> None:
+    study = parse_study(tiny_study_dict)
+    Store.open(storage).register_study(study)
+    _as_schema_1(storage)
+    store = Store.open(storage)  # the upgrade: the new column added, every row kept
+    with store.session() as s:
+        assert s.scalar(sa.select(MetaRow.value).where(MetaRow.key == "schema_version")) == str(SCHEMA_VERSION)
+    assert list(store.studies()["name"]) == ["tiny"]
+    row = store.register_study(study, data="00ff00ff00ff00ff")  # the old row takes on its data's fingerprint
+    assert row.data_fingerprint == "00ff00ff00ff00ff"
+    with pytest.raises(StoreError, match="was run on other data"):
+        store.register_study(study, data="1111111111111111")
+    Store.open(storage)  # opening an upgraded database again changes nothing

@@ -150,11 +150,12 @@ class Claimed:
 class Claims(Database):
     """The writes of the store."""
 
-    def check_study(self, study: Study) -> StudyRow | None:
-        """The stored row of ``study`` (None if new), after checking it was made from the same config.
+    def check_study(self, study: Study, data: str | None = None) -> StudyRow | None:
+        """The stored row of ``study`` (None if new), after checking it was made from the same config and,
+        given ``data`` (:attr:`kdbench.data.Data.fingerprint`), from the same data.
 
         Raises:
-            StoreError: the name is taken by a study with another config hash.
+            StoreError: the name is taken by a study with another config hash, or one run on other data.
         """
         if not self.ready:  # no kdbench tables yet (a new database): nothing stored, and nothing created
             return None
@@ -166,20 +167,32 @@ class Claims(Database):
                 f"this one is {study.hash}); start a new study with --set name={study.name}-2, "
                 f"or drop the old one with --replace"
             )
+        if row is not None and data is not None and row.data_fingerprint not in (None, data):
+            raise StoreError(
+                f"study {study.name!r} in {self.url} was run on other data (fingerprint {row.data_fingerprint}; "
+                f"the files found for data.dataset: {study.data.dataset} now give {data}); start a new study "
+                f"with --set name={study.name}-2, or drop the old one with --replace"
+            )
         return row
 
-    def register_study(self, study: Study) -> StudyRow:
-        """Create the study's row, or check that the stored one has the same config hash."""
+    def register_study(self, study: Study, data: str | None = None) -> StudyRow:
+        """Create the study's row, or check that the stored one has the same config hash (and the same
+        ``data`` fingerprint, which a row stored before schema 2 takes on)."""
         self.ensure_tables()
-        row = self.check_study(study)
+        row = self.check_study(study, data)
         if row is None:
             from kdbench.provenance import kdbench_commit  # imports torch: only when a study is new
 
             with contextlib.suppress(IntegrityError), self.session() as s:
                 s.add(StudyRow(name=study.name, config=study.model_dump_json(), config_hash=study.hash,
-                               commit=kdbench_commit()))
-            row = self.check_study(study)  # ours, or one another worker registered first
+                               commit=kdbench_commit(), data_fingerprint=data))
+            row = self.check_study(study, data)  # ours, or one another worker registered first
             assert row is not None
+        if row.data_fingerprint is None and data is not None:
+            with self.session() as s:
+                s.execute(sa.update(StudyRow).where(StudyRow.id == row.id, StudyRow.data_fingerprint.is_(None))
+                          .values(data_fingerprint=data))
+            row.data_fingerprint = data
         return row
 
     def set_study_teacher(self, study_id: int, teacher_key: str) -> None:

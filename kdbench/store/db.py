@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,13 +26,13 @@ from sqlalchemy.pool import NullPool
 
 from kdbench.config import DEFAULT_STORAGE
 from kdbench.errors import StoreError, first_line
-from kdbench.store.schema import SCHEMA_VERSION, Base, MetaRow
+from kdbench.store.schema import SCHEMA_VERSION, Base, MetaRow, upgrade
 
 if TYPE_CHECKING:
     import optuna
     from optuna.storages import RDBStorage
 
-__all__ = ["Database", "make_engine", "retry_schema_race", "shown_url"]
+__all__ = ["Database", "make_engine", "retry_schema_race", "shown_url", "writable_file"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # seconds a writer waits for the lock before failing
 CONNECT_RETRY_S = 120.0  # seconds a server's "too many connections" is retried (with backoff) before failing
@@ -126,14 +127,43 @@ def sqlite_file(engine: Engine) -> Path | None:
     return Path(db) if engine.url.get_backend_name() == "sqlite" and db not in (None, "", ":memory:") else None
 
 
-def make_engine(url: str) -> Engine:
+def _read_only_sqlite(url: str) -> Engine:
+    """An engine that opens an existing SQLite file read-only (``mode=ro``): for a file, or a folder, this
+    process may not write (a read-only mount, another user's results). A database in WAL mode needs its
+    ``-shm`` file, which a reader cannot create there: then it is opened ``immutable`` (no locking, read as
+    it lies; nothing can be writing to a file nobody may write)."""
+    file = Path(sa.engine.make_url(url).database or "").resolve()
+    mode = ["ro"]
+
+    def connect() -> sqlite3.Connection:
+        params = "&".join(f"{k}=1" if k == "immutable" else f"mode={k}" for k in mode)
+        return sqlite3.connect(f"{file.as_uri()}?{params}", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S,
+                               check_same_thread=False)
+
+    try:
+        connect().execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except sqlite3.OperationalError:
+        mode.append("immutable")
+    return sa.create_engine(url, creator=connect)
+
+
+def writable_file(path: Path) -> bool:
+    """Whether this process may write the file ``path`` and create files beside it (SQLite's journals)."""
+    return os.access(path, os.W_OK) and os.access(path.resolve().parent, os.W_OK)
+
+
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
     """An engine for ``url``; SQLite gets WAL mode (commits not fsynced), a busy timeout and foreign keys.
+
+    ``read_only`` (an existing SQLite file that may not be written): opened ``mode=ro``, no pragma written.
 
     Raises:
         StoreError: not a URL SQLAlchemy can use (or its driver is not installed).
     """
     try:
-        if url.startswith("sqlite"):
+        if url.startswith("sqlite") and read_only:
+            engine = _read_only_sqlite(url)
+        elif url.startswith("sqlite"):
             engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
             event.listen(engine, "connect", _sqlite_pragmas)
             event.listen(engine, "connect", _sqlite_sync)
@@ -159,7 +189,8 @@ def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
         try:
             return create()
         except DBAPIError as exc:
-            if attempt == attempts - 1 or not (isinstance(exc, IntegrityError) or "already exists" in str(exc)):
+            raced = isinstance(exc, IntegrityError) or "already exists" in str(exc) or "duplicate column" in str(exc)
+            if attempt == attempts - 1 or not raced:
                 raise
             time.sleep(SCHEMA_RETRY_S * (attempt + 1))
     raise AssertionError("unreachable")
@@ -168,9 +199,10 @@ def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
 class Database:
     """A connected results database. Create with :meth:`open` (or :meth:`get`)."""
 
-    def __init__(self, url: str, engine: Engine, *, ready: bool = True) -> None:
+    def __init__(self, url: str, engine: Engine, *, ready: bool = True, read_only: bool = False) -> None:
         self.url = shown_url(url)  # for messages; the engine holds the real one
         self.engine = engine
+        self.read_only = read_only  # a SQLite file opened mode=ro: every write is refused
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._optuna: RDBStorage | None = None
         self._ready = ready  # kdbench's tables exist; else :meth:`ensure_tables` creates them at the first write
@@ -195,9 +227,12 @@ class Database:
                 another application's tables, no kdbench tables (``create=False``), or one written by a newer
                 kdbench.
         """
-        engine = make_engine(url)
         shown = shown_url(url)
+        engine = make_engine(url)
         file = sqlite_file(engine)
+        read_only = not create and file is not None and file.exists() and not writable_file(file)
+        if read_only:  # ls, show, report on a file this process may not write: read it where it lies
+            engine = make_engine(url, read_only=True)
         if file is not None and not file.exists():
             if not create:
                 raise StoreError(f"--storage {shown}: no such database file {file}; run kdbench sweep first "
@@ -229,6 +264,13 @@ class Database:
                     f"--storage {shown}: written by a newer kdbench (schema {row}, this one reads up to "
                     f"{SCHEMA_VERSION}); upgrade kdbench (pip install -U kdbench)"
                 )
+            if row is not None and int(row) < SCHEMA_VERSION:
+                if read_only:
+                    raise StoreError(
+                        f"--storage {shown}: written by an older kdbench (schema {row}, this one reads "
+                        f"{SCHEMA_VERSION}) and read-only here; open it once where it may be written "
+                        "(kdbench ls --storage ...) to add the new columns, or use the older kdbench")
+                upgrade(engine)
             return row is not None
 
         try:
@@ -237,7 +279,7 @@ class Database:
             fix = "check the path (a SQLite file in a writable folder that exists)" if url.startswith("sqlite") else \
                 "check the URL, that the server is up and the user may connect"
             raise StoreError(f"--storage {shown}: cannot open the database ({first_line(exc)}); {fix}") from None
-        store = cls(url, engine, ready=ready)
+        store = cls(url, engine, ready=ready, read_only=read_only)
         store.check_file()  # the SQLite file's identity, from now on
         return store
 
@@ -270,6 +312,8 @@ class Database:
         """Create kdbench's tables and schema version if missing (the first write of a new study's sweep)."""
         if self._ready:
             return
+        if self.read_only:
+            raise StoreError(f"--storage {self.url}: the database is read-only here; nothing can be written")
 
         def create() -> None:
             with self.engine.begin() as conn:

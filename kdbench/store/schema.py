@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -24,9 +25,12 @@ __all__ = [
     "StudyRow",
     "TeacherRow",
     "now",
+    "upgrade",
 ]
 
-SCHEMA_VERSION = 1
+# Schema 2 added nullable columns only (:func:`upgrade` adds them to a schema-1 database):
+# kdbench_studies.data_fingerprint.
+SCHEMA_VERSION = 2
 
 
 def now() -> dt.datetime:
@@ -53,6 +57,9 @@ class StudyRow(Base):
     teacher_key: Mapped[str | None] = mapped_column(sa.String(32))
     created: Mapped[dt.datetime] = mapped_column(default=now)
     commit: Mapped[str] = mapped_column(sa.String(64), default="unknown")
+    # what the data are (kdbench.data.Data.fingerprint): data.root is not in the config hash, so two image
+    # folders under one config are told apart here (schema 2; None in studies stored before)
+    data_fingerprint: Mapped[str | None] = mapped_column(sa.String(32))
 
 
 class TeacherRow(Base):
@@ -135,3 +142,26 @@ RUN_COLUMNS = [
     "wall_time_s", "samples_per_s", "infer_ms_per_batch", "parameters", "device", "versions", "commit",
     "config_hash", "error", "started", "finished", "run_id",
 ]
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring a database written by an earlier kdbench to :data:`SCHEMA_VERSION`: add the columns it lacks.
+
+    Every change since schema 1 is a new nullable column (schema.py lists them with the version that added
+    them), so no stored row is touched: old runs read with those columns empty. The columns are added with
+    alembic's operations (one transaction on PostgreSQL; SQLite adds columns in place); a worker that races
+    another to it finds them there on its retry (:func:`kdbench.store.db.retry_schema_race`).
+    """
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    with engine.begin() as conn:
+        ops = Operations(MigrationContext.configure(conn))
+        inspector = sa.inspect(conn)
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    assert column.nullable, f"{table.name}.{column.name}: a new column must be nullable"
+                    ops.add_column(table.name, sa.Column(column.name, column.type, nullable=True))
+        conn.execute(sa.update(MetaRow).where(MetaRow.key == "schema_version").values(value=str(SCHEMA_VERSION)))

@@ -93,6 +93,8 @@ def prepare_sweep(
     sdata = tdata if d.subset is None else load_data(
         d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, seed=study.seed, device=device,
         download=d.download, image_size=d.image_size)
+    if not replace:
+        store.check_study(study, tdata.fingerprint)  # data.root is not in the hash: the same config, other files
     check_models(study, tdata.info)
     if study.teacher.cache == "fixed" and d.augment != "none":
         events.on_log(f"{study.name}: teacher.cache: fixed with data.augment: {d.augment}: the students see "
@@ -104,7 +106,7 @@ def prepare_sweep(
     if replace:
         store.drop_study(study.name)
     store.optuna_storage()  # Optuna's tables before the first kdbench row
-    row = store.register_study(study)
+    row = store.register_study(study, tdata.fingerprint)
     if store.teacher(teacher.key) is None:
         store.record_teacher(**teacher_record(teacher, tdata, device))
     store.set_study_teacher(row.id, teacher.key)
