@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import signal
@@ -297,7 +298,8 @@ def _print_summary(store: Any, name: str, summary: Any) -> None:
         return
     click.echo(f"{name}: finalists, test accuracy over seeds (storage {store.url})")
     for _, r in summary.iterrows():
-        cfg = (f"T={r['temperature']:g} alpha={r['alpha']:g} " if r["loss"] == "kd" else "") + f"lr={r['lr']:.3g}"
+        values = {"T": r["temperature"], "alpha": r["alpha"]} | (json.loads(r["params"]) if isinstance(r["params"], str) else {})
+        cfg = "".join(f"{k}={v:g} " for k, v in values.items() if v == v and v is not None) + f"lr={r['lr']:.3g}"
         sd = f"{r['test_sd']:.2%}" if r["test_sd"] == r["test_sd"] else "n/a"
         click.echo(f"  best {r['loss'].upper()} #{int(r['rank']) + 1}: {cfg}: test {r['test_mean']:.2%} ± {sd} "
                    f"(n={int(r['n'])})")

@@ -58,6 +58,22 @@ MAX_STEPS = 100_000_000  # likewise for steps
 MAX_BATCH = 65_536  # likewise for batch_size (samples per step)
 TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
 
+# Distillation methods (kdbench.losses.METHODS holds their terms). A method's loss is
+# ``ce_weight * CE + kd_weight * term`` (alpha, when a method's space gives it, means ce_weight = alpha and
+# kd_weight = 1 - alpha, Hinton's convex form); each method's own hyperparameters, and the published
+# defaults a study falls back on for any parameter it does not give (its paper's CIFAR-100 setting).
+METHOD_PARAMS: dict[str, tuple[str, ...]] = {  # each method's hyperparameters beyond T and the two weights
+    "kd": (), "dkd": ("tckd_weight", "nckd_weight"), "dist": ("inter_weight", "intra_weight"), "lskd": ()}
+METHOD_DEFAULTS: dict[str, dict[str, float]] = {
+    "kd": {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},  # Hinton et al. 2015 (RepDistiller's KD)
+    "dkd": {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 1.0, "tckd_weight": 1.0, "nckd_weight": 8.0},
+    # DIST: the class's beta = gamma = 1, and every released config's kd_loss_weight 2 (hunto/image_classification_sota)
+    "dist": {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 2.0, "inter_weight": 1.0, "intra_weight": 1.0},
+    "lskd": {"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 9.0},
+}
+WEIGHTS = ("ce_weight", "kd_weight")  # the explicit form of a method's two loss weights (instead of alpha)
+OPTUNA_SUFFIXES = (".ce", *(f".{m}" for m in METHOD_PARAMS if m != "kd"))  # Optuna studies beside <name>
+
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -160,6 +176,11 @@ class Range(_Strict):
 
 
 Grid = Annotated[list[float], Field(min_length=1)]
+Space = Grid | Range | float  # one hyperparameter of a method: a grid, a range, or one value
+
+
+def _values(v: Space) -> list[float]:
+    return [v.low, v.high] if isinstance(v, Range) else v if isinstance(v, list) else [v]
 
 
 class SearchConfig(_Strict):
@@ -181,6 +202,12 @@ class SearchConfig(_Strict):
     # search trials (students) trained at once by one fused step: auto (on CUDA as many as fit, up to
     # FUSE_AUTO_MAX; sequential on the CPU, where fusing is slower), or K (1 = off; not on the CPU)
     fuse: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
+    # the distillation methods compared, each tuned on the same budget (cells x lr x replicates) and seeds:
+    # kd (Hinton, over temperature x alpha above), dkd, dist, lskd (over their spaces below)
+    method: str | Annotated[list[str], Field(min_length=1)] = "kd"
+    # per method (not kd): its hyperparameters as grids, ranges or single values; METHOD_DEFAULTS fill the rest
+    spaces: dict[str, dict[str, Space]] = Field(default_factory=dict)
+    kd_warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0  # linear ramp of every method's distillation term
 
     @field_validator("temperature")
     @classmethod
@@ -207,18 +234,85 @@ class SearchConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _methods(self) -> SearchConfig:
+        for m in self.methods:
+            if m not in METHOD_PARAMS:
+                raise ValueError(f"unknown method {m!r} in search.method; choose from {', '.join(METHOD_PARAMS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"search.method lists a method twice: {self.methods}")
+        for m, space in self.spaces.items():
+            if m == "kd":
+                raise ValueError("search.spaces.kd: Hinton's KD is searched over search.temperature and "
+                                 "search.alpha; set those")
+            if m not in self.methods:
+                raise ValueError(f"search.spaces.{m}: {m!r} is not in search.method ({', '.join(self.methods)}); "
+                                 f"add it there or delete this space")
+            allowed = ("temperature", "alpha", *WEIGHTS, *METHOD_PARAMS[m])
+            for key, v in space.items():
+                if key not in allowed:
+                    owner = [o for o, ps in METHOD_PARAMS.items() if key in ps]
+                    hint = f"it is a parameter of {owner[0]}" if owner else "unknown parameter"
+                    raise ValueError(f"search.spaces.{m}.{key}: {hint}; {m} takes {', '.join(allowed)}")
+                vals = _values(v)
+                if key == "temperature" and any(not math.isfinite(x) or x <= 0 for x in vals):
+                    raise ValueError(f"search.spaces.{m}.temperature: temperatures must be > 0")
+                if key == "alpha" and any(not (0.0 <= x <= 1.0) for x in vals):
+                    raise ValueError(f"search.spaces.{m}.alpha: alpha values must be in [0, 1]")
+                if key != "temperature" and key != "alpha" and any(not math.isfinite(x) or x < 0 for x in vals):
+                    raise ValueError(f"search.spaces.{m}.{key}: a weight must be a finite number >= 0")
+            if "alpha" in space and any(w in space for w in WEIGHTS):
+                raise ValueError(f"search.spaces.{m}: give alpha (ce_weight = alpha, kd_weight = 1 - alpha) or "
+                                 "ce_weight and kd_weight, not both")
+        return self
+
+    @model_validator(mode="after")
     def _grid_or_range(self) -> SearchConfig:
         ranged = [k for k in ("temperature", "alpha") if isinstance(getattr(self, k), Range)]
+        ranged += [f"spaces.{m}.{k}" for m in self.methods if m != "kd"
+                   for k, v in self.space(m).items() if isinstance(v, Range)]
         if self.sampler == "grid" and ranged:
             raise ValueError(f"sampler 'grid' needs temperature and alpha as lists; {ranged} are ranges")
         if ranged and self.replicates not in (None, 1):
             raise ValueError(f"replicates > 1 needs temperature and alpha as lists (a grid); {ranged} are ranges")
+        if self.is_grid:  # an equal tuning budget: as many cells for every method
+            cells = {m: self.n_cells(m) for m in self.methods}
+            if len(set(cells.values())) > 1:
+                counts = ", ".join(f"{m}: {n}" for m, n in cells.items())
+                raise ValueError(f"search.method: the methods' grids differ in size ({counts} cells); give every "
+                                 "method as many cells (search.spaces.<method>), so each gets the same tuning budget")
         return self
 
     @property
+    def methods(self) -> list[str]:
+        """The distillation methods of the study (``method`` as a list)."""
+        return [self.method] if isinstance(self.method, str) else list(self.method)
+
+    def space(self, method: str) -> dict[str, list[float] | Range]:
+        """A method's search space, every parameter a grid or a range: Hinton's KD over temperature and alpha;
+        another method over its ``spaces`` entry, METHOD_DEFAULTS filling what it does not give (the two weights
+        only when it gives no alpha)."""
+        if method == "kd":
+            return {"temperature": self.temperature, "alpha": self.alpha}
+        given = self.spaces.get(method, {})
+        out: dict[str, list[float] | Range] = {}
+        for key, default in METHOD_DEFAULTS[method].items():
+            if key in WEIGHTS and "alpha" in given:
+                continue
+            v = given.get(key, default)
+            out[key] = v if isinstance(v, (list, Range)) else [float(v)]
+        if "alpha" in given:
+            a = given["alpha"]
+            out["alpha"] = a if isinstance(a, (list, Range)) else [float(a)]
+        return out
+
+    def n_cells(self, method: str) -> int:
+        """Cells of a method's grid (the product of its parameters' list lengths)."""
+        return math.prod(len(v) for v in self.space(method).values() if isinstance(v, list))
+
+    @property
     def is_grid(self) -> bool:
-        """T and alpha both lists: every cell is trained at every lr candidate on every replicate seed."""
-        return isinstance(self.temperature, list) and isinstance(self.alpha, list)
+        """Every method's parameters are lists: every cell is trained at every lr candidate on every replicate seed."""
+        return all(isinstance(v, list) for m in self.methods for v in self.space(m).values())
 
     @property
     def n_replicates(self) -> int:
@@ -285,8 +379,9 @@ class Study(_Strict):
             raise ValueError(
                 "not a safe file name: use letters, digits, '.', '_' and '-' (up to 100, no leading '.')"
             )
-        if v.endswith(".ce"):  # "<name>.ce" is the Optuna study of another study's CE baseline
-            raise ValueError("ends in '.ce', the suffix of CE-baseline studies; pick another name")
+        for suffix in OPTUNA_SUFFIXES:  # "<name>.ce", "<name>.dkd": the Optuna studies of another study
+            if v.endswith(suffix):
+                raise ValueError(f"ends in {suffix!r}, the suffix of another study's Optuna studies; pick another name")
         return v
 
     def resolved(self) -> dict[str, Any]:
@@ -306,14 +401,18 @@ _NOT_HASHED = {("data", "root"), ("data", "download")}
 def study_hash(study: Study) -> str:
     """A 16-hex-digit SHA-256 of the resolved config, stable across runs, machines and key order.
 
-    ``data.root`` and ``data.download`` are left out: they say where the files are, not what is computed;
-    so is ``search.fuse`` when it is 1 or auto (the defaults), so that adding the key changed no stored hash.
+    ``data.root`` and ``data.download`` are left out: they say where the files are, not what is computed (what
+    the files hold is checked apart: the store keeps each study's data fingerprint and refuses other data);
+    so are ``search.fuse`` (1 or auto), ``search.method`` (kd), ``search.spaces`` and ``search.kd_warmup_epochs``
+    at their defaults, so that adding those keys changed no stored hash.
     """
     cfg = study.resolved()
     for section, key in _NOT_HASHED:
         cfg[section].pop(key, None)
-    if cfg["search"]["fuse"] in (1, "auto"):  # the defaults leave the hashes of studies written before unchanged
-        del cfg["search"]["fuse"]
+    search = cfg["search"]
+    for key, default in (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0)):
+        if search[key] == default or (key == "fuse" and search[key] == 1):  # keys added later: at their defaults
+            del search[key]  # they leave the hashes of studies written before unchanged
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

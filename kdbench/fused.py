@@ -41,7 +41,7 @@ from kdbench.config import Recipe
 from kdbench.data import Data, DatasetInfo, Split, normalize
 from kdbench.evaluate import autocast
 from kdbench.loop import EpochRecord, KDParams, TeacherSignal, TrainResult, start_loop
-from kdbench.losses import mixed_loss
+from kdbench.losses import method_loss, mixed_loss
 from kdbench.train import lr_factor
 
 __all__ = ["FusedStudent", "StackedOptimizer", "train_fused"]
@@ -183,24 +183,49 @@ def train_fused(
     if len({repr(m) for m in models}) != 1:
         raise ValueError("fused students must share one architecture (the same model name and sizes)")
     device = data.device
-    kds = [s.kd if s.kd is not None else KDParams(1.0, 1.0) for s in students]  # alpha 1: plain CE
-    use_kd = any(kd.alpha < 1.0 for kd in kds)
+    real = [s.kd for s in students if s.kd is not None and s.kd.reads_teacher]
+    if len({kd.method for kd in real}) > 1 or len({kd.warmup_epochs for kd in real}) > 1:
+        raise ValueError("fused students must share one distillation method and warm-up (CE students join any)")
+    hinton = all(kd.hinton for kd in real)
+    extra_names = [name for name, _ in real[0].extra] if real else []
+    # a CE student: Hinton's alpha = 1, or weight 0 on the group's term (its other values the first student's)
+    ce = KDParams(1.0, 1.0) if hinton else KDParams(1.0, None, real[0].method, 1.0, 0.0, real[0].extra,
+                                                    real[0].warmup_epochs)
+    kds = [s.kd if s.kd is not None and s.kd.reads_teacher else ce for s in students]
+    use_kd = bool(real)
     loop = start_loop(models[0], data, recipe, seed=seed, teacher=teacher, augment_kind=augment_kind, use_kd=use_kd)
     for m in models:
         m.train()
     params, buffers = stack_module_state(list(models))
     base = copy.deepcopy(models[0]).to("meta")
-    temps = torch.tensor([kd.temperature for kd in kds], device=device)
-    alphas = torch.tensor([kd.alpha for kd in kds], device=device)
+    columns = {"temperature": [kd.temperature for kd in kds]}  # each student's loss parameters, stacked
+    if hinton:
+        columns["alpha"] = [kd.weights[0] for kd in kds]
+    else:
+        columns["ce_weight"] = [kd.weights[0] for kd in kds]
+        columns["kd_weight"] = [kd.weights[1] for kd in kds]
+        columns |= {name: [dict(kd.extra)[name] for kd in kds] for name in extra_names}
+    per = {name: torch.tensor(values, device=device) for name, values in columns.items()}
     lrs = torch.tensor([s.lr for s in students], device=device)
     optimizer = StackedOptimizer(recipe)
     factor = lr_factor(recipe, loop.total_steps, loop.steps_per_epoch)
 
-    def losses_of(out: torch.Tensor, t_logits: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    def losses_of(out: torch.Tensor, t_logits: torch.Tensor | None, y: torch.Tensor, step: int) -> torch.Tensor:
         if t_logits is None:  # every student is CE: no teacher to read
             return vmap(lambda o: F.cross_entropy(o.float(), y, label_smoothing=recipe.label_smoothing))(out)
-        return vmap(
-            lambda o, t, a: mixed_loss(o, t_logits, y, t, a, recipe.label_smoothing))(out, temps, alphas)
+        if hinton:
+            return vmap(lambda o, t, a: mixed_loss(o, t_logits, y, t, a, recipe.label_smoothing))(
+                out, per["temperature"], per["alpha"])
+        ramp = kds[0].ramp(step, loop.steps_per_epoch)
+        names = [n for n in per if n != "temperature"]
+
+        def one(o: torch.Tensor, t: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+            kw = dict(zip(names, values, strict=True))
+            kw["kd_weight"] = kw["kd_weight"] * ramp
+            return method_loss(kds[0].method, o, t_logits, y, temperature=t,
+                               label_smoothing=recipe.label_smoothing, **kw)
+
+        return vmap(one)(out, per["temperature"], *(per[n] for n in names))
 
     # bf16 autocast with vmapped batch norm fails in backward (running stats stay float32): BN students
     # train fused in float32 on CUDA; everything else keeps the recipe's amp
@@ -224,7 +249,7 @@ def train_fused(
             t_logits = loop.teacher_logits(epoch, batch, amp)
             with autocast(device, amp):
                 out = _stacked_logits(base, params, buffers, batch.x)
-            loss = losses_of(out, t_logits, batch.y)
+            loss = losses_of(out, t_logits, batch.y, epoch.first_step + batch.i)
             for p in params.values():
                 p.grad = None
             loss.sum().backward()
@@ -260,7 +285,8 @@ def train_fused(
             params = {name: t.detach()[rows].requires_grad_() for name, t in params.items()}
             buffers = {name: t[rows] for name, t in buffers.items()}
             optimizer.keep(rows)
-            temps, alphas, lrs = temps[rows], alphas[rows], lrs[rows]
+            per = {name: t[rows] for name, t in per.items()}
+            lrs = lrs[rows]
             active = [active[row] for row in keep]
         if not active:
             break

@@ -24,7 +24,7 @@ from kdbench.config import Recipe
 from kdbench.data import Data, augment, normalize
 from kdbench.errors import NonFiniteLossError
 from kdbench.evaluate import autocast
-from kdbench.losses import validate_alpha, validate_temperature
+from kdbench.losses import KDParams
 
 __all__ = [
     "Batch",
@@ -47,18 +47,6 @@ __all__ = [
     "view_images",
 ]
 
-
-
-@dataclass(frozen=True)
-class KDParams:
-    """Temperature and alpha of the distillation loss (alpha weights the hard labels)."""
-
-    temperature: float
-    alpha: float
-
-    def __post_init__(self) -> None:
-        validate_temperature(self.temperature)
-        validate_alpha(self.alpha)
 
 
 @dataclass

@@ -14,27 +14,36 @@ Three later logit-distillation terms sit beside it, each checked against its aut
 :func:`dkd_loss` (Decoupled KD, CVPR 2022), :func:`dist_loss` (DIST, NeurIPS 2022) and
 :func:`lskd_loss` (logit-standardised KD, CVPR 2024), with :func:`kd_loss` (Hinton's term alone) and
 the tables :data:`METHODS`, :data:`METHOD_PARAMS` and :data:`METHOD_DEFAULTS` (published defaults).
-They return the distillation term only; the caller adds the cross-entropy and the weights.
+They return the distillation term only; :func:`method_loss` adds the cross-entropy and the weights, as
+:class:`KDParams` (one student's method, T, weights and warm-up) says.
+
+The module runs past 400 lines because each of the four published terms carries its formula, paper,
+published defaults and the authors' code it was checked against: one place for every loss kdbench trains.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from kdbench.config import METHOD_DEFAULTS, METHOD_PARAMS
 
 __all__ = [
     "METHODS",
     "METHOD_DEFAULTS",
     "METHOD_PARAMS",
+    "KDParams",
     "dist_loss",
     "distillation_loss",
     "dkd_loss",
     "kd_loss",
     "kd_term",
     "lskd_loss",
+    "method_loss",
     "mixed_loss",
     "validate_alpha",
     "validate_temperature",
@@ -359,18 +368,76 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
 }
 """Distillation term of each method: ``fn(student_logits, teacher_logits, labels, *, temperature, ...)``."""
 
-METHOD_PARAMS: dict[str, tuple[str, ...]] = {
-    "kd": (),
-    "dkd": ("tckd_weight", "nckd_weight"),
-    "dist": ("inter_weight", "intra_weight"),
-    "lskd": (),
-}
-"""Each method's keyword hyperparameters besides ``temperature``."""
+@dataclass(frozen=True)
+class KDParams:
+    """The distillation loss of one student: ``ce_weight * CE + kd_weight * ramp * term(method)``.
 
-METHOD_DEFAULTS: dict[str, dict[str, float]] = {
-    "kd": {"temperature": 4.0},
-    "dkd": {"temperature": 4.0, "tckd_weight": 1.0, "nckd_weight": 8.0},
-    "dist": {"temperature": 4.0, "inter_weight": 1.0, "intra_weight": 1.0},
-    "lskd": {"temperature": 2.0},
-}
-"""Published defaults (CIFAR-100), temperature included; see each function's docstring for the rest."""
+    ``KDParams(T, alpha)`` is Hinton's KD in its convex form (ce_weight = alpha, kd_weight = 1 - alpha);
+    another method gives ``method``, its two weights (or alpha) and its own hyperparameters in ``extra``.
+    ``warmup_epochs`` ramps the distillation term in linearly (DKD's published recipe ramps over 20 epochs).
+    """
+
+    temperature: float
+    alpha: float | None = None
+    method: str = "kd"
+    ce_weight: float | None = None
+    kd_weight: float | None = None
+    extra: tuple[tuple[str, float], ...] = ()
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        validate_temperature(self.temperature)
+        if self.alpha is not None:
+            validate_alpha(self.alpha)
+        elif self.ce_weight is None or self.kd_weight is None:
+            raise ValueError("give alpha, or both ce_weight and kd_weight")
+        for name, w in (("ce_weight", self.ce_weight), ("kd_weight", self.kd_weight), *self.extra):
+            if w is not None and not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(ce_weight, kd_weight): from alpha when it is given."""
+        if self.alpha is not None:
+            return self.alpha, 1.0 - self.alpha
+        assert self.ce_weight is not None and self.kd_weight is not None
+        return self.ce_weight, self.kd_weight
+
+    @property
+    def reads_teacher(self) -> bool:
+        """Whether the loss reads the teacher at all (a zero distillation weight is plain CE)."""
+        return self.weights[1] > 0.0
+
+    @property
+    def hinton(self) -> bool:
+        """Hinton's KD in its convex form without a ramp: :func:`kdbench.losses.distillation_loss` exactly."""
+        return self.method == "kd" and self.alpha is not None and self.warmup_epochs == 0.0
+
+    def ramp(self, step: int, steps_per_epoch: int) -> float:
+        """The distillation term's factor at optimiser step ``step`` (0-based): linear up to 1 over the warm-up."""
+        if self.warmup_epochs <= 0.0:
+            return 1.0
+        return min(1.0, (step + 1) / (self.warmup_epochs * steps_per_epoch))
+
+
+def method_loss(
+    method: str,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: Hyper,
+    ce_weight: Hyper,
+    kd_weight: Hyper,
+    label_smoothing: float = 0.0,
+    **params: Hyper,
+) -> torch.Tensor:
+    """``ce_weight * CE(labels, s) + kd_weight * term``, the term being ``METHODS[method]`` with ``params``.
+
+    How a study's methods are trained (kdbench.config.METHOD_DEFAULTS holds the published weights): Hinton's
+    ``alpha`` is ``ce_weight = alpha, kd_weight = 1 - alpha``; DKD's published loss is CE + 1 x DKD, LS-KD's
+    0.1 CE + 9 KD. Hyperparameters may be 0-dim tensors (under ``vmap``, one per fused student).
+    """
+    ce = F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
+    term = METHODS[method](student_logits, teacher_logits, labels, temperature=temperature, **params)
+    return ce_weight * ce + kd_weight * term

@@ -30,7 +30,7 @@ from kdbench.loop import (
     start_loop,
     view_images,
 )
-from kdbench.losses import distillation_loss
+from kdbench.losses import distillation_loss, method_loss
 
 __all__ = [
     "CachedLogits",  # re-exported from kdbench.loop with the run's other inputs and outputs below
@@ -144,8 +144,8 @@ def train(
         lr: overrides ``recipe.lr`` (what a sweep trial searches).
         seed: seeds the data order, augmentation, dropout and anything else random in the loop.
             The same seed gives the same data order whatever the loss, so KD and CE runs pair.
-        teacher: cached logits or a live teacher; needed when ``kd`` is given and ``kd.alpha < 1``.
-        kd: temperature and alpha; ``None`` trains with cross-entropy only.
+        teacher: cached logits or a live teacher; needed when ``kd`` reads it (a distillation weight > 0).
+        kd: the distillation loss (method, T, weights); ``None`` trains with cross-entropy only.
         augment_kind: 'none', 'flip', 'crop' or 'crop+flip'.
         callback: called after every epoch with its :class:`EpochRecord`; may raise to stop.
         evaluate_test: also evaluate on the test split at the end (finalists and teachers only).
@@ -155,7 +155,7 @@ def train(
         NonFiniteLossError: the loss became NaN/inf; the message names the step.
     """
     lr = recipe.lr if lr is None else lr
-    use_kd = kd is not None and kd.alpha < 1.0
+    use_kd = kd is not None and kd.reads_teacher
     loop = start_loop(model, data, recipe, seed=seed, teacher=teacher, augment_kind=augment_kind, use_kd=use_kd)
     if loop.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -171,11 +171,16 @@ def train(
             with autocast(data.device, recipe.amp):
                 out = step_model(batch.x)
             t_logits = loop.teacher_logits(epoch, batch, recipe.amp)
-            if kd is not None and t_logits is not None:
+            if kd is not None and t_logits is not None and kd.hinton:
                 loss = distillation_loss(
-                    out, t_logits, batch.y, temperature=kd.temperature, alpha=kd.alpha,
+                    out, t_logits, batch.y, temperature=kd.temperature, alpha=kd.alpha,  # type: ignore[arg-type]
                     label_smoothing=recipe.label_smoothing,
                 )
+            elif kd is not None and t_logits is not None:
+                ce_w, kd_w = kd.weights
+                loss = method_loss(kd.method, out, t_logits, batch.y, temperature=kd.temperature, ce_weight=ce_w,
+                                   kd_weight=kd_w * kd.ramp(epoch.first_step + batch.i, loop.steps_per_epoch),
+                                   label_smoothing=recipe.label_smoothing, **dict(kd.extra))
             else:
                 loss = F.cross_entropy(out.float(), batch.y, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,7 @@ from kdbench.losses import (
     kd_loss,
     kd_term,
     lskd_loss,
+    method_loss,
 )
 
 
@@ -318,18 +319,24 @@ def test_method_tables_agree() -> None:
     expected = {"kd": kd_loss, "dkd": dkd_loss, "dist": dist_loss, "lskd": lskd_loss}
     assert expected == METHODS
     assert set(METHOD_PARAMS) == set(METHOD_DEFAULTS) == set(METHODS)
-    published = {
-        "kd": {"temperature": 4.0},
-        "dkd": {"temperature": 4.0, "tckd_weight": 1.0, "nckd_weight": 8.0},
-        "dist": {"temperature": 4.0, "inter_weight": 1.0, "intra_weight": 1.0},
-        "lskd": {"temperature": 2.0},
+    published = {  # the papers' CIFAR-100 settings (weights: CE weight and the term's weight)
+        "kd": {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},
+        "dkd": {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 1.0, "tckd_weight": 1.0, "nckd_weight": 8.0},
+        "dist": {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 2.0, "inter_weight": 1.0, "intra_weight": 1.0},
+        "lskd": {"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 9.0},
     }
     assert published == METHOD_DEFAULTS
     s, t = _logits(9)
     y = torch.arange(16) % 10
     for name, fn in METHODS.items():
-        assert set(METHOD_DEFAULTS[name]) == {"temperature", *METHOD_PARAMS[name]}
-        assert torch.isfinite(fn(s, t, y, **METHOD_DEFAULTS[name]))
+        defaults = METHOD_DEFAULTS[name]
+        assert set(defaults) == {"temperature", "ce_weight", "kd_weight", *METHOD_PARAMS[name]}
+        term = fn(s, t, y, **{k: v for k, v in defaults.items() if k not in ("ce_weight", "kd_weight")})
+        assert torch.isfinite(term)
+        # the whole loss: the weights applied as the published code applies them
+        whole = method_loss(name, s, t, y, **defaults)
+        expected = defaults["ce_weight"] * F.cross_entropy(s, y) + defaults["kd_weight"] * term
+        torch.testing.assert_close(whole, expected)
 
 
 _BAD = [
@@ -344,6 +351,6 @@ _BAD = [
 @pytest.mark.parametrize("method, key, bad", _BAD)
 def test_invalid_hyperparameters_raise(method: str, key: str, bad: float) -> None:
     s = torch.zeros(2, 3)
-    kwargs = dict(METHOD_DEFAULTS[method]) | {key: bad}
+    kwargs = {k: v for k, v in METHOD_DEFAULTS[method].items() if k not in ("ce_weight", "kd_weight")} | {key: bad}
     with pytest.raises(ValueError, match=key):
         METHODS[method](s, s, torch.tensor([0, 1]), **kwargs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -113,6 +114,8 @@ class VisitLike(Protocol):
     def temperature(self) -> float | None: ...
     @property
     def alpha(self) -> float | None: ...
+    @property
+    def params(self) -> tuple[tuple[str, float], ...]: ...
     @property
     def lr(self) -> float | None: ...
     @property
@@ -236,7 +239,8 @@ class Claims(Database):
             The claim, or None if the visit is final or a live worker holds it.
         """
         fields = dict(kind=visit.stage, loss=visit.loss, seed=visit.seed, temperature=visit.temperature,
-                      alpha=visit.alpha, lr=visit.lr, rank=visit.rank, config_hash=config_hash)
+                      alpha=visit.alpha, lr=visit.lr, rank=visit.rank, config_hash=config_hash,
+                      params=json.dumps(dict(visit.params), sort_keys=True) if visit.params else None)
 
         def new_row(attempt: int) -> RunRow:
             return RunRow(study_id=study_id, visit=visit.key, state="running", owner=worker_id(), heartbeat=now(),

@@ -20,7 +20,7 @@ from kdbench.store.schema import RUN_COLUMNS, EpochRow, RunRow, StudyRow, Teache
 
 __all__ = ["FINALIST_COLUMNS", "Queries", "load_runs"]
 
-FINALIST_COLUMNS = ["loss", "rank", "temperature", "alpha", "lr", "test_mean", "test_sd", "n", "val_mean"]
+FINALIST_COLUMNS = ["loss", "rank", "temperature", "alpha", "lr", "params", "test_mean", "test_sd", "n", "val_mean"]
 
 
 class Queries(Database):
@@ -121,10 +121,13 @@ class Queries(Database):
             return pd.DataFrame(columns=FINALIST_COLUMNS)
         g = fin.groupby(["loss", "rank"], dropna=False)
         out = g.agg(temperature=("temperature", "first"), alpha=("alpha", "first"), lr=("lr", "first"),
+                    params=("params", "first"),
                     test_mean=("test_acc", "mean"), test_sd=("test_acc", lambda x: float(np.std(x, ddof=1))
                                                              if len(x) > 1 else math.nan),
                     n=("test_acc", "size"), val_mean=("val_acc", "mean")).reset_index()
-        return out[FINALIST_COLUMNS].sort_values(["loss", "rank"], ascending=[False, True]).reset_index(drop=True)
+        order = out["loss"].map(lambda m: (m != "kd", m == "ce", m))  # Hinton's KD, the other methods, CE
+        out = out.assign(_order=order).sort_values(["_order", "rank"]).drop(columns="_order")
+        return out[FINALIST_COLUMNS].reset_index(drop=True)
 
 
 def load_runs(storage: str, study: str) -> pd.DataFrame:

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 # Schema 2 added nullable columns only (:func:`upgrade` adds them to a schema-1 database):
-# kdbench_studies.data_fingerprint.
+# kdbench_studies.data_fingerprint, kdbench_runs.params.
 SCHEMA_VERSION = 2
 
 
@@ -89,8 +89,8 @@ class RunRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(sa.ForeignKey("kdbench_studies.id", ondelete="CASCADE"), index=True)
     visit: Mapped[str] = mapped_column(sa.String(200))  # the planned visit this run fulfils
-    kind: Mapped[str] = mapped_column(sa.String(16))  # the stage: kd | ce | finalist
-    loss: Mapped[str] = mapped_column(sa.String(8))  # kd | ce: what the student was trained with
+    kind: Mapped[str] = mapped_column(sa.String(16))  # the stage: a method (kd, dkd, ...) | ce | finalist
+    loss: Mapped[str] = mapped_column(sa.String(8))  # ce or the method: kd | dkd | dist | lskd
     rank: Mapped[int | None]  # finalists: 0 = best configuration of its loss
     optuna_study: Mapped[str | None] = mapped_column(sa.String(200))
     trial_number: Mapped[int | None]
@@ -98,6 +98,7 @@ class RunRow(Base):
     temperature: Mapped[float | None]
     alpha: Mapped[float | None]
     lr: Mapped[float | None]
+    params: Mapped[str | None] = mapped_column(sa.Text)  # JSON: a method's other hyperparameters (schema 2)
     seed: Mapped[int]
     state: Mapped[str] = mapped_column(sa.String(16), index=True)  # running|complete|pruned|failed|interrupted
     attempt: Mapped[int] = mapped_column(default=1)
@@ -138,7 +139,7 @@ class EpochRow(Base):
 
 RUN_COLUMNS = [
     "study", "visit", "kind", "loss", "rank", "optuna_study", "trial_number", "temperature", "alpha", "lr",
-    "seed", "state", "attempt", "val_acc", "val_loss", "test_acc", "test_loss", "epochs_done",
+    "params", "seed", "state", "attempt", "val_acc", "val_loss", "test_acc", "test_loss", "epochs_done",
     "wall_time_s", "samples_per_s", "infer_ms_per_batch", "parameters", "device", "versions", "commit",
     "config_hash", "error", "started", "finished", "run_id",
 ]

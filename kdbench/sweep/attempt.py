@@ -8,6 +8,7 @@ pruning, a non-finite loss, Ctrl-C or a bug. A claimed visit is never left runni
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 import optuna
 import torch
 
-from kdbench.config import Study
+from kdbench.config import WEIGHTS, Study
 from kdbench.data import Data
 from kdbench.errors import NonFiniteLossError, RetiredAttemptError, check_termination
 from kdbench.evaluate import inference_ms_per_batch, predict_logits
@@ -30,7 +31,7 @@ from kdbench.sweep.plan import Visit
 from kdbench.teacher import Teacher
 from kdbench.train import EpochRecord, KDParams, TrainResult, budget, train
 
-__all__ = ["Attempt", "SweepContext", "run_fused", "run_visit"]
+__all__ = ["Attempt", "SweepContext", "kd_params", "run_fused", "run_visit"]
 
 
 @dataclass
@@ -77,16 +78,18 @@ class Attempt:
         storage = ctx.store.optuna_storage()
         if c.replaced_trial is not None:
             optuna_bridge.close_trial(storage, c.replaced_trial, "failed", c.replaced_reason)
-        if visit.stage in ("kd", "ce"):
+        if visit.stage != "finalist":  # a search visit: an Optuna trial
             ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs,
                                                            ctx.optuna_studies)
             self.link = dict(optuna_study=ostudy.study_name, trial_number=self.trial.number,
                              trial_id=self.trial._trial_id)
+            extra = {k: v for k, v in params.items() if k not in ("temperature", "alpha", "lr")}
             ctx.store.update_run(c.run_id, **self.link, temperature=params.get("temperature"),
-                                 alpha=params.get("alpha"), lr=params["lr"])
+                                 alpha=params.get("alpha"), lr=params["lr"],
+                                 params=json.dumps(extra, sort_keys=True) if extra else None)
         else:
             params = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha),
-                                        ("lr", visit.lr)) if v is not None}
+                                        ("lr", visit.lr)) if v is not None} | dict(visit.params)
         self.params = params
         ctx.events.on_visit_start(visit, params)
         torch.manual_seed(visit.seed)
@@ -94,7 +97,7 @@ class Attempt:
         self.model = build_model(student.model, in_channels=info.channels, num_classes=info.num_classes,
                                  image_size=info.image_size, pretrained=student.pretrained).to(ctx.device)
         self.common["parameters"] = count_parameters(self.model)
-        self.kd = KDParams(params["temperature"], params["alpha"]) if visit.loss == "kd" else None
+        self.kd = None if visit.loss == "ce" else kd_params(visit.loss, params, ctx.study.search.kd_warmup_epochs)
 
     def on_epoch(self, rec: EpochRecord) -> None:
         """Record the epoch's progress, show it, and let Optuna's pruner judge it (never at the last epoch)."""
@@ -149,6 +152,13 @@ class Attempt:
             if not self.closed:
                 self._close("interrupted", f"{type(exc).__name__}: {exc}"[:500])
             raise
+
+
+def kd_params(method: str, params: dict[str, float], warmup_epochs: float = 0.0) -> KDParams:
+    """The loss of a visit of ``method`` with these parameters (T, alpha or the two weights, its others)."""
+    extra = tuple(sorted((k, v) for k, v in params.items() if k not in ("temperature", "alpha", "lr", *WEIGHTS)))
+    return KDParams(params["temperature"], params.get("alpha"), method, params.get("ce_weight"),
+                    params.get("kd_weight"), extra, warmup_epochs)
 
 
 def run_visit(ctx: SweepContext, c: Claimed) -> str:

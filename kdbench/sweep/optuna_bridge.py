@@ -1,7 +1,8 @@
 """The Optuna side of a sweep: sampler, pruner, asking for a trial, closing it, repairing after a crash.
 
-Every search visit is one Optuna trial (KD trials in the study ``<name>``, CE trials in ``<name>.ce``),
-in the same database as kdbench's tables. T and alpha are fixed by the visit through
+Every search visit is one Optuna trial (KD trials in the study ``<name>``, CE trials in ``<name>.ce``,
+another method's in ``<name>.<method>``), in the same database as kdbench's tables. A grid visit fixes
+every parameter (one insert); otherwise the visit's fixed ones go through
 ``PartialFixedSampler`` while the sampler draws lr, so Optuna's own tools (``optuna trials``,
 optuna-dashboard) see the study as it is. kdbench's run rows are the record; Optuna's trial states
 follow them (:func:`close_trial`, :func:`repair`).
@@ -29,8 +30,20 @@ OPTUNA_STATE = {
 
 
 def optuna_study_name(study: Study, loss: str) -> str:
-    """The Optuna study holding the trials of one loss: ``<name>`` for KD, ``<name>.ce`` for CE."""
-    return study.name if loss == "kd" else f"{study.name}.ce"
+    """The Optuna study holding the trials of one loss: ``<name>`` for Hinton's KD, ``<name>.ce`` for CE,
+    ``<name>.<method>`` for another distillation method (``<name>.dkd``)."""
+    return study.name if loss == "kd" else f"{study.name}.{loss}"
+
+
+def _spaces(study: Study, loss: str) -> dict[str, list[float] | Range]:
+    """What a search visit of ``loss`` searches: its method's space and lr (CE: lr only)."""
+    return ({} if loss == "ce" else study.search.space(loss)) | {"lr": study.search.lr}
+
+
+def _known(visit: Visit) -> dict[str, float]:
+    """The parameters a visit fixes (a grid visit fixes all of them)."""
+    values = {"temperature": visit.temperature, "alpha": visit.alpha, "lr": visit.lr} | dict(visit.params)
+    return {k: float(v) for k, v in values.items() if v is not None}
 
 
 def _sampler(study: Study, index: int) -> optuna.samplers.BaseSampler:
@@ -67,14 +80,13 @@ def _distribution(space: list[float] | Range) -> optuna.distributions.BaseDistri
 def _fixed_trial(ostudy: optuna.Study, study: Study, visit: Visit, attrs: dict[str, str]) -> optuna.Trial | None:
     """A trial for a visit that fixes every parameter, written in one insert (parameters and attributes
     together), or None when the sampler must draw one (a range)."""
-    s = study.search
-    spaces = ({"temperature": s.temperature, "alpha": s.alpha} if visit.loss == "kd" else {}) | {"lr": s.lr}
-    values = {"temperature": visit.temperature, "alpha": visit.alpha, "lr": visit.lr}
-    if any(values[k] is None or isinstance(v, Range) for k, v in spaces.items()):
+    spaces = _spaces(study, visit.loss)
+    values = _known(visit)
+    if any(k not in values or isinstance(v, Range) for k, v in spaces.items()):
         return None
     template = optuna.trial.FrozenTrial(
         number=-1, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=dt.datetime.now(),
-        datetime_complete=None, params={k: float(values[k]) for k in spaces},  # type: ignore[arg-type]
+        datetime_complete=None, params={k: float(values[k]) for k in spaces},
         distributions={k: _distribution(v) for k, v in spaces.items()}, user_attrs=attrs, system_attrs={},
         intermediate_values={}, trial_id=-1)
     trial_id = ostudy._storage.create_new_trial(ostudy._study_id, template_trial=template)
@@ -111,20 +123,14 @@ def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit, index:
     trial = _fixed_trial(ostudy, study, visit, attrs)
     if trial is not None:
         return ostudy, trial, {k: float(v) for k, v in trial.params.items()}
-    fixed = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha), ("lr", visit.lr))
-             if v is not None}
+    fixed = _known(visit)
     with warnings.catch_warnings():  # PartialFixedSampler is marked experimental; its interface is all we use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ostudy.sampler = optuna.samplers.PartialFixedSampler(fixed, _sampler(study, index))
     trial = ostudy.ask()
     try:
         trial.set_user_attr("worker", attrs["worker"])
-        s = study.search
-        params: dict[str, float] = {}
-        if visit.loss == "kd":
-            params["temperature"] = _suggest(trial, "temperature", s.temperature)
-            params["alpha"] = _suggest(trial, "alpha", s.alpha)
-        params["lr"] = _suggest(trial, "lr", s.lr)
+        params = {name: _suggest(trial, name, space) for name, space in _spaces(study, visit.loss).items()}
         trial.set_user_attr("visit", visit.key)
         trial.set_user_attr("config_hash", study.hash)
     except BaseException as exc:  # Ctrl-C right after the ask: no run will point to this trial
@@ -169,7 +175,7 @@ def repair(store: Store, study: Study, study_id: int, stale_after_s: float) -> N
     for r in rows:
         if r.state != "running":
             close_trial(storage, r.trial_id, r.state, r.error, r.val_acc)
-    for name in (optuna_study_name(study, "kd"), optuna_study_name(study, "ce")):
+    for name in (optuna_study_name(study, loss) for loss in ("ce", *study.search.methods)):
         try:
             sid = storage.get_study_id_from_name(name)
         except KeyError:

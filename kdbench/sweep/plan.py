@@ -17,6 +17,8 @@ baseline gets as many sampler trials over lr; KD and CE visits alternate.
 
 from __future__ import annotations
 
+import itertools
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +26,7 @@ import pandas as pd
 
 from kdbench.config import SEARCH_SEED_OFFSET, Study
 
-__all__ = ["Visit", "finalist_seeds", "plan_finalists", "plan_search", "planned_total",
+__all__ = ["Visit", "config_key", "finalist_seeds", "method_visit", "plan_finalists", "plan_search", "planned_total",
            "search_seeds"]
 
 
@@ -34,9 +36,11 @@ class Visit:
 
     Attributes:
         key: the visit's name in the store, e.g. ``kd/T=2/a=0.5/lr=0.001/r=0``.
-        stage: ``kd`` or ``ce`` (a search trial) or ``finalist`` (stored in the runs' ``kind`` column).
-        loss: what the student is trained with: ``kd`` or ``ce``.
+        stage: a search trial's method (``kd``, ``dkd``, ``dist``, ``lskd``) or ``ce``, or ``finalist``
+            (stored in the runs' ``kind`` column).
+        loss: what the student is trained with: ``ce`` or a distillation method.
         seed: the seed of its initialisation and batch order.
+        params: the method's other hyperparameters (weights, ...), sorted by name; a range's are drawn.
     """
 
     key: str
@@ -47,6 +51,7 @@ class Visit:
     alpha: float | None = None
     lr: float | None = None
     rank: int | None = None
+    params: tuple[tuple[str, float], ...] = ()
 
 
 def search_seeds(study: Study) -> list[int]:
@@ -54,39 +59,59 @@ def search_seeds(study: Study) -> list[int]:
     return [study.seed + SEARCH_SEED_OFFSET + i for i in range(study.search.n_replicates)]
 
 
+def method_visit(method: str, values: dict[str, float], seed: int, suffix: str, *, stage: str | None = None,
+                 rank: int | None = None) -> Visit:
+    """The visit of one configuration of ``method`` (``values``: its parameters and lr, any subset)."""
+    extra = tuple(sorted((k, float(v)) for k, v in values.items() if k not in ("temperature", "alpha", "lr")))
+    if method == "kd":  # Hinton's KD keeps the keys of the studies stored before the other methods came
+        name = "".join(f"/{short}={values[k]:g}" for k, short in (("temperature", "T"), ("alpha", "a"), ("lr", "lr"))
+                       if k in values)
+    else:
+        name = "".join(f"/{k if k != 'temperature' else 'T'}={values[k]:g}"
+                       for k in ("temperature", "alpha", *(k for k, _ in extra), "lr") if k in values)
+    return Visit(f"{method}{name}/{suffix}", stage or method, method, seed, temperature=values.get("temperature"),
+                 alpha=values.get("alpha"), lr=values.get("lr"), rank=rank, params=extra)
+
+
+def _cells(study: Study, method: str) -> list[dict[str, float]]:
+    """Every configuration of a method's grid (its parameters' lists crossed, in the order they are given)."""
+    space = study.search.space(method)
+    names = list(space)
+    lists = [space[n] for n in names]
+    grids = [v for v in lists if isinstance(v, list)]
+    assert len(grids) == len(lists), "a grid study's spaces are lists"
+    return [dict(zip(names, combo, strict=True))
+            for combo in itertools.product(*([float(x) for x in g] for g in grids))]
+
+
 def _grid_visits(study: Study) -> list[Visit]:
     s = study.search
-    assert isinstance(s.temperature, list) and isinstance(s.alpha, list)
     lrs = s.lr_candidates()
     assert lrs is not None
-    cells: list[tuple[float, float] | None] = [None] if study.baseline.ce else []
-    cells += [(float(t), float(a)) for t in s.temperature for a in s.alpha]
+    cells: list[tuple[str, dict[str, float]]] = [("ce", {})] if study.baseline.ce else []
+    cells += [(m, c) for m in s.methods for c in _cells(study, m)]
     visits: list[Visit] = []
     for r, seed in enumerate(search_seeds(study)):
         order = np.random.default_rng([study.seed, r]).permutation(len(cells))
         for i in order:
-            cell = cells[int(i)]
+            method, cell = cells[int(i)]
             for lr in lrs:
-                if cell is None:
-                    visits.append(Visit(f"ce/lr={lr:g}/r={r}", "ce", "ce", seed, lr=lr))
-                else:
-                    t, a = cell
-                    visits.append(Visit(f"kd/T={t:g}/a={a:g}/lr={lr:g}/r={r}", "kd", "kd", seed,
-                                        temperature=t, alpha=a, lr=lr))
+                visits.append(method_visit(method, {**cell, "lr": lr}, seed, f"r={r}"))
     return visits
 
 
 def _range_visits(study: Study) -> list[Visit]:
     s = study.search
     seed = search_seeds(study)[0]
-    fixed = {k: v[0] for k, v in (("temperature", s.temperature), ("alpha", s.alpha))
-             if isinstance(v, list) and len(v) == 1}
+    fixed = {m: {k: v[0] for k, v in s.space(m).items() if isinstance(v, list) and len(v) == 1} for m in s.methods}
     visits: list[Visit] = []
     for r in range(s.n_trials):
         if study.baseline.ce:
             visits.append(Visit(f"ce/r={r}", "ce", "ce", seed))
-        visits.append(Visit(f"kd/r={r}", "kd", "kd", seed, temperature=fixed.get("temperature"),
-                            alpha=fixed.get("alpha")))
+        for m in s.methods:
+            v = method_visit(m, fixed[m], seed, f"r={r}")
+            visits.append(Visit(f"{m}/r={r}", m, m, seed, temperature=v.temperature, alpha=v.alpha,
+                                params=v.params))
     return visits
 
 
@@ -100,35 +125,53 @@ def finalist_seeds(study: Study) -> list[int]:
     return [study.seed + 1 + i for i in range(study.finalists.seeds)]
 
 
-def _ranked_configs(done: pd.DataFrame, loss: str, grid: bool) -> pd.DataFrame:
-    """Configurations of one loss, best first by validation accuracy (a grid: the replicate mean at each lr)."""
-    runs = done[done["kind"] == loss]
+def config_key(visit: str) -> str:
+    """A search visit's configuration: its key without the replicate (``kd/T=2/a=0.5/lr=0.001``)."""
+    return visit.rsplit("/r=", 1)[0]
+
+
+def _ranked_configs(done: pd.DataFrame, method: str, grid: bool) -> pd.DataFrame:
+    """Configurations of one method (or ce), best first by validation accuracy (a grid: the replicate mean
+    at each lr; a cell's value is its best lr's, one configuration per cell)."""
+    runs = done[done["kind"] == method]
     if not grid:
         return runs.sort_values(["val_acc", "trial_number"], ascending=[False, True])
-    keys = ["lr"] if loss == "ce" else ["temperature", "alpha", "lr"]
-    means = runs.groupby(keys, as_index=False)["val_acc"].mean()
-    ranked = means.sort_values(["val_acc", *keys], ascending=[False, *([True] * len(keys))])
-    if loss == "kd":  # a cell's value is its best lr's: one configuration per cell
-        ranked = ranked.drop_duplicates(["temperature", "alpha"])
-    return ranked
+    runs = runs.assign(config=runs["visit"].map(config_key))
+    firsts = runs.drop_duplicates("config").set_index("config")
+    means = runs.groupby("config")["val_acc"].mean().rename("val_acc").to_frame()
+    ranked = means.join(firsts.drop(columns="val_acc")).reset_index()
+    ranked["cell"] = ranked["config"].str.replace(r"/lr=[^/]*", "", regex=True)
+    ranked = ranked.sort_values(["val_acc", "config"], ascending=[False, True])
+    return ranked.drop_duplicates("cell")
+
+
+def _values(row: pd.Series) -> dict[str, float]:
+    """A run's parameters: T, alpha, lr and its method's others (the ``params`` column, JSON)."""
+    out = {k: float(row[k]) for k in ("temperature", "alpha", "lr") if pd.notna(row.get(k))}
+    extra = row.get("params")
+    if isinstance(extra, str) and extra:
+        out.update({k: float(v) for k, v in json.loads(extra).items()})
+    return out
 
 
 def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
-    """The top_k KD configurations and the best CE one (by validation accuracy), each on every seed."""
+    """Each method's top_k configurations and the best CE one (by validation accuracy), each on every seed."""
     visits: list[Visit] = []
-    done = runs[(runs["state"] == "complete") & runs["kind"].isin(["kd", "ce"])]
-    for loss, k in (("kd", study.finalists.top_k), ("ce", 1 if study.baseline.ce else 0)):
-        best = _ranked_configs(done, loss, study.search.is_grid)
+    done = runs[(runs["state"] == "complete") & runs["kind"].isin([*study.search.methods, "ce"])]
+    for method, k in [*((m, study.finalists.top_k) for m in study.search.methods),
+                      ("ce", 1 if study.baseline.ce else 0)]:
+        best = _ranked_configs(done, method, study.search.is_grid)
         for rank, (_, row) in enumerate(best.head(k).iterrows()):
+            values = _values(row)
             for seed in finalist_seeds(study):
-                visits.append(Visit(
-                    f"final/{loss}/rank={rank}/seed={seed}", "finalist", loss, seed,
-                    temperature=None if loss == "ce" else float(row["temperature"]),
-                    alpha=None if loss == "ce" else float(row["alpha"]), lr=float(row["lr"]), rank=rank))
+                v = method_visit(method, values, seed, f"seed={seed}", stage="finalist", rank=rank)
+                visits.append(Visit(f"final/{method}/rank={rank}/seed={seed}", "finalist", method, seed,
+                                    temperature=v.temperature, alpha=v.alpha, lr=v.lr, rank=rank, params=v.params))
     return visits
 
 
 def planned_total(study: Study) -> int:
     """How many visits the whole study has (search plus finalists)."""
-    n_final = (study.finalists.top_k + (1 if study.baseline.ce else 0)) * study.finalists.seeds
+    n_final = (study.finalists.top_k * len(study.search.methods) + (1 if study.baseline.ce else 0)) \
+        * study.finalists.seeds
     return len(plan_search(study)) + n_final

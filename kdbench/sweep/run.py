@@ -134,6 +134,9 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
                 continue
             if batch and v.seed != batch[0].visit.seed:  # a fused step shares one batch order: one seed per batch
                 break
+            methods = {b.visit.loss for b in batch} - {"ce"}  # and one distillation method (CE joins any)
+            if methods and v.loss != "ce" and v.loss not in methods:
+                break
             c = ctx.store.claim(ctx.study_id, v, offset + i, ctx.study.hash, ctx.stale_after_s)
             if c is not None:
                 batch.append(c)
