@@ -494,7 +494,11 @@ def _format_error(err: ValidationError, source: str) -> str:
         text = f"{loc}: is empty; give at least one value"
     else:
         msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        text = f"{loc}: {msg} (got {first.get('input')!r})"
+        got = first.get("input")
+        if isinstance(got, dict):  # a whole section's check: its message names the key, the section is noise
+            text = msg if msg.startswith(f"{loc}.") else f"{loc}: {msg}"
+        else:
+            text = f"{loc}: {msg} (got {got!r})"
     more = len({_where(e["loc"]) for e in errors} - {loc})
     return f"{source}: {text}" + (f" [+{more} more]" if more > 0 else "")
 

@@ -111,6 +111,25 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
                           ("name: not a safe file name", "'../../etc/x'")),
     "study name with a space": (lambda e: e.sweep(e.yaml(), "--set", "name=my study"), ("not a safe file name",)),
     "study name ending .ce": (lambda e: e.sweep(e.yaml(name="tiny.ce")), ("ends in '.ce'",)),
+    "study name ending .dkd": (lambda e: e.sweep(e.yaml(name="tiny.dkd")), ("ends in '.dkd'",)),
+    "unknown method": (lambda e: e.sweep(e.yaml(search={"method": ["kd", "crd"]})),
+                       ("search.method", "unknown method 'crd'", "kd, dkd, dist, lskd")),
+    "a parameter given to the wrong method": (
+        lambda e: e.sweep(e.yaml(search={"method": ["kd", "dkd"], "spaces": {"dkd": {"inter_weight": [1, 2]}}})),
+        ("search.spaces.dkd.inter_weight", "a parameter of dist", "dkd takes")),
+    "a negative method weight": (
+        lambda e: e.sweep(e.yaml(search={"method": ["dkd"], "spaces": {"dkd": {"nckd_weight": [8, -1]}}})),
+        ("search.spaces.dkd.nckd_weight", ">= 0")),
+    "a space for a method not in search.method": (
+        lambda e: e.sweep(e.yaml(search={"spaces": {"lskd": {"kd_weight": [9]}}})),
+        ("search.spaces.lskd", "not in search.method")),
+    "alpha and the weights together": (
+        lambda e: e.sweep(e.yaml(search={"method": ["lskd"], "spaces": {"lskd": {"alpha": [0.5], "kd_weight": [9]}}})),
+        ("search.spaces.lskd", "not both")),
+    "methods on unequal budgets": (
+        lambda e: e.sweep(e.yaml(search={"method": ["kd", "dkd"], "temperature": [2, 4], "alpha": [0.5],
+                                         "spaces": {"dkd": {"temperature": [4]}}})),
+        ("search.method", "kd: 2, dkd: 1 cells", "same tuning budget")),
     "unknown dataset": (lambda e: e.sweep(e.yaml(data={"dataset": "svhn"})), ("data.dataset 'svhn' is unknown",)),
     "unknown teacher model": (lambda e: e.sweep(e.yaml(data=e.imagefolder(), teacher={"model": "cnn-xl"})),
                               ("teacher.model: unknown model 'cnn-xl'",)),

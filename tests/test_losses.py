@@ -11,6 +11,7 @@ from kdbench.losses import (
     METHOD_DEFAULTS,
     METHOD_PARAMS,
     METHODS,
+    KDParams,
     dist_loss,
     distillation_loss,
     dkd_loss,
@@ -354,3 +355,26 @@ def test_invalid_hyperparameters_raise(method: str, key: str, bad: float) -> Non
     kwargs = {k: v for k, v in METHOD_DEFAULTS[method].items() if k not in ("ce_weight", "kd_weight")} | {key: bad}
     with pytest.raises(ValueError, match=key):
         METHODS[method](s, s, torch.tensor([0, 1]), **kwargs)
+
+
+def test_kd_params_weights_and_warm_up_by_hand() -> None:
+    hinton = KDParams(2.0, 0.3)
+    assert hinton.weights == (0.3, pytest.approx(0.7)) and hinton.hinton and hinton.reads_teacher
+    assert not KDParams(2.0, 1.0).reads_teacher  # alpha = 1: plain CE, the teacher is never read
+    dkd = KDParams(4.0, None, "dkd", 1.0, 1.0, (("nckd_weight", 8.0), ("tckd_weight", 1.0)), warmup_epochs=0.5)
+    assert dkd.weights == (1.0, 1.0) and not dkd.hinton
+    # 10 steps per epoch, half an epoch of warm-up: 1/5, 2/5, ... then 1 (mdistiller: min(epoch / warmup, 1))
+    assert [dkd.ramp(step, 10) for step in range(7)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0])
+    assert KDParams(4.0, 0.5, warmup_epochs=0.5).hinton is False  # a ramped KD goes through method_loss
+    with pytest.raises(ValueError, match="ce_weight and kd_weight"):
+        KDParams(4.0, None, "dkd")
+    with pytest.raises(ValueError, match="nckd_weight"):
+        KDParams(4.0, None, "dkd", 1.0, 1.0, (("nckd_weight", -1.0),))
+
+
+def test_method_loss_of_hinton_kd_equals_the_convex_form() -> None:
+    s, t = torch.randn(8, 10), torch.randn(8, 10)
+    y = torch.arange(8) % 10
+    for a in (0.0, 0.3, 1.0):
+        torch.testing.assert_close(method_loss("kd", s, t, y, temperature=3.0, ce_weight=a, kd_weight=1 - a),
+                                   distillation_loss(s, t, y, temperature=3.0, alpha=a))

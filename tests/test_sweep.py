@@ -83,3 +83,54 @@ def test_fused_sweep_matches_sequential(needs_fmnist: None, tiny_study_dict: dic
     assert not got[4].drop(index=search)["device"].str.contains("fused").any()  # finalists train alone
     for fuse in ("1", "auto"):
         assert parse_study(tiny_study_dict).hash == parse_study(tiny_study_dict, overrides=[f"search.fuse={fuse}"]).hash
+
+
+@pytest.mark.slow
+def test_methods_sweep_end_to_end(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+    """Hinton's KD, DKD and DIST on one grid through the CLI: each method's runs, its Optuna study with its
+    own parameters, a finalist per method on the shared seeds, the summary naming every parameter; a rerun
+    trains nothing."""
+    import yaml
+
+    raw = {**tiny_study_dict, "name": "meth"}
+    raw["search"] = {**raw["search"], "method": ["kd", "dkd", "dist"],
+                     "spaces": {"dkd": {"temperature": [2, 4]}, "dist": {"temperature": [4], "kd_weight": [1, 2]}}}
+    path = tmp_path / "meth.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    args = ["sweep", str(path), "--storage", url, "--cache-dir", str(tmp_path / "cache"), "--quiet", "--device", "cpu"]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    runs = load_runs(url, "meth")
+    study = parse_study(raw)
+    assert len(runs) == planned_total(study) == 7 + 4 * 2 and set(runs["state"]) == {"complete"}
+    assert runs.groupby("kind").size().to_dict() == {"kd": 2, "dkd": 2, "dist": 2, "ce": 1, "finalist": 8}
+    fin = runs[runs["kind"] == "finalist"]
+    assert fin.groupby("loss")["seed"].apply(sorted).to_dict() == {m: [1, 2] for m in ("kd", "dkd", "dist", "ce")}
+    dist = optuna.load_study(study_name="meth.dist", storage=url)
+    assert sorted(t.params["kd_weight"] for t in dist.trials) == [1.0, 2.0]
+    assert {t.params["inter_weight"] for t in dist.trials} == {1.0}  # the published value, recorded
+    dkd_fin = fin[fin["loss"] == "dkd"].iloc[0]
+    assert dkd_fin["temperature"] in (2.0, 4.0) and '"nckd_weight": 8.0' in dkd_fin["params"]
+    assert "best DKD #1: T=" in result.output and "nckd_weight=8" in result.output
+    again = CliRunner().invoke(cli.main, args)
+    assert again.exit_code == 0 and len(load_runs(url, "meth")) == len(runs)
+
+
+@pytest.mark.slow
+def test_a_range_search_samples_each_methods_own_parameters(needs_fmnist: None, tiny_study_dict: dict,
+                                                             tmp_path) -> None:
+    raw = {**tiny_study_dict, "name": "mr", "finalists": {"top_k": 1, "seeds": 1}}
+    raw["search"] = {"method": ["kd", "lskd"], "temperature": {"low": 1, "high": 8}, "alpha": [0.5],
+                     "lr": [2e-3], "trials": 3, "sampler": "random",
+                     "spaces": {"lskd": {"kd_weight": {"low": 1, "high": 9}}}}
+    study = parse_study(raw)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    run_sweep(study, storage=url, cache_dir=tmp_path / "cache")
+    runs = load_runs(url, "mr")
+    assert runs.groupby("kind").size().to_dict() == {"kd": 3, "lskd": 3, "ce": 3, "finalist": 3}
+    lskd = optuna.load_study(study_name="mr.lskd", storage=url)
+    weights = [t.params["kd_weight"] for t in lskd.trials]
+    assert len(set(weights)) == 3 and all(1 <= w <= 9 for w in weights)
+    stored = runs[runs["kind"] == "lskd"]["params"].map(lambda p: __import__("json").loads(p)["kd_weight"])
+    assert sorted(stored) == pytest.approx(sorted(weights))

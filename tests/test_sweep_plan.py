@@ -15,6 +15,7 @@ from kdbench.errors import ConfigError
 from kdbench.store import load_runs
 from kdbench.sweep import plan_search, planned_total, run_sweep, search_seeds
 from kdbench.sweep.optuna_bridge import report_epoch
+from kdbench.sweep.plan import plan_finalists
 
 
 def _cell(key: str) -> str:
@@ -117,3 +118,54 @@ def test_a_list_is_a_grid_per_parameter_even_beside_a_range() -> None:
     assert all(0.1 <= d["alpha"] <= 0.9 for d in drawn) and len({d["alpha"] for d in drawn}) == len(drawn)
     trial = optuna.load_study(study_name="mixed", storage=storage).trials[0]
     assert isinstance(trial.distributions["temperature"], optuna.distributions.CategoricalDistribution)
+
+
+METHODS_STUDY = {"name": "m", "search": {
+    "method": ["kd", "dkd", "lskd"], "temperature": [2, 4], "alpha": [0.1, 0.5], "lr": [1e-3, 3e-3],
+    "replicates": 2, "spaces": {"dkd": {"temperature": [2, 4], "nckd_weight": [2, 8]},
+                                "lskd": {"temperature": [2, 4], "kd_weight": [1, 9]}}}}
+
+
+def test_every_method_gets_the_same_budget_on_the_same_seeds() -> None:
+    study = parse_study(METHODS_STUDY)
+    visits = plan_search(study)
+    by_method = Counter(v.stage for v in visits)
+    assert by_method == {"kd": 16, "dkd": 16, "lskd": 16, "ce": 4}  # 4 cells x 2 lr x 2 seeds; CE 2 lr x 2 seeds
+    for method in ("kd", "dkd", "lskd", "ce"):
+        mine = [v for v in visits if v.stage == method]
+        assert {(v.seed, v.lr) for v in mine} == {(s, lr) for s in search_seeds(study) for lr in (1e-3, 3e-3)}
+    dkd = [v for v in visits if v.stage == "dkd"]
+    # unlisted parameters take the published values (tckd 1, CE 1, weight 1); the listed ones are crossed
+    assert {dict(v.params)["nckd_weight"] for v in dkd} == {2.0, 8.0}
+    assert {(dict(v.params)["tckd_weight"], dict(v.params)["ce_weight"], dict(v.params)["kd_weight"]) for v in dkd} \
+        == {(1.0, 1.0, 1.0)}
+    assert {v.alpha for v in dkd} == {None} and {v.temperature for v in dkd} == {2.0, 4.0}
+    assert "dkd/T=2/ce_weight=1/kd_weight=1/nckd_weight=8/tckd_weight=1/lr=0.001/r=0" in {v.key for v in dkd}
+    assert len({v.key for v in visits}) == len(visits)
+    assert planned_total(study) == len(visits) + (3 + 1) * 5  # each method's best and CE, 5 seeds each
+
+
+def test_finalists_are_each_methods_best_cell_at_its_best_lr() -> None:
+    """From a fixed frame: the replicate mean of each configuration, a cell's best lr, per method."""
+    import json
+
+    import pandas as pd
+
+    study = parse_study(METHODS_STUDY)
+    rows = []
+    for v in plan_search(study):
+        p = dict(v.params)
+        # DKD: nckd 8 at lr 3e-3 is best on average (0.80, 0.84 -> 0.82) though nckd 2 has the best single run
+        acc = {("dkd", 8.0, 3e-3): [0.80, 0.84], ("dkd", 2.0, 1e-3): [0.85, 0.70]}.get(
+            (v.stage, p.get("nckd_weight"), v.lr), [0.5, 0.5])[int(v.key[-1])]
+        if v.stage == "lskd":
+            acc = 0.6 if (v.temperature, p["kd_weight"], v.lr) == (4.0, 1.0, 1e-3) else 0.55
+        rows.append({"visit": v.key, "kind": v.stage, "state": "complete", "val_acc": acc, "temperature": v.temperature,
+                     "alpha": v.alpha, "lr": v.lr, "params": json.dumps(p) if p else None, "trial_number": 0})
+    finalists = plan_finalists(study, pd.DataFrame(rows))
+    firsts = {v.loss: v for v in finalists if v.seed == study.seed + 1}
+    assert set(firsts) == {"kd", "dkd", "lskd", "ce"} and len(finalists) == 4 * 5
+    assert dict(firsts["dkd"].params)["nckd_weight"] == 8.0 and firsts["dkd"].lr == 3e-3
+    assert firsts["dkd"].temperature == 2.0  # the tie between T = 2 and 4 goes to the first key
+    assert (firsts["lskd"].temperature, dict(firsts["lskd"].params)["kd_weight"], firsts["lskd"].lr) == (4.0, 1.0, 1e-3)
+    assert firsts["lskd"].key == "final/lskd/rank=0/seed=1" and firsts["lskd"].stage == "finalist"
