@@ -298,7 +298,8 @@ def _print_summary(store: Any, name: str, summary: Any) -> None:
         return
     click.echo(f"{name}: finalists, test accuracy over seeds (storage {store.url})")
     for _, r in summary.iterrows():
-        values = {"T": r["temperature"], "alpha": r["alpha"]} | (json.loads(r["params"]) if isinstance(r["params"], str) else {})
+        extra = json.loads(r["params"]) if isinstance(r["params"], str) else {}
+        values = {"T": r["temperature"], "alpha": r["alpha"]} | extra
         cfg = "".join(f"{k}={v:g} " for k, v in values.items() if v == v and v is not None) + f"lr={r['lr']:.3g}"
         sd = f"{r['test_sd']:.2%}" if r["test_sd"] == r["test_sd"] else "n/a"
         click.echo(f"  best {r['loss'].upper()} #{int(r['rank']) + 1}: {cfg}: test {r['test_mean']:.2%} ± {sd} "

@@ -207,7 +207,8 @@ class SearchConfig(_Strict):
     method: str | Annotated[list[str], Field(min_length=1)] = "kd"
     # per method (not kd): its hyperparameters as grids, ranges or single values; METHOD_DEFAULTS fill the rest
     spaces: dict[str, dict[str, Space]] = Field(default_factory=dict)
-    kd_warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0  # linear ramp of every method's distillation term
+    # epochs of linear ramp of Hinton's KD term (another method's: kd_warmup_epochs in its space; DKD publishes 20)
+    kd_warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0
 
     @field_validator("temperature")
     @classmethod
@@ -247,7 +248,11 @@ class SearchConfig(_Strict):
             if m not in self.methods:
                 raise ValueError(f"search.spaces.{m}: {m!r} is not in search.method ({', '.join(self.methods)}); "
                                  f"add it there or delete this space")
-            allowed = ("temperature", "alpha", *WEIGHTS, *METHOD_PARAMS[m])
+            allowed = ("temperature", "alpha", *WEIGHTS, *METHOD_PARAMS[m], "kd_warmup_epochs")
+            warmup = space.get("kd_warmup_epochs", 0.0)
+            if not isinstance(warmup, float) or not (math.isfinite(warmup) and warmup >= 0):
+                raise ValueError(f"search.spaces.{m}.kd_warmup_epochs: one number of epochs >= 0 (not searched), "
+                                 f"e.g. 20")
             for key, v in space.items():
                 if key not in allowed:
                     owner = [o for o, ps in METHOD_PARAMS.items() if key in ps]
@@ -293,7 +298,7 @@ class SearchConfig(_Strict):
         only when it gives no alpha)."""
         if method == "kd":
             return {"temperature": self.temperature, "alpha": self.alpha}
-        given = self.spaces.get(method, {})
+        given = {k: v for k, v in self.spaces.get(method, {}).items() if k != "kd_warmup_epochs"}
         out: dict[str, list[float] | Range] = {}
         for key, default in METHOD_DEFAULTS[method].items():
             if key in WEIGHTS and "alpha" in given:
@@ -304,6 +309,12 @@ class SearchConfig(_Strict):
             a = given["alpha"]
             out["alpha"] = a if isinstance(a, (list, Range)) else [float(a)]
         return out
+
+    def warmup_epochs(self, method: str) -> float:
+        """Epochs over which a method's distillation term is ramped in (``kd_warmup_epochs``)."""
+        if method == "kd":
+            return self.kd_warmup_epochs
+        return float(self.spaces.get(method, {}).get("kd_warmup_epochs", 0.0))  # type: ignore[arg-type]
 
     def n_cells(self, method: str) -> int:
         """Cells of a method's grid (the product of its parameters' list lengths)."""

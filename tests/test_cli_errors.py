@@ -126,6 +126,9 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
     "alpha and the weights together": (
         lambda e: e.sweep(e.yaml(search={"method": ["lskd"], "spaces": {"lskd": {"alpha": [0.5], "kd_weight": [9]}}})),
         ("search.spaces.lskd", "not both")),
+    "a warm-up given as a grid": (
+        lambda e: e.sweep(e.yaml(search={"method": ["dkd"], "spaces": {"dkd": {"kd_warmup_epochs": [0, 20]}}})),
+        ("search.spaces.dkd.kd_warmup_epochs", "one number of epochs")),
     "methods on unequal budgets": (
         lambda e: e.sweep(e.yaml(search={"method": ["kd", "dkd"], "temperature": [2, 4], "alpha": [0.5],
                                          "spaces": {"dkd": {"temperature": [4]}}})),

@@ -97,7 +97,8 @@ class Attempt:
         self.model = build_model(student.model, in_channels=info.channels, num_classes=info.num_classes,
                                  image_size=info.image_size, pretrained=student.pretrained).to(ctx.device)
         self.common["parameters"] = count_parameters(self.model)
-        self.kd = None if visit.loss == "ce" else kd_params(visit.loss, params, ctx.study.search.kd_warmup_epochs)
+        warmup = ctx.study.search.warmup_epochs(visit.loss)
+        self.kd = None if visit.loss == "ce" else kd_params(visit.loss, params, warmup)
 
     def on_epoch(self, rec: EpochRecord) -> None:
         """Record the epoch's progress, show it, and let Optuna's pruner judge it (never at the last epoch)."""

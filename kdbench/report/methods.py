@@ -1,0 +1,126 @@
+"""The method table: each distillation method's best configuration against CE and against Hinton's KD.
+
+Every method of a study is tuned on the same budget and the same search seeds, and its best configuration
+(chosen on validation) is re-trained on the same fresh seeds as CE's and Hinton's; so each method's test
+accuracy pairs by seed with theirs. A row gives the method's test mean ± sd (n seeds), the paired
+difference to CE and to Hinton's KD with its 95 % t interval and paired t-test p (:func:`paired_difference`),
+those p-values Holm-corrected over the methods of the study (``statsmodels``' ``multipletests``), the
+tuning budget (search runs: cells × lr × seeds) and the cost of one search trial relative to one CE trial
+(median wall-clock of each, same machine and study).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.multitest import multipletests
+
+from kdbench.report.stats import Paired, paired_difference, summarize
+
+__all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "holm", "method_sentence", "method_table"]
+
+METHOD_NAMES = {"kd": "Hinton KD", "dkd": "DKD", "dist": "DIST", "lskd": "LS-KD", "ce": "CE"}
+METHOD_COLUMNS = [
+    "method", "configuration", "test_mean", "test_sd", "n",
+    "vs_ce_mean", "vs_ce_low", "vs_ce_high", "vs_ce_p", "vs_ce_p_holm", "vs_ce_n",
+    "vs_kd_mean", "vs_kd_low", "vs_kd_high", "vs_kd_p", "vs_kd_p_holm", "vs_kd_n",
+    "search_runs", "cells", "trial_cost_vs_ce",
+]
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-adjusted p-values (NaN entries stay NaN and do not count towards the family)."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(len(p), math.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return out.tolist()
+
+
+def _configuration(row: pd.Series) -> str:
+    values: dict[str, Any] = {"T": row.get("temperature"), "α": row.get("alpha")}
+    extra = row.get("params")
+    if isinstance(extra, str) and extra:
+        values |= json.loads(extra)
+    values["lr"] = row.get("lr")
+    return ", ".join(f"{k}={float(v):g}" for k, v in values.items() if v is not None and v == v)
+
+
+def _by_seed(finals: pd.DataFrame, method: str) -> pd.Series:
+    return finals[(finals["loss"] == method) & (finals["rank"] == 0)].set_index("seed")["test_acc"]
+
+
+def _columns(prefix: str, p: Paired) -> dict[str, float]:
+    return {f"{prefix}_mean": p.mean, f"{prefix}_low": p.ci_low, f"{prefix}_high": p.ci_high,
+            f"{prefix}_p": p.p_value, f"{prefix}_n": float(p.n)}
+
+
+def method_table(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """One row per method of the study (Hinton's KD first) and one for CE; numbers as fractions.
+
+    Args:
+        runs: every run of the study (:meth:`kdbench.store.Store.runs`).
+        methods: the study's ``search.method`` list.
+
+    Returns:
+        ``METHOD_COLUMNS``; a method without complete finalists yet has NaN test columns.
+    """
+    finals = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
+    search = runs[runs["kind"].isin([*methods, "ce"]) & (runs["state"] == "complete")]
+    ce_seeds, kd_seeds = _by_seed(finals, "ce"), _by_seed(finals, "kd")
+    ce_cost = float(search.loc[search["kind"] == "ce", "wall_time_s"].median()) if "ce" in set(search["kind"]) \
+        else math.nan
+    empty = pd.Series(dtype=float)
+    rows: list[dict[str, Any]] = []
+    for method in [*sorted(methods, key=lambda m: m != "kd"), "ce"]:
+        mine = _by_seed(finals, method)
+        first = finals[(finals["loss"] == method) & (finals["rank"] == 0)]
+        s = summarize(mine)
+        trials = search[search["kind"] == method]
+        cells = trials["visit"].str.replace(r"/lr=[^/]*/r=\d+$|/r=\d+$", "", regex=True).nunique()
+        row: dict[str, Any] = {
+            "method": METHOD_NAMES.get(method, method), "configuration": _configuration(first.iloc[0])
+            if not first.empty else "", "test_mean": s.mean, "test_sd": s.sd, "n": s.n,
+            "search_runs": len(trials), "cells": cells,
+            "trial_cost_vs_ce": float(trials["wall_time_s"].median()) / ce_cost if len(trials) and ce_cost > 0
+            else math.nan}
+        row |= _columns("vs_ce", paired_difference(mine, ce_seeds) if method != "ce" else
+                        paired_difference(empty, empty))
+        row |= _columns("vs_kd", paired_difference(mine, kd_seeds) if method not in ("kd", "ce") else
+                        paired_difference(empty, empty))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for prefix in ("vs_ce", "vs_kd"):
+        out[f"{prefix}_p_holm"] = holm(out[f"{prefix}_p"].tolist())
+    out[["n", "vs_ce_n", "vs_kd_n"]] = out[["n", "vs_ce_n", "vs_kd_n"]].astype(int)
+    return out[METHOD_COLUMNS]
+
+
+def method_sentence(table: pd.DataFrame) -> str:
+    """Which methods helped over CE (the Holm-corrected test and the interval agree), in one sentence."""
+    rows = table[(table["method"] != "CE") & (table["vs_ce_n"] >= 2)]
+    if rows.empty:
+        return "The methods cannot be compared with CE yet: no method has two seeds paired with CE."
+    helped = rows[(rows["vs_ce_low"] > 0) & (rows["vs_ce_p_holm"] < 0.05)]
+    hurt = rows[(rows["vs_ce_high"] < 0) & (rows["vs_ce_p_holm"] < 0.05)]
+    n = int(rows["vs_ce_n"].min())
+    parts = []
+    if not helped.empty:
+        parts.append(f"{_names(helped)} helped over CE")
+    if not hurt.empty:
+        parts.append(f"{_names(hurt)} hurt")
+    if not parts:
+        return (f"No method could be told apart from CE at n={n} shared seeds (every 95 % interval of the "
+                "difference contains 0, or its Holm-corrected p is ≥ 0.05).")
+    rest = rows.drop(index=[*helped.index, *hurt.index])
+    tail = f"; {_names(rest)} could not be told apart from CE" if not rest.empty else ""
+    return f"{'; '.join(parts)} (Holm-corrected over {len(rows)} methods, n={n} shared seeds){tail}."
+
+
+def _names(rows: pd.DataFrame) -> str:
+    return ", ".join(f"{r['method']} ({100 * r['vs_ce_mean']:+.2f} pp)" for _, r in rows.iterrows())

@@ -1,0 +1,87 @@
+"""The method table against a hand computation on a fixed frame."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from kdbench.report.methods import holm, method_sentence, method_table
+
+T_975_3 = 3.182446305284263  # Student's t, 0.975 quantile, 3 degrees of freedom (a printed table's value)
+
+ACC = {  # test accuracy of each method's best configuration on finalist seeds 1..4
+    "ce": [0.80, 0.82, 0.81, 0.79],
+    "kd": [0.82, 0.83, 0.83, 0.80],
+    "dkd": [0.83, 0.85, 0.84, 0.83],
+    "lskd": [0.79, 0.83, 0.80, 0.80],
+}
+
+
+def _frame() -> pd.DataFrame:
+    rows = []
+    for method, accs in ACC.items():
+        for seed, acc in enumerate(accs, start=1):
+            rows.append({"kind": "finalist", "loss": method, "rank": 0, "seed": seed, "state": "complete",
+                         "test_acc": acc, "temperature": None if method == "ce" else 4.0,
+                         "alpha": 0.5 if method == "kd" else None, "lr": 1e-3,
+                         "params": '{"nckd_weight": 8.0}' if method == "dkd" else None,
+                         "visit": f"final/{method}/rank=0/seed={seed}", "wall_time_s": 9.0})
+        if method != "ce":  # two cells x one lr x two seeds, each trial twice as long as CE's (2 s vs 1 s)
+            for cell in ("T=2", "T=4"):
+                for r in (0, 1):
+                    rows.append({"kind": method, "loss": method, "state": "complete", "wall_time_s": 2.0,
+                                 "visit": f"{method}/{cell}/lr=0.001/r={r}", "rank": None, "seed": 1000 + r})
+    rows += [{"kind": "ce", "loss": "ce", "state": "complete", "wall_time_s": 1.0, "visit": f"ce/lr=0.001/r={r}",
+              "rank": None, "seed": 1000 + r} for r in (0, 1)]
+    return pd.DataFrame(rows)
+
+
+def _hand(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / len(d)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
+    half = T_975_3 * sd / math.sqrt(len(d))
+    return mean, mean - half, mean + half
+
+
+def test_method_table_by_hand() -> None:
+    table = method_table(_frame(), ["kd", "dkd", "lskd"]).set_index("method")
+    assert list(table.index) == ["Hinton KD", "DKD", "LS-KD", "CE"]
+    for method, name in (("kd", "Hinton KD"), ("dkd", "DKD"), ("lskd", "LS-KD")):
+        row = table.loc[name]
+        mean, low, high = _hand(ACC[method], ACC["ce"])
+        assert (row["vs_ce_mean"], row["vs_ce_low"], row["vs_ce_high"]) == pytest.approx((mean, low, high))
+        assert row["n"] == 4 and row["vs_ce_n"] == 4
+        assert row["search_runs"] == 4 and row["cells"] == 2 and row["trial_cost_vs_ce"] == pytest.approx(2.0)
+    # DKD - KD: differences 0.01, 0.02, 0.01, 0.03
+    mean, low, high = _hand(ACC["dkd"], ACC["kd"])
+    assert (table.loc["DKD", "vs_kd_mean"], table.loc["DKD", "vs_kd_low"]) == pytest.approx((mean, low))
+    assert math.isnan(table.loc["Hinton KD", "vs_kd_mean"]) and math.isnan(table.loc["CE", "vs_ce_mean"])
+    assert table.loc["DKD", "configuration"] == "T=4, nckd_weight=8, lr=0.001"
+    assert table.loc["Hinton KD", "configuration"] == "T=4, α=0.5, lr=0.001"
+    # Holm over the three methods' p-values against CE, by hand: sorted p times (m - i), running maximum
+    p = table.loc[["Hinton KD", "DKD", "LS-KD"], "vs_ce_p"].to_numpy()
+    order = sorted(range(3), key=lambda i: p[i])
+    adjusted, running = [0.0] * 3, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (3 - rank) * p[i]))
+        adjusted[i] = running
+    assert table.loc[["Hinton KD", "DKD", "LS-KD"], "vs_ce_p_holm"].tolist() == pytest.approx(adjusted)
+
+
+def test_holm_leaves_missing_p_values_out_of_the_family() -> None:
+    got = holm([0.01, float("nan"), 0.04])
+    assert got[0] == pytest.approx(0.02) and math.isnan(got[1]) and got[2] == pytest.approx(0.04)
+
+
+def test_the_method_sentence_says_what_the_data_can_tell() -> None:
+    table = method_table(_frame(), ["kd", "dkd", "lskd"])
+    sentence = method_sentence(table)
+    assert sentence == ("Hinton KD (+1.50 pp), DKD (+3.25 pp) helped over CE (Holm-corrected over 3 methods, "
+                        "n=4 shared seeds); LS-KD (+0.00 pp) could not be told apart from CE.")
+    none = method_table(_frame()[lambda f: f["loss"].isin(["ce", "lskd"])], ["lskd"])
+    assert method_sentence(none).startswith("No method could be told apart from CE at n=4")
+    assert method_sentence(method_table(_frame()[lambda f: f["kind"] != "finalist"], ["kd"])).startswith(
+        "The methods cannot be compared with CE yet")
