@@ -56,6 +56,7 @@ FUSE_MEMORY_SHARE = 0.5  # search.fuse: auto: fused students' estimated memory s
 MAX_EPOCHS = 10_000  # a recipe's epochs above this are refused as a typo (1e12 would train forever)
 MAX_STEPS = 100_000_000  # likewise for steps
 MAX_BATCH = 65_536  # likewise for batch_size (samples per step)
+CALIBRATION_BINS = 15  # equal-width confidence bins of the report's ECE and reliability diagram (Guo et al. 2017)
 TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
 
 # Distillation methods (kdbench.losses.METHODS holds their terms). A method's loss is

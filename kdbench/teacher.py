@@ -339,13 +339,16 @@ def prepare_teacher(
 
 def _record_outputs(model: nn.Module, data: Data, device: torch.device,
                     test_logits: torch.Tensor | None = None) -> dict[str, Any]:
-    """What the store's teacher row needs from running the teacher: its test predictions (int16, base64)
-    and its inference time, computed once with the teacher and kept in the cache's meta, so that a worker
-    that finds the teacher cached never runs it (a cnn-m pass over the test set costs ~300 MiB on the CPU)."""
+    """What the store's teacher row needs from running the teacher: its test predictions (int16, base64),
+    logits (float16, base64) and its inference time, computed once with the teacher and kept in the cache's
+    meta, so that a worker that finds the teacher cached never runs it (a cnn-m pass over the test set costs
+    ~300 MiB on the CPU)."""
     if test_logits is None:
         test_logits = predict_logits(model, data.test.images, data.info)
     preds = test_logits.argmax(1).to(torch.int16).cpu().numpy()
+    logits = test_logits.float().cpu().half().numpy()  # float16: the report's calibration (ECE, NLL)
     return {"test_predictions": base64.b64encode(preds.tobytes()).decode("ascii"),
+            "test_logits": base64.b64encode(logits.tobytes()).decode("ascii"),
             "infer_ms_per_batch": inference_ms_per_batch(model, data.info, device)}
 
 
@@ -355,7 +358,7 @@ def teacher_record(teacher: Teacher, data: Data, device: torch.device) -> dict[s
     Read from the cache's meta; a cache written before kdbench kept them there gets them now.
     """
     meta = teacher.meta
-    if "test_predictions" not in meta or "infer_ms_per_batch" not in meta:
+    if any(k not in meta for k in ("test_predictions", "test_logits", "infer_ms_per_batch")):
         meta.update(_record_outputs(teacher.model, data, device))
         with contextlib.suppress(OutputError):  # a read-only or full cache still records the teacher
             _write_meta(teacher.cache_dir, meta)
@@ -366,4 +369,5 @@ def teacher_record(teacher: Teacher, data: Data, device: torch.device) -> dict[s
         infer_ms_per_batch=meta["infer_ms_per_batch"],
         cache_location=str(teacher.cache_dir.resolve()), device=prov.get("device", device_name(device)),
         versions=json.dumps(prov.get("versions", library_versions()), sort_keys=True),
-        commit=prov.get("commit", kdbench_commit()), test_predictions=base64.b64decode(meta["test_predictions"]))
+        commit=prov.get("commit", kdbench_commit()), test_predictions=base64.b64decode(meta["test_predictions"]),
+        test_logits=base64.b64decode(meta["test_logits"]))

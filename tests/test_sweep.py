@@ -38,6 +38,15 @@ def test_end_to_end_sweep_and_resume(needs_fmnist: None, tiny_study_dict: dict, 
     assert search["test_acc"].isna().all()  # the search never looks at the test set
     fin = runs[runs["kind"] == "finalist"]
     assert fin["test_acc"].between(0.3, 1.0).all() and sorted(set(fin["seed"])) == [1, 2]
+    # finalists and the teacher keep their test logits (float16, 10,000 x 10) for the report's calibration
+    from kdbench.store import Store
+
+    store = Store.open(db_url)
+    logits = store.test_logits([int(i) for i in fin["run_id"]])
+    assert {len(b or b"") for b in logits.values()} == {10_000 * 10 * 2}
+    teacher = store.study_teacher("tiny")
+    assert teacher is not None and teacher.test_logits is not None and len(teacher.test_logits) == 10_000 * 10 * 2
+    assert not any(store.test_logits([int(i) for i in search["run_id"]]).values())  # the search never tests
     row = runs.iloc[0]
     assert row["commit"] and row["device"].startswith("cpu") and row["versions"]["torch"].startswith("2.14")
     assert row["config_hash"] == study.hash

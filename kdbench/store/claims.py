@@ -209,6 +209,12 @@ class Claims(Database):
             if s.scalar(sa.select(TeacherRow.id).where(TeacherRow.key == fields["key"])) is None:
                 s.add(TeacherRow(**fields))
 
+    def set_teacher_logits(self, key: str, test_logits: bytes) -> None:
+        """Add the test logits to a teacher row recorded before the store kept them."""
+        with self.session() as s:
+            s.execute(sa.update(TeacherRow).where(TeacherRow.key == key, TeacherRow.test_logits.is_(None))
+                      .values(test_logits=test_logits))
+
     def drop_study(self, name: str) -> None:
         """Delete a study's kdbench rows and its two Optuna studies (``name`` and ``name.ce``)."""
         import optuna

@@ -104,6 +104,11 @@ class Queries(Database):
         with self.session() as s:
             return dict(s.execute(sa.select(RunRow.id, RunRow.test_predictions).where(RunRow.id.in_(run_ids))).all())
 
+    def test_logits(self, run_ids: list[int]) -> dict[int, bytes | None]:
+        """The stored test-set logits (float16, finalists; None before schema 2) of these runs, by run id."""
+        with self.session() as s:
+            return dict(s.execute(sa.select(RunRow.id, RunRow.test_logits).where(RunRow.id.in_(run_ids))).all())
+
     def trial_links(self, study_id: int) -> list[Any]:
         """``(trial_id, state, val_acc, error)`` of the study's runs that are linked to an Optuna trial."""
         with self.connect() as conn:

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 # Schema 2 added nullable columns only (:func:`upgrade` adds them to a schema-1 database):
-# kdbench_studies.data_fingerprint, kdbench_runs.params.
+# kdbench_studies.data_fingerprint, kdbench_runs.params, kdbench_runs.test_logits, kdbench_teachers.test_logits.
 SCHEMA_VERSION = 2
 
 
@@ -78,6 +78,7 @@ class TeacherRow(Base):
     versions: Mapped[str] = mapped_column(sa.Text)
     commit: Mapped[str] = mapped_column(sa.String(64))
     test_predictions: Mapped[bytes | None] = mapped_column(sa.LargeBinary)  # int16 argmax over the test set
+    test_logits: Mapped[bytes | None] = mapped_column(sa.LargeBinary)  # float16 [test, classes] (schema 2)
     created: Mapped[dt.datetime] = mapped_column(default=now)
 
 
@@ -120,6 +121,7 @@ class RunRow(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     weights_path: Mapped[str | None] = mapped_column(sa.Text)
     test_predictions: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    test_logits: Mapped[bytes | None] = mapped_column(sa.LargeBinary)  # finalists: float16 [test, classes] (schema 2)
     started: Mapped[dt.datetime | None]
     finished: Mapped[dt.datetime | None]
 

@@ -219,13 +219,15 @@ def run_fused(ctx: SweepContext, claimed: list[Claimed]) -> None:
 
 
 def _finalist_outputs(ctx: SweepContext, visit: Visit, model: torch.nn.Module) -> dict[str, Any]:
-    """Keep a finalist's weights (written whole, then renamed) and its test predictions."""
+    """Keep a finalist's weights (written whole, then renamed), its test predictions and logits (float16)."""
     ctx.weights_dir.mkdir(parents=True, exist_ok=True)
     wpath = ctx.weights_dir / (visit.key.replace("/", "_").replace("=", "") + ".pt")
     tmp = wpath.with_suffix(f".tmp{os.getpid()}")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, wpath)
     info = ctx.data.info
-    preds = predict_logits(model, ctx.data.test.images, info).argmax(1).to(torch.int16).cpu().numpy()
+    logits = predict_logits(model, ctx.data.test.images, info).float().cpu()
+    preds = logits.argmax(1).to(torch.int16).numpy()
     return dict(weights_path=str(wpath), test_predictions=preds.tobytes(),
+                test_logits=logits.half().numpy().tobytes(),  # calibration (ECE, NLL) in the report
                 infer_ms_per_batch=inference_ms_per_batch(model, info, ctx.device))

@@ -107,8 +107,11 @@ def prepare_sweep(
         store.drop_study(study.name)
     store.optuna_storage()  # Optuna's tables before the first kdbench row
     row = store.register_study(study, tdata.fingerprint)
-    if store.teacher(teacher.key) is None:
+    stored = store.teacher(teacher.key)
+    if stored is None:
         store.record_teacher(**teacher_record(teacher, tdata, device))
+    elif stored.test_logits is None:  # recorded before schema 2 kept the teacher's test logits (calibration)
+        store.set_teacher_logits(teacher.key, teacher_record(teacher, tdata, device)["test_logits"])
     store.set_study_teacher(row.id, teacher.key)
     return SweepContext(study, store, row.id, sdata, teacher, device, cache / "runs" / study.name, events,
                         stale_after_s, versions=json.dumps(library_versions(), sort_keys=True))

@@ -1,0 +1,78 @@
+"""Calibration from the stored test logits: expected calibration error, negative log-likelihood, and the
+reliability diagram's bins, for the teacher and each finalist.
+
+ECE (Guo et al. 2017, "On Calibration of Modern Neural Networks", §2) with ``CALIBRATION_BINS`` equal-width
+bins of the top-class confidence: ``sum_b |B_b| / n * |accuracy(B_b) - confidence(B_b)|``. Written here
+(about ten lines of numpy) rather than taken from torchmetrics or netcal, neither of which kdbench depends on;
+tests/test_report_calibration.py checks it against a hand computation. NLL is the mean of
+``-log softmax(z)[y]`` (``scipy.special.log_softmax``). Logits are stored in float16: the softmax is taken in
+float64 after decoding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy.special import log_softmax
+
+from kdbench.config import CALIBRATION_BINS
+
+__all__ = ["calibration", "decode_logits", "ece", "nll", "reliability_bins"]
+
+
+def decode_logits(blob: bytes | None, n_test: int) -> npt.NDArray[np.float64] | None:
+    """Stored float16 logits as a ``[n_test, classes]`` float64 array (None when absent or malformed)."""
+    if not blob or n_test <= 0 or len(blob) % (2 * n_test):
+        return None
+    return np.frombuffer(blob, dtype=np.float16).astype(np.float64).reshape(n_test, -1)
+
+
+def reliability_bins(logits: npt.NDArray[np.float64], labels: npt.NDArray[np.int64],
+                     bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+    """Per equal-width confidence bin ``(lo, hi]``: count, mean confidence and accuracy (empty bins: count 0)."""
+    prob = np.exp(log_softmax(logits, axis=1))
+    conf, correct = prob.max(1), (prob.argmax(1) == labels).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = which == b
+        n = int(inside.sum())
+        rows.append({"lo": edges[b], "hi": edges[b + 1], "count": n,
+                     "confidence": float(conf[inside].mean()) if n else np.nan,
+                     "accuracy": float(correct[inside].mean()) if n else np.nan})
+    return pd.DataFrame(rows)
+
+
+def ece(logits: npt.NDArray[np.float64], labels: npt.NDArray[np.int64], bins: int = CALIBRATION_BINS) -> float:
+    """Expected calibration error (a fraction) over equal-width confidence bins."""
+    r = reliability_bins(logits, labels, bins)
+    used = r[r["count"] > 0]
+    return float((used["count"] * (used["accuracy"] - used["confidence"]).abs()).sum() / r["count"].sum())
+
+
+def nll(logits: npt.NDArray[np.float64], labels: npt.NDArray[np.int64]) -> float:
+    """Mean negative log-likelihood of the true labels (nats)."""
+    return float(-log_softmax(logits, axis=1)[np.arange(len(labels)), labels].mean())
+
+
+def calibration(arms: dict[str, list[npt.NDArray[np.float64]]], labels: npt.NDArray[np.int64]) -> pd.DataFrame:
+    """ECE and NLL of each arm, mean ± sd over its runs (seeds), with n.
+
+    Args:
+        arms: each arm's test logits, one array per run (the teacher: one).
+        labels: the test labels.
+
+    Returns:
+        One row per arm: ``arm, ece_mean, ece_sd, nll_mean, nll_sd, n`` (sd NaN for one run).
+    """
+    rows = []
+    for arm, runs in arms.items():
+        e = np.array([ece(z, labels) for z in runs])
+        n_ = np.array([nll(z, labels) for z in runs])
+        rows.append({"arm": arm, "ece_mean": float(e.mean()) if len(e) else np.nan,
+                     "ece_sd": float(e.std(ddof=1)) if len(e) > 1 else np.nan,
+                     "nll_mean": float(n_.mean()) if len(n_) else np.nan,
+                     "nll_sd": float(n_.std(ddof=1)) if len(n_) > 1 else np.nan, "n": len(runs)})
+    return pd.DataFrame(rows, columns=["arm", "ece_mean", "ece_sd", "nll_mean", "nll_sd", "n"])

@@ -1,0 +1,47 @@
+"""ECE, NLL and the reliability bins against a hand computation on fixed arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kdbench.report.calibration import calibration, decode_logits, ece, nll, reliability_bins
+
+PROBS = np.array([[0.9, 0.1], [0.58, 0.42], [0.3, 0.7], [0.55, 0.45]])
+LABELS = np.array([0, 1, 1, 0])
+LOGITS = np.log(PROBS)  # softmax(log p) = p
+
+
+def test_ece_and_nll_by_hand() -> None:
+    # top-class confidence 0.9 (right), 0.58 (wrong), 0.7 (right), 0.55 (right); 15 bins of width 1/15:
+    # 0.58 and 0.55 share (8/15, 9/15] = (0.533, 0.6]: accuracy 0.5, confidence 0.565; 0.9 and 0.7 are alone
+    expected = (2 * abs(0.5 - 0.565) + abs(1 - 0.9) + abs(1 - 0.7)) / 4
+    assert ece(LOGITS, LABELS) == pytest.approx(expected)
+    assert nll(LOGITS, LABELS) == pytest.approx(-(math.log(0.9) + math.log(0.42) + math.log(0.7) + math.log(0.55)) / 4)
+    bins = reliability_bins(LOGITS, LABELS)
+    assert len(bins) == 15 and bins["count"].sum() == 4
+    assert bins.loc[8, ["count", "accuracy", "confidence"]].tolist() == pytest.approx([2, 0.5, 0.565])
+    assert bins.loc[13, "count"] == 1 and bins.loc[10, "count"] == 1
+
+
+def test_a_perfectly_calibrated_set_has_zero_ece() -> None:
+    # ten samples at confidence 0.8, eight of them right
+    logits = np.log(np.tile([0.8, 0.2], (10, 1)))
+    labels = np.array([0] * 8 + [1] * 2)
+    assert ece(logits, labels) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_calibration_per_arm_and_decoding() -> None:
+    blob = LOGITS.astype(np.float16).tobytes()
+    decoded = decode_logits(blob, 4)
+    assert decoded is not None and decoded.shape == (4, 2)
+    assert decode_logits(None, 4) is None and decode_logits(blob[:-2], 4) is None
+    table = calibration({"teacher": [LOGITS], "KD": [LOGITS, np.log(np.tile([0.8, 0.2], (4, 1)))]}, LABELS)
+    t, kd = table.iloc[0], table.iloc[1]
+    assert t["n"] == 1 and math.isnan(t["ece_sd"]) and t["ece_mean"] == pytest.approx(ece(LOGITS, LABELS))
+    second = ece(np.log(np.tile([0.8, 0.2], (4, 1))), LABELS)  # 4 at 0.8, 2 right: |0.5 - 0.8|
+    assert second == pytest.approx(0.3)
+    assert kd["n"] == 2 and kd["ece_mean"] == pytest.approx((ece(LOGITS, LABELS) + 0.3) / 2)
+    assert kd["ece_sd"] == pytest.approx(np.std([ece(LOGITS, LABELS), 0.3], ddof=1))
