@@ -202,3 +202,15 @@ def test_a_schema_1_database_is_upgraded_in_place_and_keeps_its_rows(storage: st
     with pytest.raises(StoreError, match="was run on other data"):
         store.register_study(study, data="1111111111111111")
     Store.open(storage)  # opening an upgraded database again changes nothing
+
+
+def test_a_missing_column_is_added_whatever_the_version_says(storage: str, tiny_study_dict: dict) -> None:
+    """The columns decide, not the version number: a database whose version is current but that lacks a
+    column (written between two additions) gets it."""
+    Store.open(storage).register_study(parse_study(tiny_study_dict))
+    engine = sa.create_engine(storage)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE kdbench_runs DROP COLUMN test_logits"))
+    engine.dispose()
+    store = Store.open(storage)
+    assert store.runs("tiny").empty and store.test_logits([1]) == {}

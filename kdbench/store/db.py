@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from kdbench.config import DEFAULT_STORAGE
 from kdbench.errors import StoreError, first_line
-from kdbench.store.schema import SCHEMA_VERSION, Base, MetaRow, upgrade
+from kdbench.store.schema import SCHEMA_VERSION, Base, MetaRow, missing_columns, upgrade
 
 if TYPE_CHECKING:
     import optuna
@@ -259,12 +259,13 @@ class Database:
                                          "run kdbench sweep")
                     return False
                 row = conn.execute(sa.select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar()
+                behind = row is not None and int(row) <= SCHEMA_VERSION and bool(missing_columns(conn))
             if row is not None and int(row) > SCHEMA_VERSION:
                 raise StoreError(
                     f"--storage {shown}: written by a newer kdbench (schema {row}, this one reads up to "
                     f"{SCHEMA_VERSION}); upgrade kdbench (pip install -U kdbench)"
                 )
-            if row is not None and int(row) < SCHEMA_VERSION:
+            if row is not None and (int(row) < SCHEMA_VERSION or behind):
                 if read_only:
                     raise StoreError(
                         f"--storage {shown}: written by an older kdbench (schema {row}, this one reads "

@@ -10,6 +10,7 @@ that databases written by earlier kdbench versions read unchanged.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -24,6 +25,7 @@ __all__ = [
     "RunRow",
     "StudyRow",
     "TeacherRow",
+    "missing_columns",
     "now",
     "upgrade",
 ]
@@ -147,24 +149,31 @@ RUN_COLUMNS = [
 ]
 
 
+def missing_columns(conn: sa.Connection) -> list[tuple[str, sa.Column[Any]]]:
+    """kdbench's columns this database's tables lack, as (table, column): what :func:`upgrade` would add."""
+    inspector = sa.inspect(conn)
+    out = []
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        out += [(table.name, column) for column in table.columns if column.name not in have]
+    return out
+
+
 def upgrade(engine: Engine) -> None:
     """Bring a database written by an earlier kdbench to :data:`SCHEMA_VERSION`: add the columns it lacks.
 
-    Every change since schema 1 is a new nullable column (schema.py lists them with the version that added
-    them), so no stored row is touched: old runs read with those columns empty. The columns are added with
-    alembic's operations (one transaction on PostgreSQL; SQLite adds columns in place); a worker that races
-    another to it finds them there on its retry (:func:`kdbench.store.db.retry_schema_race`).
+    Every change since schema 1 is a new nullable column (listed above :data:`SCHEMA_VERSION`), so no stored
+    row is touched: old runs read with those columns empty. What is added is decided by the columns found,
+    not by the version number alone. The columns are added with alembic's operations (one transaction on
+    PostgreSQL; SQLite adds columns in place); a worker that races another to it finds them there on its
+    retry (:func:`kdbench.store.db.retry_schema_race`).
     """
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
 
     with engine.begin() as conn:
         ops = Operations(MigrationContext.configure(conn))
-        inspector = sa.inspect(conn)
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in have:
-                    assert column.nullable, f"{table.name}.{column.name}: a new column must be nullable"
-                    ops.add_column(table.name, sa.Column(column.name, column.type, nullable=True))
+        for table, column in missing_columns(conn):
+            assert column.nullable, f"{table}.{column.name}: a new column must be nullable"
+            ops.add_column(table, sa.Column(column.name, column.type, nullable=True))
         conn.execute(sa.update(MetaRow).where(MetaRow.key == "schema_version").values(value=str(SCHEMA_VERSION)))
