@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from kdbench.report.methods import holm, method_sentence, method_table
+from kdbench.report.methods import holm, method_cells, method_sentence, method_table
 
 T_975_3 = 3.182446305284263  # Student's t, 0.975 quantile, 3 degrees of freedom (a printed table's value)
 
@@ -85,3 +85,18 @@ def test_the_method_sentence_says_what_the_data_can_tell() -> None:
     assert method_sentence(none).startswith("No method could be told apart from CE at n=4")
     assert method_sentence(method_table(_frame()[lambda f: f["kind"] != "finalist"], ["kd"])).startswith(
         "The methods cannot be compared with CE yet")
+
+
+def test_method_cells_take_each_cells_best_lr_mean() -> None:
+    rows = []
+    for t, w, lr, accs in ((2.0, 1.0, 1e-3, [0.80, 0.82]), (2.0, 1.0, 3e-3, [0.83, 0.85]),
+                           (4.0, 1.0, 1e-3, [0.70, 0.72]), (2.0, 9.0, 1e-3, [0.90, 0.90])):
+        for r, acc in enumerate(accs):
+            rows.append({"kind": "lskd", "state": "complete", "temperature": t, "alpha": None, "lr": lr,
+                         "params": f'{{"ce_weight": 0.1, "kd_weight": {w}}}', "val_acc": acc})
+    cells = method_cells(pd.DataFrame(rows), "lskd")
+    assert list(cells.columns) == ["T", "kd_weight", "val_mean", "val_sd", "n", "best_lr"]  # ce_weight is fixed
+    assert cells.iloc[0].tolist() == pytest.approx([2.0, 9.0, 0.90, 0.0, 2, 1e-3])
+    t2 = cells[(cells["T"] == 2.0) & (cells["kd_weight"] == 1.0)].iloc[0]
+    assert (t2["val_mean"], t2["best_lr"]) == pytest.approx((0.84, 3e-3))  # the better lr's mean, not the best run
+    assert len(cells) == 3

@@ -21,7 +21,7 @@ from statsmodels.stats.multitest import multipletests
 
 from kdbench.report.stats import Paired, paired_difference, summarize
 
-__all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "holm", "method_sentence", "method_table"]
+__all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "holm", "method_cells", "method_sentence", "method_table"]
 
 METHOD_NAMES = {"kd": "Hinton KD", "dkd": "DKD", "dist": "DIST", "lskd": "LS-KD", "ce": "CE"}
 METHOD_COLUMNS = [
@@ -124,3 +124,38 @@ def method_sentence(table: pd.DataFrame) -> str:
 
 def _names(rows: pd.DataFrame) -> str:
     return ", ".join(f"{r['method']} ({100 * r['vs_ce_mean']:+.2f} pp)" for _, r in rows.iterrows())
+
+
+def _values(row: pd.Series) -> dict[str, float]:
+    out = {k: float(row[k]) for k in ("temperature", "alpha") if pd.notna(row.get(k))}
+    extra = row.get("params")
+    if isinstance(extra, str) and extra:
+        out |= {k: float(v) for k, v in json.loads(extra).items()}
+    return out
+
+
+def method_cells(runs: pd.DataFrame, method: str) -> pd.DataFrame:
+    """A method's search cells: every parameter that varies, the cell's validation accuracy (replicate mean
+    at its best lr, as the finalists were chosen), that lr, the sd over replicates and n replicates.
+
+    Args:
+        runs: every run of the study.
+        method: one of its methods.
+
+    Returns:
+        One row per cell, best first; the columns are the varying parameters (``T``, ``α``, ``nckd_weight``,
+        ...) then ``val_mean, val_sd, n, best_lr``. Empty when the method has no complete search run.
+    """
+    done = runs[(runs["kind"] == method) & (runs["state"] == "complete")]
+    if done.empty:
+        return pd.DataFrame(columns=["val_mean", "val_sd", "n", "best_lr"])
+    params = pd.DataFrame([_values(r) for _, r in done.iterrows()], index=done.index)
+    varying = [c for c in params.columns if params[c].nunique() > 1]
+    frame = params[varying].rename(columns={"temperature": "T", "alpha": "α"}).assign(
+        lr=done["lr"], val_acc=done["val_acc"])
+    keys = [c for c in frame.columns if c not in ("lr", "val_acc")]
+    per_lr = frame.groupby([*keys, "lr"], as_index=False)["val_acc"].agg(["mean", "std", "size"])
+    best = per_lr.sort_values("mean", ascending=False).drop_duplicates(keys or None) if keys else \
+        per_lr.sort_values("mean", ascending=False).head(1)
+    out = best.rename(columns={"mean": "val_mean", "std": "val_sd", "size": "n", "lr": "best_lr"})
+    return out[[*keys, "val_mean", "val_sd", "n", "best_lr"]].reset_index(drop=True)
