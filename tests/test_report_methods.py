@@ -91,7 +91,7 @@ def test_method_cells_take_each_cells_best_lr_mean() -> None:
     rows = []
     for t, w, lr, accs in ((2.0, 1.0, 1e-3, [0.80, 0.82]), (2.0, 1.0, 3e-3, [0.83, 0.85]),
                            (4.0, 1.0, 1e-3, [0.70, 0.72]), (2.0, 9.0, 1e-3, [0.90, 0.90])):
-        for r, acc in enumerate(accs):
+        for acc in accs:
             rows.append({"kind": "lskd", "state": "complete", "temperature": t, "alpha": None, "lr": lr,
                          "params": f'{{"ce_weight": 0.1, "kd_weight": {w}}}', "val_acc": acc})
     cells = method_cells(pd.DataFrame(rows), "lskd")
