@@ -220,3 +220,17 @@ def test_a_study_stored_before_replicated_grids_is_still_reported(tmp_path) -> N
     assert g.loc[(2.0, 0.5), "cell_n"] == 1 and math.isnan(g.loc[(2.0, 0.5), "cell_ci_half"])
     assert g.loc[(2.0, 0.5), "cell_mean"] == 0.890  # its better lr's single run
     assert f.evidence.pruner == "median"
+
+
+def test_inference_time_is_one_number_per_architecture(known: str) -> None:
+    """CE and KD students are one architecture: both arms show the median over all its finalist runs."""
+    import sqlalchemy as sa
+
+    from kdbench.store import RunRow, Store
+
+    with Store.open(known).session() as s:
+        kd = sa.update(RunRow).where(RunRow.kind == "finalist", RunRow.loss == "kd")
+        s.execute(kd.values(infer_ms_per_batch=3.0))
+    arms = study_frames(known, "known", load_images=False).arms.set_index("arm")
+    assert arms.loc["KD student", "infer_ms_per_batch"] == arms.loc["CE student", "infer_ms_per_batch"] == 2.25
+    assert arms.loc["teacher", "infer_ms_per_batch"] == 12.5

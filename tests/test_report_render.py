@@ -47,10 +47,54 @@ def test_writes_every_table_and_figure(single: Path) -> None:
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     tex = (single / "comparison.tex").read_text()
     assert all(rule in tex for rule in ("\\toprule", "\\midrule", "\\bottomrule"))
-    assert "95\\%" in tex and re.search(r"(?<!\\)%", tex) is None  # a bare % would comment the rest out
+    assert "$95$\\%" in tex and re.search(r"(?<!\\)%", tex) is None  # a bare % would comment the rest out
     csv = pd.read_csv(single / "comparison.csv").set_index("arm")
     assert csv.loc["KD student", "diff_mean"] == pytest.approx(0.013)
     assert csv.loc["KD student", "n"] == 5 and csv.loc["teacher", "parameters"] == 5000
+
+
+@pytest.fixture(scope="module")
+def several(db: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("several")
+    write_report(db, ["known", "other"], out)
+    return out
+
+
+OVERFULL = re.compile(r"Overfull \\hbox \((\d+(?:\.\d+)?)pt too wide\)")
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None,
+                    reason="pdflatex is absent (make data installs Debian's texlive-latex-recommended)")
+def test_every_tex_table_compiles_within_the_text_width(single: Path, several: Path, tmp_path: Path) -> None:
+    """Each .tex table of a one-study and a two-study report, in a default article page, compiles with pdflatex
+    and is at most 1 pt wider than the text (the ASCII-only output needs no Unicode set-up)."""
+    tables = sorted(single.glob("*.tex")) + sorted(several.glob("*.tex"))
+    assert {"comparison.tex", "grid.tex", "known-grid.tex", "other-grid.tex"} <= {p.name for p in tables}
+    for table in tables:
+        tex = table.read_text()
+        assert tex.isascii(), f"{table.name}: non-ASCII characters {sorted({c for c in tex if not c.isascii()})}"
+        doc = tmp_path / f"{table.parent.name}-{table.stem}.tex"
+        doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                       f"{tex}\\end{{document}}\n")
+        run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        log = doc.with_suffix(".log").read_text(errors="replace")
+        errors = [line for line in log.splitlines() if line.startswith("!")]
+        assert run.returncode == 0 and not errors, f"{table.name}: pdflatex failed: {errors or run.stdout[-2000:]}"
+        too_wide = [float(x) for x in OVERFULL.findall(log)]
+        assert all(x <= 1.0 for x in too_wide), f"{table.name}: wider than \\textwidth by {max(too_wide)} pt"
+
+
+def test_tables_align_numbers_right(single: Path) -> None:
+    md = (single / "comparison.md").read_text().splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    rule = dict(zip(header, (c.strip() for c in md[1].strip("|").split("|")), strict=True))
+    assert rule["arm"].startswith(":") and not rule["arm"].endswith(":")
+    for col in ("test acc (%)", "n", "KD − CE (pp)", "95% CI (pp)", "p (paired t)"):
+        assert rule[col].endswith(":") and not rule[col].startswith(":"), col
+    tex = (single / "comparison.tex").read_text()
+    assert "\\begin{tabular}{lrrrrrrr}" in tex and "device:" in tex and "parameters" in tex
+    assert "$91.00 \\pm 0.79$" in tex and "$\\alpha$" in tex
 
 
 def test_same_database_same_bytes(db: str, single: Path, tmp_path: Path) -> None:
@@ -65,14 +109,12 @@ def test_user_strings_are_escaped(single: Path) -> None:
     assert r"\&" in (single / "comparison.tex").read_text()
 
 
-def test_several_studies_share_one_table(db: str, tmp_path: Path) -> None:
-    rep = write_report(db, ["known", "other"], tmp_path)
-    md = (tmp_path / "comparison.md").read_text()
+def test_several_studies_share_one_table(several: Path) -> None:
+    md = (several / "comparison.md").read_text()
     assert md.startswith("| study") and "| known " in md and "| other " in md
     assert {"known-heatmap-val.png", "other-heatmap-val.png", "known-grid.csv", "comparison.png"} <= {
-        p.name for p in tmp_path.iterdir()}
-    assert [f.name for f in rep.frames] == ["known", "other"]
-    html = (tmp_path / "index.html").read_text()
+        p.name for p in several.iterdir()}
+    html = (several / "index.html").read_text()
     assert "known: KD helped" in html and "other: KD and CE could not be told apart at n=2" in html
 
 

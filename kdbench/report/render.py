@@ -15,7 +15,9 @@ import base64
 import contextlib
 import io
 import os
+import re
 import tempfile
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,8 @@ from kdbench.report.frames import StudyFrames, comparison_table, compute_frames,
 from kdbench.report.sources import StoreLike, read_studies
 from kdbench.report.stats import CONFIDENCE
 
-__all__ = ["SECTIONS", "Report", "comparison_display", "default_out", "source_note", "write_report"]
+__all__ = ["SECTIONS", "Report", "architecture_note", "comparison_display", "default_out", "source_note",
+           "write_report"]
 
 SECTIONS = {  # id -> heading of each per-study section, in page order
     "grid": "Accuracy over T × α",
@@ -94,6 +97,9 @@ def _num(x: Any, fmt: str) -> str:
 def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
     """The comparison table as text: accuracy in %, differences in pp with their CI.
 
+    Parameters, inference time and devices are per architecture, not per arm: :func:`architecture_note`
+    says them once, beside the table.
+
     Args:
         table: :func:`~kdbench.report.frames.comparison_table`'s rows.
 
@@ -110,13 +116,43 @@ def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
             "test acc (%)": _pct(r["test_mean"]) + sd, "n": _num(r["n"], ".0f"),
             "KD − CE (pp)": _pct(r["diff_mean"], sign=True),
             ci: "" if pd.isna(r["ci_low"]) else f"[{_pct(r['ci_low'], sign=True)}, {_pct(r['ci_high'], sign=True)}]",
-            "p (paired t)": "" if pd.isna(r["p_value"]) else (f"{r['p_value']:.2g}" if r["p_value"] >= 1e-4
-                                                               else "<0.0001"),
-            "parameters": _num(r["parameters"], ",.0f"), "ms/batch": _num(r["infer_ms_per_batch"], ".1f"),
-            "device": r["device"]})
+            "p (paired t)": _p(r["p_value"])})
     out = pd.DataFrame(rows, columns=["study", "arm", "model", "T", "α", "lr", "test acc (%)", "n", "KD − CE (pp)",
-                                      ci, "p (paired t)", "parameters", "ms/batch", "device"])
+                                      ci, "p (paired t)"])
     return out.drop(columns=["study"]) if table["study"].nunique() <= 1 else out
+
+
+def _p(p: Any) -> str:
+    if p is None or pd.isna(p):
+        return ""
+    return f"{p:.2g}" if p >= 1e-4 else "<0.0001"
+
+
+def architecture_note(table: pd.DataFrame) -> str:
+    """Parameters, inference time and device of each architecture in the comparison, said once.
+
+    Args:
+        table: :func:`~kdbench.report.frames.comparison_table`'s rows.
+
+    Returns:
+        One sentence per study ("" when the table is empty). The student's time is the median over all its
+        finalist runs, CE and KD alike: the same architecture, so one number.
+    """
+    parts = []
+    for study, g in table.groupby("study", sort=False):
+        models = []
+        for (role, model), a in g.groupby([g["arm"].eq("teacher").map({True: "teacher", False: "student"}),
+                                           "model"], sort=False):
+            ms = a["infer_ms_per_batch"].dropna()
+            timing = f", {float(ms.iloc[0]):.1f} ms per batch of 256" if len(ms) else ""
+            models.append(f"{role} {model}: {_num(a['parameters'].iloc[0], ',.0f') or '?'} parameters{timing}")
+        devices = sorted({d for v in g["device"].dropna() for d in str(v).split("; ") if d})
+        parts.append((f"{study}: " if table["study"].nunique() > 1 else "") + "; ".join(models)
+                     + f" (device: {'; '.join(devices) or 'unknown'})")
+    if not parts:
+        return ""
+    return ("Architectures: " + ". ".join(parts) + ". Inference time: median of 10 eval-mode forward passes of "
+            "a 256-image batch; a student's is the median over all its finalist runs, CE and KD alike.")
 
 
 def source_note(table: pd.DataFrame) -> str:
@@ -143,7 +179,7 @@ def source_note(table: pd.DataFrame) -> str:
 
 
 def _grid_display(sf: StudyFrames) -> pd.DataFrame:
-    cells = grid_cells(sf, "cell_mean").map(lambda s: s.replace("\n", ", "))
+    cells = grid_cells(sf, "cell_mean")
     cells.index = [f"α={a:g}" for a in cells.index]
     cells.columns = [f"T={t:g}" for t in cells.columns]
     return cells.rename_axis("val acc (%)").reset_index()
@@ -163,19 +199,139 @@ def _effects_display(sf: StudyFrames) -> pd.DataFrame:
                                        "vs grid mean (pp)", f"{ci} (pp)"])
 
 
+_NUMERIC_CELL = re.compile(r"^[\[(<]?[+\-−±]?\d")  # a cell that starts as a number does ("[-0.04, …]", "<0.0001")
+
+
+def _numeric(df: pd.DataFrame) -> list[bool]:
+    """Per column: do its non-empty cells read as numbers? (those columns are right-aligned)"""
+    out = []
+    for c in df.columns:
+        cells = [str(v) for v in df[c] if str(v).strip()]
+        out.append(bool(cells) and sum(bool(_NUMERIC_CELL.match(v)) for v in cells) * 2 >= len(cells))
+    return out
+
+
 def _markdown(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, disable_numparse=True) + "\n"
+    """A pipe table, numeric columns right-aligned; a cell's lines joined by ", "."""
+    cells = df.astype(str).map(lambda v: v.replace("\n", ", "))
+    align = ["right" if n else "left" for n in _numeric(df)]
+    return cells.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
 
 
+# LaTeX: pdflatex reads ASCII only (a default article has no Unicode font set up), so every symbol the report
+# prints becomes math mode, and numbers are typeset in math (a true minus sign, "{,}" thousands separators).
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                                                        "\\": r"\textbackslash{}"}
+_LATEX_MATH = {"α": r"\alpha", "β": r"\beta", "Δ": r"\Delta", "−": "-", "±": r"\pm", "×": r"\times",
+               "≠": r"\neq", "≤": r"\leq", "≥": r"\geq", "·": r"\cdot", "²": "^2", "⁻": "^-", "¹": "^1",
+               "³": "^3", "→": r"\to", "≈": r"\approx", "μ": r"\mu",
+               "<": "<", ">": ">", "|": r"\vert"}  # the ASCII three print as other glyphs in text mode
+TEX_TABCOLSEP = r"\setlength{\tabcolsep}{4pt}"  # LaTeX's 6pt each side leaves a 10-column table no room
+_LATEX_OPERATORS = "−±×≠≤≥·→≈<>|"
+_LATEX_TEXT = {"—": "---", "–": "--", "…": r"\dots{}", "’": "'", "‘": "`", "“": "``", "”": "''", "\u00a0": "~"}
+_LATEX_TOKEN = re.compile(r"(?P<num>(?<![\w.+\-−])[−+-]?\d+(?:[.,]\d+)*(?:e[−+-]?\d+)?)|(?P<sym>["
+                          + re.escape("".join(_LATEX_MATH)) + r"])|(?P<var>(?<![\w\\])T(?!\w))|(?P<other>.)", re.S)
 
 
-def _latex(df: pd.DataFrame, caption: str) -> str:
-    """A booktabs table; cells, headers and the caption LaTeX-escaped."""
-    escaped = "".join(_LATEX_SPECIAL.get(c, c) for c in caption)
-    return df.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1).to_latex(
-        hrules=True, caption=escaped, column_format="l" * len(df.columns), position="htbp")
+def _tex(text: str) -> str:
+    r"""``text`` as pdflatex-safe LaTeX: specials escaped, numbers, T and symbols in math mode, ASCII only.
+
+    Adjacent math pieces (separated by nothing but spaces or "=") share one ``$…$``: ``84.07 ± 0.48`` becomes
+    ``$84.07 \pm 0.48$``. A character with no LaTeX spelling here falls back to its ASCII decomposition, or "?".
+    """
+    pieces: list[tuple[str, str]] = []  # (kind, LaTeX): "text", or in math mode "num", "op" or "var" (T, α)
+    for m in _LATEX_TOKEN.finditer(text):
+        if m.group("num") is not None:
+            pieces.append(("num", m.group("num").replace("−", "-").replace(",", "{,}")))
+        elif m.group("sym") is not None:
+            sym = m.group("sym")
+            pieces.append(("op" if sym in _LATEX_OPERATORS else "var", _LATEX_MATH[sym] + " "))
+        elif m.group("var") is not None:
+            pieces.append(("var", "T"))
+        else:
+            c = m.group("other")
+            if c in _LATEX_SPECIAL:
+                pieces.append(("text", _LATEX_SPECIAL[c]))
+            elif c in _LATEX_TEXT or c.isascii():
+                pieces.append(("text", _LATEX_TEXT.get(c, c)))
+            else:
+                ascii_ = unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode("ascii")
+                pieces.append(("text", "".join(_LATEX_SPECIAL.get(x, x) for x in ascii_) or "?"))
+    out: list[str] = []
+    math: str | None = None  # the math run being built
+    last = ""  # the kind of its last piece
+    glue: list[str] = []  # spaces and "=" after it, kept if more math follows
+    for kind, piece in pieces:
+        # only an operator joins across a space ("84.07 ± 0.48"): math mode would drop the space of "seeds 1 2"
+        joins = math is not None and (kind == "op" or last == "op" or " " not in glue)
+        if kind != "text" and joins:
+            math = f"{math}{''.join(glue)}{piece}"
+        elif kind != "text":
+            if math is not None:
+                out.append(_math(math))
+            out += glue
+            math = piece
+        elif math is not None and piece in (" ", "="):
+            glue.append(piece)
+            continue
+        else:
+            if math is not None:
+                out.append(_math(math))
+                math = None
+            out += [*glue, piece]
+        glue = []
+        last = kind
+    if math is not None:
+        out.append(_math(math))
+    tex = "".join(out + glue)
+    return "{}" + tex if tex.startswith("[") else tex  # after \\ a "[" would open an optional argument
+
+
+def _math(latex: str) -> str:
+    return "$" + re.sub(" +", " ", latex).strip() + "$"
+
+
+def _tex_lines(text: str, align: str, where: str = "t") -> str:
+    """A cell of several lines (split at newlines) as a nested tabular, aligned like its column."""
+    lines = [_tex(x) for x in text.split("\n")]
+    if len(lines) == 1:
+        return lines[0]
+    return f"\\begin{{tabular}}[{where}]{{@{{}}{align}@{{}}}}" + r" \\ ".join(lines) + r"\end{tabular}"
+
+
+def _header_lines(name: str) -> str:
+    """A header with its unit on a second line ("test acc (%)" over two lines), so that headers stay narrow."""
+    return re.sub(r" (?=[(\[])", "\n", name) if not name.startswith(("(", "[")) else name
+
+
+def _latex(df: pd.DataFrame, caption: str, note: str = "") -> str:
+    """A booktabs table for a default article page: ASCII only (see :func:`_tex`), numeric columns right-aligned,
+    units under the headers, a cell's lines stacked, and provenance in a footnote-sized note below the table.
+    A ``study`` column becomes a spanning row above each study's rows (a study's name can be long)."""
+    df = df.reset_index(drop=True)
+    group = df.pop("study") if "study" in df.columns else None
+    align = ["r" if n else "l" for n in _numeric(df)]
+    head = " & ".join(_tex_lines(_header_lines(str(c)), a, "b") for c, a in zip(df.columns, align, strict=True))
+    body = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        if group is not None and (i == 0 or group.iloc[i] != group.iloc[i - 1]):
+            span = f"\\multicolumn{{{len(df.columns)}}}{{l}}{{\\emph{{{_tex(str(group.iloc[i]))}}}}}"
+            body += ([r"\addlinespace"] if i else []) + [span + r" \\"]
+        body.append(" & ".join(_tex_lines(str(v), a) for v, a in zip(row, align, strict=True)) + r" \\")
+    lines = [r"\begin{table}[htbp]", r"\centering", f"\\caption{{{_tex(caption)}}}", TEX_TABCOLSEP,
+             f"\\begin{{tabular}}{{{''.join(align)}}}", r"\toprule", head + r" \\", r"\midrule", *body,
+             r"\bottomrule", r"\end{tabular}"]
+    if note:
+        lines += [r"\par\smallskip", f"{{\\footnotesize {_tex(note)}\\par}}"]
+    return "\n".join([*lines, r"\end{table}"]) + "\n"
+
+
+def _tex_comparison(display: pd.DataFrame) -> pd.DataFrame:
+    """The comparison narrowed for a page: the models are in the note, and the difference sits over its CI."""
+    ci = next(c for c in display.columns if "CI" in c)
+    out = display.drop(columns=["model", ci])
+    out["KD − CE (pp)"] = [f"{d}\n{c}" if c else d for d, c in zip(display["KD − CE (pp)"], display[ci], strict=True)]
+    return out.rename(columns={"KD − CE (pp)": f"KD − CE (pp) [{ci.split(' (')[0]}]"})
 
 
 _UMASK = os.umask(0o022)
@@ -197,11 +353,13 @@ def _put(path: Path, data: str | bytes) -> None:
         raise
 
 
-def _write_table(df: pd.DataFrame, numeric: pd.DataFrame, out: Path, stem: str, caption: str) -> list[Path]:
+def _write_table(df: pd.DataFrame, numeric: pd.DataFrame, out: Path, stem: str, caption: str, note: str = "",
+                 tex: pd.DataFrame | None = None) -> list[Path]:
+    """``stem``.md and .tex from the text table ``df`` (or ``tex`` for the .tex), .csv from the numbers."""
     paths = [out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.tex"]
-    _put(paths[0], _markdown(df) + "\n" + caption + "\n")
+    _put(paths[0], _markdown(df) + "\n" + caption + (f"\n\n{note}" if note else "") + "\n")
     _put(paths[1], numeric.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
-    _put(paths[2], _latex(df, caption))
+    _put(paths[2], _latex(df if tex is None else tex, caption, note))
     return paths
 
 
@@ -257,7 +415,8 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     frames = [compute_frames(src) for src in sources]
     table = comparison_table(frames)
     display = comparison_display(table)
-    markdown = _markdown(display) + "\n" + source_note(table) + "\n"  # what --format md prints
+    notes = " ".join(x for x in (source_note(table), architecture_note(table)) if x)
+    markdown = _markdown(display) + "\n" + notes + "\n"  # what --format md prints
     if fmt == "md":
         return Report(None, frames, table, markdown)
 
@@ -266,8 +425,8 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     files: list[Path] = []
     ci = f"{CONFIDENCE:.0%}"
     caption = (f"Test accuracy (mean ± sd over finalist seeds, n seeds); KD − CE paired over shared seeds with "
-               f"its {ci} t interval and paired t-test p. {source_note(table)}")
-    files += _write_table(display, table, out_dir, "comparison", caption)
+               f"its {ci} t interval and paired t-test p.")
+    files += _write_table(display, table, out_dir, "comparison", caption, notes, _tex_comparison(display))
     with matplotlib.rc_context(RC):  # type: ignore[arg-type]
         comparison_png = _save(plots.comparison(table), out_dir, "comparison", files)
         studies_ctx = []
@@ -285,7 +444,8 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
                     for key, draw in FIGURES.items()}
             studies_ctx.append(_study_context(sf, figs, grid_stem))
     html = _template().render(
-        title=" + ".join(studies), source=source_note(table), comparison=display, comparison_png=comparison_png,
+        title=" + ".join(studies), source=source_note(table), architectures=architecture_note(table),
+        comparison=display, comparison_png=comparison_png,
         studies=studies_ctx, sections=SECTIONS, several=len(frames) > 1,
         generator={"commit": kdbench_commit(), **library_versions()})
     _put(out_dir / "index.html", html)
