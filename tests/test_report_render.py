@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html as html_lib
+import json
 import re
 import shutil
 import sqlite3
@@ -17,7 +19,22 @@ from kdbench.report.render import SECTIONS, write_report
 
 pytestmark = pytest.mark.slow  # each render draws seven figures (seconds each on a busy CPU)
 
-DEVICE = 'cpu <b>bold</b> & "quoted"'  # a user-controlled string that must be escaped everywhere
+# a user-controlled string that must be escaped everywhere, and long, as real devices are: the page must wrap it
+DEVICE = ('cpu <b>bold</b> & "quoted" (AMD EPYC 9654 96-Core Processor, x86_64, 2 of 192 threads, 128 GiB, '
+          'torch 2.14.1+cpu, MKL 2025.1, OpenMP GNU 14)')
+PAGE_WIDTH = 1280  # px: the report must fit a laptop window without horizontal scrolling
+CAPTION_WORDS = 12  # a figure caption this short cannot say what to read from the figure
+PROBE = """<script>
+window.addEventListener("load", function () {
+  var captions = Array.prototype.map.call(document.images, function (img) {
+    var fig = img.closest("figure"), cap = fig && fig.querySelector("figcaption");
+    return cap ? cap.textContent.trim().split(/\\s+/).filter(Boolean).length : 0;
+  });
+  document.body.setAttribute("data-probe", JSON.stringify({scroll: document.documentElement.scrollWidth,
+    inner: window.innerWidth, captions: captions}));
+});
+</script>
+</body>"""
 TABLE_SUFFIXES = (".md", ".csv", ".tex")
 
 
@@ -144,6 +161,23 @@ def test_index_html_loads_in_headless_chromium(single: Path) -> None:
     assert "Comparison" in headings
     for title in SECTIONS.values():
         assert title.replace("&", "&amp;") in headings, f"section {title!r} missing"
+    # the same page with a probe that measures it, in a window of PAGE_WIDTH
+    probed = single / "probe.html"
+    probed.write_text(html.replace("</body>", PROBE))
+    try:
+        dom = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+             f"--window-size={PAGE_WIDTH},900", "--dump-dom", probed.as_uri()],
+            capture_output=True, text=True, timeout=120).stdout
+    finally:
+        probed.unlink()
+    probe = re.search(r'data-probe="([^"]*)"', dom)
+    assert probe is not None, "the probe script did not run"
+    page = json.loads(html_lib.unescape(probe.group(1)))
+    assert page["inner"] == PAGE_WIDTH, page
+    assert page["scroll"] <= PAGE_WIDTH, f"the page scrolls sideways: {page['scroll']} px wide at {PAGE_WIDTH} px"
+    assert len(page["captions"]) == n_images
+    assert all(words >= CAPTION_WORDS for words in page["captions"]), f"figure caption words: {page['captions']}"
 
 
 def test_report_of_a_real_tiny_sweep(needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path) -> None:

@@ -60,6 +60,8 @@ class Predictions:
         classes: class names by index.
         seed: the finalist seed whose predictions are shown.
         notes: what is missing.
+        n_disagree: test images where that seed's CE and KD students disagree (0 when unknown).
+        n_test: test images compared (0 when unknown).
     """
 
     table: pd.DataFrame
@@ -67,6 +69,8 @@ class Predictions:
     classes: list[str]
     seed: int | None
     notes: list[str] = field(default_factory=list)
+    n_disagree: int = 0
+    n_test: int = 0
 
 
 @dataclass
@@ -340,7 +344,8 @@ def _predictions(src: PredictionSources, teacher: TeacherSource | None) -> Predi
     table = pd.DataFrame({"index": idx, "label": labels[idx].astype(int),
                           "teacher": t_p[idx].astype(int) if t_p is not None else -1,
                           "ce": ce_p[idx].astype(int), "kd": kd_p[idx].astype(int)})
-    return Predictions(table, src.test.images[idx], src.test.classes, src.seed, notes)
+    return Predictions(table, src.test.images[idx], src.test.classes, src.seed, notes,
+                       n_disagree=int((kd_p != ce_p).sum()), n_test=n)
 
 
 # ---------------------------------------------------------------------------------------------- importances

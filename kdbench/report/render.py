@@ -461,12 +461,30 @@ def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: 
         "name": sf.name, "frames": sf, "figs": figs, "grid_stem": grid_stem, "grid": _grid_display(sf),
         "verdict": sf.verdict, "missing": sf.missing, "prov": prov,
         "importances": sf.importances, "pred_notes": p.notes, "pred_seed": p.seed,
+        "pred_caption": _predictions_caption(sf), "importances_caption": _importances_caption(sf),
         "evidence": sf.evidence.sentences, "effects": _effects_display(sf) if sf.is_grid else None,
         "budgets": sf.evidence.budgets, "replicates": sf.evidence.replicates, "pruner": sf.evidence.pruner,
     }
 
 
+def _predictions_caption(sf: StudyFrames) -> str:
+    p = sf.predictions
+    if p.images is None or p.table.empty:
+        return "No prediction grid: " + "; ".join(p.notes) + "."
+    first = int((p.table["index"] < len(p.table) // 2).sum())
+    return (f"How to read it: red text is a wrong prediction and a purple frame marks an image where the CE and KD "
+            f"students of seed {p.seed} disagree. The first {first} images are the test set's first ones (a fair "
+            f"sample); the other {len(p.table) - first} are the first disagreements, not a sample: CE and KD disagree "
+            f"on {p.n_disagree:,} of the {p.n_test:,} test images in all.")
+
+
+def _importances_caption(sf: StudyFrames) -> str:
+    return ("How to read it: a longer bar means that parameter separates the best trials from the rest more "
+            f"(n={sf.importances.n_trials} complete KD trials); right: the lr each cell chose, on a log colour scale.")
+
+
 def _template() -> jinja2.Template:
     env = jinja2.Environment(loader=jinja2.PackageLoader("kdbench.report", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.globals["numeric"] = _numeric  # right-align the numeric columns, as in the Markdown and LaTeX tables
     return env.get_template("index.html.j2")
