@@ -57,6 +57,10 @@ MAX_EPOCHS = 10_000  # a recipe's epochs above this are refused as a typo (1e12 
 MAX_STEPS = 100_000_000  # likewise for steps
 MAX_BATCH = 65_536  # likewise for batch_size (samples per step)
 TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
+# complete KD trials below which a report shows no parameter importances. PED-ANOVA (Optuna's default
+# evaluator, target_quantile 0.1) compares the density of the top 10 % of trials with that of all trials;
+# under 50 trials that top group has fewer than 5 members and its importances are mostly noise.
+IMPORTANCE_MIN_TRIALS = 50
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

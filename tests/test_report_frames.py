@@ -110,7 +110,7 @@ def test_partial_study_says_what_is_missing(db_url: str) -> None:
     assert any("CE baseline" in m for m in f.missing) and any("finalists" in m for m in f.missing)
     assert any("teacher" in m for m in f.missing)
     assert f.arms.empty and f.curves.empty and f.predictions.images is None
-    assert "cannot be compared" in f.verdict and "not computed" in f.importances.note
+    assert "cannot be compared" in f.verdict and "not shown" in f.importances.note
     assert f.grid["best_val"].isna().all() and int(f.grid["n_running"].sum()) == 1
     assert comparison_table([f]).empty
     counts = f.provenance["counts"]
@@ -234,3 +234,44 @@ def test_inference_time_is_one_number_per_architecture(known: str) -> None:
     arms = study_frames(known, "known", load_images=False).arms.set_index("arm")
     assert arms.loc["KD student", "infer_ms_per_batch"] == arms.loc["CE student", "infer_ms_per_batch"] == 2.25
     assert arms.loc["teacher", "infer_ms_per_batch"] == 12.5
+
+
+def test_log_scaled_parameters_get_a_log_colour_scale(tmp_path) -> None:
+    from matplotlib.colors import LogNorm
+    from report_db import make_replicated_db
+
+    from kdbench.report import plots
+
+    url = f"sqlite:///{tmp_path / 'rep.db'}"
+    make_replicated_db(url, "logs", search={"temperature": [1, 2, 4], "lr": {"low": 1e-3, "high": 2e-3, "log": True}})
+    make_replicated_db(url, "linear", search={"lr": {"low": 1e-3, "high": 2e-3, "log": False}})
+    logs, linear = (study_frames(url, name, load_images=False) for name in ("logs", "linear"))
+    assert logs.log_params == ["temperature", "lr"] and linear.log_params == []
+    norms = [plots.importances(f).axes[1].collections[0].norm for f in (logs, linear)]
+    assert isinstance(norms[0], LogNorm) and not isinstance(norms[1], LogNorm)
+    assert logs.importances.table.empty
+    assert logs.importances.note.startswith("not shown: 24 complete KD trial(s), fewer than the 50 PED-ANOVA")
+
+
+def test_importances_are_shown_from_enough_complete_trials(tmp_path) -> None:
+    """IMPORTANCE_MIN_TRIALS complete KD trials (runs and Optuna's trials): importances with n; one fewer: none."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from kdbench.config import IMPORTANCE_MIN_TRIALS
+    from kdbench.store import Store
+
+    url = f"sqlite:///{tmp_path / 'imp.db'}"
+    n = IMPORTANCE_MIN_TRIALS
+    lrs = [1e-4 * 1.05**i for i in range(n)]
+    make_db(url, "imp", kd_trials={(2.0, 0.5): [("complete", 0.8 + 0.001 * i, lr) for i, lr in enumerate(lrs)]})
+    study = optuna.create_study(study_name="imp", storage=Store.open(url).optuna_storage(), direction="maximize")
+    dists = {"lr": FloatDistribution(1e-5, 1e-2, log=True), "temperature": FloatDistribution(1, 8)}
+    rng = [(lr, 1 + (i * 7) % 8) for i, lr in enumerate(lrs)]
+    study.add_trials([optuna.trial.create_trial(params={"lr": lr, "temperature": t}, distributions=dists,
+                                                value=0.8 + 0.001 * i) for i, (lr, t) in enumerate(rng)])
+    shown = study_frames(url, "imp", load_images=False)
+    assert shown.importances.note == f"from n={n} complete KD trials" and shown.importances.n_trials == n
+    assert set(shown.importances.table["param"]) == {"lr", "temperature"}
+    hidden = study_frames(url, "imp", load_images=False, importance_min_trials=n + 1)
+    assert hidden.importances.table.empty and hidden.importances.note.startswith(f"not shown: {n} complete KD")

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 import yaml
 
-from kdbench.config import is_geometric
+from kdbench.config import IMPORTANCE_MIN_TRIALS, is_geometric
 from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, qualified_verdict, search_evidence
 from kdbench.report.sources import (
     IMPORTANCE_EVALUATOR,
@@ -104,15 +104,18 @@ class StudyFrames:
     importances: Importances
     provenance: dict[str, Any]
     missing: list[str]
+    log_params: list[str] = field(default_factory=list)  # searched on a log scale: drawn with log axes and colours
 
 
-def study_frames(storage: StoreLike, name: str, *, load_images: bool = True) -> StudyFrames:
+def study_frames(storage: StoreLike, name: str, *, load_images: bool = True,
+                 importance_min_trials: int = IMPORTANCE_MIN_TRIALS) -> StudyFrames:
     """Read one study (:func:`~kdbench.report.sources.read_study`) and compute everything its report shows.
 
     Args:
         storage: the open store, or the SQLAlchemy URL of the results database.
         name: the study's name.
         load_images: read the test split for the prediction grid (else it says the images were skipped).
+        importance_min_trials: complete KD trials below which importances are not shown.
 
     Returns:
         The study's frames (see :func:`compute_frames`).
@@ -120,7 +123,8 @@ def study_frames(storage: StoreLike, name: str, *, load_images: bool = True) -> 
     Raises:
         StoreError: unknown study (the message lists the studies in the database) or unusable database.
     """
-    return compute_frames(read_study(storage, name, load_images=load_images))
+    return compute_frames(read_study(storage, name, load_images=load_images,
+                                     importance_min_trials=importance_min_trials))
 
 
 def compute_frames(src: StudySources) -> StudyFrames:
@@ -163,7 +167,15 @@ def compute_frames(src: StudySources) -> StudyFrames:
         verdict=qualified_verdict(verdict(paired), config, evidence) if not finals.empty else
         "KD and CE cannot be compared yet: no complete finalists.",
         curves=_curves(src.epochs, finals), predictions=_predictions(src.predictions, src.teacher),
-        importances=_importances(src), provenance=_provenance(src), missing=missing)
+        importances=_importances(src), provenance=_provenance(src), missing=missing,
+        log_params=[p for p in ("temperature", "lr") if _log_scale(search.get(p))])
+
+
+def _log_scale(spec: Any) -> bool:
+    """Is a search parameter sampled on a log scale? A geometric list (1, 2, 4, 8), or a range with ``log: true``."""
+    if isinstance(spec, list):
+        return is_geometric(spec)
+    return isinstance(spec, dict) and bool(spec.get("log"))
 
 
 # ---------------------------------------------------------------------------------------------- grid
@@ -352,16 +364,15 @@ def _predictions(src: PredictionSources, teacher: TeacherSource | None) -> Predi
 
 
 def _importances(src: StudySources) -> Importances:
-    """Optuna's importances as a table, largest first, with a note on how far to trust them."""
+    """Optuna's importances as a table, largest first, with n; below ``IMPORTANCE_MIN_TRIALS`` (config.py) the
+    sources did not compute them, and the note says why in one line."""
     n = src.kd_complete
     if src.importances is None:
         return Importances(pd.DataFrame(columns=["param", "importance"]), IMPORTANCE_EVALUATOR, n,
                            src.importances_skipped)
     table = pd.DataFrame({"param": list(src.importances), "importance": list(src.importances.values())})
     table = table.sort_values(["importance", "param"], ascending=[False, True]).reset_index(drop=True)
-    note = (f"from {n} complete KD trials; PED-ANOVA wants at least 5 trials in its top 10 % "
-            f"(about 50 trials), so read these as indicative" if n < 50 else f"from {n} trials")
-    return Importances(table, IMPORTANCE_EVALUATOR, n, note)
+    return Importances(table, IMPORTANCE_EVALUATOR, n, f"from n={n} complete KD trials")
 
 
 # ---------------------------------------------------------------------------------------------- provenance

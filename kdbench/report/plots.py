@@ -2,7 +2,8 @@
 
 Each function takes frames and returns a matplotlib Figure (Agg backend, no display). Accuracies
 are shown in percent and differences in percentage points (pp); every axis and colour bar says its
-unit. T gets a log axis when its grid is geometric (1, 2, 4, 8).
+unit. T gets a log axis when its grid is geometric (1, 2, 4, 8), and a parameter searched on a log scale
+(lr, usually) a log colour scale.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import math
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -273,6 +276,16 @@ def predictions(sf: StudyFrames) -> Figure:
     return fig
 
 
+def _norm(sf: StudyFrames, param: str, values: npt.NDArray[np.float64]) -> Normalize:
+    """The colour scale of a search parameter: logarithmic when it was searched on a log scale (lr over a log
+    range or geometric list, T on a geometric grid), so equal ratios get equal colour steps; else linear."""
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (1.0, 1.0)
+    if param in sf.log_params and low > 0:
+        return LogNorm(vmin=low, vmax=high if high > low else low * 10)
+    return Normalize(vmin=low, vmax=high)
+
+
 def importances(sf: StudyFrames) -> Figure:
     """Optuna's parameter importances (evaluator in the title) and the lr each grid point ended up with.
 
@@ -285,19 +298,21 @@ def importances(sf: StudyFrames) -> Figure:
     fig, axes = _figure(11, 4.2, 1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     imp = sf.importances
     if imp.table.empty:
-        _empty(fig, axes[0], f"importances {imp.note}")
+        _empty(fig, axes[0], f"parameter importances {imp.note}")
     else:
         t = imp.table.iloc[::-1]
         axes[0].barh(t["param"], 100 * t["importance"], color="#8172b3")
         axes[0].set_xlabel("importance (% of the total)")
-        axes[0].set_title("parameter importance (PED-ANOVA)", fontsize=10)
+        axes[0].set_title(f"parameter importance (PED-ANOVA, n={imp.n_trials} complete KD trials)", fontsize=10)
         axes[0].grid(axis="x", alpha=0.3)
     lr = grid_pivot(sf, "cell_lr") if sf.is_grid else pd.DataFrame()
     if lr.empty or lr.isna().all().all():
         _empty(fig, axes[1], "no lr per grid point (no complete KD trial on a T × α grid)")
     else:
-        sns.heatmap(lr * 1e3, annot=True, fmt=".2f", cmap="mako", ax=axes[1], linewidths=0.5,
-                    cbar_kws={"label": "learning rate (×10⁻³ per step)"}, annot_kws={"fontsize": 9})
+        norm = _norm(sf, "lr", lr.to_numpy())
+        scale = " (log colour scale: searched on a log scale)" if isinstance(norm, LogNorm) else ""
+        sns.heatmap(lr, annot=True, fmt=".2g", cmap="mako", ax=axes[1], linewidths=0.5, norm=norm,
+                    cbar_kws={"label": f"learning rate per step{scale}"}, annot_kws={"fontsize": 9})
         _t_ticklabels(axes[1], list(lr.columns))
         axes[1].set_yticklabels([f"{a:g}" for a in lr.index], rotation=0)
         axes[1].set_xlabel(T_LABEL)

@@ -479,8 +479,13 @@ def _predictions_caption(sf: StudyFrames) -> str:
 
 
 def _importances_caption(sf: StudyFrames) -> str:
-    return ("How to read it: a longer bar means that parameter separates the best trials from the rest more "
-            f"(n={sf.importances.n_trials} complete KD trials); right: the lr each cell chose, on a log colour scale.")
+    imp = sf.importances
+    left = (f"Left: parameter importances {imp.note}." if imp.table.empty else
+            f"How to read it: a longer bar means that parameter separates the best 10 % of the n={imp.n_trials} "
+            "complete KD trials from the rest more.")
+    scale = "a log colour scale, as lr was searched on a log scale" if "lr" in sf.log_params else "a linear scale"
+    return (f"{left} Right: the lr each T × α cell chose (its best mean over seeds), on {scale}; grey: no complete "
+            "trial.")
 
 
 def _template() -> jinja2.Template:

@@ -22,12 +22,12 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from kdbench.config import IMPORTANCE_MIN_TRIALS
 from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
 from kdbench.store import Store, TeacherRow
 
 __all__ = [
     "IMPORTANCE_EVALUATOR",
-    "MIN_IMPORTANCE_TRIALS",
     "PredictionSources",
     "StoreLike",
     "StudySources",
@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 StoreLike: TypeAlias = str | Store  # an open store, or the URL of one
-MIN_IMPORTANCE_TRIALS = 4  # complete KD trials below which importances are not computed
 IMPORTANCE_EVALUATOR = (
     "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, target_quantile=0.1, on complete KD trials; "
     "Optuna 5's default, which replaced fANOVA)"
@@ -128,13 +127,15 @@ class StudySources:
     importances_skipped: str
 
 
-def read_study(storage: StoreLike, name: str, *, load_images: bool = True) -> StudySources:
+def read_study(storage: StoreLike, name: str, *, load_images: bool = True,
+               importance_min_trials: int = IMPORTANCE_MIN_TRIALS) -> StudySources:
     """Read everything the report of one study shows.
 
     Args:
         storage: the open store, or the SQLAlchemy URL of the results database (never created).
         name: the study's name.
         load_images: read the dataset's test split for the prediction grid.
+        importance_min_trials: complete KD trials below which importances are not computed.
 
     Returns:
         The study's sources.
@@ -149,7 +150,7 @@ def read_study(storage: StoreLike, name: str, *, load_images: bool = True) -> St
     config = json.loads(row.config)
     teacher = _teacher(store.teacher(row.teacher_key)) if row.teacher_key else None
     kd_complete = int(((runs["kind"] == "kd") & (runs["state"] == "complete")).sum())
-    importances, skipped = _importances(store, name, kd_complete)
+    importances, skipped = _importances(store, name, kd_complete, importance_min_trials)
     return StudySources(
         name=name, config=config, config_hash=row.config_hash, commit=row.commit, created=row.created, runs=runs,
         epochs=store.epochs(name), teacher=teacher, finalists=store.finalist_summary(name),
@@ -210,19 +211,19 @@ def _predictions(store: Store, config: dict[str, Any], runs: pd.DataFrame, load_
     return out
 
 
-def _importances(store: Store, name: str, kd_complete: int) -> tuple[dict[str, float] | None, str]:
+def _importances(store: Store, name: str, kd_complete: int, minimum: int) -> tuple[dict[str, float] | None, str]:
     """Optuna's PED-ANOVA importances of the KD study, or None and why they were not computed."""
-    if kd_complete < MIN_IMPORTANCE_TRIALS:
-        return None, (f"not computed: {kd_complete} complete KD trial(s), fewer than the "
-                      f"{MIN_IMPORTANCE_TRIALS} an importance estimate needs")
+    if kd_complete < minimum:
+        return None, (f"not shown: {kd_complete} complete KD trial(s), fewer than the {minimum} "
+                      f"PED-ANOVA needs to have at least 5 in the top 10 % it compares with the rest")
     import optuna
 
     try:
         study = store.optuna_study(name)
     except KeyError as exc:
-        return None, f"not computed: Optuna study {name!r} not readable ({str(exc).strip(chr(39))})"
+        return None, f"not shown: Optuna study {name!r} not readable ({str(exc).strip(chr(39))})"
     except StoreError as exc:
-        return None, f"not computed: {exc}"
+        return None, f"not shown: {exc}"
     with warnings.catch_warnings():  # experimental-API and few-trial warnings: the report's note says what matters
         warnings.simplefilter("ignore")
         imp = optuna.importance.get_param_importances(
