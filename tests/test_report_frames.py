@@ -58,6 +58,11 @@ def test_comparison_statistics_match_hand_computation(known: str) -> None:
     assert kd["p_value"] == pytest.approx(2 * (1 - _t4_cdf(d_mean / se)), rel=1e-6)
     assert kd["n_pairs"] == 5
     assert f.verdict.startswith("KD helped") and "n=5" in f.verdict and "+1.30 pp" in f.verdict
+    assert ("Conditions: mlp-800 students trained 3 epochs of batch 128, n=5 shared finalist seeds, teacher cnn-m "
+            "at 90.50 % test accuracy.") in f.verdict
+    assert f.seeds["seed"].tolist() == sorted(KD_TEST)
+    assert f.seeds["ce"].tolist() == [CE_TEST[s] for s in sorted(CE_TEST)]
+    assert f.seeds["diff"].tolist() == pytest.approx(diffs)
     t = arms.loc["teacher"]
     assert t["test_mean"] == 0.905 and t["n"] == 1 and math.isnan(t["test_sd"]) and t["parameters"] == 5000
     assert kd["device"] == "cpu (test, 1 thread)" and kd["infer_ms_per_batch"] == 1.5
@@ -275,3 +280,16 @@ def test_importances_are_shown_from_enough_complete_trials(tmp_path) -> None:
     assert set(shown.importances.table["param"]) == {"lr", "temperature"}
     hidden = study_frames(url, "imp", load_images=False, importance_min_trials=n + 1)
     assert hidden.importances.table.empty and hidden.importances.note.startswith(f"not shown: {n} complete KD")
+
+
+def test_comparison_figure_pairs_seeds_and_shows_the_verdicts_interval(known: str) -> None:
+    from kdbench.report import plots
+
+    f = study_frames(known, "known", load_images=False)
+    left, right = plots.comparison([f]).axes
+    assert len(left.lines) == 5  # one CE -> KD line per finalist seed
+    assert [tuple(line.get_ydata()) for line in left.lines] == [
+        pytest.approx((100 * CE_TEST[s], 100 * KD_TEST[s])) for s in sorted(KD_TEST)]
+    p = f.paired
+    assert right.get_title() == (f"paired KD − CE (n=5): {100 * p.mean:+.2f} pp, 95% CI [{100 * p.ci_low:+.2f}, "
+                                 f"{100 * p.ci_high:+.2f}]")

@@ -4,7 +4,7 @@
 sources to :func:`compute_frames`, which returns a :class:`StudyFrames`: the T × α grid (best validation
 accuracy, trials per cell, the lr each point ended up with, the difference to the tuned CE baseline), the
 comparison rows (teacher, CE and KD finalists with the store's mean ± sd and n, and the paired KD − CE
-difference), learning curves, the prediction grid's data, Optuna's parameter importances and the
+difference), the per-seed pairs behind that difference, learning curves, the prediction grid's data, Optuna's parameter importances and the
 provenance. Everything here is a pure function of the sources: no database, Optuna or dataset is touched,
 nothing is trained or written. Whatever a partial study lacks is listed in ``missing`` instead of failing.
 """
@@ -36,6 +36,7 @@ from kdbench.report.stats import Paired, paired_difference, verdict
 __all__ = [
     "COMPARISON_COLUMNS",
     "PREDICTION_IMAGES",
+    "SEED_COLUMNS",
     "Importances",
     "Predictions",
     "StudyFrames",
@@ -46,6 +47,7 @@ __all__ = [
     "study_frames",
 ]
 
+SEED_COLUMNS = ["seed", "ce", "kd", "diff"]
 PREDICTION_IMAGES = 24  # test images in the prediction grid (half the first ones, half disagreements)
 
 
@@ -105,6 +107,7 @@ class StudyFrames:
     provenance: dict[str, Any]
     missing: list[str]
     log_params: list[str] = field(default_factory=list)  # searched on a log scale: drawn with log axes and colours
+    seeds: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEED_COLUMNS))  # see _paired_seeds
 
 
 def study_frames(storage: StoreLike, name: str, *, load_images: bool = True,
@@ -160,15 +163,16 @@ def compute_frames(src: StudySources) -> StudyFrames:
     if finals.empty:
         missing.append("no complete finalists yet: no test accuracies, comparison or learning curves")
     arms, paired = _arms(src, finals, evidence.budgets)
+    taught = None if src.teacher is None else (src.teacher.model, float(src.teacher.test_acc))
     return StudyFrames(
         name=src.name, config=config, config_hash=src.config_hash, is_grid=is_grid,
         geometric_t=is_grid and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,
         ce_trials=ce[["trial_number", "lr", "val_acc"]].reset_index(drop=True), arms=arms, paired=paired,
-        verdict=qualified_verdict(verdict(paired), config, evidence) if not finals.empty else
-        "KD and CE cannot be compared yet: no complete finalists.",
+        verdict=qualified_verdict(verdict(paired), config, evidence, n_seeds=paired.n, teacher=taught)
+        if not finals.empty else "KD and CE cannot be compared yet: no complete finalists.",
         curves=_curves(src.epochs, finals), predictions=_predictions(src.predictions, src.teacher),
         importances=_importances(src), provenance=_provenance(src), missing=missing,
-        log_params=[p for p in ("temperature", "lr") if _log_scale(search.get(p))])
+        log_params=[p for p in ("temperature", "lr") if _log_scale(search.get(p))], seeds=_paired_seeds(finals))
 
 
 def _log_scale(spec: Any) -> bool:
@@ -290,6 +294,18 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str]) -> t
     out["config_hash"] = src.config_hash
     out = out[COMPARISON_COLUMNS]
     return out, paired
+
+
+def _paired_seeds(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per seed both best (rank 0) finalists completed: CE's and KD's test accuracy and KD − CE (the pairs
+    :func:`~kdbench.report.stats.paired_difference` averages)."""
+    best = finals[finals["rank"] == 0]
+    if best.empty:
+        return pd.DataFrame(columns=SEED_COLUMNS)
+    wide = best.pivot_table(index="seed", columns="loss", values="test_acc", aggfunc="first")
+    wide = wide.reindex(columns=["ce", "kd"]).dropna().astype(float)
+    wide["diff"] = wide["kd"] - wide["ce"]
+    return wide.rename_axis(columns=None).reset_index()[SEED_COLUMNS]
 
 
 def comparison_table(frames: list[StudyFrames]) -> pd.DataFrame:

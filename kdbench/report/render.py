@@ -428,7 +428,7 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
                f"its {ci} t interval and paired t-test p.")
     files += _write_table(display, table, out_dir, "comparison", caption, notes, _tex_comparison(display))
     with matplotlib.rc_context(RC):  # type: ignore[arg-type]
-        comparison_png = _save(plots.comparison(table), out_dir, "comparison", files)
+        comparison_png = _save(plots.comparison(frames), out_dir, "comparison", files)
         studies_ctx = []
         for sf in frames:
             prefix = "" if len(frames) == 1 else f"{sf.name}-"
@@ -444,8 +444,8 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
                     for key, draw in FIGURES.items()}
             studies_ctx.append(_study_context(sf, figs, grid_stem))
     html = _template().render(
-        title=" + ".join(studies), source=source_note(table), architectures=architecture_note(table),
-        comparison=display, comparison_png=comparison_png,
+        confidence=f"{CONFIDENCE:.0%}", title=" + ".join(studies), source=source_note(table),
+        architectures=architecture_note(table), comparison=display, comparison_png=comparison_png,
         studies=studies_ctx, sections=SECTIONS, several=len(frames) > 1,
         generator={"commit": kdbench_commit(), **library_versions()})
     _put(out_dir / "index.html", html)
