@@ -61,6 +61,8 @@ TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share o
 # evaluator, target_quantile 0.1) compares the density of the top 10 % of trials with that of all trials;
 # under 50 trials that top group has fewer than 5 members and its importances are mostly noise.
 IMPORTANCE_MIN_TRIALS = 50
+MCNEMAR_EXACT_BELOW = 25  # discordant test images (CE right/KD wrong + the reverse) below which McNemar's test
+# is the exact binomial one; from 25 on the chi-square approximation (with continuity correction) is close
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

@@ -107,10 +107,10 @@ def test_tables_align_numbers_right(single: Path) -> None:
     header = [c.strip() for c in md[0].strip("|").split("|")]
     rule = dict(zip(header, (c.strip() for c in md[1].strip("|").split("|")), strict=True))
     assert rule["arm"].startswith(":") and not rule["arm"].endswith(":")
-    for col in ("test acc (%)", "n", "KD − CE (pp)", "95% CI (pp)", "p (paired t)"):
+    for col in ("test acc (%)", "n", "KD − CE (pp)", "95% CI (pp)", "p (paired t)", "p (McNemar)"):
         assert rule[col].endswith(":") and not rule[col].startswith(":"), col
     tex = (single / "comparison.tex").read_text()
-    assert "\\begin{tabular}{lrrrrrrr}" in tex and "device:" in tex and "parameters" in tex
+    assert "\\begin{tabular}{lrrrrrrrr}" in tex and "device:" in tex and "parameters" in tex
     assert "$91.00 \\pm 0.79$" in tex and "$\\alpha$" in tex
 
 

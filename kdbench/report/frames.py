@@ -4,9 +4,11 @@
 sources to :func:`compute_frames`, which returns a :class:`StudyFrames`: the T × α grid (best validation
 accuracy, trials per cell, the lr each point ended up with, the difference to the tuned CE baseline), the
 comparison rows (teacher, CE and KD finalists with the store's mean ± sd and n, and the paired KD − CE
-difference), the per-seed pairs behind that difference, learning curves, the prediction grid's data, Optuna's parameter importances and the
-provenance. Everything here is a pure function of the sources: no database, Optuna or dataset is touched,
-nothing is trained or written. Whatever a partial study lacks is listed in ``missing`` instead of failing.
+difference), the per-seed pairs behind that difference, the fidelity of the stored test predictions
+(teacher agreement, McNemar, per-class change), learning curves, the prediction grid's data, Optuna's
+parameter importances and the provenance. Everything here is a pure function of the sources: no database,
+Optuna or dataset is touched, nothing is trained or written. Whatever a partial study lacks is listed in
+``missing`` instead of failing.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from kdbench.report.sources import (
     TeacherSource,
     read_study,
 )
-from kdbench.report.stats import Paired, paired_difference, verdict
+from kdbench.report.stats import Paired, agreement, mcnemar_test, paired_difference, per_class_delta, verdict
 
 __all__ = [
     "COMPARISON_COLUMNS",
+    "FIDELITY_COLUMNS",
     "PREDICTION_IMAGES",
     "SEED_COLUMNS",
+    "Fidelity",
     "Importances",
     "Predictions",
     "StudyFrames",
@@ -48,6 +52,8 @@ __all__ = [
 ]
 
 SEED_COLUMNS = ["seed", "ce", "kd", "diff"]
+FIDELITY_COLUMNS = ["seed", "ce_acc", "kd_acc", "ce_only", "kd_only", "mcnemar_p", "mcnemar_exact", "ce_agree",
+                    "kd_agree"]
 PREDICTION_IMAGES = 24  # test images in the prediction grid (half the first ones, half disagreements)
 
 
@@ -73,6 +79,24 @@ class Predictions:
     notes: list[str] = field(default_factory=list)
     n_disagree: int = 0
     n_test: int = 0
+
+
+@dataclass
+class Fidelity:
+    """What the best finalists' stored test predictions say beyond accuracy, per seed both have.
+
+    Attributes:
+        seeds: one row per shared seed (``FIDELITY_COLUMNS``): CE's and KD's accuracy recomputed from the
+            predictions, the discordant images (``ce_only``: CE right and KD wrong; ``kd_only``: the reverse) with
+            McNemar's p-value and whether it was exact, and each student's top-1 agreement with the teacher.
+            Accuracies and McNemar are NaN without the test labels, agreements NaN without the teacher's predictions.
+        per_class: :func:`~kdbench.report.stats.per_class_delta` with the class ``name``; empty without labels.
+        notes: what is missing.
+    """
+
+    seeds: pd.DataFrame
+    per_class: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +132,8 @@ class StudyFrames:
     missing: list[str]
     log_params: list[str] = field(default_factory=list)  # searched on a log scale: drawn with log axes and colours
     seeds: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEED_COLUMNS))  # see _paired_seeds
+    fidelity: Fidelity = field(default_factory=lambda: Fidelity(pd.DataFrame(columns=FIDELITY_COLUMNS),
+                                                                pd.DataFrame()))
 
 
 def study_frames(storage: StoreLike, name: str, *, load_images: bool = True,
@@ -163,6 +189,10 @@ def compute_frames(src: StudySources) -> StudyFrames:
     if finals.empty:
         missing.append("no complete finalists yet: no test accuracies, comparison or learning curves")
     arms, paired = _arms(src, finals, evidence.budgets)
+    fidelity = _fidelity(src.predictions, src.teacher)
+    best_kd = arms["arm"] == "KD student"
+    if best_kd.any() and fidelity.seeds["mcnemar_p"].notna().any():
+        arms.loc[best_kd, "mcnemar_p"] = float(fidelity.seeds["mcnemar_p"].median())
     taught = None if src.teacher is None else (src.teacher.model, float(src.teacher.test_acc))
     return StudyFrames(
         name=src.name, config=config, config_hash=src.config_hash, is_grid=is_grid,
@@ -172,7 +202,8 @@ def compute_frames(src: StudySources) -> StudyFrames:
         if not finals.empty else "KD and CE cannot be compared yet: no complete finalists.",
         curves=_curves(src.epochs, finals), predictions=_predictions(src.predictions, src.teacher),
         importances=_importances(src), provenance=_provenance(src), missing=missing,
-        log_params=[p for p in ("temperature", "lr") if _log_scale(search.get(p))], seeds=_paired_seeds(finals))
+        log_params=[p for p in ("temperature", "lr") if _log_scale(search.get(p))], seeds=_paired_seeds(finals),
+        fidelity=fidelity)
 
 
 def _log_scale(spec: Any) -> bool:
@@ -252,8 +283,8 @@ def _no_value(r: pd.Series) -> str:
 
 COMPARISON_COLUMNS = [
     "study", "arm", "model", "temperature", "alpha", "lr", "test_mean", "test_sd", "n", "diff_mean",
-    "ci_low", "ci_high", "p_value", "n_pairs", "parameters", "infer_ms_per_batch", "device", "seeds", "commit",
-    "config_hash", "tuning",
+    "ci_low", "ci_high", "p_value", "mcnemar_p", "n_pairs", "parameters", "infer_ms_per_batch", "device", "seeds",
+    "commit", "config_hash", "tuning",
 ]
 
 
@@ -374,6 +405,52 @@ def _predictions(src: PredictionSources, teacher: TeacherSource | None) -> Predi
                           "ce": ce_p[idx].astype(int), "kd": kd_p[idx].astype(int)})
     return Predictions(table, src.test.images[idx], src.test.classes, src.seed, notes,
                        n_disagree=int((kd_p != ce_p).sum()), n_test=n)
+
+
+# ---------------------------------------------------------------------------------------------- fidelity
+
+
+def _fidelity(src: PredictionSources, teacher: TeacherSource | None) -> Fidelity:
+    """Teacher agreement, McNemar and the per-class change of every seed with both students' predictions."""
+    empty = Fidelity(pd.DataFrame(columns=FIDELITY_COLUMNS), pd.DataFrame())
+    seeds = sorted(set(src.kd_by_seed) & set(src.ce_by_seed))
+    if not seeds:
+        empty.notes.append("no seed has stored test predictions of both a complete CE and KD finalist yet")
+        return empty
+    kd = {sd: np.asarray(_decode(src.kd_by_seed[sd])) for sd in seeds}
+    ce = {sd: np.asarray(_decode(src.ce_by_seed[sd])) for sd in seeds}
+    n = len(kd[seeds[0]])
+    if any(len(p) != n for p in (*kd.values(), *ce.values())):
+        empty.notes.append("the finalists' stored predictions differ in length: not comparable")
+        return empty
+    notes: list[str] = []
+    t_p = _decode(teacher.test_predictions) if teacher is not None else None
+    if t_p is None or len(t_p) != n:
+        notes.append("teacher test predictions missing or of another length: no teacher agreement")
+        t_p = None
+    labels = src.test.labels if src.test is not None else None
+    if labels is None or len(labels) != n:
+        why = "not loaded" if not src.load_images else (
+            (src.test_error or "").splitlines()[0] if src.test_error else f"not {n} images")
+        notes.append(f"test labels unavailable ({why}): no per-class change or McNemar test")
+        labels = None
+    rows = []
+    for sd in seeds:
+        m = mcnemar_test(labels, kd[sd], ce[sd]) if labels is not None else None
+        rows.append({"seed": sd,
+                     "ce_acc": agreement(ce[sd], labels) if labels is not None else math.nan,
+                     "kd_acc": agreement(kd[sd], labels) if labels is not None else math.nan,
+                     "ce_only": m.ce_only if m else math.nan, "kd_only": m.kd_only if m else math.nan,
+                     "mcnemar_p": m.p_value if m else math.nan, "mcnemar_exact": m.exact if m else None,
+                     "ce_agree": agreement(t_p, ce[sd]) if t_p is not None else math.nan,
+                     "kd_agree": agreement(t_p, kd[sd]) if t_p is not None else math.nan})
+    per_class = pd.DataFrame()
+    if labels is not None:
+        names = src.test.classes if src.test is not None and src.test.classes else src.classes
+        n_classes = max(len(names), int(labels.max()) + 1)
+        per_class = per_class_delta(labels, kd, ce, n_classes)
+        per_class.insert(1, "name", [names[c] if c < len(names) else str(c) for c in per_class["class"]])
+    return Fidelity(pd.DataFrame(rows, columns=FIDELITY_COLUMNS), per_class, notes)
 
 
 # ---------------------------------------------------------------------------------------------- importances

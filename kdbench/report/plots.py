@@ -270,9 +270,11 @@ def predictions(sf: StudyFrames) -> Figure:
         ax.set_title(f"#{int(r['index'])}", fontsize=7)
     for ax in list(axes.flat)[len(p.table):]:
         ax.axis("off")
-    fig.suptitle(f"{sf.name}: test predictions of seed {p.seed} (red: wrong; purple frame: CE and KD disagree)",
-                 fontsize=10)
-    fig.subplots_adjust(hspace=0.8, wspace=0.25, top=0.93, bottom=0.1)
+    first = int((p.table["index"] < len(p.table) // 2).sum())
+    fig.suptitle(f"{sf.name}: test predictions of seed {p.seed} (red: wrong; purple frame: CE and KD disagree)\n"
+                 f"the first {first} test images, then the first {len(p.table) - first} of the {p.n_disagree:,} "
+                 f"(of {p.n_test:,}) where CE and KD disagree", fontsize=10)
+    fig.subplots_adjust(hspace=0.8, wspace=0.25, top=0.9, bottom=0.1)
     return fig
 
 

@@ -17,6 +17,7 @@ import io
 import os
 import re
 import tempfile
+import textwrap
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,14 +36,15 @@ from kdbench.report.frames import StudyFrames, comparison_table, compute_frames,
 from kdbench.report.sources import StoreLike, read_studies
 from kdbench.report.stats import CONFIDENCE
 
-__all__ = ["SECTIONS", "Report", "architecture_note", "comparison_display", "default_out", "source_note",
-           "write_report"]
+__all__ = ["SECTIONS", "Report", "architecture_note", "comparison_display", "default_out", "fidelity_sentences",
+           "source_note", "write_report"]
 
 SECTIONS = {  # id -> heading of each per-study section, in page order
     "grid": "Accuracy over T × α",
     "effects": "Main effects of T and α",
     "curves": "Learning curves",
     "predictions": "Predictions",
+    "fidelity": "Fidelity and per-class change",
     "importances": "What mattered",
     "provenance": "Provenance",
 }
@@ -116,9 +118,9 @@ def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
             "test acc (%)": _pct(r["test_mean"]) + sd, "n": _num(r["n"], ".0f"),
             "KD − CE (pp)": _pct(r["diff_mean"], sign=True),
             ci: "" if pd.isna(r["ci_low"]) else f"[{_pct(r['ci_low'], sign=True)}, {_pct(r['ci_high'], sign=True)}]",
-            "p (paired t)": _p(r["p_value"])})
+            "p (paired t)": _p(r["p_value"]), "p (McNemar)": _p(r["mcnemar_p"])})
     out = pd.DataFrame(rows, columns=["study", "arm", "model", "T", "α", "lr", "test acc (%)", "n", "KD − CE (pp)",
-                                      ci, "p (paired t)"])
+                                      ci, "p (paired t)", "p (McNemar)"])
     return out.drop(columns=["study"]) if table["study"].nunique() <= 1 else out
 
 
@@ -211,6 +213,56 @@ def _numeric(df: pd.DataFrame) -> list[bool]:
     return out
 
 
+def _fidelity_display(sf: StudyFrames) -> pd.DataFrame:
+    """Per seed: the test images only one student got right, McNemar's test on them, teacher agreement."""
+    rows = [{"seed": str(int(r["seed"])), "only CE right": _num(r["ce_only"], ",.0f"),
+             "only KD right": _num(r["kd_only"], ",.0f"),
+             "p (McNemar)": _p(r["mcnemar_p"]) + ("" if r["mcnemar_exact"] is None else
+                                                  " exact" if r["mcnemar_exact"] else " χ²"),
+             "CE agrees with teacher (%)": _pct(r["ce_agree"]), "KD agrees with teacher (%)": _pct(r["kd_agree"])}
+            for _, r in sf.fidelity.seeds.iterrows()]
+    return pd.DataFrame(rows, columns=["seed", "only CE right", "only KD right", "p (McNemar)",
+                                       "CE agrees with teacher (%)", "KD agrees with teacher (%)"])
+
+
+def _per_class_display(sf: StudyFrames) -> pd.DataFrame:
+    pc = sf.fidelity.per_class
+    rows = [{"class": str(r["name"]), "test images": _num(r["n_images"], ",.0f"),
+             "CE acc (%)": _pct(r["ce_acc"]), "KD acc (%)": _pct(r["kd_acc"]),
+             "KD − CE (pp)": _pct(r["delta"], sign=True)} for _, r in pc.iterrows()]
+    return pd.DataFrame(rows, columns=["class", "test images", "CE acc (%)", "KD acc (%)", "KD − CE (pp)"])
+
+
+def fidelity_sentences(sf: StudyFrames) -> list[str]:
+    """The fidelity section's findings in words: teacher agreement of each student (mean over seeds, n), and the
+    classes whose accuracy KD moved most.
+
+    Args:
+        sf: the study's frames.
+
+    Returns:
+        Sentences; none when there is nothing to say (the notes say what is missing).
+    """
+    out = []
+    s = sf.fidelity.seeds
+    teacher = sf.provenance["teacher"]
+    if len(s) and s["ce_agree"].notna().any():
+        parts = []
+        for arm in ("ce", "kd"):
+            v = s[f"{arm}_agree"].dropna()
+            sd = f", sd {_pct(v.std(ddof=1))}" if len(v) > 1 else ""
+            parts.append(f"{arm.upper()} students {_pct(v.mean())} % (mean over n={len(v)} seeds{sd})")
+        out.append(f"Top-1 agreement with the teacher ({teacher['model'] if teacher else '?'}) on the test set: "
+                   + "; ".join(parts) + ".")
+    pc = sf.fidelity.per_class.dropna(subset=["delta"]) if len(sf.fidelity.per_class) else pd.DataFrame()
+    if len(pc):
+        top = pc.reindex(pc["delta"].abs().sort_values(ascending=False).index).head(3)
+        moved = ", ".join(f"{r['name']} {_pct(r['delta'], sign=True)} pp" for _, r in top.iterrows())
+        out.append(f"Classes KD moved most (KD − CE accuracy, paired by seed, mean over n={int(pc['n_seeds'].iloc[0])} "
+                   f"seeds): {moved}.")
+    return out
+
+
 def _markdown(df: pd.DataFrame) -> str:
     """A pipe table, numeric columns right-aligned; a cell's lines joined by ", "."""
     cells = df.astype(str).map(lambda v: v.replace("\n", ", "))
@@ -224,8 +276,9 @@ _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", 
                                                        "\\": r"\textbackslash{}"}
 _LATEX_MATH = {"α": r"\alpha", "β": r"\beta", "Δ": r"\Delta", "−": "-", "±": r"\pm", "×": r"\times",
                "≠": r"\neq", "≤": r"\leq", "≥": r"\geq", "·": r"\cdot", "²": "^2", "⁻": "^-", "¹": "^1",
-               "³": "^3", "→": r"\to", "≈": r"\approx", "μ": r"\mu",
+               "³": "^3", "→": r"\to", "≈": r"\approx", "μ": r"\mu", "χ": r"\chi",
                "<": "<", ">": ">", "|": r"\vert"}  # the ASCII three print as other glyphs in text mode
+TEX_HEADER_CHARS = 10  # a .tex header's lines are wrapped at this many characters
 TEX_TABCOLSEP = r"\setlength{\tabcolsep}{4pt}"  # LaTeX's 6pt each side leaves a 10-column table no room
 _LATEX_OPERATORS = "−±×≠≤≥·→≈<>|"
 _LATEX_TEXT = {"—": "---", "–": "--", "…": r"\dots{}", "’": "'", "‘": "`", "“": "``", "”": "''", "\u00a0": "~"}
@@ -300,8 +353,10 @@ def _tex_lines(text: str, align: str, where: str = "t") -> str:
 
 
 def _header_lines(name: str) -> str:
-    """A header with its unit on a second line ("test acc (%)" over two lines), so that headers stay narrow."""
-    return re.sub(r" (?=[(\[])", "\n", name) if not name.startswith(("(", "[")) else name
+    """A header over several short lines, its unit on the last ("test acc (%)" over two lines), so that a column
+    is as wide as its numbers, not its header."""
+    parts = re.split(r" (?=[(\[])", name)
+    return "\n".join(line for part in parts for line in textwrap.wrap(part, TEX_HEADER_CHARS, break_long_words=False))
 
 
 def _latex(df: pd.DataFrame, caption: str, note: str = "") -> str:
@@ -330,8 +385,10 @@ def _tex_comparison(display: pd.DataFrame) -> pd.DataFrame:
     """The comparison narrowed for a page: the models are in the note, and the difference sits over its CI."""
     ci = next(c for c in display.columns if "CI" in c)
     out = display.drop(columns=["model", ci])
+    out["arm"] = out["arm"].str.replace(" student", "")  # "CE", "KD", "KD #2": the note names the models
     out["KD − CE (pp)"] = [f"{d}\n{c}" if c else d for d, c in zip(display["KD − CE (pp)"], display[ci], strict=True)]
-    return out.rename(columns={"KD − CE (pp)": f"KD − CE (pp) [{ci.split(' (')[0]}]"})
+    return out.rename(columns={"KD − CE (pp)": f"KD − CE (pp) [{ci.split(' (')[0]}]", "p (paired t)": "p (t)",
+                               "p (McNemar)": "p (McN.)"})
 
 
 _UMASK = os.umask(0o022)
@@ -425,7 +482,8 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     files: list[Path] = []
     ci = f"{CONFIDENCE:.0%}"
     caption = (f"Test accuracy (mean ± sd over finalist seeds, n seeds); KD − CE paired over shared seeds with "
-               f"its {ci} t interval and paired t-test p.")
+               f"its {ci} t interval and paired t-test p (t); McNemar's test of KD against CE on each seed's test "
+               "images, the median p over seeds (McN.).")
     files += _write_table(display, table, out_dir, "comparison", caption, notes, _tex_comparison(display))
     with matplotlib.rc_context(RC):  # type: ignore[arg-type]
         comparison_png = _save(plots.comparison(frames), out_dir, "comparison", files)
@@ -440,9 +498,18 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
                 files += _write_table(_effects_display(sf), sf.evidence.main_effects.levels, out_dir,
                                       f"{prefix}effects", f"{sf.name}: main effects of T and α on validation "
                                       f"accuracy, level means and paired effects vs the grid mean ({ci} CI).")
+            if len(sf.fidelity.seeds):
+                files += _write_table(_fidelity_display(sf), sf.fidelity.seeds, out_dir, f"{prefix}fidelity",
+                                      f"{sf.name}: per finalist seed, the test images only one student got right, "
+                                      "McNemar's test on them (exact binomial or χ²), and each student's top-1 "
+                                      "agreement with the teacher, from the stored test predictions.")
+            if len(sf.fidelity.per_class):
+                files += _write_table(_per_class_display(sf), sf.fidelity.per_class, out_dir, f"{prefix}per-class",
+                                      f"{sf.name}: test accuracy per class; KD − CE paired by seed, then averaged "
+                                      f"over n={int(sf.fidelity.per_class['n_seeds'].iloc[0])} seeds.")
             figs = {key: {"uri": _save(draw(sf), out_dir, prefix + key, files), "file": prefix + key}
                     for key, draw in FIGURES.items()}
-            studies_ctx.append(_study_context(sf, figs, grid_stem))
+            studies_ctx.append(_study_context(sf, figs, grid_stem, prefix))
     html = _template().render(
         confidence=f"{CONFIDENCE:.0%}", title=" + ".join(studies), source=source_note(table),
         architectures=architecture_note(table), comparison=display, comparison_png=comparison_png,
@@ -453,7 +520,7 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     return Report(out_dir, frames, table, markdown, files)
 
 
-def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: str) -> dict[str, Any]:
+def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: str, prefix: str) -> dict[str, Any]:
     prov = dict(sf.provenance)
     prov["counts"] = sf.provenance["counts"].reset_index()
     p = sf.predictions
@@ -462,6 +529,8 @@ def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: 
         "verdict": sf.verdict, "missing": sf.missing, "prov": prov,
         "importances": sf.importances, "pred_notes": p.notes, "pred_seed": p.seed,
         "pred_caption": _predictions_caption(sf), "importances_caption": _importances_caption(sf),
+        "fidelity": _fidelity_display(sf), "per_class": _per_class_display(sf),
+        "fidelity_sentences": fidelity_sentences(sf), "fidelity_notes": sf.fidelity.notes, "prefix": prefix,
         "evidence": sf.evidence.sentences, "effects": _effects_display(sf) if sf.is_grid else None,
         "budgets": sf.evidence.budgets, "replicates": sf.evidence.replicates, "pruner": sf.evidence.pruner,
     }

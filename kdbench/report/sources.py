@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -71,16 +71,19 @@ class TestSplit:
 
 @dataclass
 class PredictionSources:
-    """What the prediction grid reads: one seed's best KD and CE finalists' stored predictions, and the test split.
+    """What the prediction grid and the fidelity statistics read: the best KD and CE finalists' stored
+    predictions of every seed both have, and the test split.
 
     Attributes:
         seed: the first seed with both a complete best (rank 0) KD and CE finalist, or None.
-        kd: the KD finalist's stored test predictions (int16 argmax), None when missing.
+        kd: the KD finalist's stored test predictions (int16 argmax) of that seed, None when missing.
         ce: the CE finalist's, likewise.
         classes: the dataset's class names by index (empty for a dataset kdbench does not know).
         load_images: whether the test split was asked for.
         test: the test split, read only when asked for and both predictions are there.
         test_error: why the test split could not be read, or None.
+        kd_by_seed: every shared seed's stored KD predictions.
+        ce_by_seed: every shared seed's stored CE predictions.
     """
 
     seed: int | None
@@ -90,6 +93,8 @@ class PredictionSources:
     load_images: bool
     test: TestSplit | None = None
     test_error: str | None = None
+    kd_by_seed: dict[int, bytes] = field(default_factory=dict)  # every shared seed's stored KD predictions
+    ce_by_seed: dict[int, bytes] = field(default_factory=dict)  # and CE's (a seed whose blob is missing is absent)
 
 
 @dataclass
@@ -194,10 +199,16 @@ def _predictions(store: Store, config: dict[str, Any], runs: pd.DataFrame, load_
     if not seeds:
         return PredictionSources(None, None, None, classes, load_images)
     seed = int(seeds[0])
-    run_ids = {loss: int(best.loc[(best["loss"] == loss) & (best["seed"] == seed), "run_id"].iloc[0])
-               for loss in ("kd", "ce")}
+    run_ids = {(loss, int(sd)): int(best.loc[(best["loss"] == loss) & (best["seed"] == sd), "run_id"].iloc[0])
+               for loss in ("kd", "ce") for sd in seeds}
     blobs = store.test_predictions(list(run_ids.values()))
-    out = PredictionSources(seed, blobs.get(run_ids["kd"]), blobs.get(run_ids["ce"]), classes, load_images)
+    by_seed: dict[str, dict[int, bytes]] = {"kd": {}, "ce": {}}
+    for (loss, sd), run_id in run_ids.items():
+        blob = blobs.get(run_id)
+        if blob is not None:
+            by_seed[loss][sd] = blob
+    out = PredictionSources(seed, by_seed["kd"].get(seed), by_seed["ce"].get(seed), classes, load_images,
+                            kd_by_seed=by_seed["kd"], ce_by_seed=by_seed["ce"])
     if not load_images or out.kd is None or out.ce is None:
         return out
     try:
