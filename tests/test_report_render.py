@@ -43,6 +43,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'kd.db'}"
     make_db(url, "known", device=DEVICE)
     make_db(url, "other", kd_test={1: 0.85, 2: 0.86}, ce_test={1: 0.86, 2: 0.865})
+    make_db(url, "searched", kd_test={}, ce_test={})  # teacher and search done, no finalist yet
     make_db(url, "partial", kd_test={}, ce_test={}, ce_val=[], teacher=False,
             kd_trials={(1.0, 0.5): [("running", None, 1e-3)], (2.0, 0.5): [("pruned", 0.7, 1e-3)]})
     return url
@@ -90,16 +91,21 @@ def test_every_tex_table_compiles_within_the_text_width(single: Path, several: P
     for table in tables:
         tex = table.read_text()
         assert tex.isascii(), f"{table.name}: non-ASCII characters {sorted({c for c in tex if not c.isascii()})}"
-        doc = tmp_path / f"{table.parent.name}-{table.stem}.tex"
-        doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-                       f"{tex}\\end{{document}}\n")
-        run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)
-        log = doc.with_suffix(".log").read_text(errors="replace")
-        errors = [line for line in log.splitlines() if line.startswith("!")]
-        assert run.returncode == 0 and not errors, f"{table.name}: pdflatex failed: {errors or run.stdout[-2000:]}"
-        too_wide = [float(x) for x in OVERFULL.findall(log)]
-        assert all(x <= 1.0 for x in too_wide), f"{table.name}: wider than \\textwidth by {max(too_wide)} pt"
+        _compiles_within_the_text_width(table, tmp_path)
+
+
+def _compiles_within_the_text_width(table: Path, tmp_path: Path) -> None:
+    """pdflatex a default article page holding ``table``: no error, no Overfull \\hbox over 1 pt."""
+    doc = tmp_path / f"{table.parent.name}-{table.stem}.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                   f"{table.read_text()}\\end{{document}}\n")
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    log = doc.with_suffix(".log").read_text(errors="replace")
+    errors = [line for line in log.splitlines() if line.startswith("!")]
+    assert run.returncode == 0 and not errors, f"{table.name}: pdflatex failed: {errors or run.stdout[-2000:]}"
+    too_wide = [float(x) for x in OVERFULL.findall(log)]
+    assert all(x <= 1.0 for x in too_wide), f"{table.name}: wider than \\textwidth by {max(too_wide)} pt"
 
 
 def test_tables_align_numbers_right(single: Path) -> None:
@@ -143,6 +149,26 @@ def test_partial_study_renders_what_exists(db: str, tmp_path: Path) -> None:
     grid = (tmp_path / "grid.md").read_text()
     assert "running, n=1" in grid and "pruned, last 70.00, at epoch" in grid and "not run" in grid
     assert len(list(tmp_path.glob("*.png"))) == 7
+
+
+def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp_path: Path) -> None:
+    """Teacher, CE baseline and KD search done, no finalist yet: every section renders and says why it is empty."""
+    rep = write_report(db, ["searched"], tmp_path)
+    f = rep.frames[0]
+    assert f.missing == ["no complete finalists yet: no test accuracies, comparison, fidelity or learning curves"]
+    assert list(rep.comparison["arm"]) == ["teacher"] and f.seeds.empty and f.fidelity.seeds.empty
+    html = (tmp_path / "index.html").read_text()
+    assert "Partial study: what is missing" in html and "no complete finalists yet" in html
+    assert "KD and CE cannot be compared yet: no complete finalists." in html
+    assert "no seed has stored test predictions of both a complete CE and KD finalist yet" in html  # fidelity
+    assert "No prediction grid: no seed with both a KD and a CE finalist yet." in html
+    assert "Parameter importances not shown: 4 complete KD trial(s), fewer than the 50" in html
+    assert len(list(tmp_path.glob("*.png"))) == 7 and not (tmp_path / "fidelity.md").exists()
+    assert "| teacher |" in (tmp_path / "comparison.md").read_text()
+    if shutil.which("pdflatex") is not None:
+        (tmp_path / "latex").mkdir()
+        for table in sorted(tmp_path.glob("*.tex")):
+            _compiles_within_the_text_width(table, tmp_path / "latex")
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is absent (make data installs it)")

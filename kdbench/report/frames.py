@@ -187,7 +187,7 @@ def compute_frames(src: StudySources) -> StudyFrames:
         missing.append("no teacher recorded yet")
     finals = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
     if finals.empty:
-        missing.append("no complete finalists yet: no test accuracies, comparison or learning curves")
+        missing.append("no complete finalists yet: no test accuracies, comparison, fidelity or learning curves")
     arms, paired = _arms(src, finals, evidence.budgets)
     fidelity = _fidelity(src.predictions, src.teacher)
     best_kd = arms["arm"] == "KD student"
