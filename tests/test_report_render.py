@@ -66,6 +66,11 @@ def test_writes_every_table_and_figure(single: Path) -> None:
     tex = (single / "comparison.tex").read_text()
     assert all(rule in tex for rule in ("\\toprule", "\\midrule", "\\bottomrule"))
     assert "$95$\\%" in tex and re.search(r"(?<!\\)%", tex) is None  # a bare % would comment the rest out
+    html = (single / "index.html").read_text()
+    assert "Top-1 agreement with the teacher (cnn-m) on the test set: CE students " in html
+    assert "(mean over n=5 seeds, sd " in html and "Classes KD moved most (KD − CE accuracy" in html
+    assert {"fidelity.md", "fidelity.tex", "per-class.csv", "per-class.tex"} <= names
+    assert "p (McNemar)" in (single / "comparison.md").read_text()
     csv = pd.read_csv(single / "comparison.csv").set_index("arm")
     assert csv.loc["KD student", "diff_mean"] == pytest.approx(0.013)
     assert csv.loc["KD student", "n"] == 5 and csv.loc["teacher", "parameters"] == 5000
