@@ -16,7 +16,7 @@ $(BIN)/kdbench: pyproject.toml Makefile
 
 env: $(BIN)/kdbench
 
-# Fashion-MNIST (and chromium, for the report's browser test) from Debian's packages when root.
+# Fashion-MNIST (and chromium and pdflatex, for the report's browser and LaTeX tests) from Debian's packages when root.
 data:
 	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)); fi
@@ -24,6 +24,9 @@ data:
 	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)); fi
 	@command -v chromium >/dev/null || echo "note: no chromium; the report's browser test is skipped"
+	@if ! command -v pdflatex >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq texlive-latex-recommended || (apt-get update -qq && apt-get install -y -qq texlive-latex-recommended)); fi
+	@command -v pdflatex >/dev/null || echo "note: no pdflatex; the report's LaTeX table test is skipped"
 
 # The shipped studies' file names are their study names.
 demo: env data

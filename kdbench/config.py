@@ -58,6 +58,12 @@ MAX_STEPS = 100_000_000  # likewise for steps
 MAX_BATCH = 65_536  # likewise for batch_size (samples per step)
 CALIBRATION_BINS = 15  # equal-width confidence bins of the report's ECE and reliability diagram (Guo et al. 2017)
 TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
+# complete KD trials below which a report shows no parameter importances. PED-ANOVA (Optuna's default
+# evaluator, target_quantile 0.1) compares the density of the top 10 % of trials with that of all trials;
+# under 50 trials that top group has fewer than 5 members and its importances are mostly noise.
+IMPORTANCE_MIN_TRIALS = 50
+MCNEMAR_EXACT_BELOW = 25  # discordant test images (CE right/KD wrong + the reverse) below which McNemar's test
+# is the exact binomial one; from 25 on the chi-square approximation (with continuity correction) is close
 
 # Distillation methods (kdbench.losses.METHODS holds their terms). A method's loss is
 # ``ce_weight * CE + kd_weight * term`` (alpha, when a method's space gives it, means ce_weight = alpha and

@@ -58,6 +58,11 @@ def test_comparison_statistics_match_hand_computation(known: str) -> None:
     assert kd["p_value"] == pytest.approx(2 * (1 - _t4_cdf(d_mean / se)), rel=1e-6)
     assert kd["n_pairs"] == 5
     assert f.verdict.startswith("KD helped") and "n=5" in f.verdict and "+1.30 pp" in f.verdict
+    assert ("Conditions: mlp-800 students trained 3 epochs of batch 128, n=5 shared finalist seeds, teacher cnn-m "
+            "at 90.50 % test accuracy.") in f.verdict
+    assert f.seeds["seed"].tolist() == sorted(KD_TEST)
+    assert f.seeds["ce"].tolist() == [CE_TEST[s] for s in sorted(CE_TEST)]
+    assert f.seeds["diff"].tolist() == pytest.approx(diffs)
     t = arms.loc["teacher"]
     assert t["test_mean"] == 0.905 and t["n"] == 1 and math.isnan(t["test_sd"]) and t["parameters"] == 5000
     assert kd["device"] == "cpu (test, 1 thread)" and kd["infer_ms_per_batch"] == 1.5
@@ -110,7 +115,7 @@ def test_partial_study_says_what_is_missing(db_url: str) -> None:
     assert any("CE baseline" in m for m in f.missing) and any("finalists" in m for m in f.missing)
     assert any("teacher" in m for m in f.missing)
     assert f.arms.empty and f.curves.empty and f.predictions.images is None
-    assert "cannot be compared" in f.verdict and "not computed" in f.importances.note
+    assert "cannot be compared" in f.verdict and "not shown" in f.importances.note
     assert f.grid["best_val"].isna().all() and int(f.grid["n_running"].sum()) == 1
     assert comparison_table([f]).empty
     counts = f.provenance["counts"]
@@ -220,3 +225,71 @@ def test_a_study_stored_before_replicated_grids_is_still_reported(tmp_path) -> N
     assert g.loc[(2.0, 0.5), "cell_n"] == 1 and math.isnan(g.loc[(2.0, 0.5), "cell_ci_half"])
     assert g.loc[(2.0, 0.5), "cell_mean"] == 0.890  # its better lr's single run
     assert f.evidence.pruner == "median"
+
+
+def test_inference_time_is_one_number_per_architecture(known: str) -> None:
+    """CE and KD students are one architecture: both arms show the median over all its finalist runs."""
+    import sqlalchemy as sa
+
+    from kdbench.store import RunRow, Store
+
+    with Store.open(known).session() as s:
+        kd = sa.update(RunRow).where(RunRow.kind == "finalist", RunRow.loss == "kd")
+        s.execute(kd.values(infer_ms_per_batch=3.0))
+    arms = study_frames(known, "known", load_images=False).arms.set_index("arm")
+    assert arms.loc["KD student", "infer_ms_per_batch"] == arms.loc["CE student", "infer_ms_per_batch"] == 2.25
+    assert arms.loc["teacher", "infer_ms_per_batch"] == 12.5
+
+
+def test_log_scaled_parameters_get_a_log_colour_scale(tmp_path) -> None:
+    from matplotlib.colors import LogNorm
+    from report_db import make_replicated_db
+
+    from kdbench.report import plots
+
+    url = f"sqlite:///{tmp_path / 'rep.db'}"
+    make_replicated_db(url, "logs", search={"temperature": [1, 2, 4], "lr": {"low": 1e-3, "high": 2e-3, "log": True}})
+    make_replicated_db(url, "linear", search={"lr": {"low": 1e-3, "high": 2e-3, "log": False}})
+    logs, linear = (study_frames(url, name, load_images=False) for name in ("logs", "linear"))
+    assert logs.log_params == ["temperature", "lr"] and linear.log_params == []
+    norms = [plots.importances(f).axes[1].collections[0].norm for f in (logs, linear)]
+    assert isinstance(norms[0], LogNorm) and not isinstance(norms[1], LogNorm)
+    assert logs.importances.table.empty
+    assert logs.importances.note.startswith("not shown: 24 complete KD trial(s), fewer than the 50 PED-ANOVA")
+
+
+def test_importances_are_shown_from_enough_complete_trials(tmp_path) -> None:
+    """IMPORTANCE_MIN_TRIALS complete KD trials (runs and Optuna's trials): importances with n; one fewer: none."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from kdbench.config import IMPORTANCE_MIN_TRIALS
+    from kdbench.store import Store
+
+    url = f"sqlite:///{tmp_path / 'imp.db'}"
+    n = IMPORTANCE_MIN_TRIALS
+    lrs = [1e-4 * 1.05**i for i in range(n)]
+    make_db(url, "imp", kd_trials={(2.0, 0.5): [("complete", 0.8 + 0.001 * i, lr) for i, lr in enumerate(lrs)]})
+    study = optuna.create_study(study_name="imp", storage=Store.open(url).optuna_storage(), direction="maximize")
+    dists = {"lr": FloatDistribution(1e-5, 1e-2, log=True), "temperature": FloatDistribution(1, 8)}
+    rng = [(lr, 1 + (i * 7) % 8) for i, lr in enumerate(lrs)]
+    study.add_trials([optuna.trial.create_trial(params={"lr": lr, "temperature": t}, distributions=dists,
+                                                value=0.8 + 0.001 * i) for i, (lr, t) in enumerate(rng)])
+    shown = study_frames(url, "imp", load_images=False)
+    assert shown.importances.note == f"from n={n} complete KD trials" and shown.importances.n_trials == n
+    assert set(shown.importances.table["param"]) == {"lr", "temperature"}
+    hidden = study_frames(url, "imp", load_images=False, importance_min_trials=n + 1)
+    assert hidden.importances.table.empty and hidden.importances.note.startswith(f"not shown: {n} complete KD")
+
+
+def test_comparison_figure_pairs_seeds_and_shows_the_verdicts_interval(known: str) -> None:
+    from kdbench.report import plots
+
+    f = study_frames(known, "known", load_images=False)
+    left, right = plots.comparison([f]).axes
+    assert len(left.lines) == 5  # one CE -> KD line per finalist seed
+    assert [tuple(line.get_ydata()) for line in left.lines] == [
+        pytest.approx((100 * CE_TEST[s], 100 * KD_TEST[s])) for s in sorted(KD_TEST)]
+    p = f.paired
+    assert right.get_title() == (f"paired KD − CE (n=5): {100 * p.mean:+.2f} pp, 95% CI [{100 * p.ci_low:+.2f}, "
+                                 f"{100 * p.ci_high:+.2f}]")

@@ -2,8 +2,9 @@
 
 A report flows one way: sources.py makes every read (the store, Optuna's importances, the dataset's
 test split) and returns plain data; frames.py computes the report's DataFrames from it (pandas only),
-with stats.py's statistics; plots.py draws figures from the frames; render.py writes HTML (through
-templates/), Markdown, CSV and LaTeX.
+with stats.py's statistics (predictions.py the prediction grid and the fidelity of the stored test
+predictions); tables.py turns them into text tables (Markdown, LaTeX); plots.py draws figures from the
+frames; render.py writes HTML (through templates/), Markdown, CSV and LaTeX.
 """
 
 from __future__ import annotations

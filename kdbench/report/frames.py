@@ -4,9 +4,11 @@
 sources to :func:`compute_frames`, which returns a :class:`StudyFrames`: the T × α grid (best validation
 accuracy, trials per cell, the lr each point ended up with, the difference to the tuned CE baseline), the
 comparison rows (teacher, CE and KD finalists with the store's mean ± sd and n, and the paired KD − CE
-difference), learning curves, the prediction grid's data, Optuna's parameter importances and the
-provenance. Everything here is a pure function of the sources: no database, Optuna or dataset is touched,
-nothing is trained or written. Whatever a partial study lacks is listed in ``missing`` instead of failing.
+difference), the per-seed pairs behind that difference, the fidelity of the stored test predictions
+(teacher agreement, McNemar, per-class change), learning curves, the prediction grid's data, Optuna's
+parameter importances and the provenance. Everything here is a pure function of the sources: no database,
+Optuna or dataset is touched, nothing is trained or written. Whatever a partial study lacks is listed in
+``missing`` instead of failing.
 """
 
 from __future__ import annotations
@@ -16,28 +18,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import yaml
 
-from kdbench.config import is_geometric
+from kdbench.config import IMPORTANCE_MIN_TRIALS, is_geometric
 from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, qualified_verdict, search_evidence
-from kdbench.report.sources import (
-    IMPORTANCE_EVALUATOR,
-    PredictionSources,
-    StoreLike,
-    StudySources,
-    TeacherSource,
-    read_study,
-)
+from kdbench.report.predictions import FIDELITY_COLUMNS, Fidelity, Predictions, prediction_grid
+from kdbench.report.predictions import fidelity as fidelity_frames
+from kdbench.report.sources import IMPORTANCE_EVALUATOR, StoreLike, StudySources, read_study
 from kdbench.report.stats import Paired, paired_difference, verdict
 
 __all__ = [
     "COMPARISON_COLUMNS",
-    "PREDICTION_IMAGES",
+    "SEED_COLUMNS",
     "Importances",
-    "Predictions",
     "StudyFrames",
     "comparison_table",
     "compute_frames",
@@ -46,27 +40,7 @@ __all__ = [
     "study_frames",
 ]
 
-PREDICTION_IMAGES = 24  # test images in the prediction grid (half the first ones, half disagreements)
-
-
-@dataclass
-class Predictions:
-    """The prediction grid: chosen test images with label and each model's prediction.
-
-    Attributes:
-        table: one row per image: ``index`` (in the test split), ``label``, ``teacher``, ``ce``, ``kd``
-            (class indices; -1 where that model's predictions are missing).
-        images: ``uint8 [k, C, H, W]`` test images in the table's order, or None when the data is missing.
-        classes: class names by index.
-        seed: the finalist seed whose predictions are shown.
-        notes: what is missing.
-    """
-
-    table: pd.DataFrame
-    images: npt.NDArray[np.uint8] | None
-    classes: list[str]
-    seed: int | None
-    notes: list[str] = field(default_factory=list)
+SEED_COLUMNS = ["seed", "ce", "kd", "diff"]
 
 
 @dataclass
@@ -100,15 +74,21 @@ class StudyFrames:
     importances: Importances
     provenance: dict[str, Any]
     missing: list[str]
+    log_params: list[str] = field(default_factory=list)  # searched on a log scale: drawn with log axes and colours
+    seeds: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEED_COLUMNS))  # see _paired_seeds
+    fidelity: Fidelity = field(default_factory=lambda: Fidelity(pd.DataFrame(columns=FIDELITY_COLUMNS),
+                                                                pd.DataFrame()))
 
 
-def study_frames(storage: StoreLike, name: str, *, load_images: bool = True) -> StudyFrames:
+def study_frames(storage: StoreLike, name: str, *, load_images: bool = True,
+                 importance_min_trials: int = IMPORTANCE_MIN_TRIALS) -> StudyFrames:
     """Read one study (:func:`~kdbench.report.sources.read_study`) and compute everything its report shows.
 
     Args:
         storage: the open store, or the SQLAlchemy URL of the results database.
         name: the study's name.
         load_images: read the test split for the prediction grid (else it says the images were skipped).
+        importance_min_trials: complete KD trials below which importances are not shown.
 
     Returns:
         The study's frames (see :func:`compute_frames`).
@@ -116,7 +96,8 @@ def study_frames(storage: StoreLike, name: str, *, load_images: bool = True) -> 
     Raises:
         StoreError: unknown study (the message lists the studies in the database) or unusable database.
     """
-    return compute_frames(read_study(storage, name, load_images=load_images))
+    return compute_frames(read_study(storage, name, load_images=load_images,
+                                     importance_min_trials=importance_min_trials))
 
 
 def compute_frames(src: StudySources) -> StudyFrames:
@@ -150,16 +131,30 @@ def compute_frames(src: StudySources) -> StudyFrames:
         missing.append("no teacher recorded yet")
     finals = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
     if finals.empty:
-        missing.append("no complete finalists yet: no test accuracies, comparison or learning curves")
+        missing.append("no complete finalists yet: no test accuracies, comparison, fidelity or learning curves")
     arms, paired = _arms(src, finals, evidence.budgets)
+    fidelity = fidelity_frames(src.predictions, src.teacher)
+    best_kd = arms["arm"] == "KD student"
+    if best_kd.any() and fidelity.seeds["mcnemar_p"].notna().any():
+        arms.loc[best_kd, "mcnemar_p"] = float(fidelity.seeds["mcnemar_p"].median())
+    taught = None if src.teacher is None else (src.teacher.model, float(src.teacher.test_acc))
     return StudyFrames(
         name=src.name, config=config, config_hash=src.config_hash, is_grid=is_grid,
         geometric_t=is_grid and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,
         ce_trials=ce[["trial_number", "lr", "val_acc"]].reset_index(drop=True), arms=arms, paired=paired,
-        verdict=qualified_verdict(verdict(paired), config, evidence) if not finals.empty else
-        "KD and CE cannot be compared yet: no complete finalists.",
-        curves=_curves(src.epochs, finals), predictions=_predictions(src.predictions, src.teacher),
-        importances=_importances(src), provenance=_provenance(src), missing=missing)
+        verdict=qualified_verdict(verdict(paired), config, evidence, n_seeds=paired.n, teacher=taught)
+        if not finals.empty else "KD and CE cannot be compared yet: no complete finalists.",
+        curves=_curves(src.epochs, finals), predictions=prediction_grid(src.predictions, src.teacher),
+        importances=_importances(src), provenance=_provenance(src), missing=missing,
+        log_params=[p for p in ("temperature", "lr") if _log_scale(search.get(p))], seeds=_paired_seeds(finals),
+        fidelity=fidelity)
+
+
+def _log_scale(spec: Any) -> bool:
+    """Is a search parameter sampled on a log scale? A geometric list (1, 2, 4, 8), or a range with ``log: true``."""
+    if isinstance(spec, list):
+        return is_geometric(spec)
+    return isinstance(spec, dict) and bool(spec.get("log"))
 
 
 # ---------------------------------------------------------------------------------------------- grid
@@ -232,8 +227,8 @@ def _no_value(r: pd.Series) -> str:
 
 COMPARISON_COLUMNS = [
     "study", "arm", "model", "temperature", "alpha", "lr", "test_mean", "test_sd", "n", "diff_mean",
-    "ci_low", "ci_high", "p_value", "n_pairs", "parameters", "infer_ms_per_batch", "device", "seeds", "commit",
-    "config_hash", "tuning",
+    "ci_low", "ci_high", "p_value", "mcnemar_p", "n_pairs", "parameters", "infer_ms_per_batch", "device", "seeds",
+    "commit", "config_hash", "tuning",
 ]
 
 
@@ -252,6 +247,8 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str]) -> t
     ce = by_seed.get(("ce", 0))
     paired = paired_difference(by_seed[("kd", 0)], ce) if ce is not None and ("kd", 0) in by_seed \
         else paired_difference(pd.Series(dtype=float), pd.Series(dtype=float))
+    # Every student arm is the same architecture: one timing for all of them (per-arm medians differ by noise)
+    student_ms = float(finals["infer_ms_per_batch"].median()) if len(finals) else math.nan
     for (loss, rank), g in sorted(finals.groupby(["loss", "rank"]), key=lambda kv: (kv[0][0] != "ce", kv[0][1])):
         s = summary.loc[(loss, rank)]
         row: dict[str, Any] = {
@@ -259,7 +256,7 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str]) -> t
             "model": student, "temperature": g["temperature"].iloc[0], "alpha": g["alpha"].iloc[0],
             "lr": g["lr"].iloc[0], "test_mean": float(s["test_mean"]), "test_sd": float(s["test_sd"]),
             "n": int(s["n"]), "parameters": g["parameters"].iloc[0],
-            "infer_ms_per_batch": float(g["infer_ms_per_batch"].median()),
+            "infer_ms_per_batch": student_ms,
             "device": "; ".join(sorted(set(g["device"].dropna()))),
             "seeds": " ".join(str(int(x)) for x in sorted(g["seed"])),
             "commit": "; ".join(sorted({str(c) for c in g["commit"].dropna()})), "tuning": budgets.get(str(loss))}
@@ -272,6 +269,18 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str]) -> t
     out["config_hash"] = src.config_hash
     out = out[COMPARISON_COLUMNS]
     return out, paired
+
+
+def _paired_seeds(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per seed both best (rank 0) finalists completed: CE's and KD's test accuracy and KD − CE (the pairs
+    :func:`~kdbench.report.stats.paired_difference` averages)."""
+    best = finals[finals["rank"] == 0]
+    if best.empty:
+        return pd.DataFrame(columns=SEED_COLUMNS)
+    wide = best.pivot_table(index="seed", columns="loss", values="test_acc", aggfunc="first")
+    wide = wide.reindex(columns=["ce", "kd"]).dropna().astype(float)
+    wide["diff"] = wide["kd"] - wide["ce"]
+    return wide.rename_axis(columns=None).reset_index()[SEED_COLUMNS]
 
 
 def comparison_table(frames: list[StudyFrames]) -> pd.DataFrame:
@@ -304,57 +313,19 @@ def _curves(epochs: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
     return out[cols]
 
 
-# ---------------------------------------------------------------------------------------------- predictions
-
-
-def _decode(blob: bytes | None) -> npt.NDArray[np.int16] | None:
-    return None if blob is None else np.frombuffer(blob, dtype=np.int16)
-
-
-def _predictions(src: PredictionSources, teacher: TeacherSource | None) -> Predictions:
-    """The first half of the test images, then those where KD and CE disagree; notes say what is missing."""
-    empty = pd.DataFrame(columns=["index", "label", "teacher", "ce", "kd"])
-    if src.seed is None:
-        return Predictions(empty, None, src.classes, None, ["no seed with both a KD and a CE finalist yet"])
-    kd_p, ce_p = _decode(src.kd), _decode(src.ce)
-    t_p = _decode(teacher.test_predictions) if teacher is not None else None
-    notes = [] if t_p is not None else ["teacher test predictions missing"]
-    if kd_p is None or ce_p is None:
-        return Predictions(empty, None, src.classes, src.seed, [*notes, "finalist test predictions missing"])
-    if not src.load_images:
-        return Predictions(empty, None, src.classes, src.seed, [*notes, "test images not loaded"])
-    if src.test is None:
-        reason = (src.test_error or "not read").splitlines()[0]
-        return Predictions(empty, None, src.classes, src.seed, [*notes, f"test images unavailable: {reason}"])
-    labels = src.test.labels
-    n = len(labels)
-    if any(p is not None and len(p) != n for p in (kd_p, ce_p, t_p)):
-        return Predictions(empty, None, src.test.classes, src.seed,
-                           [*notes, f"stored predictions do not match the {n} test images found"])
-    half = PREDICTION_IMAGES // 2
-    first = list(range(min(half, n)))
-    disagree = [int(i) for i in np.flatnonzero(kd_p != ce_p) if i >= half][: PREDICTION_IMAGES - len(first)]
-    idx = np.array(first + disagree, dtype=np.int64)
-    table = pd.DataFrame({"index": idx, "label": labels[idx].astype(int),
-                          "teacher": t_p[idx].astype(int) if t_p is not None else -1,
-                          "ce": ce_p[idx].astype(int), "kd": kd_p[idx].astype(int)})
-    return Predictions(table, src.test.images[idx], src.test.classes, src.seed, notes)
-
-
 # ---------------------------------------------------------------------------------------------- importances
 
 
 def _importances(src: StudySources) -> Importances:
-    """Optuna's importances as a table, largest first, with a note on how far to trust them."""
+    """Optuna's importances as a table, largest first, with n; below ``IMPORTANCE_MIN_TRIALS`` (config.py) the
+    sources did not compute them, and the note says why in one line."""
     n = src.kd_complete
     if src.importances is None:
         return Importances(pd.DataFrame(columns=["param", "importance"]), IMPORTANCE_EVALUATOR, n,
                            src.importances_skipped)
     table = pd.DataFrame({"param": list(src.importances), "importance": list(src.importances.values())})
     table = table.sort_values(["importance", "param"], ascending=[False, True]).reset_index(drop=True)
-    note = (f"from {n} complete KD trials; PED-ANOVA wants at least 5 trials in its top 10 % "
-            f"(about 50 trials), so read these as indicative" if n < 50 else f"from {n} trials")
-    return Importances(table, IMPORTANCE_EVALUATOR, n, note)
+    return Importances(table, IMPORTANCE_EVALUATOR, n, f"from n={n} complete KD trials")
 
 
 # ---------------------------------------------------------------------------------------------- provenance

@@ -150,14 +150,27 @@ def _lr_at_edge(cells: effects.BestLr) -> str:
             "outside the list (widen search.lr).")
 
 
-def qualified_verdict(text: str, config: dict[str, Any], evidence: SearchEvidence) -> str:
-    """A verdict, then the training budget it holds for (a short search budget may not transfer) and whether
-    KD and CE were tuned alike (a grid is equal per cell: KD's budget is cells × CE's)."""
+def qualified_verdict(text: str, config: dict[str, Any], evidence: SearchEvidence, *, n_seeds: int,
+                      teacher: tuple[str, float] | None) -> str:
+    """A verdict, then the conditions it holds under: the student's training budget (a short budget may not
+    transfer), the number of seeds, the teacher (model and test accuracy), and whether KD and CE were tuned
+    alike (a grid is equal per cell: KD's budget is cells × CE's).
+
+    Args:
+        text: the verdict (:func:`kdbench.report.stats.verdict`).
+        config: the study's config.
+        evidence: the search's evidence (its tuning budgets).
+        n_seeds: the finalist seeds KD and CE share (the verdict's n).
+        teacher: the teacher's model and test accuracy (a fraction), or None when none is recorded.
+    """
     student = config.get("student", {})
     steps, epochs, batch = student.get("steps"), student.get("epochs"), student.get("batch_size")
     per = f" of batch {batch}" if batch else ""
-    budget = f"{steps} steps{per}" if steps else (f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "")
-    text += f" This holds for students trained {budget}." if budget else ""
+    budget = f"{steps} steps{per}" if steps else (f"{epochs} epoch{'s' if epochs != 1 else ''}{per}" if epochs
+                                                  else "an unrecorded budget")
+    taught = f"teacher {teacher[0]} at {100 * teacher[1]:.2f} % test accuracy" if teacher else "no teacher recorded"
+    text += (f" Conditions: {student.get('model', 'student')} students trained {budget}, n={n_seeds} shared "
+             f"finalist seed{'s' if n_seeds != 1 else ''}, {taught}.")
     b = evidence.budgets
     if "kd" in b and "ce" in b:
         words = f"KD: {b['kd']}; CE: {b['ce']}"

@@ -2,7 +2,8 @@
 
 Each function takes frames and returns a matplotlib Figure (Agg backend, no display). Accuracies
 are shown in percent and differences in percentage points (pp); every axis and colour bar says its
-unit. T gets a log axis when its grid is geometric (1, 2, 4, 8).
+unit. T gets a log axis when its grid is geometric (1, 2, 4, 8), and a parameter searched on a log scale
+(lr, usually) a log colour scale.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import math
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -267,10 +270,22 @@ def predictions(sf: StudyFrames) -> Figure:
         ax.set_title(f"#{int(r['index'])}", fontsize=7)
     for ax in list(axes.flat)[len(p.table):]:
         ax.axis("off")
-    fig.suptitle(f"{sf.name}: test predictions of seed {p.seed} (red: wrong; purple frame: CE and KD disagree)",
-                 fontsize=10)
-    fig.subplots_adjust(hspace=0.8, wspace=0.25, top=0.93, bottom=0.1)
+    first = int((p.table["index"] < len(p.table) // 2).sum())
+    fig.suptitle(f"{sf.name}: test predictions of seed {p.seed} (red: wrong; purple frame: CE and KD disagree)\n"
+                 f"the first {first} test images, then the first {len(p.table) - first} of the {p.n_disagree:,} "
+                 f"(of {p.n_test:,}) where CE and KD disagree", fontsize=10)
+    fig.subplots_adjust(hspace=0.8, wspace=0.25, top=0.9, bottom=0.1)
     return fig
+
+
+def _norm(sf: StudyFrames, param: str, values: npt.NDArray[np.float64]) -> Normalize:
+    """The colour scale of a search parameter: logarithmic when it was searched on a log scale (lr over a log
+    range or geometric list, T on a geometric grid), so equal ratios get equal colour steps; else linear."""
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (1.0, 1.0)
+    if param in sf.log_params and low > 0:
+        return LogNorm(vmin=low, vmax=high if high > low else low * 10)
+    return Normalize(vmin=low, vmax=high)
 
 
 def importances(sf: StudyFrames) -> Figure:
@@ -285,19 +300,21 @@ def importances(sf: StudyFrames) -> Figure:
     fig, axes = _figure(11, 4.2, 1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     imp = sf.importances
     if imp.table.empty:
-        _empty(fig, axes[0], f"importances {imp.note}")
+        _empty(fig, axes[0], f"parameter importances {imp.note}")
     else:
         t = imp.table.iloc[::-1]
         axes[0].barh(t["param"], 100 * t["importance"], color="#8172b3")
         axes[0].set_xlabel("importance (% of the total)")
-        axes[0].set_title("parameter importance (PED-ANOVA)", fontsize=10)
+        axes[0].set_title(f"parameter importance (PED-ANOVA, n={imp.n_trials} complete KD trials)", fontsize=10)
         axes[0].grid(axis="x", alpha=0.3)
     lr = grid_pivot(sf, "cell_lr") if sf.is_grid else pd.DataFrame()
     if lr.empty or lr.isna().all().all():
         _empty(fig, axes[1], "no lr per grid point (no complete KD trial on a T × α grid)")
     else:
-        sns.heatmap(lr * 1e3, annot=True, fmt=".2f", cmap="mako", ax=axes[1], linewidths=0.5,
-                    cbar_kws={"label": "learning rate (×10⁻³ per step)"}, annot_kws={"fontsize": 9})
+        norm = _norm(sf, "lr", lr.to_numpy())
+        scale = " (log colour scale: searched on a log scale)" if isinstance(norm, LogNorm) else ""
+        sns.heatmap(lr, annot=True, fmt=".2g", cmap="mako", ax=axes[1], linewidths=0.5, norm=norm,
+                    cbar_kws={"label": f"learning rate per step{scale}"}, annot_kws={"fontsize": 9})
         _t_ticklabels(axes[1], list(lr.columns))
         axes[1].set_yticklabels([f"{a:g}" for a in lr.index], rotation=0)
         axes[1].set_xlabel(T_LABEL)
@@ -309,36 +326,65 @@ def importances(sf: StudyFrames) -> Figure:
     return fig
 
 
-def comparison(table: pd.DataFrame) -> Figure:
-    """Test accuracy (mean ± sd over seeds) of each arm, studies side by side.
+def comparison(frames: list[StudyFrames]) -> Figure:
+    """The paired evidence, one row per study. Left: each finalist seed's CE → KD test accuracy as a line (CE
+    and KD finalists of one seed share initialisation and data order). Right: each seed's KD − CE and their
+    mean with the verdict's interval (Student t on the paired differences, :func:`kdbench.report.stats.
+    paired_difference`).
 
     Args:
-        table: :func:`~kdbench.report.frames.comparison_table`'s rows.
+        frames: the studies' frames.
 
     Returns:
         The figure.
     """
-    studies = list(dict.fromkeys(table["study"]))
-    fig, ax = _figure(max(5.5, 2.6 * len(studies) + 2), 4)
-    if table.empty:
-        return _empty(fig, ax, "no test accuracies yet (no teacher or finalists)")
-    arms = list(dict.fromkeys(table["arm"]))
-    width = 0.8 / len(arms)
-    for k, arm in enumerate(arms):
-        part = table[table["arm"] == arm].set_index("study").reindex(studies)
-        x = np.arange(len(studies)) + (k - (len(arms) - 1) / 2) * width
-        key = "teacher" if arm == "teacher" else ("ce" if arm.startswith("CE") else "kd")
-        ax.errorbar(x, 100 * part["test_mean"], yerr=100 * part["test_sd"].fillna(0), fmt="o", capsize=4,
-                    color=COLORS[key], alpha=1.0 if "#" not in arm else 0.6, label=arm)
-        for xi, (_, r) in zip(x, part.iterrows(), strict=True):
-            if not pd.isna(r["n"]):
-                ax.annotate(f"n={int(r['n'])}", (xi, 100 * r["test_mean"]), textcoords="offset points",
-                            xytext=(6, -3), fontsize=7)
-    ax.set_xticks(np.arange(len(studies)), studies)
-    ax.set_xlim(-0.6, len(studies) - 0.4)
-    ax.set_ylabel("test accuracy (%, mean ± sd over seeds)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("test accuracy by arm", fontsize=10)
+    fig, axes = _figure(10, 3.6 * max(1, len(frames)), max(1, len(frames)), 2, squeeze=False,
+                        gridspec_kw={"width_ratios": [1.4, 1]})
+    for (left, right), sf in zip(axes, frames, strict=False):
+        _paired_row(left, right, sf, several=len(frames) > 1)
+    if not frames:
+        _empty(fig, axes[0][1], "")
+        _empty(fig, axes[0][0], "no study")
     fig.tight_layout()
     return fig
+
+
+def _paired_row(left: Axes, right: Axes, sf: StudyFrames, several: bool) -> None:
+    name = f"{sf.name}: " if several else ""
+    seeds, p = sf.seeds, sf.paired
+    if seeds.empty:
+        right.axis("off")
+        left.axis("off")
+        left.text(0.5, 0.5, f"{name}no seed with both a complete CE and KD finalist yet", ha="center", va="center",
+                  fontsize=11, color="#555", transform=left.transAxes)
+        return
+    for _, r in seeds.iterrows():
+        color = COLORS["kd"] if r["diff"] > 0 else (COLORS["ce"] if r["diff"] < 0 else "#888")
+        left.plot([0, 1], [100 * r["ce"], 100 * r["kd"]], marker="o", color=color, lw=1.2, alpha=0.85)
+        left.annotate(f"seed {int(r['seed'])}", (1, 100 * r["kd"]), textcoords="offset points", xytext=(6, -3),
+                      fontsize=7, color="#555")
+    left.set_xticks([0, 1], ["CE student", "KD student"])
+    left.set_xlim(-0.3, 1.45)
+    left.set_ylabel("test accuracy (%)")
+    left.grid(axis="y", alpha=0.3)
+    teacher = sf.arms[sf.arms["arm"] == "teacher"]
+    taught = f"; teacher {teacher['model'].iloc[0]}: {100 * teacher['test_mean'].iloc[0]:.2f} %" if len(teacher) \
+        else ""
+    left.set_title(f"{name}per finalist seed, CE → KD (n={len(seeds)}{taught})", fontsize=9)
+    d = 100 * seeds["diff"].to_numpy(dtype=float)
+    x = np.linspace(-0.15, 0.15, len(d)) if len(d) > 1 else np.zeros(1)
+    right.scatter(x, d, color="#555", s=18, zorder=3, label="one seed's KD − CE")
+    right.axhline(0, color="#333", lw=0.8)
+    if not math.isnan(p.ci_low):
+        right.errorbar([0.6], [100 * p.mean], yerr=[[100 * (p.mean - p.ci_low)], [100 * (p.ci_high - p.mean)]],
+                       fmt="D", color=COLORS["kd"], capsize=6, ms=7, label=f"mean, {CONFIDENCE:.0%} t interval")
+        what = f"{100 * p.mean:+.2f} pp, {CONFIDENCE:.0%} CI [{100 * p.ci_low:+.2f}, {100 * p.ci_high:+.2f}]"
+    else:
+        right.scatter([0.6], [100 * p.mean], marker="D", color=COLORS["kd"], s=40, label="mean (no interval)")
+        what = f"{100 * p.mean:+.2f} pp, no interval at n={p.n}" if p.n < 2 else f"{100 * p.mean:+.2f} pp, no spread"
+    right.set_xticks([0, 0.6], ["seeds", "mean"])
+    right.set_xlim(-0.45, 0.95)
+    right.set_ylabel("KD − CE test accuracy (pp)")
+    right.grid(axis="y", alpha=0.3)
+    right.legend(fontsize=7, loc="best")
+    right.set_title(f"paired KD − CE (n={p.n}): {what}", fontsize=9)

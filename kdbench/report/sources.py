@@ -15,19 +15,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from kdbench.config import IMPORTANCE_MIN_TRIALS
 from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
 from kdbench.store import Store, TeacherRow
 
 __all__ = [
     "IMPORTANCE_EVALUATOR",
-    "MIN_IMPORTANCE_TRIALS",
     "PredictionSources",
     "StoreLike",
     "StudySources",
@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 StoreLike: TypeAlias = str | Store  # an open store, or the URL of one
-MIN_IMPORTANCE_TRIALS = 4  # complete KD trials below which importances are not computed
 IMPORTANCE_EVALUATOR = (
     "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, target_quantile=0.1, on complete KD trials; "
     "Optuna 5's default, which replaced fANOVA)"
@@ -72,16 +71,19 @@ class TestSplit:
 
 @dataclass
 class PredictionSources:
-    """What the prediction grid reads: one seed's best KD and CE finalists' stored predictions, and the test split.
+    """What the prediction grid and the fidelity statistics read: the best KD and CE finalists' stored
+    predictions of every seed both have, and the test split.
 
     Attributes:
         seed: the first seed with both a complete best (rank 0) KD and CE finalist, or None.
-        kd: the KD finalist's stored test predictions (int16 argmax), None when missing.
+        kd: the KD finalist's stored test predictions (int16 argmax) of that seed, None when missing.
         ce: the CE finalist's, likewise.
         classes: the dataset's class names by index (empty for a dataset kdbench does not know).
         load_images: whether the test split was asked for.
         test: the test split, read only when asked for and both predictions are there.
         test_error: why the test split could not be read, or None.
+        kd_by_seed: every shared seed's stored KD predictions.
+        ce_by_seed: every shared seed's stored CE predictions.
     """
 
     seed: int | None
@@ -91,6 +93,8 @@ class PredictionSources:
     load_images: bool
     test: TestSplit | None = None
     test_error: str | None = None
+    kd_by_seed: dict[int, bytes] = field(default_factory=dict)  # every shared seed's stored KD predictions
+    ce_by_seed: dict[int, bytes] = field(default_factory=dict)  # and CE's (a seed whose blob is missing is absent)
 
 
 @dataclass
@@ -128,13 +132,15 @@ class StudySources:
     importances_skipped: str
 
 
-def read_study(storage: StoreLike, name: str, *, load_images: bool = True) -> StudySources:
+def read_study(storage: StoreLike, name: str, *, load_images: bool = True,
+               importance_min_trials: int = IMPORTANCE_MIN_TRIALS) -> StudySources:
     """Read everything the report of one study shows.
 
     Args:
         storage: the open store, or the SQLAlchemy URL of the results database (never created).
         name: the study's name.
         load_images: read the dataset's test split for the prediction grid.
+        importance_min_trials: complete KD trials below which importances are not computed.
 
     Returns:
         The study's sources.
@@ -149,7 +155,7 @@ def read_study(storage: StoreLike, name: str, *, load_images: bool = True) -> St
     config = json.loads(row.config)
     teacher = _teacher(store.teacher(row.teacher_key)) if row.teacher_key else None
     kd_complete = int(((runs["kind"] == "kd") & (runs["state"] == "complete")).sum())
-    importances, skipped = _importances(store, name, kd_complete)
+    importances, skipped = _importances(store, name, kd_complete, importance_min_trials)
     return StudySources(
         name=name, config=config, config_hash=row.config_hash, commit=row.commit, created=row.created, runs=runs,
         epochs=store.epochs(name), teacher=teacher, finalists=store.finalist_summary(name),
@@ -193,10 +199,16 @@ def _predictions(store: Store, config: dict[str, Any], runs: pd.DataFrame, load_
     if not seeds:
         return PredictionSources(None, None, None, classes, load_images)
     seed = int(seeds[0])
-    run_ids = {loss: int(best.loc[(best["loss"] == loss) & (best["seed"] == seed), "run_id"].iloc[0])
-               for loss in ("kd", "ce")}
+    run_ids = {(loss, int(sd)): int(best.loc[(best["loss"] == loss) & (best["seed"] == sd), "run_id"].iloc[0])
+               for loss in ("kd", "ce") for sd in seeds}
     blobs = store.test_predictions(list(run_ids.values()))
-    out = PredictionSources(seed, blobs.get(run_ids["kd"]), blobs.get(run_ids["ce"]), classes, load_images)
+    by_seed: dict[str, dict[int, bytes]] = {"kd": {}, "ce": {}}
+    for (loss, sd), run_id in run_ids.items():
+        blob = blobs.get(run_id)
+        if blob is not None:
+            by_seed[loss][sd] = blob
+    out = PredictionSources(seed, by_seed["kd"].get(seed), by_seed["ce"].get(seed), classes, load_images,
+                            kd_by_seed=by_seed["kd"], ce_by_seed=by_seed["ce"])
     if not load_images or out.kd is None or out.ce is None:
         return out
     try:
@@ -210,19 +222,19 @@ def _predictions(store: Store, config: dict[str, Any], runs: pd.DataFrame, load_
     return out
 
 
-def _importances(store: Store, name: str, kd_complete: int) -> tuple[dict[str, float] | None, str]:
+def _importances(store: Store, name: str, kd_complete: int, minimum: int) -> tuple[dict[str, float] | None, str]:
     """Optuna's PED-ANOVA importances of the KD study, or None and why they were not computed."""
-    if kd_complete < MIN_IMPORTANCE_TRIALS:
-        return None, (f"not computed: {kd_complete} complete KD trial(s), fewer than the "
-                      f"{MIN_IMPORTANCE_TRIALS} an importance estimate needs")
+    if kd_complete < minimum:
+        return None, (f"not shown: {kd_complete} complete KD trial(s), fewer than the {minimum} "
+                      f"PED-ANOVA needs to have at least 5 in the top 10 % it compares with the rest")
     import optuna
 
     try:
         study = store.optuna_study(name)
     except KeyError as exc:
-        return None, f"not computed: Optuna study {name!r} not readable ({str(exc).strip(chr(39))})"
+        return None, f"not shown: Optuna study {name!r} not readable ({str(exc).strip(chr(39))})"
     except StoreError as exc:
-        return None, f"not computed: {exc}"
+        return None, f"not shown: {exc}"
     with warnings.catch_warnings():  # experimental-API and few-trial warnings: the report's note says what matters
         warnings.simplefilter("ignore")
         imp = optuna.importance.get_param_importances(

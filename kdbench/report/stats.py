@@ -1,22 +1,44 @@
-"""The statistics a report prints: mean ± sd with n per arm, and KD − CE paired over shared seeds.
+"""The statistics a report prints: mean ± sd with n per arm, KD − CE paired over shared seeds, and the
+fidelity of the students' stored test predictions (agreement with the teacher, per-class change, McNemar).
 
 A finalist arm is one configuration re-trained on ``seeds`` fresh seeds; KD and CE finalists share
 seeds and data order, so their per-seed test accuracies pair. The difference's 95 % confidence
 interval is Student's t on the paired differences; the p-value is the paired t-test
 (``scipy.stats.ttest_rel``). Whether KD helped is decided by the interval alone: it helped when
 the interval lies above 0, hurt when below, and could not be told apart when it contains 0.
+
+The prediction statistics take int arrays over the test set (one predicted class per image, the
+stored int16 argmax) and the dataset's labels: :func:`agreement` (top-1, e.g. teacher–student),
+:func:`per_class_delta` (KD − CE accuracy per class, paired by seed, then averaged) and
+:func:`mcnemar_test` (KD against CE on the same images, ``statsmodels``' McNemar, exact when the
+discordant images are few).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
-__all__ = ["CONFIDENCE", "Paired", "Summary", "paired_difference", "summarize", "verdict"]
+from kdbench.config import MCNEMAR_EXACT_BELOW
+
+__all__ = [
+    "CONFIDENCE",
+    "McNemar",
+    "Paired",
+    "Summary",
+    "agreement",
+    "mcnemar_test",
+    "paired_difference",
+    "per_class_delta",
+    "summarize",
+    "verdict",
+]
 
 CONFIDENCE = 0.95  # two-sided level of every interval in a report
 
@@ -114,3 +136,104 @@ def _p(p: float) -> str:
     if math.isnan(p):
         return "n/a"
     return f"{p:.2g}" if p >= 1e-4 else "< 0.0001"
+
+
+# ---------------------------------------------------------------------------------------------- predictions
+
+Labels = npt.NDArray[np.integer]
+
+
+def agreement(a: Labels, b: Labels) -> float:
+    """Top-1 agreement: the fraction of test images on which two models predict the same class.
+
+    Args:
+        a: one model's predicted class per test image.
+        b: the other's, same length.
+
+    Returns:
+        The fraction in [0, 1] (NaN for no images).
+
+    Raises:
+        ValueError: the arrays differ in length.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"predictions of {a.shape} and {b.shape} images cannot be compared")
+    return float(np.mean(a == b)) if a.size else math.nan
+
+
+def per_class_delta(labels: Labels, kd: dict[int, Labels], ce: dict[int, Labels], n_classes: int) -> pd.DataFrame:
+    """Accuracy per class of the KD and CE students and KD − CE, paired by seed, then averaged over seeds.
+
+    Args:
+        labels: the true class of each test image.
+        kd: the KD student's predictions per seed.
+        ce: the CE student's predictions per seed.
+        n_classes: classes in the dataset (classes with no test image get NaN).
+
+    Returns:
+        One row per class: ``class``, ``n_images``, ``ce_acc`` and ``kd_acc`` (means over the shared seeds),
+        ``delta`` (the mean over seeds of KD − CE on that class, fractions) and ``n_seeds``.
+    """
+    labels = np.asarray(labels)
+    seeds = sorted(set(kd) & set(ce))
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+
+    def per_class(pred: Labels) -> npt.NDArray[np.float64]:
+        correct = np.bincount(labels, weights=(np.asarray(pred) == labels).astype(float), minlength=n_classes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, correct / counts, np.nan)
+
+    ce_acc = np.array([per_class(ce[s]) for s in seeds]).reshape(len(seeds), n_classes)
+    kd_acc = np.array([per_class(kd[s]) for s in seeds]).reshape(len(seeds), n_classes)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mean of no seeds: NaN, said by n_seeds = 0
+        out = pd.DataFrame({"class": np.arange(n_classes), "n_images": counts.astype(int),
+                            "ce_acc": ce_acc.mean(axis=0), "kd_acc": kd_acc.mean(axis=0),
+                            "delta": (kd_acc - ce_acc).mean(axis=0), "n_seeds": len(seeds)})
+    return out
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's test of KD against CE on the same test images.
+
+    Attributes:
+        ce_only: images the CE student got right and the KD student wrong.
+        kd_only: images the KD student got right and the CE student wrong.
+        statistic: the test statistic (the smaller discordant count when exact, else chi-square).
+        p_value: two-sided p-value.
+        exact: whether the exact binomial test was used (fewer than ``MCNEMAR_EXACT_BELOW`` discordant images).
+    """
+
+    ce_only: int
+    kd_only: int
+    statistic: float
+    p_value: float
+    exact: bool
+
+
+def mcnemar_test(labels: Labels, kd: Labels, ce: Labels) -> McNemar:
+    """McNemar's test on paired test predictions (``statsmodels.stats.contingency_tables.mcnemar``).
+
+    Only the discordant images count: those one student got right and the other wrong. With fewer than
+    ``MCNEMAR_EXACT_BELOW`` of them the exact binomial test is used, else chi-square with continuity correction.
+
+    Args:
+        labels: the true class of each test image.
+        kd: the KD student's predictions.
+        ce: the CE student's predictions (same seed: same images, same order).
+
+    Returns:
+        The discordant counts, statistic, p-value and which test was used (p is 1 with no discordant image).
+    """
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    labels = np.asarray(labels)
+    kd_right, ce_right = np.asarray(kd) == labels, np.asarray(ce) == labels
+    table = [[int(np.sum(ce_right & kd_right)), int(np.sum(ce_right & ~kd_right))],
+             [int(np.sum(~ce_right & kd_right)), int(np.sum(~ce_right & ~kd_right))]]
+    ce_only, kd_only = table[0][1], table[1][0]
+    exact = ce_only + kd_only < MCNEMAR_EXACT_BELOW
+    result = mcnemar(table, exact=exact, correction=True)
+    return McNemar(ce_only, kd_only, float(result.statistic), float(result.pvalue), exact)
