@@ -124,6 +124,26 @@ def test_methods_sweep_end_to_end(needs_fmnist: None, tiny_study_dict: dict, tmp
     assert "best DKD #1: T=" in result.output and "nckd_weight=8" in result.output
     again = CliRunner().invoke(cli.main, args)
     assert again.exit_code == 0 and len(load_runs(url, "meth")) == len(runs)
+    # the report: the method table, calibration from the stored logits, cost, every trial, tables that compile
+    out = tmp_path / "report"
+    rep = CliRunner().invoke(cli.main, ["report", "meth", "--storage", url, "--out", str(out)])
+    assert rep.exit_code == 0, rep.output
+    html = (out / "index.html").read_text()
+    for section in ("Distillation methods compared", "Calibration", "Cost", "Every trial", "optuna-dashboard sqlite"):
+        assert section in html, section
+    methods = (out / "methods.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in methods[1:]] == ["Hinton KD", "DKD", "DIST", "CE"]
+    calibration = (out / "calibration.csv").read_text()
+    for arm in ("teacher", "KD student", "DKD student", "DIST student", "CE student"):
+        assert f"\n{arm}," in calibration, arm
+    assert (out / "method-cells.png").exists() and (out / "trials.png").exists()
+    import shutil
+
+    if shutil.which("pdflatex"):
+        from test_report_render import _compiles_within_the_text_width
+
+        for table in ("methods", "calibration", "cost"):
+            _compiles_within_the_text_width(out / f"{table}.tex", tmp_path)
 
 
 @pytest.mark.slow

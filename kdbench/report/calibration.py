@@ -18,7 +18,7 @@ from scipy.special import log_softmax
 
 from kdbench.config import CALIBRATION_BINS
 
-__all__ = ["calibration", "decode_logits", "ece", "nll", "reliability_bins"]
+__all__ = ["calibration", "calibration_frames", "decode_logits", "ece", "nll", "reliability_bins"]
 
 
 def decode_logits(blob: bytes | None, n_test: int) -> npt.NDArray[np.float64] | None:
@@ -76,3 +76,38 @@ def calibration(arms: dict[str, list[npt.NDArray[np.float64]]], labels: npt.NDAr
                      "nll_mean": float(n_.mean()) if len(n_) else np.nan,
                      "nll_sd": float(n_.std(ddof=1)) if len(n_) > 1 else np.nan, "n": len(runs)})
     return pd.DataFrame(rows, columns=["arm", "ece_mean", "ece_sd", "nll_mean", "nll_sd", "n"])
+
+
+def calibration_frames(logits: dict[str, dict[int, bytes]], teacher_logits: bytes | None,
+                       labels: npt.NDArray[np.int64] | None, names: dict[str, str]) -> tuple[pd.DataFrame,
+                                                                                      pd.DataFrame, str]:
+    """The calibration table, the reliability bins (each arm's seeds pooled) and a note on what is missing.
+
+    Args:
+        logits: stored float16 test logits of each loss's best finalist, by seed.
+        teacher_logits: the teacher's (None when recorded before they were kept).
+        labels: the test labels (None when the test split could not be read).
+        names: display name of each loss.
+    """
+    empty = calibration({}, np.zeros(0, dtype=np.int64)), pd.DataFrame(
+        columns=["arm", "lo", "hi", "count", "confidence", "accuracy"])
+    if labels is None:
+        return *empty, "not computed: the test labels could not be read (the dataset's files are needed)"
+    n = len(labels)
+    arms: dict[str, list[npt.NDArray[np.float64]]] = {}
+    teacher = decode_logits(teacher_logits, n)
+    if teacher is not None:
+        arms["teacher"] = [teacher]
+    for loss in sorted(logits, key=lambda k: (k != "ce", k != "kd", k)):
+        decoded = [z for z in (decode_logits(b, n) for _, b in sorted(logits[loss].items())) if z is not None]
+        if decoded:
+            arms[names.get(loss, loss)] = decoded
+    if not arms:
+        return *empty, ("not computed: no stored test logits (finalists and teachers recorded by kdbench before "
+                        "schema 2 kept predictions only; re-run the finalists to get them)")
+    bins = []
+    for arm, runs in arms.items():
+        b = reliability_bins(np.concatenate(runs), np.tile(labels, len(runs)))
+        bins.append(b.assign(arm=arm))
+    note = "" if "teacher" in arms else "the teacher's test logits were not stored (recorded before schema 2)"
+    return calibration(arms, labels), pd.concat(bins, ignore_index=True)[empty[1].columns], note

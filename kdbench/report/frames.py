@@ -22,7 +22,10 @@ import pandas as pd
 import yaml
 
 from kdbench.config import IMPORTANCE_MIN_TRIALS, is_geometric
+from kdbench.report.calibration import calibration_frames
+from kdbench.report.cost import cost_table, dashboard_command, optimisation_history, trial_curves
 from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, qualified_verdict, search_evidence
+from kdbench.report.methods import METHOD_NAMES, method_cells, method_sentence, method_table
 from kdbench.report.predictions import FIDELITY_COLUMNS, Fidelity, Predictions, prediction_grid
 from kdbench.report.predictions import fidelity as fidelity_frames
 from kdbench.report.sources import IMPORTANCE_EVALUATOR, StoreLike, StudySources, read_study
@@ -78,6 +81,16 @@ class StudyFrames:
     seeds: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SEED_COLUMNS))  # see _paired_seeds
     fidelity: Fidelity = field(default_factory=lambda: Fidelity(pd.DataFrame(columns=FIDELITY_COLUMNS),
                                                                 pd.DataFrame()))
+    methods: pd.DataFrame = field(default_factory=pd.DataFrame)  # the method table (several methods only)
+    method_sentence: str = ""
+    method_cells: dict[str, pd.DataFrame] = field(default_factory=dict)  # each non-KD method's cells
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)  # ECE and NLL per arm
+    reliability: pd.DataFrame = field(default_factory=pd.DataFrame)  # the reliability diagram's bins per arm
+    calibration_note: str = ""
+    cost: pd.DataFrame = field(default_factory=pd.DataFrame)  # wall-clock per arm and stage
+    trials: pd.DataFrame = field(default_factory=pd.DataFrame)  # every search trial's curve with its state
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)  # best validation accuracy so far per arm
+    dashboard: str = ""  # the optuna-dashboard command for this database
 
 
 def study_frames(storage: StoreLike, name: str, *, load_images: bool = True,
@@ -138,6 +151,14 @@ def compute_frames(src: StudySources) -> StudyFrames:
     if best_kd.any() and fidelity.seeds["mcnemar_p"].notna().any():
         arms.loc[best_kd, "mcnemar_p"] = float(fidelity.seeds["mcnemar_p"].median())
     taught = None if src.teacher is None else (src.teacher.model, float(src.teacher.test_acc))
+    methods = search.get("method", "kd")
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    several = methods != ["kd"]
+    table = method_table(runs, methods) if several else pd.DataFrame()
+    labels = src.predictions.test.labels if src.predictions.test is not None else None
+    calib, reliability, calib_note = calibration_frames(
+        src.logits, src.teacher.test_logits if src.teacher else None, labels,
+        {k: f"{v} student" if k != "kd" else "KD student" for k, v in METHOD_NAMES.items()})
     return StudyFrames(
         name=src.name, config=config, config_hash=src.config_hash, is_grid=is_grid,
         geometric_t=is_grid and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,
@@ -147,7 +168,12 @@ def compute_frames(src: StudySources) -> StudyFrames:
         curves=_curves(src.epochs, finals), predictions=prediction_grid(src.predictions, src.teacher),
         importances=_importances(src), provenance=_provenance(src), missing=missing,
         log_params=[p for p in ("temperature", "lr") if _log_scale(search.get(p))], seeds=_paired_seeds(finals),
-        fidelity=fidelity)
+        fidelity=fidelity, methods=table, method_sentence=method_sentence(table) if several else "",
+        method_cells={m: method_cells(runs, m) for m in methods if m != "kd"}, calibration=calib,
+        reliability=reliability, calibration_note=calib_note,
+        cost=cost_table(runs, src.teacher.train_seconds if src.teacher else None),
+        trials=trial_curves(src.epochs, runs), history=optimisation_history(runs),
+        dashboard=dashboard_command(src.storage_url))
 
 
 def _log_scale(spec: Any) -> bool:
@@ -249,10 +275,12 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str]) -> t
         else paired_difference(pd.Series(dtype=float), pd.Series(dtype=float))
     # Every student arm is the same architecture: one timing for all of them (per-arm medians differ by noise)
     student_ms = float(finals["infer_ms_per_batch"].median()) if len(finals) else math.nan
-    for (loss, rank), g in sorted(finals.groupby(["loss", "rank"]), key=lambda kv: (kv[0][0] != "ce", kv[0][1])):
+    for (loss, rank), g in sorted(finals.groupby(["loss", "rank"]),
+                                  key=lambda kv: (kv[0][0] != "ce", kv[0][0] != "kd", kv[0][1], kv[0][0])):
         s = summary.loc[(loss, rank)]
         row: dict[str, Any] = {
-            "arm": "CE student" if loss == "ce" else ("KD student" + (f" #{int(rank) + 1}" if rank else "")),
+            "arm": "CE student" if loss == "ce" else f"{'KD' if loss == 'kd' else METHOD_NAMES.get(str(loss), loss)} "
+            f"student" + (f" #{int(rank) + 1}" if rank else ""),
             "model": student, "temperature": g["temperature"].iloc[0], "alpha": g["alpha"].iloc[0],
             "lr": g["lr"].iloc[0], "test_mean": float(s["test_mean"]), "test_sd": float(s["test_sd"]),
             "n": int(s["n"]), "parameters": g["parameters"].iloc[0],
@@ -260,7 +288,7 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str]) -> t
             "device": "; ".join(sorted(set(g["device"].dropna()))),
             "seeds": " ".join(str(int(x)) for x in sorted(g["seed"])),
             "commit": "; ".join(sorted({str(c) for c in g["commit"].dropna()})), "tuning": budgets.get(str(loss))}
-        if loss == "kd" and ce is not None:
+        if loss != "ce" and ce is not None:  # every method's difference to CE, paired by seed
             p = paired_difference(g.set_index("seed")["test_acc"], ce)
             row.update(diff_mean=p.mean, ci_low=p.ci_low, ci_high=p.ci_high, p_value=p.p_value, n_pairs=p.n)
         rows.append(row)

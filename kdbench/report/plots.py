@@ -28,7 +28,8 @@ __all__ = ["comparison", "effects", "heatmap_diff", "heatmap_val", "importances"
 
 T_LABEL = "temperature T"
 ALPHA_LABEL = "α (weight of the hard-label CE term)"
-COLORS = {"ce": "#4c72b0", "kd": "#dd8452", "teacher": "#55a868"}
+COLORS = {"ce": "#4c72b0", "kd": "#dd8452", "teacher": "#55a868", "dkd": "#8172b3", "dist": "#937860",
+          "lskd": "#da8bc3"}
 
 
 def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
@@ -215,9 +216,9 @@ def learning_curves(sf: StudyFrames) -> Figure:
         label = f"{str(loss).upper()} finalist (n={int(part['n'].min())} seeds)"
         for ax, m, sd, scale in ((axes[0], "val_mean", "val_sd", 100), (axes[1], "loss_mean", "loss_sd", 1)):
             x = part["epoch"] + 1
-            ax.plot(x, scale * part[m], marker="o", color=COLORS[str(loss)], label=label)
+            ax.plot(x, scale * part[m], marker="o", color=COLORS.get(str(loss), "#333"), label=label)
             ax.fill_between(x, scale * (part[m] - part[sd].fillna(0)), scale * (part[m] + part[sd].fillna(0)),
-                            color=COLORS[str(loss)], alpha=0.2)
+                            color=COLORS.get(str(loss), "#333"), alpha=0.2)
     axes[0].set_ylabel("validation accuracy (%)")
     axes[1].set_ylabel("training loss (each run's own objective)")
     for ax in axes:

@@ -28,23 +28,27 @@ from matplotlib.figure import Figure
 
 from kdbench.errors import OutputError
 from kdbench.provenance import kdbench_commit, library_versions
-from kdbench.report import plots
+from kdbench.report import figures, plots
 from kdbench.report.frames import StudyFrames, comparison_table, compute_frames
 from kdbench.report.sources import StoreLike, read_studies
 from kdbench.report.stats import CONFIDENCE
 from kdbench.report.tables import (
     architecture_note,
+    calibration_display,
     comparison_display,
+    cost_display,
     effects_display,
     fidelity_display,
     fidelity_sentences,
     grid_display,
     latex_table,
     markdown_table,
+    methods_display,
     numeric_columns,
     per_class_display,
     source_note,
     tex_comparison,
+    tex_methods,
 )
 
 __all__ = ["SECTIONS", "Report", "default_out", "write_report"]
@@ -55,6 +59,10 @@ SECTIONS = {  # id -> heading of each per-study section, in page order
     "curves": "Learning curves",
     "predictions": "Predictions",
     "fidelity": "Fidelity and per-class change",
+    "methods": "Distillation methods compared",
+    "calibration": "Calibration",
+    "cost": "Cost",
+    "trials": "Every trial",
     "importances": "What mattered",
     "provenance": "Provenance",
 }
@@ -67,6 +75,8 @@ FIGURES: dict[str, Callable[[StudyFrames], Figure]] = {
     "learning-curves": plots.learning_curves,
     "predictions": plots.predictions,
     "importances": plots.importances,
+    "calibration": figures.calibration,
+    "trials": figures.trials,
 }
 
 
@@ -113,12 +123,13 @@ def _put(path: Path, data: str | bytes) -> None:
 
 
 def _write_table(df: pd.DataFrame, numeric: pd.DataFrame, out: Path, stem: str, caption: str, note: str = "",
-                 tex: pd.DataFrame | None = None) -> list[Path]:
-    """``stem``.md and .tex from the text table ``df`` (or ``tex`` for the .tex), .csv from the numbers."""
+                 tex: pd.DataFrame | None = None, tex_note: str = "") -> list[Path]:
+    """``stem``.md and .tex from the text table ``df`` (or ``tex`` for the .tex, ``tex_note`` added to its
+    note: what it moved out of its columns), .csv from the numbers."""
     paths = [out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.tex"]
     _put(paths[0], markdown_table(df) + "\n" + caption + (f"\n\n{note}" if note else "") + "\n")
     _put(paths[1], numeric.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
-    _put(paths[2], latex_table(df if tex is None else tex, caption, note))
+    _put(paths[2], latex_table(df if tex is None else tex, caption, " ".join(x for x in (note, tex_note) if x)))
     return paths
 
 
@@ -209,8 +220,23 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
                 files += _write_table(per_class_display(sf), sf.fidelity.per_class, out_dir, f"{prefix}per-class",
                                       f"{sf.name}: test accuracy per class; KD − CE paired by seed, then averaged "
                                       f"over n={int(sf.fidelity.per_class['n_seeds'].iloc[0])} seeds.")
+            if not sf.methods.empty:
+                narrow, configurations = tex_methods(methods_display(sf))
+                files += _write_table(methods_display(sf), sf.methods, out_dir, f"{prefix}methods",
+                                      f"{sf.name}: each method's best configuration (chosen on validation), test "
+                                      f"accuracy mean ± sd over n seeds, and its differences to CE and to Hinton's "
+                                      f"KD paired by seed ({ci} t interval; p Holm-corrected over the methods).",
+                                      tex=narrow, tex_note=configurations)
+            if len(sf.calibration):
+                files += _write_table(calibration_display(sf), sf.calibration, out_dir, f"{prefix}calibration",
+                                      f"{sf.name}: expected calibration error (15 bins) and NLL on the test set, "
+                                      "mean ± sd over seeds, from the stored test logits.")
+            files += _write_table(cost_display(sf), sf.cost, out_dir, f"{prefix}cost",
+                                  f"{sf.name}: wall-clock per arm and stage (seconds); trial × CE: one search "
+                                  "trial's median over CE's.")
+            draws = dict(FIGURES, **({"method-cells": figures.method_cells} if not sf.methods.empty else {}))
             figs = {key: {"uri": _save(draw(sf), out_dir, prefix + key, files), "file": prefix + key}
-                    for key, draw in FIGURES.items()}
+                    for key, draw in draws.items()}
             studies_ctx.append(_study_context(sf, figs, grid_stem, prefix))
     html = _template().render(
         confidence=f"{CONFIDENCE:.0%}", title=" + ".join(studies), source=source_note(table),
@@ -233,6 +259,9 @@ def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: 
         "pred_caption": _predictions_caption(sf), "importances_caption": _importances_caption(sf),
         "fidelity": fidelity_display(sf), "per_class": per_class_display(sf),
         "fidelity_sentences": fidelity_sentences(sf), "fidelity_notes": sf.fidelity.notes, "prefix": prefix,
+        "methods": methods_display(sf) if not sf.methods.empty else None, "method_sentence": sf.method_sentence,
+        "calibration": calibration_display(sf), "calibration_note": sf.calibration_note,
+        "cost": cost_display(sf), "dashboard": sf.dashboard,
         "evidence": sf.evidence.sentences, "effects": effects_display(sf) if sf.is_grid else None,
         "budgets": sf.evidence.budgets, "replicates": sf.evidence.replicates, "pruner": sf.evidence.pruner,
     }

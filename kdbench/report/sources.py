@@ -58,6 +58,8 @@ class TeacherSource:
     commit: str
     cache_location: str
     test_predictions: bytes | None  # int16 argmax over the test set
+    test_logits: bytes | None = None  # float16 [test, classes]; None when recorded before schema 2
+    train_seconds: float | None = None  # its training's wall-clock (None: loaded from a checkpoint)
 
 
 @dataclass
@@ -130,6 +132,8 @@ class StudySources:
     kd_complete: int
     importances: dict[str, float] | None
     importances_skipped: str
+    logits: dict[str, dict[int, bytes]] = field(default_factory=dict)  # best finalist of each loss: seed -> float16
+    storage_url: str = ""  # the database, password masked (for the optuna-dashboard command)
 
 
 def read_study(storage: StoreLike, name: str, *, load_images: bool = True,
@@ -160,7 +164,19 @@ def read_study(storage: StoreLike, name: str, *, load_images: bool = True,
         name=name, config=config, config_hash=row.config_hash, commit=row.commit, created=row.created, runs=runs,
         epochs=store.epochs(name), teacher=teacher, finalists=store.finalist_summary(name),
         predictions=_predictions(store, config, runs, load_images), kd_complete=kd_complete,
-        importances=importances, importances_skipped=skipped)
+        importances=importances, importances_skipped=skipped, logits=_logits(store, runs), storage_url=store.url)
+
+
+def _logits(store: Store, runs: pd.DataFrame) -> dict[str, dict[int, bytes]]:
+    """The stored test logits of each loss's best finalist (rank 0), by seed (runs without them left out)."""
+    best = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete") & (runs["rank"] == 0)]
+    blobs = store.test_logits([int(i) for i in best["run_id"]])
+    out: dict[str, dict[int, bytes]] = {}
+    for _, r in best.iterrows():
+        blob = blobs.get(int(r["run_id"]))
+        if blob:
+            out.setdefault(str(r["loss"]), {})[int(r["seed"])] = blob
+    return out
 
 
 def read_studies(storage: StoreLike, names: list[str], *, load_images: bool = True) -> list[StudySources]:
@@ -184,7 +200,8 @@ def _teacher(row: TeacherRow | None) -> TeacherSource | None:
     return TeacherSource(
         key=row.key, model=row.model, parameters=row.parameters, val_acc=row.val_acc, test_acc=row.test_acc,
         infer_ms_per_batch=row.infer_ms_per_batch, device=row.device, commit=row.commit,
-        cache_location=row.cache_location, test_predictions=row.test_predictions)
+        cache_location=row.cache_location, test_predictions=row.test_predictions, test_logits=row.test_logits,
+        train_seconds=row.train_seconds)
 
 
 def _predictions(store: Store, config: dict[str, Any], runs: pd.DataFrame, load_images: bool) -> PredictionSources:

@@ -23,17 +23,21 @@ __all__ = [
     "TEX_HEADER_CHARS",
     "TEX_TABCOLSEP",
     "architecture_note",
+    "calibration_display",
     "comparison_display",
+    "cost_display",
     "effects_display",
     "fidelity_display",
     "fidelity_sentences",
     "grid_display",
     "latex_table",
     "markdown_table",
+    "methods_display",
     "numeric_columns",
     "per_class_display",
     "source_note",
     "tex_comparison",
+    "tex_methods",
 ]
 
 def _pct(x: Any, digits: int = 2, sign: bool = False) -> str:
@@ -173,6 +177,62 @@ def fidelity_display(sf: StudyFrames) -> pd.DataFrame:
             for _, r in sf.fidelity.seeds.iterrows()]
     return pd.DataFrame(rows, columns=["seed", "only CE right", "only KD right", "p (McNemar)",
                                        "CE agrees with teacher (%)", "KD agrees with teacher (%)"])
+
+
+def _ci(mean: Any, low: Any, high: Any) -> str:
+    if mean is None or pd.isna(mean):
+        return ""
+    return _pct(mean, sign=True) + ("" if pd.isna(low) else f" [{_pct(low, sign=True)}, {_pct(high, sign=True)}]")
+
+
+def methods_display(sf: StudyFrames) -> pd.DataFrame:
+    """Each method's best configuration, test mean ± sd (n), Δ vs CE and vs Hinton KD with CI and Holm p."""
+    rows = [{"method": r["method"], "configuration": r["configuration"],
+             "test acc (%)": "" if pd.isna(r["test_mean"]) else _pct(r["test_mean"]) +
+             ("" if pd.isna(r["test_sd"]) else f" ± {_pct(r['test_sd'])}"), "n": str(int(r["n"])),
+             "Δ vs CE (pp) [95% CI]": _ci(r["vs_ce_mean"], r["vs_ce_low"], r["vs_ce_high"]),
+             "p Holm (vs CE)": _p(r["vs_ce_p_holm"]),
+             "Δ vs KD (pp) [95% CI]": _ci(r["vs_kd_mean"], r["vs_kd_low"], r["vs_kd_high"]),
+             "p Holm (vs KD)": _p(r["vs_kd_p_holm"]),
+             "search runs": f"{int(r['search_runs'])} ({int(r['cells'])} cells)",
+             "trial cost × CE": _num(r["trial_cost_vs_ce"], ".2f")} for _, r in sf.methods.iterrows()]
+    return pd.DataFrame(rows)
+
+
+def tex_methods(display: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The method table narrowed for a page: each difference over its CI over its Holm p, the configurations
+    and budgets in the note (returned)."""
+    def stack(diff: str, p: str) -> list[str]:
+        return [v.replace(" [", "\n[") + (f"\np Holm {q}" if q else "")
+                for v, q in zip(display[diff], display[p], strict=True)]
+
+    out = pd.DataFrame({"method": display["method"], "test acc (%)": display["test acc (%)"], "n": display["n"],
+                        "vs CE (pp) [95% CI]": stack("Δ vs CE (pp) [95% CI]", "p Holm (vs CE)"),
+                        "vs KD (pp) [95% CI]": stack("Δ vs KD (pp) [95% CI]", "p Holm (vs KD)")})
+    note = "; ".join(f"{r['method']}: {r['configuration']}, {r['search runs']} search runs, trial x CE "
+                     f"{r['trial cost × CE']}" for _, r in display.iterrows())
+    return out, note
+
+
+def calibration_display(sf: StudyFrames) -> pd.DataFrame:
+    """ECE (%) and NLL of each arm, mean ± sd over its seeds, n."""
+    def pm(mean: Any, sd: Any, scale: float, digits: int) -> str:
+        if pd.isna(mean):
+            return ""
+        return f"{scale * mean:.{digits}f}" + ("" if pd.isna(sd) else f" ± {scale * sd:.{digits}f}")
+
+    rows = [{"arm": r["arm"], "ECE (%)": pm(r["ece_mean"], r["ece_sd"], 100, 2),
+             "NLL (nats)": pm(r["nll_mean"], r["nll_sd"], 1, 3), "n": str(int(r["n"]))}
+            for _, r in sf.calibration.iterrows()]
+    return pd.DataFrame(rows, columns=["arm", "ECE (%)", "NLL (nats)", "n"])
+
+
+def cost_display(sf: StudyFrames) -> pd.DataFrame:
+    """Wall-clock per arm and stage: runs, total and median seconds, one search trial relative to CE's."""
+    rows = [{"arm": r["arm"], "stage": r["stage"], "runs": str(int(r["runs"])), "total (s)": _num(r["total_s"], ",.1f"),
+             "median (s)": _num(r["median_s"], ",.2f"), "trial × CE": _num(r["vs_ce"], ".2f")}
+            for _, r in sf.cost.iterrows()]
+    return pd.DataFrame(rows, columns=["arm", "stage", "runs", "total (s)", "median (s)", "trial × CE"])
 
 
 def per_class_display(sf: StudyFrames) -> pd.DataFrame:

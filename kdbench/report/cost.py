@@ -1,0 +1,77 @@
+"""What the study cost, and every trial as it went: wall-clock per arm and stage, each search trial's curve
+with its state, and the optimisation history (best validation accuracy so far, per arm, in trial order).
+
+Timings are the stored wall-clock of each run (training and its per-epoch validation; start-up, the store
+and Optuna not included) on the study's own device; a ratio is between medians of runs of one study, so
+machine noise counts against both sides alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from kdbench.report.methods import METHOD_NAMES
+
+__all__ = ["COST_COLUMNS", "cost_table", "dashboard_command", "optimisation_history", "trial_curves"]
+
+COST_COLUMNS = ["arm", "stage", "runs", "total_s", "median_s", "vs_ce"]
+
+
+def cost_table(runs: pd.DataFrame, teacher_train_s: float | None) -> pd.DataFrame:
+    """Wall-clock per arm: the teacher's training once, each arm's search (total and per trial, and one trial
+    relative to one CE trial) and its finalists.
+
+    Args:
+        runs: every run of the study.
+        teacher_train_s: the teacher's training time (None: loaded from a checkpoint).
+
+    Returns:
+        ``COST_COLUMNS``, seconds; the teacher row has one run and no ratio.
+    """
+    done = runs[runs["state"].isin(["complete", "pruned"]) & runs["wall_time_s"].notna()]
+    rows = [{"arm": "teacher", "stage": "training, once", "runs": 1,
+             "total_s": teacher_train_s if teacher_train_s is not None else math.nan,
+             "median_s": teacher_train_s if teacher_train_s is not None else math.nan, "vs_ce": math.nan}]
+    ce_median = float(done.loc[done["kind"] == "ce", "wall_time_s"].median())
+    arms = [k for k in dict.fromkeys(done["kind"]) if k != "finalist"]
+    for stage, frame, key in (("search", done[done["kind"] != "finalist"], "kind"),
+                              ("finalists", done[done["kind"] == "finalist"], "loss")):
+        for arm in sorted(set(frame[key]), key=lambda a: (a == "ce", arms.index(a) if a in arms else 99, a)):
+            t = frame.loc[frame[key] == arm, "wall_time_s"]
+            ratio = float(t.median()) / ce_median if stage == "search" and ce_median > 0 else math.nan
+            rows.append({"arm": METHOD_NAMES.get(arm, arm), "stage": stage, "runs": len(t),
+                         "total_s": float(t.sum()), "median_s": float(t.median()), "vs_ce": ratio})
+    return pd.DataFrame(rows, columns=COST_COLUMNS)
+
+
+def trial_curves(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Every search trial's validation accuracy per epoch with its final state (pruned and failed included).
+
+    Returns:
+        ``run_id, kind, state, epoch, val_acc`` (one row per stored epoch).
+    """
+    search = runs[~runs["kind"].isin(["finalist"])][["run_id", "state"]]
+    e = epochs[epochs["kind"] != "finalist"][["run_id", "kind", "epoch", "val_acc"]]
+    return e.merge(search, on="run_id", how="inner")[["run_id", "kind", "state", "epoch", "val_acc"]]
+
+
+def optimisation_history(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm, in the order trials finished: each complete trial's validation accuracy and the best so far.
+
+    Returns:
+        ``kind, order, val_acc, best_so_far`` (order counts an arm's complete trials from 1).
+    """
+    done = runs[(runs["kind"] != "finalist") & (runs["state"] == "complete")].sort_values(["finished", "run_id"])
+    parts = []
+    for kind, g in done.groupby("kind", sort=False):
+        parts.append(pd.DataFrame({"kind": kind, "order": range(1, len(g) + 1), "val_acc": g["val_acc"].to_numpy(),
+                                   "best_so_far": g["val_acc"].cummax().to_numpy()}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["kind", "order", "val_acc", "best_so_far"])
+
+
+def dashboard_command(storage_url: str) -> str:
+    """The optuna-dashboard command that opens this database (its password masked, as everywhere)."""
+    return f"optuna-dashboard {storage_url}" if storage_url else "optuna-dashboard <the database's URL>"

@@ -1,0 +1,107 @@
+"""The figures of the report's later sections: each method's cells, calibration, and every trial.
+
+Drawn from :mod:`kdbench.report.frames` only, as :mod:`kdbench.report.plots` (the grid, effects, curves,
+predictions, importances and the paired comparison) draws its own; accuracies in percent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from kdbench.report.frames import StudyFrames
+from kdbench.report.methods import METHOD_NAMES
+from kdbench.report.plots import COLORS, _empty, _figure
+
+__all__ = ["calibration", "method_cells", "trials"]
+
+STATE_COLORS = {"complete": "#4c72b0", "pruned": "#c44e52", "failed": "#8c8c8c", "interrupted": "#8c8c8c",
+                "running": "#dd8452"}
+ARM_COLORS = ["#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3", "#4c72b0"]
+
+
+def method_cells(sf: StudyFrames) -> Figure:
+    """Per method (beside Hinton's KD, drawn in the grid section): validation accuracy over its two main
+    hyperparameters (the first two that vary), each cell at its best lr, n replicates in the cell."""
+    cells = {m: c for m, c in sf.method_cells.items() if not c.empty}
+    fig, axes = _figure(4.4 * max(1, len(cells)), 3.8, 1, max(1, len(cells)), squeeze=False)
+    if not cells:
+        return _empty(fig, axes[0][0], "no complete search trial of another method yet")
+    for ax, (method, c) in zip(axes[0], cells.items(), strict=False):
+        keys = [k for k in c.columns if k not in ("val_mean", "val_sd", "n", "best_lr")]
+        name = METHOD_NAMES.get(method, method)
+        if len(keys) >= 2:
+            pivot = c.pivot_table(index=keys[1], columns=keys[0], values="val_mean").sort_index(ascending=False)
+            n = c.pivot_table(index=keys[1], columns=keys[0], values="n").reindex_like(pivot)
+            labels = (pivot * 100).round(2).astype(str) + "\nn=" + n.fillna(0).astype(int).astype(str)
+            sns.heatmap(pivot * 100, ax=ax, annot=labels, fmt="", cmap="viridis", cbar_kws={"label": "val acc (%)"})
+            ax.set_xlabel(keys[0])
+            ax.set_ylabel(keys[1])
+        elif keys:
+            c = c.sort_values(keys[0])
+            ax.errorbar(c[keys[0]], c["val_mean"] * 100, yerr=c["val_sd"].fillna(0) * 100, marker="o", capsize=3)
+            ax.set_xlabel(keys[0])
+            ax.set_ylabel("val acc (%), mean ± sd over seeds")
+        else:
+            ax.bar([0], [float(c["val_mean"].iloc[0]) * 100])
+            ax.set_ylabel("val acc (%)")
+        ax.set_title(f"{name}: validation accuracy per cell (best lr)")
+    fig.tight_layout()
+    return fig
+
+
+def calibration(sf: StudyFrames) -> Figure:
+    """Reliability diagram: accuracy against confidence per bin, each arm's seeds pooled (the diagonal is
+    perfect calibration); the legend gives each arm's ECE and NLL (mean over seeds)."""
+    fig, ax = _figure(6.4, 4.6)
+    if sf.reliability.empty:
+        return _empty(fig, ax, f"calibration {sf.calibration_note}")
+    ax.plot([0, 1], [0, 1], color="#999", linestyle=":", label="perfect calibration")
+    table = sf.calibration.set_index("arm")
+    for i, (arm, b) in enumerate(sf.reliability.groupby("arm", sort=False)):
+        b = b[b["count"] > 0]
+        color = COLORS["teacher"] if arm == "teacher" else COLORS["ce"] if arm.startswith("CE") else \
+            ARM_COLORS[i % len(ARM_COLORS)]
+        r = table.loc[arm]
+        ax.plot(b["confidence"], b["accuracy"], marker="o", color=color,
+                label=f"{arm}: ECE {100 * r['ece_mean']:.2f} %, NLL {r['nll_mean']:.3f} (n={int(r['n'])})")
+    ax.set_xlabel("confidence (top-class probability), 15 equal bins")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("Reliability on the test set")
+    fig.tight_layout()
+    return fig
+
+
+def trials(sf: StudyFrames) -> Figure:
+    """Left: every search trial's validation accuracy per epoch, coloured by its final state (a pruned trial
+    stops early). Right: the optimisation history, each arm's best validation accuracy so far by trial."""
+    fig, (left, right) = _figure(11.0, 4.2, 1, 2)
+    if sf.trials.empty:
+        return _empty(fig, left, "no search trial recorded yet")
+    for (_, state), g in sf.trials.groupby(["run_id", "state"]):
+        left.plot(g["epoch"] + 1, g["val_acc"] * 100, color=STATE_COLORS.get(state, "#333"), alpha=0.35, lw=0.8,
+                  marker="." if len(g) == 1 else None)
+    for state, color in STATE_COLORS.items():
+        if state in set(sf.trials["state"]):
+            n = sf.trials.loc[sf.trials["state"] == state, "run_id"].nunique()
+            left.plot([], [], color=color, label=f"{state} (n={n})")
+    left.legend(fontsize=7)
+    left.set_xlabel("epoch")
+    left.set_ylabel("val acc (%)")
+    left.set_title("Every search trial")
+    epochs = int(sf.trials["epoch"].max()) + 1
+    left.set_xticks(np.arange(1, epochs + 1))
+    for i, (kind, g) in enumerate(sf.history.groupby("kind", sort=False)):
+        color = COLORS["ce"] if kind == "ce" else ARM_COLORS[i % len(ARM_COLORS)]
+        right.plot(g["order"], g["best_so_far"] * 100, color=color, label=METHOD_NAMES.get(kind, kind))
+        right.scatter(g["order"], g["val_acc"] * 100, color=color, s=6, alpha=0.4)
+    right.set_xlabel("complete trials of the arm, in the order they finished")
+    right.set_ylabel("val acc (%): best so far (line), each trial (dots)")
+    right.set_title("Optimisation history")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
