@@ -91,8 +91,12 @@ def calibration_frames(logits: dict[str, dict[int, bytes]], teacher_logits: byte
     """
     empty = calibration({}, np.zeros(0, dtype=np.int64)), pd.DataFrame(
         columns=["arm", "lo", "hi", "count", "confidence", "accuracy"])
+    if not logits and teacher_logits is None:
+        return *empty, ("not computed: no stored test logits (no finalist yet, or finalists and teachers recorded "
+                        "by kdbench before schema 2, which kept predictions only; re-run the finalists to get them)")
     if labels is None:
-        return *empty, "not computed: the test labels could not be read (the dataset's files are needed)"
+        return *empty, ("not computed: the test labels are read with the finalists' predictions (no CE and KD "
+                        "finalist of one seed yet, or the dataset's files could not be read)")
     n = len(labels)
     arms: dict[str, list[npt.NDArray[np.float64]]] = {}
     teacher = decode_logits(teacher_logits, n)
