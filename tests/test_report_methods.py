@@ -100,3 +100,17 @@ def test_method_cells_take_each_cells_best_lr_mean() -> None:
     t2 = cells[(cells["T"] == 2.0) & (cells["kd_weight"] == 1.0)].iloc[0]
     assert (t2["val_mean"], t2["best_lr"]) == pytest.approx((0.84, 3e-3))  # the better lr's mean, not the best run
     assert len(cells) == 3
+
+
+def test_the_cost_note_flags_noisy_timings() -> None:
+    from kdbench.report.cost import cost_note, cost_table
+
+    steady = pd.DataFrame([{"kind": k, "state": "complete", "wall_time_s": t, "loss": k, "finished": i, "run_id": i}
+                           for i, (k, t) in enumerate([("ce", 1.0), ("ce", 1.1), ("ce", 1.05), ("kd", 1.2),
+                                                       ("kd", 1.3), ("kd", 1.25)])])
+    assert cost_note(steady) == ""
+    table = cost_table(steady, 60.0).set_index(["arm", "stage"])
+    assert table.loc[("Hinton KD", "search"), "vs_ce"] == pytest.approx(1.25 / 1.05)
+    assert table.loc[("teacher", "training, once"), "total_s"] == 60.0
+    busy = steady.assign(wall_time_s=[1.0, 4.0, 1.05, 1.2, 1.3, 1.25])  # one CE trial ran on a loaded machine
+    assert "Timings are noisy" in cost_note(busy) and "CE trial" in cost_note(busy)

@@ -14,9 +14,11 @@ import pandas as pd
 
 from kdbench.report.methods import METHOD_NAMES
 
-__all__ = ["COST_COLUMNS", "cost_table", "dashboard_command", "optimisation_history", "trial_curves"]
+__all__ = ["COST_COLUMNS", "NOISY_SPREAD", "cost_note", "cost_table", "dashboard_command", "optimisation_history",
+           "trial_curves"]
 
 COST_COLUMNS = ["arm", "stage", "runs", "total_s", "median_s", "vs_ce"]
+NOISY_SPREAD = 1.5  # an arm's search trials whose 90th/10th percentile wall-clock exceeds this: a busy machine
 
 
 def cost_table(runs: pd.DataFrame, teacher_train_s: float | None) -> pd.DataFrame:
@@ -44,6 +46,24 @@ def cost_table(runs: pd.DataFrame, teacher_train_s: float | None) -> pd.DataFram
             rows.append({"arm": METHOD_NAMES.get(arm, arm), "stage": stage, "runs": len(t),
                          "total_s": float(t.sum()), "median_s": float(t.median()), "vs_ce": ratio})
     return pd.DataFrame(rows, columns=COST_COLUMNS)
+
+
+def cost_note(runs: pd.DataFrame) -> str:
+    """A warning when one arm's search trials, the same training each time, vary in wall-clock by more than
+    :data:`NOISY_SPREAD` (90th over 10th percentile): the machine was shared or busy, and a ratio between arms
+    measures the load as much as the method ("" when every arm is steady)."""
+    done = runs[(runs["kind"] != "finalist") & (runs["state"] == "complete") & runs["wall_time_s"].notna()]
+    spreads = {kind: float(g.quantile(0.9) / g.quantile(0.1)) for kind, g in done.groupby("kind")["wall_time_s"]
+               if len(g) >= 3 and g.quantile(0.1) > 0}
+    noisy = {k: v for k, v in spreads.items() if v > NOISY_SPREAD}
+    if not noisy:
+        return ""
+    worst = max(noisy, key=lambda k: noisy[k])
+    return (f"Timings are noisy: the same training took up to {noisy[worst]:.1f}x longer from one "
+            f"{METHOD_NAMES.get(worst, worst)} trial to another (90th over 10th percentile; above "
+            f"{NOISY_SPREAD:g}x in {len(noisy)} of {len(spreads)} arms), so the machine was busy or shared while "
+            "the study ran: the ratios to CE measure the load as much as the method. Time the arms side by side "
+            "on a quiet machine (bench/) for a cost comparison.")
 
 
 def trial_curves(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

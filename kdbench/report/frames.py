@@ -23,7 +23,7 @@ import yaml
 
 from kdbench.config import IMPORTANCE_MIN_TRIALS, is_geometric
 from kdbench.report.calibration import calibration_frames
-from kdbench.report.cost import cost_table, dashboard_command, optimisation_history, trial_curves
+from kdbench.report.cost import cost_note, cost_table, dashboard_command, optimisation_history, trial_curves
 from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, qualified_verdict, search_evidence
 from kdbench.report.methods import METHOD_NAMES, method_cells, method_sentence, method_table
 from kdbench.report.predictions import FIDELITY_COLUMNS, Fidelity, Predictions, prediction_grid
@@ -88,6 +88,7 @@ class StudyFrames:
     reliability: pd.DataFrame = field(default_factory=pd.DataFrame)  # the reliability diagram's bins per arm
     calibration_note: str = ""
     cost: pd.DataFrame = field(default_factory=pd.DataFrame)  # wall-clock per arm and stage
+    cost_note: str = ""  # a warning when the timings are too noisy to compare arms
     trials: pd.DataFrame = field(default_factory=pd.DataFrame)  # every search trial's curve with its state
     history: pd.DataFrame = field(default_factory=pd.DataFrame)  # best validation accuracy so far per arm
     dashboard: str = ""  # the optuna-dashboard command for this database
@@ -171,7 +172,7 @@ def compute_frames(src: StudySources) -> StudyFrames:
         fidelity=fidelity, methods=table, method_sentence=method_sentence(table) if several else "",
         method_cells={m: method_cells(runs, m) for m in methods if m != "kd"}, calibration=calib,
         reliability=reliability, calibration_note=calib_note,
-        cost=cost_table(runs, src.teacher.train_seconds if src.teacher else None),
+        cost=cost_table(runs, src.teacher.train_seconds if src.teacher else None), cost_note=cost_note(runs),
         trials=trial_curves(src.epochs, runs), history=optimisation_history(runs),
         dashboard=dashboard_command(src.storage_url))
 

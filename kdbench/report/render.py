@@ -233,7 +233,7 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
                                       "mean ± sd over seeds, from the stored test logits.")
             files += _write_table(cost_display(sf), sf.cost, out_dir, f"{prefix}cost",
                                   f"{sf.name}: wall-clock per arm and stage (seconds); trial × CE: one search "
-                                  "trial's median over CE's.")
+                                  "trial's median over CE's.", sf.cost_note)
             draws = dict(FIGURES, **({"method-cells": figures.method_cells} if not sf.methods.empty else {}))
             figs = {key: {"uri": _save(draw(sf), out_dir, prefix + key, files), "file": prefix + key}
                     for key, draw in draws.items()}
@@ -261,7 +261,7 @@ def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: 
         "fidelity_sentences": fidelity_sentences(sf), "fidelity_notes": sf.fidelity.notes, "prefix": prefix,
         "methods": methods_display(sf) if not sf.methods.empty else None, "method_sentence": sf.method_sentence,
         "calibration": calibration_display(sf), "calibration_note": sf.calibration_note,
-        "cost": cost_display(sf), "dashboard": sf.dashboard,
+        "cost": cost_display(sf), "cost_note": sf.cost_note, "dashboard": sf.dashboard,
         "evidence": sf.evidence.sentences, "effects": effects_display(sf) if sf.is_grid else None,
         "budgets": sf.evidence.budgets, "replicates": sf.evidence.replicates, "pruner": sf.evidence.pruner,
     }
