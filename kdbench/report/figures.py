@@ -18,7 +18,7 @@ __all__ = ["calibration", "method_cells", "trials"]
 
 STATE_COLORS = {"complete": "#4c72b0", "pruned": "#c44e52", "failed": "#8c8c8c", "interrupted": "#8c8c8c",
                 "running": "#dd8452"}
-ARM_COLORS = ["#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3", "#4c72b0"]
+ARM_COLORS = ["#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3", "#64b5cd"]
 
 
 def method_cells(sf: StudyFrames) -> Figure:
