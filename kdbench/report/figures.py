@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from kdbench.report.frames import StudyFrames
 from kdbench.report.methods import METHOD_NAMES
-from kdbench.report.plots import COLORS, _empty, _figure
+from kdbench.report.plots import COLORS, empty_panel, new_figure
 
 __all__ = ["calibration", "method_cells", "trials"]
 
@@ -25,9 +25,9 @@ def method_cells(sf: StudyFrames) -> Figure:
     """Per method (beside Hinton's KD, drawn in the grid section): validation accuracy over its two main
     hyperparameters (the first two that vary), each cell at its best lr, n replicates in the cell."""
     cells = {m: c for m, c in sf.method_cells.items() if not c.empty}
-    fig, axes = _figure(4.4 * max(1, len(cells)), 3.8, 1, max(1, len(cells)), squeeze=False)
+    fig, axes = new_figure(4.4 * max(1, len(cells)), 3.8, 1, max(1, len(cells)), squeeze=False)
     if not cells:
-        return _empty(fig, axes[0][0], "no complete search trial of another method yet")
+        return empty_panel(fig, axes[0][0], "no complete search trial of another method yet")
     for ax, (method, c) in zip(axes[0], cells.items(), strict=False):
         keys = [k for k in c.columns if k not in ("val_mean", "val_sd", "n", "best_lr")]
         name = METHOD_NAMES.get(method, method)
@@ -54,9 +54,9 @@ def method_cells(sf: StudyFrames) -> Figure:
 def calibration(sf: StudyFrames) -> Figure:
     """Reliability diagram: accuracy against confidence per bin, each arm's seeds pooled (the diagonal is
     perfect calibration); the legend gives each arm's ECE and NLL (mean over seeds)."""
-    fig, ax = _figure(6.4, 4.6)
+    fig, ax = new_figure(6.4, 4.6)
     if sf.reliability.empty:
-        return _empty(fig, ax, f"calibration {sf.calibration_note}")
+        return empty_panel(fig, ax, f"calibration {sf.calibration_note}")
     ax.plot([0, 1], [0, 1], color="#999", linestyle=":", label="perfect calibration")
     table = sf.calibration.set_index("arm")
     for i, (arm, b) in enumerate(sf.reliability.groupby("arm", sort=False)):
@@ -79,9 +79,9 @@ def calibration(sf: StudyFrames) -> Figure:
 def trials(sf: StudyFrames) -> Figure:
     """Left: every search trial's validation accuracy per epoch, coloured by its final state (a pruned trial
     stops early). Right: the optimisation history, each arm's best validation accuracy so far by trial."""
-    fig, (left, right) = _figure(11.0, 4.2, 1, 2)
+    fig, (left, right) = new_figure(11.0, 4.2, 1, 2)
     if sf.trials.empty:
-        return _empty(fig, left, "no search trial recorded yet")
+        return empty_panel(fig, left, "no search trial recorded yet")
     for (_, state), g in sf.trials.groupby(["run_id", "state"]):
         left.plot(g["epoch"] + 1, g["val_acc"] * 100, color=STATE_COLORS.get(state, "#333"), alpha=0.35, lw=0.8,
                   marker="." if len(g) == 1 else None)

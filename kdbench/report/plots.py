@@ -24,7 +24,8 @@ from matplotlib.patches import Rectangle
 from kdbench.report.frames import StudyFrames, grid_cells, grid_pivot
 from kdbench.report.stats import CONFIDENCE
 
-__all__ = ["comparison", "effects", "heatmap_diff", "heatmap_val", "importances", "learning_curves", "predictions"]
+__all__ = ["COLORS", "comparison", "effects", "empty_panel", "heatmap_diff", "heatmap_val", "importances",
+           "learning_curves", "new_figure", "predictions"]
 
 T_LABEL = "temperature T"
 ALPHA_LABEL = "α (weight of the hard-label CE term)"
@@ -32,14 +33,14 @@ COLORS = {"ce": "#4c72b0", "kd": "#dd8452", "teacher": "#55a868", "dkd": "#8172b
           "lskd": "#da8bc3"}
 
 
-def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
     """A Figure on the Agg canvas (no pyplot: no global state, nothing to close) and its axes."""
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     return fig, fig.subplots(rows, cols, **kwargs)
 
 
-def _empty(fig: Figure, ax: Axes, text: str) -> Figure:
+def empty_panel(fig: Figure, ax: Axes, text: str) -> Figure:
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=11, color="#555")
     return fig
@@ -50,12 +51,12 @@ def _t_ticklabels(ax: Axes, temps: list[float]) -> None:
 
 
 def _heatmap(sf: StudyFrames, column: str, title: str, cbar: str, diverging: bool) -> Figure:
-    fig, ax = _figure(1.45 * max(4, sf.grid["temperature"].nunique()) + 2.8, 5.0)
+    fig, ax = new_figure(1.45 * max(4, sf.grid["temperature"].nunique()) + 2.8, 5.0)
     if not sf.is_grid:
         return _scatter(fig, ax, sf, column, title, cbar, diverging)
     values = grid_pivot(sf, column) * 100
     if values.isna().all().all():
-        return _empty(fig, ax, f"{title}: no complete KD trial" +
+        return empty_panel(fig, ax, f"{title}: no complete KD trial" +
                       (" and no CE baseline" if column == "delta_ce" else ""))
     kwargs = {}
     if diverging:
@@ -85,7 +86,7 @@ def _scatter(fig: Figure, ax: Axes, sf: StudyFrames, column: str, title: str, cb
              diverging: bool) -> Figure:
     g = sf.grid.dropna(subset=[column])
     if g.empty:
-        return _empty(fig, ax, f"{title}: no complete KD trial")
+        return empty_panel(fig, ax, f"{title}: no complete KD trial")
     v = 100 * g[column]
     lim = float(v.abs().max()) or 1.0
     sc = ax.scatter(g["temperature"], g["alpha"], c=v, cmap="RdBu" if diverging else "viridis",
@@ -152,20 +153,20 @@ def effects(sf: StudyFrames) -> Figure:
     Returns:
         The figure.
     """
-    fig, axes = _figure(11, 4.2, 1, 2, sharey=True)
+    fig, axes = new_figure(11, 4.2, 1, 2, sharey=True)
     ev = sf.evidence
     grid = sf.is_grid
     levels = ev.main_effects.levels if grid else ev.binned.rename(columns={"param": "factor"})
     column = "effect" if grid else "mean"
     if levels.empty or levels[column].isna().all():
-        _empty(fig, axes[1], "")
-        return _empty(fig, axes[0], "no complete KD cell yet")
+        empty_panel(fig, axes[1], "")
+        return empty_panel(fig, axes[0], "no complete KD cell yet")
     ce = ev.cells.cells
     ce = ce[ce["stage"] == "ce"]
     for ax, factor, xlabel in ((axes[0], "temperature", T_LABEL), (axes[1], "alpha", ALPHA_LABEL)):
         part = levels[levels["factor"] == factor]
         if part.empty:
-            _empty(fig, ax, f"{xlabel}: not varied")
+            empty_panel(fig, ax, f"{xlabel}: not varied")
             continue
         x = part["level"] if grid else (part["low"] + part["high"]) / 2
         lo, hi = ("effect_ci_low", "effect_ci_high") if grid else ("ci_low", "ci_high")
@@ -207,11 +208,11 @@ def learning_curves(sf: StudyFrames) -> Figure:
     Returns:
         The figure.
     """
-    fig, axes = _figure(11, 4, 1, 2)
+    fig, axes = new_figure(11, 4, 1, 2)
     c = sf.curves
     if c.empty:
-        _empty(fig, axes[1], "")
-        return _empty(fig, axes[0], "no complete finalists yet")
+        empty_panel(fig, axes[1], "")
+        return empty_panel(fig, axes[0], "no complete finalists yet")
     for loss, part in c.groupby("loss"):
         label = f"{str(loss).upper()} finalist (n={int(part['n'].min())} seeds)"
         for ax, m, sd, scale in ((axes[0], "val_mean", "val_sd", 100), (axes[1], "loss_mean", "loss_sd", 1)):
@@ -242,11 +243,11 @@ def predictions(sf: StudyFrames) -> Figure:
     """
     p = sf.predictions
     if p.images is None or p.table.empty:
-        fig, ax = _figure(6, 1.5)
-        return _empty(fig, ax, "prediction grid unavailable: " + "; ".join(p.notes))
+        fig, ax = new_figure(6, 1.5)
+        return empty_panel(fig, ax, "prediction grid unavailable: " + "; ".join(p.notes))
     cols = 8
     rows = math.ceil(len(p.table) / cols)
-    fig, axes = _figure(cols * 1.6, rows * 2.35, rows, cols, squeeze=False)
+    fig, axes = new_figure(cols * 1.6, rows * 2.35, rows, cols, squeeze=False)
     names = p.classes or [str(i) for i in range(int(p.table[["label", "ce", "kd"]].max().max()) + 1)]
 
     def short(k: int) -> str:
@@ -298,10 +299,10 @@ def importances(sf: StudyFrames) -> Figure:
     Returns:
         The figure.
     """
-    fig, axes = _figure(11, 4.2, 1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    fig, axes = new_figure(11, 4.2, 1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     imp = sf.importances
     if imp.table.empty:
-        _empty(fig, axes[0], f"parameter importances {imp.note}")
+        empty_panel(fig, axes[0], f"parameter importances {imp.note}")
     else:
         t = imp.table.iloc[::-1]
         axes[0].barh(t["param"], 100 * t["importance"], color="#8172b3")
@@ -310,7 +311,7 @@ def importances(sf: StudyFrames) -> Figure:
         axes[0].grid(axis="x", alpha=0.3)
     lr = grid_pivot(sf, "cell_lr") if sf.is_grid else pd.DataFrame()
     if lr.empty or lr.isna().all().all():
-        _empty(fig, axes[1], "no lr per grid point (no complete KD trial on a T × α grid)")
+        empty_panel(fig, axes[1], "no lr per grid point (no complete KD trial on a T × α grid)")
     else:
         norm = _norm(sf, "lr", lr.to_numpy())
         scale = " (log colour scale: searched on a log scale)" if isinstance(norm, LogNorm) else ""
@@ -339,13 +340,13 @@ def comparison(frames: list[StudyFrames]) -> Figure:
     Returns:
         The figure.
     """
-    fig, axes = _figure(10, 3.6 * max(1, len(frames)), max(1, len(frames)), 2, squeeze=False,
+    fig, axes = new_figure(10, 3.6 * max(1, len(frames)), max(1, len(frames)), 2, squeeze=False,
                         gridspec_kw={"width_ratios": [1.4, 1]})
     for (left, right), sf in zip(axes, frames, strict=False):
         _paired_row(left, right, sf, several=len(frames) > 1)
     if not frames:
-        _empty(fig, axes[0][1], "")
-        _empty(fig, axes[0][0], "no study")
+        empty_panel(fig, axes[0][1], "")
+        empty_panel(fig, axes[0][0], "no study")
     fig.tight_layout()
     return fig
 

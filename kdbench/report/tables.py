@@ -5,6 +5,9 @@ differences in pp with their intervals, p-values) and the notes beside them (sou
 fidelity findings). :func:`markdown_table` writes a pipe table and :func:`latex_table` a booktabs table
 that compiles with pdflatex on a default article page: ASCII only (numbers, T and symbols in math
 mode), numeric columns right-aligned, headers and multi-line cells stacked, provenance in a note.
+
+The module runs past 400 lines because it is the one place where every table of the report gets its text
+form (percentages, intervals, p-values) and its Markdown and LaTeX: split, the formats would drift apart.
 """
 
 from __future__ import annotations
@@ -202,7 +205,7 @@ def methods_display(sf: StudyFrames) -> pd.DataFrame:
 def tex_methods(display: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The method table narrowed for a page: each difference over its CI over its Holm p, the configurations
     and budgets in the note (returned)."""
-    def stack(diff: str, p: str) -> list[str]:
+    def stack(diff: str, p: str) -> list[str]:  # the difference over its CI over its p
         return [v.replace(" [", "\n[") + (f"\np Holm {q}" if q else "")
                 for v, q in zip(display[diff], display[p], strict=True)]
 
