@@ -18,7 +18,7 @@ __all__ = ["COST_COLUMNS", "NOISY_SPREAD", "cost_note", "cost_table", "dashboard
            "trial_curves"]
 
 COST_COLUMNS = ["arm", "stage", "runs", "total_s", "median_s", "vs_ce"]
-NOISY_SPREAD = 1.5  # an arm's search trials whose 90th/10th percentile wall-clock exceeds this: a busy machine
+NOISY_SPREAD = 1.5  # an arm's search trials whose 90th/10th percentile wall-clock exceeds this: noisy timings
 
 
 def cost_table(runs: pd.DataFrame, teacher_train_s: float | None) -> pd.DataFrame:
@@ -61,9 +61,9 @@ def cost_note(runs: pd.DataFrame) -> str:
     worst = max(noisy, key=lambda k: noisy[k])
     return (f"Timings are noisy: the same training took up to {noisy[worst]:.1f}x longer from one "
             f"{METHOD_NAMES.get(worst, worst)} trial to another (90th over 10th percentile; above "
-            f"{NOISY_SPREAD:g}x in {len(noisy)} of {len(spreads)} arms), so the machine was busy or shared while "
-            "the study ran: the ratios to CE measure the load as much as the method. Time the arms side by side "
-            "on a quiet machine (bench/) for a cost comparison.")
+            f"{NOISY_SPREAD:g}x in {len(noisy)} of {len(spreads)} arms): the machine's load or clock varied "
+            "while the study ran, and a ratio to CE inside that spread says nothing about the method. Time the "
+            "arms side by side on a quiet machine (bench/) for a cost comparison.")
 
 
 def trial_curves(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
