@@ -84,6 +84,7 @@ class _Visit:
     def __init__(self, key: str, seed: int) -> None:
         self.key, self.stage, self.loss, self.seed = key, "kd", "kd", seed
         self.temperature, self.alpha, self.lr, self.rank = 4.0, 0.5, 1e-3, None
+        self.params: tuple[tuple[str, float], ...] = ()  # Hinton's KD: no other hyperparameters
 
 
 def _connections(admin_url: str, database: str, stop: threading.Event, seen: list[int]) -> None:
