@@ -268,7 +268,6 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) ->
 def _evidence(store: Any, name: str) -> Any:
     """The search's evidence from the study's config and runs alone (not the report's other reads: no
     epochs, predictions or Optuna importances)."""
-    import json
 
     from kdbench.report.grid import search_evidence
 
@@ -289,6 +288,8 @@ def _print_evidence(sentences: list[str], name: str) -> None:
 
 
 def _print_summary(store: Any, name: str, summary: Any) -> None:
+    from kdbench.store import run_values
+
     teacher = store.study_teacher(name)
     if teacher is not None:
         click.echo(f"{name}: teacher {teacher.model}: test {teacher.test_acc:.2%} (val {teacher.val_acc:.2%}, "
@@ -298,9 +299,9 @@ def _print_summary(store: Any, name: str, summary: Any) -> None:
         return
     click.echo(f"{name}: finalists, test accuracy over seeds (storage {store.url})")
     for _, r in summary.iterrows():
-        extra = json.loads(r["params"]) if isinstance(r["params"], str) else {}
-        values = {"T": r["temperature"], "alpha": r["alpha"]} | extra
-        cfg = "".join(f"{k}={v:g} " for k, v in values.items() if v == v and v is not None) + f"lr={r['lr']:.3g}"
+        values = run_values(r)
+        lr = values.pop("lr")
+        cfg = "".join(f"{'T' if k == 'temperature' else k}={v:g} " for k, v in values.items()) + f"lr={lr:.3g}"
         sd = f"{r['test_sd']:.2%}" if r["test_sd"] == r["test_sd"] else "n/a"
         click.echo(f"  best {r['loss'].upper()} #{int(r['rank']) + 1}: {cfg}: test {r['test_mean']:.2%} ± {sd} "
                    f"(n={int(r['n'])})")

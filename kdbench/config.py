@@ -220,7 +220,7 @@ class SearchConfig(_Strict):
     @field_validator("temperature")
     @classmethod
     def _t_positive(cls, v: list[float] | Range) -> list[float] | Range:
-        values = v if isinstance(v, list) else [v.low, v.high]
+        values = _values(v)
         if v == [] or any(not math.isfinite(x) or x <= 0 for x in values):
             raise ValueError("temperatures must be > 0")
         return v
@@ -228,7 +228,7 @@ class SearchConfig(_Strict):
     @field_validator("alpha")
     @classmethod
     def _alpha_unit(cls, v: list[float] | Range) -> list[float] | Range:
-        values = v if isinstance(v, list) else [v.low, v.high]
+        values = _values(v)
         if any(not (0.0 <= x <= 1.0) for x in values):
             raise ValueError("alpha values must be in [0, 1] (the weight of the hard labels)")
         return v
@@ -236,7 +236,7 @@ class SearchConfig(_Strict):
     @field_validator("lr")
     @classmethod
     def _lr_positive(cls, v: list[float] | Range) -> list[float] | Range:
-        values = v if isinstance(v, list) else [v.low, v.high]
+        values = _values(v)
         if any(not math.isfinite(x) or x <= 0 for x in values):
             raise ValueError("learning rates must be > 0")
         return v

@@ -137,13 +137,14 @@ def test_user_strings_are_escaped(single: Path) -> None:
     assert r"\&" in (single / "comparison.tex").read_text()
 
 
-def test_several_studies_share_one_table(several: Path) -> None:
+def test_several_studies_share_one_table(db: str, several: Path) -> None:
     md = (several / "comparison.md").read_text()
     assert md.startswith("| study") and "| known " in md and "| other " in md
     assert {"known-heatmap-val.png", "other-heatmap-val.png", "known-grid.csv", "comparison.png"} <= {
         p.name for p in several.iterdir()}
     html = (several / "index.html").read_text()
     assert "known: KD helped" in html and "other: KD and CE could not be told apart at n=2" in html
+    assert [f.name for f in write_report(db, ["known", "other"], fmt="md").frames] == ["known", "other"]
 
 
 def test_partial_study_renders_what_exists(db: str, tmp_path: Path) -> None:

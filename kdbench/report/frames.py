@@ -25,7 +25,7 @@ from kdbench.config import IMPORTANCE_MIN_TRIALS, is_geometric
 from kdbench.report.calibration import calibration_frames
 from kdbench.report.cost import cost_note, cost_table, dashboard_command, optimisation_history, trial_curves
 from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, qualified_verdict, search_evidence
-from kdbench.report.methods import METHOD_NAMES, method_cells, method_sentence, method_table
+from kdbench.report.methods import arm_name, method_cells, method_sentence, method_table
 from kdbench.report.predictions import FIDELITY_COLUMNS, Fidelity, Predictions, prediction_grid
 from kdbench.report.predictions import fidelity as fidelity_frames
 from kdbench.report.sources import IMPORTANCE_EVALUATOR, StoreLike, StudySources, read_study
@@ -159,7 +159,7 @@ def compute_frames(src: StudySources) -> StudyFrames:
     labels = src.predictions.test.labels if src.predictions.test is not None else None
     calib, reliability, calib_note = calibration_frames(
         src.logits, src.teacher.test_logits if src.teacher else None, labels,
-        {k: f"{v} student" if k != "kd" else "KD student" for k, v in METHOD_NAMES.items()})
+        {loss: arm_name(loss) for loss in src.logits})
     return StudyFrames(
         name=src.name, config=config, config_hash=src.config_hash, is_grid=is_grid,
         geometric_t=is_grid and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,
@@ -280,8 +280,7 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str]) -> t
                                   key=lambda kv: (kv[0][0] != "ce", kv[0][0] != "kd", kv[0][1], kv[0][0])):
         s = summary.loc[(loss, rank)]
         row: dict[str, Any] = {
-            "arm": "CE student" if loss == "ce" else f"{'KD' if loss == 'kd' else METHOD_NAMES.get(str(loss), loss)} "
-            f"student" + (f" #{int(rank) + 1}" if rank else ""),
+            "arm": arm_name(str(loss)) + (f" #{int(rank) + 1}" if rank else ""),
             "model": student, "temperature": g["temperature"].iloc[0], "alpha": g["alpha"].iloc[0],
             "lr": g["lr"].iloc[0], "test_mean": float(s["test_mean"]), "test_sd": float(s["test_sd"]),
             "n": int(s["n"]), "parameters": g["parameters"].iloc[0],

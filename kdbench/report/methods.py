@@ -11,7 +11,6 @@ tuning budget (search runs: cells × lr × seeds) and the cost of one search tri
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -20,9 +19,11 @@ import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
 from kdbench.report.stats import Paired, paired_difference, summarize
+from kdbench.store import cell_key, run_values
 
-__all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "holm", "method_cells", "method_sentence", "method_table"]
+__all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "arm_name", "holm", "method_cells", "method_sentence", "method_table"]
 
+SHOWN = {"temperature": "T", "alpha": "α"}  # how T and alpha are named in the tables
 METHOD_NAMES = {"kd": "Hinton KD", "dkd": "DKD", "dist": "DIST", "lskd": "LS-KD", "ce": "CE"}
 METHOD_COLUMNS = [
     "method", "configuration", "test_mean", "test_sd", "n",
@@ -30,6 +31,11 @@ METHOD_COLUMNS = [
     "vs_kd_mean", "vs_kd_low", "vs_kd_high", "vs_kd_p", "vs_kd_p_holm", "vs_kd_n",
     "search_runs", "cells", "trial_cost_vs_ce",
 ]
+
+
+def arm_name(loss: str) -> str:
+    """How a finalist arm is called on the page: "CE student", "KD student" (Hinton's), "DKD student", ..."""
+    return f"{'KD' if loss == 'kd' else METHOD_NAMES.get(loss, loss)} student"
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -43,12 +49,9 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 def _configuration(row: pd.Series) -> str:
-    values: dict[str, Any] = {"T": row.get("temperature"), "α": row.get("alpha")}
-    extra = row.get("params")
-    if isinstance(extra, str) and extra:
-        values |= json.loads(extra)
-    values["lr"] = row.get("lr")
-    return ", ".join(f"{k}={float(v):g}" for k, v in values.items() if v is not None and v == v)
+    values = run_values(row)
+    values["lr"] = values.pop("lr")  # last
+    return ", ".join(f"{SHOWN.get(k, k)}={v:g}" for k, v in values.items())
 
 
 def _by_seed(finals: pd.DataFrame, method: str) -> pd.Series:
@@ -82,7 +85,7 @@ def method_table(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
         first = finals[(finals["loss"] == method) & (finals["rank"] == 0)]
         s = summarize(mine)
         trials = search[search["kind"] == method]
-        cells = trials["visit"].str.replace(r"/lr=[^/]*/r=\d+$|/r=\d+$", "", regex=True).nunique()
+        cells = trials["visit"].map(cell_key).nunique()
         row: dict[str, Any] = {
             "method": METHOD_NAMES.get(method, method), "configuration": _configuration(first.iloc[0])
             if not first.empty else "", "test_mean": s.mean, "test_sd": s.sd, "n": s.n,
@@ -126,14 +129,6 @@ def _names(rows: pd.DataFrame) -> str:
     return ", ".join(f"{r['method']} ({100 * r['vs_ce_mean']:+.2f} pp)" for _, r in rows.iterrows())
 
 
-def _values(row: pd.Series) -> dict[str, float]:
-    out = {k: float(row[k]) for k in ("temperature", "alpha") if pd.notna(row.get(k))}
-    extra = row.get("params")
-    if isinstance(extra, str) and extra:
-        out |= {k: float(v) for k, v in json.loads(extra).items()}
-    return out
-
-
 def method_cells(runs: pd.DataFrame, method: str) -> pd.DataFrame:
     """A method's search cells: every parameter that varies, the cell's validation accuracy (replicate mean
     at its best lr, as the finalists were chosen), that lr, the sd over replicates and n replicates.
@@ -149,13 +144,12 @@ def method_cells(runs: pd.DataFrame, method: str) -> pd.DataFrame:
     done = runs[(runs["kind"] == method) & (runs["state"] == "complete")]
     if done.empty:
         return pd.DataFrame(columns=["val_mean", "val_sd", "n", "best_lr"])
-    params = pd.DataFrame([_values(r) for _, r in done.iterrows()], index=done.index)
+    params = pd.DataFrame([run_values(r) for _, r in done.iterrows()], index=done.index).drop(columns="lr")
     varying = [c for c in params.columns if params[c].nunique() > 1]
-    frame = params[varying].rename(columns={"temperature": "T", "alpha": "α"}).assign(
-        lr=done["lr"], val_acc=done["val_acc"])
+    frame = params[varying].rename(columns=SHOWN).assign(lr=done["lr"], val_acc=done["val_acc"])
     keys = [c for c in frame.columns if c not in ("lr", "val_acc")]
     per_lr = frame.groupby([*keys, "lr"], as_index=False)["val_acc"].agg(["mean", "std", "size"])
-    best = per_lr.sort_values("mean", ascending=False).drop_duplicates(keys or None) if keys else \
-        per_lr.sort_values("mean", ascending=False).head(1)
+    best = per_lr.sort_values("mean", ascending=False)
+    best = best.drop_duplicates(keys) if keys else best.head(1)
     out = best.rename(columns={"mean": "val_mean", "std": "val_sd", "size": "n", "lr": "best_lr"})
     return out[[*keys, "val_mean", "val_sd", "n", "best_lr"]].reset_index(drop=True)

@@ -12,12 +12,22 @@ from __future__ import annotations
 from kdbench.config import DEFAULT_STORAGE
 from kdbench.store.claims import Claimed, Claims, finite_or_none, pid_alive, worker_id
 from kdbench.store.db import make_engine, retry_schema_race, shown_url
-from kdbench.store.queries import FINALIST_COLUMNS, Queries, load_runs
+from kdbench.store.queries import (
+    FINALIST_COLUMNS,
+    PARAM_COLUMNS,
+    Queries,
+    cell_key,
+    config_key,
+    load_runs,
+    params_json,
+    run_values,
+)
 from kdbench.store.schema import RUN_COLUMNS, SCHEMA_VERSION, EpochRow, MetaRow, RunRow, StudyRow, TeacherRow, now
 
 __all__ = [
     "DEFAULT_STORAGE",
     "FINALIST_COLUMNS",
+    "PARAM_COLUMNS",
     "RUN_COLUMNS",
     "SCHEMA_VERSION",
     "Claimed",
@@ -27,12 +37,16 @@ __all__ = [
     "Store",
     "StudyRow",
     "TeacherRow",
+    "cell_key",
+    "config_key",
     "finite_or_none",
     "load_runs",
     "make_engine",
     "now",
+    "params_json",
     "pid_alive",
     "retry_schema_race",
+    "run_values",
     "shown_url",
     "worker_id",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from kdbench.config import HEARTBEAT_S
 from kdbench.errors import RetiredAttemptError, StoreError
 from kdbench.store.db import Database
+from kdbench.store.queries import params_json
 from kdbench.store.schema import EpochRow, RunRow, StudyRow, TeacherRow, now
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ class Claims(Database):
         """
         fields = dict(kind=visit.stage, loss=visit.loss, seed=visit.seed, temperature=visit.temperature,
                       alpha=visit.alpha, lr=visit.lr, rank=visit.rank, config_hash=config_hash,
-                      params=json.dumps(dict(visit.params), sort_keys=True) if visit.params else None)
+                      params=params_json(dict(visit.params)))
 
         def new_row(attempt: int) -> RunRow:
             return RunRow(study_id=study_id, visit=visit.key, state="running", owner=worker_id(), heartbeat=now(),

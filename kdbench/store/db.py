@@ -8,6 +8,7 @@ password masked (:func:`shown_url`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -132,18 +133,16 @@ def _read_only_sqlite(url: str) -> Engine:
     process may not write (a read-only mount, another user's results). A database in WAL mode needs its
     ``-shm`` file, which a reader cannot create there: then it is opened ``immutable`` (no locking, read as
     it lies; nothing can be writing to a file nobody may write)."""
-    file = Path(sa.engine.make_url(url).database or "").resolve()
-    mode = ["ro"]
+    uri = f"{Path(sa.engine.make_url(url).database or '').resolve().as_uri()}?mode=ro"
 
     def connect() -> sqlite3.Connection:
-        params = "&".join(f"{k}=1" if k == "immutable" else f"mode={k}" for k in mode)
-        return sqlite3.connect(f"{file.as_uri()}?{params}", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S,
-                               check_same_thread=False)
+        return sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
 
     try:
-        connect().execute("SELECT count(*) FROM sqlite_master").fetchall()
+        with contextlib.closing(connect()) as probe:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchall()
     except sqlite3.OperationalError:
-        mode.append("immutable")
+        uri += "&immutable=1"
     return sa.create_engine(url, creator=connect)
 
 

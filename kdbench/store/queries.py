@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,37 @@ from kdbench.errors import StoreError
 from kdbench.store.db import Database
 from kdbench.store.schema import RUN_COLUMNS, EpochRow, RunRow, StudyRow, TeacherRow
 
-__all__ = ["FINALIST_COLUMNS", "Queries", "load_runs"]
+__all__ = ["FINALIST_COLUMNS", "PARAM_COLUMNS", "Queries", "cell_key", "config_key", "load_runs", "params_json",
+           "run_values"]
 
 FINALIST_COLUMNS = ["loss", "rank", "temperature", "alpha", "lr", "params", "test_mean", "test_sd", "n", "val_mean"]
+PARAM_COLUMNS = ("temperature", "alpha", "lr")  # a run's parameters with columns of their own; the rest: ``params``
+
+
+def params_json(values: dict[str, float]) -> str | None:
+    """The ``params`` column of a run: its parameters beyond :data:`PARAM_COLUMNS`, as sorted JSON (None: none)."""
+    extra = {k: float(v) for k, v in values.items() if k not in PARAM_COLUMNS}
+    return json.dumps(extra, sort_keys=True) if extra else None
+
+
+def run_values(row: Any) -> dict[str, float]:
+    """Every parameter of a run (a row of :meth:`Queries.runs` or of the finalist summary): T, alpha and lr
+    where set, then the method's others from ``params``."""
+    out = {k: float(row[k]) for k in PARAM_COLUMNS if k in row and pd.notna(row[k])}
+    extra = row.get("params")
+    if isinstance(extra, str) and extra:
+        out.update({k: float(v) for k, v in json.loads(extra).items()})
+    return out
+
+
+def config_key(visit: str) -> str:
+    """A search visit's configuration: its key without the replicate (``kd/T=2/a=0.5/lr=0.001``)."""
+    return visit.rsplit("/r=", 1)[0]
+
+
+def cell_key(visit: str) -> str:
+    """A search visit's cell: its configuration without the lr (``kd/T=2/a=0.5``)."""
+    return re.sub(r"/lr=[^/]*", "", config_key(visit))
 
 
 class Queries(Database):
@@ -101,13 +130,15 @@ class Queries(Database):
 
     def test_predictions(self, run_ids: list[int]) -> dict[int, bytes | None]:
         """The stored test-set predictions (int16 argmax) of these runs, by run id."""
-        with self.session() as s:
-            return dict(s.execute(sa.select(RunRow.id, RunRow.test_predictions).where(RunRow.id.in_(run_ids))).all())
+        return self._blobs(RunRow.test_predictions, run_ids)
 
     def test_logits(self, run_ids: list[int]) -> dict[int, bytes | None]:
         """The stored test-set logits (float16, finalists; None before schema 2) of these runs, by run id."""
+        return self._blobs(RunRow.test_logits, run_ids)
+
+    def _blobs(self, column: Any, run_ids: list[int]) -> dict[int, bytes | None]:
         with self.session() as s:
-            return dict(s.execute(sa.select(RunRow.id, RunRow.test_logits).where(RunRow.id.in_(run_ids))).all())
+            return dict(s.execute(sa.select(RunRow.id, column).where(RunRow.id.in_(run_ids))).all())
 
     def trial_links(self, study_id: int) -> list[Any]:
         """``(trial_id, state, val_acc, error)`` of the study's runs that are linked to an Optuna trial."""

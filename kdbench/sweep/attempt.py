@@ -8,7 +8,6 @@ pruning, a non-finite loss, Ctrl-C or a bug. A claimed visit is never left runni
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from kdbench.errors import NonFiniteLossError, RetiredAttemptError, check_termin
 from kdbench.evaluate import inference_ms_per_batch, predict_logits
 from kdbench.models import build_model, count_parameters
 from kdbench.provenance import device_name, kdbench_commit
-from kdbench.store import Claimed, Store, finite_or_none, now
+from kdbench.store import Claimed, Store, finite_or_none, now, params_json
 from kdbench.sweep import optuna_bridge
 from kdbench.sweep.events import SweepEvents
 from kdbench.sweep.plan import Visit
@@ -83,10 +82,8 @@ class Attempt:
                                                            ctx.optuna_studies)
             self.link = dict(optuna_study=ostudy.study_name, trial_number=self.trial.number,
                              trial_id=self.trial._trial_id)
-            extra = {k: v for k, v in params.items() if k not in ("temperature", "alpha", "lr")}
             ctx.store.update_run(c.run_id, **self.link, temperature=params.get("temperature"),
-                                 alpha=params.get("alpha"), lr=params["lr"],
-                                 params=json.dumps(extra, sort_keys=True) if extra else None)
+                                 alpha=params.get("alpha"), lr=params["lr"], params=params_json(params))
         else:
             params = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha),
                                         ("lr", visit.lr)) if v is not None} | dict(visit.params)

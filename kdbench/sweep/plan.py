@@ -18,15 +18,15 @@ baseline gets as many sampler trials over lr; KD and CE visits alternate.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from kdbench.config import SEARCH_SEED_OFFSET, Study
+from kdbench.store import PARAM_COLUMNS, cell_key, config_key, run_values
 
-__all__ = ["Visit", "config_key", "finalist_seeds", "method_visit", "plan_finalists", "plan_search", "planned_total",
+__all__ = ["Visit", "config_name", "finalist_seeds", "method_visit", "plan_finalists", "plan_search", "planned_total",
            "search_seeds"]
 
 
@@ -59,18 +59,22 @@ def search_seeds(study: Study) -> list[int]:
     return [study.seed + SEARCH_SEED_OFFSET + i for i in range(study.search.n_replicates)]
 
 
-def method_visit(method: str, values: dict[str, float], seed: int, suffix: str, *, stage: str | None = None,
-                 rank: int | None = None) -> Visit:
-    """The visit of one configuration of ``method`` (``values``: its parameters and lr, any subset)."""
-    extra = tuple(sorted((k, float(v)) for k, v in values.items() if k not in ("temperature", "alpha", "lr")))
+def config_name(method: str, values: dict[str, float]) -> str:
+    """A configuration's name in visit keys: ``kd/T=2/a=0.5/lr=0.001``, ``dkd/T=4/ce_weight=1/.../lr=0.001``."""
     if method == "kd":  # Hinton's KD keeps the keys of the studies stored before the other methods came
-        name = "".join(f"/{short}={values[k]:g}" for k, short in (("temperature", "T"), ("alpha", "a"), ("lr", "lr"))
-                       if k in values)
-    else:
-        name = "".join(f"/{k if k != 'temperature' else 'T'}={values[k]:g}"
-                       for k in ("temperature", "alpha", *(k for k, _ in extra), "lr") if k in values)
-    return Visit(f"{method}{name}/{suffix}", stage or method, method, seed, temperature=values.get("temperature"),
-                 alpha=values.get("alpha"), lr=values.get("lr"), rank=rank, params=extra)
+        return method + "".join(f"/{short}={values[k]:g}" for k, short in
+                                (("temperature", "T"), ("alpha", "a"), ("lr", "lr")) if k in values)
+    extra = sorted(k for k in values if k not in PARAM_COLUMNS)
+    return method + "".join(f"/{k if k != 'temperature' else 'T'}={values[k]:g}"
+                            for k in ("temperature", "alpha", *extra, "lr") if k in values)
+
+
+def method_visit(key: str, stage: str, method: str, seed: int, values: dict[str, float],
+                 rank: int | None = None) -> Visit:
+    """The visit ``key`` of one configuration of ``method`` (``values``: its parameters and lr, any subset)."""
+    extra = tuple(sorted((k, float(v)) for k, v in values.items() if k not in PARAM_COLUMNS))
+    return Visit(key, stage, method, seed, temperature=values.get("temperature"), alpha=values.get("alpha"),
+                 lr=values.get("lr"), rank=rank, params=extra)
 
 
 def _cells(study: Study, method: str) -> list[dict[str, float]]:
@@ -96,7 +100,8 @@ def _grid_visits(study: Study) -> list[Visit]:
         for i in order:
             method, cell = cells[int(i)]
             for lr in lrs:
-                visits.append(method_visit(method, {**cell, "lr": lr}, seed, f"r={r}"))
+                values = {**cell, "lr": lr}
+                visits.append(method_visit(f"{config_name(method, values)}/r={r}", method, method, seed, values))
     return visits
 
 
@@ -108,10 +113,7 @@ def _range_visits(study: Study) -> list[Visit]:
     for r in range(s.n_trials):
         if study.baseline.ce:
             visits.append(Visit(f"ce/r={r}", "ce", "ce", seed))
-        for m in s.methods:
-            v = method_visit(m, fixed[m], seed, f"r={r}")
-            visits.append(Visit(f"{m}/r={r}", m, m, seed, temperature=v.temperature, alpha=v.alpha,
-                                params=v.params))
+        visits += [method_visit(f"{m}/r={r}", m, m, seed, fixed[m]) for m in s.methods]
     return visits
 
 
@@ -125,11 +127,6 @@ def finalist_seeds(study: Study) -> list[int]:
     return [study.seed + 1 + i for i in range(study.finalists.seeds)]
 
 
-def config_key(visit: str) -> str:
-    """A search visit's configuration: its key without the replicate (``kd/T=2/a=0.5/lr=0.001``)."""
-    return visit.rsplit("/r=", 1)[0]
-
-
 def _ranked_configs(done: pd.DataFrame, method: str, grid: bool) -> pd.DataFrame:
     """Configurations of one method (or ce), best first by validation accuracy (a grid: the replicate mean
     at each lr; a cell's value is its best lr's, one configuration per cell)."""
@@ -140,18 +137,9 @@ def _ranked_configs(done: pd.DataFrame, method: str, grid: bool) -> pd.DataFrame
     firsts = runs.drop_duplicates("config").set_index("config")
     means = runs.groupby("config")["val_acc"].mean().rename("val_acc").to_frame()
     ranked = means.join(firsts.drop(columns="val_acc")).reset_index()
-    ranked["cell"] = ranked["config"].str.replace(r"/lr=[^/]*", "", regex=True)
+    ranked["cell"] = ranked["config"].map(cell_key)
     ranked = ranked.sort_values(["val_acc", "config"], ascending=[False, True])
     return ranked.drop_duplicates("cell")
-
-
-def _values(row: pd.Series) -> dict[str, float]:
-    """A run's parameters: T, alpha, lr and its method's others (the ``params`` column, JSON)."""
-    out = {k: float(row[k]) for k in ("temperature", "alpha", "lr") if pd.notna(row.get(k))}
-    extra = row.get("params")
-    if isinstance(extra, str) and extra:
-        out.update({k: float(v) for k, v in json.loads(extra).items()})
-    return out
 
 
 def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
@@ -162,11 +150,9 @@ def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
                       ("ce", 1 if study.baseline.ce else 0)]:
         best = _ranked_configs(done, method, study.search.is_grid)
         for rank, (_, row) in enumerate(best.head(k).iterrows()):
-            values = _values(row)
-            for seed in finalist_seeds(study):
-                v = method_visit(method, values, seed, f"seed={seed}", stage="finalist", rank=rank)
-                visits.append(Visit(f"final/{method}/rank={rank}/seed={seed}", "finalist", method, seed,
-                                    temperature=v.temperature, alpha=v.alpha, lr=v.lr, rank=rank, params=v.params))
+            values = run_values(row)
+            visits += [method_visit(f"final/{method}/rank={rank}/seed={seed}", "finalist", method, seed, values, rank)
+                       for seed in finalist_seeds(study)]
     return visits
 
 
