@@ -85,6 +85,7 @@ class _Visit:
         self.key, self.stage, self.loss, self.seed = key, "kd", "kd", seed
         self.temperature, self.alpha, self.lr, self.rank = 4.0, 0.5, 1e-3, None
         self.params: tuple[tuple[str, float], ...] = ()  # Hinton's KD: no other hyperparameters
+        self.budget_label: str | None = None  # the study's own budget
 
 
 def _connections(admin_url: str, database: str, stop: threading.Event, seen: list[int]) -> None:

@@ -25,6 +25,7 @@ from kdbench.errors import ConfigError
 
 __all__ = [
     "BaselineConfig",
+    "Budget",
     "DataConfig",
     "FinalistsConfig",
     "Range",
@@ -56,6 +57,9 @@ FUSE_MEMORY_SHARE = 0.5  # search.fuse: auto: fused students' estimated memory s
 MAX_EPOCHS = 10_000  # a recipe's epochs above this are refused as a typo (1e12 would train forever)
 MAX_STEPS = 100_000_000  # likewise for steps
 MAX_BATCH = 65_536  # likewise for batch_size (samples per step)
+PRUNE_RHO_MIN = 0.8  # Spearman rho of an epoch's val accuracy with the final one below which the report warns
+# that a pruner acting at that epoch may stop trials that would have ranked high (rho^2 = 0.64: a third of the
+# final ranking's variance is not yet visible)
 CALIBRATION_BINS = 15  # equal-width confidence bins of the report's ECE and reliability diagram (Guo et al. 2017)
 TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
 # complete KD trials below which a report shows no parameter importances. PED-ANOVA (Optuna's default
@@ -164,6 +168,49 @@ class StudentConfig(Recipe):
     model: str = "mlp-800"
 
 
+class Budget(_Strict):
+    """A training budget: ``epochs`` (passes over the training split) or optimiser ``steps``, one of them."""
+
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = None
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _number_is_epochs(cls, v: Any) -> Any:
+        return {"epochs": v} if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> Budget:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give epochs or steps (one of them), e.g. {epochs: 20}")
+        return self
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> Budget:
+        """A recipe's budget (its ``steps`` when set, else its ``epochs``)."""
+        return cls(steps=recipe.steps) if recipe.steps is not None else cls(epochs=recipe.epochs or 1)
+
+    @property
+    def label(self) -> str:
+        """``3 epochs``, ``200 steps``: the budget in words, as figures and the store state it."""
+        n, unit = (self.epochs, "epoch") if self.epochs is not None else (self.steps, "step")
+        return f"{n} {unit}{'s' if n != 1 else ''}"
+
+    @property
+    def key(self) -> str:
+        """The budget in a visit key: ``e=3``, ``s=200``."""
+        return f"e={self.epochs}" if self.epochs is not None else f"s={self.steps}"
+
+    @property
+    def size(self) -> int:
+        """The number in the budget's unit (to order budgets of one unit)."""
+        return self.epochs if self.epochs is not None else self.steps  # type: ignore[return-value]
+
+    def apply(self, recipe: StudentConfig) -> StudentConfig:
+        """The recipe trained for this budget (its lr schedule and warm-up stretch over it)."""
+        return recipe.model_copy(update={"epochs": self.epochs, "steps": self.steps})
+
+
 class Range(_Strict):
     """A range handed to the sampler."""
 
@@ -216,6 +263,31 @@ class SearchConfig(_Strict):
     spaces: dict[str, dict[str, Space]] = Field(default_factory=dict)
     # epochs of linear ramp of Hinton's KD term (another method's: kd_warmup_epochs in its space; DKD publishes 20)
     kd_warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0
+    # a budget axis: the whole grid at each of these budgets on the same seeds ([1, 3, 9]: epochs, or
+    # {steps: [...]}); finalists are chosen at the largest. Default: one budget, the student recipe's
+    budget: list[Budget] | None = None
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget_list(cls, v: Any) -> Any:
+        if isinstance(v, dict) and len(v) == 1:  # {epochs: [1, 3]} or {steps: [...]}
+            unit, values = next(iter(v.items()))
+            if isinstance(values, list):
+                return [{unit: x} for x in values]
+        return v
+
+    @field_validator("budget")
+    @classmethod
+    def _budgets_distinct(cls, v: list[Budget] | None) -> list[Budget] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("is empty; give at least one budget, e.g. [1, 3, 9] (epochs)")
+        if len({b.epochs is None for b in v}) > 1:
+            raise ValueError("mixes epochs and steps; give every budget in one unit")
+        if len({b.size for b in v}) != len(v):
+            raise ValueError("lists a budget twice")
+        return sorted(v, key=lambda b: b.size)
 
     @field_validator("temperature")
     @classmethod
@@ -284,6 +356,12 @@ class SearchConfig(_Strict):
                    for k, v in self.space(m).items() if isinstance(v, Range)]
         if self.sampler == "grid" and ranged:
             raise ValueError(f"sampler 'grid' needs temperature and alpha as lists; {ranged} are ranges")
+        if ranged and self.budget is not None:
+            raise ValueError(f"search.budget (a budget axis) needs a grid: temperature and alpha as lists; {ranged} "
+                             "are ranges")
+        if self.budget is not None and self.pruner == "hyperband":
+            raise ValueError("search.pruner: hyperband sizes its brackets to one budget, and search.budget gives "
+                             "several; use median or none")
         if ranged and self.replicates not in (None, 1):
             raise ValueError(f"replicates > 1 needs temperature and alpha as lists (a grid); {ranged} are ranges")
         if self.is_grid:  # an equal tuning budget: as many cells for every method
@@ -376,6 +454,11 @@ class FinalistsConfig(_Strict):
 
     top_k: Annotated[int, Field(ge=0)] = 1  # best KD configurations (plus the best CE one)
     seeds: Annotated[int, Field(ge=1, lt=SEARCH_SEED_OFFSET)] = 5  # seeds per finalist: seed+1, seed+2, ...
+    # what the finalists train for: epochs (20) or {steps: N}; default the search's budget (its largest)
+    budget: Budget | None = None
+    # a transfer check: this many more configurations per method, spread over the search's ranking, re-trained
+    # like the finalists (budget, seeds; validation only) to measure whether the search's ranking holds there
+    probe: Annotated[int, Field(ge=0, le=1000)] = 0
 
 
 class Study(_Strict):
@@ -402,6 +485,21 @@ class Study(_Strict):
                 raise ValueError(f"ends in {suffix!r}, the suffix of another study's Optuna studies; pick another name")
         return v
 
+    @property
+    def search_budgets(self) -> list[Budget]:
+        """The budgets the search trains at (``search.budget``, else the student recipe's), smallest first."""
+        return list(self.search.budget) if self.search.budget else [Budget.of(self.student)]
+
+    @property
+    def selection_budget(self) -> Budget:
+        """The search budget the finalists are chosen at: the largest."""
+        return self.search_budgets[-1]
+
+    @property
+    def finalist_budget(self) -> Budget:
+        """What the finalists (and probes) train for: ``finalists.budget``, else :attr:`selection_budget`."""
+        return self.finalists.budget or self.selection_budget
+
     def resolved(self) -> dict[str, Any]:
         """The study with every default filled in, as plain JSON-able data."""
         return self.model_dump(mode="json")
@@ -421,16 +519,20 @@ def study_hash(study: Study) -> str:
 
     ``data.root`` and ``data.download`` are left out: they say where the files are, not what is computed (what
     the files hold is checked apart: the store keeps each study's data fingerprint and refuses other data);
-    so are ``search.fuse`` (1 or auto), ``search.method`` (kd), ``search.spaces`` and ``search.kd_warmup_epochs``
-    at their defaults, so that adding those keys changed no stored hash.
+    so are ``search.fuse`` (1 or auto), ``search.method`` (kd), ``search.spaces``, ``search.kd_warmup_epochs``,
+    ``search.budget``, ``finalists.budget`` and ``finalists.probe`` at their defaults, so that adding those keys
+    changed no stored hash.
     """
     cfg = study.resolved()
     for section, key in _NOT_HASHED:
         cfg[section].pop(key, None)
-    search = cfg["search"]
-    for key, default in (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0)):
-        if search[key] == default or (key == "fuse" and search[key] == 1):  # keys added later: at their defaults
-            del search[key]  # they leave the hashes of studies written before unchanged
+    later = {"search": (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0),
+                        ("budget", None)),
+             "finalists": (("budget", None), ("probe", 0))}
+    for section, keys in later.items():
+        for key, default in keys:
+            if cfg[section][key] == default or (key == "fuse" and cfg[section][key] == 1):  # keys added later:
+                del cfg[section][key]  # at their defaults they leave the hashes of studies written before unchanged
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

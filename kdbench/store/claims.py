@@ -120,6 +120,8 @@ class VisitLike(Protocol):
     def lr(self) -> float | None: ...
     @property
     def rank(self) -> int | None: ...
+    @property
+    def budget_label(self) -> str | None: ...
 
 
 class EpochLike(Protocol):
@@ -246,7 +248,7 @@ class Claims(Database):
         """
         fields = dict(kind=visit.stage, loss=visit.loss, seed=visit.seed, temperature=visit.temperature,
                       alpha=visit.alpha, lr=visit.lr, rank=visit.rank, config_hash=config_hash,
-                      params=params_json(dict(visit.params)))
+                      params=params_json(dict(visit.params)), budget=visit.budget_label)
 
         def new_row(attempt: int) -> RunRow:
             return RunRow(study_id=study_id, visit=visit.key, state="running", owner=worker_id(), heartbeat=now(),

@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 # Schema 2 added nullable columns only (:func:`upgrade` adds them to a schema-1 database):
-# kdbench_studies.data_fingerprint, kdbench_runs.params, kdbench_runs.test_logits, kdbench_teachers.test_logits.
+# kdbench_studies.data_fingerprint, kdbench_runs.params, kdbench_runs.test_logits, kdbench_teachers.test_logits;
+# then kdbench_runs.budget.
 SCHEMA_VERSION = 2
 
 
@@ -85,7 +86,7 @@ class TeacherRow(Base):
 
 
 class RunRow(Base):
-    """One training run: a KD or CE search trial, or a finalist seed."""
+    """One training run: a KD or CE search trial, a finalist seed, or a probe (stage ``probe``)."""
 
     __tablename__ = "kdbench_runs"
     __table_args__ = (sa.UniqueConstraint("study_id", "visit", name="uq_kdbench_runs_visit"),)
@@ -102,6 +103,7 @@ class RunRow(Base):
     alpha: Mapped[float | None]
     lr: Mapped[float | None]
     params: Mapped[str | None] = mapped_column(sa.Text)  # JSON: a method's other hyperparameters (schema 2)
+    budget: Mapped[str | None] = mapped_column(sa.String(32))  # what it trained for: "3 epochs", "200 steps"
     seed: Mapped[int]
     state: Mapped[str] = mapped_column(sa.String(16), index=True)  # running|complete|pruned|failed|interrupted
     attempt: Mapped[int] = mapped_column(default=1)
@@ -143,7 +145,7 @@ class EpochRow(Base):
 
 RUN_COLUMNS = [
     "study", "visit", "kind", "loss", "rank", "optuna_study", "trial_number", "temperature", "alpha", "lr",
-    "params", "seed", "state", "attempt", "val_acc", "val_loss", "test_acc", "test_loss", "epochs_done",
+    "params", "budget", "seed", "state", "attempt", "val_acc", "val_loss", "test_acc", "test_loss", "epochs_done",
     "wall_time_s", "samples_per_s", "infer_ms_per_batch", "parameters", "device", "versions", "commit",
     "config_hash", "error", "started", "finished", "run_id",
 ]

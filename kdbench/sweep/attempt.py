@@ -26,7 +26,7 @@ from kdbench.provenance import device_name, kdbench_commit
 from kdbench.store import Claimed, Store, finite_or_none, now, params_json
 from kdbench.sweep import optuna_bridge
 from kdbench.sweep.events import SweepEvents
-from kdbench.sweep.plan import Visit
+from kdbench.sweep.plan import Visit, visit_recipe
 from kdbench.teacher import Teacher
 from kdbench.train import EpochRecord, KDParams, TrainResult, budget, train
 
@@ -66,7 +66,8 @@ class Attempt:
         self.model: torch.nn.Module | None = None
         self.kd: KDParams | None = None
         self.records: list[EpochRecord] = []
-        self.epochs = budget(ctx.study.student, len(ctx.data.train))[2]  # epochs this visit trains
+        self.recipe = visit_recipe(ctx.study, c.visit)  # the student recipe at this visit's budget
+        self.epochs = budget(self.recipe, len(ctx.data.train))[2]  # epochs this visit trains
         self.closed = False
         device = device_name(ctx.device) + (f" · fused x{fused}" if fused > 1 else "")  # how it trained
         self.common: dict[str, Any] = dict(device=device, versions=ctx.versions, commit=kdbench_commit())
@@ -77,7 +78,7 @@ class Attempt:
         storage = ctx.store.optuna_storage()
         if c.replaced_trial is not None:
             optuna_bridge.close_trial(storage, c.replaced_trial, "failed", c.replaced_reason)
-        if visit.stage != "finalist":  # a search visit: an Optuna trial
+        if visit.is_search:  # a search visit: an Optuna trial
             ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs,
                                                            ctx.optuna_studies)
             self.link = dict(optuna_study=ostudy.study_name, trial_number=self.trial.number,
@@ -171,7 +172,7 @@ def run_visit(ctx: SweepContext, c: Claimed) -> str:
         a.start()
         assert a.model is not None
         with ctx.store.heartbeat(c.run_id):
-            outcome = train(a.model, ctx.data, ctx.study.student, lr=a.params["lr"], seed=c.visit.seed,
+            outcome = train(a.model, ctx.data, a.recipe, lr=a.params["lr"], seed=c.visit.seed,
                             teacher=ctx.teacher.signal_for(ctx.data) if a.kd else None, kd=a.kd,
                             augment_kind=ctx.study.data.augment, callback=a.on_epoch,
                             evaluate_test=c.visit.stage == "finalist")
@@ -198,7 +199,7 @@ def run_fused(ctx: SweepContext, claimed: list[Claimed]) -> None:
                 for i in live:
                     beats.enter_context(ctx.store.heartbeat(attempts[i].c.run_id))
                 trained = train_fused(
-                    [m for i in live if (m := attempts[i].model) is not None], ctx.data, ctx.study.student,
+                    [m for i in live if (m := attempts[i].model) is not None], ctx.data, attempts[0].recipe,
                     [FusedStudent(attempts[i].params["lr"], attempts[i].kd, attempts[i].on_epoch) for i in live],
                     seed=claimed[0].visit.seed, teacher=ctx.teacher.signal_for(ctx.data),
                     augment_kind=ctx.study.data.augment)

@@ -119,7 +119,7 @@ def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit, index:
         cache: Optuna study objects by name, kept between the calls of one worker (saves a lookup per trial).
     """
     ostudy = open_study(storage, study, visit.loss, epochs, cache)
-    attrs = {"worker": worker_id(), "visit": visit.key, "config_hash": study.hash}
+    attrs = {"worker": worker_id(), "visit": visit.key, "config_hash": study.hash, "budget": visit.budget_label}
     trial = _fixed_trial(ostudy, study, visit, attrs)
     if trial is not None:
         return ostudy, trial, {k: float(v) for k, v in trial.params.items()}
@@ -133,6 +133,7 @@ def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit, index:
         params = {name: _suggest(trial, name, space) for name, space in _spaces(study, visit.loss).items()}
         trial.set_user_attr("visit", visit.key)
         trial.set_user_attr("config_hash", study.hash)
+        trial.set_user_attr("budget", visit.budget_label)
     except BaseException as exc:  # Ctrl-C right after the ask: no run will point to this trial
         close_trial(storage, trial._trial_id, "interrupted", f"{type(exc).__name__} while asking Optuna")
         raise

@@ -11,8 +11,15 @@ no T or alpha always comes first or last. CE gets exactly a KD cell's budget.
 **Range search** (T or alpha a range): the sampler draws ``trials`` KD configurations, and the CE
 baseline gets as many sampler trials over lr; KD and CE visits alternate.
 
+**Budget axis** (``search.budget``): the grid above is trained at each budget, on the same seeds (every
+replicate's budgets smallest first); the finalists are chosen at the largest.
+
 **Finalists**: the ``top_k`` best KD configurations and the best CE one, chosen on validation accuracy
-(for a grid: the replicate mean of a cell at its best lr), each re-trained on fresh seeds seed+1, ...
+(for a grid: the replicate mean of a cell at its best lr), each re-trained on fresh seeds seed+1, ... for
+``finalists.budget`` (default: the search's). **Probes** (``finalists.probe: N``): N more configurations of
+each method, spread evenly over the rest of the search's ranking, trained like the finalists (same budget,
+same seeds) but scored on validation only, so the report can measure whether the search's ranking holds at
+the finalists' budget; the test set stays the finalists' alone.
 """
 
 from __future__ import annotations
@@ -23,11 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kdbench.config import SEARCH_SEED_OFFSET, Study
+from kdbench.config import SEARCH_SEED_OFFSET, Budget, StudentConfig, Study
 from kdbench.store import PARAM_COLUMNS, cell_key, config_key, run_values
 
 __all__ = ["Visit", "config_name", "finalist_seeds", "method_visit", "plan_finalists", "plan_search", "planned_total",
-           "search_seeds"]
+           "search_seeds", "visit_recipe"]
 
 
 @dataclass(frozen=True)
@@ -36,11 +43,12 @@ class Visit:
 
     Attributes:
         key: the visit's name in the store, e.g. ``kd/T=2/a=0.5/lr=0.001/r=0``.
-        stage: a search trial's method (``kd``, ``dkd``, ``dist``, ``lskd``) or ``ce``, or ``finalist``
-            (stored in the runs' ``kind`` column).
+        stage: a search trial's method (``kd``, ``dkd``, ``dist``, ``lskd``) or ``ce``, or ``finalist`` or
+            ``probe`` (stored in the runs' ``kind`` column).
         loss: what the student is trained with: ``ce`` or a distillation method.
         seed: the seed of its initialisation and batch order.
         params: the method's other hyperparameters (weights, ...), sorted by name; a range's are drawn.
+        budget: what it trains for (None: the student recipe's).
     """
 
     key: str
@@ -52,6 +60,22 @@ class Visit:
     lr: float | None = None
     rank: int | None = None
     params: tuple[tuple[str, float], ...] = ()
+    budget: Budget | None = None
+
+    @property
+    def budget_label(self) -> str | None:
+        """The budget in words (``3 epochs``), as the store records it."""
+        return self.budget.label if self.budget is not None else None
+
+    @property
+    def is_search(self) -> bool:
+        """A search trial (an Optuna trial), not a finalist or a probe."""
+        return self.stage not in ("finalist", "probe")
+
+
+def visit_recipe(study: Study, visit: Visit) -> StudentConfig:
+    """The student recipe a visit trains with: the study's, for the visit's budget."""
+    return visit.budget.apply(study.student) if visit.budget is not None else study.student
 
 
 def search_seeds(study: Study) -> list[int]:
@@ -70,11 +94,11 @@ def config_name(method: str, values: dict[str, float]) -> str:
 
 
 def method_visit(key: str, stage: str, method: str, seed: int, values: dict[str, float],
-                 rank: int | None = None) -> Visit:
+                 rank: int | None = None, budget: Budget | None = None) -> Visit:
     """The visit ``key`` of one configuration of ``method`` (``values``: its parameters and lr, any subset)."""
     extra = tuple(sorted((k, float(v)) for k, v in values.items() if k not in PARAM_COLUMNS))
     return Visit(key, stage, method, seed, temperature=values.get("temperature"), alpha=values.get("alpha"),
-                 lr=values.get("lr"), rank=rank, params=extra)
+                 lr=values.get("lr"), rank=rank, params=extra, budget=budget)
 
 
 def _cells(study: Study, method: str) -> list[dict[str, float]]:
@@ -94,14 +118,18 @@ def _grid_visits(study: Study) -> list[Visit]:
     assert lrs is not None
     cells: list[tuple[str, dict[str, float]]] = [("ce", {})] if study.baseline.ce else []
     cells += [(m, c) for m in s.methods for c in _cells(study, m)]
+    axis = s.budget is not None  # a budget axis names the budget in every key
     visits: list[Visit] = []
     for r, seed in enumerate(search_seeds(study)):
         order = np.random.default_rng([study.seed, r]).permutation(len(cells))
-        for i in order:
-            method, cell = cells[int(i)]
-            for lr in lrs:
-                values = {**cell, "lr": lr}
-                visits.append(method_visit(f"{config_name(method, values)}/r={r}", method, method, seed, values))
+        for b in study.search_budgets:
+            at = f"/{b.key}" if axis else ""
+            for i in order:
+                method, cell = cells[int(i)]
+                for lr in lrs:
+                    values = {**cell, "lr": lr}
+                    visits.append(method_visit(f"{config_name(method, values)}{at}/r={r}", method, method, seed,
+                                               values, budget=b))
     return visits
 
 
@@ -110,10 +138,11 @@ def _range_visits(study: Study) -> list[Visit]:
     seed = search_seeds(study)[0]
     fixed = {m: {k: v[0] for k, v in s.space(m).items() if isinstance(v, list) and len(v) == 1} for m in s.methods}
     visits: list[Visit] = []
+    b = study.selection_budget
     for r in range(s.n_trials):
         if study.baseline.ce:
-            visits.append(Visit(f"ce/r={r}", "ce", "ce", seed))
-        visits += [method_visit(f"{m}/r={r}", m, m, seed, fixed[m]) for m in s.methods]
+            visits.append(Visit(f"ce/r={r}", "ce", "ce", seed, budget=b))
+        visits += [method_visit(f"{m}/r={r}", m, m, seed, fixed[m], budget=b) for m in s.methods]
     return visits
 
 
@@ -142,22 +171,41 @@ def _ranked_configs(done: pd.DataFrame, method: str, grid: bool) -> pd.DataFrame
     return ranked.drop_duplicates("cell")
 
 
+def spread(n: int, k: int) -> list[int]:
+    """``k`` of the positions ``0 .. n-1`` spread evenly from the first to the last (all when ``k >= n``)."""
+    if k >= n:
+        return list(range(n))
+    return [int(i) for i in np.round(np.linspace(0, n - 1, k))]
+
+
 def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
-    """Each method's top_k configurations and the best CE one (by validation accuracy), each on every seed."""
+    """Each method's top_k configurations and the best CE one (by validation accuracy at the selection budget),
+    each on every finalist seed; then each method's probes (see the module docstring)."""
     visits: list[Visit] = []
+    probes: list[Visit] = []
     done = runs[(runs["state"] == "complete") & runs["kind"].isin([*study.search.methods, "ce"])]
-    for method, k in [*((m, study.finalists.top_k) for m in study.search.methods),
-                      ("ce", 1 if study.baseline.ce else 0)]:
-        best = _ranked_configs(done, method, study.search.is_grid)
-        for rank, (_, row) in enumerate(best.head(k).iterrows()):
-            values = run_values(row)
-            visits += [method_visit(f"final/{method}/rank={rank}/seed={seed}", "finalist", method, seed, values, rank)
-                       for seed in finalist_seeds(study)]
-    return visits
+    if study.search.budget is not None:  # a budget axis: choose at the largest budget
+        done = done[done["budget"] == study.selection_budget.label]
+    budget, f = study.finalist_budget, study.finalists
+    for method, k in [*((m, f.top_k) for m in study.search.methods), ("ce", 1 if study.baseline.ce else 0)]:
+        ranked = _ranked_configs(done, method, study.search.is_grid)
+        for rank, (_, row) in enumerate(ranked.head(k).iterrows()):
+            visits += [method_visit(f"final/{method}/rank={rank}/seed={seed}", "finalist", method, seed,
+                                    run_values(row), rank, budget) for seed in finalist_seeds(study)]
+        if method == "ce" or not f.probe:
+            continue
+        rest = ranked.iloc[k:]
+        for i in spread(len(rest), f.probe):
+            values = run_values(rest.iloc[i])
+            probes += [method_visit(f"probe/{config_name(method, values)}/seed={seed}", "probe", method, seed,
+                                    values, k + i, budget) for seed in finalist_seeds(study)]
+    return visits + probes
 
 
 def planned_total(study: Study) -> int:
-    """How many visits the whole study has (search plus finalists)."""
-    n_final = (study.finalists.top_k * len(study.search.methods) + (1 if study.baseline.ce else 0)) \
-        * study.finalists.seeds
-    return len(plan_search(study)) + n_final
+    """How many visits the whole study has (search, finalists and probes)."""
+    s, f = study.search, study.finalists
+    n_final = (f.top_k * len(s.methods) + (1 if study.baseline.ce else 0)) * f.seeds
+    configs = {m: s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods}
+    n_probe = sum(min(f.probe, max(0, n - f.top_k)) for n in configs.values()) * f.seeds
+    return len(plan_search(study)) + n_final + n_probe

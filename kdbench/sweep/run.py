@@ -135,8 +135,8 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
         for i, v in enumerate(visits):
             if states.get(v.key) in TERMINAL:
                 continue
-            if batch and v.seed != batch[0].visit.seed:  # a fused step shares one batch order: one seed per batch
-                break
+            if batch and (v.seed, v.budget) != (batch[0].visit.seed, batch[0].visit.budget):  # a fused step shares
+                break  # one batch order (one seed) and one schedule (one budget)
             methods = {b.visit.loss for b in batch} - {"ce"}  # and one distillation method (CE joins any)
             if methods and v.loss != "ce" and v.loss not in methods:
                 break
@@ -194,7 +194,8 @@ def run_sweep(
     done = 0
     for offset in (0, len(search)):
         visits = search if offset == 0 else plan_finalists(study, ctx.store.runs(study.name))
-        # search visits of one replicate share its seed, hence one data order: they can be fused; finalists alone
+        # search visits of one replicate share its seed, hence one data order: they can be fused; finalists and
+        # probes alone
         for batch in _claim_loop(ctx, visits, offset, k if offset == 0 else 1):
             if len(batch) > 1:
                 run_fused(ctx, batch)
