@@ -526,9 +526,9 @@ def study_hash(study: Study) -> str:
     cfg = study.resolved()
     for section, key in _NOT_HASHED:
         cfg[section].pop(key, None)
-    later = {"search": (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0),
-                        ("budget", None)),
-             "finalists": (("budget", None), ("probe", 0))}
+    later: dict[str, tuple[tuple[str, Any], ...]] = {
+        "search": (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0), ("budget", None)),
+        "finalists": (("budget", None), ("probe", 0))}
     for section, keys in later.items():
         for key, default in keys:
             if cfg[section][key] == default or (key == "fuse" and cfg[section][key] == 1):  # keys added later:

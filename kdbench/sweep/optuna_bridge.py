@@ -77,7 +77,7 @@ def _distribution(space: list[float] | Range) -> optuna.distributions.BaseDistri
     return optuna.distributions.CategoricalDistribution(sorted(float(x) for x in space))
 
 
-def _fixed_trial(ostudy: optuna.Study, study: Study, visit: Visit, attrs: dict[str, str]) -> optuna.Trial | None:
+def _fixed_trial(ostudy: optuna.Study, study: Study, visit: Visit, attrs: dict[str, str | None]) -> optuna.Trial | None:
     """A trial for a visit that fixes every parameter, written in one insert (parameters and attributes
     together), or None when the sampler must draw one (a range)."""
     spaces = _spaces(study, visit.loss)
