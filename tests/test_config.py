@@ -24,6 +24,23 @@ def test_hash_is_stable_and_ignores_key_order_and_root(tiny_study_dict: dict) ->
     assert d.hash != a.hash and d.student.epochs == 2
 
 
+def test_budgets_read_as_epochs_or_steps_and_leave_old_hashes_alone(tiny_study_dict: dict) -> None:
+    base = parse_study(tiny_study_dict)
+    assert [b.label for b in base.search_budgets] == ["1 epoch"] and base.finalist_budget.label == "1 epoch"
+    s = parse_study(tiny_study_dict, overrides=["finalists.budget=20", "search.budget=[3, 1]", "finalists.probe=4"])
+    assert [b.label for b in s.search_budgets] == ["1 epoch", "3 epochs"]  # sorted, smallest first
+    assert s.selection_budget.label == "3 epochs" and s.finalist_budget.label == "20 epochs"
+    assert s.finalist_budget.apply(s.student).epochs == 20 and s.finalist_budget.apply(s.student).steps is None
+    steps = parse_study(tiny_study_dict, overrides=["search.budget={steps: [50, 100]}",
+                                                    "finalists.budget={steps: 400}"])
+    assert [b.key for b in steps.search_budgets] == ["s=50", "s=100"] and steps.finalist_budget.label == "400 steps"
+    assert steps.finalist_budget.apply(steps.student).steps == 400
+    # the new keys at their defaults leave a stored study's hash as it was
+    defaults = parse_study(tiny_study_dict, overrides=["finalists.probe=0", "finalists.budget=null",
+                                                       "search.budget=null"])
+    assert defaults.hash == base.hash and s.hash != base.hash
+
+
 @pytest.mark.parametrize("override, needle", [
     ("student.epochz=1", "unknown key 'student.epochz'"),
     ("search.alpha=[0.5, 1.5]", "search.alpha"),
@@ -33,10 +50,19 @@ def test_hash_is_stable_and_ignores_key_order_and_root(tiny_study_dict: dict) ->
     ("student.epochs=many", "student.epochs"),
     ("name=../evil", "name"),
     ("search.replicates=0", "search.replicates"),
+    ("finalists.budget={epochs: 2, steps: 30}", "finalists.budget: give epochs or steps (one of them)"),
+    ("finalists.budget=0", "finalists.budget.epochs"),
+    ("finalists.probe=-1", "finalists.probe"),
+    ("search.budget=[1, 1]", "search.budget: lists a budget twice"),
+    ("search.budget=[]", "search.budget: is empty"),
+    ("search.budget=[{epochs: 1}, {steps: 30}]", "search.budget: mixes epochs and steps"),
+    ("search.temperature={low: 1, high: 4}", "search.budget (a budget axis) needs a grid"),
 ])
 def test_bad_values_give_one_line_errors(tiny_study_dict: dict, override: str, needle: str) -> None:
     from kdbench.errors import ConfigError
 
+    if override.startswith("search.temperature={"):  # a range beside a budget axis
+        tiny_study_dict["search"]["budget"] = [1, 2]
     with pytest.raises(ConfigError) as err:
         parse_study(tiny_study_dict, "s.yaml", overrides=[override])
     msg = str(err.value)

@@ -169,3 +169,47 @@ def test_finalists_are_each_methods_best_cell_at_its_best_lr() -> None:
     assert firsts["dkd"].temperature == 2.0  # the tie between T = 2 and 4 goes to the first key
     assert (firsts["lskd"].temperature, dict(firsts["lskd"].params)["kd_weight"], firsts["lskd"].lr) == (4.0, 1.0, 1e-3)
     assert firsts["lskd"].key == "final/lskd/rank=0/seed=1" and firsts["lskd"].stage == "finalist"
+
+
+def test_a_budget_axis_runs_the_grid_at_every_budget_on_the_same_seeds(tiny_study_dict: dict) -> None:
+    study = parse_study(tiny_study_dict, overrides=["search.budget=[1, 3]"])
+    visits = plan_search(study)
+    one = parse_study(tiny_study_dict)
+    assert len(visits) == 2 * len(plan_search(one))
+    by_budget = {label: [v for v in visits if v.budget_label == label] for label in ("1 epoch", "3 epochs")}
+    assert [len(v) for v in by_budget.values()] == [len(plan_search(one))] * 2
+    strip = [{(v.key.replace("/e=1", "").replace("/e=3", ""), v.seed) for v in vs} for vs in by_budget.values()]
+    assert strip[0] == strip[1] == {(v.key, v.seed) for v in plan_search(one)}  # the same cells, lr and seeds
+    assert all(f"/e={v.budget.epochs}/r=" in v.key for v in visits if v.budget)
+    assert all(v.budget_label == "1 epoch" for v in plan_search(one))  # one budget: the keys stay as they were
+
+
+def test_probes_spread_over_the_ranking_and_train_like_the_finalists() -> None:
+    """From a fixed frame: 12 cells ranked by their replicate mean; 1 finalist, then 4 probes spread evenly over
+    the other 11 (search ranks 2, 5, 9, 12), on the finalists' seeds and budget; the ranking is read at the
+    largest search budget only."""
+    import pandas as pd
+
+    study = parse_study({"name": "p", "search": {"temperature": [1, 2, 4, 8], "alpha": [0.1, 0.5, 0.9],
+                                                 "lr": [1e-3], "replicates": 2, "budget": [1, 3]},
+                         "finalists": {"top_k": 1, "seeds": 3, "budget": 15, "probe": 4}})
+    rows = []
+    for v in plan_search(study):
+        if v.stage == "ce":
+            acc = 0.5
+        else:  # at 3 epochs a cell's value rises with T then alpha; at 1 epoch the reverse (must be ignored)
+            acc = 0.6 + 0.01 * (4 * [1, 2, 4, 8].index(v.temperature) + [0.1, 0.5, 0.9].index(v.alpha))
+            acc = acc if v.budget.epochs == 3 else 1.2 - acc
+        rows.append({"visit": v.key, "kind": v.stage, "state": "complete", "val_acc": acc, "budget": v.budget_label,
+                     "temperature": v.temperature, "alpha": v.alpha, "lr": v.lr, "params": None, "trial_number": 0})
+    visits = plan_finalists(study, pd.DataFrame(rows))
+    finals = [v for v in visits if v.stage == "finalist"]
+    probes = [v for v in visits if v.stage == "probe"]
+    assert {v.budget_label for v in visits} == {"15 epochs"} and {v.seed for v in visits} == {1, 2, 3}
+    assert {(v.loss, v.temperature, v.alpha) for v in finals} == {("kd", 8.0, 0.9), ("ce", None, None)}
+    # the 12 cells best first: (8, .9), (8, .5), (8, .1), (4, .9), ...; probes: positions 0, 3, 7, 10 of the rest
+    ranked = [(t, a) for t in (8.0, 4.0, 2.0, 1.0) for a in (0.9, 0.5, 0.1)]
+    expected = {ranked[1 + i]: 1 + i for i in (0, 3, 7, 10)}
+    assert {(v.temperature, v.alpha): v.rank for v in probes} == expected
+    assert len(probes) == 4 * 3 and all(v.key.startswith("probe/kd/T=") and not v.is_search for v in probes)
+    assert planned_total(study) == len(plan_search(study)) + len(visits)

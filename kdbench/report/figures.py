@@ -10,6 +10,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from kdbench.config import PRUNE_RHO_MIN
 from kdbench.report.frames import StudyFrames
 from kdbench.report.methods import METHOD_NAMES
 from kdbench.report.plots import COLORS, empty_panel, new_figure
@@ -102,6 +103,44 @@ def trials(sf: StudyFrames) -> Figure:
     right.set_xlabel("complete trials of the arm, in the order they finished")
     right.set_ylabel("val acc (%): best so far (line), each trial (dots)")
     right.set_title("Optimisation history")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def budget(sf: StudyFrames) -> Figure:
+    """Left: each configuration trained at the finalists' budget, its search value against its value there (the
+    transfer check). Right: each epoch's rank correlation with the final accuracy over the search's trials."""
+    fig, (left, right) = new_figure(11.0, 4.2, 1, 2)
+    if not sf.transfers:
+        empty_panel(fig, left, "no configuration trained at another budget\n(finalists.budget, finalists.probe)")
+    for i, t in enumerate(sf.transfers):
+        color = COLORS.get(t.method, ARM_COLORS[i % len(ARM_COLORS)])
+        x, y = t.table["search_val"] * 100, t.table["full_val"] * 100
+        rho = "n/a" if np.isnan(t.rho) else f"{t.rho:.2f}"
+        left.scatter(x, y, color=color, label=f"{METHOD_NAMES.get(t.method, t.method)}: ρ = {rho}, n = {len(x)}")
+        for xi, yi, rank in zip(x, y, t.table["search_rank"], strict=True):
+            left.annotate(f"#{int(rank)}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if sf.transfers:
+        b = sf.transfers[0].budgets
+        left.set_xlabel(f"val acc (%) at {b.selection}: search replicate mean")
+        left.set_ylabel(f"val acc (%) at {b.finalists}: mean over finalist seeds")
+        left.set_title("Search ranking vs the finalists' budget (#: search rank)")
+        left.legend(fontsize=7)
+    rho = sf.epoch_rho.dropna(subset=["rho"])
+    if rho.empty:
+        return empty_panel(fig, right, "no search trial has two epochs:\nnothing ranks before the last")
+    for i, ((stage, label), g) in enumerate(rho.groupby(["stage", "budget"], sort=False)):
+        color = COLORS.get(str(stage), ARM_COLORS[i % len(ARM_COLORS)])
+        err = np.vstack([g["rho"] - g["ci_low"], g["ci_high"] - g["rho"]]).clip(min=0)
+        right.errorbar(g["epoch"] + 0.05 * i, g["rho"], yerr=np.nan_to_num(err), color=color, marker="o",
+                       capsize=3, label=f"{METHOD_NAMES.get(str(stage), stage)}, {label} (n={int(g['n'].max())})")
+    right.axhline(PRUNE_RHO_MIN, color="#999", ls=":", lw=1, label=f"ρ = {PRUNE_RHO_MIN:g}: a pruner's floor")
+    right.set_ylim(min(0.0, float(rho["ci_low"].min()) - 0.05), 1.02)
+    right.set_xticks(sorted(set(rho["epoch"])))
+    right.set_xlabel("epoch")
+    right.set_ylabel("Spearman ρ with the final val acc")
+    right.set_title(f"Does an early epoch rank the final one? (pruner: {sf.evidence.pruner})")
     right.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from kdbench.config import IMPORTANCE_MIN_TRIALS, is_geometric
+from kdbench.report.budget import BudgetLabels, Transfer, budget_frames, budget_labels, main_runs
 from kdbench.report.calibration import calibration_frames
 from kdbench.report.cost import cost_note, cost_table, dashboard_command, optimisation_history, trial_curves
 from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, qualified_verdict, search_evidence
@@ -92,6 +93,11 @@ class StudyFrames:
     trials: pd.DataFrame = field(default_factory=pd.DataFrame)  # every search trial's curve with its state
     history: pd.DataFrame = field(default_factory=pd.DataFrame)  # best validation accuracy so far per arm
     dashboard: str = ""  # the optuna-dashboard command for this database
+    budgets: BudgetLabels = field(default_factory=lambda: BudgetLabels([], "", ""))  # search, selection, finalists
+    epoch_rho: pd.DataFrame = field(default_factory=pd.DataFrame)  # each epoch's rank correlation with the final
+    pruner_warnings: list[str] = field(default_factory=list)  # a pruner acted where that correlation is low
+    transfers: list[Transfer] = field(default_factory=list)  # per method: search ranking vs the finalists' budget
+    budget_table: pd.DataFrame = field(default_factory=pd.DataFrame)  # best cell and KD − CE per budget
 
 
 def study_frames(storage: StoreLike, name: str, *, load_images: bool = True,
@@ -124,7 +130,7 @@ def compute_frames(src: StudySources) -> StudyFrames:
         The grid, comparison rows, paired KD − CE result and verdict, curves, prediction grid, importances and
         provenance; ``missing`` lists what a partial study lacks.
     """
-    config, runs = src.config, src.runs
+    config, runs = src.config, main_runs(src.runs, src.config)  # the search at the selection budget; finalists
     search = config.get("search", {})
     temps, alphas = search.get("temperature"), search.get("alpha")
     is_grid = isinstance(temps, list) and isinstance(alphas, list)
@@ -146,7 +152,8 @@ def compute_frames(src: StudySources) -> StudyFrames:
     finals = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
     if finals.empty:
         missing.append("no complete finalists yet: no test accuracies, comparison, fidelity or learning curves")
-    arms, paired = _arms(src, finals, evidence.budgets)
+    labels = budget_labels(config)
+    arms, paired = _arms(src, finals, evidence.budgets, labels)
     fidelity = fidelity_frames(src.predictions, src.teacher)
     best_kd = arms["arm"] == "KD student"
     if best_kd.any() and fidelity.seeds["mcnemar_p"].notna().any():
@@ -156,15 +163,16 @@ def compute_frames(src: StudySources) -> StudyFrames:
     methods = [methods] if isinstance(methods, str) else list(methods)
     several = methods != ["kd"]
     table = method_table(runs, methods) if several else pd.DataFrame()
-    labels = src.predictions.test.labels if src.predictions.test is not None else None
+    test_labels = src.predictions.test.labels if src.predictions.test is not None else None
     calib, reliability, calib_note = calibration_frames(
-        src.logits, src.teacher.test_logits if src.teacher else None, labels,
+        src.logits, src.teacher.test_logits if src.teacher else None, test_labels,
         {loss: arm_name(loss) for loss in src.logits})
     return StudyFrames(
         name=src.name, config=config, config_hash=src.config_hash, is_grid=is_grid,
         geometric_t=is_grid and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,
         ce_trials=ce[["trial_number", "lr", "val_acc"]].reset_index(drop=True), arms=arms, paired=paired,
-        verdict=qualified_verdict(verdict(paired), config, evidence, n_seeds=paired.n, teacher=taught)
+        verdict=qualified_verdict(verdict(paired), config, evidence, n_seeds=paired.n, teacher=taught,
+                                  budgets=labels)
         if not finals.empty else "KD and CE cannot be compared yet: no complete finalists.",
         curves=_curves(src.epochs, finals), predictions=prediction_grid(src.predictions, src.teacher),
         importances=_importances(src), provenance=_provenance(src), missing=missing,
@@ -174,7 +182,10 @@ def compute_frames(src: StudySources) -> StudyFrames:
         reliability=reliability, calibration_note=calib_note,
         cost=cost_table(runs, src.teacher.train_seconds if src.teacher else None), cost_note=cost_note(runs),
         trials=trial_curves(src.epochs, runs), history=optimisation_history(runs),
-        dashboard=dashboard_command(src.storage_url))
+        dashboard=dashboard_command(src.storage_url),
+        **budget_frames(src.runs, src.epochs, config, methods, evidence.pruner))
+
+
 
 
 def _log_scale(spec: Any) -> bool:
@@ -255,11 +266,12 @@ def _no_value(r: pd.Series) -> str:
 COMPARISON_COLUMNS = [
     "study", "arm", "model", "temperature", "alpha", "lr", "test_mean", "test_sd", "n", "diff_mean",
     "ci_low", "ci_high", "p_value", "mcnemar_p", "n_pairs", "parameters", "infer_ms_per_batch", "device", "seeds",
-    "commit", "config_hash", "tuning",
+    "commit", "config_hash", "tuning", "budget",
 ]
 
 
-def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str]) -> tuple[pd.DataFrame, Paired]:
+def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str],
+          labels: BudgetLabels) -> tuple[pd.DataFrame, Paired]:
     """The comparison rows: the teacher, then the CE and KD finalists with the store's test mean, sd and n
     (:meth:`kdbench.store.Store.finalist_summary`) and, for KD, the paired difference to CE over shared seeds."""
     rows: list[dict[str, Any]] = []
@@ -287,7 +299,8 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str]) -> t
             "infer_ms_per_batch": student_ms,
             "device": "; ".join(sorted(set(g["device"].dropna()))),
             "seeds": " ".join(str(int(x)) for x in sorted(g["seed"])),
-            "commit": "; ".join(sorted({str(c) for c in g["commit"].dropna()})), "tuning": budgets.get(str(loss))}
+            "commit": "; ".join(sorted({str(c) for c in g["commit"].dropna()})), "tuning": budgets.get(str(loss)),
+            "budget": "; ".join(sorted({str(b) for b in g["budget"].dropna()})) or labels.finalists}
         if loss != "ce" and ce is not None:  # every method's difference to CE, paired by seed
             p = paired_difference(g.set_index("seed")["test_acc"], ce)
             row.update(diff_mean=p.mean, ci_low=p.ci_low, ci_high=p.ci_high, p_value=p.p_value, n_pairs=p.n)

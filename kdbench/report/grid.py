@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from kdbench.report import effects
+from kdbench.report.budget import BudgetLabels, budget_labels
 from kdbench.report.stats import summarize
 
 __all__ = [
@@ -151,7 +152,7 @@ def _lr_at_edge(cells: effects.BestLr) -> str:
 
 
 def qualified_verdict(text: str, config: dict[str, Any], evidence: SearchEvidence, *, n_seeds: int,
-                      teacher: tuple[str, float] | None) -> str:
+                      teacher: tuple[str, float] | None, budgets: BudgetLabels | None = None) -> str:
     """A verdict, then the conditions it holds under: the student's training budget (a short budget may not
     transfer), the number of seeds, the teacher (model and test accuracy), and whether KD and CE were tuned
     alike (a grid is equal per cell: KD's budget is cells × CE's).
@@ -162,19 +163,20 @@ def qualified_verdict(text: str, config: dict[str, Any], evidence: SearchEvidenc
         evidence: the search's evidence (its tuning budgets).
         n_seeds: the finalist seeds KD and CE share (the verdict's n).
         teacher: the teacher's model and test accuracy (a fraction), or None when none is recorded.
+        budgets: the study's budgets (:func:`kdbench.report.budget.budget_labels`; default: from ``config``).
     """
     student = config.get("student", {})
-    steps, epochs, batch = student.get("steps"), student.get("epochs"), student.get("batch_size")
-    per = f" of batch {batch}" if batch else ""
-    budget = f"{steps} steps{per}" if steps else (f"{epochs} epoch{'s' if epochs != 1 else ''}{per}" if epochs
-                                                  else "an unrecorded budget")
+    b = budgets or budget_labels(config)
+    per = f" of batch {student['batch_size']}" if student.get("batch_size") else ""
+    budget = f"{b.finalists}{per}" + (f" (chosen on search trials of {b.selection})" if b.longer else "")
     taught = f"teacher {teacher[0]} at {100 * teacher[1]:.2f} % test accuracy" if teacher else "no teacher recorded"
-    text += (f" Conditions: {student.get('model', 'student')} students trained {budget}, n={n_seeds} shared "
+    who = "finalists" if b.longer else "students"
+    text += (f" Conditions: {student.get('model', 'student')} {who} trained {budget}, n={n_seeds} shared "
              f"finalist seed{'s' if n_seeds != 1 else ''}, {taught}.")
-    b = evidence.budgets
-    if "kd" in b and "ce" in b:
-        words = f"KD: {b['kd']}; CE: {b['ce']}"
-        equal = b["kd"] == b["ce"] or b["kd"].endswith(f"cells × {b['ce']}")
+    tuned = evidence.budgets
+    if "kd" in tuned and "ce" in tuned:
+        words = f"KD: {tuned['kd']}; CE: {tuned['ce']}"
+        equal = tuned["kd"] == tuned["ce"] or tuned["kd"].endswith(f"cells × {tuned['ce']}")
         text += (f" Tuning was equal per cell ({words})." if equal else
                  f" Tuning was not equal ({words}): the arm tuned more is favoured.")
     return text

@@ -34,10 +34,12 @@ from kdbench.report.sources import StoreLike, read_studies
 from kdbench.report.stats import CONFIDENCE
 from kdbench.report.tables import (
     architecture_note,
+    budget_display,
     calibration_display,
     comparison_display,
     cost_display,
     effects_display,
+    epoch_rho_display,
     fidelity_display,
     fidelity_sentences,
     grid_display,
@@ -49,6 +51,7 @@ from kdbench.report.tables import (
     source_note,
     tex_comparison,
     tex_methods,
+    transfer_display,
 )
 
 __all__ = ["SECTIONS", "Report", "default_out", "write_report"]
@@ -63,6 +66,7 @@ SECTIONS = {  # id -> heading of each per-study section, in page order
     "calibration": "Calibration",
     "cost": "Cost",
     "trials": "Every trial",
+    "budget": "Budget: do the short trials' winners still win?",
     "importances": "What mattered",
     "provenance": "Provenance",
 }
@@ -77,6 +81,7 @@ FIGURES: dict[str, Callable[[StudyFrames], Figure]] = {
     "importances": plots.importances,
     "calibration": figures.calibration,
     "trials": figures.trials,
+    "budget": figures.budget,
 }
 
 
@@ -234,6 +239,7 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
             files += _write_table(cost_display(sf), sf.cost, out_dir, f"{prefix}cost",
                                   f"{sf.name}: wall-clock per arm and stage (seconds); trial × CE: one search "
                                   "trial's median over CE's.", sf.cost_note)
+            files += _budget_tables(sf, out_dir, prefix)
             draws = dict(FIGURES, **({"method-cells": figures.method_cells} if not sf.methods.empty else {}))
             figs = {key: {"uri": _save(draw(sf), out_dir, prefix + key, files), "file": prefix + key}
                     for key, draw in draws.items()}
@@ -246,6 +252,24 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     _put(out_dir / "index.html", html)
     files.append(out_dir / "index.html")
     return Report(out_dir, frames, table, markdown, files)
+
+
+def _budget_tables(sf: StudyFrames, out: Path, prefix: str) -> list[Path]:
+    """The budget section's tables: per-epoch rank correlation, transfer per method, best cell per budget."""
+    files = []
+    if len(sf.epoch_rho):
+        files += _write_table(epoch_rho_display(sf), sf.epoch_rho, out, f"{prefix}epoch-rank",
+                              f"{sf.name}: Spearman rho of each epoch's validation accuracy with the final one over "
+                              f"the search's complete trials ({CONFIDENCE:.0%} bootstrap CI, n trials).")
+    for i, t in enumerate(sf.transfers):
+        files += _write_table(transfer_display(sf, i), t.table, out, f"{prefix}transfer-{t.method}",
+                              f"{sf.name}: {t.method} configurations at the search's budget and at the finalists' "
+                              "(validation accuracy; search rank from 1).", t.sentence)
+    if len(sf.budget_table):
+        files += _write_table(budget_display(sf), sf.budget_table, out, f"{prefix}budget",
+                              f"{sf.name}: per budget, the best KD configuration and KD - CE on validation, paired "
+                              f"over seeds ({CONFIDENCE:.0%} t interval).")
+    return files
 
 
 def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: str, prefix: str) -> dict[str, Any]:
@@ -264,6 +288,9 @@ def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: 
         "cost": cost_display(sf), "cost_note": sf.cost_note, "dashboard": sf.dashboard,
         "evidence": sf.evidence.sentences, "effects": effects_display(sf) if sf.is_grid else None,
         "budgets": sf.evidence.budgets, "replicates": sf.evidence.replicates, "pruner": sf.evidence.pruner,
+        "budget": sf.budgets, "transfers": [(t, transfer_display(sf, i)) for i, t in enumerate(sf.transfers)],
+        "budget_table": budget_display(sf), "epoch_rho": epoch_rho_display(sf),
+        "pruner_warnings": sf.pruner_warnings,
     }
 
 

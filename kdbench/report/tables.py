@@ -26,10 +26,12 @@ __all__ = [
     "TEX_HEADER_CHARS",
     "TEX_TABCOLSEP",
     "architecture_note",
+    "budget_display",
     "calibration_display",
     "comparison_display",
     "cost_display",
     "effects_display",
+    "epoch_rho_display",
     "fidelity_display",
     "fidelity_sentences",
     "grid_display",
@@ -41,6 +43,7 @@ __all__ = [
     "source_note",
     "tex_comparison",
     "tex_methods",
+    "transfer_display",
 ]
 
 def _pct(x: Any, digits: int = 2, sign: bool = False) -> str:
@@ -236,6 +239,42 @@ def cost_display(sf: StudyFrames) -> pd.DataFrame:
              "median (s)": _num(r["median_s"], ",.2f"), "trial × CE": _num(r["vs_ce"], ".2f")}
             for _, r in sf.cost.iterrows()]
     return pd.DataFrame(rows, columns=["arm", "stage", "runs", "total (s)", "median (s)", "trial × CE"])
+
+
+def budget_display(sf: StudyFrames) -> pd.DataFrame:
+    """Per budget: the best cell and KD − CE on validation with its interval and n (the transfer check's other half)."""
+    ci = f"{CONFIDENCE:.0%} CI (pp)"
+    rows = [{"budget": r["budget"], "trained": r["stage"], "best KD configuration": r["best_cell"],
+             "KD val (%)": _pct(r["kd_val"]), "CE val (%)": _pct(r["ce_val"]), "n": _num(r["n"], ".0f"),
+             "KD − CE (pp)": _pct(r["diff"], sign=True),
+             ci: "" if pd.isna(r["ci_low"]) else f"[{_pct(r['ci_low'], sign=True)}, {_pct(r['ci_high'], sign=True)}]"}
+            for _, r in sf.budget_table.iterrows()]
+    return pd.DataFrame(rows, columns=["budget", "trained", "best KD configuration", "KD val (%)", "CE val (%)", "n",
+                                       "KD − CE (pp)", ci])
+
+
+def transfer_display(sf: StudyFrames, i: int) -> pd.DataFrame:
+    """One method's transfer table: each configuration's search rank and value, and its value and rank at the
+    finalists' budget (validation accuracy, mean over seeds)."""
+    t = sf.transfers[i]
+    b = t.budgets
+    rows = [{"configuration": r["config"], "search rank": str(int(r["search_rank"])),
+             f"val at {b.selection} (%)": f"{_pct(r['search_val'])} (n={int(r['search_n'])})",
+             f"val at {b.finalists} (%)": _pct(r["full_val"]) + ("" if pd.isna(r["full_sd"]) else
+                                                               f" ± {_pct(r['full_sd'])}") + f" (n={int(r['full_n'])})",
+             f"rank at {b.finalists}": str(int(r["full_rank"]))} for _, r in t.table.iterrows()]
+    return pd.DataFrame(rows, columns=["configuration", "search rank", f"val at {b.selection} (%)",
+                                       f"val at {b.finalists} (%)", f"rank at {b.finalists}"])
+
+
+def epoch_rho_display(sf: StudyFrames) -> pd.DataFrame:
+    """Per search stage, budget and epoch: Spearman ρ of that epoch's validation accuracy with the final one."""
+    ci = f"{CONFIDENCE:.0%} CI"
+    rows = [{"arm": str(r["stage"]), "budget": str(r["budget"]), "epoch": f"{int(r['epoch'])} of {int(r['epochs'])}",
+             "n trials": str(int(r["n"])), "Spearman ρ": _num(r["rho"], ".2f"),
+             ci: "" if pd.isna(r["ci_low"]) else f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"}
+            for _, r in sf.epoch_rho.iterrows()]
+    return pd.DataFrame(rows, columns=["arm", "budget", "epoch", "n trials", "Spearman ρ", ci])
 
 
 def per_class_display(sf: StudyFrames) -> pd.DataFrame:
