@@ -146,7 +146,8 @@ def test_cli_errors_and_markdown(known: str, tmp_path) -> None:
     out = run("known", "--format", "md")
     assert out.exit_code == 0, out.stderr
     assert out.stdout.startswith("| arm") and "| KD student |" in out.stdout and "[+0.59, +2.01]" in out.stdout
-    assert "Source: known: config " in out.stdout and "finalist seeds 1 2 3 4 5, kdbench abc123." in out.stdout
+    assert "Source: known: config " in out.stdout and "finalist seeds 1 2 3 4 5 trained 3 epochs, kdbench abc123." \
+        in out.stdout
     assert out.stdout == write_report(known, ["known"], fmt="md").markdown
 
 

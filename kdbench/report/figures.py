@@ -72,7 +72,7 @@ def calibration(sf: StudyFrames) -> Figure:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="upper left")
-    ax.set_title("Reliability on the test set")
+    ax.set_title(f"Reliability on the test set (finalists at {sf.budgets.finalists})")
     fig.tight_layout()
     return fig
 

@@ -227,7 +227,8 @@ def learning_curves(sf: StudyFrames) -> Figure:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{sf.name}: learning curves (line: mean over seeds, band: ±1 sd)", fontsize=10)
+    fig.suptitle(f"{sf.name}: learning curves of the finalists, {sf.budgets.finalists} (line: mean over seeds, "
+                 "band: ±1 sd)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -273,7 +274,8 @@ def predictions(sf: StudyFrames) -> Figure:
     for ax in list(axes.flat)[len(p.table):]:
         ax.axis("off")
     first = int((p.table["index"] < len(p.table) // 2).sum())
-    fig.suptitle(f"{sf.name}: test predictions of seed {p.seed} (red: wrong; purple frame: CE and KD disagree)\n"
+    fig.suptitle(f"{sf.name}: test predictions of seed {p.seed}, finalists at {sf.budgets.finalists} (red: wrong; "
+                 "purple frame: CE and KD disagree)\n"
                  f"the first {first} test images, then the first {len(p.table) - first} of the {p.n_disagree:,} "
                  f"(of {p.n_test:,}) where CE and KD disagree", fontsize=10)
     fig.subplots_adjust(hspace=0.8, wspace=0.25, top=0.9, bottom=0.1)
@@ -372,7 +374,7 @@ def _paired_row(left: Axes, right: Axes, sf: StudyFrames, several: bool) -> None
     teacher = sf.arms[sf.arms["arm"] == "teacher"]
     taught = f"; teacher {teacher['model'].iloc[0]}: {100 * teacher['test_mean'].iloc[0]:.2f} %" if len(teacher) \
         else ""
-    left.set_title(f"{name}per finalist seed, CE → KD (n={len(seeds)}{taught})", fontsize=9)
+    left.set_title(f"{name}per finalist seed at {sf.budgets.finalists}, CE → KD (n={len(seeds)}{taught})", fontsize=9)
     d = 100 * seeds["diff"].to_numpy(dtype=float)
     x = np.linspace(-0.15, 0.15, len(d)) if len(d) > 1 else np.zeros(1)
     right.scatter(x, d, color="#555", s=18, zorder=3, label="one seed's KD − CE")

@@ -124,14 +124,17 @@ def source_note(table: pd.DataFrame) -> str:
         table: :func:`~kdbench.report.frames.comparison_table`'s rows.
 
     Returns:
-        One sentence: per study, its config hash, finalist seeds and kdbench commits.
+        One sentence: per study, its config hash, finalist seeds and their budget, and kdbench commits.
     """
     parts, tunings = [], []
     for study, g in table.groupby("study", sort=False):
         seeds = sorted({x for v in g.loc[g["arm"] != "teacher", "seeds"] for x in str(v).split()}, key=int)
         commits = sorted({c[:12] for v in g["commit"].dropna() for c in str(v).split("; ") if c})
-        parts.append(f"{study}: config {g['config_hash'].iloc[0]}, finalist seeds {' '.join(seeds) or 'none'}, "
-                     f"kdbench {', '.join(commits) or 'unknown'}")
+        budgets = sorted({str(b) for b in g.loc[g["arm"] != "teacher", "budget"].dropna()}) \
+            if "budget" in g else []
+        parts.append(f"{study}: config {g['config_hash'].iloc[0]}, finalist seeds {' '.join(seeds) or 'none'}"
+                     + (f" trained {', '.join(budgets)}" if budgets else "")
+                     + f", kdbench {', '.join(commits) or 'unknown'}")
         arms = [f"{a.split()[0]} {t}" for a, t in zip(g["arm"], g["tuning"], strict=True)
                 if a != "teacher" and isinstance(t, str) and "#" not in a]
         if arms:
