@@ -158,6 +158,42 @@ def test_sigkill_mid_trial_is_noticed_failed_and_rerun(tmp_path: Path, db_url: s
         assert t.state.name == "FAIL" and "died" in t.user_attrs["fail_reason"]
 
 
+@pytest.mark.slow
+def test_a_finalist_at_a_longer_budget_resumes_after_sigkill(tmp_path: Path, db_url: str,
+                                                             teacher_cache: Path) -> None:
+    """Finalists and a probe trained for 10 epochs (the search: 1): killed mid-finalist, then resumed."""
+    raw = tiny_study_raw()
+    raw["finalists"] = {"top_k": 1, "seeds": 2, "budget": 10, "probe": 1}
+    study = parse_study(raw)
+    path = _write(tmp_path, raw)
+    proc = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # until a finalist is running and past its first epoch
+        runs = _runs(db_url, "tiny")
+        if runs is not None and ((runs["kind"] == "finalist") & (runs["state"] == "running")
+                                 & (runs["epochs_done"] >= 2)).any():
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    else:
+        raise AssertionError("no finalist was ever seen mid-training")
+    proc.kill()
+    proc.communicate()
+    killed = load_runs(db_url, "tiny").query("state == 'running'")
+    assert len(killed) == 1 and killed["budget"].iloc[0] == "10 epochs" and 2 <= killed["epochs_done"].iloc[0] < 10
+    run_sweep(study, storage=db_url, cache_dir=teacher_cache)
+    _check_planned_set(db_url, study)
+    runs = load_runs(db_url, "tiny")
+    dead = runs[runs["visit"].str.contains("#")]
+    assert list(dead["visit"]) == [f"{killed['visit'].iloc[0]}#1"] and set(dead["state"]) == {"failed"}
+    planned = runs[~runs["visit"].str.contains("#")]
+    longer = planned[planned["kind"].isin(["finalist", "probe"])]
+    assert set(longer["budget"]) == {"10 epochs"} and set(longer["epochs_done"]) == {10}
+    assert set(planned.loc[planned["kind"].isin(["kd", "ce"]), "budget"]) == {"1 epoch"}
+    probes = planned[planned["kind"] == "probe"]
+    assert len(probes) == 2 and probes["test_acc"].isna().all()  # probes are scored on validation only
+
+
 def test_a_stale_heartbeat_on_another_host_is_taken_over(db_url: str) -> None:
     study = parse_study(tiny_study_raw())
     store = Store.open(db_url)
