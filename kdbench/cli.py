@@ -233,10 +233,15 @@ def show(study_name: str, storage: str, top: int) -> None:
             lines.append(f"  T={c['temperature']:g} alpha={c['alpha']:g}: {_cell(c)}{vs}")
         for _, c in cells[cells["stage"] == "ce"].iterrows():
             lines.append(f"  CE: {_cell(c)}")
-        click.echo("best cells (validation accuracy, mean over seeds at the cell's best lr; * above CE after "
-                   "Holm):\n" + "\n".join(lines) + "\n")
+        from kdbench.report.budget import budget_labels
+
+        row = store.study(study_name)
+        at = budget_labels(json.loads(row.config)).selection if row is not None else "?"
+        click.echo(f"best cells (validation accuracy at {at}, mean over seeds at the cell's best lr; * above CE "
+                   "after Holm):\n" + "\n".join(lines) + "\n")
     _print_evidence(evidence.sentences, study_name)
     _print_summary(store, study_name, store.finalist_summary(study_name))
+    _print_transfer(store, study_name, runs)
 
 
 @main.command()
@@ -269,10 +274,12 @@ def _evidence(store: Any, name: str) -> Any:
     """The search's evidence from the study's config and runs alone (not the report's other reads: no
     epochs, predictions or Optuna importances)."""
 
+    from kdbench.report.budget import main_runs
     from kdbench.report.grid import search_evidence
 
     row = store.study(name)
-    return search_evidence(json.loads(row.config) if row is not None else {}, store.runs(name))
+    config = json.loads(row.config) if row is not None else {}
+    return search_evidence(config, main_runs(store.runs(name), config))  # at the budget finalists are chosen at
 
 
 def _cell(c: Any) -> str:
@@ -287,9 +294,27 @@ def _print_evidence(sentences: list[str], name: str) -> None:
                    "\n".join(f"  - {line}" for line in sentences))
 
 
+def _print_transfer(store: Any, name: str, runs: Any) -> None:
+    """The transfer check's sentence per method, when finalists trained longer than the search or probes ran."""
+    import pandas as pd
+
+    from kdbench.report.budget import budget_frames
+
+    row = store.study(name)
+    config = json.loads(row.config) if row is not None else {}
+    methods = config.get("search", {}).get("method", "kd")
+    frames = budget_frames(runs, pd.DataFrame(columns=["run_id", "epoch", "val_acc"]), config,
+                           [methods] if isinstance(methods, str) else methods, "none")
+    for t in frames["transfers"]:
+        click.echo(f"{name}: {t.method}: {t.sentence}")
+
+
 def _print_summary(store: Any, name: str, summary: Any) -> None:
+    from kdbench.report.budget import budget_labels
     from kdbench.store import run_values
 
+    row = store.study(name)
+    at = budget_labels(json.loads(row.config)).finalists if row is not None else "?"
     teacher = store.study_teacher(name)
     if teacher is not None:
         click.echo(f"{name}: teacher {teacher.model}: test {teacher.test_acc:.2%} (val {teacher.val_acc:.2%}, "
@@ -297,7 +322,7 @@ def _print_summary(store: Any, name: str, summary: Any) -> None:
     if summary.empty:
         click.echo(f"{name}: no finalists yet (run kdbench sweep to finish the study)")
         return
-    click.echo(f"{name}: finalists, test accuracy over seeds (storage {store.url})")
+    click.echo(f"{name}: finalists trained {at}, test accuracy over seeds (storage {store.url})")
     for _, r in summary.iterrows():
         values = run_values(r)
         lr = values.pop("lr")

@@ -54,7 +54,7 @@ def test_show_prints_cells_effects_reliability_and_budgets(tmp_path: Path) -> No
     res = CliRunner().invoke(cli.main, ["show", "rep", "--storage", url])
     assert res.exit_code == 0, res.output
     out = res.output
-    assert "best cells (validation accuracy, mean over seeds at the cell's best lr" in out
+    assert "best cells (validation accuracy at 3 epochs, mean over seeds at the cell's best lr" in out
     first = out.split("best cells", 1)[1].splitlines()[1]
     assert first.startswith("  T=4 alpha=0.1: 83.30% ± ") and first.endswith("vs CE +3.00 pp [+2.50, +3.50] *")
     assert "  CE: 80.30% ± " in out and "(no CI)" in out
