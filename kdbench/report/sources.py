@@ -24,6 +24,7 @@ import pandas as pd
 
 from kdbench.config import IMPORTANCE_MIN_TRIALS
 from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
+from kdbench.report.budget import budget_labels
 from kdbench.store import Store, TeacherRow
 
 __all__ = [
@@ -158,8 +159,11 @@ def read_study(storage: StoreLike, name: str, *, load_images: bool = True,
     assert row is not None
     config = json.loads(row.config)
     teacher = _teacher(store.teacher(row.teacher_key)) if row.teacher_key else None
-    kd_complete = int(((runs["kind"] == "kd") & (runs["state"] == "complete")).sum())
-    importances, skipped = _importances(store, name, kd_complete, importance_min_trials)
+    labels = budget_labels(config)
+    at = labels.selection if len(labels.search) > 1 else None  # a budget axis: importances at the selection budget
+    kd = (runs["kind"] == "kd") & (runs["state"] == "complete")
+    kd_complete = int((kd & (runs["budget"] == at)).sum() if at else kd.sum())
+    importances, skipped = _importances(store, name, kd_complete, importance_min_trials, at)
     return StudySources(
         name=name, config=config, config_hash=row.config_hash, commit=row.commit, created=row.created, runs=runs,
         epochs=store.epochs(name), teacher=teacher, finalists=store.finalist_summary(name),
@@ -239,8 +243,10 @@ def _predictions(store: Store, config: dict[str, Any], runs: pd.DataFrame, load_
     return out
 
 
-def _importances(store: Store, name: str, kd_complete: int, minimum: int) -> tuple[dict[str, float] | None, str]:
-    """Optuna's PED-ANOVA importances of the KD study, or None and why they were not computed."""
+def _importances(store: Store, name: str, kd_complete: int, minimum: int,
+                 budget: str | None = None) -> tuple[dict[str, float] | None, str]:
+    """Optuna's PED-ANOVA importances of the KD study (its trials at ``budget`` only, when given: a budget axis),
+    or None and why they were not computed."""
     if kd_complete < minimum:
         return None, (f"not shown: {kd_complete} complete KD trial(s), fewer than the {minimum} "
                       f"PED-ANOVA needs to have at least 5 in the top 10 % it compares with the rest")
@@ -254,6 +260,10 @@ def _importances(store: Store, name: str, kd_complete: int, minimum: int) -> tup
         return None, f"not shown: {exc}"
     with warnings.catch_warnings():  # experimental-API and few-trial warnings: the report's note says what matters
         warnings.simplefilter("ignore")
+        if budget is not None:  # an in-memory copy holding the trials of one budget (the stored study is untouched)
+            trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("budget") == budget]
+            study = optuna.create_study(direction=study.direction)
+            study.add_trials(trials)
         imp = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     return {param: float(v) for param, v in imp.items()}, ""
