@@ -129,13 +129,16 @@ def spearman_interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float
     return rho, float(lo), float(hi)
 
 
-def epoch_rank_correlation(runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+def epoch_rank_correlation(runs: pd.DataFrame, epochs: pd.DataFrame, default_budget: str = "") -> pd.DataFrame:
     """How well each epoch's validation accuracy ranks the final one, over the search's complete trials.
 
     Per search stage (an Optuna study: ``kd``, ``ce``, ...) and budget, and per epoch before the last: Spearman
     ρ between the trials' validation accuracy at that epoch and at their last epoch, with a bootstrap interval
     over trials. Only complete trials count (a pruned one has no final value), so under an active pruner they
     are its survivors. Epochs are numbered from 1.
+
+    Args:
+        default_budget: the budget of runs stored before runs recorded theirs.
 
     Returns:
         Columns :data:`EPOCH_COLUMNS` (``epochs``: the budget's epochs); empty when no trial has two epochs.
@@ -144,7 +147,7 @@ def epoch_rank_correlation(runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataF
     rows: list[dict[str, Any]] = []
     if search.empty or epochs.empty:
         return pd.DataFrame(columns=EPOCH_COLUMNS)
-    budget = search.set_index("run_id")["budget"].fillna("")
+    budget = search.set_index("run_id")["budget"].fillna(default_budget)
     e = epochs[epochs["run_id"].isin(search["run_id"])].dropna(subset=["val_acc"])
     wide = e.pivot_table(index="run_id", columns="epoch", values="val_acc", aggfunc="first")
     kinds = search.set_index("run_id")["kind"]
@@ -342,7 +345,7 @@ def budget_frames(runs: pd.DataFrame, epochs: pd.DataFrame, config: dict[str, An
     ``budgets``, ``epoch_rho``, ``pruner_warnings``, ``transfers``, ``budget_table``), from every run: probes
     and every search budget."""
     labels = budget_labels(config)
-    rho = epoch_rank_correlation(runs, epochs)
+    rho = epoch_rank_correlation(runs, epochs, labels.selection)
     at_full = runs[runs["kind"].isin(["finalist", "probe"]) & (runs["state"] == "complete")]
     trained = [m for m in methods if (at_full["loss"] == m).any()]
     probed = labels.longer or bool((runs["kind"] == "probe").any())
