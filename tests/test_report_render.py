@@ -61,7 +61,7 @@ def test_writes_every_table_and_figure(single: Path) -> None:
     for stem in ("comparison", "grid"):
         assert {stem + s for s in TABLE_SUFFIXES} <= names
     for stem in ("comparison", "heatmap-val", "heatmap-diff", "effects", "learning-curves", "predictions",
-                 "importances"):
+                 "importances", "budget"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     tex = (single / "comparison.tex").read_text()
     assert all(rule in tex for rule in ("\\toprule", "\\midrule", "\\bottomrule"))
@@ -154,7 +154,8 @@ def test_partial_study_renders_what_exists(db: str, tmp_path: Path) -> None:
     assert "no complete finalists yet" in html and "cannot be compared yet" in html
     grid = (tmp_path / "grid.md").read_text()
     assert "running, n=1" in grid and "pruned, last 70.00, at epoch" in grid and "not run" in grid
-    assert len(list(tmp_path.glob("*.png"))) == 9  # the grid's 7, calibration (empty, saying why), every trial
+    assert len(list(tmp_path.glob("*.png"))) == 10  # the grid's 7, calibration (empty, saying why), every trial,
+    # and the budget section's (no configuration at another budget, saying so)
 
 
 def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp_path: Path) -> None:
@@ -170,7 +171,8 @@ def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp
     assert "No prediction grid: no seed with both a KD and a CE finalist yet." in html
     assert "Parameter importances not shown: 4 complete KD trial(s), fewer than the 50" in html
     assert "Calibration not computed: no stored test logits" in html and "Every trial" in html
-    assert len(list(tmp_path.glob("*.png"))) == 9 and not (tmp_path / "fidelity.md").exists()
+    assert len(list(tmp_path.glob("*.png"))) == 10 and not (tmp_path / "fidelity.md").exists()
+    assert "No configuration was\ntrained at another budget than the search's" in html
     assert "| teacher |" in (tmp_path / "comparison.md").read_text()
     if shutil.which("pdflatex") is not None:
         (tmp_path / "latex").mkdir()
@@ -182,7 +184,7 @@ def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp
 def test_index_html_loads_in_headless_chromium(single: Path) -> None:
     html = (single / "index.html").read_text()
     n_images = html.count("<img ")
-    assert n_images == 9 and "http://" not in html.replace("http://www.w3.org", "")  # self-contained
+    assert n_images == 10 and "http://" not in html.replace("http://www.w3.org", "")  # self-contained
     dom = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
          "--dump-dom", (single / "index.html").as_uri()],
