@@ -262,7 +262,12 @@ def _importances(store: Store, name: str, kd_complete: int, minimum: int,
         warnings.simplefilter("ignore")
         if budget is not None:  # an in-memory copy holding the trials of one budget (the stored study is untouched)
             trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("budget") == budget]
-            study = optuna.create_study(direction=study.direction)
+            level = optuna.logging.get_verbosity()
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created in memory" line
+            try:
+                study = optuna.create_study(direction=study.direction)
+            finally:
+                optuna.logging.set_verbosity(level)
             study.add_trials(trials)
         imp = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
