@@ -173,8 +173,9 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
     if as_worker:
         return
     _print_counts(store, study.name)
-    _print_evidence(_evidence(store, study.name).sentences, study.name)
-    _print_summary(store, study.name, summary)
+    config = study.resolved()
+    _print_evidence(_evidence(config, store.runs(study.name)).sentences, study.name)
+    _print_summary(store, study.name, summary, config)
 
 
 def _print_counts(store: Any, name: str) -> None:
@@ -218,9 +219,11 @@ def show(study_name: str, storage: str, top: int) -> None:
 
     store = Store.open(storage, create=False)
     runs = store.runs(study_name)
+    row = store.study(study_name)
+    config = json.loads(row.config) if row is not None else {}
     counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
     click.echo(f"study {study_name} in {store.url}\n\nruns by kind and state:\n{counts.to_string()}\n")
-    evidence = _evidence(store, study_name)
+    evidence = _evidence(config, runs)
     cells = evidence.cells.cells.dropna(subset=["mean"])
     if not cells.empty:
         deltas = evidence.deltas.set_index(["temperature", "alpha"])
@@ -235,13 +238,12 @@ def show(study_name: str, storage: str, top: int) -> None:
             lines.append(f"  CE: {_cell(c)}")
         from kdbench.report.budget import budget_labels
 
-        row = store.study(study_name)
-        at = budget_labels(json.loads(row.config)).selection if row is not None else "?"
+        at = budget_labels(config).selection
         click.echo(f"best cells (validation accuracy at {at}, mean over seeds at the cell's best lr; * above CE "
                    "after Holm):\n" + "\n".join(lines) + "\n")
     _print_evidence(evidence.sentences, study_name)
-    _print_summary(store, study_name, store.finalist_summary(study_name))
-    _print_transfer(store, study_name, runs)
+    _print_summary(store, study_name, store.finalist_summary(study_name), config)
+    _print_transfer(study_name, config, runs)
 
 
 @main.command()
@@ -270,16 +272,13 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) ->
     click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
 
 
-def _evidence(store: Any, name: str) -> Any:
+def _evidence(config: dict[str, Any], runs: Any) -> Any:
     """The search's evidence from the study's config and runs alone (not the report's other reads: no
-    epochs, predictions or Optuna importances)."""
-
+    epochs, predictions or Optuna importances), at the budget finalists are chosen at."""
     from kdbench.report.budget import main_runs
     from kdbench.report.grid import search_evidence
 
-    row = store.study(name)
-    config = json.loads(row.config) if row is not None else {}
-    return search_evidence(config, main_runs(store.runs(name), config))  # at the budget finalists are chosen at
+    return search_evidence(config, main_runs(runs, config))
 
 
 def _cell(c: Any) -> str:
@@ -294,27 +293,20 @@ def _print_evidence(sentences: list[str], name: str) -> None:
                    "\n".join(f"  - {line}" for line in sentences))
 
 
-def _print_transfer(store: Any, name: str, runs: Any) -> None:
+def _print_transfer(name: str, config: dict[str, Any], runs: Any) -> None:
     """The transfer check's sentence per method, when finalists trained longer than the search or probes ran."""
-    import pandas as pd
+    from kdbench.report.budget import transfers
 
-    from kdbench.report.budget import budget_frames
-
-    row = store.study(name)
-    config = json.loads(row.config) if row is not None else {}
     methods = config.get("search", {}).get("method", "kd")
-    frames = budget_frames(runs, pd.DataFrame(columns=["run_id", "epoch", "val_acc"]), config,
-                           [methods] if isinstance(methods, str) else methods, "none")
-    for t in frames["transfers"]:
+    for t in transfers(runs, config, [methods] if isinstance(methods, str) else methods):
         click.echo(f"{name}: {t.method}: {t.sentence}")
 
 
-def _print_summary(store: Any, name: str, summary: Any) -> None:
+def _print_summary(store: Any, name: str, summary: Any, config: dict[str, Any]) -> None:
     from kdbench.report.budget import budget_labels
     from kdbench.store import run_values
 
-    row = store.study(name)
-    at = budget_labels(json.loads(row.config)).finalists if row is not None else "?"
+    at = budget_labels(config).finalists
     teacher = store.study_teacher(name)
     if teacher is not None:
         click.echo(f"{name}: teacher {teacher.model}: test {teacher.test_acc:.2%} (val {teacher.val_acc:.2%}, "

@@ -50,6 +50,7 @@ __all__ = [
     "pruner_warnings",
     "spearman_interval",
     "transfer",
+    "transfers",
 ]
 
 BOOTSTRAP_RESAMPLES = 2000  # resamples of every bootstrap interval here (percentile method, seeded: reproducible)
@@ -90,8 +91,7 @@ def main_runs(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
     labels = budget_labels(config)
     out = runs[runs["kind"] != "probe"]
     if len(labels.search) > 1:
-        search = ~out["kind"].isin(["finalist"])
-        out = out[~search | (out["budget"] == labels.selection)]
+        out = out[(out["kind"] == "finalist") | (out["budget"] == labels.selection)]
     return out
 
 
@@ -231,9 +231,8 @@ def transfer(runs: pd.DataFrame, config: dict[str, Any], method: str = "kd") -> 
     """
     labels = budget_labels(config)
     done = runs[runs["state"] == "complete"]
-    search = done[done["kind"] == method]
-    if len(labels.search) > 1:
-        search = search[search["budget"] == labels.selection]
+    search = main_runs(done, config)
+    search = search[search["kind"] == method]  # the trials it was ranked by: at the selection budget
     full = done[done["kind"].isin(["finalist", "probe"]) & (done["loss"] == method)]
     search_by = search.assign(config=search.apply(_config, axis=1)) if len(search) else search.assign(config="")
     full_by = full.assign(config=full.apply(_config, axis=1)) if len(full) else full.assign(config="")
@@ -339,6 +338,15 @@ def budget_table(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=BUDGET_COLUMNS)
 
 
+def transfers(runs: pd.DataFrame, config: dict[str, Any], methods: list[str]) -> list[Transfer]:
+    """:func:`transfer` of each method with runs at the finalists' budget, when that budget is longer than the
+    search's or probes ran (else there is nothing to transfer to: an empty list)."""
+    at_full = runs[runs["kind"].isin(["finalist", "probe"]) & (runs["state"] == "complete")]
+    if not (budget_labels(config).longer or (runs["kind"] == "probe").any()):
+        return []
+    return [transfer(runs, config, m) for m in methods if (at_full["loss"] == m).any()]
+
+
 def budget_frames(runs: pd.DataFrame, epochs: pd.DataFrame, config: dict[str, Any], methods: list[str],
                   pruner: str) -> dict[str, Any]:
     """Everything the report's budget section shows (the :class:`kdbench.report.frames.StudyFrames` fields
@@ -346,11 +354,8 @@ def budget_frames(runs: pd.DataFrame, epochs: pd.DataFrame, config: dict[str, An
     and every search budget."""
     labels = budget_labels(config)
     rho = epoch_rank_correlation(runs, epochs, labels.selection)
-    at_full = runs[runs["kind"].isin(["finalist", "probe"]) & (runs["state"] == "complete")]
-    trained = [m for m in methods if (at_full["loss"] == m).any()]
-    probed = labels.longer or bool((runs["kind"] == "probe").any())
     return dict(budgets=labels, epoch_rho=rho, pruner_warnings=pruner_warnings(runs, rho, pruner),
-                transfers=[transfer(runs, config, m) for m in trained] if probed else [],
+                transfers=transfers(runs, config, methods),
                 budget_table=budget_table(runs, config) if len(labels.search) > 1 or labels.longer
                 else pd.DataFrame(columns=BUDGET_COLUMNS))
 

@@ -171,7 +171,7 @@ def _ranked_configs(done: pd.DataFrame, method: str, grid: bool) -> pd.DataFrame
     return ranked.drop_duplicates("cell")
 
 
-def spread(n: int, k: int) -> list[int]:
+def _spread(n: int, k: int) -> list[int]:
     """``k`` of the positions ``0 .. n-1`` spread evenly from the first to the last (all when ``k >= n``)."""
     if k >= n:
         return list(range(n))
@@ -195,7 +195,7 @@ def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
         if method == "ce" or not f.probe:
             continue
         rest = ranked.iloc[k:]
-        for i in spread(len(rest), f.probe):
+        for i in _spread(len(rest), f.probe):
             values = run_values(rest.iloc[i])
             probes += [method_visit(f"probe/{config_name(method, values)}/seed={seed}", "probe", method, seed,
                                     values, k + i, budget) for seed in finalist_seeds(study)]
