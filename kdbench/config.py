@@ -40,34 +40,30 @@ __all__ = [
     "study_hash",
 ]
 
-# Defaults that are not study keys (command-line and run-time), with their units.
-DEFAULT_STORAGE = "sqlite:///kdbench.db"  # SQLAlchemy URL of the results database (--storage)
-STALE_AFTER_S = 120.0  # seconds without a heartbeat after which another worker takes a running visit over
-HEARTBEAT_S = 15.0  # seconds between heartbeats of a running visit
-POLL_S = 2.0  # seconds between looks at the store while waiting for other workers
-RANGE_TRIALS = 20  # KD trials of a range search when search.trials is unset (the CE baseline gets as many)
-GRID_REPLICATES = 3  # search seeds per cell of a grid search when search.replicates is unset
-SEARCH_SEED_OFFSET = 1000  # replicate i of the search trains on seed + SEARCH_SEED_OFFSET + i (finalists: seed + 1 + i)
-SAMPLER_STARTUP_TRIALS = 5  # random trials before TPE models, and complete trials before the median pruner acts
-IMAGEFOLDER_SIZE = 32  # pixels: image folders are resized to this square when data.image_size is unset
-IMAGEFOLDER_TEST_FRACTION = 0.2  # of an image folder's train/ images, carved out as its test set when it has no test/
-CROP_PAD = 4  # pixels of zero padding on each side before a random crop (data.augment: crop)
-FUSE_AUTO_MAX = 64  # search.fuse: auto on CUDA fuses up to this many students (one seed's visits at most)
-FUSE_MEMORY_SHARE = 0.5  # search.fuse: auto: fused students' estimated memory stays under this share of free GPU memory
-MAX_EPOCHS = 10_000  # a recipe's epochs above this are refused as a typo (1e12 would train forever)
-MAX_STEPS = 100_000_000  # likewise for steps
-MAX_BATCH = 65_536  # likewise for batch_size (samples per step)
-PRUNE_RHO_MIN = 0.8  # Spearman rho of an epoch's val accuracy with the final one below which the report warns
-# that a pruner acting at that epoch may stop trials that would have ranked high (rho^2 = 0.64: a third of the
-# final ranking's variance is not yet visible)
-CALIBRATION_BINS = 15  # equal-width confidence bins of the report's ECE and reliability diagram (Guo et al. 2017)
-TEACHER_FLOOR_SHARE = 0.5  # default teacher.min_accuracy: chance + this share of the rest (a fraction)
-# complete KD trials below which a report shows no parameter importances. PED-ANOVA (Optuna's default
-# evaluator, target_quantile 0.1) compares the density of the top 10 % of trials with that of all trials;
-# under 50 trials that top group has fewer than 5 members and its importances are mostly noise.
-IMPORTANCE_MIN_TRIALS = 50
-MCNEMAR_EXACT_BELOW = 25  # discordant test images (CE right/KD wrong + the reverse) below which McNemar's test
-# is the exact binomial one; from 25 on the chi-square approximation (with continuity correction) is close
+from kdbench.defaults import (  # noqa: F401  (re-exported for the layers that still import them from here)
+    CALIBRATION_BINS,
+    CROP_PAD,
+    DEFAULT_STORAGE,
+    FUSE_AUTO_MAX,
+    FUSE_MEMORY_SHARE,
+    GRID_REPLICATES,
+    HEARTBEAT_S,
+    IMAGEFOLDER_SIZE,
+    IMAGEFOLDER_TEST_FRACTION,
+    IMPORTANCE_MIN_TRIALS,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_STEPS,
+    MAX_VISITS,
+    MCNEMAR_EXACT_BELOW,
+    POLL_S,
+    PRUNE_RHO_MIN,
+    RANGE_TRIALS,
+    SAMPLER_STARTUP_TRIALS,
+    SEARCH_SEED_OFFSET,
+    STALE_AFTER_S,
+    TEACHER_FLOOR_SHARE,
+)
 
 # Distillation methods (kdbench.losses.METHODS holds their terms). A method's loss is
 # ``ce_weight * CE + kd_weight * term`` (alpha, when a method's space gives it, means ce_weight = alpha and
