@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdbench.errors import ConfigError
+from kdbench.losses import METHODS, WEIGHTS
 
 __all__ = [
     "BaselineConfig",
@@ -65,21 +66,10 @@ from kdbench.defaults import (  # noqa: F401  (re-exported for the layers that s
     TEACHER_FLOOR_SHARE,
 )
 
-# Distillation methods (kdbench.losses.METHODS holds their terms). A method's loss is
-# ``ce_weight * CE + kd_weight * term`` (alpha, when a method's space gives it, means ce_weight = alpha and
-# kd_weight = 1 - alpha, Hinton's convex form); each method's own hyperparameters, and the published
-# defaults a study falls back on for any parameter it does not give (its paper's CIFAR-100 setting).
-METHOD_PARAMS: dict[str, tuple[str, ...]] = {  # each method's hyperparameters beyond T and the two weights
-    "kd": (), "dkd": ("tckd_weight", "nckd_weight"), "dist": ("inter_weight", "intra_weight"), "lskd": ()}
-METHOD_DEFAULTS: dict[str, dict[str, float]] = {
-    "kd": {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},  # Hinton et al. 2015 (RepDistiller's KD)
-    "dkd": {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 1.0, "tckd_weight": 1.0, "nckd_weight": 8.0},
-    # DIST: the class's beta = gamma = 1, and every released config's kd_loss_weight 2 (hunto/image_classification_sota)
-    "dist": {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 2.0, "inter_weight": 1.0, "intra_weight": 1.0},
-    "lskd": {"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 9.0},
-}
-WEIGHTS = ("ce_weight", "kd_weight")  # the explicit form of a method's two loss weights (instead of alpha)
-OPTUNA_SUFFIXES = (".ce", *(f".{m}" for m in METHOD_PARAMS if m != "kd"))  # Optuna studies beside <name>
+# Distillation methods: kdbench.losses.METHODS, one record each (its parameters, published defaults, paper)
+METHOD_PARAMS = {name: m.params for name, m in METHODS.items()}  # each method's hyperparameters beyond T, weights
+METHOD_DEFAULTS = {name: dict(m.defaults) for name, m in METHODS.items()}  # the published values a study falls back on
+OPTUNA_SUFFIXES = (".ce", *(f".{m}" for m in METHODS if m != "kd"))  # Optuna studies beside <name>
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

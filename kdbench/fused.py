@@ -4,8 +4,9 @@ A sweep is many short trainings of one small model: one such model cannot keep a
 them at once can. ``torch.func.stack_module_state`` stacks the K students' parameters and buffers
 along a new leading dimension; ``vmap`` over ``functional_call`` runs the K forward passes as one
 batched computation on the *shared* batch (all K see the same data order: the sweep's search visits
-share the study's seed); each student's loss is :func:`kdbench.losses.mixed_loss` with its own T and
-alpha tensors; the K losses are summed and one backward pass gives every student its own gradient
+share the study's seed); each student's loss is :func:`kdbench.losses.method_loss` (the sequential
+loop's) with its own T and weight tensors; the K losses are summed and one backward pass gives every
+student its own gradient
 (the students share no parameter, so the sum's gradient is each student's own). The loop around
 the step (seeding, checks, budget, batch order, epoch pixels, teacher logits, records, totals) is
 :func:`kdbench.train.start_loop`'s :class:`~kdbench.train.StepLoop`, the one :func:`kdbench.train.train` runs in.
@@ -41,7 +42,7 @@ from kdbench.config import Recipe
 from kdbench.data import Data, DatasetInfo, Split, normalize
 from kdbench.evaluate import autocast
 from kdbench.loop import EpochRecord, KDParams, TeacherSignal, TrainResult, start_loop
-from kdbench.losses import method_loss, mixed_loss
+from kdbench.losses import METHODS, method_loss
 from kdbench.train import lr_factor
 
 __all__ = ["FusedStudent", "StackedOptimizer", "train_fused"]
@@ -186,11 +187,10 @@ def train_fused(
     real = [s.kd for s in students if s.kd is not None and s.kd.reads_teacher]
     if len({kd.method for kd in real}) > 1 or len({kd.warmup_epochs for kd in real}) > 1:
         raise ValueError("fused students must share one distillation method and warm-up (CE students join any)")
-    hinton = all(kd.hinton for kd in real)
-    extra_names = [name for name, _ in real[0].extra] if real else []
-    # a CE student: Hinton's alpha = 1, or weight 0 on the group's term (its other values the first student's)
-    ce = KDParams(1.0, 1.0) if hinton else KDParams(1.0, None, real[0].method, 1.0, 0.0, real[0].extra,
-                                                    real[0].warmup_epochs)
+    group = real[0] if real else KDParams(1.0, 1.0)  # the group's method, extra parameters and warm-up
+    method, extra_names = METHODS[group.method], [name for name, _ in group.extra]
+    # a CE student: weight 0 on the group's term (its other values the first student's: the term stays finite)
+    ce = KDParams(1.0, None, group.method, 1.0, 0.0, group.extra, group.warmup_epochs)
     kds = [s.kd if s.kd is not None and s.kd.reads_teacher else ce for s in students]
     use_kd = bool(real)
     loop = start_loop(models[0], data, recipe, seed=seed, teacher=teacher, augment_kind=augment_kind, use_kd=use_kd)
@@ -198,13 +198,9 @@ def train_fused(
         m.train()
     params, buffers = stack_module_state(list(models))
     base = copy.deepcopy(models[0]).to("meta")
-    columns = {"temperature": [kd.temperature for kd in kds]}  # each student's loss parameters, stacked
-    if hinton:
-        columns["alpha"] = [kd.weights[0] for kd in kds]
-    else:
-        columns["ce_weight"] = [kd.weights[0] for kd in kds]
-        columns["kd_weight"] = [kd.weights[1] for kd in kds]
-        columns |= {name: [dict(kd.extra)[name] for kd in kds] for name in extra_names}
+    columns = {"temperature": [kd.temperature for kd in kds],  # each student's loss parameters, stacked
+               "ce_weight": [kd.weights[0] for kd in kds], "kd_weight": [kd.weights[1] for kd in kds]}
+    columns |= {name: [dict(kd.extra)[name] for kd in kds] for name in extra_names}
     per = {name: torch.tensor(values, device=device) for name, values in columns.items()}
     lrs = torch.tensor([s.lr for s in students], device=device)
     optimizer = StackedOptimizer(recipe)
@@ -213,17 +209,13 @@ def train_fused(
     def losses_of(out: torch.Tensor, t_logits: torch.Tensor | None, y: torch.Tensor, step: int) -> torch.Tensor:
         if t_logits is None:  # every student is CE: no teacher to read
             return vmap(lambda o: F.cross_entropy(o.float(), y, label_smoothing=recipe.label_smoothing))(out)
-        if hinton:
-            return vmap(lambda o, t, a: mixed_loss(o, t_logits, y, t, a, recipe.label_smoothing))(
-                out, per["temperature"], per["alpha"])
-        ramp = kds[0].ramp(step, loop.steps_per_epoch)
+        ramp = group.ramp(step, loop.steps_per_epoch)
         names = [n for n in per if n != "temperature"]
 
         def one(o: torch.Tensor, t: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
             kw = dict(zip(names, values, strict=True))
             kw["kd_weight"] = kw["kd_weight"] * ramp
-            return method_loss(kds[0].method, o, t_logits, y, temperature=t,
-                               label_smoothing=recipe.label_smoothing, **kw)
+            return method_loss(method, o, t_logits, y, temperature=t, label_smoothing=recipe.label_smoothing, **kw)
 
         return vmap(one)(out, per["temperature"], *(per[n] for n in names))
 

@@ -1,4 +1,6 @@
-"""The distillation loss of Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network".
+"""The distillation losses kdbench trains with, and :data:`METHODS`, their registry: one record per method.
+
+Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network":
 
     L = alpha * CE(y, s) + (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T))
 
@@ -12,31 +14,41 @@ times ``(1 - alpha) / batch``, which tends to ``(s - t) / K`` per logit for larg
 
 Three later logit-distillation terms sit beside it, each checked against its authors' code:
 :func:`dkd_loss` (Decoupled KD, CVPR 2022), :func:`dist_loss` (DIST, NeurIPS 2022) and
-:func:`lskd_loss` (logit-standardised KD, CVPR 2024), with :func:`kd_loss` (Hinton's term alone) and
-the tables :data:`METHODS`, :data:`METHOD_PARAMS` and :data:`METHOD_DEFAULTS` (published defaults).
-They return the distillation term only; :func:`method_loss` adds the cross-entropy and the weights, as
-:class:`KDParams` (one student's method, T, weights and warm-up) says.
+:func:`lskd_loss` (logit-standardised KD, CVPR 2024), with :func:`kd_loss` (Hinton's term alone). Each
+public loss checks its hyperparameters (:func:`check_hyperparameters`) and returns the distillation term
+only. :func:`method_loss` adds the cross-entropy and the weights without checking anything: it is what both
+training loops call on every step (sequential, and fused under ``vmap``), once :class:`KDParams` (one
+student's method, T, weights and warm-up) has checked the run's values. The temperature-scaled KL that
+Hinton's term and LS-KD's need is :func:`tempered_kl`, written once.
 
-The module runs past 400 lines because each of the four published terms carries its formula, paper,
-published defaults and the authors' code it was checked against: one place for every loss kdbench trains.
+**Adding a method** is one :class:`Method` record in :data:`METHODS`, beside its loss: its name (the key of
+``search.method``), its title, its distillation term, its own hyperparameters and their published defaults,
+and its paper. The study schema, the Optuna study names, the report's labels and the fused step read it from
+there.
+
+The module runs past 400 lines because each of the four published terms carries its formula, paper, published
+defaults and the authors' code it was checked against, beside the registry record that names them: one place
+for every loss kdbench trains.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
-
-from kdbench.config import METHOD_DEFAULTS, METHOD_PARAMS
 
 __all__ = [
     "METHODS",
     "METHOD_DEFAULTS",
     "METHOD_PARAMS",
+    "WEIGHTS",
     "KDParams",
+    "Method",
+    "check_hyperparameters",
     "dist_loss",
     "distillation_loss",
     "dkd_loss",
@@ -44,63 +56,69 @@ __all__ = [
     "kd_term",
     "lskd_loss",
     "method_loss",
-    "mixed_loss",
-    "validate_alpha",
-    "validate_temperature",
+    "tempered_kl",
 ]
 
-
-def validate_temperature(temperature: float) -> float:
-    """Return ``temperature`` as a float, or raise ValueError if it is not a finite number > 0."""
-    t = float(temperature)
-    if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return t
+WEIGHTS = ("ce_weight", "kd_weight")  # the explicit form of a method's two loss weights (instead of alpha)
+Hyper = float | torch.Tensor  # a hyperparameter: a number, or a 0-dim tensor (one per fused student, under vmap)
 
 
-def validate_alpha(alpha: float) -> float:
-    """Return ``alpha`` as a float, or raise ValueError if it is outside [0, 1]."""
-    a = float(alpha)
-    if not (0.0 <= a <= 1.0):  # also rejects NaN
+def check_hyperparameters(*, temperature: Hyper, alpha: float | None = None, **weights: Hyper | None) -> None:
+    """Refuse a temperature that is not a finite number > 0, an alpha outside [0, 1], or a weight that is not
+    a finite number >= 0. Tensors are not read (their caller checked the numbers they were made from).
+
+    Raises:
+        ValueError: the message names the hyperparameter and its value.
+    """
+    if not isinstance(temperature, torch.Tensor):
+        t = float(temperature)
+        if not math.isfinite(t) or t <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if alpha is not None and not (0.0 <= float(alpha) <= 1.0):  # also rejects NaN
         raise ValueError(f"alpha must be in [0, 1] (the weight of the hard-label CE term), got {alpha!r}")
-    return a
+    for name, value in weights.items():
+        if value is None or isinstance(value, torch.Tensor):
+            continue
+        w = float(value)
+        if not (math.isfinite(w) and w >= 0.0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _compute(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or in float64 if it already is (fp16/bf16 inputs are upcast first)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``sum_k p_k (log p_k - log q_k)`` over the last dim, from log-probabilities (finite inputs)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def tempered_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: Hyper) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over the batch (``batchmean``); T unchecked.
+
+    The one temperature-scaled KL here (Hinton's term; LS-KD's on standardised logits). Both sides go through
+    ``log_softmax`` in float32 (float64 stays float64), so large logits and fp16/bf16 inputs are safe: no
+    ``log`` of a softmax that has underflowed to zero. A tensor T (one per student under ``vmap``, where
+    ``F.kl_div`` has no batching rule) gets the same sum written out.
+    """
+    log_p_student = F.log_softmax(_compute(student_logits) / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(_compute(teacher_logits) / temperature, dim=-1)
+    if isinstance(temperature, torch.Tensor):
+        kl = _kl_rows(log_p_teacher, log_p_student).mean()
+    else:
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * (temperature * temperature)
 
 
 def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over the batch (``batchmean``).
+    """Hinton's term ``T^2 * KL(softmax(t/T) || softmax(s/T))`` (batchmean): :func:`tempered_kl` with T checked.
 
-    Both sides go through ``log_softmax`` in float32, so large logits and fp16/bf16 inputs are safe
-    (no ``log`` of a softmax that has underflowed to zero).
+    Raises:
+        ValueError: ``temperature`` is not a finite number > 0.
     """
-    return _soft(student_logits, teacher_logits, validate_temperature(temperature))
-
-
-def _soft(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-    log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    if isinstance(t, torch.Tensor):  # under vmap, where kl_div has no batching rule: the same sum, written out
-        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum() / student_logits.shape[0]
-    else:
-        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-    return kl * (t * t)
-
-
-def mixed_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: torch.Tensor,
-    alpha: torch.Tensor,
-    label_smoothing: float = 0.0,
-) -> torch.Tensor:
-    """:func:`distillation_loss` with T and alpha as (0-dim) tensors, unvalidated and without shortcuts.
-
-    For ``torch.func.vmap`` over students that each have their own T and alpha (kdbench.fused). At
-    alpha = 1 it is ``CE + 0 * KD``: the same value and gradient as plain CE while the KD term is finite.
-    The caller validates T and alpha (:class:`kdbench.train.KDParams` does).
-    """
-    ce = F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
-    return alpha * ce + (1.0 - alpha) * _soft(student_logits, teacher_logits, temperature)
+    check_hyperparameters(temperature=temperature)
+    return tempered_kl(student_logits, teacher_logits, float(temperature))
 
 
 def distillation_loss(
@@ -131,52 +149,25 @@ def distillation_loss(
     Raises:
         ValueError: if ``temperature`` or ``alpha`` is invalid (the message names the value).
     """
-    t = validate_temperature(temperature)
-    a = validate_alpha(alpha)
-    ce = F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
+    check_hyperparameters(temperature=temperature, alpha=alpha)
+    a = float(alpha)
     if a == 1.0:
-        return ce
-    kd = kd_term(student_logits, teacher_logits, t)
-    if a == 0.0:
-        return kd
-    return a * ce + (1.0 - a) * kd
+        return F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
+    return method_loss(METHODS["kd"], student_logits, teacher_logits, labels, temperature=float(temperature),
+                       ce_weight=a, kd_weight=1.0 - a, label_smoothing=label_smoothing)
 
 
 # --------------------------------------------------------------------------------------------------
-# Published logit-distillation losses: the distillation term only (the caller adds CE and weights).
+# Published logit-distillation terms (the caller adds CE and the weights).
 #
-# Each takes ``(student_logits, teacher_logits, labels, *, temperature, <weights>)`` and returns a
-# 0-dim tensor in float32, or float64 for float64 inputs (``promote_types(dtype, float32)``: fp16/bf16
-# logits are upcast before anything is computed). Python-number hyperparameters are validated; 0-dim
-# tensor hyperparameters are not (the fused caller validates them) and may be batched by
-# ``torch.func.vmap`` over a leading student dimension, so these functions use no ``F.kl_div`` (no
-# batching rule), no data-dependent Python control flow, no in-place ops and no boolean indexing.
+# Each public ``*_loss`` takes ``(student_logits, teacher_logits, labels, *, temperature, <weights>)``,
+# checks its Python-number hyperparameters and returns a 0-dim tensor in float32, or float64 for float64
+# inputs (``promote_types(dtype, float32)``: fp16/bf16 logits are upcast before anything is computed).
+# The unchecked ``_*_term`` behind it is what :data:`METHODS` holds and the training step calls; 0-dim
+# tensor hyperparameters may be batched by ``torch.func.vmap`` over a leading student dimension, so the
+# terms use no ``F.kl_div`` under a tensor T (no batching rule), no data-dependent Python control flow,
+# no in-place ops and no boolean indexing.
 # --------------------------------------------------------------------------------------------------
-
-Hyper = float | torch.Tensor
-
-
-def _check_temperature(temperature: Hyper) -> Hyper:
-    return temperature if isinstance(temperature, torch.Tensor) else validate_temperature(temperature)
-
-
-def _check_weight(name: str, value: Hyper) -> Hyper:
-    if isinstance(value, torch.Tensor):
-        return value
-    w = float(value)
-    if not (math.isfinite(w) and w >= 0.0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return w
-
-
-def _compute(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32, or in float64 if it already is (fp16/bf16 inputs are upcast first)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``sum_k p_k (log p_k - log q_k)`` over the last dim, from log-probabilities (finite inputs)."""
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def kd_loss(
@@ -189,20 +180,22 @@ def kd_loss(
     """Hinton's distillation term alone: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, batchmean.
 
     Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network". The same value
-    as :func:`kd_term`, but it also takes a (vmapped) tensor T and keeps float64 inputs in float64.
-    ``labels`` is unused (the common signature of :data:`METHODS`).
+    as :func:`kd_term` (both are :func:`tempered_kl`); it also takes a (vmapped) tensor T.
+    ``labels`` is unused (the common signature of :data:`METHODS`' terms).
 
-    Published default (``METHOD_DEFAULTS["kd"]``): T = 4, the usual CIFAR-100 setting (RepDistiller,
+    Published default (``METHODS["kd"].defaults``): T = 4, the usual CIFAR-100 setting (RepDistiller,
     mdistiller ``CFG.KD.TEMPERATURE = 4``, where CE weight 0.1 and KD weight 0.9).
 
     Raises:
         ValueError: if a Python-number ``temperature`` is not finite and > 0.
     """
-    t = _check_temperature(temperature)
-    s, te = _compute(student_logits), _compute(teacher_logits)
-    log_ps = F.log_softmax(s / t, dim=-1)
-    log_pt = F.log_softmax(te / t, dim=-1)
-    return _kl_rows(log_pt, log_ps).mean() * (t * t)
+    check_hyperparameters(temperature=temperature)
+    return _kd_term(student_logits, teacher_logits, labels, temperature=temperature)
+
+
+def _kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None, *,
+             temperature: Hyper) -> torch.Tensor:
+    return tempered_kl(student_logits, teacher_logits, temperature)
 
 
 def dkd_loss(
@@ -235,7 +228,7 @@ def dkd_loss(
     logit gaps reach ~1000·T) and finite with huge logits (``log`` of an underflowed probability is
     -inf there). Needs at least 2 classes.
 
-    Published defaults (``METHOD_DEFAULTS["dkd"]``, mdistiller ``CFG.DKD``): T = 4, tckd (alpha) 1,
+    Published defaults (``METHODS["dkd"].defaults``, mdistiller ``CFG.DKD``): T = 4, tckd (alpha) 1,
     nckd (beta) 8, CE weight 1, and the whole DKD term ramped in linearly over the first 20 epochs
     (``min(epoch / 20, 1)``, epochs counted from 1) -- the ramp is the caller's job. CIFAR-100
     resnet32x4 -> resnet8x4: 76.32 top-1 vs 73.33 for KD. The authors' configs lower beta for other
@@ -245,9 +238,14 @@ def dkd_loss(
     Raises:
         ValueError: if a Python-number ``temperature`` is not > 0 or a weight is negative / not finite.
     """
-    t = _check_temperature(temperature)
-    a = _check_weight("tckd_weight", tckd_weight)
-    b = _check_weight("nckd_weight", nckd_weight)
+    check_hyperparameters(temperature=temperature, tckd_weight=tckd_weight, nckd_weight=nckd_weight)
+    return _dkd_term(student_logits, teacher_logits, labels, temperature=temperature, tckd_weight=tckd_weight,
+                     nckd_weight=nckd_weight)
+
+
+def _dkd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+              temperature: Hyper, tckd_weight: Hyper, nckd_weight: Hyper) -> torch.Tensor:
+    t = temperature
     s, te = _compute(student_logits), _compute(teacher_logits)
     num_classes = s.shape[-1]
     gt = labels.reshape(-1, 1) == torch.arange(num_classes, device=labels.device)  # [B, K], unbatched
@@ -267,7 +265,7 @@ def dkd_loss(
     log_b_t, log_q_t = parts(te)
     tckd = _kl_rows(log_b_t, log_b_s).mean()
     nckd = torch.where(gt, 0.0, log_q_t.exp() * (log_q_t - log_q_s)).sum(-1).mean()
-    return (a * tckd + b * nckd) * (t * t)
+    return (tckd_weight * tckd + nckd_weight * nckd) * (t * t)
 
 
 def _pearson_rows(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -305,7 +303,7 @@ def dist_loss(
     every sample gives the same probability) has correlation 0 there, so the value stays finite.
     ``labels`` is unused.
 
-    Published defaults (``METHOD_DEFAULTS["dist"]``): T = 4 on CIFAR-100 (``kd: dist_t4``; resnet32x4
+    Published defaults (``METHODS["dist"].defaults``): T = 4 on CIFAR-100 (``kd: dist_t4``; resnet32x4
     -> resnet8x4: 76.31), T = 1 on ImageNet (``kd: dist``); inter = intra = 1 here, which is the
     ``DIST`` class's ``beta = gamma = 1`` -- but every released config multiplies the whole DIST term by
     ``kd_loss_weight: 2`` (with CE weight 1), i.e. beta = gamma = 2 in effect; pass 2 to reproduce.
@@ -313,14 +311,19 @@ def dist_loss(
     Raises:
         ValueError: if a Python-number ``temperature`` is not > 0 or a weight is negative / not finite.
     """
-    t = _check_temperature(temperature)
-    wi = _check_weight("inter_weight", inter_weight)
-    wc = _check_weight("intra_weight", intra_weight)
+    check_hyperparameters(temperature=temperature, inter_weight=inter_weight, intra_weight=intra_weight)
+    return _dist_term(student_logits, teacher_logits, labels, temperature=temperature, inter_weight=inter_weight,
+                      intra_weight=intra_weight)
+
+
+def _dist_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None, *,
+               temperature: Hyper, inter_weight: Hyper, intra_weight: Hyper) -> torch.Tensor:
+    t = temperature
     p_s = F.softmax(_compute(student_logits) / t, dim=-1)
     p_t = F.softmax(_compute(teacher_logits) / t, dim=-1)
     inter = 1.0 - _pearson_rows(p_s, p_t).mean()
     intra = 1.0 - _pearson_rows(p_s.transpose(-1, -2), p_t.transpose(-1, -2)).mean()
-    return (wi * inter + wc * intra) * (t * t)
+    return (inter_weight * inter + intra_weight * intra) * (t * t)
 
 
 def _standardise(z: torch.Tensor) -> torch.Tensor:
@@ -347,26 +350,85 @@ def lskd_loss(
     github.com/sunshangquan/logit-standardization-KD, ``mdistiller/distillers/KD.py`` at commit
     f6e5aa5172bad618e801163c3385322eea673754.
 
-    Published defaults (``METHOD_DEFAULTS["lskd"]``): base temperature T = 2 with KD weight 9 and
+    Published defaults (``METHODS["lskd"].defaults``): base temperature T = 2 with KD weight 9 and
     CE weight 0.1 (``tools/train.py --logit-stand --base-temp 2 --kd-weight 9``; CIFAR-100
     resnet32x4 -> resnet8x4: 76.62). Some pairs use T = 3, or T = 4 with KD weight 12.
 
     Raises:
         ValueError: if a Python-number ``temperature`` is not finite and > 0.
     """
-    t = _check_temperature(temperature)
-    log_ps = F.log_softmax(_standardise(_compute(student_logits)) / t, dim=-1)
-    log_pt = F.log_softmax(_standardise(_compute(teacher_logits)) / t, dim=-1)
-    return _kl_rows(log_pt, log_ps).mean() * (t * t)
+    check_hyperparameters(temperature=temperature)
+    return _lskd_term(student_logits, teacher_logits, labels, temperature=temperature)
 
 
-METHODS: dict[str, Callable[..., torch.Tensor]] = {
-    "kd": kd_loss,
-    "dkd": dkd_loss,
-    "dist": dist_loss,
-    "lskd": lskd_loss,
-}
-"""Distillation term of each method: ``fn(student_logits, teacher_logits, labels, *, temperature, ...)``."""
+def _lskd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None, *,
+               temperature: Hyper) -> torch.Tensor:
+    return tempered_kl(_standardise(_compute(student_logits)), _standardise(_compute(teacher_logits)), temperature)
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry
+
+
+@dataclass(frozen=True)
+class Method:
+    """One distillation method: everything kdbench knows of it.
+
+    Its loss is ``ce_weight * CE + kd_weight * term``; ``alpha``, where a study's space gives it, means
+    ``ce_weight = alpha, kd_weight = 1 - alpha`` (Hinton's convex form).
+
+    Attributes:
+        name: its key in study files (``search.method``), visit keys and Optuna study names (``<study>.<name>``).
+        title: how the report names it.
+        loss: the public distillation term, checking its hyperparameters (:func:`dkd_loss`, ...).
+        term: the same term unchecked, which the training step calls.
+        params: its own hyperparameters beyond T and the two weights, in the order :attr:`loss` takes them.
+        defaults: the published values a study falls back on for any parameter it does not give
+            (temperature, the two weights, ``params``): the paper's CIFAR-100 setting.
+        paper: the paper, as the report cites it.
+    """
+
+    name: str
+    title: str
+    loss: Callable[..., torch.Tensor]
+    term: Callable[..., torch.Tensor]
+    params: tuple[str, ...]
+    defaults: Mapping[str, float]
+    paper: str
+
+    def __post_init__(self) -> None:
+        if set(self.defaults) != {"temperature", *WEIGHTS, *self.params}:
+            raise ValueError(f"method {self.name!r}: defaults must give temperature, {', '.join(WEIGHTS)} and "
+                             f"its parameters {self.params}, got {sorted(self.defaults)}")
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+
+    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
+                 **hyper: Hyper) -> torch.Tensor:
+        """The distillation term, hyperparameters checked (:attr:`loss`)."""
+        return self.loss(student_logits, teacher_logits, labels, **hyper)
+
+
+METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
+    # Hinton et al. 2015, with RepDistiller's CIFAR-100 KD weights
+    Method("kd", "Hinton KD", kd_loss, _kd_term, (), {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},
+           "Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network"),
+    Method("dkd", "DKD", dkd_loss, _dkd_term, ("tckd_weight", "nckd_weight"),
+           {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 1.0, "tckd_weight": 1.0, "nckd_weight": 8.0},
+           "Zhao et al. 2022, Decoupled Knowledge Distillation (CVPR)"),
+    # the class's beta = gamma = 1, and every released config's kd_loss_weight 2 (hunto/image_classification_sota)
+    Method("dist", "DIST", dist_loss, _dist_term, ("inter_weight", "intra_weight"),
+           {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 2.0, "inter_weight": 1.0, "intra_weight": 1.0},
+           "Huang et al. 2022, Knowledge Distillation from A Stronger Teacher (NeurIPS)"),
+    Method("lskd", "LS-KD", lskd_loss, _lskd_term, (), {"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 9.0},
+           "Sun et al. 2024, Logit Standardization in Knowledge Distillation (CVPR)"),
+)})
+"""Every distillation method, by name (see :class:`Method`)."""
+
+METHOD_PARAMS: Mapping[str, tuple[str, ...]] = MappingProxyType({n: m.params for n, m in METHODS.items()})
+"""Each method's hyperparameters beyond T and the two weights (read from :data:`METHODS`)."""
+METHOD_DEFAULTS: Mapping[str, Mapping[str, float]] = MappingProxyType({n: m.defaults for n, m in METHODS.items()})
+"""Each method's published defaults (read from :data:`METHODS`)."""
+
 
 @dataclass(frozen=True)
 class KDParams:
@@ -375,6 +437,7 @@ class KDParams:
     ``KDParams(T, alpha)`` is Hinton's KD in its convex form (ce_weight = alpha, kd_weight = 1 - alpha);
     another method gives ``method``, its two weights (or alpha) and its own hyperparameters in ``extra``.
     ``warmup_epochs`` ramps the distillation term in linearly (DKD's published recipe ramps over 20 epochs).
+    Every value is checked here, once per run: the training step computes :func:`method_loss` unchecked.
     """
 
     temperature: float
@@ -386,14 +449,12 @@ class KDParams:
     warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
-        validate_temperature(self.temperature)
-        if self.alpha is not None:
-            validate_alpha(self.alpha)
-        elif self.ce_weight is None or self.kd_weight is None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown distillation method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.alpha is None and (self.ce_weight is None or self.kd_weight is None):
             raise ValueError("give alpha, or both ce_weight and kd_weight")
-        for name, w in (("ce_weight", self.ce_weight), ("kd_weight", self.kd_weight), *self.extra):
-            if w is not None and not (math.isfinite(w) and w >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+        check_hyperparameters(temperature=self.temperature, alpha=self.alpha, ce_weight=self.ce_weight,
+                              kd_weight=self.kd_weight, **dict(self.extra))
 
     @property
     def weights(self) -> tuple[float, float]:
@@ -421,7 +482,7 @@ class KDParams:
 
 
 def method_loss(
-    method: str,
+    method: str | Method,
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     labels: torch.Tensor,
@@ -432,12 +493,14 @@ def method_loss(
     label_smoothing: float = 0.0,
     **params: Hyper,
 ) -> torch.Tensor:
-    """``ce_weight * CE(labels, s) + kd_weight * term``, the term being ``METHODS[method]`` with ``params``.
+    """``ce_weight * CE(labels, s) + kd_weight * term``, the term being the method's with ``params``; unchecked.
 
-    How a study's methods are trained (kdbench.config.METHOD_DEFAULTS holds the published weights): Hinton's
-    ``alpha`` is ``ce_weight = alpha, kd_weight = 1 - alpha``; DKD's published loss is CE + 1 x DKD, LS-KD's
-    0.1 CE + 9 KD. Hyperparameters may be 0-dim tensors (under ``vmap``, one per fused student).
+    The loss both training loops compute on every step, for every method (:class:`KDParams` checked the values
+    once): Hinton's ``alpha`` is ``ce_weight = alpha, kd_weight = 1 - alpha``; DKD's published loss is
+    CE + 1 x DKD, LS-KD's 0.1 CE + 9 KD (:attr:`Method.defaults`). Hyperparameters may be 0-dim tensors
+    (under ``vmap``, one per fused student).
     """
+    m = METHODS[method] if isinstance(method, str) else method
     ce = F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
-    term = METHODS[method](student_logits, teacher_logits, labels, temperature=temperature, **params)
+    term = m.term(student_logits, teacher_logits, labels, temperature=temperature, **params)
     return ce_weight * ce + kd_weight * term

@@ -30,7 +30,7 @@ from kdbench.loop import (
     start_loop,
     view_images,
 )
-from kdbench.losses import distillation_loss, method_loss
+from kdbench.losses import METHODS, method_loss
 
 __all__ = [
     "CachedLogits",  # re-exported from kdbench.loop with the run's other inputs and outputs below
@@ -164,6 +164,8 @@ def train(
     scheduler = make_scheduler(optimizer, recipe, loop.total_steps, loop.steps_per_epoch)
 
     result = TrainResult(math.nan, math.nan, None, None, device=str(data.device))
+    if kd is not None:  # the loss's fixed parts, once per run (KDParams checked every value)
+        method, (ce_w, kd_w), extra = METHODS[kd.method], kd.weights, dict(kd.extra)
     model.train()
     for epoch in loop.epochs():
         losses = torch.zeros(epoch.todo, device=data.device)
@@ -171,16 +173,10 @@ def train(
             with autocast(data.device, recipe.amp):
                 out = step_model(batch.x)
             t_logits = loop.teacher_logits(epoch, batch, recipe.amp)
-            if kd is not None and t_logits is not None and kd.hinton:
-                loss = distillation_loss(
-                    out, t_logits, batch.y, temperature=kd.temperature, alpha=kd.alpha,  # type: ignore[arg-type]
-                    label_smoothing=recipe.label_smoothing,
-                )
-            elif kd is not None and t_logits is not None:
-                ce_w, kd_w = kd.weights
-                loss = method_loss(kd.method, out, t_logits, batch.y, temperature=kd.temperature, ce_weight=ce_w,
+            if kd is not None and t_logits is not None:
+                loss = method_loss(method, out, t_logits, batch.y, temperature=kd.temperature, ce_weight=ce_w,
                                    kd_weight=kd_w * kd.ramp(epoch.first_step + batch.i, loop.steps_per_epoch),
-                                   label_smoothing=recipe.label_smoothing, **dict(kd.extra))
+                                   label_smoothing=recipe.label_smoothing, **extra)
             else:
                 loss = F.cross_entropy(out.float(), batch.y, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

@@ -101,7 +101,7 @@ def test_fused_refuses_mixed_architectures(needs_fmnist: None) -> None:
 def test_fused_equals_sequential_for_every_method(needs_fmnist: None, method: str) -> None:
     """Each method's students (their own T, weights and parameters), a CE student among them and a warm-up:
     fused step losses and weights equal the sequential ones."""
-    from kdbench.config import METHOD_DEFAULTS, METHOD_PARAMS
+    from kdbench.losses import METHOD_DEFAULTS, METHOD_PARAMS
 
     data = _data()
     teacher = _teacher(data)

@@ -17,10 +17,11 @@ from typing import Any
 import optuna
 import torch
 
-from kdbench.config import WEIGHTS, Study
+from kdbench.config import Study
 from kdbench.data import Data
 from kdbench.errors import NonFiniteLossError, RetiredAttemptError, check_termination
 from kdbench.evaluate import inference_ms_per_batch, predict_logits
+from kdbench.losses import WEIGHTS
 from kdbench.models import build_model, count_parameters
 from kdbench.provenance import device_name, kdbench_commit
 from kdbench.store import Claimed, Store, finite_or_none, now, params_json
