@@ -3,12 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdbench.config import parse_study
+from kdbench.config import Recipe, parse_study
 from kdbench.data import load_data
 from kdbench.errors import NonFiniteLossError
 from kdbench.models import build_model
 from kdbench.teacher import prepare_teacher
-from kdbench.train import KDParams, LiveTeacher, train
+from kdbench.train import KDParams, LiveTeacher, lr_factor, make_scheduler, train
 
 
 def _setup(study_dict: dict, tmp_path):  # type: ignore[no-untyped-def]
@@ -66,3 +66,58 @@ def test_steps_budget_and_schedules(needs_fmnist: None, tiny_study_dict: dict) -
             update={"steps": 7, "schedule": sched, "optimizer": opt, "warmup_epochs": 0.5})
         res = train(_student(data), data, recipe, seed=0)
         assert res.steps == 7
+
+
+# lr_factor's schedules at known steps, each value worked out by hand from the formulas in the comments.
+# steps_per_epoch is 10 throughout, so warmup = round(warmup_epochs * 10) steps of (step + 1) / warmup.
+_SCHEDULES = {
+    # constant, no warm-up: 1 at every step
+    "constant": (dict(schedule="constant"), 20, {0: 1.0, 10: 1.0, 19: 1.0}),
+    # constant, warmup_epochs 0.5 -> warmup = 5: (0+1)/5 = 0.2, (2+1)/5 = 0.6, (4+1)/5 = 1, then 1
+    "constant-warmup": (dict(schedule="constant", warmup_epochs=0.5), 20,
+                        {0: 0.2, 2: 0.6, 4: 1.0, 5: 1.0, 19: 1.0}),
+    # cosine, no warm-up, total 10: 0.5 * (1 + cos(pi * step / 10))
+    #   step 0: 0.5 * (1 + 1) = 1; step 5: 0.5 * (1 + cos(pi/2)) = 0.5;
+    #   step 9 (the last): 0.5 * (1 + cos(0.9 pi)) = 0.5 * (1 - 0.9510565162951535) = 0.024471741852423234
+    "cosine": (dict(schedule="cosine"), 10, {0: 1.0, 5: 0.5, 9: 0.024471741852423234}),
+    # cosine, warmup 5, total 25, so span = 20: warm-up 0.2 .. 1, then 0.5 * (1 + cos(pi * (step - 5) / 20))
+    #   step 5 (start): 1; step 10: 0.5 * (1 + cos(pi/4)) = 0.5 * 1.7071067811865475 = 0.8535533905932737;
+    #   step 15 (middle): 0.5 * (1 + cos(pi/2)) = 0.5;
+    #   step 24 (the last): 0.5 * (1 + cos(0.95 pi)) = 0.5 * (1 - 0.9876883405951378) = 0.006155829702431115
+    "cosine-warmup": (dict(schedule="cosine", warmup_epochs=0.5), 25,
+                      {0: 0.2, 4: 1.0, 5: 1.0, 10: 0.8535533905932737, 15: 0.5, 24: 0.006155829702431115}),
+    # step, the defaults: milestones (0.5, 0.75) of 100 steps = steps 50 and 75, gamma 0.1:
+    #   1 up to step 49, 0.1 from 50 to 74, 0.1^2 = 0.01 from 75
+    "step": (dict(schedule="step"), 100, {0: 1.0, 49: 1.0, 50: 0.1, 74: 0.1, 75: 0.01, 99: 0.01}),
+    # step, milestones (0.3, 0.6, 0.9) of 20 steps = steps 6, 12, 18, gamma 0.5, warmup_epochs 0.2 -> warmup 2:
+    #   (0+1)/2 = 0.5, (1+1)/2 = 1; 1 up to step 5, 0.5 from 6, 0.25 from 12, 0.125 from 18
+    "step-warmup": (dict(schedule="step", step_milestones=(0.3, 0.6, 0.9), step_gamma=0.5, warmup_epochs=0.2), 20,
+                    {0: 0.5, 1: 1.0, 2: 1.0, 5: 1.0, 6: 0.5, 11: 0.5, 12: 0.25, 17: 0.25, 18: 0.125, 19: 0.125}),
+}
+
+
+@pytest.mark.parametrize("name", list(_SCHEDULES))
+def test_lr_factor_at_known_steps(name: str) -> None:
+    fields, total, expected = _SCHEDULES[name]
+    factor = lr_factor(Recipe(model="mlp-800", **fields), total, 10)
+    got = {step: factor(step) for step in expected}
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", list(_SCHEDULES))
+def test_scheduler_sets_base_lr_times_factor(name: str) -> None:
+    fields, total, expected = _SCHEDULES[name]
+    recipe = Recipe(model="mlp-800", **fields)
+    base_lr = 0.3
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    sched = make_scheduler(opt, recipe, total, 10)
+    factor = lr_factor(recipe, total, 10)
+    seen = {}
+    for step in range(total):  # the lr in force at optimiser step `step`, then one scheduler step per step
+        lr = opt.param_groups[0]["lr"]
+        assert lr == base_lr * factor(step), f"step {step}"
+        if step in expected:
+            seen[step] = lr
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx({s: base_lr * v for s, v in expected.items()}, rel=1e-12, abs=1e-15)
