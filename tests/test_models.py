@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from kdbench.errors import CheckpointError, ConfigError
-from kdbench.models import MODELS, build_model, count_parameters, load_state_dict_file
+from kdbench.models import (
+    MODELS,
+    ModelSpec,
+    build_model,
+    count_parameters,
+    get_model_spec,
+    list_models,
+    load_state_dict_file,
+)
 
 SLOW_MODELS = {"resnet50", "resnet34", "resnet110", "resnet32x4", "wrn-40-2"}
 
@@ -19,7 +31,7 @@ CIFAR100 = {"in_channels": 3, "num_classes": 100, "image_size": 32}
 
 
 def _model_params() -> list[object]:
-    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_MODELS else name for name in MODELS]
+    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_MODELS else name for name in list_models()]
 
 
 @pytest.mark.parametrize("name", _model_params())
@@ -118,6 +130,114 @@ def test_unknown_model_name_lists_the_choices() -> None:
 def test_sizes_must_be_positive_integers() -> None:
     with pytest.raises(ConfigError, match="num_classes must be a positive integer"):
         build_model("cnn-s", in_channels=1, num_classes=0, image_size=28)
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry: one ModelSpec per model
+# --------------------------------------------------------------------------------------------------
+
+ZOO = [
+    "cnn-s", "cnn-m", "mlp-800", "mlp-1200",
+    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
+    "wrn-16-2", "wrn-40-2", "resnet18", "resnet34", "resnet50",
+]  # fmt: skip
+
+
+def test_list_models_lists_exactly_the_registry() -> None:
+    assert list_models() == ZOO
+    assert list(MODELS) == ZOO
+    assert all(MODELS[name].name == name and get_model_spec(name) is MODELS[name] for name in ZOO)
+    names = list_models()
+    names.append("mine")
+    assert list_models() == ZOO  # a new list each call
+
+
+def test_the_registry_is_read_only() -> None:
+    with pytest.raises(TypeError):
+        MODELS["mine"] = MODELS["cnn-s"]  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        MODELS["cnn-s"].name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_every_record_says_what_it_is(name: str) -> None:
+    spec = MODELS[name]
+    assert ":" not in spec.name  # kept for names resolved outside the zoo
+    assert spec.family in {"mlp", "cnn", "resnet", "wide-resnet"}
+    assert spec.summary and "\n" not in spec.summary
+    assert spec.source and "\n" not in spec.source
+    assert spec.convolutional == (spec.family != "mlp")
+
+
+@pytest.mark.parametrize("name", _model_params())
+def test_convolutional_matches_the_built_network(name: str) -> None:
+    model = build_model(MODELS[name], **CIFAR10)
+    assert MODELS[name].convolutional == any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["cnn-s", "mlp-800", "resnet8", "wrn-16-2"])
+def test_a_record_builds_what_its_name_builds(name: str) -> None:
+    torch.manual_seed(7)
+    by_name = build_model(name, **CIFAR100)
+    torch.manual_seed(7)
+    by_record = build_model(MODELS[name], **CIFAR100)
+    a, b = by_name.state_dict(), by_record.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _linear(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+
+
+OUTSIDE = ModelSpec(
+    name="linear", builder=_linear, family="linear", convolutional=False,
+    summary="a linear classifier on the flattened pixels", source="tests/test_models.py",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28, 10), (3, 32, 32, 100)], ids=["1x28x28-10", "3x32x32-100"])
+def test_a_record_made_outside_the_registry_builds(shape: tuple[int, int, int, int]) -> None:
+    channels, height, width, classes = shape
+    model = build_model(OUTSIDE, in_channels=channels, num_classes=classes, image_size=height)
+    assert model(torch.randn(2, channels, height, width)).shape == (2, classes)
+    assert count_parameters(model) == channels * height * width * classes + classes
+    assert "linear" not in list_models()
+    with pytest.raises(ConfigError, match="unknown model 'linear'"):
+        build_model("linear", **MNIST)
+
+
+def test_a_record_made_outside_the_registry_loads_weights_and_checks_sizes(tmp_path: Path) -> None:
+    source = build_model(OUTSIDE, **MNIST)
+    path = tmp_path / "linear.pt"
+    torch.save(source.state_dict(), path)
+    assert _same_outputs(source, build_model(OUTSIDE, **MNIST, pretrained=path))
+    with pytest.raises(ConfigError, match="image_size must be a positive integer"):
+        build_model(OUTSIDE, in_channels=1, num_classes=10, image_size=0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": ""}, "non-empty string without blanks"),
+        ({"name": "my net"}, "non-empty string without blanks"),
+        ({"builder": "cnn_s"}, "builder must be callable"),
+        ({"family": ""}, "family must not be empty"),
+    ],
+)
+def test_a_record_is_checked(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(OUTSIDE, **fields)
+
+
+def test_unknown_name_through_get_model_spec() -> None:
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet9'; choose one of: cnn-m, cnn-s, .*wrn-40-2$"):
+        get_model_spec("resnet9")
+
+
+def test_importing_the_registry_does_not_import_torchvision() -> None:
+    code = "import sys, kdbench.models; kdbench.models.list_models(); print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # --------------------------------------------------------------------------------------------------
