@@ -60,10 +60,25 @@ def shown_url(url: str) -> str:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    _wal(cur)
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _wal(cur: Any) -> None:
+    """Put the file in WAL mode (it stays so). Workers opening a new file together race to switch it, and the
+    losers are told "database is locked" at once (SQLite's busy timeout does not wait for a journal-mode
+    change): they try again, up to :data:`SQLITE_BUSY_TIMEOUT_S`."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + 0.05 * random.random())
 
 
 def _sqlite_sync(dbapi_conn: Any, _record: Any) -> None:
