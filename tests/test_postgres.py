@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -16,8 +17,8 @@ import pytest
 import yaml
 
 from kdbench.config import parse_study
-from kdbench.store import load_runs
-from kdbench.sweep import plan_search, planned_total
+from kdbench.store import Store, load_runs
+from kdbench.sweep import Visit, plan_search, planned_total
 
 WORKERS = 3
 
@@ -56,6 +57,34 @@ def test_three_workers_share_a_study(needs_fmnist: None, postgres_url: str, tiny
                           "-f", "json"], capture_output=True, text=True, timeout=300, check=True).stdout
     assert [t["state"] for t in json.loads(out)] == ["COMPLETE"]
 
+
+def test_workers_opening_an_old_database_together_widen_it_once(postgres_url: str, tiny_study_dict: dict) -> None:
+    """Six workers open at once a database from before wide method names and study uids (kdbench_runs.loss
+    VARCHAR(8), which PostgreSQL enforces): the one upgrade widens the columns in place, adds the uid and its
+    index, keeps the stored run; every worker gets a store, and a 40-character method name is stored."""
+    import sqlalchemy as sa
+    from test_store import column_lengths, old_style_tables
+
+    old_style_tables(postgres_url)
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO kdbench_studies (name, config, config_hash, created, commit) "
+                             "VALUES ('old', '{}', 'x', now(), 'c')"))
+        conn.execute(sa.text("INSERT INTO kdbench_runs (study_id, visit, kind, loss, seed, state, attempt, "
+                             "epochs_done, config_hash) SELECT id, 'kd/r=0', 'kd', 'kd', 0, 'complete', 1, 1, 'x' "
+                             "FROM kdbench_studies"))
+    with pytest.raises(sa.exc.DataError, match="too long"), engine.begin() as conn:  # what the old width refused
+        conn.execute(sa.text(f"UPDATE kdbench_runs SET loss = '{'m' * 40}'"))
+    engine.dispose()
+    with ThreadPoolExecutor(6) as pool:
+        stores = list(pool.map(lambda _: Store.open(postgres_url), range(6)))
+    assert column_lengths(postgres_url) == {"kind": 64, "loss": 64, "uid": True, "uid_unique": True}
+    assert list(stores[0].runs("old")[["visit", "loss"]].itertuples(index=False, name=None)) == [("kd/r=0", "kd")]
+    study = parse_study(tiny_study_dict)
+    sid = stores[1].register_study(study).id
+    name = "m" * 40
+    assert stores[2].claim(sid, Visit(f"{name}/r=0", name, name, 0), 0, study.hash, 60.0) is not None
+    assert list(stores[3].runs("tiny")["loss"]) == [name]
 
 
 PW_USER = "kdbench_pw_user"  # .ci/postgres.sh makes this one user log in with its password (scram-sha-256)

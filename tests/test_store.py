@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import optuna
@@ -11,7 +12,8 @@ import sqlalchemy as sa
 
 from kdbench.config import parse_study
 from kdbench.errors import StoreError
-from kdbench.store import SCHEMA_VERSION, EpochRow, MetaRow, RunRow, Store, load_runs
+from kdbench.store import SCHEMA_VERSION, EpochRow, MetaRow, RunRow, Store, StudyRow, load_runs
+from kdbench.store.schema import Base, schema_gaps
 from kdbench.sweep import Visit
 
 
@@ -214,3 +216,138 @@ def test_a_missing_column_is_added_whatever_the_version_says(storage: str, tiny_
     engine.dispose()
     store = Store.open(storage)
     assert store.runs("tiny").empty and store.test_logits([1]) == {}
+
+
+def _sql(storage: str, *statements: str) -> None:
+    """Change the database behind kdbench's back, as a damaged file or another tool would."""
+    engine = sa.create_engine(storage)
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(sa.text(statement))
+    engine.dispose()
+
+
+def old_style_tables(url: str) -> None:
+    """kdbench's tables as kdbench wrote them before study uids and wide method names (schema 2 then):
+    kdbench_runs.kind VARCHAR(16) and .loss VARCHAR(8), no kdbench_studies.uid (nor its index)."""
+    md = sa.MetaData()
+    for table in Base.metadata.sorted_tables:
+        table.to_metadata(md)
+    runs = md.tables["kdbench_runs"]
+    runs.c.kind.type, runs.c.loss.type = sa.String(16), sa.String(8)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        md.create_all(conn)
+        conn.execute(sa.text("DROP INDEX ix_kdbench_studies_uid"))
+        conn.execute(sa.text("ALTER TABLE kdbench_studies DROP COLUMN uid"))
+        conn.execute(sa.insert(MetaRow).values(key="schema_version", value="2"))
+    engine.dispose()
+
+
+def column_lengths(url: str) -> dict[str, object]:
+    """The declared lengths of kdbench_runs.kind and .loss, and whether kdbench_studies has its uid."""
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        runs = {c["name"]: getattr(c["type"], "length", None) for c in inspector.get_columns("kdbench_runs")}
+        studies = {c["name"] for c in inspector.get_columns("kdbench_studies")}
+        unique = {i["name"]: bool(i["unique"]) for i in inspector.get_indexes("kdbench_studies")}
+    engine.dispose()
+    return {"kind": runs["kind"], "loss": runs["loss"], "uid": "uid" in studies,
+            "uid_unique": unique.get("ix_kdbench_studies_uid")}
+
+
+def test_narrow_name_columns_are_widened_and_the_uid_added_on_open(
+        storage: str, tiny_study_dict: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database from before (a method's name in VARCHAR(8), no study uid) is upgraded on open, keeps its rows,
+    and then stores a 40-character method name; the next open finds nothing to change (SQLite, which does not
+    enforce a declared length, is never "widened", and so is not upgraded again at every open)."""
+    old_style_tables(storage)
+    sqlite = storage.startswith("sqlite")
+    assert column_lengths(storage) == {"kind": 16, "loss": 8, "uid": False, "uid_unique": None}
+    store = Store.open(storage)
+    assert column_lengths(storage) == {"kind": 16 if sqlite else 64, "loss": 8 if sqlite else 64, "uid": True,
+                                       "uid_unique": True}
+    with store.connect() as conn:
+        assert not schema_gaps(conn)
+    study = parse_study(tiny_study_dict)
+    sid = store.register_study(study).id
+    name = "a-method-whose-name-is-forty-characters"[:39] + "s"
+    assert len(name) == 40
+    claimed = store.claim(sid, Visit(f"{name}/r=0", name, name, 0, temperature=2.0, alpha=0.5), 0, study.hash, 60)
+    assert claimed is not None
+    runs = store.runs("tiny")
+    assert list(runs["loss"]) == [name] and list(runs["kind"]) == [name]
+
+    import kdbench.store.db as db
+
+    calls: list[object] = []
+    monkeypatch.setattr(db, "upgrade", calls.append)
+    Store.open(storage)
+    Store.open(storage, create=False)
+    assert calls == []  # nothing left to upgrade, on either backend
+
+
+def test_study_uids_are_unique_where_set(storage: str, tiny_study_dict: dict) -> None:
+    store = Store.open(storage)
+    row = store.register_study(parse_study(tiny_study_dict))
+    other = store.register_study(parse_study({**tiny_study_dict, "name": "other"}))
+    assert store.study_uid(row.id) is None and store.study_uid(other.id) is None  # unset: as old rows
+    with store.session() as s:
+        s.execute(sa.update(StudyRow).where(StudyRow.id == row.id).values(uid="ab" * 16))
+    assert store.study_uid(row.id) == "ab" * 16 and store.study("tiny").uid == "ab" * 16  # type: ignore[union-attr]
+    with pytest.raises(sa.exc.IntegrityError), store.session() as s:
+        s.execute(sa.update(StudyRow).where(StudyRow.id == other.id).values(uid="ab" * 16))
+    store.drop_study("tiny")
+    with pytest.raises(StoreError, match=f"study id {row.id} .*no such study now .*--replace"):
+        store.study_uid(row.id)
+
+
+def test_study_config_is_the_typed_study_or_one_line_naming_the_damage(storage: str, tiny_study_dict: dict) -> None:
+    store = Store.open(storage)
+    study = parse_study(tiny_study_dict)
+    store.register_study(study)
+    assert store.study_config("tiny") == study and store.stored_config("tiny") == study.resolved()
+    not_a_study = r"its stored config is not a study this kdbench reads \(config: "
+    for config, says in [
+        ('{"name": "tiny", "seed": ', r"its stored config is not JSON \(Expecting value: line 1 column 26"),
+        ('{"name": "tiny", "student": {"epochs": "three"}}', not_a_study + r"student\.epochs"),
+        ('{"name": "tiny", "serach": {}}', not_a_study + "unknown key 'serach'"),
+        ("[1, 2]", r"its stored config is JSON but not an object of keys \(a list"),
+    ]:
+        with store.session() as s:
+            s.execute(sa.update(StudyRow).where(StudyRow.name == "tiny").values(config=config))
+        with pytest.raises(StoreError, match=f"^study 'tiny' in .*: {says}.*\\); run its study file again with "
+                                             "kdbench sweep ... --replace, or restore the database") as err:
+            store.study_config("tiny")
+        assert "\n" not in str(err.value)
+        if says.startswith(not_a_study):  # valid JSON: the raw config still reads (the report reads older studies so)
+            assert store.stored_config("tiny") == json.loads(config)
+        else:
+            with pytest.raises(StoreError, match=says):
+                store.stored_config("tiny")
+        assert list(store.studies()["name"]) == ["tiny"]  # the list of studies does not parse configs
+    with pytest.raises(StoreError, match="no study named 'nope'"):
+        store.study_config("nope")
+
+
+def test_a_schema_version_that_is_not_a_number_is_named(storage: str) -> None:
+    Store.open(storage).studies()  # kdbench's tables
+    _sql(storage, "UPDATE kdbench_meta SET value = 'two' WHERE key = 'schema_version'")
+    for create in (True, False):
+        with pytest.raises(StoreError, match=r"damaged kdbench database: its schema version "
+                                             r"\(kdbench_meta.schema_version\) is 'two', not a number; restore it"):
+            Store.open(storage, create=create)
+
+
+def test_kdbench_tables_without_their_meta_table_are_named(storage: str, tiny_study_dict: dict) -> None:
+    """Not "no kdbench results" (there are): the version table is gone, and a sweep does not paper over it."""
+    Store.open(storage).register_study(parse_study(tiny_study_dict))
+    _sql(storage, "DROP TABLE kdbench_meta")
+    for create in (True, False):
+        with pytest.raises(StoreError, match=r"damaged kdbench database: it holds kdbench's tables \(kdbench_epochs, "
+                                             r"kdbench_runs, kdbench_studies, kdbench_teachers\) but not kdbench_meta"):
+            Store.open(storage, create=create)
+    _sql(storage, "CREATE TABLE kdbench_meta (key VARCHAR(64) PRIMARY KEY, value TEXT)",
+         f"INSERT INTO kdbench_meta VALUES ('schema_version', '{SCHEMA_VERSION}')")  # the repair the message gives
+    assert list(Store.open(storage, create=False).studies()["name"]) == ["tiny"]

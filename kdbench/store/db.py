@@ -27,7 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from kdbench.config import DEFAULT_STORAGE
 from kdbench.errors import StoreError, first_line
-from kdbench.store.schema import SCHEMA_VERSION, Base, MetaRow, missing_columns, upgrade
+from kdbench.store.schema import SCHEMA_VERSION, Base, Gaps, MetaRow, schema_gaps, upgrade
 
 if TYPE_CHECKING:
     import optuna
@@ -60,10 +60,25 @@ def shown_url(url: str) -> str:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    _wal(cur)
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _wal(cur: Any) -> None:
+    """Put the file in WAL mode (it stays so). Workers opening a new file together race to switch it, and the
+    losers are told "database is locked" at once (SQLite's busy timeout does not wait for a journal-mode
+    change): they try again, up to :data:`SQLITE_BUSY_TIMEOUT_S`."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + 0.05 * random.random())
 
 
 def _sqlite_sync(dbapi_conn: Any, _record: Any) -> None:
@@ -176,6 +191,24 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
     return engine
 
 
+def _schema_version(value: str | None, shown: str) -> int | None:
+    """The schema version stored in ``kdbench_meta`` (None: no version row yet).
+
+    Raises:
+        StoreError: the row holds something that is not a number (a damaged database).
+    """
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise StoreError(
+            f"--storage {shown}: a damaged kdbench database: its schema version (kdbench_meta.schema_version) is "
+            f"{value[:40]!r}, not a number; restore it from a backup or, if this kdbench or an older one wrote it, "
+            f"repair the row (UPDATE kdbench_meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'; "
+            "kdbench then adds what an older schema lacks)") from None
+
+
 def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
     """Call ``create`` (which creates tables and rows if missing), again if it lost a race with another
     worker creating the same ones at the same moment.
@@ -253,25 +286,35 @@ class Database:
                         raise StoreError(f"--storage {shown}: not a kdbench database: it holds tables of another "
                                          f"application ({', '.join(foreign[:5])}); point --storage at a new file "
                                          "or at a kdbench database")
+                    ours = sorted(tables & set(Base.metadata.tables))
+                    if ours:  # never a creation in progress: kdbench_meta is created first (ensure_tables)
+                        raise StoreError(
+                            f"--storage {shown}: a damaged kdbench database: it holds kdbench's tables "
+                            f"({', '.join(ours)}) but not kdbench_meta, which records their schema version; restore "
+                            "it from a backup or, if this kdbench or an older one wrote it, recreate that table "
+                            "with its version row (CREATE TABLE kdbench_meta (key VARCHAR(64) PRIMARY KEY, value "
+                            f"TEXT); INSERT INTO kdbench_meta VALUES ('schema_version', '{SCHEMA_VERSION}'))")
                     if not create:
                         raise StoreError(f"--storage {shown}: no kdbench results in this database; "
                                          "run kdbench sweep")
                     return False
                 row = conn.execute(sa.select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar()
-                behind = row is not None and int(row) <= SCHEMA_VERSION and bool(missing_columns(conn))
-            if row is not None and int(row) > SCHEMA_VERSION:
+                version = _schema_version(row, shown)
+                gaps = schema_gaps(conn) if version is not None and version <= SCHEMA_VERSION else Gaps()
+            if version is not None and version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"--storage {shown}: written by a newer kdbench (schema {row}, this one reads up to "
+                    f"--storage {shown}: written by a newer kdbench (schema {version}, this one reads up to "
                     f"{SCHEMA_VERSION}); upgrade kdbench (pip install -U kdbench)"
                 )
-            if row is not None and (int(row) < SCHEMA_VERSION or behind):
-                if read_only:
+            if version is not None and (version < SCHEMA_VERSION or gaps):
+                if read_only and (version < SCHEMA_VERSION or gaps.columns):  # a missing index or width: read as is
                     raise StoreError(
-                        f"--storage {shown}: written by an older kdbench (schema {row}, this one reads "
+                        f"--storage {shown}: written by an older kdbench (schema {version}, this one reads "
                         f"{SCHEMA_VERSION}) and read-only here; open it once where it may be written "
                         "(kdbench ls --storage ...) to add the new columns, or use the older kdbench")
-                upgrade(engine)
-            return row is not None
+                if not read_only:
+                    upgrade(engine)
+            return version is not None
 
         try:
             ready = retry_schema_race(check)
@@ -317,6 +360,9 @@ class Database:
 
         def create() -> None:
             with self.engine.begin() as conn:
+                # kdbench_meta first: where each CREATE commits alone (SQLite, MySQL), a worker opening the
+                # database meanwhile never finds kdbench's tables without it (which it calls a damaged database)
+                Base.metadata.tables[MetaRow.__tablename__].create(conn, checkfirst=True)
                 Base.metadata.create_all(conn)
                 if conn.execute(sa.select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar() is None:
                     conn.execute(sa.insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from kdbench.errors import StoreError
+from kdbench.config import Study, parse_study
+from kdbench.errors import ConfigError, StoreError, first_line
 from kdbench.store.db import Database
 from kdbench.store.schema import RUN_COLUMNS, EpochRow, RunRow, StudyRow, TeacherRow
 
@@ -24,6 +25,8 @@ __all__ = ["FINALIST_COLUMNS", "PARAM_COLUMNS", "Queries", "cell_key", "config_k
 
 FINALIST_COLUMNS = ["loss", "rank", "temperature", "alpha", "lr", "params", "test_mean", "test_sd", "n", "val_mean"]
 PARAM_COLUMNS = ("temperature", "alpha", "lr")  # a run's parameters with columns of their own; the rest: ``params``
+# what to do about a study row whose config cannot be read
+_DAMAGED_FIX = "run its study file again with kdbench sweep ... --replace, or restore the database from a backup"
 
 
 def params_json(values: dict[str, float]) -> str | None:
@@ -66,6 +69,53 @@ class Queries(Database):
             known = ", ".join(self.studies().get("name", pd.Series(dtype=str))) or "none"
             raise StoreError(f"no study named {name!r} in {self.url} (studies there: {known})")
         return row
+
+    def stored_config(self, name: str) -> dict[str, Any]:
+        """The study's stored config as plain JSON data, as its sweep resolved it (keys an earlier kdbench
+        wrote included: the report reads those studies too). :meth:`study_config` validates it.
+
+        Raises:
+            StoreError: no such study (the message lists the studies there), or its stored config is not a
+                JSON object (a damaged row).
+        """
+        row = self._study_row(name)
+        try:
+            raw = json.loads(row.config)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"study {name!r} in {self.url}: its stored config is not JSON ({first_line(exc)}); "
+                             f"{_DAMAGED_FIX}") from None
+        if not isinstance(raw, dict):
+            got = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(raw), "a number")
+            raise StoreError(f"study {name!r} in {self.url}: its stored config is JSON but not an object of keys "
+                             f"({got}); {_DAMAGED_FIX}")
+        return raw
+
+    def study_config(self, name: str) -> Study:
+        """The study's stored config, parsed into the typed study (every key validated, as a study file is).
+
+        Raises:
+            StoreError: no such study (the message lists the studies there), or its stored config is not JSON
+                or not a study this kdbench reads (a damaged row, or keys only an earlier kdbench knew).
+        """
+        try:
+            return parse_study(self.stored_config(name), "config")
+        except ConfigError as exc:
+            raise StoreError(f"study {name!r} in {self.url}: its stored config is not a study this kdbench reads "
+                             f"({first_line(exc)}); {_DAMAGED_FIX}") from None
+
+    def study_uid(self, study_id: int) -> str | None:
+        """The uid of study row ``study_id``: an identity never reused, unlike the id (None: a row stored
+        before uids were kept).
+
+        Raises:
+            StoreError: no study has that id now (it was dropped, e.g. by ``kdbench sweep --replace``).
+        """
+        with self.connect() as conn:
+            found = conn.execute(sa.select(StudyRow.uid).where(StudyRow.id == study_id)).one_or_none()
+        if found is None:
+            raise StoreError(f"study id {study_id} in {self.url}: no such study now (dropped, e.g. by "
+                             "kdbench sweep --replace)")
+        return found.uid
 
     def studies(self) -> pd.DataFrame:
         """One row per study with counts of runs by state."""
