@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from kdbench.config import DEFAULT_STORAGE
+from kdbench.defaults import DEFAULT_STORAGE
 from kdbench.errors import KdbenchError, Terminated, request_termination
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -2,27 +2,39 @@
 
 A study file (``studies/*.yaml``) names a dataset, a teacher recipe, a student recipe, the T × alpha
 grid (and lr range) to search, the CE baseline and the finalists. Unknown keys are errors: a typo must
-never fall back to a default. Every default in kdbench lives here.
+never fall back to a default. Every study key's default lives here.
 
 The module runs a little past 400 lines because it is the one place for the schema, each default with its
 unit, and the validation of each key: splitting it would scatter the defaults it promises to keep together.
+Reading the file (YAML, overrides, one-line errors) is :mod:`kdbench.studyfile`; the hash's history is
+:mod:`kdbench.studyhash`; defaults that are not study keys are :mod:`kdbench.defaults`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from kdbench.budget import Budget
+from kdbench.defaults import (
+    GRID_REPLICATES,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_STEPS,
+    MAX_VISITS,
+    RANGE_TRIALS,
+    SEARCH_SEED_OFFSET,
+)
 from kdbench.errors import ConfigError
 from kdbench.losses import METHODS, WEIGHTS
+from kdbench.studyfile import apply_overrides, format_error, read_yaml
+from kdbench.studyhash import study_hash
 
 __all__ = [
     "BaselineConfig",
@@ -41,34 +53,6 @@ __all__ = [
     "study_hash",
 ]
 
-from kdbench.defaults import (  # noqa: F401  (re-exported for the layers that still import them from here)
-    CALIBRATION_BINS,
-    CROP_PAD,
-    DEFAULT_STORAGE,
-    FUSE_AUTO_MAX,
-    FUSE_MEMORY_SHARE,
-    GRID_REPLICATES,
-    HEARTBEAT_S,
-    IMAGEFOLDER_SIZE,
-    IMAGEFOLDER_TEST_FRACTION,
-    IMPORTANCE_MIN_TRIALS,
-    MAX_BATCH,
-    MAX_EPOCHS,
-    MAX_STEPS,
-    MAX_VISITS,
-    MCNEMAR_EXACT_BELOW,
-    POLL_S,
-    PRUNE_RHO_MIN,
-    RANGE_TRIALS,
-    SAMPLER_STARTUP_TRIALS,
-    SEARCH_SEED_OFFSET,
-    STALE_AFTER_S,
-    TEACHER_FLOOR_SHARE,
-)
-
-# Distillation methods: kdbench.losses.METHODS, one record each (its parameters, published defaults, paper)
-METHOD_PARAMS = {name: m.params for name, m in METHODS.items()}  # each method's hyperparameters beyond T, weights
-METHOD_DEFAULTS = {name: dict(m.defaults) for name, m in METHODS.items()}  # the published values a study falls back on
 OPTUNA_SUFFIXES = (".ce", *(f".{m}" for m in METHODS if m != "kd"))  # Optuna studies beside <name>
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -154,49 +138,6 @@ class StudentConfig(Recipe):
     model: str = "mlp-800"
 
 
-class Budget(_Strict):
-    """A training budget: ``epochs`` (passes over the training split) or optimiser ``steps``, one of them."""
-
-    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = None
-    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _number_is_epochs(cls, v: Any) -> Any:
-        return {"epochs": v} if isinstance(v, int) and not isinstance(v, bool) else v
-
-    @model_validator(mode="after")
-    def _one_unit(self) -> Budget:
-        if (self.epochs is None) == (self.steps is None):
-            raise ValueError("give epochs or steps (one of them), e.g. {epochs: 20}")
-        return self
-
-    @classmethod
-    def of(cls, recipe: Recipe) -> Budget:
-        """A recipe's budget (its ``steps`` when set, else its ``epochs``)."""
-        return cls(steps=recipe.steps) if recipe.steps is not None else cls(epochs=recipe.epochs or 1)
-
-    @property
-    def label(self) -> str:
-        """``3 epochs``, ``200 steps``: the budget in words, as figures and the store state it."""
-        n, unit = (self.epochs, "epoch") if self.epochs is not None else (self.steps, "step")
-        return f"{n} {unit}{'s' if n != 1 else ''}"
-
-    @property
-    def key(self) -> str:
-        """The budget in a visit key: ``e=3``, ``s=200``."""
-        return f"e={self.epochs}" if self.epochs is not None else f"s={self.steps}"
-
-    @property
-    def size(self) -> int:
-        """The number in the budget's unit (to order budgets of one unit)."""
-        return self.epochs if self.epochs is not None else self.steps  # type: ignore[return-value]
-
-    def apply(self, recipe: StudentConfig) -> StudentConfig:
-        """The recipe trained for this budget (its lr schedule and warm-up stretch over it)."""
-        return recipe.model_copy(update={"epochs": self.epochs, "steps": self.steps})
-
-
 class Range(_Strict):
     """A range handed to the sampler."""
 
@@ -223,6 +164,13 @@ def _values(v: Space) -> list[float]:
     return [v.low, v.high] if isinstance(v, Range) else v if isinstance(v, list) else [v]
 
 
+_VALUE_CHECKS = {  # what each searched value must be, and the message when it is not
+    "temperature": (lambda x: math.isfinite(x) and x > 0, "temperatures must be > 0"),
+    "alpha": (lambda x: 0.0 <= x <= 1.0, "alpha values must be in [0, 1] (the weight of the hard labels)"),
+    "lr": (lambda x: math.isfinite(x) and x > 0, "learning rates must be > 0"),
+}
+
+
 class SearchConfig(_Strict):
     """The T × alpha (+ lr) search. A list is a grid; ``{low, high, log}`` is a range for the sampler.
 
@@ -245,13 +193,15 @@ class SearchConfig(_Strict):
     # the distillation methods compared, each tuned on the same budget (cells x lr x replicates) and seeds:
     # kd (Hinton, over temperature x alpha above), dkd, dist, lskd (over their spaces below)
     method: str | Annotated[list[str], Field(min_length=1)] = "kd"
-    # per method (not kd): its hyperparameters as grids, ranges or single values; METHOD_DEFAULTS fill the rest
+    # per method (not kd): its hyperparameters as grids, ranges or single values; published defaults fill the rest
     spaces: dict[str, dict[str, Space]] = Field(default_factory=dict)
     # epochs of linear ramp of Hinton's KD term (another method's: kd_warmup_epochs in its space; DKD publishes 20)
     kd_warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0
     # a budget axis: the whole grid at each of these budgets on the same seeds ([1, 3, 9]: epochs, or
     # {steps: [...]}); finalists are chosen at the largest. Default: one budget, the student recipe's
     budget: list[Budget] | None = None
+    # visits (training runs) the search may plan before it is refused as a typo; raise it for a real huge grid
+    max_visits: Annotated[int, Field(ge=1)] = MAX_VISITS
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -275,35 +225,19 @@ class SearchConfig(_Strict):
             raise ValueError("lists a budget twice")
         return sorted(v, key=lambda b: b.size)
 
-    @field_validator("temperature")
+    @field_validator("temperature", "alpha", "lr")
     @classmethod
-    def _t_positive(cls, v: list[float] | Range) -> list[float] | Range:
-        values = _values(v)
-        if v == [] or any(not math.isfinite(x) or x <= 0 for x in values):
-            raise ValueError("temperatures must be > 0")
-        return v
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha_unit(cls, v: list[float] | Range) -> list[float] | Range:
-        values = _values(v)
-        if any(not (0.0 <= x <= 1.0) for x in values):
-            raise ValueError("alpha values must be in [0, 1] (the weight of the hard labels)")
-        return v
-
-    @field_validator("lr")
-    @classmethod
-    def _lr_positive(cls, v: list[float] | Range) -> list[float] | Range:
-        values = _values(v)
-        if any(not math.isfinite(x) or x <= 0 for x in values):
-            raise ValueError("learning rates must be > 0")
+    def _values_in_range(cls, v: list[float] | Range, info: ValidationInfo) -> list[float] | Range:
+        ok, message = _VALUE_CHECKS[info.field_name or ""]
+        if any(not ok(x) for x in _values(v)):
+            raise ValueError(message)
         return v
 
     @model_validator(mode="after")
     def _methods(self) -> SearchConfig:
         for m in self.methods:
-            if m not in METHOD_PARAMS:
-                raise ValueError(f"unknown method {m!r} in search.method; choose from {', '.join(METHOD_PARAMS)}")
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r} in search.method; choose from {', '.join(METHODS)}")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"search.method lists a method twice: {self.methods}")
         for m, space in self.spaces.items():
@@ -313,14 +247,14 @@ class SearchConfig(_Strict):
             if m not in self.methods:
                 raise ValueError(f"search.spaces.{m}: {m!r} is not in search.method ({', '.join(self.methods)}); "
                                  f"add it there or delete this space")
-            allowed = ("temperature", "alpha", *WEIGHTS, *METHOD_PARAMS[m], "kd_warmup_epochs")
+            allowed = ("temperature", "alpha", *WEIGHTS, *METHODS[m].params, "kd_warmup_epochs")
             warmup = space.get("kd_warmup_epochs", 0.0)
             if not isinstance(warmup, float) or not (math.isfinite(warmup) and warmup >= 0):
                 raise ValueError(f"search.spaces.{m}.kd_warmup_epochs: one number of epochs >= 0 (not searched), "
                                  f"e.g. 20")
             for key, v in space.items():
                 if key not in allowed:
-                    owner = [o for o, ps in METHOD_PARAMS.items() if key in ps]
+                    owner = [o for o, ps in ((n, r.params) for n, r in METHODS.items()) if key in ps]
                     hint = f"it is a parameter of {owner[0]}" if owner else "unknown parameter"
                     raise ValueError(f"search.spaces.{m}.{key}: {hint}; {m} takes {', '.join(allowed)}")
                 vals = _values(v)
@@ -365,13 +299,13 @@ class SearchConfig(_Strict):
 
     def space(self, method: str) -> dict[str, list[float] | Range]:
         """A method's search space, every parameter a grid or a range: Hinton's KD over temperature and alpha;
-        another method over its ``spaces`` entry, METHOD_DEFAULTS filling what it does not give (the two weights
+        another method over its ``spaces`` entry, its published defaults filling what it does not give (the two weights
         only when it gives no alpha)."""
         if method == "kd":
             return {"temperature": self.temperature, "alpha": self.alpha}
         given = {k: v for k, v in self.spaces.get(method, {}).items() if k != "kd_warmup_epochs"}
         out: dict[str, list[float] | Range] = {}
-        for key, default in METHOD_DEFAULTS[method].items():
+        for key, default in METHODS[method].defaults.items():
             if key in WEIGHTS and "alpha" in given:
                 continue
             v = given.get(key, default)
@@ -471,6 +405,24 @@ class Study(_Strict):
                 raise ValueError(f"ends in {suffix!r}, the suffix of another study's Optuna studies; pick another name")
         return v
 
+    @model_validator(mode="after")
+    def _plan_size(self) -> Study:
+        n = self.search_visits
+        if n > self.search.max_visits:
+            raise ValueError(f"search.max_visits: the search plans {n:,} visits (training runs), more than "
+                             f"search.max_visits ({self.search.max_visits:,}); shrink the grid (temperature, alpha, lr, replicates, "
+                             "budget), or raise search.max_visits if you mean it")
+        return self
+
+    @property
+    def search_visits(self) -> int:
+        """How many visits the search plans (computed, not planned: a huge grid is refused before it is built)."""
+        s = self.search
+        arms = sum(s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods) + (1 if self.baseline.ce else 0)
+        lrs = s.lr_candidates()
+        per_arm = len(lrs) * s.n_replicates * len(self.search_budgets) if s.is_grid and lrs else 1
+        return arms * per_arm
+
     @property
     def search_budgets(self) -> list[Budget]:
         """The budgets the search trains at (``search.budget``, else the student recipe's), smallest first."""
@@ -496,119 +448,6 @@ class Study(_Strict):
         return study_hash(self)
 
 
-# Fields that say where to find things, not what is computed: they do not change results.
-_NOT_HASHED = {("data", "root"), ("data", "download")}
-
-
-def study_hash(study: Study) -> str:
-    """A 16-hex-digit SHA-256 of the resolved config, stable across runs, machines and key order.
-
-    ``data.root`` and ``data.download`` are left out: they say where the files are, not what is computed (what
-    the files hold is checked apart: the store keeps each study's data fingerprint and refuses other data);
-    so are ``search.fuse`` (1 or auto), ``search.method`` (kd), ``search.spaces``, ``search.kd_warmup_epochs``,
-    ``search.budget``, ``finalists.budget`` and ``finalists.probe`` at their defaults, so that adding those keys
-    changed no stored hash.
-    """
-    cfg = study.resolved()
-    for section, key in _NOT_HASHED:
-        cfg[section].pop(key, None)
-    later: dict[str, tuple[tuple[str, Any], ...]] = {
-        "search": (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0), ("budget", None)),
-        "finalists": (("budget", None), ("probe", 0))}
-    for section, keys in later.items():
-        for key, default in keys:
-            if cfg[section][key] == default or (key == "fuse" and cfg[section][key] == 1):  # keys added later:
-                del cfg[section][key]  # at their defaults they leave the hashes of studies written before unchanged
-    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML's safe loader without aliases (``*name``): a study file needs none, and a few hundred bytes of
-    nested aliases expand to gigabytes (the "billion laughs")."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a study file; "
-                                              "write the value out", mark)
-        return super().compose_node(parent, index)
-
-
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no Python objects
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a raw study dict; returns a new dict."""
-    out: dict[str, Any] = json.loads(json.dumps(raw))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set student.epochs=1")
-        parts = key.strip().split(".")
-        if not all(p.strip() for p in parts):
-            raise ConfigError(f"--set {item!r}: {key.strip()!r} has an empty part; name a key, "
-                              "e.g. --set student.epochs=1")
-        try:
-            parsed = _yaml(value) if value.strip() else None
-        except yaml.YAMLError:
-            parsed = value
-        node = out
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-            node = nxt
-        node[parts[-1]] = parsed
-    return out
-
-
-# Errors that only say "this union member has another shape": a union's other member explains better.
-_SHAPE_ERRORS = {"list_type", "dict_type", "model_type", "model_attributes_type", "literal_error"}
-
-
-def _where(loc: tuple[int | str, ...]) -> str:
-    """``search.lr`` from pydantic's location, without its union-member tags (``list[float]``, ...)."""
-    keep = [str(p) for p in loc if isinstance(p, int) or re.fullmatch(r"[A-Za-z_][\w.+-]*", p)]
-    return re.sub(r"\.(float|int|str|bool)$", "", ".".join(keep)) or "(top level)"
-
-
-RETIRED_KEYS = {  # keys of earlier kdbench versions, and what replaced them
-    "search.trials_per_point": "each grid cell is now trained at every lr candidate (search.lr as a list, or "
-                               "search.lr_points values over an lr range) on search.replicates seeds (default 3); "
-                               "delete it and set search.replicates",
-    "baseline.trials": "the CE baseline is now one more cell with exactly a KD cell's budget (the lr candidates "
-                       "× search.replicates, or search.trials in a range search); delete it",
-}
-
-
-def _format_error(err: ValidationError, source: str) -> str:
-    errors = err.errors()
-    first = min(errors, key=lambda e: e["type"] in _SHAPE_ERRORS)  # the first specific one, else the first
-    loc = _where(first["loc"])
-    kind, msg = first["type"], first["msg"]
-    if kind == "extra_forbidden" and loc in RETIRED_KEYS:
-        text = f"{loc} is no longer a key: {RETIRED_KEYS[loc]}"
-    elif kind == "extra_forbidden":
-        text = f"unknown key {loc!r}; check the spelling (see the study-file reference in README.md)"
-    elif kind == "missing":
-        text = f"{loc}: required key is missing"
-    elif kind == "too_short":
-        text = f"{loc}: is empty; give at least one value"
-    else:
-        msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        got = first.get("input")
-        if isinstance(got, dict):  # a whole section's check: its message names the key, the section is noise
-            text = msg if msg.startswith(f"{loc}.") else f"{loc}: {msg}"
-        else:
-            text = f"{loc}: {msg} (got {got!r})"
-    more = len({_where(e["loc"]) for e in errors} - {loc})
-    return f"{source}: {text}" + (f" [+{more} more]" if more > 0 else "")
-
-
 def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[str, ...] = ()) -> Study:
     """Validate a raw mapping (as read from YAML) into a :class:`Study`, after applying overrides."""
     if not isinstance(raw, dict):
@@ -617,7 +456,7 @@ def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[st
     try:
         study = Study.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+        raise ConfigError(format_error(err, source)) from None
     if study.teacher.cache_views and study.data.augment == "none":
         raise ConfigError(f"{source}: teacher.cache: {{views: {study.teacher.cache_views}}} caches augmented views, "
                           "but data.augment is none; use cache: fixed, or set data.augment")
@@ -638,7 +477,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the study file ({exc.strerror})") from None
     try:
-        raw = _yaml(text)
+        raw = read_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -64,12 +64,8 @@ Hyper = float | torch.Tensor  # a hyperparameter: a number, or a 0-dim tensor (o
 
 
 def check_hyperparameters(*, temperature: Hyper, alpha: float | None = None, **weights: Hyper | None) -> None:
-    """Refuse a temperature that is not a finite number > 0, an alpha outside [0, 1], or a weight that is not
-    a finite number >= 0. Tensors are not read (their caller checked the numbers they were made from).
-
-    Raises:
-        ValueError: the message names the hyperparameter and its value.
-    """
+    """Raise ValueError (naming the value) for a temperature that is not finite and > 0, an alpha outside [0, 1]
+    or a weight that is not finite and >= 0. Tensors are not read: their caller checked what they were made from."""
     if not isinstance(temperature, torch.Tensor):
         t = float(temperature)
         if not math.isfinite(t) or t <= 0:
@@ -157,17 +153,11 @@ def distillation_loss(
                        ce_weight=a, kd_weight=1.0 - a, label_smoothing=label_smoothing)
 
 
-# --------------------------------------------------------------------------------------------------
-# Published logit-distillation terms (the caller adds CE and the weights).
-#
-# Each public ``*_loss`` takes ``(student_logits, teacher_logits, labels, *, temperature, <weights>)``,
-# checks its Python-number hyperparameters and returns a 0-dim tensor in float32, or float64 for float64
-# inputs (``promote_types(dtype, float32)``: fp16/bf16 logits are upcast before anything is computed).
-# The unchecked ``_*_term`` behind it is what :data:`METHODS` holds and the training step calls; 0-dim
-# tensor hyperparameters may be batched by ``torch.func.vmap`` over a leading student dimension, so the
-# terms use no ``F.kl_div`` under a tensor T (no batching rule), no data-dependent Python control flow,
-# no in-place ops and no boolean indexing.
-# --------------------------------------------------------------------------------------------------
+# Published logit-distillation terms. Each public ``*_loss`` checks its Python-number hyperparameters and returns
+# a 0-dim tensor in float32 (float64 for float64 inputs; fp16/bf16 logits are upcast first). The unchecked
+# ``_*_term`` behind it is what :data:`METHODS` holds and the step calls; its 0-dim tensor hyperparameters may be
+# batched by ``torch.func.vmap`` over students, so the terms use no ``F.kl_div`` under a tensor T (no batching
+# rule), no data-dependent Python control flow, no in-place ops and no boolean indexing.
 
 
 def kd_loss(

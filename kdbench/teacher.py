@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdbench.config import TEACHER_FLOOR_SHARE, Study
+from kdbench.config import Study
 from kdbench.data import Data, load_data
+from kdbench.defaults import TEACHER_FLOOR_SHARE
 from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError, first_line
 from kdbench.evaluate import evaluate, inference_ms_per_batch, predict_logits, scores
 from kdbench.models import build_model, count_parameters, load_state_dict_file

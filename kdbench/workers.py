@@ -22,7 +22,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from kdbench.config import POLL_S, Study
+from kdbench.config import Study
+from kdbench.defaults import POLL_S
 from kdbench.errors import KdbenchError
 from kdbench.store import Store
 from kdbench.sweep import SweepEvents, study_progress

@@ -264,7 +264,7 @@ def test_importances_are_shown_from_enough_complete_trials(tmp_path) -> None:
     import optuna
     from optuna.distributions import FloatDistribution
 
-    from kdbench.config import IMPORTANCE_MIN_TRIALS
+    from kdbench.defaults import IMPORTANCE_MIN_TRIALS
     from kdbench.store import Store
 
     url = f"sqlite:///{tmp_path / 'imp.db'}"

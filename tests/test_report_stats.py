@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from kdbench.config import MCNEMAR_EXACT_BELOW
+from kdbench.defaults import MCNEMAR_EXACT_BELOW
 from kdbench.report.stats import agreement, mcnemar_test, per_class_delta
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdbench.config import FUSE_AUTO_MAX, FUSE_MEMORY_SHARE, parse_study
+from kdbench.config import parse_study
 from kdbench.data.catalog import DATASETS
+from kdbench.defaults import FUSE_AUTO_MAX, FUSE_MEMORY_SHARE
 from kdbench.models import build_model
 from kdbench.sweep.fuse import FusePlan, fuse_plan, student_training_bytes
 

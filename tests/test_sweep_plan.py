@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from kdbench import cli
-from kdbench.config import SEARCH_SEED_OFFSET, parse_study
+from kdbench.config import parse_study
+from kdbench.defaults import SEARCH_SEED_OFFSET
 from kdbench.errors import ConfigError
 from kdbench.store import load_runs
 from kdbench.sweep import plan_search, planned_total, run_sweep, search_seeds

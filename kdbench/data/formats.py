@@ -29,9 +29,9 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
-from kdbench.config import IMAGEFOLDER_TEST_FRACTION
 from kdbench.data.catalog import DATASETS, DatasetInfo, Split
 from kdbench.data.split import stratified_split
+from kdbench.defaults import IMAGEFOLDER_TEST_FRACTION
 from kdbench.errors import ConfigError, DataNotFoundError
 
 __all__ = ["expected_files", "load_imagefolder", "missing_files", "read_dataset"]

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdbench.config import IMAGEFOLDER_SIZE
 from kdbench.data.catalog import Data, DatasetInfo, Split, canonical_name, fingerprint
 from kdbench.data.files import download as download_dataset
 from kdbench.data.files import find_dataset, not_found_error, search_roots
 from kdbench.data.formats import load_imagefolder, read_dataset
 from kdbench.data.split import stratified_split
+from kdbench.defaults import IMAGEFOLDER_SIZE
 from kdbench.errors import ConfigError
 
 __all__ = ["load_data", "load_raw"]

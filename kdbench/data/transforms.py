@@ -12,8 +12,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from kdbench.config import CROP_PAD
 from kdbench.data.catalog import DatasetInfo
+from kdbench.defaults import CROP_PAD
 from kdbench.errors import ConfigError
 
 __all__ = ["AUGMENTS", "augment", "normalize"]

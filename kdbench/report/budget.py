@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdbench.config import PRUNE_RHO_MIN, Budget
+from kdbench.config import Budget
+from kdbench.defaults import PRUNE_RHO_MIN
 from kdbench.report import effects
 from kdbench.report.stats import CONFIDENCE, Paired, paired_difference
 from kdbench.store import run_values

@@ -16,7 +16,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.special import log_softmax
 
-from kdbench.config import CALIBRATION_BINS
+from kdbench.defaults import CALIBRATION_BINS
 
 __all__ = ["calibration", "calibration_frames", "decode_logits", "ece", "nll", "reliability_bins"]
 

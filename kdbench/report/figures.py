@@ -10,7 +10,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from kdbench.config import PRUNE_RHO_MIN
+from kdbench.defaults import PRUNE_RHO_MIN
 from kdbench.report.frames import StudyFrames
 from kdbench.report.methods import METHOD_NAMES
 from kdbench.report.plots import COLORS, empty_panel, new_figure

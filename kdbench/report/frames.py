@@ -21,7 +21,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from kdbench.config import IMPORTANCE_MIN_TRIALS, is_geometric
+from kdbench.config import is_geometric
+from kdbench.defaults import IMPORTANCE_MIN_TRIALS
 from kdbench.report.budget import BudgetLabels, Transfer, budget_frames, budget_labels, main_runs
 from kdbench.report.calibration import calibration_frames
 from kdbench.report.cost import cost_note, cost_table, dashboard_command, optimisation_history, trial_curves

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from kdbench.config import IMPORTANCE_MIN_TRIALS
+from kdbench.defaults import IMPORTANCE_MIN_TRIALS
 from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
 from kdbench.report.budget import budget_labels
 from kdbench.store import Store, TeacherRow

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
-from kdbench.config import MCNEMAR_EXACT_BELOW
+from kdbench.defaults import MCNEMAR_EXACT_BELOW
 
 __all__ = [
     "CONFIDENCE",

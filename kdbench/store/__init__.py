@@ -9,7 +9,7 @@ pass it down.
 
 from __future__ import annotations
 
-from kdbench.config import DEFAULT_STORAGE
+from kdbench.defaults import DEFAULT_STORAGE
 from kdbench.store.claims import Claimed, Claims, finite_or_none, pid_alive, worker_id
 from kdbench.store.db import make_engine, retry_schema_race, shown_url
 from kdbench.store.queries import (

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from kdbench.config import HEARTBEAT_S
+from kdbench.defaults import HEARTBEAT_S
 from kdbench.errors import RetiredAttemptError, StoreError
 from kdbench.store.db import Database
 from kdbench.store.queries import params_json

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from kdbench.config import DEFAULT_STORAGE
+from kdbench.defaults import DEFAULT_STORAGE
 from kdbench.errors import StoreError, first_line
 from kdbench.store.schema import SCHEMA_VERSION, Base, Gaps, MetaRow, schema_gaps, upgrade
 

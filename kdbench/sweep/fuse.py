@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdbench.config import FUSE_AUTO_MAX, FUSE_MEMORY_SHARE, Study
+from kdbench.config import Study
 from kdbench.data import DatasetInfo
+from kdbench.defaults import FUSE_AUTO_MAX, FUSE_MEMORY_SHARE
 from kdbench.models import build_model
 
 __all__ = ["FusePlan", "fuse_plan", "student_training_bytes"]

@@ -15,7 +15,8 @@ import warnings
 
 import optuna
 
-from kdbench.config import SAMPLER_STARTUP_TRIALS, Range, Study
+from kdbench.config import Range, Study
+from kdbench.defaults import SAMPLER_STARTUP_TRIALS
 from kdbench.store import Store, pid_alive, worker_id
 from kdbench.sweep.plan import Visit
 

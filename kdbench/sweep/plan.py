@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kdbench.config import SEARCH_SEED_OFFSET, Budget, StudentConfig, Study
+from kdbench.config import Budget, StudentConfig, Study
+from kdbench.defaults import SEARCH_SEED_OFFSET
 from kdbench.store import PARAM_COLUMNS, cell_key, config_key, run_values
 
 __all__ = ["Visit", "config_name", "finalist_seeds", "method_visit", "plan_finalists", "plan_search", "planned_total",

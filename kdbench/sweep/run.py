@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kdbench.config import POLL_S, STALE_AFTER_S, Study
+from kdbench.config import Study
 from kdbench.data import DatasetInfo, load_data
+from kdbench.defaults import POLL_S, STALE_AFTER_S
 from kdbench.errors import CheckpointError, ConfigError, StoreError, check_termination
 from kdbench.models import build_model
 from kdbench.provenance import library_versions

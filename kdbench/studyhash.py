@@ -1,0 +1,44 @@
+"""A study's stable hash, and its history: which keys, added after studies were stored, stay out of it at
+their defaults (so that adding a key changed no stored hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from kdbench.defaults import MAX_VISITS
+
+if TYPE_CHECKING:
+    from kdbench.config import Study
+
+__all__ = ["study_hash"]
+
+
+# Fields that say where to find things, not what is computed: they do not change results.
+_NOT_HASHED = {("data", "root"), ("data", "download")}
+
+
+def study_hash(study: Study) -> str:
+    """A 16-hex-digit SHA-256 of the resolved config, stable across runs, machines and key order.
+
+    ``data.root`` and ``data.download`` are left out: they say where the files are, not what is computed (what
+    the files hold is checked apart: the store keeps each study's data fingerprint and refuses other data);
+    so are ``search.fuse`` (1 or auto), ``search.method`` (kd), ``search.spaces``, ``search.kd_warmup_epochs``,
+    ``search.budget``, ``finalists.budget`` and ``finalists.probe`` at their defaults, so that adding those keys
+    changed no stored hash.
+    """
+    cfg = study.resolved()
+    for section, key in _NOT_HASHED:
+        cfg[section].pop(key, None)
+    later: dict[str, tuple[tuple[str, Any], ...]] = {
+        "search": (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0), ("budget", None),
+                   ("max_visits", MAX_VISITS)),
+        "finalists": (("budget", None), ("probe", 0))}
+    for section, keys in later.items():
+        for key, default in keys:
+            if cfg[section][key] == default or (key == "fuse" and cfg[section][key] == 1):  # keys added later:
+                del cfg[section][key]  # at their defaults they leave the hashes of studies written before unchanged
+    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
