@@ -410,8 +410,8 @@ class Study(_Strict):
         n = self.search_visits
         if n > self.search.max_visits:
             raise ValueError(f"search.max_visits: the search plans {n:,} visits (training runs), more than "
-                             f"search.max_visits ({self.search.max_visits:,}); shrink the grid (temperature, alpha, lr, replicates, "
-                             "budget), or raise search.max_visits if you mean it")
+                             f"search.max_visits ({self.search.max_visits:,}); shrink the grid (temperature, alpha, "
+                             "lr, replicates, budget), or raise search.max_visits if you mean it")
         return self
 
     @property
