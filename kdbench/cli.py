@@ -50,18 +50,16 @@ def _on_sigterm(_signum: int, _frame: Any) -> None:
 def _setup_torch(threads: int | None, device: str) -> Any:
     import torch
 
+    from kdbench.loop import configure_device
     from kdbench.train import resolve_device
 
     if threads is None:
         threads = max(1, os.cpu_count() or 1)
     torch.set_num_threads(threads)
     dev = resolve_device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise KdbenchError(f"--device {device}: CUDA is not available here; use --device cpu")
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise KdbenchError(f"--device {device}: CUDA is not available here; use --device cpu")
+    configure_device(dev)  # cuDNN autotuning and TF32, set in one place
     return dev
 
 

@@ -49,12 +49,26 @@ __all__ = [
     "TeacherConfig",
     "apply_overrides",
     "load_study",
+    "optuna_study_name",
+    "optuna_study_names",
     "parse_study",
     "study_hash",
 ]
 
-OPTUNA_SUFFIXES = (".ce", *(f".{m}" for m in METHODS if m != "kd"))  # Optuna studies beside <name>
 
+
+def optuna_study_name(study: str, loss: str) -> str:
+    """The Optuna study of one loss of a study: ``<study>`` for Hinton's KD, ``<study>.ce``, ``<study>.<method>``.
+    The one place these names are made: every place that creates, lists or drops them asks here."""
+    return study if loss == "kd" else f"{study}.{loss}"
+
+
+def optuna_study_names(study: str) -> list[str]:
+    """Every Optuna study a kdbench study may own, whatever its methods: CE's and every registered method's."""
+    return [optuna_study_name(study, loss) for loss in ("ce", *METHODS)]
+
+
+OPTUNA_SUFFIXES = tuple(n.removeprefix("x") for n in optuna_study_names("x") if n != "x")  # ".ce", ".dkd", ...
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 

@@ -190,7 +190,7 @@ class Claims(Database):
 
             with contextlib.suppress(IntegrityError), self.session() as s:
                 s.add(StudyRow(name=study.name, config=study.model_dump_json(), config_hash=study.hash,
-                               commit=kdbench_commit(), data_fingerprint=data))
+                               commit=kdbench_commit(), data_fingerprint=data, uid=secrets.token_hex(16)))
             row = self.check_study(study, data)  # ours, or one another worker registered first
             assert row is not None
         if row.data_fingerprint is None and data is not None:
@@ -198,6 +198,12 @@ class Claims(Database):
                 s.execute(sa.update(StudyRow).where(StudyRow.id == row.id, StudyRow.data_fingerprint.is_(None))
                           .values(data_fingerprint=data))
             row.data_fingerprint = data
+        if row.uid is None:  # a row stored before uids: it takes one on (or the one another worker gave it first)
+            with self.session() as s:
+                s.execute(sa.update(StudyRow).where(StudyRow.id == row.id, StudyRow.uid.is_(None))
+                          .values(uid=secrets.token_hex(16)))
+            row = self.check_study(study, data)
+            assert row is not None
         return row
 
     def set_study_teacher(self, study_id: int, teacher_key: str) -> None:
@@ -218,7 +224,8 @@ class Claims(Database):
                       .values(test_logits=test_logits))
 
     def drop_study(self, name: str) -> None:
-        """Delete a study's kdbench rows and its two Optuna studies (``name`` and ``name.ce``)."""
+        """Delete a study's kdbench rows and every Optuna study it owns (:func:`kdbench.config.optuna_study_names`:
+        CE's and every method's, whatever the stored study's methods were)."""
         import optuna
 
         self.ensure_tables()
@@ -230,12 +237,14 @@ class Claims(Database):
                 s.execute(sa.delete(EpochRow).where(EpochRow.run_id.in_(ids)))
                 s.execute(sa.delete(RunRow).where(RunRow.study_id == row.id))
                 s.delete(row)
-        for oname in (name, f"{name}.ce"):
+        from kdbench.config import optuna_study_names
+
+        for oname in optuna_study_names(name):
             with contextlib.suppress(KeyError):
                 optuna.delete_study(study_name=oname, storage=self.optuna_storage())
 
     def claim(self, study_id: int, visit: VisitLike, index: int, config_hash: str,
-              stale_after_s: float) -> Claimed | None:
+              stale_after_s: float, study_uid: str | None = None) -> Claimed | None:
         """Claim ``visit`` for this worker, in one transaction.
 
         A visit nobody ran gets a new row. A visit whose worker died (dead PID on this host, or no heartbeat
@@ -243,8 +252,14 @@ class Claims(Database):
         state ``failed`` with the reason, or ``interrupted``) and gets a new row. The unique (study, visit)
         constraint and a conditional update make sure only one worker wins.
 
+        ``study_uid`` (the study row's uid, an identity never reused) is checked in the same transaction: a study
+        dropped by another process's ``--replace`` is never written into, even when the new one has its id.
+
         Returns:
             The claim, or None if the visit is final or a live worker holds it.
+
+        Raises:
+            StoreError: the study this worker holds was dropped or replaced.
         """
         fields = dict(kind=visit.stage, loss=visit.loss, seed=visit.seed, temperature=visit.temperature,
                       alpha=visit.alpha, lr=visit.lr, rank=visit.rank, config_hash=config_hash,
@@ -256,6 +271,10 @@ class Claims(Database):
 
         try:
             with self.session() as s:
+                if study_uid is not None and s.scalar(sa.select(StudyRow.id).where(
+                        StudyRow.id == study_id, StudyRow.uid == study_uid)) is None:
+                    raise StoreError(f"study id {study_id} in {self.url} was dropped or replaced by another process "
+                                     "(kdbench sweep --replace); this worker stops")
                 run = s.scalar(sa.select(RunRow).where(RunRow.study_id == study_id, RunRow.visit == visit.key))
                 if run is None:
                     row = new_row(1)

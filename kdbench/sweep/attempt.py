@@ -19,7 +19,7 @@ import torch
 
 from kdbench.config import Study
 from kdbench.data import Data
-from kdbench.errors import NonFiniteLossError, RetiredAttemptError, check_termination
+from kdbench.errors import NonFiniteLossError, RetiredAttemptError, StoreError, check_termination
 from kdbench.evaluate import inference_ms_per_batch, predict_logits
 from kdbench.losses import WEIGHTS
 from kdbench.models import build_model, count_parameters
@@ -48,6 +48,7 @@ class SweepContext:
     events: SweepEvents
     stale_after_s: float
     versions: str = ""
+    study_uid: str | None = None  # the study row's identity, never reused (its id may be, after a --replace)
     optuna_studies: dict[str, optuna.Study] = field(default_factory=dict)  # by name, opened once per worker
 
 
@@ -80,8 +81,12 @@ class Attempt:
         if c.replaced_trial is not None:
             optuna_bridge.close_trial(storage, c.replaced_trial, "failed", c.replaced_reason)
         if visit.is_search:  # a search visit: an Optuna trial
-            ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs,
-                                                           ctx.optuna_studies)
+            try:
+                ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs,
+                                                               ctx.optuna_studies)
+            except KeyError:  # the Optuna study this worker opened is gone: dropped with its study by --replace
+                raise StoreError(f"study {ctx.study.name!r} was dropped or replaced in {ctx.store.url} by another "
+                                 "process (kdbench sweep --replace); this worker stops") from None
             self.link = dict(optuna_study=ostudy.study_name, trial_number=self.trial.number,
                              trial_id=self.trial._trial_id)
             ctx.store.update_run(c.run_id, **self.link, temperature=params.get("temperature"),
@@ -150,7 +155,8 @@ class Attempt:
             return self._close("failed", str(exc))
         except BaseException as exc:  # Ctrl-C or a bug: the visit is re-run on resume
             if not self.closed:
-                self._close("interrupted", f"{type(exc).__name__}: {exc}"[:500])
+                with contextlib.suppress(RetiredAttemptError):  # a run dropped meanwhile (--replace) keeps nothing
+                    self._close("interrupted", f"{type(exc).__name__}: {exc}"[:500])
             raise
 
 

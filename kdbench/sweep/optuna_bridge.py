@@ -15,12 +15,12 @@ import warnings
 
 import optuna
 
-from kdbench.config import Range, Study
+from kdbench.config import Range, Study, optuna_study_name, optuna_study_names
 from kdbench.defaults import SAMPLER_STARTUP_TRIALS
 from kdbench.store import Store, pid_alive, worker_id
 from kdbench.sweep.plan import Visit
 
-__all__ = ["OPTUNA_STATE", "ask", "close_trial", "open_study", "optuna_study_name", "repair", "report_epoch"]
+__all__ = ["OPTUNA_STATE", "ask", "close_trial", "open_study", "repair", "report_epoch"]
 
 OPTUNA_STATE = {
     "complete": optuna.trial.TrialState.COMPLETE,
@@ -28,12 +28,6 @@ OPTUNA_STATE = {
     "failed": optuna.trial.TrialState.FAIL,
     "interrupted": optuna.trial.TrialState.FAIL,
 }
-
-
-def optuna_study_name(study: Study, loss: str) -> str:
-    """The Optuna study holding the trials of one loss: ``<name>`` for Hinton's KD, ``<name>.ce`` for CE,
-    ``<name>.<method>`` for another distillation method (``<name>.dkd``)."""
-    return study.name if loss == "kd" else f"{study.name}.{loss}"
 
 
 def _spaces(study: Study, loss: str) -> dict[str, list[float] | Range]:
@@ -97,7 +91,7 @@ def _fixed_trial(ostudy: optuna.Study, study: Study, visit: Visit, attrs: dict[s
 def open_study(storage: optuna.storages.BaseStorage, study: Study, loss: str, epochs: int,
                cache: dict[str, optuna.Study] | None = None) -> optuna.Study:
     """The Optuna study of one loss (created on first use), kept in ``cache`` for this worker's later trials."""
-    name = optuna_study_name(study, loss)
+    name = optuna_study_name(study.name, loss)
     if cache is not None and name in cache:
         return cache[name]
     ostudy = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
@@ -122,8 +116,9 @@ def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit, index:
     ostudy = open_study(storage, study, visit.loss, epochs, cache)
     attrs = {"worker": worker_id(), "visit": visit.key, "config_hash": study.hash, "budget": visit.budget_label}
     trial = _fixed_trial(ostudy, study, visit, attrs)
-    if trial is not None:
-        return ostudy, trial, {k: float(v) for k, v in trial.params.items()}
+    if trial is not None:  # the visit's own values, as Optuna recorded them: no read back from the storage
+        fixed = _known(visit)
+        return ostudy, trial, {k: fixed[k] for k in _spaces(study, visit.loss)}
     fixed = _known(visit)
     with warnings.catch_warnings():  # PartialFixedSampler is marked experimental; its interface is all we use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -177,7 +172,7 @@ def repair(store: Store, study: Study, study_id: int, stale_after_s: float) -> N
     for r in rows:
         if r.state != "running":
             close_trial(storage, r.trial_id, r.state, r.error, r.val_acc)
-    for name in (optuna_study_name(study, loss) for loss in ("ce", *study.search.methods)):
+    for name in optuna_study_names(study.name):
         try:
             sid = storage.get_study_id_from_name(name)
         except KeyError:

@@ -115,7 +115,7 @@ def prepare_sweep(
         store.set_teacher_logits(teacher.key, teacher_record(teacher, tdata, device)["test_logits"])
     store.set_study_teacher(row.id, teacher.key)
     return SweepContext(study, store, row.id, sdata, teacher, device, cache / "runs" / study.name, events,
-                        stale_after_s, versions=json.dumps(library_versions(), sort_keys=True))
+                        stale_after_s, versions=json.dumps(library_versions(), sort_keys=True), study_uid=row.uid)
 
 
 def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1) -> Iterator[list[Claimed]]:
@@ -128,7 +128,7 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
         check_termination()  # a SIGTERM whose exception was swallowed where it landed stops the sweep here
         ctx.store.check_file()  # a deleted database stops the sweep here, not after every visit has trained
         row = ctx.store.study(ctx.study.name)
-        if row is None or row.id != ctx.study_id:  # dropped by another process's --replace
+        if row is None or row.id != ctx.study_id or row.uid != ctx.study_uid:  # dropped by another's --replace
             raise StoreError(f"study {ctx.study.name!r} was dropped or replaced in {ctx.store.url} by another "
                              "process (kdbench sweep --replace); this worker stops")
         states = {r.visit: r.state for r in ctx.store.run_states(ctx.study_id)}
@@ -141,7 +141,7 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
             methods = {b.visit.loss for b in batch} - {"ce"}  # and one distillation method (CE joins any)
             if methods and v.loss != "ce" and v.loss not in methods:
                 break
-            c = ctx.store.claim(ctx.study_id, v, offset + i, ctx.study.hash, ctx.stale_after_s)
+            c = ctx.store.claim(ctx.study_id, v, offset + i, ctx.study.hash, ctx.stale_after_s, ctx.study_uid)
             if c is not None:
                 batch.append(c)
                 if len(batch) == k:
