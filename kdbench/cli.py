@@ -35,7 +35,7 @@ def _handle_errors(fn: F) -> F:
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         except KeyboardInterrupt as exc:
             how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-            click.echo(f"\nkdbench: {how}; the current trial was recorded as interrupted. "
+            click.echo(f"\nkdbench: {how}; a trial in progress, if any, was recorded as interrupted. "
                        "Run the same command again to resume.", err=True)
             sys.exit(143 if isinstance(exc, Terminated) else 130)  # 128 + the signal, as shells report it
 

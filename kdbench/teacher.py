@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdbench.atomic import write_atomically
 from kdbench.config import Study
 from kdbench.data import Data, load_data
 from kdbench.defaults import TEACHER_FLOOR_SHARE
@@ -174,14 +175,10 @@ def _verified(path: Path, expected: str | None) -> bool:
 def _cache_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write ``path`` whole through a temporary file renamed into place; on any failure (a full disk, a
     read-only folder) the temporary file is removed and one line names the path and the fix."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
+        write_atomically(path, write)
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         why = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1][:200]
         raise OutputError(f"teacher cache: cannot write {path} ({why}); free space there, make it writable, or "
                           "point --cache-dir (or $KDBENCH_CACHE) at another folder") from None

@@ -6,9 +6,8 @@ accuracy, trials per cell, the lr each point ended up with, the difference to th
 comparison rows (teacher, CE and KD finalists with the store's mean ± sd and n, and the paired KD − CE
 difference), the per-seed pairs behind that difference, the fidelity of the stored test predictions
 (teacher agreement, McNemar, per-class change), learning curves, the prediction grid's data, Optuna's
-parameter importances and the provenance. Everything here is a pure function of the sources: no database,
-Optuna or dataset is touched, nothing is trained or written. Whatever a partial study lacks is listed in
-``missing`` instead of failing.
+parameter importances and the provenance. A pure function of the sources: no database, Optuna or dataset
+is touched, nothing trained or written; what a partial study lacks is listed in ``missing`` instead of failing.
 """
 
 from __future__ import annotations

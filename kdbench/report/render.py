@@ -12,7 +12,6 @@ configs, devices) is HTML-escaped by Jinja2's autoescape, and LaTeX-escaped in t
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import os
 import tempfile
@@ -26,6 +25,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
+from kdbench.atomic import write_atomically
 from kdbench.errors import OutputError
 from kdbench.provenance import kdbench_commit, library_versions
 from kdbench.report import figures, plots
@@ -108,23 +108,11 @@ def default_out(studies: list[str]) -> Path:
     return Path("reports") / "+".join(studies)
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: the process's umask, for files written through a temporary name
-
-
 def _put(path: Path, data: str | bytes) -> None:
     """Write ``path`` whole: a temporary file in its folder, renamed over it. A link placed at ``path`` is
     replaced, never followed, so a report cannot overwrite a file outside its folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would have made it (mkstemp makes 0600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    write_atomically(path, lambda tmp: tmp.write_bytes(payload))
 
 
 def _write_table(df: pd.DataFrame, numeric: pd.DataFrame, out: Path, stem: str, caption: str, note: str = "",

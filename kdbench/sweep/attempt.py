@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import optuna
 import torch
 
+from kdbench.atomic import write_atomically
 from kdbench.config import Study
 from kdbench.data import Data
 from kdbench.errors import NonFiniteLossError, RetiredAttemptError, StoreError, check_termination
@@ -224,12 +224,11 @@ def run_fused(ctx: SweepContext, claimed: list[Claimed]) -> None:
 
 
 def _finalist_outputs(ctx: SweepContext, visit: Visit, model: torch.nn.Module) -> dict[str, Any]:
-    """Keep a finalist's weights (written whole, then renamed), its test predictions and logits (float16)."""
+    """Keep a finalist's weights (written whole, :func:`kdbench.atomic.write_atomically`), its test predictions
+    and logits (float16)."""
     ctx.weights_dir.mkdir(parents=True, exist_ok=True)
     wpath = ctx.weights_dir / (visit.key.replace("/", "_").replace("=", "") + ".pt")
-    tmp = wpath.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, wpath)
+    write_atomically(wpath, lambda tmp: torch.save(model.state_dict(), tmp))
     info = ctx.data.info
     logits = predict_logits(model, ctx.data.test.images, info).float().cpu()
     preds = logits.argmax(1).to(torch.int16).numpy()
