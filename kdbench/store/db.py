@@ -4,6 +4,10 @@
 kdbench's tables, checking the schema version), hands out transactions, and builds Optuna's
 ``RDBStorage`` on the same database from the real URL. Messages only ever show the URL with its
 password masked (:func:`shown_url`).
+
+The module runs past 400 lines because opening is where every damaged or foreign database must be refused in
+one line (another application's tables, a missing version row, a newer schema, a read-only file, a full
+server), and those checks belong with the connection they guard.
 """
 
 from __future__ import annotations
