@@ -292,7 +292,8 @@ def test_study_uids_are_unique_where_set(storage: str, tiny_study_dict: dict) ->
     store = Store.open(storage)
     row = store.register_study(parse_study(tiny_study_dict))
     other = store.register_study(parse_study({**tiny_study_dict, "name": "other"}))
-    assert store.study_uid(row.id) is None and store.study_uid(other.id) is None  # unset: as old rows
+    uids = store.study_uid(row.id), store.study_uid(other.id)  # given at registration: 32 hex digits, distinct
+    assert all(u is not None and len(u) == 32 and int(u, 16) >= 0 for u in uids) and uids[0] != uids[1]
     with store.session() as s:
         s.execute(sa.update(StudyRow).where(StudyRow.id == row.id).values(uid="ab" * 16))
     assert store.study_uid(row.id) == "ab" * 16 and store.study("tiny").uid == "ab" * 16  # type: ignore[union-attr]

@@ -12,12 +12,19 @@ from __future__ import annotations
 from kdbench.defaults import DEFAULT_STORAGE
 from kdbench.store.claims import Claimed, Claims, finite_or_none, pid_alive, worker_id
 from kdbench.store.db import make_engine, retry_schema_race, shown_url
-from kdbench.store.queries import (
-    FINALIST_COLUMNS,
+from kdbench.store.keys import (
     PARAM_COLUMNS,
-    Queries,
     cell_key,
     config_key,
+    config_name,
+    finalist_key,
+    probe_key,
+    retired_key,
+    search_key,
+)
+from kdbench.store.queries import (
+    FINALIST_COLUMNS,
+    Queries,
     load_runs,
     params_json,
     run_values,
@@ -39,14 +46,19 @@ __all__ = [
     "TeacherRow",
     "cell_key",
     "config_key",
+    "config_name",
+    "finalist_key",
     "finite_or_none",
     "load_runs",
     "make_engine",
     "now",
     "params_json",
     "pid_alive",
+    "probe_key",
+    "retired_key",
     "retry_schema_race",
     "run_values",
+    "search_key",
     "shown_url",
     "worker_id",
 ]

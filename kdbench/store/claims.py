@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from kdbench.defaults import HEARTBEAT_S
 from kdbench.errors import RetiredAttemptError, StoreError
 from kdbench.store.db import Database
+from kdbench.store.keys import retired_key
 from kdbench.store.queries import params_json
 from kdbench.store.schema import EpochRow, RunRow, StudyRow, TeacherRow, now
 
@@ -288,7 +289,7 @@ class Claims(Database):
                     sa.update(RunRow)
                     .where(RunRow.id == run.id, RunRow.visit == visit.key, RunRow.attempt == run.attempt,
                            RunRow.state == run.state)
-                    .values(visit=f"{visit.key}#{run.attempt}", error=reason, finished=run.finished or now(),
+                    .values(visit=retired_key(visit.key, run.attempt), error=reason, finished=run.finished or now(),
                             state="interrupted" if run.state == "interrupted" else "failed")
                     .execution_options(synchronize_session=False)
                 ).rowcount

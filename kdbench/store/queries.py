@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 import numpy as np
@@ -18,13 +17,13 @@ import sqlalchemy as sa
 from kdbench.config import Study, parse_study
 from kdbench.errors import ConfigError, StoreError, first_line
 from kdbench.store.db import Database
+from kdbench.store.keys import PARAM_COLUMNS
 from kdbench.store.schema import RUN_COLUMNS, EpochRow, RunRow, StudyRow, TeacherRow
 
-__all__ = ["FINALIST_COLUMNS", "PARAM_COLUMNS", "Queries", "cell_key", "config_key", "load_runs", "params_json",
+__all__ = ["FINALIST_COLUMNS", "Queries", "load_runs", "params_json",
            "run_values"]
 
 FINALIST_COLUMNS = ["loss", "rank", "temperature", "alpha", "lr", "params", "test_mean", "test_sd", "n", "val_mean"]
-PARAM_COLUMNS = ("temperature", "alpha", "lr")  # a run's parameters with columns of their own; the rest: ``params``
 # what to do about a study row whose config cannot be read
 _DAMAGED_FIX = "run its study file again with kdbench sweep ... --replace, or restore the database from a backup"
 
@@ -43,16 +42,6 @@ def run_values(row: Any) -> dict[str, float]:
     if isinstance(extra, str) and extra:
         out.update({k: float(v) for k, v in json.loads(extra).items()})
     return out
-
-
-def config_key(visit: str) -> str:
-    """A search visit's configuration: its key without the replicate (``kd/T=2/a=0.5/lr=0.001``)."""
-    return visit.rsplit("/r=", 1)[0]
-
-
-def cell_key(visit: str) -> str:
-    """A search visit's cell: its configuration without the lr (``kd/T=2/a=0.5``)."""
-    return re.sub(r"/lr=[^/]*", "", config_key(visit))
 
 
 class Queries(Database):

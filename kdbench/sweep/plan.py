@@ -32,9 +32,17 @@ import pandas as pd
 
 from kdbench.config import Budget, StudentConfig, Study
 from kdbench.defaults import SEARCH_SEED_OFFSET
-from kdbench.store import PARAM_COLUMNS, cell_key, config_key, run_values
+from kdbench.store import (
+    PARAM_COLUMNS,
+    cell_key,
+    config_key,
+    finalist_key,
+    probe_key,
+    run_values,
+    search_key,
+)
 
-__all__ = ["Visit", "config_name", "finalist_seeds", "method_visit", "plan_finalists", "plan_search", "planned_total",
+__all__ = ["Visit", "finalist_seeds", "method_visit", "plan_finalists", "plan_search", "planned_total",
            "search_seeds", "visit_recipe"]
 
 
@@ -84,16 +92,6 @@ def search_seeds(study: Study) -> list[int]:
     return [study.seed + SEARCH_SEED_OFFSET + i for i in range(study.search.n_replicates)]
 
 
-def config_name(method: str, values: dict[str, float]) -> str:
-    """A configuration's name in visit keys: ``kd/T=2/a=0.5/lr=0.001``, ``dkd/T=4/ce_weight=1/.../lr=0.001``."""
-    if method == "kd":  # Hinton's KD keeps the keys of the studies stored before the other methods came
-        return method + "".join(f"/{short}={values[k]:g}" for k, short in
-                                (("temperature", "T"), ("alpha", "a"), ("lr", "lr")) if k in values)
-    extra = sorted(k for k in values if k not in PARAM_COLUMNS)
-    return method + "".join(f"/{k if k != 'temperature' else 'T'}={values[k]:g}"
-                            for k in ("temperature", "alpha", *extra, "lr") if k in values)
-
-
 def method_visit(key: str, stage: str, method: str, seed: int, values: dict[str, float],
                  rank: int | None = None, budget: Budget | None = None) -> Visit:
     """The visit ``key`` of one configuration of ``method`` (``values``: its parameters and lr, any subset)."""
@@ -124,12 +122,12 @@ def _grid_visits(study: Study) -> list[Visit]:
     for r, seed in enumerate(search_seeds(study)):
         order = np.random.default_rng([study.seed, r]).permutation(len(cells))
         for b in study.search_budgets:
-            at = f"/{b.key}" if axis else ""
+            at = b.key if axis else None
             for i in order:
                 method, cell = cells[int(i)]
                 for lr in lrs:
                     values = {**cell, "lr": lr}
-                    visits.append(method_visit(f"{config_name(method, values)}{at}/r={r}", method, method, seed,
+                    visits.append(method_visit(search_key(method, values, r, at), method, method, seed,
                                                values, budget=b))
     return visits
 
@@ -142,8 +140,8 @@ def _range_visits(study: Study) -> list[Visit]:
     b = study.selection_budget
     for r in range(s.n_trials):
         if study.baseline.ce:
-            visits.append(Visit(f"ce/r={r}", "ce", "ce", seed, budget=b))
-        visits += [method_visit(f"{m}/r={r}", m, m, seed, fixed[m], budget=b) for m in s.methods]
+            visits.append(Visit(search_key("ce", {}, r), "ce", "ce", seed, budget=b))
+        visits += [method_visit(search_key(m, {}, r), m, m, seed, fixed[m], budget=b) for m in s.methods]
     return visits
 
 
@@ -191,14 +189,14 @@ def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
     for method, k in [*((m, f.top_k) for m in study.search.methods), ("ce", 1 if study.baseline.ce else 0)]:
         ranked = _ranked_configs(done, method, study.search.is_grid)
         for rank, (_, row) in enumerate(ranked.head(k).iterrows()):
-            visits += [method_visit(f"final/{method}/rank={rank}/seed={seed}", "finalist", method, seed,
+            visits += [method_visit(finalist_key(method, rank, seed), "finalist", method, seed,
                                     run_values(row), rank, budget) for seed in finalist_seeds(study)]
         if method == "ce" or not f.probe:
             continue
         rest = ranked.iloc[k:]
         for i in _spread(len(rest), f.probe):
             values = run_values(rest.iloc[i])
-            probes += [method_visit(f"probe/{config_name(method, values)}/seed={seed}", "probe", method, seed,
+            probes += [method_visit(probe_key(method, values, seed), "probe", method, seed,
                                     values, k + i, budget) for seed in finalist_seeds(study)]
     return visits + probes
 
