@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import signal
@@ -217,8 +216,7 @@ def show(study_name: str, storage: str, top: int) -> None:
 
     store = Store.open(storage, create=False)
     runs = store.runs(study_name)
-    row = store.study(study_name)
-    config = json.loads(row.config) if row is not None else {}
+    config = store.study_config(study_name).resolved()  # a damaged stored config: one line naming it
     counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
     click.echo(f"study {study_name} in {store.url}\n\nruns by kind and state:\n{counts.to_string()}\n")
     evidence = _evidence(config, runs)

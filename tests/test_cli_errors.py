@@ -378,8 +378,6 @@ def test_ls_lists_a_study_whose_stored_config_is_damaged(damage: str, env: Env) 
     assert "stored" in result.output and result.stderr == ""
 
 
-@pytest.mark.xfail(strict=True, reason="kdbench show parses the stored config itself (json.loads in cli.py) until it "
-                   "calls Store.study_config; delete this mark with that change")
 @pytest.mark.parametrize("damage", list(DAMAGED_CONFIGS))
 def test_show_names_a_study_whose_stored_config_is_damaged(damage: str, env: Env) -> None:
     config, fragments = DAMAGED_CONFIGS[damage]
