@@ -1,21 +1,25 @@
 """Reading a study file: YAML without aliases, ``--set`` overrides, and a validation error as one line.
 
 What turns text into the raw mapping that :func:`kdbench.config.parse_study` validates, and a pydantic error
-into the line a user reads (the file, the key, the fix). The schema itself is :mod:`kdbench.config`.
+into the line a user reads (the file, the key, the fix); and a stored config back into the typed study
+(:func:`stored_study`). The schema itself is :mod:`kdbench.config`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
 from kdbench.errors import ConfigError
 
-__all__ = ["RETIRED_KEYS", "NoAliasLoader", "apply_overrides", "format_error", "read_yaml"]
+if TYPE_CHECKING:
+    from kdbench.config import Study
+
+__all__ = ["RETIRED_KEYS", "NoAliasLoader", "apply_overrides", "format_error", "read_yaml", "stored_study"]
 
 
 class NoAliasLoader(yaml.SafeLoader):
@@ -102,3 +106,16 @@ def format_error(err: ValidationError, source: str) -> str:
             text = f"{loc}: {msg} (got {got!r})"
     more = len({_where(e["loc"]) for e in errors} - {loc})
     return f"{source}: {text}" + (f" [+{more} more]" if more > 0 else "")
+
+
+def stored_study(config: dict[str, Any]) -> Study:
+    """A study's config as the store keeps it (the resolved study, as JSON) back into the typed study, also when an
+    earlier kdbench wrote it: keys it retired since (:data:`RETIRED_KEYS`) are set aside."""
+    raw = json.loads(json.dumps(config))
+    for key in RETIRED_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(raw.get(section), dict):
+            raw[section].pop(name, None)
+    from kdbench.config import Study  # the schema imports this module
+
+    return Study.model_validate(raw)

@@ -20,7 +20,7 @@ from kdbench.report.budget import (
     transfer,
 )
 
-CONFIG = {"student": {"model": "mlp-800", "epochs": 3, "batch_size": 128},
+CONFIG = {"name": "b", "student": {"model": "mlp-800", "epochs": 3, "batch_size": 128},
           "search": {"temperature": [1, 2, 4, 8, 16], "alpha": [0.5], "budget": None},
           "finalists": {"budget": {"epochs": 15, "steps": None}, "probe": 4}}
 
@@ -176,10 +176,10 @@ def test_kd_minus_ce_at_both_budgets_is_paired_by_seed() -> None:
 
 
 def test_budget_labels_and_the_runs_other_sections_read() -> None:
-    labels = budget_labels({"student": {"steps": 200}, "search": {}, "finalists": {}})
+    labels = budget_labels({"name": "b", "student": {"steps": 200}, "search": {}, "finalists": {}})
     assert (labels.search, labels.selection, labels.finalists, labels.longer) == (["200 steps"], "200 steps",
                                                                                    "200 steps", False)
-    axis = {"student": {"epochs": 3}, "search": {"budget": [{"epochs": 3}, {"epochs": 1}]},
+    axis = {"name": "b", "student": {"epochs": 3}, "search": {"budget": [{"epochs": 3}, {"epochs": 1}]},
             "finalists": {"budget": {"epochs": 15}}}
     labels = budget_labels(axis)
     assert labels.search == ["1 epoch", "3 epochs"] and labels.selection == "3 epochs" and labels.longer

@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdbench.config import Budget
+from kdbench.config import Study
 from kdbench.defaults import PRUNE_RHO_MIN
 from kdbench.report import effects
 from kdbench.report.stats import CONFIDENCE, Paired, paired_difference
 from kdbench.store import run_values
+from kdbench.studyfile import stored_study
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
@@ -76,15 +77,12 @@ class BudgetLabels:
         return self.finalists != self.selection
 
 
-def budget_labels(config: dict[str, Any]) -> BudgetLabels:
-    """The budgets of a study's config (as stored: the resolved study), in words (``3 epochs``)."""
-    student = config.get("student", {})
-    own = Budget(steps=student["steps"]) if student.get("steps") else Budget(epochs=student.get("epochs") or 1)
-    axis = [Budget.model_validate(b) for b in (config.get("search", {}).get("budget") or [])]
-    search = sorted(axis, key=lambda b: b.size) if axis else [own]
-    given = config.get("finalists", {}).get("budget")
-    final = Budget.model_validate(given) if given else search[-1]
-    return BudgetLabels([b.label for b in search], search[-1].label, final.label)
+def budget_labels(config: dict[str, Any] | Study) -> BudgetLabels:
+    """The budgets of a study (its typed study, or its config as stored: the resolved study), in words (``3 epochs``):
+    the typed study's own :attr:`~kdbench.config.Study.search_budgets`, ``selection_budget`` and ``finalist_budget``."""
+    study = config if isinstance(config, Study) else stored_study(config)
+    return BudgetLabels([b.label for b in study.search_budgets], study.selection_budget.label,
+                        study.finalist_budget.label)
 
 
 def main_runs(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
