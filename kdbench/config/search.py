@@ -1,158 +1,21 @@
-"""The study file: a typed schema with every default and its unit, validation, overrides and a stable hash.
-
-A study file (``studies/*.yaml``) names a dataset, a teacher recipe, a student recipe, the T × alpha
-grid (and lr range) to search, the CE baseline and the finalists. Unknown keys are errors: a typo must
-never fall back to a default. Every study key's default lives here.
-
-The module runs a little past 400 lines because it is the one place for the schema, each default with its
-unit, and the validation of each key: splitting it would scatter the defaults it promises to keep together.
-Reading the file (YAML, overrides, one-line errors) is :mod:`kdbench.studyfile`; the hash's history is
-:mod:`kdbench.studyhash`; defaults that are not study keys are :mod:`kdbench.defaults`.
-"""
+"""``search:``, ``baseline:`` and ``finalists:``: what is searched, the CE baseline, and the re-trained finalists."""
 
 from __future__ import annotations
 
-import itertools
 import math
-import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kdbench.budget import Budget
-from kdbench.defaults import (
-    GRID_REPLICATES,
-    MAX_BATCH,
-    MAX_EPOCHS,
-    MAX_STEPS,
-    MAX_VISITS,
-    RANGE_TRIALS,
-    SEARCH_SEED_OFFSET,
-)
-from kdbench.errors import ConfigError
+from kdbench.config.base import Strict
+from kdbench.defaults import GRID_REPLICATES, MAX_VISITS, RANGE_TRIALS, SEARCH_SEED_OFFSET
 from kdbench.losses import METHODS, WEIGHTS
-from kdbench.studyfile import apply_overrides, format_error, read_yaml
-from kdbench.studyhash import study_hash
 
-__all__ = [
-    "BaselineConfig",
-    "Budget",
-    "DataConfig",
-    "FinalistsConfig",
-    "Range",
-    "Recipe",
-    "SearchConfig",
-    "StudentConfig",
-    "Study",
-    "TeacherConfig",
-    "apply_overrides",
-    "load_study",
-    "optuna_study_name",
-    "optuna_study_names",
-    "parse_study",
-    "study_hash",
-]
+__all__ = ["BaselineConfig", "FinalistsConfig", "Range", "SearchConfig"]
 
 
-
-def optuna_study_name(study: str, loss: str) -> str:
-    """The Optuna study of one loss of a study: ``<study>`` for Hinton's KD, ``<study>.ce``, ``<study>.<method>``.
-    The one place these names are made: every place that creates, lists or drops them asks here."""
-    return study if loss == "kd" else f"{study}.{loss}"
-
-
-def optuna_study_names(study: str) -> list[str]:
-    """Every Optuna study a kdbench study may own, whatever its methods: CE's and every registered method's."""
-    return [optuna_study_name(study, loss) for loss in ("ce", *METHODS)]
-
-
-OPTUNA_SUFFIXES = tuple(n.removeprefix("x") for n in optuna_study_names("x") if n != "x")  # ".ce", ".dkd", ...
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-def is_geometric(values: list[float]) -> bool:
-    """True for three or more positive values with a constant ratio (T = 1, 2, 4, 8).
-
-    Such a grid is searched (and drawn) on a log scale; alpha = 0.1, 0.3, ..., 0.9 is not geometric.
-    """
-    v = sorted(float(x) for x in values)
-    if len(v) < 3 or v[0] <= 0:
-        return False
-    steps = [math.log(b / a) for a, b in itertools.pairwise(v)]
-    return steps[0] > 0 and all(math.isclose(x, steps[0], rel_tol=0.05) for x in steps)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class DataConfig(_Strict):
-    """Which data, and how it is split. Sizes are in samples."""
-
-    dataset: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | cifar100 | imagefolder
-    root: str | None = None  # folder holding the files; else $KDBENCH_DATA, ./data, /usr/share/datasets
-    download: bool = False  # allow torchvision's download when the files are nowhere to be found
-    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1  # of the official training set, stratified
-    subset: Annotated[int, Field(gt=0)] | None = None  # labelled training samples for the student
-    augment: Literal["none", "flip", "crop", "crop+flip"] = "none"  # batched on the device, seeded
-    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None  # pixels; imagefolder resize (IMAGEFOLDER_SIZE)
-
-
-class Recipe(_Strict):
-    """How one model is trained. lr is per optimiser step (not scaled by batch size)."""
-
-    model: str
-    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = 3  # passes over the training split
-    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None  # optimiser steps; overrides epochs when set
-    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 128  # samples per step
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: Annotated[float, Field(gt=0.0)] = 1.0e-3  # learning rate per step
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0  # L2 (sgd, adam) or decoupled (adamw)
-    schedule: Literal["constant", "cosine", "step"] = "constant"  # lr schedule over the budget
-    warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0  # linear warm-up from 0, in epochs
-    step_milestones: tuple[float, ...] = (0.5, 0.75)  # 'step' schedule: fractions of the budget
-    step_gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # 'step' schedule: lr factor at each milestone
-    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # on the hard-label CE term
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    channels_last: bool | Literal["auto"] = "auto"  # auto: on for CNNs on CUDA
-    compile: bool = False  # torch.compile the model
-    pretrained: str | None = None  # a local state-dict file to start from
-
-    @field_validator("step_milestones")
-    @classmethod
-    def _milestones_in_unit(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not (0.0 < m < 1.0) for m in v) or list(v) != sorted(v):
-            raise ValueError("must be increasing fractions of the budget, each in (0, 1)")
-        return v
-
-
-class TeacherConfig(Recipe):
-    """The teacher: trained once from this recipe (or loaded from ``checkpoint``), then cached."""
-
-    model: str = "cnn-m"
-    checkpoint: str | None = None  # a state-dict file: load instead of training
-    cache: Literal["fixed", "live"] | dict[Literal["views"], Annotated[int, Field(ge=1)]] = "fixed"
-    logit_dtype: Literal["float16", "float32"] = "float16"  # precision of cached (and live) logits
-    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # val accuracy floor; default
-    # None means chance + half the way to 1 (0.55 for 10 classes): clearly above chance
-
-    @property
-    def cache_views(self) -> int:
-        """Number of cached augmented views (0 for 'fixed' and 'live')."""
-        return self.cache["views"] if isinstance(self.cache, dict) else 0
-
-
-class StudentConfig(Recipe):
-    """The student recipe shared by every trial; lr is searched (``search.lr``)."""
-
-    model: str = "mlp-800"
-
-
-class Range(_Strict):
+class Range(Strict):
     """A range handed to the sampler."""
 
     low: float
@@ -185,7 +48,7 @@ _VALUE_CHECKS = {  # what each searched value must be, and the message when it i
 }
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     """The T × alpha (+ lr) search. A list is a grid; ``{low, high, log}`` is a range for the sampler.
 
     A grid search (T and alpha both lists) trains every cell, and the CE baseline as one more cell, at
@@ -377,13 +240,13 @@ class SearchConfig(_Strict):
         return [lo, *(float(x) for x in inner), hi]  # the ends exactly, so the sampler's range holds them
 
 
-class BaselineConfig(_Strict):
+class BaselineConfig(Strict):
     """The CE-only student: one more cell of the search, with exactly a KD cell's budget."""
 
     ce: bool = True
 
 
-class FinalistsConfig(_Strict):
+class FinalistsConfig(Strict):
     """Best configurations re-trained on paired seeds and evaluated on the test set."""
 
     top_k: Annotated[int, Field(ge=0)] = 1  # best KD configurations (plus the best CE one)
@@ -393,108 +256,3 @@ class FinalistsConfig(_Strict):
     # a transfer check: this many more configurations per method, spread over the search's ranking, re-trained
     # like the finalists (budget, seeds; validation only) to measure whether the search's ranking holds there
     probe: Annotated[int, Field(ge=0, le=1000)] = 0
-
-
-class Study(_Strict):
-    """A whole study file."""
-
-    name: str
-    seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    student: StudentConfig = Field(default_factory=StudentConfig)
-    search: SearchConfig = Field(default_factory=SearchConfig)
-    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
-    finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        if not SAFE_NAME.fullmatch(v):  # fullmatch: '$' alone would accept a final newline
-            raise ValueError(
-                "not a safe file name: use letters, digits, '.', '_' and '-' (up to 100, no leading '.')"
-            )
-        for suffix in OPTUNA_SUFFIXES:  # "<name>.ce", "<name>.dkd": the Optuna studies of another study
-            if v.endswith(suffix):
-                raise ValueError(f"ends in {suffix!r}, the suffix of another study's Optuna studies; pick another name")
-        return v
-
-    @model_validator(mode="after")
-    def _plan_size(self) -> Study:
-        n = self.search_visits
-        if n > self.search.max_visits:
-            raise ValueError(f"search.max_visits: the search plans {n:,} visits (training runs), more than "
-                             f"search.max_visits ({self.search.max_visits:,}); shrink the grid (temperature, alpha, "
-                             "lr, replicates, budget), or raise search.max_visits if you mean it")
-        return self
-
-    @property
-    def search_visits(self) -> int:
-        """How many visits the search plans (computed, not planned: a huge grid is refused before it is built)."""
-        s = self.search
-        arms = sum(s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods) + (1 if self.baseline.ce else 0)
-        lrs = s.lr_candidates()
-        per_arm = len(lrs) * s.n_replicates * len(self.search_budgets) if s.is_grid and lrs else 1
-        return arms * per_arm
-
-    @property
-    def search_budgets(self) -> list[Budget]:
-        """The budgets the search trains at (``search.budget``, else the student recipe's), smallest first."""
-        return list(self.search.budget) if self.search.budget else [Budget.of(self.student)]
-
-    @property
-    def selection_budget(self) -> Budget:
-        """The search budget the finalists are chosen at: the largest."""
-        return self.search_budgets[-1]
-
-    @property
-    def finalist_budget(self) -> Budget:
-        """What the finalists (and probes) train for: ``finalists.budget``, else :attr:`selection_budget`."""
-        return self.finalists.budget or self.selection_budget
-
-    def resolved(self) -> dict[str, Any]:
-        """The study with every default filled in, as plain JSON-able data."""
-        return self.model_dump(mode="json")
-
-    @property
-    def hash(self) -> str:
-        """Stable short hash of the resolved config (see :func:`study_hash`)."""
-        return study_hash(self)
-
-
-def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[str, ...] = ()) -> Study:
-    """Validate a raw mapping (as read from YAML) into a :class:`Study`, after applying overrides."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a study file must be a YAML mapping of keys (name, data, teacher, ...)")
-    raw = apply_overrides(raw, overrides)
-    try:
-        study = Study.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(format_error(err, source)) from None
-    if study.teacher.cache_views and study.data.augment == "none":
-        raise ConfigError(f"{source}: teacher.cache: {{views: {study.teacher.cache_views}}} caches augmented views, "
-                          "but data.augment is none; use cache: fixed, or set data.augment")
-    return study
-
-
-def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Study:
-    """Read, override and validate a study file.
-
-    Raises:
-        ConfigError: one line naming the file, the key and the fix.
-    """
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: study file not found (see studies/ for examples)") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the study file ({exc.strerror})") from None
-    try:
-        raw = read_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
-    return parse_study(raw, str(p), overrides)

@@ -1,0 +1,64 @@
+"""``teacher:`` and ``student:``: how one model is trained (its recipe), and what the teacher adds."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from kdbench.config.base import Strict
+from kdbench.defaults import MAX_BATCH, MAX_EPOCHS, MAX_STEPS
+
+__all__ = ["Recipe", "StudentConfig", "TeacherConfig"]
+
+
+class Recipe(Strict):
+    """How one model is trained. lr is per optimiser step (not scaled by batch size)."""
+
+    model: str
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = 3  # passes over the training split
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None  # optimiser steps; overrides epochs when set
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 128  # samples per step
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: Annotated[float, Field(gt=0.0)] = 1.0e-3  # learning rate per step
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0  # L2 (sgd, adam) or decoupled (adamw)
+    schedule: Literal["constant", "cosine", "step"] = "constant"  # lr schedule over the budget
+    warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0  # linear warm-up from 0, in epochs
+    step_milestones: tuple[float, ...] = (0.5, 0.75)  # 'step' schedule: fractions of the budget
+    step_gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # 'step' schedule: lr factor at each milestone
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # on the hard-label CE term
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on for CNNs on CUDA
+    compile: bool = False  # torch.compile the model
+    pretrained: str | None = None  # a local state-dict file to start from
+
+    @field_validator("step_milestones")
+    @classmethod
+    def _milestones_in_unit(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not (0.0 < m < 1.0) for m in v) or list(v) != sorted(v):
+            raise ValueError("must be increasing fractions of the budget, each in (0, 1)")
+        return v
+
+
+class TeacherConfig(Recipe):
+    """The teacher: trained once from this recipe (or loaded from ``checkpoint``), then cached."""
+
+    model: str = "cnn-m"
+    checkpoint: str | None = None  # a state-dict file: load instead of training
+    cache: Literal["fixed", "live"] | dict[Literal["views"], Annotated[int, Field(ge=1)]] = "fixed"
+    logit_dtype: Literal["float16", "float32"] = "float16"  # precision of cached (and live) logits
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # val accuracy floor; default
+    # None means chance + half the way to 1 (0.55 for 10 classes): clearly above chance
+
+    @property
+    def cache_views(self) -> int:
+        """Number of cached augmented views (0 for 'fixed' and 'live')."""
+        return self.cache["views"] if isinstance(self.cache, dict) else 0
+
+
+class StudentConfig(Recipe):
+    """The student recipe shared by every trial; lr is searched (``search.lr``)."""
+
+    model: str = "mlp-800"

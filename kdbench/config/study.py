@@ -1,0 +1,142 @@
+"""The whole study: its sections, the names of its Optuna studies, parsing and loading a study file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from kdbench.budget import Budget
+from kdbench.config.base import Strict
+from kdbench.config.data import DataConfig
+from kdbench.config.recipe import StudentConfig, TeacherConfig
+from kdbench.config.search import BaselineConfig, FinalistsConfig, SearchConfig
+from kdbench.errors import ConfigError
+from kdbench.losses import METHODS
+from kdbench.studyfile import apply_overrides, format_error, read_yaml
+from kdbench.studyhash import study_hash
+
+__all__ = ["OPTUNA_SUFFIXES", "Study", "load_study", "optuna_study_name", "optuna_study_names", "parse_study"]
+
+
+def optuna_study_name(study: str, loss: str) -> str:
+    """The Optuna study of one loss of a study: ``<study>`` for Hinton's KD, ``<study>.ce``, ``<study>.<method>``.
+    The one place these names are made: every place that creates, lists or drops them asks here."""
+    return study if loss == "kd" else f"{study}.{loss}"
+
+
+def optuna_study_names(study: str) -> list[str]:
+    """Every Optuna study a kdbench study may own, whatever its methods: CE's and every registered method's."""
+    return [optuna_study_name(study, loss) for loss in ("ce", *METHODS)]
+
+
+OPTUNA_SUFFIXES = tuple(n.removeprefix("x") for n in optuna_study_names("x") if n != "x")  # ".ce", ".dkd", ...
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class Study(Strict):
+    """A whole study file."""
+
+    name: str
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not SAFE_NAME.fullmatch(v):  # fullmatch: '$' alone would accept a final newline
+            raise ValueError(
+                "not a safe file name: use letters, digits, '.', '_' and '-' (up to 100, no leading '.')"
+            )
+        for suffix in OPTUNA_SUFFIXES:  # "<name>.ce", "<name>.dkd": the Optuna studies of another study
+            if v.endswith(suffix):
+                raise ValueError(f"ends in {suffix!r}, the suffix of another study's Optuna studies; pick another name")
+        return v
+
+    @model_validator(mode="after")
+    def _plan_size(self) -> Study:
+        n = self.search_visits
+        if n > self.search.max_visits:
+            raise ValueError(f"search.max_visits: the search plans {n:,} visits (training runs), more than "
+                             f"search.max_visits ({self.search.max_visits:,}); shrink the grid (temperature, alpha, "
+                             "lr, replicates, budget), or raise search.max_visits if you mean it")
+        return self
+
+    @property
+    def search_visits(self) -> int:
+        """How many visits the search plans (computed, not planned: a huge grid is refused before it is built)."""
+        s = self.search
+        arms = sum(s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods) + (1 if self.baseline.ce else 0)
+        lrs = s.lr_candidates()
+        per_arm = len(lrs) * s.n_replicates * len(self.search_budgets) if s.is_grid and lrs else 1
+        return arms * per_arm
+
+    @property
+    def search_budgets(self) -> list[Budget]:
+        """The budgets the search trains at (``search.budget``, else the student recipe's), smallest first."""
+        return list(self.search.budget) if self.search.budget else [Budget.of(self.student)]
+
+    @property
+    def selection_budget(self) -> Budget:
+        """The search budget the finalists are chosen at: the largest."""
+        return self.search_budgets[-1]
+
+    @property
+    def finalist_budget(self) -> Budget:
+        """What the finalists (and probes) train for: ``finalists.budget``, else :attr:`selection_budget`."""
+        return self.finalists.budget or self.selection_budget
+
+    def resolved(self) -> dict[str, Any]:
+        """The study with every default filled in, as plain JSON-able data."""
+        return self.model_dump(mode="json")
+
+    @property
+    def hash(self) -> str:
+        """Stable short hash of the resolved config (see :func:`study_hash`)."""
+        return study_hash(self)
+
+
+def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[str, ...] = ()) -> Study:
+    """Validate a raw mapping (as read from YAML) into a :class:`Study`, after applying overrides."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a study file must be a YAML mapping of keys (name, data, teacher, ...)")
+    raw = apply_overrides(raw, overrides)
+    try:
+        study = Study.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_error(err, source)) from None
+    if study.teacher.cache_views and study.data.augment == "none":
+        raise ConfigError(f"{source}: teacher.cache: {{views: {study.teacher.cache_views}}} caches augmented views, "
+                          "but data.augment is none; use cache: fixed, or set data.augment")
+    return study
+
+
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Study:
+    """Read, override and validate a study file.
+
+    Raises:
+        ConfigError: one line naming the file, the key and the fix.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: study file not found (see studies/ for examples)") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the study file ({exc.strerror})") from None
+    try:
+        raw = read_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
+    return parse_study(raw, str(p), overrides)
