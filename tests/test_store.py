@@ -146,6 +146,41 @@ def test_a_retired_attempt_cannot_write(tmp_path, tiny_study_dict: dict) -> None
     assert runs.loc[visit.key, "state"] == "running" and runs.loc[visit.key, "attempt"] == 2
 
 
+def test_finish_run_closes_the_runs_optuna_trial(storage: str, tiny_study_dict: dict) -> None:
+    """The one place a run's Optuna trial is closed is where the run is finished: a complete run's trial is
+    COMPLETE with the run's value; a retired attempt's trial is failed by the claim that retired it, and the
+    old worker's refused finish leaves it failed (not RUNNING, not COMPLETE)."""
+    from kdbench.errors import RetiredAttemptError
+    from kdbench.sweep import plan_search
+
+    store = Store.open(storage)
+    study = parse_study(tiny_study_dict)
+    row = store.register_study(study)
+    ostudy = optuna.create_study(study_name="tiny", storage=store.optuna_storage(), direction="maximize")
+    a, b = plan_search(study)[:2]
+
+    def linked(visit: Visit, stale: float = 60) -> tuple[int, int]:
+        claim = store.claim(row.id, visit, 0, study.hash, stale_after_s=stale)
+        assert claim is not None
+        trial = ostudy.ask()
+        store.update_run(claim.run_id, optuna_study="tiny", trial_number=trial.number, trial_id=trial._trial_id)
+        return claim.run_id, trial._trial_id
+
+    run_a, trial_a = linked(a)
+    store.finish_run(run_a, [], state="complete", val_acc=0.75)
+    t = store.optuna_storage().get_trial(trial_a)
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.value == 0.75
+
+    run_b, trial_b = linked(b)
+    taken = store.claim(row.id, b, 0, study.hash, stale_after_s=0.0)  # another worker takes the visit over
+    assert taken is not None and taken.replaced_trial == trial_b
+    assert store.optuna_storage().get_trial(trial_b).state == optuna.trial.TrialState.FAIL
+    with pytest.raises(RetiredAttemptError):
+        store.finish_run(run_b, [], state="complete", val_acc=0.99, trial_id=trial_b)
+    t = store.optuna_storage().get_trial(trial_b)
+    assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["fail_reason"] == taken.replaced_reason
+
+
 def test_optuna_tables_list_matches_optuna() -> None:
     from optuna.storages._rdb.models import BaseModel
 

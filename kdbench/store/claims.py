@@ -33,6 +33,7 @@ from kdbench.store.db import Database
 from kdbench.store.keys import retired_key
 from kdbench.store.queries import params_json
 from kdbench.store.schema import EpochRow, RunRow, StudyRow, TeacherRow, now
+from kdbench.store.trials import close_trial
 
 if TYPE_CHECKING:
     from kdbench.config import Study
@@ -246,6 +247,17 @@ class Claims(Database):
 
     def claim(self, study_id: int, visit: VisitLike, index: int, config_hash: str,
               stale_after_s: float, study_uid: str | None = None) -> Claimed | None:
+        """Claim ``visit`` for this worker, in one transaction; a retired attempt's Optuna trial is then failed.
+
+        See :meth:`_claim_row` (the transaction) for what is claimed and what is refused.
+        """
+        claimed = self._claim_row(study_id, visit, index, config_hash, stale_after_s, study_uid)
+        if claimed is not None and claimed.replaced_trial is not None:  # after the commit: the retire is final
+            close_trial(self.optuna_storage(), claimed.replaced_trial, "failed", claimed.replaced_reason)
+        return claimed
+
+    def _claim_row(self, study_id: int, visit: VisitLike, index: int, config_hash: str,
+                   stale_after_s: float, study_uid: str | None) -> Claimed | None:
         """Claim ``visit`` for this worker, in one transaction.
 
         A visit nobody ran gets a new row. A visit whose worker died (dead PID on this host, or no heartbeat
@@ -313,18 +325,32 @@ class Claims(Database):
         with self.session() as s:
             self._own_running(s, run_id, values)
 
-    def finish_run(self, run_id: int, epochs: Iterable[EpochLike], **values: Any) -> None:
-        """Write a run's final state, its results and its epochs in one transaction: never half a run.
+    def finish_run(self, run_id: int, epochs: Iterable[EpochLike], *, state: str, **values: Any) -> None:
+        """Write a run's final state, its results and its epochs in one transaction: never half a run; then
+        close its Optuna trial from what was written (the one place a run's trial is closed).
+
+        ``values`` may carry the run's Optuna link (``trial_id``): a worker that asked Optuna but was stopped
+        before its first write still has its trial closed here.
 
         Raises:
-            RetiredAttemptError: the run is no longer this worker's running attempt: nothing is written.
+            RetiredAttemptError: the run is no longer this worker's running attempt: nothing is written, and
+                its trial (the worker that took the visit over failed it already) is failed.
         """
         records = list(epochs)
-        with self.session() as s:
-            self._own_running(s, run_id, dict(epochs_done=len(records), **values))
-            s.add_all(EpochRow(run_id=run_id, epoch=r.epoch, train_loss=finite_or_none(r.train_loss),
-                               val_acc=finite_or_none(r.val_acc), val_loss=finite_or_none(r.val_loss),
-                               seconds=r.seconds, lr=r.lr) for r in records)
+        trial_id = values.get("trial_id")
+        try:
+            with self.session() as s:
+                self._own_running(s, run_id, dict(epochs_done=len(records), state=state, **values))
+                s.add_all(EpochRow(run_id=run_id, epoch=r.epoch, train_loss=finite_or_none(r.train_loss),
+                                   val_acc=finite_or_none(r.val_acc), val_loss=finite_or_none(r.val_loss),
+                                   seconds=r.seconds, lr=r.lr) for r in records)
+                trial_id = s.scalar(sa.select(RunRow.trial_id).where(RunRow.id == run_id))
+        except RetiredAttemptError as exc:
+            if trial_id is not None:
+                close_trial(self.optuna_storage(), trial_id, "failed", str(exc))
+            raise
+        if trial_id is not None:
+            close_trial(self.optuna_storage(), trial_id, state, values.get("error"), values.get("val_acc"))
 
     @staticmethod
     def _own_running(s: Any, run_id: int, values: dict[str, Any]) -> None:

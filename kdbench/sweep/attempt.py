@@ -78,8 +78,6 @@ class Attempt:
         """Fail the attempt this one replaces, ask Optuna (search visits), and build the fresh student."""
         ctx, c, visit = self.ctx, self.c, self.visit
         storage = ctx.store.optuna_storage()
-        if c.replaced_trial is not None:
-            optuna_bridge.close_trial(storage, c.replaced_trial, "failed", c.replaced_reason)
         if visit.is_search:  # a search visit: an Optuna trial
             try:
                 ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs,
@@ -120,9 +118,6 @@ class Attempt:
         self.ctx.store.finish_run(self.c.run_id, self.records, state=state, error=reason, finished=now(),
                                   **self.common, **self.link, **values)
         self.closed = True
-        if self.trial is not None:
-            optuna_bridge.close_trial(self.ctx.store.optuna_storage(), self.trial._trial_id, state, reason,
-                                      values.get("val_acc"))
         self.ctx.events.on_visit_end(self.visit, state, values.get("val_acc"), reason)
         return state
 
@@ -143,8 +138,9 @@ class Attempt:
                                samples_per_s=outcome.samples_per_s, **extra)
         except RetiredAttemptError as exc:  # another worker took the visit over: its run is the record
             self.closed = True
-            if self.trial is not None:  # already failed by the worker that took over (then a no-op)
-                optuna_bridge.close_trial(self.ctx.store.optuna_storage(), self.trial._trial_id, "failed", str(exc))
+            if self.link:  # the store refuses the write and fails this attempt's trial (a no-op if it did already)
+                with contextlib.suppress(RetiredAttemptError):
+                    self.ctx.store.finish_run(self.c.run_id, [], state="failed", error=str(exc), **self.link)
             self.ctx.events.on_visit_end(self.visit, "retired", None, str(exc))
             return "retired"
         except optuna.TrialPruned as exc:

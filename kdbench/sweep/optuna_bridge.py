@@ -5,7 +5,7 @@ another method's in ``<name>.<method>``), in the same database as kdbench's tabl
 every parameter (one insert); otherwise the visit's fixed ones go through
 ``PartialFixedSampler`` while the sampler draws lr, so Optuna's own tools (``optuna trials``,
 optuna-dashboard) see the study as it is. kdbench's run rows are the record; Optuna's trial states
-follow them (:func:`close_trial`, :func:`repair`).
+follow them (:func:`kdbench.store.trials.close_trial`, called where a run is finished, and :func:`repair`).
 """
 
 from __future__ import annotations
@@ -18,16 +18,11 @@ import optuna
 from kdbench.config import Range, Study, optuna_study_name, optuna_study_names
 from kdbench.defaults import SAMPLER_STARTUP_TRIALS
 from kdbench.store import Store, pid_alive, worker_id
+from kdbench.store.trials import close_trial
 from kdbench.sweep.plan import Visit
 
-__all__ = ["OPTUNA_STATE", "ask", "close_trial", "open_study", "repair", "report_epoch"]
+__all__ = ["ask", "close_trial", "open_study", "repair", "report_epoch"]
 
-OPTUNA_STATE = {
-    "complete": optuna.trial.TrialState.COMPLETE,
-    "pruned": optuna.trial.TrialState.PRUNED,
-    "failed": optuna.trial.TrialState.FAIL,
-    "interrupted": optuna.trial.TrialState.FAIL,
-}
 
 
 def _spaces(study: Study, loss: str) -> dict[str, list[float] | Range]:
@@ -144,19 +139,6 @@ def report_epoch(trial: optuna.Trial, value: float, epoch: int, epochs: int) -> 
     """
     trial.report(value, epoch)
     return epoch + 1 < epochs and trial.should_prune()
-
-
-def close_trial(storage: optuna.storages.BaseStorage, trial_id: int, state: str, reason: str | None = None,
-                value: float | None = None) -> None:
-    """Finish an Optuna trial as kdbench recorded its run (a no-op if it is already finished)."""
-    tstate = OPTUNA_STATE[state]
-    try:  # a finished trial refuses both writes (UpdateFinishedTrialError): no read first
-        if reason and tstate == optuna.trial.TrialState.FAIL:
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        values = [value] if tstate == optuna.trial.TrialState.COMPLETE and value is not None else None
-        storage.set_trial_state_values(trial_id, tstate, values)
-    except (KeyError, optuna.exceptions.UpdateFinishedTrialError):
-        pass
 
 
 def repair(store: Store, study: Study, study_id: int, stale_after_s: float) -> None:
