@@ -106,3 +106,42 @@ def test_a_claim_in_a_dropped_study_whose_id_is_reused_is_refused(tmp_path: Path
     with pytest.raises(StoreError, match="dropped or replaced"):
         store.claim(old.id, plan_search(study)[1], 1, study.hash, 60.0, old.uid)
     assert store.runs("r").empty
+
+
+@pytest.mark.slow
+def test_replace_stops_a_worker_of_the_dropped_study_and_keeps_its_writes_out(
+        needs_fmnist: None, tiny_study_dict: dict, tmp_path: Path) -> None:
+    """A worker still training when another process runs ``--replace`` with another config stops with one line
+    (no traceback), and nothing it wrote after the drop lands in the new study: every run there is the new
+    config's (the SQLite id of the dropped study is reused; its uid is not)."""
+    import subprocess
+    import sys
+    import time
+
+    db = f"sqlite:///{tmp_path / 'kd.db'}"
+    raw = dict(tiny_study_dict, student=dict(tiny_study_dict["student"], steps=150),
+               search=dict(tiny_study_dict["search"], temperature=[1, 2, 4, 8], alpha=[0.3, 0.7], replicates=2))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    args = [sys.executable, "-m", "kdbench", "sweep", str(path), "--storage", db, "--device", "cpu", "--threads", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    old = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # until the old worker has finished a run of its own
+            runs = Store.open(db).runs("tiny") if (tmp_path / "kd.db").exists() else None
+            if runs is not None and (runs["state"] == "complete").any():
+                break
+            assert old.poll() is None, old.communicate()
+            time.sleep(0.5)
+        new = subprocess.run([*args, "--replace", "--set", "student.steps=20", "--max-visits", "2"],
+                             capture_output=True, text=True, timeout=300)
+        assert new.returncode == 0, new.stderr
+        _, err = old.communicate(timeout=300)
+    finally:
+        old.kill()
+    assert old.returncode == 2, err
+    assert "Traceback" not in err and "dropped or replaced" in err.strip().splitlines()[-1], err
+    new_hash = parse_study(raw, overrides=["student.steps=20"]).hash
+    runs = Store.open(db).runs("tiny")
+    assert len(runs) >= 2 and set(runs["config_hash"]) == {new_hash}, runs[["visit", "state", "config_hash"]]
