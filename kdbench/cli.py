@@ -8,12 +8,15 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from kdbench.defaults import DEFAULT_STORAGE
 from kdbench.errors import KdbenchError, Terminated, request_termination
+
+if TYPE_CHECKING:
+    from kdbench.config import Study
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -170,9 +173,8 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
     if as_worker:
         return
     _print_counts(store, study.name)
-    config = study.resolved()
-    _print_evidence(_evidence(config, store.runs(study.name)).sentences, study.name)
-    _print_summary(store, study.name, summary, config)
+    _print_evidence(_evidence(study, store.runs(study.name)).sentences, study.name)
+    _print_summary(store, study.name, summary, study)
 
 
 def _print_counts(store: Any, name: str) -> None:
@@ -216,10 +218,10 @@ def show(study_name: str, storage: str, top: int) -> None:
 
     store = Store.open(storage, create=False)
     runs = store.runs(study_name)
-    config = store.study_config(study_name).resolved()  # a damaged stored config: one line naming it
+    study = store.study_config(study_name)  # a damaged stored config: one line naming it
     counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
     click.echo(f"study {study_name} in {store.url}\n\nruns by kind and state:\n{counts.to_string()}\n")
-    evidence = _evidence(config, runs)
+    evidence = _evidence(study, runs)
     cells = evidence.cells.cells.dropna(subset=["mean"])
     if not cells.empty:
         deltas = evidence.deltas.set_index(["temperature", "alpha"])
@@ -234,12 +236,12 @@ def show(study_name: str, storage: str, top: int) -> None:
             lines.append(f"  CE: {_cell(c)}")
         from kdbench.report.budget import budget_labels
 
-        at = budget_labels(config).selection
+        at = budget_labels(study).selection
         click.echo(f"best cells (validation accuracy at {at}, mean over seeds at the cell's best lr; * above CE "
                    "after Holm):\n" + "\n".join(lines) + "\n")
     _print_evidence(evidence.sentences, study_name)
-    _print_summary(store, study_name, store.finalist_summary(study_name), config)
-    _print_transfer(study_name, config, runs)
+    _print_summary(store, study_name, store.finalist_summary(study_name), study)
+    _print_transfer(study_name, study, runs)
 
 
 @main.command()
@@ -268,13 +270,13 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) ->
     click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
 
 
-def _evidence(config: dict[str, Any], runs: Any) -> Any:
+def _evidence(study: Study, runs: Any) -> Any:
     """The search's evidence from the study's config and runs alone (not the report's other reads: no
     epochs, predictions or Optuna importances), at the budget finalists are chosen at."""
     from kdbench.report.budget import main_runs
     from kdbench.report.grid import search_evidence
 
-    return search_evidence(config, main_runs(runs, config))
+    return search_evidence(study, main_runs(runs, study))
 
 
 def _cell(c: Any) -> str:
@@ -289,20 +291,19 @@ def _print_evidence(sentences: list[str], name: str) -> None:
                    "\n".join(f"  - {line}" for line in sentences))
 
 
-def _print_transfer(name: str, config: dict[str, Any], runs: Any) -> None:
+def _print_transfer(name: str, study: Study, runs: Any) -> None:
     """The transfer check's sentence per method, when finalists trained longer than the search or probes ran."""
     from kdbench.report.budget import transfers
 
-    methods = config.get("search", {}).get("method", "kd")
-    for t in transfers(runs, config, [methods] if isinstance(methods, str) else methods):
+    for t in transfers(runs, study, study.search.methods):
         click.echo(f"{name}: {t.method}: {t.sentence}")
 
 
-def _print_summary(store: Any, name: str, summary: Any, config: dict[str, Any]) -> None:
+def _print_summary(store: Any, name: str, summary: Any, study: Study) -> None:
     from kdbench.report.budget import budget_labels
     from kdbench.store import run_values
 
-    at = budget_labels(config).finalists
+    at = budget_labels(study).finalists
     teacher = store.study_teacher(name)
     if teacher is not None:
         click.echo(f"{name}: teacher {teacher.model}: test {teacher.test_acc:.2%} (val {teacher.val_acc:.2%}, "

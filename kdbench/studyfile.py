@@ -116,6 +116,6 @@ def stored_study(config: dict[str, Any]) -> Study:
         section, _, name = key.partition(".")
         if isinstance(raw.get(section), dict):
             raw[section].pop(name, None)
-    from kdbench.config import Study  # the schema imports this module
+    from kdbench.config import parse_study  # the schema imports this module
 
-    return Study.model_validate(raw)
+    return parse_study(raw, "config")

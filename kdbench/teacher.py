@@ -31,7 +31,7 @@ from torch import nn
 
 from kdbench.atomic import write_atomically
 from kdbench.config import Study
-from kdbench.data import Data, load_data
+from kdbench.data import Data, load_study_data
 from kdbench.defaults import TEACHER_FLOOR_SHARE
 from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError, first_line
 from kdbench.evaluate import evaluate, inference_ms_per_batch, predict_logits, scores
@@ -232,11 +232,7 @@ def prepare_teacher(
     device = torch.device(device)
     cfg = study.teacher
     if data is None:
-        d = study.data
-        data = load_data(
-            d.dataset, root=d.root, val_fraction=d.val_fraction, subset=None, seed=study.seed,
-            device=device, download=d.download, image_size=d.image_size,
-        )
+        data = load_study_data(study.data, seed=study.seed, device=device, subset=False)
     info = data.info
     wkey = _weights_key(study, data)
     lkey = _logits_key(study, wkey)

@@ -16,14 +16,17 @@ from PIL import Image
 from kdbench.data import (
     AUGMENTS,
     DATASETS,
+    REGISTRY,
     Data,
     DatasetInfo,
+    DatasetSpec,
     Split,
     augment,
     files,
     load_data,
     load_raw,
     normalize,
+    register_dataset,
     search_roots,
     stratified_split,
 )
@@ -349,6 +352,34 @@ def test_partial_data_names_the_missing_files(tmp_path: Path, no_system_data: No
 def test_unknown_dataset_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="'svhn' is unknown; use one of: fashion-mnist, mnist, cifar10"):
         load_data("svhn")
+
+
+def test_a_dataset_registered_from_outside_is_one_record_and_loads(tmp_path: Path, no_system_data: None) -> None:
+    """The registry opens: one DatasetSpec in a known format (here IDX, in a folder of its own) and the dataset
+    is found, read, split and named in the messages like a built-in one."""
+    info = DatasetInfo("tiny-idx", 1, 10, 28, (0.5,), (0.25,), tuple(f"c{i}" for i in range(10)))
+    spec = DatasetSpec(info, "idx", REGISTRY["mnist"].files, ("tiny",), None, None)
+    register_dataset(spec)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset(spec)
+        with pytest.raises(DataNotFoundError) as err:
+            load_raw("tiny-idx", root=tmp_path)
+        assert str(tmp_path / "tiny") in str(err.value) and "apt-get" not in str(err.value)
+        with pytest.raises(ConfigError, match="tiny-idx"):
+            load_data("svhn")
+        train_x, train_y, test_x, _ = make_idx_dataset(tmp_path / "tiny", n_train=60, n_test=20)
+        data = load_data("Tiny_IDX", root=tmp_path, val_fraction=0.5, seed=1)
+        assert data.info == DATASETS["tiny-idx"] == info
+        assert (len(data.train), len(data.val), len(data.test)) == (30, 30, 20)
+        assert torch.equal(data.test.images[:, 0], torch.from_numpy(test_x))
+        assert torch.equal(data.train.images[:, 0], torch.from_numpy(train_x)[data.train_indices])
+        assert torch.equal(data.train.labels, torch.from_numpy(train_y).long()[data.train_indices])
+    finally:
+        del REGISTRY["tiny-idx"]
+    assert "tiny-idx" not in DATASETS
+    with pytest.raises(ValueError, match="lower case"):
+        register_dataset(DatasetSpec(DatasetInfo("Tiny_IDX", 1, 1, 28, (0.5,), (0.25,), ("a",)), "idx"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -129,7 +129,8 @@ def test_replace_stops_a_worker_of_the_dropped_study_and_keeps_its_writes_out(
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # until the old worker has finished a run of its own
-            runs = Store.open(db).runs("tiny") if (tmp_path / "kd.db").exists() else None
+            store = Store.open(db) if (tmp_path / "kd.db").exists() else None  # the file comes before the study
+            runs = store.runs("tiny") if store is not None and store.study("tiny") is not None else None
             if runs is not None and (runs["state"] == "complete").any():
                 break
             assert old.poll() is None, old.communicate()

@@ -23,35 +23,41 @@ set; ``subset`` then takes a stratified sample of what is left; the official tes
 
 The modules, each importing only from those above it:
 
-* :mod:`~kdbench.data.catalog`: :class:`DatasetInfo`, the :data:`DATASETS` table, :class:`Split`,
+* :mod:`~kdbench.data.catalog`: :class:`DatasetInfo`, the dataset registry (:data:`REGISTRY`, one
+  :class:`DatasetSpec` per dataset, :func:`register_dataset`; :data:`DATASETS` its infos), :class:`Split`,
   :class:`Data`;
 * :mod:`~kdbench.data.split`: :func:`stratified_split`, the seeded, class-proportional sample;
-* :mod:`~kdbench.data.formats`: the readers of IDX files, CIFAR pickles and image folders;
+* :mod:`~kdbench.data.formats`: the readers of IDX files, CIFAR pickles and image folders (``FORMATS``);
 * :mod:`~kdbench.data.files`: the search roots, the not-found message, the download (the search reads
   :data:`SYSTEM_DATA_ROOT` from this module: to change it, e.g. in a test, set it here);
-* :mod:`~kdbench.data.load`: :func:`load_raw` and :func:`load_data`, which put those together;
+* :mod:`~kdbench.data.load`: :func:`load_raw`, :func:`load_data` and :func:`load_study_data` (a study's
+  ``data`` section), which put those together;
 * :mod:`~kdbench.data.transforms`: :func:`normalize` and :func:`augment`, per batch on the device.
 """
 
 from __future__ import annotations
 
-from kdbench.data.catalog import DATASETS, Data, DatasetInfo, Split
+from kdbench.data.catalog import DATASETS, REGISTRY, Data, DatasetInfo, DatasetSpec, Split, register_dataset
 from kdbench.data.files import SYSTEM_DATA_ROOT, search_roots
-from kdbench.data.load import load_data, load_raw
+from kdbench.data.load import load_data, load_raw, load_study_data
 from kdbench.data.split import stratified_split
 from kdbench.data.transforms import AUGMENTS, augment, normalize
 
 __all__ = [
     "AUGMENTS",
     "DATASETS",
+    "REGISTRY",
     "SYSTEM_DATA_ROOT",
     "Data",
     "DatasetInfo",
+    "DatasetSpec",
     "Split",
     "augment",
     "load_data",
     "load_raw",
+    "load_study_data",
     "normalize",
+    "register_dataset",
     "search_roots",
     "stratified_split",
 ]

@@ -1,14 +1,18 @@
 """What a dataset is: the known datasets' facts and the typed containers their tensors travel in.
 
 :class:`DatasetInfo` holds a dataset's static facts (channels, classes, size, normalisation statistics);
-:data:`DATASETS` lists the datasets kdbench knows, keyed by name, and :func:`canonical_name` maps what a
-study writes to one of those keys. A loaded dataset is a :class:`Data`: three :class:`Split` s (train,
-val, test), each a pair of ``uint8 [N, C, H, W]`` images and ``int64 [N]`` labels on one device.
+:class:`DatasetSpec` is everything kdbench knows about one dataset (its info, format, files, where they
+may lie, how to install or download them), one record per dataset in :data:`REGISTRY`: adding a dataset
+in a known format is one :func:`register_dataset` call, here or in a user's code. :data:`DATASETS` maps
+each name to its info and :func:`canonical_name` maps what a study writes to a key. A loaded dataset is
+a :class:`Data`: three :class:`Split` s (train, val, test), each a pair of ``uint8 [N, C, H, W]`` images
+and ``int64 [N]`` labels on one device.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +20,18 @@ import torch
 
 from kdbench.errors import ConfigError
 
-__all__ = ["DATASETS", "Data", "DatasetInfo", "Split", "canonical_name", "fingerprint"]
+__all__ = [
+    "DATASETS",
+    "REGISTRY",
+    "Data",
+    "DatasetInfo",
+    "DatasetSpec",
+    "Split",
+    "canonical_name",
+    "dataset_spec",
+    "fingerprint",
+    "register_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,103 @@ class DatasetInfo:
             )
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything kdbench knows about one dataset: one record in :data:`REGISTRY`.
+
+    Attributes:
+        info: its static facts (what :data:`DATASETS` gives for its name).
+        format: the on-disk format, a key of :data:`kdbench.data.formats.FORMATS` (``idx``, ``cifar``,
+            ``imagefolder``).
+        files: the files a directory must hold for the dataset to be there (IDX: the stems, each also
+            accepted gzipped; CIFAR: the training batches, then the test batch last).
+        dirs: the directories under a search root it may sit in, in the order tried (``"."`` is the root).
+        apt_package: the Debian package that installs it, if there is one (named in the not-found line).
+        torchvision_class: the :mod:`torchvision.datasets` class that downloads it (``data.download``).
+        label_key: CIFAR: the batches' label entry.
+        names: CIFAR: the meta file and its entry that hold the class names, when the files carry them.
+    """
+
+    info: DatasetInfo
+    format: str
+    files: tuple[str, ...] = ()
+    dirs: tuple[str, ...] = ()
+    apt_package: str | None = None
+    torchvision_class: str | None = None
+    label_key: str = "labels"
+    names: tuple[str, str] | None = None
+
+    @property
+    def name(self) -> str:
+        """The dataset's key."""
+        return self.info.name
+
+
+REGISTRY: dict[str, DatasetSpec] = {}
+"""The datasets kdbench knows, one :class:`DatasetSpec` each, keyed by name; add one with :func:`register_dataset`."""
+
+
+def register_dataset(spec: DatasetSpec, *, replace: bool = False) -> DatasetSpec:
+    """Add ``spec`` to :data:`REGISTRY` (from inside the package or from a user's code).
+
+    Args:
+        spec: the dataset's record; its name is written as a study writes it (lower case, ``-``).
+        replace: allow replacing an entry of the same name.
+
+    Returns:
+        ``spec``.
+
+    Raises:
+        ValueError: the name is taken (and ``replace`` is false) or not in canonical spelling.
+    """
+    if spec.name != spec.name.strip().lower().replace("_", "-"):
+        raise ValueError(f"dataset name {spec.name!r}: write it in lower case with '-', as a study would")
+    if spec.name in REGISTRY and not replace:
+        raise ValueError(f"dataset {spec.name!r} is already registered; pass replace=True to replace it")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+class _Infos(Mapping[str, DatasetInfo]):
+    """:data:`DATASETS`: each registered dataset's :class:`DatasetInfo`, read from :data:`REGISTRY`."""
+
+    def __getitem__(self, name: str) -> DatasetInfo:
+        return REGISTRY[name].info
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
+DATASETS: Mapping[str, DatasetInfo] = _Infos()
+"""Each known dataset's :class:`DatasetInfo` by name (a view of :data:`REGISTRY`)."""
+
+
+def canonical_name(dataset: str) -> str:
+    """The :data:`REGISTRY` key that ``dataset`` names.
+
+    Args:
+        dataset: a dataset name as a study writes it; case, surrounding blanks and ``_``/``-`` do not matter.
+
+    Returns:
+        The key, e.g. ``"fashion-mnist"`` for ``"Fashion_MNIST"``.
+
+    Raises:
+        ConfigError: the name is not a known dataset (the message lists the known ones).
+    """
+    name = dataset.strip().lower().replace("_", "-")
+    if name not in REGISTRY:
+        raise ConfigError(f"data.dataset {dataset!r} is unknown; use one of: {', '.join(REGISTRY)}")
+    return name
+
+
+def dataset_spec(dataset: str) -> DatasetSpec:
+    """The record of the dataset ``dataset`` names (see :func:`canonical_name`)."""
+    return REGISTRY[canonical_name(dataset)]
+
+
 # fmt: off
 _FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -68,38 +180,24 @@ _CIFAR100_CLASSES = (
     "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
     "willow_tree", "wolf", "woman", "worm",
 )
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # fmt: on
 
-DATASETS: dict[str, DatasetInfo] = {
-    "fashion-mnist": DatasetInfo("fashion-mnist", 1, 10, 28, (0.2860,), (0.3530,), _FASHION_CLASSES),
-    "mnist": DatasetInfo("mnist", 1, 10, 28, (0.1307,), (0.3081,), tuple(str(d) for d in range(10))),
-    "cifar10": DatasetInfo(
-        "cifar10", 3, 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), _CIFAR10_CLASSES
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100", 3, 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR100_CLASSES
-    ),
-    # A placeholder: the real info (classes, channels, size, mean/std) is built from the folder at load time.
-    "imagefolder": DatasetInfo("imagefolder", 3, 0, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), ()),
-}
-
-
-def canonical_name(dataset: str) -> str:
-    """The :data:`DATASETS` key that ``dataset`` names.
-
-    Args:
-        dataset: a dataset name as a study writes it; case, surrounding blanks and ``_``/``-`` do not matter.
-
-    Returns:
-        The key, e.g. ``"fashion-mnist"`` for ``"Fashion_MNIST"``.
-
-    Raises:
-        ConfigError: the name is not a known dataset (the message lists the known ones).
-    """
-    name = dataset.strip().lower().replace("_", "-")
-    if name not in DATASETS:
-        raise ConfigError(f"data.dataset {dataset!r} is unknown; use one of: {', '.join(DATASETS)}")
-    return name
+register_dataset(DatasetSpec(
+    DatasetInfo("fashion-mnist", 1, 10, 28, (0.2860,), (0.3530,), _FASHION_CLASSES),
+    "idx", _IDX_FILES, ("fashion-mnist", "FashionMNIST/raw", "."), "dataset-fashion-mnist", "FashionMNIST"))
+register_dataset(DatasetSpec(
+    DatasetInfo("mnist", 1, 10, 28, (0.1307,), (0.3081,), tuple(str(d) for d in range(10))),
+    "idx", _IDX_FILES, ("mnist", "MNIST/raw"), None, "MNIST"))
+register_dataset(DatasetSpec(
+    DatasetInfo("cifar10", 3, 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), _CIFAR10_CLASSES),
+    "cifar", ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"),
+    ("cifar-10-batches-py",), None, "CIFAR10", "labels", ("batches.meta", "label_names")))
+register_dataset(DatasetSpec(
+    DatasetInfo("cifar100", 3, 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR100_CLASSES),
+    "cifar", ("train", "test"), ("cifar-100-python",), None, "CIFAR100", "fine_labels", ("meta", "fine_label_names")))
+# A placeholder: the real info (classes, channels, size, mean/std) is built from the folder at load time.
+register_dataset(DatasetSpec(DatasetInfo("imagefolder", 3, 0, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), ()), "imagefolder"))
 
 
 @dataclass(repr=False, eq=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kdbench.data.catalog import DatasetSpec
 from kdbench.data.formats import expected_files, missing_files
 from kdbench.errors import DataNotFoundError
 
@@ -19,17 +20,6 @@ __all__ = ["SYSTEM_DATA_ROOT", "download", "find_dataset", "not_found_error", "s
 
 SYSTEM_DATA_ROOT = Path("/usr/share/datasets")
 """Where the distribution's ``dataset-*`` packages install datasets; the last place searched."""
-
-# The directories under a search root that may hold a dataset, in the order they are tried ("." is the
-# root itself). torchvision downloads into the second of the IDX ones and into the CIFAR ones.
-_DATASET_DIRS = {
-    "fashion-mnist": ("fashion-mnist", "FashionMNIST/raw", "."),
-    "mnist": ("mnist", "MNIST/raw"),
-    "cifar10": ("cifar-10-batches-py",),
-    "cifar100": ("cifar-100-python",),
-}
-_APT_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
-
 
 def search_roots(root: str | Path | None) -> list[Path]:
     """The places a dataset is looked for, in order; the first that holds it wins.
@@ -56,32 +46,32 @@ def search_roots(root: str | Path | None) -> list[Path]:
     return out
 
 
-def find_dataset(name: str, roots: list[Path]) -> tuple[Path, Path] | None:
+def find_dataset(spec: DatasetSpec, roots: list[Path]) -> tuple[Path, Path] | None:
     """The first ``(search root, directory)`` that holds the whole dataset.
 
     Args:
-        name: a :data:`~kdbench.data.catalog.DATASETS` key other than ``imagefolder``.
+        spec: the dataset's record (its ``dirs`` say where under a root it may sit).
         roots: the search roots, in order (see :func:`search_roots`).
 
     Returns:
         The root and the directory under it that holds every file of the dataset, or ``None``.
     """
     for search_root in roots:
-        for directory in _candidate_dirs(name, search_root):
-            if not missing_files(name, directory):
+        for directory in _candidate_dirs(spec, search_root):
+            if not missing_files(spec, directory):
                 return search_root, directory
     return None
 
 
-def _candidate_dirs(name: str, search_root: Path) -> list[Path]:
-    return [search_root / sub if sub != "." else search_root for sub in _DATASET_DIRS[name]]
+def _candidate_dirs(spec: DatasetSpec, search_root: Path) -> list[Path]:
+    return [search_root / sub if sub != "." else search_root for sub in spec.dirs]
 
 
-def not_found_error(name: str, roots: list[Path], download: bool) -> DataNotFoundError:
+def not_found_error(spec: DatasetSpec, roots: list[Path], download: bool) -> DataNotFoundError:
     """The error for a dataset that is in none of ``roots``, as one line a user can act on.
 
     Args:
-        name: a :data:`~kdbench.data.catalog.DATASETS` key other than ``imagefolder``.
+        spec: the dataset's record (a format other than ``imagefolder``).
         roots: the search roots that were looked in.
         download: whether downloading was allowed (and so was tried).
 
@@ -89,15 +79,16 @@ def not_found_error(name: str, roots: list[Path], download: bool) -> DataNotFoun
         An error that lists every directory looked in (with the files missing from a partly filled one)
         and the ways to fix it: the system package if there is one, ``$KDBENCH_DATA``, downloading.
     """
+    name = spec.name
     places = []
     for search_root in roots:
-        for directory in _candidate_dirs(name, search_root):
-            missing = missing_files(name, directory)
-            partial = directory.is_dir() and 0 < len(missing) < len(expected_files(name))
+        for directory in _candidate_dirs(spec, search_root):
+            missing = missing_files(spec, directory)
+            partial = directory.is_dir() and 0 < len(missing) < len(expected_files(spec))
             places.append(f"{directory} (missing {', '.join(missing)})" if partial else str(directory))
     ways = []
-    if name in _APT_PACKAGES:
-        ways.append(f"install it with `apt-get install -y {_APT_PACKAGES[name]}`")
+    if spec.apt_package:
+        ways.append(f"install it with `apt-get install -y {spec.apt_package}`")
     ways.append("put the files under one of those roots or set $KDBENCH_DATA to where they are")
     if not download:
         ways.append("allow downloading with `data.download: true`")
@@ -108,11 +99,11 @@ def not_found_error(name: str, roots: list[Path], download: bool) -> DataNotFoun
     )
 
 
-def download(name: str, root: Path) -> None:
+def download(spec: DatasetSpec, root: Path) -> None:
     """Let torchvision fetch the dataset into ``root`` in the layout :func:`find_dataset` knows.
 
     Args:
-        name: a :data:`~kdbench.data.catalog.DATASETS` key other than ``imagefolder``.
+        spec: the dataset's record; its ``torchvision_class`` downloads it.
         root: the search root to download into; created if absent.
 
     Raises:
@@ -120,15 +111,12 @@ def download(name: str, root: Path) -> None:
     """
     import torchvision.datasets as tvd  # imported here: slow to import and only needed to download
 
-    classes = {
-        "fashion-mnist": tvd.FashionMNIST,
-        "mnist": tvd.MNIST,
-        "cifar10": tvd.CIFAR10,
-        "cifar100": tvd.CIFAR100,
-    }
+    name = spec.name
+    if spec.torchvision_class is None:
+        raise DataNotFoundError(f"{name} cannot be downloaded by kdbench; put its files under one of the search roots")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        classes[name](root=str(root), train=True, download=True)
+        getattr(tvd, spec.torchvision_class)(root=str(root), train=True, download=True)
     except Exception as exc:  # network, disk, checksum: all end the same way for the user
         detail = " ".join(str(exc).split())
         raise DataNotFoundError(

@@ -20,6 +20,7 @@ import math
 import pickle
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,61 +30,38 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
-from kdbench.data.catalog import DATASETS, DatasetInfo, Split
+from kdbench.data.catalog import DatasetInfo, DatasetSpec, Split
 from kdbench.data.split import stratified_split
 from kdbench.defaults import IMAGEFOLDER_TEST_FRACTION
 from kdbench.errors import ConfigError, DataNotFoundError
 
-__all__ = ["expected_files", "load_imagefolder", "missing_files", "read_dataset"]
+__all__ = ["FORMATS", "expected_files", "load_imagefolder", "missing_files", "read_dataset"]
 
-# The datasets stored as IDX files; the others (but imagefolder) are CIFAR pickles.
-_IDX_DATASETS = ("fashion-mnist", "mnist")
-# The four IDX files of a dataset; each may also be stored gzipped, as <stem>.gz.
-_IDX_STEMS = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-# The CIFAR batch files, the training batches first and the test batch last.
-_CIFAR_FILES = {
-    "cifar10": ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"),
-    "cifar100": ("train", "test"),
-}
+def expected_files(spec: DatasetSpec) -> tuple[str, ...]:
+    """The files a dataset in IDX or CIFAR format consists of (its record's ``files``; IDX without ``.gz``)."""
+    return spec.files
 
 
-def expected_files(name: str) -> tuple[str, ...]:
-    """The files a dataset in IDX or CIFAR format consists of.
+def missing_files(spec: DatasetSpec, directory: Path) -> list[str]:
+    """Which of the dataset's files ``directory`` lacks (empty when it holds the whole dataset).
 
     Args:
-        name: a :data:`~kdbench.data.catalog.DATASETS` key other than ``imagefolder``.
-
-    Returns:
-        Their names (for IDX, without the optional ``.gz``).
-    """
-    return _IDX_STEMS if name in _IDX_DATASETS else _CIFAR_FILES[name]
-
-
-def missing_files(name: str, directory: Path) -> list[str]:
-    """Which of :func:`expected_files` ``directory`` lacks (empty when it holds the whole dataset).
-
-    Args:
-        name: a :data:`~kdbench.data.catalog.DATASETS` key other than ``imagefolder``.
+        spec: the dataset's record (a format other than ``imagefolder``).
         directory: the directory to look in; it need not exist.
 
     Returns:
         The missing names, in the order of :func:`expected_files`.
     """
-    if name in _IDX_DATASETS:
-        return [s for s in _IDX_STEMS if _idx_file(directory, s) is None]
-    return [f for f in _CIFAR_FILES[name] if not (directory / f).is_file()]
+    if spec.format == "idx":
+        return [s for s in spec.files if _idx_file(directory, s) is None]
+    return [f for f in spec.files if not (directory / f).is_file()]
 
 
-def read_dataset(name: str, directory: Path) -> tuple[DatasetInfo, Split, Split]:
+def read_dataset(spec: DatasetSpec, directory: Path) -> tuple[DatasetInfo, Split, Split]:
     """Read an IDX or CIFAR dataset's official training and test sets from ``directory``.
 
     Args:
-        name: a :data:`~kdbench.data.catalog.DATASETS` key other than ``imagefolder``.
+        spec: the dataset's record; its ``format`` picks the reader in :data:`FORMATS`.
         directory: a directory that holds all of :func:`expected_files` (see :func:`missing_files`).
 
     Returns:
@@ -93,7 +71,7 @@ def read_dataset(name: str, directory: Path) -> tuple[DatasetInfo, Split, Split]
     Raises:
         ConfigError: a file is damaged or does not hold this dataset.
     """
-    return _read_idx_dataset(name, directory) if name in _IDX_DATASETS else _read_cifar(name, directory)
+    return FORMATS[spec.format](spec, directory)
 
 
 def _to_split(images: npt.NDArray[Any], labels: npt.NDArray[Any], source: Path, num_classes: int) -> Split:
@@ -126,12 +104,12 @@ def _idx_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_idx_dataset(name: str, directory: Path) -> tuple[DatasetInfo, Split, Split]:
-    info = DATASETS[name]
+def _read_idx_dataset(spec: DatasetSpec, directory: Path) -> tuple[DatasetInfo, Split, Split]:
+    info, name = spec.info, spec.name
     splits = []
-    for prefix in ("train", "t10k"):
-        images_path = _idx_file(directory, f"{prefix}-images-idx3-ubyte")
-        labels_path = _idx_file(directory, f"{prefix}-labels-idx1-ubyte")
+    for images_stem, labels_stem in (spec.files[0:2], spec.files[2:4]):  # train, then test
+        images_path = _idx_file(directory, images_stem)
+        labels_path = _idx_file(directory, labels_stem)
         assert images_path is not None and labels_path is not None  # the caller checked missing_files
         images, labels = _read_idx(images_path), _read_idx(labels_path)
         if images.ndim != 3 or images.dtype != np.uint8:
@@ -187,19 +165,15 @@ def _read_idx(path: Path) -> npt.NDArray[Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_cifar(name: str, directory: Path) -> tuple[DatasetInfo, Split, Split]:
-    info = DATASETS[name]
-    label_key = "labels" if name == "cifar10" else "fine_labels"
-    *train_files, test_file = _CIFAR_FILES[name]
+def _read_cifar(spec: DatasetSpec, directory: Path) -> tuple[DatasetInfo, Split, Split]:
+    info, label_key = spec.info, spec.label_key
+    *train_files, test_file = spec.files
     parts = [_read_cifar_batch(directory / f, label_key) for f in train_files]
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])
     test_x, test_y = _read_cifar_batch(directory / test_file, label_key)
-    meta_file, names_key = (
-        ("batches.meta", "label_names") if name == "cifar10" else ("meta", "fine_label_names")
-    )
-    if (directory / meta_file).is_file():
-        names = _unpickle(directory / meta_file).get(names_key)
+    if spec.names is not None and (directory / spec.names[0]).is_file():
+        names = _unpickle(directory / spec.names[0]).get(spec.names[1])
         if names is not None and len(names) == info.num_classes:
             info = replace(info, classes=tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names))
     train = _to_split(train_x, train_y, directory / train_files[0], info.num_classes)
@@ -343,3 +317,11 @@ def _to_chw(array: npt.NDArray[np.uint8], gray: bool) -> npt.NDArray[np.uint8]:
     if array.ndim == 3:
         return array.transpose(2, 0, 1)
     return array[None] if gray else np.repeat(array[None], 3, axis=0)
+
+
+FORMATS: dict[str, Callable[[DatasetSpec, Path], tuple[DatasetInfo, Split, Split]]] = {
+    "idx": _read_idx_dataset,
+    "cifar": _read_cifar,
+}
+"""The reader of each on-disk format a :class:`~kdbench.data.catalog.DatasetSpec` names (``imagefolder``
+is read from its folder by :func:`load_imagefolder`)."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from kdbench.data.catalog import Data, DatasetInfo, Split, canonical_name, fingerprint
+from kdbench.data.catalog import Data, DatasetInfo, Split, dataset_spec, fingerprint
 from kdbench.data.files import download as download_dataset
 from kdbench.data.files import find_dataset, not_found_error, search_roots
 from kdbench.data.formats import load_imagefolder, read_dataset
@@ -23,7 +24,10 @@ from kdbench.data.split import stratified_split
 from kdbench.defaults import IMAGEFOLDER_SIZE
 from kdbench.errors import ConfigError
 
-__all__ = ["load_data", "load_raw"]
+if TYPE_CHECKING:
+    from kdbench.config.data import DataConfig
+
+__all__ = ["load_data", "load_raw", "load_study_data"]
 
 
 def load_raw(
@@ -50,21 +54,21 @@ def load_raw(
         ConfigError: unknown dataset, bad ``image_size``, or a file that is not in the expected format.
         DataNotFoundError: the files are in none of the searched places (the message lists them).
     """
-    name = canonical_name(dataset)
+    spec = dataset_spec(dataset)
     if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
         raise ConfigError(f"data.image_size must be a positive integer, got {image_size!r}")
-    if name == "imagefolder":
+    if spec.format == "imagefolder":
         return load_imagefolder(root, IMAGEFOLDER_SIZE if image_size is None else int(image_size))
 
     roots = search_roots(root)
-    found = find_dataset(name, roots)
+    found = find_dataset(spec, roots)
     if found is None and download:
-        download_dataset(name, roots[0])
-        found = find_dataset(name, roots[:1])
+        download_dataset(spec, roots[0])
+        found = find_dataset(spec, roots[:1])
     if found is None:
-        raise not_found_error(name, roots, download)
+        raise not_found_error(spec, roots, download)
     search_root, directory = found
-    info, train, test = read_dataset(name, directory)
+    info, train, test = read_dataset(spec, directory)
     if image_size is not None and int(image_size) != info.image_size:
         info = replace(info, image_size=int(image_size))
         train = Split(_resize(train.images, info.image_size), train.labels)
@@ -146,4 +150,22 @@ def load_data(
         train_indices=train_idx,
         root=found,
         fingerprint=fingerprint(official_train, test),
+    )
+
+
+def load_study_data(
+    data: DataConfig, *, seed: int, device: str | torch.device = "cpu", subset: bool = True
+) -> Data:
+    """:func:`load_data` for a study's ``data`` section: the one place a study's fields become a load.
+
+    Args:
+        data: the study's ``data`` section.
+        seed: the study's seed (the validation carve-out and the subset).
+        device: where the splits are put.
+        subset: apply ``data.subset`` (the students' data); ``False`` trains on every row left after the
+            validation carve-out (the teacher's data).
+    """
+    return load_data(
+        data.dataset, root=data.root, val_fraction=data.val_fraction, subset=data.subset if subset else None,
+        seed=seed, device=device, download=data.download, image_size=data.image_size,
     )

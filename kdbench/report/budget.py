@@ -43,7 +43,9 @@ __all__ = [
     "RANK_CI_MIN_N",
     "TRANSFER_COLUMNS",
     "BudgetLabels",
+    "StudyLike",
     "Transfer",
+    "as_study",
     "budget_frames",
     "budget_labels",
     "budget_table",
@@ -77,15 +79,24 @@ class BudgetLabels:
         return self.finalists != self.selection
 
 
-def budget_labels(config: dict[str, Any] | Study) -> BudgetLabels:
+StudyLike = dict[str, Any] | Study
+"""What the report's readers take: the typed study, or its config as the store keeps it (parsed by :func:`as_study`)."""
+
+
+def as_study(config: StudyLike) -> Study:
+    """The typed study: ``config`` itself, or its stored config parsed back (:func:`kdbench.studyfile.stored_study`)."""
+    return config if isinstance(config, Study) else stored_study(config)
+
+
+def budget_labels(config: StudyLike) -> BudgetLabels:
     """The budgets of a study (its typed study, or its config as stored: the resolved study), in words (``3 epochs``):
     the typed study's own :attr:`~kdbench.config.Study.search_budgets`, ``selection_budget`` and ``finalist_budget``."""
-    study = config if isinstance(config, Study) else stored_study(config)
+    study = as_study(config)
     return BudgetLabels([b.label for b in study.search_budgets], study.selection_budget.label,
                         study.finalist_budget.label)
 
 
-def main_runs(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+def main_runs(runs: pd.DataFrame, config: StudyLike) -> pd.DataFrame:
     """The runs every other section reads: the search at the selection budget and the finalists (no probes)."""
     labels = budget_labels(config)
     out = runs[runs["kind"] != "probe"]
@@ -218,7 +229,7 @@ def _config(row: pd.Series) -> str:
     return " ".join(f"{short.get(k, k)}={v:g}" for k, v in values.items())
 
 
-def transfer(runs: pd.DataFrame, config: dict[str, Any], method: str = "kd") -> Transfer:
+def transfer(runs: pd.DataFrame, config: StudyLike, method: str = "kd") -> Transfer:
     """Compare a method's configurations at the search budget with the same ones at the finalists' budget.
 
     The configurations are the method's finalists and probes (the runs at full budget, on the finalist seeds);
@@ -288,7 +299,7 @@ def transfer_sentence(t: Transfer) -> str:
             f"these data: {corr}, {why}; {where}. More probes (finalists.probe) would tell.")
 
 
-def budget_table(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+def budget_table(runs: pd.DataFrame, config: StudyLike) -> pd.DataFrame:
     """Per budget: Hinton's KD best (T, α) cell and its KD − CE on validation, paired over seeds.
 
     At each search budget the cells are scored as the search scores them (replicate mean at each cell's best
@@ -337,7 +348,7 @@ def budget_table(runs: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=BUDGET_COLUMNS)
 
 
-def transfers(runs: pd.DataFrame, config: dict[str, Any], methods: list[str]) -> list[Transfer]:
+def transfers(runs: pd.DataFrame, config: StudyLike, methods: list[str]) -> list[Transfer]:
     """:func:`transfer` of each method with runs at the finalists' budget, when that budget is longer than the
     search's or probes ran (else there is nothing to transfer to: an empty list)."""
     at_full = runs[runs["kind"].isin(["finalist", "probe"]) & (runs["state"] == "complete")]
@@ -346,7 +357,7 @@ def transfers(runs: pd.DataFrame, config: dict[str, Any], methods: list[str]) ->
     return [transfer(runs, config, m) for m in methods if (at_full["loss"] == m).any()]
 
 
-def budget_frames(runs: pd.DataFrame, epochs: pd.DataFrame, config: dict[str, Any], methods: list[str],
+def budget_frames(runs: pd.DataFrame, epochs: pd.DataFrame, config: StudyLike, methods: list[str],
                   pruner: str) -> dict[str, Any]:
     """Everything the report's budget section shows (the :class:`kdbench.report.frames.StudyFrames` fields
     ``budgets``, ``epoch_rho``, ``pruner_warnings``, ``transfers``, ``budget_table``), from every run: probes

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from kdbench.config import is_geometric
+from kdbench.config import Range, is_geometric
 from kdbench.defaults import IMPORTANCE_MIN_TRIALS
 from kdbench.report.budget import BudgetLabels, Transfer, budget_frames, budget_labels, main_runs
 from kdbench.report.calibration import calibration_frames
@@ -130,10 +130,10 @@ def compute_frames(src: StudySources) -> StudyFrames:
         The grid, comparison rows, paired KD − CE result and verdict, curves, prediction grid, importances and
         provenance; ``missing`` lists what a partial study lacks.
     """
-    config, runs = src.config, main_runs(src.runs, src.config)  # the search at the selection budget; finalists
-    search = config.get("search", {})
-    temps, alphas = search.get("temperature"), search.get("alpha")
-    is_grid = isinstance(temps, list) and isinstance(alphas, list)
+    study, runs = src.study, main_runs(src.runs, src.study)  # the search at the selection budget; finalists
+    t, a = study.search.temperature, study.search.alpha  # a grid: both lists
+    temps, alphas = (t, a) if isinstance(t, list) and isinstance(a, list) else (None, None)
+    is_grid = temps is not None
     missing: list[str] = []
 
     search_runs = runs[runs["kind"].isin(["kd", "ce"])]
@@ -144,23 +144,22 @@ def compute_frames(src: StudySources) -> StudyFrames:
     ce_best = float(ce["val_acc"].max()) if not ce.empty else math.nan
     if ce.empty:
         missing.append("no complete CE baseline trial (baseline.ce off or not run yet): no differences to CE")
-    evidence = search_evidence(config, runs)
-    grid = grid_table(kd, temps if is_grid else None, alphas if is_grid else None, ce_best, evidence)
+    evidence = search_evidence(study, runs)
+    grid = grid_table(kd, temps, alphas, ce_best, evidence)
 
     if src.teacher is None:
         missing.append("no teacher recorded yet")
     finals = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
     if finals.empty:
         missing.append("no complete finalists yet: no test accuracies, comparison, fidelity or learning curves")
-    labels = budget_labels(config)
+    labels = budget_labels(study)
     arms, paired = _arms(src, finals, evidence.budgets, labels)
     fidelity = fidelity_frames(src.predictions, src.teacher)
     best_kd = arms["arm"] == "KD student"
     if best_kd.any() and fidelity.seeds["mcnemar_p"].notna().any():
         arms.loc[best_kd, "mcnemar_p"] = float(fidelity.seeds["mcnemar_p"].median())
     taught = None if src.teacher is None else (src.teacher.model, float(src.teacher.test_acc))
-    methods = search.get("method", "kd")
-    methods = [methods] if isinstance(methods, str) else list(methods)
+    methods = study.search.methods
     several = methods != ["kd"]
     table = method_table(runs, methods) if several else pd.DataFrame()
     test_labels = src.predictions.test.labels if src.predictions.test is not None else None
@@ -168,22 +167,23 @@ def compute_frames(src: StudySources) -> StudyFrames:
         src.logits, src.teacher.test_logits if src.teacher else None, test_labels,
         {loss: arm_name(loss) for loss in src.logits})
     return StudyFrames(
-        name=src.name, config=config, config_hash=src.config_hash, is_grid=is_grid,
-        geometric_t=is_grid and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,
+        name=src.name, config=src.config, config_hash=src.config_hash, is_grid=is_grid,
+        geometric_t=temps is not None and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,
         ce_trials=ce[["trial_number", "lr", "val_acc"]].reset_index(drop=True), arms=arms, paired=paired,
-        verdict=qualified_verdict(verdict(paired), config, evidence, n_seeds=paired.n, teacher=taught,
+        verdict=qualified_verdict(verdict(paired), study, evidence, n_seeds=paired.n, teacher=taught,
                                   budgets=labels)
         if not finals.empty else "KD and CE cannot be compared yet: no complete finalists.",
         curves=_curves(src.epochs, finals), predictions=prediction_grid(src.predictions, src.teacher),
         importances=_importances(src), provenance=_provenance(src), missing=missing,
-        log_params=[p for p in ("temperature", "lr") if _log_scale(search.get(p))], seeds=_paired_seeds(finals),
+        log_params=[p for p in ("temperature", "lr") if _log_scale(getattr(study.search, p))],
+        seeds=_paired_seeds(finals),
         fidelity=fidelity, methods=table, method_sentence=method_sentence(table) if several else "",
         method_cells={m: method_cells(runs, m) for m in methods if m != "kd"}, calibration=calib,
         reliability=reliability, calibration_note=calib_note,
         cost=cost_table(runs, src.teacher.train_seconds if src.teacher else None), cost_note=cost_note(runs),
         trials=trial_curves(src.epochs, runs), history=optimisation_history(runs),
         dashboard=dashboard_command(src.storage_url),
-        **budget_frames(src.runs, src.epochs, config, methods, evidence.pruner))
+        **budget_frames(src.runs, src.epochs, study, methods, evidence.pruner))
 
 
 
@@ -192,7 +192,7 @@ def _log_scale(spec: Any) -> bool:
     """Is a search parameter sampled on a log scale? A geometric list (1, 2, 4, 8), or a range with ``log: true``."""
     if isinstance(spec, list):
         return is_geometric(spec)
-    return isinstance(spec, dict) and bool(spec.get("log"))
+    return isinstance(spec, Range) and spec.log
 
 
 # ---------------------------------------------------------------------------------------------- grid
@@ -275,12 +275,12 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str],
     """The comparison rows: the teacher, then the CE and KD finalists with the store's test mean, sd and n
     (:meth:`kdbench.store.Store.finalist_summary`) and, for KD, the paired difference to CE over shared seeds."""
     rows: list[dict[str, Any]] = []
-    config, teacher = src.config, src.teacher
+    study, teacher = src.study, src.teacher
     if teacher is not None:
         rows.append({"arm": "teacher", "model": teacher.model, "test_mean": float(teacher.test_acc), "n": 1,
                      "parameters": teacher.parameters, "infer_ms_per_batch": teacher.infer_ms_per_batch,
-                     "device": teacher.device, "seeds": str(config.get("seed", "")), "commit": teacher.commit})
-    student = config.get("student", {}).get("model", "?")
+                     "device": teacher.device, "seeds": str(study.seed), "commit": teacher.commit})
+    student = study.student.model
     summary = src.finalists.set_index(["loss", "rank"])
     by_seed = {key: g.set_index("seed")["test_acc"] for key, g in finals.groupby(["loss", "rank"])}
     ce = by_seed.get(("ce", 0))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from kdbench.config import Range
 from kdbench.report import effects
-from kdbench.report.budget import BudgetLabels, budget_labels
+from kdbench.report.budget import BudgetLabels, StudyLike, as_study, budget_labels
 from kdbench.report.stats import summarize
 
 __all__ = [
@@ -72,16 +73,20 @@ def _search_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return done.rename(columns={"kind": "stage"})[list(effects.RUN_COLUMNS)]
 
 
-def budget_words(config: dict[str, Any], runs: pd.DataFrame) -> dict[str, str]:
+def budget_words(config: StudyLike, runs: pd.DataFrame) -> dict[str, str]:
     """Each arm's tuning budget in words, from what the search planned (its config) and ran (its runs).
 
-    A replicated grid reads ``{"kd": "20 cells × 3 lr × 3 seeds", "ce": "3 lr × 3 seeds"}``; any other
-    study counts its search runs, e.g. ``{"kd": "12 trials", "ce": "3 trials"}``.
+    A replicated grid (T and α lists, every run at one of the planned lr candidates) reads
+    ``{"kd": "20 cells × 3 lr × 3 seeds", "ce": "3 lr × 3 seeds"}``; any other study (a range search, or a grid
+    stored before replicated grids, whose cells drew their lr) counts its search runs, e.g.
+    ``{"kd": "12 trials", "ce": "3 trials"}``.
     """
-    search = config.get("search", {})
-    temps, alphas = search.get("temperature"), search.get("alpha")
+    search = as_study(config).search
+    temps, alphas, lrs_planned = search.temperature, search.alpha, search.lr_candidates() or []
     search_runs = runs[runs["kind"].isin(["kd", "ce"])]
-    if isinstance(temps, list) and isinstance(alphas, list) and "replicates" in search:
+    at_planned = np.isclose(search_runs["lr"].to_numpy(float)[:, None], np.asarray(lrs_planned, float)[None, :],
+                            rtol=1e-9, atol=0.0).any(axis=1).all() if lrs_planned else False
+    if isinstance(temps, list) and isinstance(alphas, list) and at_planned:
         per = search_runs.groupby("kind").agg(lrs=("lr", "nunique"), seeds=("seed", "nunique"))
         out: dict[str, str] = {}
         for stage in ("kd", "ce"):
@@ -94,7 +99,7 @@ def budget_words(config: dict[str, Any], runs: pd.DataFrame) -> dict[str, str]:
     return {stage: f"{int(counts[stage])} trials" for stage in ("kd", "ce") if stage in counts}
 
 
-def search_evidence(config: dict[str, Any], runs: pd.DataFrame) -> SearchEvidence:
+def search_evidence(config: StudyLike, runs: pd.DataFrame) -> SearchEvidence:
     """Compute the grid's evidence from the study's config and its runs (see :class:`SearchEvidence`)."""
     done = _search_runs(runs)
     cells = effects.best_lr_cells(done)
@@ -102,16 +107,17 @@ def search_evidence(config: dict[str, Any], runs: pd.DataFrame) -> SearchEvidenc
     deltas = effects.delta_vs_ce(matrix)
     main = effects.main_effects(matrix)
     rel = effects.reliability(matrix)
-    search = config.get("search", {})
-    is_grid = isinstance(search.get("temperature"), list) and isinstance(search.get("alpha"), list)
+    study = as_study(config)
+    search = study.search
+    is_grid = isinstance(search.temperature, list) and isinstance(search.alpha, list)
     kd = done[done["stage"] == "kd"]
     binned = pd.DataFrame()
     if not is_grid and len(kd) > 0:
         parts = [effects.binned_effect(kd, p, 5).assign(param=p) for p in effects.FACTORS
-                 if isinstance(search.get(p), dict)]
+                 if isinstance(getattr(search, p), Range)]
         binned = pd.concat(parts, ignore_index=True) if parts else binned
-    budgets = budget_words(config, runs)
-    pruner = search.get("pruner") or ("none" if is_grid else "median")
+    budgets = budget_words(study, runs)
+    pruner = search.pruner or ("none" if is_grid else "median")
     n_rep = int(done["seed"].nunique()) if len(done) else 0
     sentences = [main.sentences[f] for f in effects.FACTORS if f in main.sentences] if is_grid else []
     if is_grid:
@@ -151,7 +157,7 @@ def _lr_at_edge(cells: effects.BestLr) -> str:
             "outside the list (widen search.lr).")
 
 
-def qualified_verdict(text: str, config: dict[str, Any], evidence: SearchEvidence, *, n_seeds: int,
+def qualified_verdict(text: str, config: StudyLike, evidence: SearchEvidence, *, n_seeds: int,
                       teacher: tuple[str, float] | None, budgets: BudgetLabels | None = None) -> str:
     """A verdict, then the conditions it holds under: the student's training budget (a short budget may not
     transfer), the number of seeds, the teacher (model and test accuracy), and whether KD and CE were tuned
@@ -165,13 +171,14 @@ def qualified_verdict(text: str, config: dict[str, Any], evidence: SearchEvidenc
         teacher: the teacher's model and test accuracy (a fraction), or None when none is recorded.
         budgets: the study's budgets (:func:`kdbench.report.budget.budget_labels`; default: from ``config``).
     """
-    student = config.get("student", {})
-    b = budgets or budget_labels(config)
-    per = f" of batch {student['batch_size']}" if student.get("batch_size") else ""
+    study = as_study(config)
+    student = study.student
+    b = budgets or budget_labels(study)
+    per = f" of batch {student.batch_size}" if student.batch_size else ""
     budget = f"{b.finalists}{per}" + (f" (chosen on search trials of {b.selection})" if b.longer else "")
     taught = f"teacher {teacher[0]} at {100 * teacher[1]:.2f} % test accuracy" if teacher else "no teacher recorded"
     who = "finalists" if b.longer else "students"
-    text += (f" Conditions: {student.get('model', 'student')} {who} trained {budget}, n={n_seeds} shared "
+    text += (f" Conditions: {student.model} {who} trained {budget}, n={n_seeds} shared "
              f"finalist seed{'s' if n_seeds != 1 else ''}, {taught}.")
     tuned = evidence.budgets
     if "kd" in tuned and "ce" in tuned:

@@ -13,7 +13,6 @@ creating a database, and Optuna's storage only where Optuna's tables already exi
 from __future__ import annotations
 
 import datetime as dt
-import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -22,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from kdbench.config import Study
 from kdbench.defaults import IMPORTANCE_MIN_TRIALS
 from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
 from kdbench.report.budget import budget_labels
@@ -106,7 +106,8 @@ class StudySources:
 
     Attributes:
         name: the study's name.
-        config: the study's config (its row's JSON, parsed).
+        config: the study's config as stored (its row's JSON, parsed): what the provenance shows.
+        study: that config as the typed study (:meth:`kdbench.store.Store.study_config`): what every reader uses.
         config_hash: the config's hash.
         commit: the kdbench commit that created the study.
         created: when the study was created.
@@ -122,6 +123,7 @@ class StudySources:
 
     name: str
     config: dict[str, Any]
+    study: Study
     config_hash: str
     commit: str | None
     created: dt.datetime | None
@@ -157,17 +159,19 @@ def read_study(storage: StoreLike, name: str, *, load_images: bool = True,
     runs = store.runs(name)  # raises StoreError listing the known studies
     row = store.study(name)
     assert row is not None
-    config = json.loads(row.config)
+    config = store.stored_config(name)  # what the provenance shows, as stored
+    study = store.study_config(name)  # what every reader uses; a damaged config: one line naming it
     teacher = _teacher(store.teacher(row.teacher_key)) if row.teacher_key else None
-    labels = budget_labels(config)
+    labels = budget_labels(study)
     at = labels.selection if len(labels.search) > 1 else None  # a budget axis: importances at the selection budget
     kd = (runs["kind"] == "kd") & (runs["state"] == "complete")
     kd_complete = int((kd & (runs["budget"] == at)).sum() if at else kd.sum())
     importances, skipped = _importances(store, name, kd_complete, importance_min_trials, at)
     return StudySources(
-        name=name, config=config, config_hash=row.config_hash, commit=row.commit, created=row.created, runs=runs,
+        name=name, config=config, study=study, config_hash=row.config_hash, commit=row.commit, created=row.created,
+        runs=runs,
         epochs=store.epochs(name), teacher=teacher, finalists=store.finalist_summary(name),
-        predictions=_predictions(store, config, runs, load_images), kd_complete=kd_complete,
+        predictions=_predictions(store, study, runs, load_images), kd_complete=kd_complete,
         importances=importances, importances_skipped=skipped, logits=_logits(store, runs), storage_url=store.url)
 
 
@@ -208,12 +212,11 @@ def _teacher(row: TeacherRow | None) -> TeacherSource | None:
         train_seconds=row.train_seconds)
 
 
-def _predictions(store: Store, config: dict[str, Any], runs: pd.DataFrame, load_images: bool) -> PredictionSources:
+def _predictions(store: Store, study: Study, runs: pd.DataFrame, load_images: bool) -> PredictionSources:
     """The stored predictions of the first seed with a best KD and CE finalist; the test split when both exist."""
     from kdbench.data import DATASETS
 
-    data = config.get("data", {})
-    dataset = data.get("dataset", "")
+    dataset = study.data.dataset
     classes = list(DATASETS[dataset].classes) if dataset in DATASETS else []
     best = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete") & (runs["rank"] == 0)]
     seeds = sorted(set(best.loc[best["loss"] == "kd", "seed"]) & set(best.loc[best["loss"] == "ce", "seed"]))
@@ -235,7 +238,7 @@ def _predictions(store: Store, config: dict[str, Any], runs: pd.DataFrame, load_
     try:
         from kdbench.data import load_raw
 
-        info, _, test, _ = load_raw(dataset, root=data.get("root"), download=False, image_size=data.get("image_size"))
+        info, _, test, _ = load_raw(dataset, root=study.data.root, download=False, image_size=study.data.image_size)
     except (DataNotFoundError, KdbenchError) as exc:
         out.test_error = str(exc)
         return out

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from kdbench.config import Study, parse_study
+from kdbench.config import Study
 from kdbench.errors import ConfigError, StoreError, first_line
 from kdbench.store.db import Database
 from kdbench.store.keys import PARAM_COLUMNS
 from kdbench.store.schema import RUN_COLUMNS, EpochRow, RunRow, StudyRow, TeacherRow
+from kdbench.studyfile import stored_study
 
 __all__ = ["FINALIST_COLUMNS", "Queries", "load_runs", "params_json",
            "run_values"]
@@ -87,7 +88,7 @@ class Queries(Database):
                 or not a study this kdbench reads (a damaged row, or keys only an earlier kdbench knew).
         """
         try:
-            return parse_study(self.stored_config(name), "config")
+            return stored_study(self.stored_config(name))
         except ConfigError as exc:
             raise StoreError(f"study {name!r} in {self.url}: its stored config is not a study this kdbench reads "
                              f"({first_line(exc)}); {_DAMAGED_FIX}") from None

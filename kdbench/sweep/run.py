@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from kdbench.config import Study
-from kdbench.data import DatasetInfo, load_data
+from kdbench.data import DatasetInfo, load_study_data
 from kdbench.defaults import POLL_S, STALE_AFTER_S
 from kdbench.errors import CheckpointError, ConfigError, StoreError, check_termination
 from kdbench.models import build_model
@@ -86,14 +86,11 @@ def prepare_sweep(
     cache = open_cache_dir(cache_dir)
     d = study.data
     events.on_status("loading data")
-    tdata = load_data(d.dataset, root=d.root, val_fraction=d.val_fraction, subset=None, seed=study.seed,
-                      device=device, download=d.download, image_size=d.image_size)
+    tdata = load_study_data(d, seed=study.seed, device=device, subset=False)
     if len(tdata.val) == 0:
         raise ConfigError(f"data.val_fraction: {d.val_fraction:g} leaves no validation set, and a sweep chooses its "
                           "cells on validation accuracy; set it to e.g. 0.1")
-    sdata = tdata if d.subset is None else load_data(
-        d.dataset, root=d.root, val_fraction=d.val_fraction, subset=d.subset, seed=study.seed, device=device,
-        download=d.download, image_size=d.image_size)
+    sdata = tdata if d.subset is None else load_study_data(d, seed=study.seed, device=device)
     if not replace:
         store.check_study(study, tdata.fingerprint)  # data.root is not in the hash: the same config, other files
     check_models(study, tdata.info)
