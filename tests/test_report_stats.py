@@ -60,3 +60,28 @@ def test_mcnemar_with_no_discordant_image() -> None:
     labels, kd, ce = _paired(both=4, ce_only=0, kd_only=0, neither=3)
     m = mcnemar_test(labels, kd, ce)
     assert (m.ce_only, m.kd_only, m.p_value) == (0, 0, 1.0)
+
+
+def test_detectable_difference_is_the_paired_t_tests_80_percent_power_point() -> None:
+    """By hand: the power of a two-sided one-sample t-test on n differences with sd s against a true mean δ is
+    P(|T| > t_crit) with T noncentral t (n − 1 df, noncentrality δ√n / s); the detectable δ solves power = 0.8."""
+    import pandas as pd
+    from scipy import optimize, stats
+
+    from kdbench.report.stats import detectable_difference, paired_difference, verdict
+
+    kd = pd.Series([0.861, 0.872, 0.869, 0.858, 0.877], index=[10, 11, 12, 13, 14])
+    ce = pd.Series([0.855, 0.860, 0.866, 0.857, 0.861], index=[10, 11, 12, 13, 14])
+    p = paired_difference(kd, ce)
+    n, s = 5, float(np.std(kd.to_numpy() - ce.to_numpy(), ddof=1))
+    crit = stats.t.ppf(0.975, n - 1)
+
+    def power(delta: float) -> float:
+        nc = delta * math.sqrt(n) / s
+        return float(stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc))
+
+    hand = optimize.brentq(lambda x: power(x) - 0.8, 1e-3 * s, 10 * s)
+    assert detectable_difference(p) == pytest.approx(hand, rel=1e-4)
+    assert p.ci_low < 0 < p.ci_high  # this frame cannot tell them apart, so the verdict states its power
+    assert f"a true difference of {100 * hand:.2f} pp or more would have been detected 80%" in verdict(p)
+    assert math.isnan(detectable_difference(paired_difference(kd.iloc[:1], ce.iloc[:1])))

@@ -5,7 +5,9 @@ A finalist arm is one configuration re-trained on ``seeds`` fresh seeds; KD and 
 seeds and data order, so their per-seed test accuracies pair. The difference's 95 % confidence
 interval is Student's t on the paired differences; the p-value is the paired t-test
 (``scipy.stats.ttest_rel``). Whether KD helped is decided by the interval alone: it helped when
-the interval lies above 0, hurt when below, and could not be told apart when it contains 0.
+the interval lies above 0, hurt when below, and could not be told apart when it contains 0; then the
+verdict also says the smallest difference the design would have detected at 80 % power
+(:func:`detectable_difference`, statsmodels' ``TTestPower``).
 
 The prediction statistics take int arrays over the test set (one predicted class per image, the
 stored int16 argmax) and the dataset's labels: :func:`agreement` (top-1, e.g. teacher–student),
@@ -29,10 +31,12 @@ from kdbench.defaults import MCNEMAR_EXACT_BELOW
 
 __all__ = [
     "CONFIDENCE",
+    "POWER",
     "McNemar",
     "Paired",
     "Summary",
     "agreement",
+    "detectable_difference",
     "mcnemar_test",
     "paired_difference",
     "per_class_delta",
@@ -41,6 +45,7 @@ __all__ = [
 ]
 
 CONFIDENCE = 0.95  # two-sided level of every interval in a report
+POWER = 0.80  # the power at which a "could not be told apart" verdict states the smallest difference it could detect
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,23 @@ def paired_difference(kd: pd.Series, ce: pd.Series) -> Paired:
     return Paired(mean, sd, mean - half, mean + half, p, n)
 
 
+def detectable_difference(p: Paired, power: float = POWER) -> float:
+    """The smallest true KD − CE a paired t-test at this n and spread detects with probability ``power``
+    (two-sided, at 1 − :data:`CONFIDENCE`): the effect size statsmodels' ``TTestPower`` solves for, times
+    the sd of the paired differences.
+
+    Returns:
+        The difference (a fraction, like the accuracies); NaN below 2 pairs or with no spread.
+    """
+    if p.n < 2 or not p.sd > 1e-12:
+        return math.nan
+    from statsmodels.stats.power import TTestPower  # a one-sample t-test on the paired differences
+
+    d = TTestPower().solve_power(effect_size=None, nobs=p.n, alpha=1 - CONFIDENCE, power=power,
+                                 alternative="two-sided")
+    return float(np.asarray(d).item()) * p.sd
+
+
 def verdict(p: Paired) -> str:
     """One sentence: did KD help, hurt, or could the two not be told apart at this n? (decided by the CI).
 
@@ -129,7 +151,11 @@ def verdict(p: Paired) -> str:
         return f"KD helped: {interval}."
     if p.ci_high < 0:
         return f"KD hurt: {interval}."
-    return f"KD and CE could not be told apart at n={p.n}: {interval}; the interval contains 0."
+    mde = detectable_difference(p)
+    return (f"KD and CE could not be told apart at n={p.n}: {interval}; the interval contains 0. With this n and "
+            f"spread (sd of the paired differences {100 * p.sd:.2f} pp), a true difference of "
+            f"{100 * mde:.2f} pp or more would have been detected {POWER:.0%} of the time (paired t-test, two-sided "
+            f"{1 - CONFIDENCE:.0%}); a smaller one could be missed.")
 
 
 def _p(p: float) -> str:
