@@ -228,9 +228,12 @@ def show(study_name: str, storage: str, top: int) -> None:
         lines = []
         for _, c in cells[cells["stage"] == "kd"].nlargest(top, "mean").iterrows():
             d = deltas.loc[(c["temperature"], c["alpha"])] if (c["temperature"], c["alpha"]) in deltas.index else None
-            vs = "" if d is None else f"; vs CE {100 * d['mean']:+.2f} pp " + (
-                "(no CI)" if d["ci_low"] != d["ci_low"] else f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
-            ) + (" *" if d["holm_above_zero"] else "")
+            if d is None or d["mean"] != d["mean"]:
+                vs = "; vs CE: no CE run on the same seeds yet"
+            else:
+                ci = ("(no CI)" if d["ci_low"] != d["ci_low"]
+                      else f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]")
+                vs = f"; vs CE {100 * d['mean']:+.2f} pp {ci}" + (" *" if d["holm_above_zero"] else "")
             lines.append(f"  T={c['temperature']:g} alpha={c['alpha']:g}: {_cell(c)}{vs}")
         for _, c in cells[cells["stage"] == "ce"].iterrows():
             lines.append(f"  CE: {_cell(c)}")
@@ -280,8 +283,9 @@ def _evidence(study: Study, runs: Any) -> Any:
 
 
 def _cell(c: Any) -> str:
-    half = "" if c["ci_half"] != c["ci_half"] else f" ± {100 * c['ci_half']:.2f}"
-    return f"{100 * c['mean']:.2f}%{half} (95% CI, n={int(c['n'])}) at lr {c['best_lr']:.3g}"
+    if c["ci_half"] != c["ci_half"]:  # one seed (or no spread): a value, not an interval
+        return f"{100 * c['mean']:.2f}% (n={int(c['n'])}, no interval) at lr {c['best_lr']:.3g}"
+    return f"{100 * c['mean']:.2f}% ± {100 * c['ci_half']:.2f} (95% CI, n={int(c['n'])}) at lr {c['best_lr']:.3g}"
 
 
 def _print_evidence(sentences: list[str], name: str) -> None:
@@ -316,6 +320,10 @@ def _print_summary(store: Any, name: str, summary: Any, study: Study) -> None:
         values = run_values(r)
         lr = values.pop("lr")
         cfg = "".join(f"{'T' if k == 'temperature' else k}={v:g} " for k, v in values.items()) + f"lr={lr:.3g}"
-        sd = f"{r['test_sd']:.2%}" if r["test_sd"] == r["test_sd"] else "n/a"
-        click.echo(f"  best {r['loss'].upper()} #{int(r['rank']) + 1}: {cfg}: test {r['test_mean']:.2%} ± {sd} "
-                   f"(n={int(r['n'])})")
+        if r["test_mean"] != r["test_mean"]:
+            test = "no test accuracy stored yet"
+        elif r["test_sd"] == r["test_sd"]:
+            test = f"test {r['test_mean']:.2%} ± {r['test_sd']:.2%} (n={int(r['n'])})"
+        else:
+            test = f"test {r['test_mean']:.2%} (n={int(r['n'])}, no spread)"
+        click.echo(f"  best {r['loss'].upper()} #{int(r['rank']) + 1}: {cfg}: {test}")

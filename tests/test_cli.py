@@ -90,3 +90,29 @@ def test_workers_get_the_storage_url_by_environment_not_argv(needs_fmnist: None,
         assert env["KDBENCH_STORAGE"] == db_url
     from kdbench.store import Store
     assert set(Store.open(db_url).runs("tiny")["state"]) == {"complete"}  # the workers found the database
+
+
+def test_show_on_a_half_finished_grid_says_what_is_missing(tmp_path: Path) -> None:
+    """A T ∈ {1, 2, 4} grid with complete KD runs at T = 2 only: T is "not estimable yet", never "not varied";
+    a cell of one seed shows no interval word and no "nan"; a stored accuracy of 1.7 is refused in one line."""
+    import sqlalchemy as sa
+    from report_db import make_db
+
+    url = f"sqlite:///{tmp_path / 'half.db'}"
+    make_db(url, "half", kd_trials={(2.0, 0.5): [("complete", 0.890, 1e-3)], (2.0, 0.9): [("complete", 0.865, 1e-3)],
+                                    (4.0, 0.5): [("failed", None, 1e-3)]})
+    shown = CliRunner().invoke(cli.main, ["show", "half", "--storage", url])
+    assert shown.exit_code == 0, shown.output
+    assert "T's effect cannot be estimated yet: of the planned T ∈ {1, 2, 4}, only T = 2 has complete KD runs." \
+        in shown.output
+    assert "was not varied" not in shown.output and "nan" not in shown.output.lower()
+    assert "(n=1, no interval)" in shown.output and "(95% CI, n=1)" not in shown.output
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE kdbench_runs SET val_acc = 1.7 WHERE id = (SELECT MIN(id) FROM kdbench_runs "
+                             "WHERE kind = 'kd')"))
+    engine.dispose()
+    bad = CliRunner().invoke(cli.main, ["show", "half", "--storage", url])
+    lines = bad.stderr.strip().splitlines()
+    assert bad.exit_code == 2 and len(lines) == 1, bad.output
+    assert "val_acc = 1.7, not an accuracy (a fraction in [0, 1])" in lines[0] and "--replace" in lines[0]

@@ -197,6 +197,8 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
     "absurd batch size": (lambda e: e.sweep(e.yaml(teacher={"batch_size": 10**9})),
                           ("teacher.batch_size", "less than or equal to 65536")),
     "--set with an empty key": (lambda e: e.sweep(e.yaml(), "--set", "..=1"), ("'..' has an empty part",)),
+    "more probes than configurations left": (lambda e: e.sweep(e.yaml(), "--set", "finalists.probe=99"),
+                                             ("finalists.probe: 99 probes", "set finalists.probe to at most")),
     "unreachable PostgreSQL": (lambda e: e.sweep(e.yaml(), storage="postgresql+psycopg://nobody@127.0.0.1:1/x"),
                                ("--storage postgresql+psycopg://nobody@127.0.0.1:1/x: cannot open", "server")),
     "password not shown": (lambda e: e.sweep(e.yaml(), storage="postgresql+psycopg://u:secret@127.0.0.1:1/x"),

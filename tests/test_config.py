@@ -27,7 +27,7 @@ def test_hash_is_stable_and_ignores_key_order_and_root(tiny_study_dict: dict) ->
 def test_budgets_read_as_epochs_or_steps_and_leave_old_hashes_alone(tiny_study_dict: dict) -> None:
     base = parse_study(tiny_study_dict)
     assert [b.label for b in base.search_budgets] == ["1 epoch"] and base.finalist_budget.label == "1 epoch"
-    s = parse_study(tiny_study_dict, overrides=["finalists.budget=20", "search.budget=[3, 1]", "finalists.probe=4"])
+    s = parse_study(tiny_study_dict, overrides=["finalists.budget=20", "search.budget=[3, 1]", "finalists.probe=1"])
     assert [b.label for b in s.search_budgets] == ["1 epoch", "3 epochs"]  # sorted, smallest first
     assert s.selection_budget.label == "3 epochs" and s.finalist_budget.label == "20 epochs"
     assert s.finalist_budget.apply(s.student).epochs == 20 and s.finalist_budget.apply(s.student).steps is None

@@ -68,6 +68,13 @@ class Study(Strict):
             raise ValueError(f"search.max_visits: the search plans {n:,} visits (training runs), more than "
                              f"search.max_visits ({self.search.max_visits:,}); shrink the grid (temperature, alpha, "
                              "lr, replicates, budget), or raise search.max_visits if you mean it")
+        f, s = self.finalists, self.search
+        if f.probe:  # probes are drawn from the configurations each method ranks below its top_k finalists
+            left = min(s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods) - f.top_k
+            if f.probe > left:
+                raise ValueError(f"finalists.probe: {f.probe} probes, but the search ranks only {max(left, 0)} "
+                                 f"configuration(s) per method below its finalists.top_k = {f.top_k}; set "
+                                 f"finalists.probe to at most {max(left, 0)}")
         return self
 
     @property

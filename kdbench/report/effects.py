@@ -236,7 +236,7 @@ def delta_vs_ce(matrix: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def main_effects(matrix: pd.DataFrame) -> MainEffects:
+def main_effects(matrix: pd.DataFrame, planned: dict[str, list[float]] | None = None) -> MainEffects:
     """Level means and paired effects of T and α over the KD cells, and the T × α RM-ANOVA.
 
     Incomplete designs use, per seed, the cells it has (``n`` counts the seeds behind each level); the
@@ -245,6 +245,8 @@ def main_effects(matrix: pd.DataFrame) -> MainEffects:
 
     Args:
         matrix: :func:`seed_matrix`'s result.
+        planned: a grid's levels of each factor, as the study plans them: a factor with one level in the data but
+            more planned is "not estimable yet", not "not varied" (a half-finished grid).
 
     Returns:
         The effects; empty levels, no ANOVA and a note for a matrix without KD cells.
@@ -269,7 +271,8 @@ def main_effects(matrix: pd.DataFrame) -> MainEffects:
     if kd.isna().to_numpy().any():
         notes.append(f"incomplete design: {int(kd.isna().to_numpy().sum())} cell × seed values missing; "
                      "each seed's level means use the cells it has")
-    sentences = {f: _factor_sentence(f, levels[levels["factor"] == f], anova, why) for f in FACTORS}
+    sentences = {f: _factor_sentence(f, levels[levels["factor"] == f], anova, why, (planned or {}).get(f, []))
+                 for f in FACTORS}
     return MainEffects(levels, anova, sentences, notes)
 
 
@@ -454,10 +457,15 @@ def _anova(kd: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
     return out.loc[:, list(ANOVA_COLUMNS)], None
 
 
-def _factor_sentence(factor: str, levels: pd.DataFrame, anova: pd.DataFrame | None, why: str | None) -> str:
+def _factor_sentence(factor: str, levels: pd.DataFrame, anova: pd.DataFrame | None, why: str | None,
+                     planned: list[float]) -> str:
     sym = _SYMBOL[factor]
     if levels.empty:
         return f"{sym}'s effect cannot be estimated: there are no KD cells."
+    if len(levels) < 2 and len(set(planned)) > 1:
+        values = ", ".join(f"{v:g}" for v in planned)
+        return (f"{sym}'s effect cannot be estimated yet: of the planned {sym} ∈ {{{values}}}, only "
+                f"{sym} = {levels['level'].iloc[0]:g} has complete KD runs.")
     if len(levels) < 2:
         return f"{sym} was not varied (one level, {sym} = {levels['level'].iloc[0]:g})."
     top = levels.loc[levels["effect"].idxmax()]

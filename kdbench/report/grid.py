@@ -105,11 +105,13 @@ def search_evidence(config: StudyLike, runs: pd.DataFrame) -> SearchEvidence:
     cells = effects.best_lr_cells(done)
     matrix = effects.seed_matrix(done, cells.cells)
     deltas = effects.delta_vs_ce(matrix)
-    main = effects.main_effects(matrix)
-    rel = effects.reliability(matrix)
     study = as_study(config)
     search = study.search
-    is_grid = isinstance(search.temperature, list) and isinstance(search.alpha, list)
+    t, a = search.temperature, search.alpha
+    planned = {"temperature": t, "alpha": a} if isinstance(t, list) and isinstance(a, list) else None
+    is_grid = planned is not None
+    main = effects.main_effects(matrix, planned)
+    rel = effects.reliability(matrix)
     kd = done[done["stage"] == "kd"]
     binned = pd.DataFrame()
     if not is_grid and len(kd) > 0:

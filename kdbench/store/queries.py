@@ -135,6 +135,14 @@ class Queries(Database):
             df = pd.read_sql(sa.select(RunRow.id.label("run_id"), *cols)
                              .where(RunRow.study_id == row.id).order_by(RunRow.id), conn)
         df.insert(0, "study", study)
+        for col in ("val_acc", "test_acc", "train_acc"):  # a fraction or nothing: anything else is a damaged row
+            if col in df:
+                bad = df[df[col].notna() & ~df[col].between(0.0, 1.0)]
+                if len(bad):
+                    r = bad.iloc[0]
+                    raise StoreError(f"study {study!r} in {self.url}: run {int(r['run_id'])} ({r['visit']}) has "
+                                     f"{col} = {float(r[col]):g}, not an accuracy (a fraction in [0, 1]); "
+                                     f"{_DAMAGED_FIX}")
         return df[RUN_COLUMNS]
 
     def run_states(self, study_id: int) -> list[sa.Row[Any]]:
