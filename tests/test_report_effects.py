@@ -161,7 +161,7 @@ def _level_by_seed(factor: int) -> dict[float, list[float]]:
 
 
 def test_main_effects_levels_and_paired_effects_by_hand() -> None:
-    effects = main_effects(_matrix())
+    effects = main_effects(_matrix(), min_anova_seeds=2)
     levels = effects.levels
     assert list(levels.columns) == list(LEVEL_COLUMNS) and len(levels) == 4
     grand = [_mean([_best(c)[s] for c in KD_CELLS]) for s in range(3)]
@@ -204,7 +204,7 @@ def _anova_by_hand() -> dict[str, float]:
 
 
 def test_rm_anova_by_hand() -> None:
-    anova = main_effects(_matrix()).anova
+    anova = main_effects(_matrix(), min_anova_seeds=2).anova
     assert anova is not None and list(anova.columns) == list(ANOVA_COLUMNS)
     assert list(anova["term"]) == ["temperature", "alpha", "temperature:alpha"]
     for term, f in _anova_by_hand().items():
@@ -215,7 +215,7 @@ def test_rm_anova_by_hand() -> None:
 
 
 def test_factor_sentences_say_the_test_and_the_best_level_in_pp() -> None:
-    sentences = main_effects(_matrix()).sentences
+    sentences = main_effects(_matrix(), min_anova_seeds=2).sentences
     f_t, f_a = _anova_by_hand()["temperature"], _anova_by_hand()["alpha"]
     grand = [_mean([_best(c)[s] for c in KD_CELLS]) for s in range(3)]
     eff = [x - g for x, g in zip(_level_by_seed(0)[4.0], grand, strict=True)]
@@ -334,13 +334,24 @@ def test_identical_values_and_a_missing_ce_do_not_crash() -> None:
     m = seed_matrix(runs, cells)
     d = delta_vs_ce(m)
     assert list(d["n"]) == [0] * 4 and d["p_holm"].isna().all() and not d["holm_above_zero"].any()
-    assert main_effects(m).anova is not None
+    assert main_effects(m, min_anova_seeds=2).anova is not None
     # every seed = seed 3 + a shift of its own, in every cell: the cells differ alike on all seeds
     same_pattern = m.apply(lambda col: m[3] + 0.01 * list(m.columns).index(col.name))
-    effects = main_effects(same_pattern)
+    effects = main_effects(same_pattern, min_anova_seeds=2)
     assert effects.anova is None and "no error variance" in effects.notes[0]
 
 
 def test_missing_columns_are_named() -> None:
     with pytest.raises(ValueError, match="val_acc"):
         best_lr_cells(_frame().drop(columns="val_acc"))
+
+
+def test_no_rm_anova_below_four_seeds_by_default() -> None:
+    """Three seeds cannot check sphericity: the default runs no RM-ANOVA, says why, and the sentences fall back to
+    the level effects with their intervals."""
+    effects = main_effects(_matrix())
+    assert effects.anova is None
+    assert effects.notes == ["no RM-ANOVA: it needs at least 4 seeds with KD runs, there are 3: with fewer, its "
+                             "p-values rest on a sphericity assumption they cannot check"]
+    assert effects.sentences["temperature"].startswith("T's RM-ANOVA was not run (it needs at least 4 seeds")
+    assert "best T = 4: " in effects.sentences["temperature"]

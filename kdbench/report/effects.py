@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from kdbench.defaults import ANOVA_MIN_SEEDS
 from kdbench.report.stats import CONFIDENCE
 
 __all__ = [
@@ -236,7 +237,8 @@ def delta_vs_ce(matrix: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def main_effects(matrix: pd.DataFrame, planned: dict[str, list[float]] | None = None) -> MainEffects:
+def main_effects(matrix: pd.DataFrame, planned: dict[str, list[float]] | None = None, *,
+                 min_anova_seeds: int = ANOVA_MIN_SEEDS) -> MainEffects:
     """Level means and paired effects of T and α over the KD cells, and the T × α RM-ANOVA.
 
     Incomplete designs use, per seed, the cells it has (``n`` counts the seeds behind each level); the
@@ -247,6 +249,7 @@ def main_effects(matrix: pd.DataFrame, planned: dict[str, list[float]] | None = 
         matrix: :func:`seed_matrix`'s result.
         planned: a grid's levels of each factor, as the study plans them: a factor with one level in the data but
             more planned is "not estimable yet", not "not varied" (a half-finished grid).
+        min_anova_seeds: seeds below which no RM-ANOVA is run (:data:`~kdbench.defaults.ANOVA_MIN_SEEDS`).
 
     Returns:
         The effects; empty levels, no ANOVA and a note for a matrix without KD cells.
@@ -266,7 +269,7 @@ def main_effects(matrix: pd.DataFrame, planned: dict[str, list[float]] | None = 
                          "ci_low": m_low, "ci_high": m_high, "effect": float(effect.mean()),
                          "effect_ci_low": e_low, "effect_ci_high": e_high})
     levels = pd.DataFrame(rows, columns=list(LEVEL_COLUMNS))
-    anova, why = _anova(kd)
+    anova, why = _anova(kd, min_anova_seeds)
     notes = [] if why is None else [f"no RM-ANOVA: {why}"]
     if kd.isna().to_numpy().any():
         notes.append(f"incomplete design: {int(kd.isna().to_numpy().sum())} cell × seed values missing; "
@@ -432,14 +435,15 @@ def _halves(seeds: list[int]) -> Iterator[tuple[list[int], list[int]]]:
         yield list(first), [s for s in seeds if s not in first]
 
 
-def _anova(kd: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
+def _anova(kd: pd.DataFrame, min_seeds: int) -> tuple[pd.DataFrame | None, str | None]:
     """The RM-ANOVA table (seed as subject) of a complete design, else None and the reason."""
     within = [f for f in FACTORS if kd.index.get_level_values(f).nunique() >= 2]
     full = math.prod(kd.index.get_level_values(f).nunique() for f in FACTORS)
     if kd.empty:
         return None, "there are no KD cells"
-    if kd.shape[1] < 2:
-        return None, f"it needs at least 2 seeds with KD runs ({kd.shape[1]})"
+    if kd.shape[1] < max(min_seeds, 2):
+        return None, (f"it needs at least {max(min_seeds, 2)} seeds with KD runs, there are {kd.shape[1]}: with fewer, "
+                      "its p-values rest on a sphericity assumption they cannot check")
     if not within:
         return None, "neither T nor α has 2 levels"
     if len(kd) < full or kd.isna().to_numpy().any():

@@ -188,8 +188,9 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     files: list[Path] = []
     ci = f"{CONFIDENCE:.0%}"
     caption = (f"Test accuracy (mean ± sd over finalist seeds, n seeds); KD − CE paired over shared seeds with "
-               f"its {ci} t interval and paired t-test p (t); McNemar's test of KD against CE on each seed's test "
-               "images, the median p over seeds (McN.).")
+               f"its {ci} t interval and paired t-test p (t): the test of the methods. McNemar's test (McN., the "
+               "median p over seeds) compares the two finalist networks of one seed on the same test images, i.e. "
+               "whether those two networks err on different images, not whether one method beats the other.")
     files += _write_table(display, table, out_dir, "comparison", caption, notes, tex_comparison(display))
     with matplotlib.rc_context(RC):  # type: ignore[arg-type]
         comparison_png = _save(plots.comparison(frames), out_dir, "comparison", files)
@@ -207,8 +208,9 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
             if len(sf.fidelity.seeds):
                 files += _write_table(fidelity_display(sf), sf.fidelity.seeds, out_dir, f"{prefix}fidelity",
                                       f"{sf.name}: per finalist seed, the test images only one student got right, "
-                                      "McNemar's test on them (exact binomial or χ²), and each student's top-1 "
-                                      "agreement with the teacher, from the stored test predictions.")
+                                      "McNemar's test on them (exact binomial or χ²: do these two networks err on "
+                                      "different images? a test of two networks, not of the methods), and each "
+                                      "student's top-1 agreement with the teacher, from the stored test predictions.")
             if len(sf.fidelity.per_class):
                 files += _write_table(per_class_display(sf), sf.fidelity.per_class, out_dir, f"{prefix}per-class",
                                       f"{sf.name}: test accuracy per class; KD − CE paired by seed, then averaged "
