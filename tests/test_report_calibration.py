@@ -45,3 +45,20 @@ def test_calibration_per_arm_and_decoding() -> None:
     assert second == pytest.approx(0.3)
     assert kd["n"] == 2 and kd["ece_mean"] == pytest.approx((ece(LOGITS, LABELS) + 0.3) / 2)
     assert kd["ece_sd"] == pytest.approx(np.std([ece(LOGITS, LABELS), 0.3], ddof=1))
+
+
+def test_an_arm_with_more_than_twice_the_baselines_ece_is_named() -> None:
+    import pandas as pd
+
+    from kdbench.report.calibration import calibration_flags
+    from kdbench.report.methods import method_sentence
+
+    table = pd.DataFrame({"arm": ["teacher", "CE student", "KD student", "DIST student"],
+                          "ece_mean": [0.50, 0.045, 0.08, 0.67], "ece_sd": [None, 0.01, 0.01, 0.02],
+                          "nll_mean": [1.0, 0.3, 0.3, 2.2], "nll_sd": [None] * 4, "n": [1, 5, 5, 5]})
+    flag = calibration_flags(table)
+    assert flag == ("Calibration: DIST student (ECE 67.0 %, n=5) more than 2× the CE student's ECE (4.5 %): its "
+                    "accuracy comes with badly calibrated probabilities.")  # 0.08 < 2 × 0.045; the teacher is not held
+    assert calibration_flags(table[table["arm"] != "CE student"]) == ""
+    empty = pd.DataFrame(columns=["method", "vs_ce_n"])
+    assert method_sentence(empty, table).endswith(flag)

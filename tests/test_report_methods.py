@@ -80,7 +80,11 @@ def test_the_method_sentence_says_what_the_data_can_tell() -> None:
     table = method_table(_frame(), ["kd", "dkd", "lskd"])
     sentence = method_sentence(table)
     assert sentence == ("Hinton KD (+1.50 pp), DKD (+3.25 pp) helped over CE (Holm-corrected over 3 methods, "
-                        "n=4 shared seeds); LS-KD (+0.00 pp) could not be told apart from CE.")
+                        "n=4 shared seeds); LS-KD (+0.00 pp) could not be told apart from CE. Against Hinton KD: "
+                        "DKD − Hinton KD = +1.75 pp [+0.23, +3.27] (95 % CI); a method is better than KD only where "
+                        "that interval lies above 0.")  # 3.25 − 1.50 pp; the interval from the table's paired t
+    dkd = table.set_index("method").loc["DKD"]
+    assert (100 * dkd["vs_kd_low"], 100 * dkd["vs_kd_high"]) == pytest.approx((0.23, 3.27), abs=0.005)
     none = method_table(_frame()[lambda f: f["loss"].isin(["ce", "lskd"])], ["lskd"])
     assert method_sentence(none).startswith("No method could be told apart from CE at n=4")
     assert method_sentence(method_table(_frame()[lambda f: f["kind"] != "finalist"], ["kd"])).startswith(

@@ -18,7 +18,8 @@ from scipy.special import log_softmax
 
 from kdbench.defaults import CALIBRATION_BINS
 
-__all__ = ["calibration", "calibration_frames", "decode_logits", "ece", "nll", "reliability_bins"]
+__all__ = ["calibration", "calibration_flags", "calibration_frames", "decode_logits", "ece", "nll",
+           "reliability_bins"]
 
 
 def decode_logits(blob: bytes | None, n_test: int) -> npt.NDArray[np.float64] | None:
@@ -115,3 +116,24 @@ def calibration_frames(logits: dict[str, dict[int, bytes]], teacher_logits: byte
         bins.append(b.assign(arm=arm))
     note = "" if "teacher" in arms else "the teacher's test logits were not stored (recorded before schema 2)"
     return calibration(arms, labels), pd.concat(bins, ignore_index=True)[empty[1].columns], note
+
+
+def calibration_flags(table: pd.DataFrame, baseline: str = "CE student", factor: float = 2.0) -> str:
+    """A sentence naming each student arm whose mean test ECE is more than ``factor`` times the baseline's
+    (accuracy alone would hide that its probabilities are badly calibrated); "" when none is, or no baseline.
+
+    Args:
+        table: :func:`calibration`'s result.
+        baseline: the arm the others are held against.
+        factor: how many times the baseline's ECE an arm may reach before it is named.
+    """
+    rows = table.set_index("arm")
+    if baseline not in rows.index or not np.isfinite(rows.loc[baseline, "ece_mean"]):
+        return ""
+    base = float(rows.loc[baseline, "ece_mean"])
+    bad = rows[(rows.index != baseline) & (rows.index != "teacher") & (rows["ece_mean"] > factor * base)]
+    if bad.empty:
+        return ""
+    names = ", ".join(f"{arm} (ECE {100 * r['ece_mean']:.1f} %, n={int(r['n'])})" for arm, r in bad.iterrows())
+    return (f"Calibration: {names} more than {factor:g}× the {baseline}'s ECE ({100 * base:.1f} %): "
+            "its accuracy comes with badly calibrated probabilities.")

@@ -177,7 +177,7 @@ def compute_frames(src: StudySources) -> StudyFrames:
         importances=_importances(src), provenance=_provenance(src), missing=missing,
         log_params=[p for p in ("temperature", "lr") if _log_scale(getattr(study.search, p))],
         seeds=_paired_seeds(finals),
-        fidelity=fidelity, methods=table, method_sentence=method_sentence(table) if several else "",
+        fidelity=fidelity, methods=table, method_sentence=method_sentence(table, calib) if several else "",
         method_cells={m: method_cells(runs, m) for m in methods if m != "kd"}, calibration=calib,
         reliability=reliability, calibration_note=calib_note,
         cost=cost_table(runs, src.teacher.train_seconds if src.teacher else None), cost_note=cost_note(runs),

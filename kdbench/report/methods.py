@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
+from kdbench.report.calibration import calibration_flags
 from kdbench.report.stats import Paired, paired_difference, summarize
 from kdbench.store import cell_key, run_values
 
@@ -104,8 +105,17 @@ def method_table(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     return out[METHOD_COLUMNS]
 
 
-def method_sentence(table: pd.DataFrame) -> str:
-    """Which methods helped over CE (the Holm-corrected test and the interval agree), in one sentence."""
+def method_sentence(table: pd.DataFrame, calibration: pd.DataFrame | None = None) -> str:
+    """Which methods helped over CE (the Holm-corrected test and the interval agree), in one sentence; each
+    method said to help also against Hinton's KD, with that interval (a method significant against CE where
+    KD is not is not thereby better than KD); then any arm whose ECE is more than twice CE's
+    (:func:`~kdbench.report.calibration.calibration_flags`, given the calibration table)."""
+    text = _sentence(table)
+    flags = calibration_flags(calibration) if calibration is not None else ""
+    return f"{text} {flags}" if flags else text
+
+
+def _sentence(table: pd.DataFrame) -> str:
     rows = table[(table["method"] != "CE") & (table["vs_ce_n"] >= 2)]
     if rows.empty:
         return "The methods cannot be compared with CE yet: no method has two seeds paired with CE."
@@ -122,7 +132,12 @@ def method_sentence(table: pd.DataFrame) -> str:
                 "difference contains 0, or its Holm-corrected p is ≥ 0.05).")
     rest = rows.drop(index=[*helped.index, *hurt.index])
     tail = f"; {_names(rest)} could not be told apart from CE" if not rest.empty else ""
-    return f"{'; '.join(parts)} (Holm-corrected over {len(rows)} methods, n={n} shared seeds){tail}."
+    vs_kd = [f"{r['method']} − Hinton KD = {100 * r['vs_kd_mean']:+.2f} pp [{100 * r['vs_kd_low']:+.2f}, "
+             f"{100 * r['vs_kd_high']:+.2f}]" for _, r in helped.iterrows()
+             if r["method"] != "Hinton KD" and r["vs_kd_n"] >= 2 and np.isfinite(r["vs_kd_low"])]
+    against = (f" Against Hinton KD: {'; '.join(vs_kd)} (95 % CI); a method is better than KD only where that "
+               "interval lies above 0.") if vs_kd else ""
+    return f"{'; '.join(parts)} (Holm-corrected over {len(rows)} methods, n={n} shared seeds){tail}.{against}"
 
 
 def _names(rows: pd.DataFrame) -> str:
