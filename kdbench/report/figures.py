@@ -79,7 +79,7 @@ def calibration(sf: StudyFrames) -> Figure:
 
 def trials(sf: StudyFrames) -> Figure:
     """Left: every search trial's validation accuracy per epoch, coloured by its final state (a pruned trial
-    stops early). Right: the optimisation history, each arm's best validation accuracy so far by trial."""
+    stops early). Right: the optimisation history, each arm's best replicate mean so far by trial."""
     fig, (left, right) = new_figure(11.0, 4.2, 1, 2)
     if sf.trials.empty:
         return empty_panel(fig, left, "no search trial recorded yet")
@@ -98,10 +98,11 @@ def trials(sf: StudyFrames) -> Figure:
     left.set_xticks(np.arange(1, epochs + 1))
     for i, (kind, g) in enumerate(sf.history.groupby("kind", sort=False)):
         color = COLORS["ce"] if kind == "ce" else ARM_COLORS[i % len(ARM_COLORS)]
-        right.plot(g["order"], g["best_so_far"] * 100, color=color, label=METHOD_NAMES.get(kind, kind))
+        right.plot(g["order"], g["best_so_far"] * 100, color=color,
+                   label=f"{METHOD_NAMES.get(kind, kind)} (mean of {int(g['n'].iloc[0])} seeds)")
         right.scatter(g["order"], g["val_acc"] * 100, color=color, s=6, alpha=0.4)
     right.set_xlabel("complete trials of the arm, in the order they finished")
-    right.set_ylabel("val acc (%): best so far (line), each trial (dots)")
+    right.set_ylabel("val acc (%): best replicate mean (line), trials (dots)")
     right.set_title("Optimisation history")
     right.legend(fontsize=7)
     fig.tight_layout()
