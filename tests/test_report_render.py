@@ -154,8 +154,9 @@ def test_partial_study_renders_what_exists(db: str, tmp_path: Path) -> None:
     assert "no complete finalists yet" in html and "cannot be compared yet" in html
     grid = (tmp_path / "grid.md").read_text()
     assert "running, n=1" in grid and "pruned, last 70.00, at epoch" in grid and "not run" in grid
-    assert len(list(tmp_path.glob("*.png"))) == 10  # the grid's 7, calibration (empty, saying why), every trial,
-    # and the budget section's (no configuration at another budget, saying so)
+    assert len(list(tmp_path.glob("*.png"))) == 9  # the grid's 7, calibration (empty, saying why), every trial;
+    # not the budget section's (no configuration at another budget, no two-epoch trial: the text says so)
+    assert not (tmp_path / "budget.png").exists() and "No budget figure: no configuration was trained" in html
 
 
 def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp_path: Path) -> None:
@@ -171,7 +172,7 @@ def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp
     assert "No prediction grid: no seed with both a KD and a CE finalist yet." in html
     assert "Parameter importances not shown: 4 complete KD trial(s), fewer than the 50" in html
     assert "Calibration not computed: no stored test logits" in html and "Every trial" in html
-    assert len(list(tmp_path.glob("*.png"))) == 10 and not (tmp_path / "fidelity.md").exists()
+    assert len(list(tmp_path.glob("*.png"))) == 9 and not (tmp_path / "fidelity.md").exists()
     assert "No configuration was\ntrained at another budget than the search's" in html
     assert "| teacher |" in (tmp_path / "comparison.md").read_text()
     if shutil.which("pdflatex") is not None:

@@ -231,6 +231,8 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
                                   "trial's median over CE's.", sf.cost_note)
             files += _budget_tables(sf, out_dir, prefix)
             draws = dict(FIGURES, **({"method-cells": figures.method_cells} if not sf.methods.empty else {}))
+            if not sf.transfers and sf.epoch_rho.dropna(subset=["rho"]).empty:  # two empty panels: left out, the
+                del draws["budget"]  # section's text says why
             figs = {key: {"uri": _save(draw(sf), out_dir, prefix + key, files), "file": prefix + key}
                     for key, draw in draws.items()}
             studies_ctx.append(_study_context(sf, figs, grid_stem, prefix))
