@@ -35,10 +35,17 @@ def study_hash(study: Study) -> str:
     later: dict[str, tuple[tuple[str, Any], ...]] = {
         "search": (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0), ("budget", None),
                    ("max_visits", MAX_VISITS)),
-        "finalists": (("budget", None), ("probe", 0))}
+        "finalists": (("budget", None), ("probe", 0)),
+        "teacher": (("weights", None), ("model_args", {})), "student": (("weights", None), ("model_args", {}))}
     for section, keys in later.items():
         for key, default in keys:
             if cfg[section][key] == default or (key == "fuse" and cfg[section][key] == 1):  # keys added later:
                 del cfg[section][key]  # at their defaults they leave the hashes of studies written before unchanged
+    for section in ("teacher", "student"):  # a model from outside the zoo: what defines it, by content
+        r = getattr(study, section)
+        if ":" in r.model:
+            from kdbench.models.sources import model_fingerprint
+
+            cfg[section]["fingerprint"] = model_fingerprint(r.model, r.weights, r.model_args, study.folder)
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

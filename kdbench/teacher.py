@@ -36,6 +36,7 @@ from kdbench.defaults import TEACHER_FLOOR_SHARE
 from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError, first_line
 from kdbench.evaluate import evaluate, inference_ms_per_batch, predict_logits, scores
 from kdbench.models import build_model, count_parameters, load_state_dict_file
+from kdbench.models.sources import model_fingerprint
 from kdbench.provenance import device_name, kdbench_commit, library_versions, provenance
 from kdbench.train import CachedLogits, EpochRecord, LiveTeacher, TeacherSignal, train, view_images
 
@@ -136,11 +137,18 @@ def _weights_key(study: Study, data: Data) -> str:
     """What decides the teacher: its recipe (weights files by content, not path), the data (by content: two
     image folders with the same recipe are two teachers), the split and the seed."""
     recipe = study.teacher.model_dump(mode="json", exclude={"cache", "logit_dtype", "min_accuracy"})
+    for key, default in (("weights", None), ("model_args", {})):  # added later: at their defaults, keys unchanged
+        if recipe[key] == default:
+            del recipe[key]
+    if ":" in study.teacher.model:  # a model from outside the zoo: what defines it, by content
+        recipe["fingerprint"] = model_fingerprint(study.teacher.model, study.teacher.weights,
+                                                  study.teacher.model_args, study.folder)
     if study.teacher.checkpoint:
         path = Path(study.teacher.checkpoint)
         if not path.is_file():
             raise CheckpointError(f"teacher.checkpoint: file {path} not found; give the path of a state dict")
-        recipe = {"model": study.teacher.model, "checkpoint_sha256": _sha256(path)}
+        recipe = {"model": study.teacher.model, "checkpoint_sha256": _sha256(path),
+                  **({"fingerprint": recipe["fingerprint"]} if "fingerprint" in recipe else {})}
     elif study.teacher.pretrained and Path(study.teacher.pretrained).is_file():
         recipe["pretrained"] = _sha256(Path(study.teacher.pretrained))  # the weights, wherever they lie
     d = study.data
@@ -243,7 +251,8 @@ def prepare_teacher(
     def fresh() -> nn.Module:  # the untrained teacher, seeded: built again if a cached state half-loaded
         torch.manual_seed(study.seed)
         return build_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes,
-                           image_size=info.image_size,
+                           image_size=info.image_size, weights=cfg.weights, model_args=cfg.model_args,
+                           folder=study.folder,
                            pretrained=cfg.pretrained if not cfg.checkpoint else None).to(device)
 
     model = fresh()

@@ -62,6 +62,11 @@ class Env:
         return {"dataset": "imagefolder", "root": str(root), "image_size": 16, "subset": None,
                 "val_fraction": 0.25}
 
+    def nets(self, text: str) -> str:
+        """A user's model file beside the study file; returns its name as a study writes it (relative)."""
+        (self.tmp / "nets.py").write_text("import torch\nfrom torch import nn\n" + text)
+        return "nets.py"
+
     def checkpoint(self, obj: object) -> str:
         path = self.tmp / "teacher.pt"
         torch.save(obj, path)
@@ -197,6 +202,47 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
     "absurd batch size": (lambda e: e.sweep(e.yaml(teacher={"batch_size": 10**9})),
                           ("teacher.batch_size", "less than or equal to 65536")),
     "--set with an empty key": (lambda e: e.sweep(e.yaml(), "--set", "..=1"), ("'..' has an empty part",)),
+    "user model file missing": (lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": "gone.py:Net"})),
+                                ("model 'gone.py:Net': file", "gone.py not found")),
+    "user model does not import": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": e.nets("import no_such_pkg\n") + ":Net"})),
+        ("student.model: model 'nets.py:Net': importing nets.py failed: ModuleNotFoundError",)),
+    "user model not callable": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": e.nets("Net = 3\n") + ":Net"})),
+        ("Net is a int, not a class or factory",)),
+    "user model name missing": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": e.nets("") + ":Net"})),
+        ("nets.py has no 'Net'",)),
+    "user model returns the wrong shape": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": e.nets(
+            "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+            "        self.fc = nn.Linear(256, 3)\n    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
+            + ":Net"})),
+        ("returned (2, 3) for a [2, 1, 16, 16] batch; it must return [batch, classes] = (2, 2) logits",)),
+    "user factory returns no module": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": e.nets("def make():\n    return [1]\n")
+                                                                          + ":make"})),
+        ("built a list, not a torch.nn.Module",)),
+    "user model_args refused": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": e.nets(
+            "class Net(nn.Module):\n    def __init__(self, width):\n        super().__init__()\n") + ":Net",
+            "model_args": {"depth": 3}})),
+        ("Net(**model_args) raised TypeError",)),
+    "unknown torchvision model": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": "torchvision:resnt18"})),
+        ("'torchvision:resnt18' is not a torchvision classifier; did you mean resnet18",)),
+    "unknown torchvision weights": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": "torchvision:resnet18", "weights": "V9"})),
+        ("weights: 'V9' is not one of torchvision:resnet18's: DEFAULT, IMAGENET1K_V1",)),
+    "torchvision weights not in the cache, offline": (
+        lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": "torchvision:resnet18",
+                                                                 "weights": "IMAGENET1K_V1"})),
+        ("hub/checkpoints/resnet18-f37072fd.pth not found and kdbench never downloads",
+         "https://download.pytorch.org/models/resnet18-f37072fd.pth")),
+    "unknown timm model": (lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": "timm:resnet18x"})),
+                           ("'timm:resnet18x' is not a timm model; did you mean",)),
+    "weights on a zoo model": (lambda e: e.sweep(e.yaml(student={"model": "mlp-800", "weights": "DEFAULT"})),
+                               ("weights and model_args apply to torchvision:, timm: and your own models",)),
     "more probes than configurations left": (lambda e: e.sweep(e.yaml(), "--set", "finalists.probe=99"),
                                              ("finalists.probe: 99 probes", "set finalists.probe to at most")),
     "unreachable PostgreSQL": (lambda e: e.sweep(e.yaml(), storage="postgresql+psycopg://nobody@127.0.0.1:1/x"),
@@ -262,6 +308,7 @@ def env(tmp_path: Path, tiny_study_dict: dict, monkeypatch: pytest.MonkeyPatch) 
     """A store that already holds a study, 'stored' (kdbench's rows and Optuna's), as users' stores do."""
     monkeypatch.chdir(tmp_path)  # ./data and ./.kdbench-cache are the test's own
     monkeypatch.setenv("KDBENCH_DATA", str(tmp_path / "no-data-here"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # torchvision's weights cache: empty
     e = Env(tmp_path, tiny_study_dict)
     Store.open(e.db).register_study(parse_study({**tiny_study_dict, "name": "stored"}))
     optuna.create_study(storage=Store.open(e.db).optuna_storage(), study_name="stored")

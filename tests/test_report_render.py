@@ -61,8 +61,9 @@ def test_writes_every_table_and_figure(single: Path) -> None:
     for stem in ("comparison", "grid"):
         assert {stem + s for s in TABLE_SUFFIXES} <= names
     for stem in ("comparison", "heatmap-val", "heatmap-diff", "effects", "learning-curves", "predictions",
-                 "importances", "budget"):
+                 "importances"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
+    assert "budget.png" not in names  # nothing at another budget, no two-epoch trial: left out, the text says so
     tex = (single / "comparison.tex").read_text()
     assert all(rule in tex for rule in ("\\toprule", "\\midrule", "\\bottomrule"))
     assert "$95$\\%" in tex and re.search(r"(?<!\\)%", tex) is None  # a bare % would comment the rest out
@@ -185,7 +186,7 @@ def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp
 def test_index_html_loads_in_headless_chromium(single: Path) -> None:
     html = (single / "index.html").read_text()
     n_images = html.count("<img ")
-    assert n_images == 10 and "http://" not in html.replace("http://www.w3.org", "")  # self-contained
+    assert n_images == 9 and "http://" not in html.replace("http://www.w3.org", "")  # self-contained
     dom = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
          "--dump-dom", (single / "index.html").as_uri()],

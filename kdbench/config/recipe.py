@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kdbench.config.base import Strict
 from kdbench.defaults import MAX_BATCH, MAX_EPOCHS, MAX_STEPS
@@ -15,6 +15,8 @@ __all__ = ["Recipe", "StudentConfig", "TeacherConfig"]
 class Recipe(Strict):
     """How one model is trained. lr is per optimiser step (not scaled by batch size)."""
 
+    # a zoo name (kdbench.models.list_models()), torchvision:NAME, timm:NAME, package.module:factory or
+    # path/to/file.py:ClassOrFactory (relative to the study file); see kdbench/models/sources.py
     model: str
     epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = 3  # passes over the training split
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None  # optimiser steps; overrides epochs when set
@@ -33,6 +35,17 @@ class Recipe(Strict):
     channels_last: bool | Literal["auto"] = "auto"  # auto: on for CNNs on CUDA
     compile: bool = False  # torch.compile the model
     pretrained: str | None = None  # a local state-dict file to start from
+    # torchvision:/timm: models: pretrained weights from the library's own cache, never downloaded: a torchvision
+    # weights enum member (IMAGENET1K_V2, DEFAULT) or, for timm, "pretrained"
+    weights: str | None = None
+    model_args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of a torchvision/timm/user model
+
+    @model_validator(mode="after")
+    def _external_keys(self) -> Recipe:
+        if ":" not in self.model and (self.weights is not None or self.model_args):
+            raise ValueError(f"weights and model_args apply to torchvision:, timm: and your own models, not to the "
+                             f"zoo's {self.model!r}; for a zoo model give a state-dict file as pretrained:")
+        return self
 
     @field_validator("step_milestones")
     @classmethod

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from kdbench.budget import Budget
 from kdbench.config.base import Strict
@@ -48,6 +48,12 @@ class Study(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
+    _folder: Path | None = PrivateAttr(default=None)  # the study file's folder: where relative model paths start
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder of the study file this study was read from (None for a dict or a stored config)."""
+        return self._folder
 
     @field_validator("name")
     @classmethod
@@ -146,4 +152,6 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
-    return parse_study(raw, str(p), overrides)
+    study = parse_study(raw, str(p), overrides)
+    study._folder = p.resolve().parent
+    return study

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from torch import nn
 
@@ -176,6 +177,9 @@ def build_model(
     num_classes: int,
     image_size: int,
     pretrained: str | Path | None = None,
+    weights: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    folder: Path | None = None,
 ) -> nn.Module:
     """Build the model ``name`` for images of ``in_channels x image_size x image_size``.
 
@@ -186,6 +190,8 @@ def build_model(
         num_classes: size of the logit vector the model returns.
         image_size: height (= width) of the input images in pixels.
         pretrained: optional path of a local state-dict file to load into the new model.
+        weights, model_args, folder: for a model from outside the zoo (a name with ``:``, see
+            :mod:`kdbench.models.sources`): its library weights, its keyword arguments, the study file's folder.
 
     Returns:
         The model, in training mode, on the CPU.
@@ -194,7 +200,14 @@ def build_model(
         ConfigError: ``name`` is not registered, or a size is not a positive integer.
         CheckpointError: ``pretrained`` cannot be loaded into the model.
     """
-    spec = name if isinstance(name, ModelSpec) else get_model_spec(name)
+    if isinstance(name, ModelSpec):
+        spec = name
+    elif ":" in name:
+        from kdbench.models.sources import resolve_model  # torchvision, timm or the user's code: only when asked
+
+        spec = resolve_model(name, weights=weights, model_args=model_args, folder=folder)
+    else:
+        spec = get_model_spec(name)
     for field, value in (
         ("in_channels", in_channels),
         ("num_classes", num_classes),

@@ -82,8 +82,9 @@ def fuse_plan(study: Study, device: torch.device, info: DatasetInfo, free_bytes:
                            "training the visits one by one")
     if fuse != "auto":
         return FusePlan(fuse, f"fusing up to {fuse} search visits per step (search.fuse: {fuse})" if fuse > 1 else "")
-    student = build_model(study.student.model, in_channels=info.channels, num_classes=info.num_classes,
-                          image_size=info.image_size)
+    s = study.student
+    student = build_model(s.model, in_channels=info.channels, num_classes=info.num_classes, image_size=info.image_size,
+                          weights=s.weights, model_args=s.model_args, folder=study.folder)
     need = student_training_bytes(student, study.student.batch_size, info)
     free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
     k = max(1, min(FUSE_AUTO_MAX, int(FUSE_MEMORY_SHARE * free // need)))

@@ -7,6 +7,7 @@ so that any number of workers split the work.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from kdbench.data import DatasetInfo, load_study_data
 from kdbench.defaults import POLL_S, STALE_AFTER_S
 from kdbench.errors import CheckpointError, ConfigError, StoreError, check_termination
 from kdbench.models import build_model
+from kdbench.models.sources import model_fingerprint
 from kdbench.provenance import library_versions
 from kdbench.store import Claimed, Store
 from kdbench.sweep import optuna_bridge
@@ -32,9 +34,13 @@ from kdbench.teacher import open_cache_dir, prepare_teacher, teacher_record
 __all__ = ["check_models", "prepare_sweep", "run_sweep"]
 
 
-def check_models(study: Study, info: DatasetInfo) -> None:
+def check_models(study: Study, info: DatasetInfo) -> dict[str, dict[str, str]]:
     """Build the teacher (with ``teacher.checkpoint``) and the student once, so that an unknown model or
     a bad weights file is reported before anything is trained or stored.
+
+    Returns:
+        For each model from outside the zoo, by section: its name, its fingerprint (what the study hash holds)
+        and its architecture (a digest of its parameters' names and shapes), for every run's provenance.
 
     Raises:
         ConfigError: an unknown model name.
@@ -43,14 +49,22 @@ def check_models(study: Study, info: DatasetInfo) -> None:
     t = study.teacher
     t_weights = ("checkpoint", t.checkpoint) if t.checkpoint else ("pretrained", t.pretrained)
     s_weights = ("pretrained", study.student.pretrained)
+    out: dict[str, dict[str, str]] = {}
     for section, recipe, (weights_key, weights) in (("teacher", t, t_weights), ("student", study.student, s_weights)):
         try:
-            build_model(recipe.model, in_channels=info.channels, num_classes=info.num_classes,
-                        image_size=info.image_size, pretrained=weights)
+            model = build_model(recipe.model, in_channels=info.channels, num_classes=info.num_classes,
+                        image_size=info.image_size, pretrained=weights, weights=recipe.weights,
+                        model_args=recipe.model_args, folder=study.folder)
         except ConfigError as exc:
             raise ConfigError(f"{section}.model: {exc}") from None
         except CheckpointError as exc:
             raise CheckpointError(f"{section}.{weights_key}: {exc}") from None
+        if ":" in recipe.model:
+            shapes = json.dumps([(k, list(v.shape)) for k, v in model.state_dict().items()])
+            out[section] = {"model": recipe.model, "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16],
+                            "fingerprint": model_fingerprint(recipe.model, recipe.weights, recipe.model_args,
+                                                             study.folder)}
+    return out
 
 
 def prepare_sweep(
@@ -93,7 +107,7 @@ def prepare_sweep(
     sdata = tdata if d.subset is None else load_study_data(d, seed=study.seed, device=device)
     if not replace:
         store.check_study(study, tdata.fingerprint)  # data.root is not in the hash: the same config, other files
-    check_models(study, tdata.info)
+    models = check_models(study, tdata.info)
     if study.teacher.cache == "fixed" and d.augment != "none":
         events.on_log(f"{study.name}: teacher.cache: fixed with data.augment: {d.augment}: the students see "
                       "augmented images, the teacher's cached logits are of the clean ones (cache: {views: K} or "
@@ -111,8 +125,9 @@ def prepare_sweep(
     elif stored.test_logits is None:  # recorded before schema 2 kept the teacher's test logits (calibration)
         store.set_teacher_logits(teacher.key, teacher_record(teacher, tdata, device)["test_logits"])
     store.set_study_teacher(row.id, teacher.key)
+    versions = {**library_versions(), **({"models": models} if models else {})}  # a user's model: its fingerprint
     return SweepContext(study, store, row.id, sdata, teacher, device, cache / "runs" / study.name, events,
-                        stale_after_s, versions=json.dumps(library_versions(), sort_keys=True), study_uid=row.uid)
+                        stale_after_s, versions=json.dumps(versions, sort_keys=True), study_uid=row.uid)
 
 
 def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1) -> Iterator[list[Claimed]]:
