@@ -30,16 +30,18 @@ The modules, each importing only from those above it:
 * :mod:`~kdbench.data.formats`: the readers of IDX files, CIFAR pickles and image folders (``FORMATS``);
 * :mod:`~kdbench.data.files`: the search roots, the not-found message, the download (the search reads
   :data:`SYSTEM_DATA_ROOT` from this module: to change it, e.g. in a test, set it here);
+* :mod:`~kdbench.data.arrays`: :func:`from_arrays`, official sets given as arrays rather than files;
 * :mod:`~kdbench.data.load`: :func:`load_raw`, :func:`load_data` and :func:`load_study_data` (a study's
-  ``data`` section), which put those together;
+  ``data`` section), which put those together, and :func:`split_data` (official sets already read -> Data);
 * :mod:`~kdbench.data.transforms`: :func:`normalize` and :func:`augment`, per batch on the device.
 """
 
 from __future__ import annotations
 
+from kdbench.data.arrays import from_arrays
 from kdbench.data.catalog import DATASETS, REGISTRY, Data, DatasetInfo, DatasetSpec, Split, register_dataset
 from kdbench.data.files import SYSTEM_DATA_ROOT, search_roots
-from kdbench.data.load import load_data, load_raw, load_study_data
+from kdbench.data.load import load_data, load_raw, load_study_data, split_data
 from kdbench.data.split import stratified_split
 from kdbench.data.transforms import AUGMENTS, augment, normalize
 
@@ -53,11 +55,13 @@ __all__ = [
     "DatasetSpec",
     "Split",
     "augment",
+    "from_arrays",
     "load_data",
     "load_raw",
     "load_study_data",
     "normalize",
     "register_dataset",
     "search_roots",
+    "split_data",
     "stratified_split",
 ]

@@ -27,7 +27,7 @@ from kdbench.errors import ConfigError
 if TYPE_CHECKING:
     from kdbench.config.data import DataConfig
 
-__all__ = ["load_data", "load_raw", "load_study_data"]
+__all__ = ["load_data", "load_raw", "load_study_data", "split_data"]
 
 
 def load_raw(
@@ -122,7 +122,36 @@ def load_data(
     if isinstance(val_fraction, bool) or not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
     info, official_train, test, found = load_raw(dataset, root=root, download=download, image_size=image_size)
+    return split_data(info, official_train, test, root=found, val_fraction=val_fraction, subset=subset,
+                      seed=seed, device=device)
 
+
+def split_data(
+    info: DatasetInfo,
+    official_train: Split,
+    test: Split,
+    *,
+    root: Path | None = None,
+    val_fraction: float = 0.1,
+    subset: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Data:
+    """The train / val / test :class:`Data` of official training and test sets already read (what
+    :func:`load_raw` or :func:`~kdbench.data.arrays.from_arrays` gives): the second half of :func:`load_data`.
+
+    Args:
+        info: the dataset's facts.
+        official_train: the official training set, CPU tensors.
+        test: the official test set, CPU tensors; only ever moved.
+        root: where the files were found, if anywhere.
+        val_fraction, subset, seed, device: as :func:`load_data`.
+
+    Raises:
+        ConfigError: an argument is out of range (the message names the ``data.*`` field).
+    """
+    if isinstance(val_fraction, bool) or not 0.0 <= float(val_fraction) < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
     val_idx, train_idx = stratified_split(official_train.labels, float(val_fraction), seed)
     if subset is not None:
         if isinstance(subset, bool) or int(subset) != subset:
@@ -148,7 +177,7 @@ def load_data(
         val=official_train.take(val_idx).to(device),
         test=test.to(device),
         train_indices=train_idx,
-        root=found,
+        root=root,
         fingerprint=fingerprint(official_train, test),
     )
 

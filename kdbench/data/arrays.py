@@ -1,0 +1,125 @@
+"""Data held in memory: the official training and test sets given as arrays (numpy, torch, or anything
+``numpy.asarray`` reads) instead of files.
+
+:func:`from_arrays` turns ``x_train, y_train, x_test, y_test`` into ``(info, train, test)``, what
+:func:`~kdbench.data.load.load_raw` gives for a dataset on disk, so that an ``.npz`` file, a Hugging Face
+data set, a torch ``Dataset`` or a notebook's arrays all become the same :class:`~kdbench.data.catalog.Data`
+through :func:`~kdbench.data.load.split_data`.
+
+Images follow Keras' convention: ``uint8 (N, H, W)`` (grayscale) or ``(N, H, W, C)`` with ``C`` in 1, 3;
+``(N, C, H, W)`` (torch's layout) is accepted too when ``C`` is 1 or 3 and the last axis is not. The
+normalisation statistics are the training pixels' per-channel mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from kdbench.data.catalog import DatasetInfo, Split
+from kdbench.errors import ConfigError
+
+__all__ = ["from_arrays", "image_layout"]
+
+
+def image_layout(x: npt.NDArray[Any], what: str) -> npt.NDArray[np.uint8]:
+    """``x`` as ``uint8 [N, C, H, W]`` (C-contiguous, a copy where it had to move axes).
+
+    Args:
+        x: ``uint8 (N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with ``C`` in 1, 3.
+        what: how the message names the array (e.g. ``"data.path x_train"``).
+
+    Raises:
+        ConfigError: not uint8, or a shape that is none of those (one line naming ``what`` and the shape).
+    """
+    if x.dtype != np.uint8:
+        raise ConfigError(f"{what}: images must be uint8 (0-255), got {x.dtype}")
+    if x.ndim == 3:
+        return np.ascontiguousarray(x[:, None])
+    if x.ndim == 4 and x.shape[-1] in (1, 3):
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if x.ndim == 4 and x.shape[1] in (1, 3):
+        return np.ascontiguousarray(x)
+    raise ConfigError(
+        f"{what}: images of shape {x.shape}; give (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3"
+    )
+
+
+def _labels(y: Any, n: int, what: str) -> npt.NDArray[np.int64]:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != n:
+        raise ConfigError(f"{what}: labels of shape {y.shape} for {n} inputs; give one integer label per input")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ConfigError(f"{what}: labels must be integers 0..classes-1, got {y.dtype}")
+    if len(y) and int(y.min()) < 0:
+        raise ConfigError(f"{what}: labels must be integers 0..classes-1, found {int(y.min())}")
+    return y.astype(np.int64)
+
+
+def from_arrays(
+    x_train: Any,
+    y_train: Any,
+    x_test: Any,
+    y_test: Any,
+    *,
+    name: str = "arrays",
+    classes: Sequence[str] | None = None,
+    source: str = "data",
+) -> tuple[DatasetInfo, Split, Split]:
+    """The official training and test sets from arrays, checked, as CPU tensors.
+
+    Args:
+        x_train: training images (see the module docstring for the layouts).
+        y_train: integer labels ``0 .. classes - 1``, one per training image.
+        x_test: test images of the same channels and size as ``x_train``.
+        y_test: integer labels, one per test image.
+        name: the :class:`DatasetInfo` name.
+        classes: class names by label; default ``"0" .. str(classes - 1)``, the classes being one more than
+            the largest label of either set.
+        source: how a refusal names where the arrays came from (e.g. ``"data.path 'digits.npz'"``).
+
+    Returns:
+        ``(info, train, test)`` like :func:`~kdbench.data.load.load_raw` without its root.
+
+    Raises:
+        ConfigError: a bad array, labels that are not integers or out of range, or train and test of
+            different shapes (one line naming ``source``).
+    """
+    xtr = image_layout(np.asarray(x_train), f"{source} x_train")
+    xte = image_layout(np.asarray(x_test), f"{source} x_test")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise ConfigError(
+            f"{source}: x_train images are {xtr.shape[1:]} (C, H, W) but x_test images are {xte.shape[1:]}; "
+            "give both sets the same channels and size"
+        )
+    if xtr.shape[2] != xtr.shape[3]:
+        raise ConfigError(
+            f"{source}: images are {xtr.shape[2]}x{xtr.shape[3]}; kdbench trains on square images, "
+            "resize them (data.image_size) or crop them first"
+        )
+    if len(xtr) == 0 or len(xte) == 0:
+        raise ConfigError(f"{source}: the training and the test set both need at least one image")
+    ytr = _labels(y_train, len(xtr), f"{source} y_train")
+    yte = _labels(y_test, len(xte), f"{source} y_test")
+    num_classes = len(classes) if classes is not None else int(max(ytr.max(), yte.max())) + 1
+    for y, what in ((ytr, "y_train"), (yte, "y_test")):
+        if int(y.max()) >= num_classes:
+            raise ConfigError(
+                f"{source} {what}: label {int(y.max())} is out of range for {num_classes} classes "
+                f"({', '.join(classes or [])}); labels must be 0..{num_classes - 1}"
+            )
+    if num_classes < 2:
+        raise ConfigError(f"{source}: the labels hold {num_classes} class; a classifier needs at least 2")
+    pixels = torch.from_numpy(xtr).to(torch.float64).div_(255)
+    mean = tuple(float(v) for v in pixels.mean(dim=(0, 2, 3)))
+    std = tuple(max(float(v), 1e-6) for v in pixels.std(dim=(0, 2, 3)))
+    names = tuple(str(c) for c in classes) if classes is not None else tuple(str(i) for i in range(num_classes))
+    info = DatasetInfo(name, int(xtr.shape[1]), num_classes, int(xtr.shape[2]), mean, std, names)
+    train = Split(torch.from_numpy(xtr), torch.from_numpy(ytr))
+    return info, train, Split(torch.from_numpy(xte), torch.from_numpy(yte))
