@@ -41,7 +41,7 @@ from __future__ import annotations
 from kdbench.data.arrays import from_arrays
 from kdbench.data.catalog import DATASETS, REGISTRY, Data, DatasetInfo, DatasetSpec, Split, register_dataset
 from kdbench.data.files import SYSTEM_DATA_ROOT, search_roots
-from kdbench.data.load import load_data, load_raw, load_study_data, split_data
+from kdbench.data.load import load_data, load_raw, load_study_data, load_study_raw, split_data
 from kdbench.data.split import stratified_split
 from kdbench.data.transforms import AUGMENTS, augment, normalize
 
@@ -59,6 +59,7 @@ __all__ = [
     "load_data",
     "load_raw",
     "load_study_data",
+    "load_study_raw",
     "normalize",
     "register_dataset",
     "search_roots",

@@ -100,11 +100,11 @@ def prepare_sweep(
     cache = open_cache_dir(cache_dir)
     d = study.data
     events.on_status("loading data")
-    tdata = load_study_data(d, seed=study.seed, device=device, subset=False)
+    tdata = load_study_data(d, seed=study.seed, device=device, subset=False, folder=study.folder)
     if len(tdata.val) == 0:
         raise ConfigError(f"data.val_fraction: {d.val_fraction:g} leaves no validation set, and a sweep chooses its "
                           "cells on validation accuracy; set it to e.g. 0.1")
-    sdata = tdata if d.subset is None else load_study_data(d, seed=study.seed, device=device)
+    sdata = tdata if d.subset is None else load_study_data(d, seed=study.seed, device=device, folder=study.folder)
     if not replace:
         store.check_study(study, tdata.fingerprint)  # data.root is not in the hash: the same config, other files
     models = check_models(study, tdata.info)
