@@ -125,8 +125,8 @@ def from_arrays(
         ``(info, train, test)`` like :func:`~kdbench.data.load.load_raw` without its root.
 
     Raises:
-        ConfigError: a bad array, labels that are not integers or out of range, or train and test of
-            different shapes (one line naming ``source``).
+        ConfigError: a bad array, labels that are not integers or out of range, train and test of
+            different shapes, or test labels the training set never has (one line naming ``source``).
     """
     xtr = image_layout(np.asarray(x_train), f"{source} x_train")
     xte = image_layout(np.asarray(x_test), f"{source} x_test")
@@ -134,6 +134,7 @@ def from_arrays(
         raise ConfigError(
             f"{source}: x_train images are {xtr.shape[1:]} (C, H, W) but x_test images are {xte.shape[1:]}; "
             "give both sets the same channels and size"
+            + (" (data.image_size resizes both)" if xtr.shape[1] == xte.shape[1] else "")
         )
     if len(xtr) == 0 or len(xte) == 0:
         raise ConfigError(f"{source}: the training and the test set both need at least one image")
@@ -154,6 +155,12 @@ def from_arrays(
                 f"{source} {what}: label {int(y.max())} is out of range for {num_classes} classes "
                 f"({', '.join(classes or [])}); labels must be 0..{num_classes - 1}"
             )
+    unseen = sorted(set(np.unique(yte).tolist()) - set(np.unique(ytr).tolist()))
+    if unseen:
+        raise ConfigError(
+            f"{source}: y_test has label(s) {', '.join(map(str, unseen[:5]))} that y_train never has; train and "
+            "test must hold the same classes"
+        )
     if num_classes < 2:
         raise ConfigError(f"{source}: the labels hold {num_classes} class; a classifier needs at least 2")
     pixels = torch.from_numpy(xtr).to(torch.float64).div_(255)
