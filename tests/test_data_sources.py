@@ -292,3 +292,16 @@ def test_an_image_size_that_cannot_fit_is_refused_before_allocating(needs_fmnist
         pytest.skip(f"this machine has {free} bytes free: Fashion-MNIST at 1024x1024 ({need}) would fit")
     with pytest.raises(ConfigError, match=r"data.image_size: fashion-mnist, 70,000 images of 1x1024x1024"):
         load_raw("fashion-mnist", image_size=1024)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_memory_is_asked_of_the_device(tmp_path: Path) -> None:
+    """On CUDA the estimate is compared with torch.cuda.mem_get_info: an .npz goes whole to the GPU, and a
+    size beyond the free device memory is refused before anything is moved."""
+    free = available_bytes("cuda")
+    assert free is not None and free == torch.cuda.mem_get_info()[0]
+    data = load_data("npz", path=_digits(tmp_path / "d.npz"), val_fraction=0.2, device="cuda")
+    assert data.train.images.is_cuda and data.test.labels.is_cuda
+    with pytest.raises(ConfigError, match=r"data.image_size: .* GiB free"):
+        check_fits(free // (3 * 1024 * 1024) + 1, 3, 1024, "cuda")
