@@ -180,6 +180,18 @@ def test_hf_parquet_folder_reads_the_same_as_save_to_disk(tmp_path: Path) -> Non
     assert not list(tmp_path.glob("pq/cache-*")), "reading parquet wrote a cache file"
 
 
+def test_hf_gray_and_colour_images_together_read_as_colour(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    gray, rgb = _pil(2, (6, 6), "L", 0), _pil(2, (6, 6), "RGB", 1)
+    ds = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": [gray[0], rgb[0]], "label": [0, 1]}),
+                               "test": datasets.Dataset.from_dict({"image": [gray[1], gray[0]], "label": [1, 0]})})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    info, train, test, _ = load_raw("hf", path=tmp_path / "ds")
+    assert info.channels == 3 and train.images.shape == (2, 3, 6, 6) and test.images.shape == (2, 3, 6, 6)
+    assert torch.equal(train.images[0, 2], torch.from_numpy(np.array(gray[0])))  # gray repeated per channel
+    assert torch.equal(train.images[1].permute(1, 2, 0), torch.from_numpy(np.array(rgb[0])))
+
+
 def test_hf_images_of_several_sizes_need_image_size(tmp_path: Path) -> None:
     _hf_dict(train_sizes=(14, 14)).save_to_disk(str(tmp_path / "ds"))
     with pytest.raises(ConfigError, match=r"data.image_size: .* has images of 2 sizes \(10x10, 14x14"):

@@ -22,7 +22,6 @@ import difflib
 import inspect
 import io
 import zipfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +119,8 @@ def read_hf(path: Path, image_column: str = "image", label_column: str = "label"
                                   f"{', '.join(ds.column_names)}")
     feature = train.features[label_column]
     classes = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-    gray = _all_gray(train[image_column]) and _all_gray(test[image_column])
-    xs = [_hf_images(ds[image_column], gray, image_size, f"{source} {name}")
-          for name, ds in (("train", train), ("test", test))]
+    xs = _same_channels(*(_hf_images(ds[image_column], image_size, f"{source} {name}")
+                          for name, ds in (("train", train), ("test", test))))
     ys = [np.asarray(list(ds[label_column])) for ds in (train, test)]
     return from_arrays(xs[0], ys[0], xs[1], ys[1], name="hf", classes=classes, source=source)
 
@@ -167,17 +165,12 @@ def _decode(value: Any) -> Image.Image | npt.NDArray[Any]:
     return np.asarray(value)
 
 
-def _all_gray(values: Iterable[Any]) -> bool:
-    for value in values:
-        img = _decode(value)
-        gray = img.mode in ("1", "L", "I", "I;16", "F") if isinstance(img, Image.Image) else img.ndim == 2
-        if not gray:
-            return False
-    return True
+_GRAY_MODES = ("1", "L", "I", "I;16", "F")
 
 
-def _hf_images(values: Any, gray: bool, image_size: int | None, source: str) -> npt.NDArray[np.uint8]:
-    """The column's images as one ``uint8 (N, H, W[, 3])`` array; resized one by one when ``image_size`` is set."""
+def _hf_images(values: Any, image_size: int | None, source: str) -> npt.NDArray[np.uint8]:
+    """The column's images as one ``uint8 (N, H, W)`` array (all gray) or ``(N, H, W, 3)``; each decoded once and
+    resized as it is read when ``image_size`` is set."""
     values = list(values)
     images = []
     for value in values:
@@ -187,18 +180,27 @@ def _hf_images(values: Any, gray: bool, image_size: int | None, source: str) -> 
                 raise ConfigError(f"{source}: an image of {img.dtype} {img.shape} is not a uint8 image; kdbench "
                                   "trains on images, not on features or token ids")
             img = Image.fromarray(img)
-        img = img.convert("L" if gray else "RGB")
+        img = img.convert("L" if img.mode in _GRAY_MODES else "RGB")
         if image_size is not None:
             img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
         images.append(np.asarray(img, dtype=np.uint8))
         if len(images) == 1:  # one image tells the size of all: refuse before reading the rest
-            check_fits(len(values), 1 if gray else 3, max(images[0].shape[:2]), "cpu", what=source)
+            check_fits(len(values), 3, max(images[0].shape[:2]), "cpu", what=source)
     sizes = sorted({im.shape[:2] for im in images})
     if len(sizes) > 1:
         shown = ", ".join(f"{h}x{w}" for h, w in sizes[:3])
         raise ConfigError(f"data.image_size: {source} has images of {len(sizes)} sizes ({shown}, ...); set "
                           "data.image_size to resize them all to one at load")
+    if any(im.ndim == 3 for im in images):  # colour among them: the gray ones repeated into 3 channels
+        images = [im if im.ndim == 3 else np.repeat(im[..., None], 3, axis=-1) for im in images]
     return np.stack(images) if images else np.zeros((0, 1, 1), np.uint8)
+
+
+def _same_channels(*sets: npt.NDArray[np.uint8]) -> list[npt.NDArray[np.uint8]]:
+    """Gray sets as they are; where any set holds colour, every gray image repeated into 3 channels."""
+    if all(x.ndim == 3 for x in sets):
+        return list(sets)
+    return [x if x.ndim == 4 else np.repeat(x[..., None], 3, axis=-1) for x in sets]
 
 
 # --------------------------------------------------------------------------------------------------
