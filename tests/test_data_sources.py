@@ -259,6 +259,25 @@ def test_torchvision_kmnist_from_local_files(tmp_path: Path, monkeypatch: pytest
     assert torch.equal(native.images[:, 0], torch.from_numpy(_images(40, (28, 28))))
 
 
+def test_torchvision_items_read_one_by_one_where_there_is_no_data_array() -> None:
+    """A class without a uint8 ``data`` array (Flowers102, DTD, ...) is read item by item, PIL image and class
+    index, each resized as it is read: here torchvision's own FakeData (random images of a fixed seed)."""
+    import torchvision.datasets as tvd
+
+    from kdbench.data.sources import _torchvision_arrays
+
+    sets = [tvd.FakeData(size=n, image_size=(3, 10, 12), num_classes=3, random_offset=o)
+            for n, o in ((40, 0), (12, 99))]
+    with pytest.raises(ConfigError, match="10x12; kdbench trains on square images"):
+        _torchvision_arrays("torchvision:FakeData", sets, None)
+    info, train, test = _torchvision_arrays("torchvision:FakeData", sets, 8)
+    assert (info.channels, info.image_size, info.num_classes) == (3, 8, 3)
+    assert train.images.shape == (40, 3, 8, 8) and test.images.shape == (12, 3, 8, 8)
+    assert train.labels.tolist() == [sets[0][i][1] for i in range(40)]
+    first = np.asarray(sets[0][0][0].resize((8, 8), Image.Resampling.BILINEAR))
+    assert torch.equal(train.images[0].permute(1, 2, 0), torch.from_numpy(first.copy()))
+
+
 def test_torchvision_unknown_name_suggests_close_ones() -> None:
     with pytest.raises(ConfigError, match=r"'torchvision:KMNST' is not a torchvision dataset; did you mean "
                                           r"torchvision:KMNIST"):

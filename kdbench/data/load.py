@@ -21,7 +21,7 @@ from kdbench.data.files import download as download_dataset
 from kdbench.data.files import find_dataset, not_found_error, search_roots
 from kdbench.data.formats import load_imagefolder, read_dataset
 from kdbench.data.memory import check_fits
-from kdbench.data.sources import TORCHVISION_PREFIX, read_hf, read_npz, read_torchvision
+from kdbench.data.sources import TORCHVISION_PREFIX, read_hf, read_npz, read_torchvision, torchvision_classes
 from kdbench.data.split import stratified_split
 from kdbench.defaults import IMAGEFOLDER_SIZE
 from kdbench.errors import ConfigError
@@ -72,7 +72,13 @@ def load_raw(
         _no_path(dataset, path)
         info, train, test = read_torchvision(dataset.strip(), root, download, size)
         return info, train, test, None
-    spec = dataset_spec(dataset)
+    try:
+        spec = dataset_spec(dataset)
+    except ConfigError as exc:  # a torchvision class under its own name: say how to write it
+        tv = {k.lower(): k for k in torchvision_classes()}.get(dataset.strip().lower())
+        if tv is None:
+            raise
+        raise ConfigError(f"{exc}; torchvision's is data.dataset: {TORCHVISION_PREFIX}{tv}") from None
     if spec.format in ("npz", "hf"):
         if path is None or str(path) == "":
             raise ConfigError(f"data.path: data.dataset {spec.name} reads data.path, which is not set; give the "

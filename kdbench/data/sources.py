@@ -297,13 +297,13 @@ def _torchvision_arrays(label: str, sets: list[Any], image_size: int | None) -> 
         images, ys = [], []
         for i in range(len(ds)):
             img, y = ds[i]
-            if not isinstance(img, Image.Image) or not isinstance(y, int):
+            if not isinstance(img, Image.Image) or not isinstance(y, (int, np.integer)):
                 raise ConfigError(f"data.dataset {label}: its items are ({type(img).__name__}, {type(y).__name__}),"
                                   " not (image, class index); kdbench reads image classification sets")
             if image_size is not None:
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             images.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
-            ys.append(y)
+            ys.append(int(y))
         if len({im.shape for im in images}) > 1:
             raise ConfigError(f"data.image_size: {label} has images of several sizes; set data.image_size to "
                               "resize them all to one at load")
