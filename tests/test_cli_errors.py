@@ -96,6 +96,14 @@ def _cnn_s(classes: int) -> dict[str, torch.Tensor]:
     return build_model("cnn-s", in_channels=1, num_classes=classes, image_size=16).state_dict()
 
 
+def _npz_stored_on_other_data(e: Env) -> list[str]:
+    """The npz study 'arrays', stored with the same config from another .npz's arrays."""
+    path = e.yaml(name="arrays", data=e.npz())
+    study = parse_study(yaml.safe_load(Path(path).read_text()))
+    Store.open(e.db).register_study(study, data="0123456789abcdef")
+    return e.sweep(path)
+
+
 def _too_big(e: Env) -> list[str]:
     """Fashion-MNIST at 1024x1024 (73 GB as uint8): refused before anything is allocated, where it cannot fit."""
     from kdbench.data.memory import available_bytes, dataset_bytes
@@ -247,6 +255,8 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
                                          ("study 'stored'", "another config", "--set name=stored-2", "--replace")),
     "study reused on other data (same config, other image folder)": (
         _stored_on_other_data, ("study 'folders'", "was run on other data", "--set name=folders-2", "--replace")),
+    "study reused on other data (same config, another .npz)": (
+        _npz_stored_on_other_data, ("study 'arrays'", "was run on other data", "--set name=arrays-2")),
     "--replace with an unknown student model": (
         lambda e: e.sweep(e.yaml(name="stored", data=e.imagefolder(), student={"model": "mlp-9"}), "--replace"),
         ("student.model: unknown model 'mlp-9'",)),
