@@ -214,7 +214,7 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
     "npz file missing": (lambda e: e.sweep(e.yaml(data={"dataset": "npz", "path": "gone.npz"})),
                          ("data.path", "gone.npz': file not found",)),
     "npz without data.path": (lambda e: e.sweep(e.yaml(data={"dataset": "npz"})),
-                              ("data.path: data.dataset npz reads data.path, which is not set",)),
+                              ("data.path: data.dataset npz reads data.path, which is not set; give the .npz file",)),
     "hf column missing": (lambda e: e.sweep(e.yaml(data=e.hf())),
                           ("data.image_column:", "train has no column 'image'; its columns are picture, label")),
     "hf folder missing": (lambda e: e.sweep(e.yaml(data={"dataset": "hf", "path": "nowhere"})),

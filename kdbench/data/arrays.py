@@ -139,6 +139,7 @@ def from_arrays(
     if len(xtr) == 0 or len(xte) == 0:
         raise ConfigError(f"{source}: the training and the test set both need at least one image")
     if image_size is not None:
+        check_fits(len(xtr) + len(xte), int(xtr.shape[1]), int(image_size), "cpu", what=source)
         xtr = resize_images(torch.from_numpy(xtr), int(image_size), what=source).numpy()
         xte = resize_images(torch.from_numpy(xte), int(image_size), what=source).numpy()
     if xtr.shape[2] != xtr.shape[3]:

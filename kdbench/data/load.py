@@ -81,7 +81,7 @@ def load_raw(
         raise ConfigError(f"{exc}; torchvision's is data.dataset: {TORCHVISION_PREFIX}{tv}") from None
     if spec.format in ("npz", "hf"):
         if path is None or str(path) == "":
-            raise ConfigError(f"data.path: data.dataset {spec.name} reads data.path, which is not set; give the "
+            raise ConfigError(f"data.path: data.dataset {spec.name} reads data.path, which is not set; give "
                               + ("the .npz file" if spec.format == "npz" else "the save_to_disk or parquet folder")
                               + " (relative to the study file)")
         file = Path(path).expanduser().absolute()
@@ -205,7 +205,7 @@ def split_data(
     if len(train_idx) == 0:
         raise ConfigError(f"data.val_fraction={val_fraction} leaves no training rows; lower it")
     if torch.device(device).type != "cpu":  # on the CPU they are in memory already
-        check_fits(len(official_train) + len(test), info.channels, info.image_size, device,
+        check_fits(len(train_idx) + len(val_idx) + len(test), info.channels, info.image_size, device,
                    num_classes=info.num_classes, what=info.name)
 
     return Data(
