@@ -17,22 +17,23 @@ __all__ = ["study_hash"]
 
 
 # Fields that say where to find things, not what is computed: they do not change results.
-_NOT_HASHED = {("data", "root"), ("data", "download")}
+_NOT_HASHED = {("data", "root"), ("data", "download"), ("data", "path")}
 
 
 def study_hash(study: Study) -> str:
     """A 16-hex-digit SHA-256 of the resolved config, stable across runs, machines and key order.
 
-    ``data.root`` and ``data.download`` are left out: they say where the files are, not what is computed (what
-    the files hold is checked apart: the store keeps each study's data fingerprint and refuses other data);
-    so are ``search.fuse`` (1 or auto), ``search.method`` (kd), ``search.spaces``, ``search.kd_warmup_epochs``,
-    ``search.budget``, ``finalists.budget`` and ``finalists.probe`` at their defaults, so that adding those keys
-    changed no stored hash.
+    ``data.root``, ``data.path`` and ``data.download`` are left out: they say where the files are, not what is
+    computed (what the files hold is checked apart: the store keeps each study's data fingerprint and refuses other
+    data); so are ``data.image_column`` and ``data.label_column`` (hf), ``search.fuse`` (1 or auto),
+    ``search.method`` (kd), ``search.spaces``, ``search.kd_warmup_epochs``, ``search.budget``, ``finalists.budget``
+    and ``finalists.probe`` at their defaults, so that adding those keys changed no stored hash.
     """
     cfg = study.resolved()
     for section, key in _NOT_HASHED:
         cfg[section].pop(key, None)
     later: dict[str, tuple[tuple[str, Any], ...]] = {
+        "data": (("image_column", "image"), ("label_column", "label")),
         "search": (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0), ("budget", None),
                    ("max_visits", MAX_VISITS)),
         "finalists": (("budget", None), ("probe", 0)),

@@ -240,7 +240,7 @@ def prepare_teacher(
     device = torch.device(device)
     cfg = study.teacher
     if data is None:
-        data = load_study_data(study.data, seed=study.seed, device=device, subset=False)
+        data = load_study_data(study.data, seed=study.seed, device=device, subset=False, folder=study.folder)
     info = data.info
     wkey = _weights_key(study, data)
     lkey = _logits_key(study, wkey)

@@ -62,6 +62,25 @@ class Env:
         return {"dataset": "imagefolder", "root": str(root), "image_size": 16, "subset": None,
                 "val_fraction": 0.25}
 
+    def npz(self, **changes: Any) -> dict:
+        """A tiny real .npz data file beside the study file (``changes`` replace or, as None, drop arrays)."""
+        rng = np.random.default_rng(0)
+        arrays = {"x_train": rng.integers(0, 255, (16, 12, 12), dtype=np.uint8), "y_train": np.arange(16) % 2,
+                  "x_test": rng.integers(0, 255, (6, 12, 12), dtype=np.uint8), "y_test": np.arange(6) % 2}
+        arrays.update(changes)
+        np.savez(self.tmp / "digits.npz", **{k: v for k, v in arrays.items() if v is not None})
+        return {"dataset": "npz", "path": "digits.npz", "subset": None, "val_fraction": 0.25}
+
+    def hf(self) -> dict:
+        """A tiny real Hugging Face DatasetDict saved with save_to_disk beside the study file."""
+        datasets = pytest.importorskip("datasets")
+        rng = np.random.default_rng(0)
+        def split(n: int) -> Any:
+            return datasets.Dataset.from_dict({"picture": [Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8))
+                                                           for _ in range(n)], "label": [i % 2 for i in range(n)]})
+        datasets.DatasetDict({"train": split(8), "test": split(4)}).save_to_disk(str(self.tmp / "hfdata"))
+        return {"dataset": "hf", "path": "hfdata", "subset": None, "val_fraction": 0.25}
+
     def nets(self, text: str) -> str:
         """A user's model file beside the study file; returns its name as a study writes it (relative)."""
         (self.tmp / "nets.py").write_text("import torch\nfrom torch import nn\n" + text)
@@ -75,6 +94,24 @@ class Env:
 
 def _cnn_s(classes: int) -> dict[str, torch.Tensor]:
     return build_model("cnn-s", in_channels=1, num_classes=classes, image_size=16).state_dict()
+
+
+def _npz_stored_on_other_data(e: Env) -> list[str]:
+    """The npz study 'arrays', stored with the same config from another .npz's arrays."""
+    path = e.yaml(name="arrays", data=e.npz())
+    study = parse_study(yaml.safe_load(Path(path).read_text()))
+    Store.open(e.db).register_study(study, data="0123456789abcdef")
+    return e.sweep(path)
+
+
+def _too_big(e: Env) -> list[str]:
+    """Fashion-MNIST at 1024x1024 (73 GB as uint8): refused before anything is allocated, where it cannot fit."""
+    from kdbench.data.memory import available_bytes, dataset_bytes
+
+    free, need = available_bytes("cpu"), dataset_bytes(70_000, 1, 1024)
+    if free is None or free > need or not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip(f"Fashion-MNIST at 1024x1024 ({need} bytes) would fit in {free} free bytes, or it is absent")
+    return e.sweep(e.yaml(data={"image_size": 1024}))
 
 
 def _stored_on_other_data(e: Env) -> list[str]:
@@ -155,7 +192,41 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
         lambda e: e.sweep(e.yaml(search={"method": ["kd", "dkd"], "temperature": [2, 4], "alpha": [0.5],
                                          "spaces": {"dkd": {"temperature": [4]}}})),
         ("search.method", "kd: 2, dkd: 1 cells", "same tuning budget")),
-    "unknown dataset": (lambda e: e.sweep(e.yaml(data={"dataset": "svhn"})), ("data.dataset 'svhn' is unknown",)),
+    "unknown dataset": (lambda e: e.sweep(e.yaml(data={"dataset": "svhn"})), ("data.dataset 'svhn' is unknown",
+                                                                              "data.dataset: torchvision:SVHN")),
+    "unknown dataset, not torchvision's either": (lambda e: e.sweep(e.yaml(data={"dataset": "svhnx"})),
+                                                  ("data.dataset 'svhnx' is unknown", "or torchvision:NAME")),
+    "npz missing a key": (lambda e: e.sweep(e.yaml(data=e.npz(y_test=None))),
+                          ("digits.npz' has no y_test (it holds: x_train, y_train, x_test)",)),
+    "npz labels not integers": (lambda e: e.sweep(e.yaml(data=e.npz(y_train=np.linspace(0, 1, 16)))),
+                                ("digits.npz' y_train: labels must be integers 0..classes-1, got float64",)),
+    "npz labels out of range": (lambda e: e.sweep(e.yaml(data=e.npz(y_test=np.array([0, 1, 0, 1, -3, 1])))),
+                                ("y_test: labels must be integers 0..classes-1, found -3",)),
+    "npz train and test of other sizes": (
+        lambda e: e.sweep(e.yaml(data=e.npz(x_test=np.zeros((6, 10, 10), np.uint8)))),
+        ("x_train images are (1, 12, 12) (C, H, W) but x_test images are (1, 10, 10)", "data.image_size")),
+    "npz train and test of other classes": (lambda e: e.sweep(e.yaml(data=e.npz(y_test=np.arange(6) % 3))),
+                                            ("y_test has label(s) 2 that y_train never has",)),
+    "npz of features, not images": (
+        lambda e: e.sweep(e.yaml(data=e.npz(x_train=np.zeros((16, 5), np.float32),
+                                            x_test=np.zeros((6, 5), np.float32)))),
+        ("x_train: float32 (16, 5) is not uint8 images", "not on features or token ids")),
+    "npz file missing": (lambda e: e.sweep(e.yaml(data={"dataset": "npz", "path": "gone.npz"})),
+                         ("data.path", "gone.npz': file not found",)),
+    "npz without data.path": (lambda e: e.sweep(e.yaml(data={"dataset": "npz"})),
+                              ("data.path: data.dataset npz reads data.path, which is not set; give the .npz file",)),
+    "hf column missing": (lambda e: e.sweep(e.yaml(data=e.hf())),
+                          ("data.image_column:", "train has no column 'image'; its columns are picture, label")),
+    "hf folder missing": (lambda e: e.sweep(e.yaml(data={"dataset": "hf", "path": "nowhere"})),
+                          ("nowhere': folder not found",)),
+    "unknown torchvision dataset": (
+        lambda e: e.sweep(e.yaml(data={"dataset": "torchvision:SVHM"})),
+        ("'torchvision:SVHM' is not a torchvision dataset; did you mean torchvision:SVHN",)),
+    "torchvision files missing": (
+        lambda e: e.sweep(e.yaml(data={"dataset": "torchvision:KMNIST", "root": str(e.tmp / "tv")})),
+        ("torchvision:KMNIST not found", f"{Path('tv') / 'KMNIST' / 'raw'}", "data.download: true")),
+    "data that cannot fit in memory": (_too_big, ("data.image_size: fashion-mnist, 70,000 images of 1x1024x1024",
+                                                  "GiB free", "smaller data.image_size")),
     "unknown teacher model": (lambda e: e.sweep(e.yaml(data=e.imagefolder(), teacher={"model": "cnn-xl"})),
                               ("teacher.model: unknown model 'cnn-xl'",)),
     "unknown student model": (lambda e: e.sweep(e.yaml(data=e.imagefolder(), student={"model": "mlp-9"})),
@@ -184,6 +255,8 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
                                          ("study 'stored'", "another config", "--set name=stored-2", "--replace")),
     "study reused on other data (same config, other image folder)": (
         _stored_on_other_data, ("study 'folders'", "was run on other data", "--set name=folders-2", "--replace")),
+    "study reused on other data (same config, another .npz)": (
+        _npz_stored_on_other_data, ("study 'arrays'", "was run on other data", "--set name=arrays-2")),
     "--replace with an unknown student model": (
         lambda e: e.sweep(e.yaml(name="stored", data=e.imagefolder(), student={"model": "mlp-9"}), "--replace"),
         ("student.model: unknown model 'mlp-9'",)),

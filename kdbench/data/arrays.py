@@ -8,7 +8,10 @@ through :func:`~kdbench.data.load.split_data`.
 
 Images follow Keras' convention: ``uint8 (N, H, W)`` (grayscale) or ``(N, H, W, C)`` with ``C`` in 1, 3;
 ``(N, C, H, W)`` (torch's layout) is accepted too when ``C`` is 1 or 3 and the last axis is not. The
-normalisation statistics are the training pixels' per-channel mean and standard deviation.
+normalisation statistics are the training pixels' per-channel mean and standard deviation. Inputs that are not
+images (float features, token ids) are refused with one line: the training loop, the normalisation and the
+model checks all take ``uint8 [N, C, H, W]`` images. :func:`resize_images` resizes once, at load, for every
+source (``data.image_size``), after asking :func:`~kdbench.data.memory.check_fits` whether the result fits.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 
 from kdbench.data.catalog import DatasetInfo, Split
+from kdbench.data.memory import check_fits
 from kdbench.errors import ConfigError
 
-__all__ = ["from_arrays", "image_layout"]
+__all__ = ["from_arrays", "image_layout", "resize_images"]
 
 
 def image_layout(x: npt.NDArray[Any], what: str) -> npt.NDArray[np.uint8]:
@@ -37,7 +42,10 @@ def image_layout(x: npt.NDArray[Any], what: str) -> npt.NDArray[np.uint8]:
         ConfigError: not uint8, or a shape that is none of those (one line naming ``what`` and the shape).
     """
     if x.dtype != np.uint8:
-        raise ConfigError(f"{what}: images must be uint8 (0-255), got {x.dtype}")
+        raise ConfigError(
+            f"{what}: {x.dtype} {x.shape} is not uint8 images; kdbench trains on uint8 images (0-255) "
+            "(N, H, W) or (N, H, W, C), not on features or token ids"
+        )
     if x.ndim == 3:
         return np.ascontiguousarray(x[:, None])
     if x.ndim == 4 and x.shape[-1] in (1, 3):
@@ -47,6 +55,32 @@ def image_layout(x: npt.NDArray[Any], what: str) -> npt.NDArray[np.uint8]:
     raise ConfigError(
         f"{what}: images of shape {x.shape}; give (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3"
     )
+
+
+def resize_images(images: torch.Tensor, size: int, *, what: str = "the data", chunk: int = 4096) -> torch.Tensor:
+    """Resize uint8 ``[N, C, H, W]`` images to ``size x size`` (bilinear, antialiased), ``chunk`` at a time.
+
+    Args:
+        images: CPU ``uint8 [N, C, H, W]``.
+        size: the new side in pixels.
+        what: how a refusal names the data.
+        chunk: images resized at once (bounds the float32 transient).
+
+    Returns:
+        A new CPU ``uint8 [N, C, size, size]`` tensor (``images`` itself when already that size).
+
+    Raises:
+        ConfigError: the result would not fit in the host's free memory (checked before allocating).
+    """
+    if tuple(images.shape[2:]) == (size, size):
+        return images
+    check_fits(len(images), int(images.shape[1]), size, "cpu", what=what)
+    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].to(torch.float32)
+        resized = F.interpolate(block, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out[start : start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 def _labels(y: Any, n: int, what: str) -> npt.NDArray[np.int64]:
@@ -71,6 +105,7 @@ def from_arrays(
     name: str = "arrays",
     classes: Sequence[str] | None = None,
     source: str = "data",
+    image_size: int | None = None,
 ) -> tuple[DatasetInfo, Split, Split]:
     """The official training and test sets from arrays, checked, as CPU tensors.
 
@@ -83,28 +118,35 @@ def from_arrays(
         classes: class names by label; default ``"0" .. str(classes - 1)``, the classes being one more than
             the largest label of either set.
         source: how a refusal names where the arrays came from (e.g. ``"data.path 'digits.npz'"``).
+        image_size: resize both sets to this square side once, here (see :func:`resize_images`); ``None``
+            keeps their size, which must then be square.
 
     Returns:
         ``(info, train, test)`` like :func:`~kdbench.data.load.load_raw` without its root.
 
     Raises:
-        ConfigError: a bad array, labels that are not integers or out of range, or train and test of
-            different shapes (one line naming ``source``).
+        ConfigError: a bad array, labels that are not integers or out of range, train and test of
+            different shapes, or test labels the training set never has (one line naming ``source``).
     """
     xtr = image_layout(np.asarray(x_train), f"{source} x_train")
     xte = image_layout(np.asarray(x_test), f"{source} x_test")
-    if xtr.shape[1:] != xte.shape[1:]:
+    if xtr.shape[1] != xte.shape[1] or (image_size is None and xtr.shape[2:] != xte.shape[2:]):
         raise ConfigError(
             f"{source}: x_train images are {xtr.shape[1:]} (C, H, W) but x_test images are {xte.shape[1:]}; "
             "give both sets the same channels and size"
+            + (" (data.image_size resizes both)" if xtr.shape[1] == xte.shape[1] else "")
         )
+    if len(xtr) == 0 or len(xte) == 0:
+        raise ConfigError(f"{source}: the training and the test set both need at least one image")
+    if image_size is not None:
+        check_fits(len(xtr) + len(xte), int(xtr.shape[1]), int(image_size), "cpu", what=source)
+        xtr = resize_images(torch.from_numpy(xtr), int(image_size), what=source).numpy()
+        xte = resize_images(torch.from_numpy(xte), int(image_size), what=source).numpy()
     if xtr.shape[2] != xtr.shape[3]:
         raise ConfigError(
             f"{source}: images are {xtr.shape[2]}x{xtr.shape[3]}; kdbench trains on square images, "
             "resize them (data.image_size) or crop them first"
         )
-    if len(xtr) == 0 or len(xte) == 0:
-        raise ConfigError(f"{source}: the training and the test set both need at least one image")
     ytr = _labels(y_train, len(xtr), f"{source} y_train")
     yte = _labels(y_test, len(xte), f"{source} y_test")
     num_classes = len(classes) if classes is not None else int(max(ytr.max(), yte.max())) + 1
@@ -114,6 +156,12 @@ def from_arrays(
                 f"{source} {what}: label {int(y.max())} is out of range for {num_classes} classes "
                 f"({', '.join(classes or [])}); labels must be 0..{num_classes - 1}"
             )
+    unseen = sorted(set(np.unique(yte).tolist()) - set(np.unique(ytr).tolist()))
+    if unseen:
+        raise ConfigError(
+            f"{source}: y_test has label(s) {', '.join(map(str, unseen[:5]))} that y_train never has; train and "
+            "test must hold the same classes"
+        )
     if num_classes < 2:
         raise ConfigError(f"{source}: the labels hold {num_classes} class; a classifier needs at least 2")
     pixels = torch.from_numpy(xtr).to(torch.float64).div_(255)

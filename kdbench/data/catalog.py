@@ -71,8 +71,8 @@ class DatasetSpec:
 
     Attributes:
         info: its static facts (what :data:`DATASETS` gives for its name).
-        format: the on-disk format, a key of :data:`kdbench.data.formats.FORMATS` (``idx``, ``cifar``,
-            ``imagefolder``).
+        format: the on-disk format, a key of :data:`kdbench.data.formats.FORMATS` (``idx``, ``cifar``), or
+            ``imagefolder``, ``npz``, ``hf`` (read from ``data.root`` / ``data.path``, their info built at load).
         files: the files a directory must hold for the dataset to be there (IDX: the stems, each also
             accepted gzipped; CIFAR: the training batches, then the test batch last).
         dirs: the directories under a search root it may sit in, in the order tried (``"."`` is the root).
@@ -153,7 +153,9 @@ def canonical_name(dataset: str) -> str:
     """
     name = dataset.strip().lower().replace("_", "-")
     if name not in REGISTRY:
-        raise ConfigError(f"data.dataset {dataset!r} is unknown; use one of: {', '.join(REGISTRY)}")
+        raise ConfigError(
+            f"data.dataset {dataset!r} is unknown; use one of: {', '.join(REGISTRY)}, or torchvision:NAME"
+        )
     return name
 
 
@@ -196,8 +198,10 @@ register_dataset(DatasetSpec(
 register_dataset(DatasetSpec(
     DatasetInfo("cifar100", 3, 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR100_CLASSES),
     "cifar", ("train", "test"), ("cifar-100-python",), None, "CIFAR100", "fine_labels", ("meta", "fine_label_names")))
-# A placeholder: the real info (classes, channels, size, mean/std) is built from the folder at load time.
+# Placeholders: the real info (classes, channels, size, mean/std) is built from the folder or file at load time.
 register_dataset(DatasetSpec(DatasetInfo("imagefolder", 3, 0, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), ()), "imagefolder"))
+register_dataset(DatasetSpec(DatasetInfo("npz", 3, 0, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), ()), "npz"))
+register_dataset(DatasetSpec(DatasetInfo("hf", 3, 0, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), ()), "hf"))
 
 
 @dataclass(repr=False, eq=False)

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
+from kdbench.data.arrays import resize_images
 from kdbench.data.catalog import Data, DatasetInfo, Split, dataset_spec, fingerprint
 from kdbench.data.files import download as download_dataset
 from kdbench.data.files import find_dataset, not_found_error, search_roots
 from kdbench.data.formats import load_imagefolder, read_dataset
+from kdbench.data.memory import check_fits
+from kdbench.data.sources import TORCHVISION_PREFIX, read_hf, read_npz, read_torchvision, torchvision_classes
 from kdbench.data.split import stratified_split
 from kdbench.defaults import IMAGEFOLDER_SIZE
 from kdbench.errors import ConfigError
@@ -27,7 +29,7 @@ from kdbench.errors import ConfigError
 if TYPE_CHECKING:
     from kdbench.config.data import DataConfig
 
-__all__ = ["load_data", "load_raw", "load_study_data", "split_data"]
+__all__ = ["load_data", "load_raw", "load_study_data", "load_study_raw", "split_data"]
 
 
 def load_raw(
@@ -36,29 +38,61 @@ def load_raw(
     root: str | Path | None = None,
     download: bool = False,
     image_size: int | None = None,
+    path: str | Path | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
 ) -> tuple[DatasetInfo, Split, Split, Path | None]:
     """Read a dataset's official training and test sets into CPU tensors.
 
     Args:
-        dataset: a key of :data:`DATASETS` (case and ``_``/``-`` do not matter).
+        dataset: a key of :data:`DATASETS` (case and ``_``/``-`` do not matter), or ``torchvision:NAME``.
         root: the study's ``data.root``, searched first; for ``imagefolder``, the folder itself (required).
         download: if nothing is found, let torchvision download it into the first search root.
         image_size: resize the images to this square side once, here (bilinear, antialiased); ``None``
             keeps the native size (``imagefolder``: 32).
+        path: ``npz``: the ``.npz`` file; ``hf``: the data set's folder (absolute, or relative to the
+            working directory: :func:`load_study_data` makes a study's relative to its file).
+        image_column: ``hf``: the images' column.
+        label_column: ``hf``: the labels' column.
 
     Returns:
         ``(info, train, test, root_found)``: ``info.image_size`` is the size as loaded; ``root_found`` is
-        the search root the files were under (for ``imagefolder``, the folder itself).
+        the search root the files were under (for ``imagefolder``, the folder itself; for ``npz`` and
+        ``hf``, ``path``).
 
     Raises:
-        ConfigError: unknown dataset, bad ``image_size``, or a file that is not in the expected format.
+        ConfigError: unknown dataset, bad ``image_size``, ``path`` missing or given where it does not apply,
+            a file that is not in the expected format, or data that would not fit in memory.
         DataNotFoundError: the files are in none of the searched places (the message lists them).
     """
-    spec = dataset_spec(dataset)
     if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
         raise ConfigError(f"data.image_size must be a positive integer, got {image_size!r}")
+    size = None if image_size is None else int(image_size)
+    if dataset.strip().lower().startswith(TORCHVISION_PREFIX):
+        _no_path(dataset, path)
+        info, train, test = read_torchvision(dataset.strip(), root, download, size)
+        return info, train, test, None
+    try:
+        spec = dataset_spec(dataset)
+    except ConfigError as exc:  # a torchvision class under its own name: say how to write it
+        tv = {k.lower(): k for k in torchvision_classes()}.get(dataset.strip().lower())
+        if tv is None:
+            raise
+        raise ConfigError(f"{exc}; torchvision's is data.dataset: {TORCHVISION_PREFIX}{tv}") from None
+    if spec.format in ("npz", "hf"):
+        if path is None or str(path) == "":
+            raise ConfigError(f"data.path: data.dataset {spec.name} reads data.path, which is not set; give "
+                              + ("the .npz file" if spec.format == "npz" else "the save_to_disk or parquet folder")
+                              + " (relative to the study file)")
+        file = Path(path).expanduser().absolute()
+        if spec.format == "npz":
+            info, train, test = read_npz(file, size)
+        else:
+            info, train, test = read_hf(file, image_column, label_column, size)
+        return info, train, test, file
+    _no_path(dataset, path)
     if spec.format == "imagefolder":
-        return load_imagefolder(root, IMAGEFOLDER_SIZE if image_size is None else int(image_size))
+        return load_imagefolder(root, IMAGEFOLDER_SIZE if size is None else size)
 
     roots = search_roots(root)
     found = find_dataset(spec, roots)
@@ -69,23 +103,18 @@ def load_raw(
         raise not_found_error(spec, roots, download)
     search_root, directory = found
     info, train, test = read_dataset(spec, directory)
-    if image_size is not None and int(image_size) != info.image_size:
-        info = replace(info, image_size=int(image_size))
-        train = Split(_resize(train.images, info.image_size), train.labels)
-        test = Split(_resize(test.images, info.image_size), test.labels)
+    if size is not None and size != info.image_size:
+        check_fits(len(train) + len(test), info.channels, size, "cpu", what=info.name)
+        info = replace(info, image_size=size)
+        train = Split(resize_images(train.images, size, what=info.name), train.labels)
+        test = Split(resize_images(test.images, size, what=info.name), test.labels)
     return info, train, test, search_root
 
 
-def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
-    """Resize uint8 ``[N, C, H, W]`` images to ``size x size`` (bilinear, antialiased), ``chunk`` images at a time."""
-    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
-    for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].to(torch.float32)
-        resized = F.interpolate(
-            block, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
-        out[start : start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
-    return out
+def _no_path(dataset: str, path: str | Path | None) -> None:
+    if path is not None and str(path) != "":
+        raise ConfigError(f"data.path applies to data.dataset npz and hf, not {dataset}; remove data.path "
+                          "(data.root says where other datasets' files are)")
 
 
 def load_data(
@@ -98,6 +127,9 @@ def load_data(
     device: str | torch.device = "cpu",
     download: bool = False,
     image_size: int | None = None,
+    path: str | Path | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
 ) -> Data:
     """Load a dataset, carve out a validation set, optionally subsample, and move it all to ``device``.
 
@@ -111,6 +143,7 @@ def load_data(
         device: where the three splits are put.
         download: let torchvision download the dataset if it is not found.
         image_size: resize once at load time (see :func:`load_raw`).
+        path, image_column, label_column: ``npz`` and ``hf`` (see :func:`load_raw`).
 
     Returns:
         The splits, the dataset info, the official-set indices of ``train`` and the root found.
@@ -121,7 +154,8 @@ def load_data(
     """
     if isinstance(val_fraction, bool) or not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
-    info, official_train, test, found = load_raw(dataset, root=root, download=download, image_size=image_size)
+    info, official_train, test, found = load_raw(dataset, root=root, download=download, image_size=image_size,
+                                                 path=path, image_column=image_column, label_column=label_column)
     return split_data(info, official_train, test, root=found, val_fraction=val_fraction, subset=subset,
                       seed=seed, device=device)
 
@@ -170,6 +204,9 @@ def split_data(
         train_idx = train_idx[chosen]
     if len(train_idx) == 0:
         raise ConfigError(f"data.val_fraction={val_fraction} leaves no training rows; lower it")
+    if torch.device(device).type != "cpu":  # on the CPU they are in memory already
+        check_fits(len(train_idx) + len(val_idx) + len(test), info.channels, info.image_size, device,
+                   num_classes=info.num_classes, what=info.name)
 
     return Data(
         info=info,
@@ -182,8 +219,29 @@ def split_data(
     )
 
 
+def load_study_raw(data: DataConfig, folder: Path | None = None) -> tuple[DatasetInfo, Split, Split, Path | None]:
+    """:func:`load_raw` for a study's ``data`` section, ``data.path`` taken relative to the study's ``folder``.
+
+    Args:
+        data: the study's ``data`` section.
+        folder: the study file's folder (:attr:`kdbench.config.Study.folder`); ``None``: the working directory.
+    """
+    return load_raw(data.dataset, root=data.root, download=data.download, image_size=data.image_size,
+                    path=study_path(data.path, folder), image_column=data.image_column,
+                    label_column=data.label_column)
+
+
+def study_path(path: str | None, folder: Path | None) -> Path | None:
+    """``data.path`` as a study means it: relative to the study file's ``folder`` (else the working directory)."""
+    if path is None or path == "":
+        return None
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (folder or Path.cwd()) / p
+
+
 def load_study_data(
-    data: DataConfig, *, seed: int, device: str | torch.device = "cpu", subset: bool = True
+    data: DataConfig, *, seed: int, device: str | torch.device = "cpu", subset: bool = True,
+    folder: Path | None = None,
 ) -> Data:
     """:func:`load_data` for a study's ``data`` section: the one place a study's fields become a load.
 
@@ -193,8 +251,8 @@ def load_study_data(
         device: where the splits are put.
         subset: apply ``data.subset`` (the students' data); ``False`` trains on every row left after the
             validation carve-out (the teacher's data).
+        folder: the study file's folder, where a relative ``data.path`` starts (see :func:`load_study_raw`).
     """
-    return load_data(
-        data.dataset, root=data.root, val_fraction=data.val_fraction, subset=data.subset if subset else None,
-        seed=seed, device=device, download=data.download, image_size=data.image_size,
-    )
+    info, official_train, test, found = load_study_raw(data, folder)
+    return split_data(info, official_train, test, root=found, val_fraction=data.val_fraction,
+                      subset=data.subset if subset else None, seed=seed, device=device)

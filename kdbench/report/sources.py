@@ -236,9 +236,9 @@ def _predictions(store: Store, study: Study, runs: pd.DataFrame, load_images: bo
     if not load_images or out.kd is None or out.ce is None:
         return out
     try:
-        from kdbench.data import load_raw
+        from kdbench.data import load_study_raw
 
-        info, _, test, _ = load_raw(dataset, root=study.data.root, download=False, image_size=study.data.image_size)
+        info, _, test, _ = load_study_raw(study.data.model_copy(update={"download": False}), study.folder)
     except (DataNotFoundError, KdbenchError) as exc:
         out.test_error = str(exc)
         return out

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from kdbench.config import Study
-from kdbench.data import DatasetInfo, load_study_data
+from kdbench.data import DatasetInfo, load_study_raw, split_data
 from kdbench.defaults import POLL_S, STALE_AFTER_S
 from kdbench.errors import CheckpointError, ConfigError, StoreError, check_termination
 from kdbench.models import build_model
@@ -100,11 +100,14 @@ def prepare_sweep(
     cache = open_cache_dir(cache_dir)
     d = study.data
     events.on_status("loading data")
-    tdata = load_study_data(d, seed=study.seed, device=device, subset=False)
+    raw = load_study_raw(d, study.folder)  # read once (an hf set decodes every image), split for each
+    tdata = split_data(*raw[:3], root=raw[3], val_fraction=d.val_fraction, seed=study.seed, device=device)
     if len(tdata.val) == 0:
         raise ConfigError(f"data.val_fraction: {d.val_fraction:g} leaves no validation set, and a sweep chooses its "
                           "cells on validation accuracy; set it to e.g. 0.1")
-    sdata = tdata if d.subset is None else load_study_data(d, seed=study.seed, device=device)
+    sdata = tdata if d.subset is None else split_data(*raw[:3], root=raw[3], val_fraction=d.val_fraction,
+                                                      subset=d.subset, seed=study.seed, device=device)
+    del raw
     if not replace:
         store.check_study(study, tdata.fingerprint)  # data.root is not in the hash: the same config, other files
     models = check_models(study, tdata.info)
