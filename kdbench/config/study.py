@@ -49,11 +49,25 @@ class Study(Strict):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
     _folder: Path | None = PrivateAttr(default=None)  # the study file's folder: where relative model paths start
+    # teacher/student given as Python objects to kdbench.sweep (kdbench.models.objects.ModelObject), this process only
+    _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def folder(self) -> Path | None:
         """The folder of the study file this study was read from (None for a dict or a stored config)."""
         return self._folder
+
+    def model_object(self, section: str) -> Any:
+        """The :class:`~kdbench.models.objects.ModelObject` given to :func:`kdbench.sweep` as ``section``
+        (``teacher`` or ``student``) in this process, or None (the model string says what to build)."""
+        return self._objects.get(section)
+
+    def set_model_object(self, section: str, obj: Any) -> None:
+        """Build ``section``'s model from ``obj`` (a :class:`~kdbench.models.objects.ModelObject` whose name is this
+        study's ``<section>.model``): what :func:`kdbench.sweep` does with a ``teacher=`` or ``student=`` object."""
+        if section not in ("teacher", "student") or getattr(self, section).model != obj.name:
+            raise ValueError(f"{section}: the object {obj.name!r} is not this study's {section}.model")
+        self._objects[section] = obj
 
     @field_validator("name")
     @classmethod
@@ -117,8 +131,10 @@ class Study(Strict):
         return study_hash(self)
 
 
-def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[str, ...] = ()) -> Study:
-    """Validate a raw mapping (as read from YAML) into a :class:`Study`, after applying overrides."""
+def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[str, ...] = (), *,
+                folder: Path | None = None) -> Study:
+    """Validate a raw mapping (as read from YAML) into a :class:`Study`, after applying overrides; ``folder`` is
+    where its relative model paths start (the study file's folder)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a study file must be a YAML mapping of keys (name, data, teacher, ...)")
     raw = apply_overrides(raw, overrides)
@@ -129,6 +145,7 @@ def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[st
     if study.teacher.cache_views and study.data.augment == "none":
         raise ConfigError(f"{source}: teacher.cache: {{views: {study.teacher.cache_views}}} caches augmented views, "
                           "but data.augment is none; use cache: fixed, or set data.augment")
+    study._folder = folder
     return study
 
 
@@ -152,6 +169,4 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
-    study = parse_study(raw, str(p), overrides)
-    study._folder = p.resolve().parent
-    return study
+    return parse_study(raw, str(p), overrides, folder=p.resolve().parent)
