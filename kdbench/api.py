@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from kdbench.config import Study, load_study, parse_study
+from kdbench.config import Study, parse_study
 from kdbench.defaults import DEFAULT_STORAGE
 from kdbench.errors import ConfigError, StoreError
 
@@ -144,20 +144,24 @@ def sweep(
         StoreError: the study's name holds a study of another config (an edited class, another trained teacher,
             other data): pass ``name=`` for a new study or ``replace=True``.
     """
-    from kdbench.models.objects import model_object
+    from kdbench.models.objects import model_object, object_name
 
     storage = storage or os.environ.get("KDBENCH_STORAGE") or DEFAULT_STORAGE
-    sets_ = [f"name={name}"] if name is not None else []
-    raw, folder = _raw_study(study, [*overrides, *sets_])
+    named = [f"name={name}"] if name is not None else []
+    raw, folder, source = _raw_study(study, [*overrides, *named])
     given = {s: o for s, o in (("teacher", teacher), ("student", student)) if o is not None}
     for section, obj in list(given.items()):
+        if not isinstance(raw.get(section, {}), dict):
+            raise ConfigError(f"study: {section}: must be a mapping of keys (model, epochs, ...)")
+        raw.setdefault(section, {})
         if isinstance(obj, (str, Path)):  # the serialisable form: a model name or an import path
-            raw.setdefault(section, {})["model"] = str(obj)
+            raw[section]["model"] = str(obj)
             del given[section]
-    objects = bool(given) or data is not None
+        else:
+            raw[section]["model"] = object_name(obj)  # its name; its identity is its fingerprint, below
     if workers != 1:
-        _check_workers(workers, study, objects)
-    first = parse_study(copy.deepcopy(raw), "study", folder=folder)
+        _check_workers(workers, study, bool(given) or data is not None)
+    first = parse_study(copy.deepcopy(raw), source, folder=folder)
     if data is not None:
         if first.data.image_size is not None:
             raise ConfigError(f"data.image_size: {first.data.image_size} resizes files as they are read; resize the "
@@ -187,33 +191,37 @@ def sweep(
                 if getattr(recipe, key, None):
                     raise ConfigError(f"teacher.{key}: the trained module given as teacher= is the teacher's weights; "
                                       f"drop teacher.{key}")
-        raw[section]["model"] = built[section].name
-    final = parse_study(copy.deepcopy(raw), "study", folder=folder)
+    final = parse_study(copy.deepcopy(raw), source, folder=folder)
     for section, obj in built.items():
         final.set_model_object(section, obj)
     if workers != 1:
-        return _sweep_workers(final, study, [*overrides, *sets_], storage=storage, workers=workers,
+        return _sweep_workers(final, study, [*overrides, *named], storage=storage, workers=workers,
                               device=device, threads=threads, cache_dir=cache_dir, max_visits=max_visits,
                               replace=replace, progress=progress)
     return _sweep_here(final, sets, storage=storage, device=device, threads=threads, cache_dir=cache_dir,
                        max_visits=max_visits, replace=replace, progress=progress)
 
 
-def _raw_study(study: Any, overrides: list[str]) -> tuple[dict[str, Any], Path | None]:
-    """The study as a raw mapping with ``overrides`` applied (checked by parsing it), and its file's folder."""
+def _raw_study(study: Any, overrides: list[str]) -> tuple[dict[str, Any], Path | None, str]:
+    """The study as a raw mapping with ``overrides`` applied (validated later, once the objects are named in it),
+    its file's folder, and how messages name it."""
+    from kdbench.config import read_study_file
     from kdbench.studyfile import apply_overrides
 
+    folder: Path | None
     if isinstance(study, (str, Path)):
-        s = load_study(study, overrides)  # one line naming the file for a missing file or bad YAML
-        return s.model_dump(mode="json", exclude_unset=False), s.folder
-    if isinstance(study, Study):
-        parse_study(study.model_dump(mode="json"), "study", overrides)
-        return apply_overrides(study.model_dump(mode="json"), overrides), study.folder
-    if isinstance(study, dict):
-        parse_study(copy.deepcopy(study), "study", overrides)
-        return apply_overrides(copy.deepcopy(study), overrides), None
-    raise ConfigError(f"study: got a {type(study).__name__}; give a study file's path, its content as a dict or a "
-                      "kdbench.config.Study")
+        raw, folder = read_study_file(study), Path(study).resolve().parent
+    elif isinstance(study, Study):
+        raw, folder = study.model_dump(mode="json"), study.folder
+    elif isinstance(study, dict):
+        raw, folder = copy.deepcopy(study), None
+    else:
+        raise ConfigError(f"study: got a {type(study).__name__}; give a study file's path, its content as a dict or a "
+                          "kdbench.config.Study")
+    source = str(study) if isinstance(study, (str, Path)) else "study"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a study must be a mapping of keys (name, data, teacher, ...)")
+    return apply_overrides(raw, overrides), folder, source
 
 
 def _check_workers(workers: int, study: Any, objects: bool) -> None:

@@ -19,7 +19,8 @@ from kdbench.losses import METHODS
 from kdbench.studyfile import apply_overrides, format_error, read_yaml
 from kdbench.studyhash import study_hash
 
-__all__ = ["OPTUNA_SUFFIXES", "Study", "load_study", "optuna_study_name", "optuna_study_names", "parse_study"]
+__all__ = ["OPTUNA_SUFFIXES", "Study", "load_study", "optuna_study_name", "optuna_study_names", "parse_study",
+           "read_study_file"]
 
 
 def optuna_study_name(study: str, loss: str) -> str:
@@ -156,6 +157,16 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         ConfigError: one line naming the file, the key and the fix.
     """
     p = Path(path)
+    return parse_study(read_study_file(p), str(p), overrides, folder=p.resolve().parent)
+
+
+def read_study_file(path: str | Path) -> Any:
+    """A study file's YAML as read, not yet validated (:func:`parse_study` validates it).
+
+    Raises:
+        ConfigError: the file cannot be read, or its YAML is malformed (one line naming the file).
+    """
+    p = Path(path)
     try:
         text = p.read_text()
     except FileNotFoundError:
@@ -169,4 +180,4 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
-    return parse_study(raw, str(p), overrides, folder=p.resolve().parent)
+    return raw

@@ -33,7 +33,7 @@ from kdbench.errors import ConfigError, first_line
 from kdbench.models.sources import OBJECT_PREFIX, check_output, data_arguments
 from kdbench.models.zoo import ModelSpec
 
-__all__ = ["ModelObject", "model_object"]
+__all__ = ["ModelObject", "model_object", "object_name"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,13 @@ def _state_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def object_name(obj: Any) -> str:
+    """The model string a study holds for ``obj``: ``object:`` and the qualified name of the class or factory (of
+    the module's class for a module)."""
+    target = type(obj) if isinstance(obj, nn.Module) or not callable(obj) else obj
+    return f"{OBJECT_PREFIX}{getattr(target, '__qualname__', None) or type(target).__qualname__}"
+
+
 def model_object(section: str, obj: Any, *, in_channels: int, num_classes: int, image_size: int,
                  model_args: dict[str, Any] | None = None) -> ModelObject:
     """The :class:`ModelObject` of ``obj`` given as the study's ``section`` (``teacher`` or ``student``), built
@@ -123,7 +130,7 @@ def model_object(section: str, obj: Any, *, in_channels: int, num_classes: int, 
         if args:
             raise ConfigError(f"{section}.model_args: apply to a class or factory, not to the trained module given as "
                               f"{section}=; drop them")
-        name = f"{OBJECT_PREFIX}{type(obj).__qualname__}"
+        name = object_name(obj)
         module = obj
         trained = True
         sources = [_source(c) for c in _user_classes(module)]
@@ -133,8 +140,8 @@ def model_object(section: str, obj: Any, *, in_channels: int, num_classes: int, 
 
         builder: Callable[..., nn.Module] = build_copy
     elif callable(obj):
-        qualname = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-        name = f"{OBJECT_PREFIX}{qualname}"
+        name = object_name(obj)
+        qualname = name.removeprefix(OBJECT_PREFIX)
         trained = False
         target = obj
 
