@@ -29,16 +29,16 @@ import numpy as np
 import pandas as pd
 
 from kdbench.config import Study, parse_study
-from kdbench.defaults import DEFAULT_STORAGE
+from kdbench.defaults import DEFAULT_STORAGE, IN_MEMORY_DATASET
 from kdbench.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     from kdbench.data import DatasetInfo, Split
     from kdbench.report import Report
+    from kdbench.report.sources import TestSplit
 
-__all__ = ["IN_MEMORY", "SweepResult", "sweep"]
+__all__ = ["SweepResult", "sweep"]
 
-IN_MEMORY = "in-memory"  # data.dataset of a study whose data were given to kdbench.sweep (data=)
 _SECTIONS = ("teacher", "student")
 
 
@@ -50,11 +50,13 @@ class SweepResult:
         study: the study as run (objects given as ``teacher=`` / ``student=`` have ``object:<name>`` models).
         storage: the SQLAlchemy URL of the results database.
         finalists: the finalists' summary at the end of the sweep (best configurations, test accuracy over seeds).
+        test: the test set given as ``data=`` (for the report's prediction grid), else None (read from its files).
     """
 
     study: Study
     storage: str
     finalists: pd.DataFrame
+    test: TestSplit | None = None
 
     @property
     def name(self) -> str:
@@ -86,7 +88,7 @@ class SweepResult:
         """
         from kdbench.report import write_report
 
-        return write_report(self.storage, [self.name], out)
+        return write_report(self.storage, [self.name], out, tests=None if self.test is None else {self.name: self.test})
 
     def __repr__(self) -> str:
         return f"SweepResult(study={self.name!r}, storage={self.storage!r}, finalists={len(self.finalists)})"
@@ -167,7 +169,7 @@ def sweep(
             raise ConfigError(f"data.image_size: {first.data.image_size} resizes files as they are read; resize the "
                               "images given as data= yourself, and drop data.image_size")
         sets = _data_sets(data)
-        raw.setdefault("data", {})["dataset"] = IN_MEMORY
+        raw.setdefault("data", {})["dataset"] = IN_MEMORY_DATASET
     elif given:
         from kdbench.data import load_raw
 
@@ -243,14 +245,14 @@ def _data_sets(data: Any) -> tuple[DatasetInfo, Split, Split]:
     from kdbench.data import from_arrays
 
     if isinstance(data, (tuple, list)) and len(data) == 4:
-        return from_arrays(*data, name=IN_MEMORY, source="data=")
+        return from_arrays(*data, name=IN_MEMORY_DATASET, source="data=")
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x_train, y_train = _dataset_arrays(data[0], "train")
         x_test, y_test = _dataset_arrays(data[1], "test")
         classes = getattr(data[0], "classes", None)
         if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
             classes = None
-        return from_arrays(x_train, y_train, x_test, y_test, name=IN_MEMORY, classes=classes, source="data=")
+        return from_arrays(x_train, y_train, x_test, y_test, name=IN_MEMORY_DATASET, classes=classes, source="data=")
     what = f"a {type(data).__name__}" + (f" of {len(data)}" if isinstance(data, (tuple, list)) else "")
     raise ConfigError(f"data=: got {what}; give (train, test) torch Datasets of (image, label) items or arrays "
                       "(x_train, y_train, x_test, y_test)")
@@ -337,7 +339,13 @@ def _sweep_here(study: Study, sets: tuple[DatasetInfo, Split, Split] | None, *, 
                                 max_visits=max_visits, replace=replace, sets=sets)
         except StoreError as exc:
             raise _hint(exc) from None
-    return SweepResult(study, storage, summary)
+    test = None
+    if sets is not None and study.data.dataset == IN_MEMORY_DATASET:  # the report cannot read these from files
+        from kdbench.report.sources import TestSplit
+
+        info, _, split = sets
+        test = TestSplit(split.labels.numpy(), split.images.numpy(), list(info.classes))
+    return SweepResult(study, storage, summary, test)
 
 
 def _sweep_workers(study: Study, path: Any, overrides: list[str], *, storage: str, workers: int, device: str,

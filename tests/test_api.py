@@ -120,6 +120,9 @@ def test_objects_and_arrays_sweep_resume_and_an_edit_refuses(arrays: Any, tiny_s
     rep = result.report(out=tmp_path / "report")
     assert (tmp_path / "report" / "index.html").is_file() and rep.out == tmp_path / "report"
     assert any(f.suffix == ".csv" for f in rep.files)
+    # the test images given as data= reach the report (prediction grid, per-class change), which cannot read them
+    assert "per-class.csv" in {f.name for f in rep.files}
+    assert "test images unavailable" not in (tmp_path / "report" / "index.html").read_text()
     stored = kdbench.load_runs(db, "tiny")
     assert len(stored) == len(runs)
 
@@ -200,11 +203,14 @@ def test_bad_objects_and_data_are_refused_in_one_line_before_anything_is_stored(
     def boom() -> nn.Module:
         raise RuntimeError("no such layer")
 
+    shared = Teacher()
+
     cases: list[tuple[dict[str, Any], str]] = [
         ({"student": nn.Linear(784, 10)}, "student=: got a Linear instance; give its class"),
         ({"student": 42}, "student=: got a int; give an nn.Module class"),
         ({"student": lambda: "not a model"}, "returned a str, not a torch.nn.Module"),
         ({"student": ThreeClasses}, "student=: model 'object:ThreeClasses' returned (2, 3)"),
+        ({"student": lambda: shared}, "returned the same module twice; it must build a new one"),
         ({"teacher": boom}, "teacher=: test_bad_objects_and_data_are_refused_in_one_line_before_anything_is_stored."
                             "<locals>.boom() raised RuntimeError: no such layer"),
         ({"teacher": ThreeClasses()}, "teacher=: model 'object:ThreeClasses' returned (2, 3)"),

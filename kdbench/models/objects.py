@@ -159,6 +159,10 @@ def model_object(section: str, obj: Any, *, in_channels: int, num_classes: int, 
         if not isinstance(module, nn.Module):
             raise ConfigError(f"{section}=: {qualname} returned a {type(module).__name__}, not a torch.nn.Module; "
                               f"give an nn.Module class or a factory returning one")
+        if build_new(**dims) is module:  # a factory handing out one module: every trial would share its weights
+            raise ConfigError(f"{section}=: {qualname} returned the same module twice; it must build a new one on each "
+                              "call (each trial trains fresh weights); to give a trained teacher, pass the module "
+                              "itself as teacher=")
         sources = [_source(obj), *(_source(c) for c in _user_classes(module))]
     else:
         raise ConfigError(f"{section}=: got a {type(obj).__name__}; give an nn.Module class, a zero-argument factory"
