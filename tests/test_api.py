@@ -246,3 +246,36 @@ def test_datasets_of_tensors_and_pil_images_become_the_same_sets() -> None:
     assert a_info.num_classes == b_info.num_classes == c_info.num_classes == 4
     assert torch.equal(a_train.images, b_train.images) and torch.equal(b_train.images, c_train.images)
     assert torch.equal(a_train.labels, c_train.labels) and len(a_test) == len(b_test) == 8
+
+
+@pytest.mark.slow
+def test_a_study_file_with_an_import_path_beside_objects(arrays: Any, tiny_study_dict: dict, tmp_path: Path) -> None:
+    """A study given as a path: ``student="nets.py:Student"`` resolves beside the study file (the serialisable form),
+    next to a trained teacher module and arrays."""
+    import yaml
+
+    (tmp_path / "nets.py").write_text(NETS)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(_study(tiny_study_dict)))
+    result = kdbench.sweep(tmp_path / "study.yaml", student="nets.py:Student",
+                           teacher=_trained_teacher(arrays[0], arrays[1]), data=arrays, max_visits=1,
+                           storage=f"sqlite:///{tmp_path / 'kd.db'}", device="cpu", threads=1,
+                           cache_dir=tmp_path / "cache")
+    runs = result.runs
+    assert len(runs) == 1 and runs["state"].iloc[0] == "complete"
+    models = runs["versions"].iloc[0]["models"]
+    assert models["student"]["model"] == "nets.py:Student" and models["teacher"]["model"] == "object:Teacher"
+    assert result.study.data.dataset == "in-memory"
+
+
+@pytest.mark.slow
+def test_workers_run_a_study_file_without_objects(needs_fmnist: None, tiny_study_dict: dict, tmp_path: Path) -> None:
+    """workers=2 on a study file (no objects): the parent prepares the study, two `kdbench sweep` processes share
+    its visits, as `kdbench sweep --workers 2` does."""
+    import yaml
+
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(tiny_study_dict))
+    result = kdbench.sweep(tmp_path / "study.yaml", workers=2, max_visits=1, threads=1, device="cpu",
+                           storage=f"sqlite:///{tmp_path / 'kd.db'}", cache_dir=tmp_path / "cache")
+    runs = result.runs
+    assert len(runs) == 2 and (runs["state"] == "complete").all()  # one visit per worker
+    assert runs["visit"].nunique() == 2
