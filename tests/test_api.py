@@ -171,6 +171,28 @@ def test_the_fingerprint_follows_the_source_the_shapes_and_a_trained_modules_wei
     assert built is not module and torch.equal(built.net[1].weight, module.net[1].weight)
 
 
+def test_a_class_without_readable_source_is_fingerprinted_by_its_code() -> None:
+    """A class whose source inspect cannot read (defined by exec, as a notebook cell's is on Python 3.11): the same
+    code gives the same fingerprint in another definition, an edit another one."""
+    from kdbench.models.objects import model_object
+
+    def define(source: str) -> Any:
+        scope: dict[str, Any] = {"__name__": "cell", "nn": nn}
+        exec(source, scope)
+        return scope["Student"]
+
+    dims = dict(in_channels=1, num_classes=10, image_size=28)
+    with pytest.raises((OSError, TypeError)):
+        import inspect
+
+        inspect.getsource(define(NETS))
+    a, same = (model_object("student", define(NETS), **dims) for _ in range(2))
+    edited = model_object("student", define(NETS.replace("nn.ReLU()", "nn.Tanh()")), **dims)
+    assert a.fingerprint == same.fingerprint != edited.fingerprint
+    trained = [model_object("teacher", define(NETS)(1, 10, 28), **dims) for _ in range(2)]
+    assert trained[0].fingerprint != trained[1].fingerprint  # other weights
+
+
 def test_the_study_hash_holds_the_objects_fingerprint(tmp_path: Path, tiny_study_dict: dict) -> None:
     from kdbench.config import parse_study
     from kdbench.models.objects import model_object

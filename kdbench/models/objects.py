@@ -22,6 +22,7 @@ import copy
 import hashlib
 import inspect
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,15 +80,15 @@ def _source(obj: Any) -> str:
             fn = getattr(member, "__func__", member)
             if inspect.isfunction(fn):
                 parts.append(f"{key}={_source(fn)}")
-            elif not key.startswith("__"):
-                parts.append(f"{key}={member!r}")
+            elif not key.startswith("__"):  # a class attribute's repr, less any address (not stable across runs)
+                parts.append(f"{key}={re.sub(r' at 0x[0-9a-fA-F]+', '', repr(member))}")
         return _digest("\n".join(parts))
     code = getattr(obj, "__code__", None)
     return _code_digest(code) if code is not None else _digest(repr(obj))
 
 
 def _user_classes(model: nn.Module) -> list[type]:
-    return [c for c in type(model).__mro__ if c.__module__.split(".")[0] not in ("torch", "builtins")]
+    return [c for c in type(model).__mro__ if c is not object and c.__module__.split(".")[0] != "torch"]
 
 
 def _shapes(model: nn.Module) -> list[tuple[str, list[int]]]:
