@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -149,18 +150,16 @@ def sweep(
     from kdbench.models.objects import model_object, object_name
 
     storage = storage or os.environ.get("KDBENCH_STORAGE") or DEFAULT_STORAGE
-    named = [f"name={name}"] if name is not None else []
-    raw, folder, source = _raw_study(study, [*overrides, *named])
     given = {s: o for s, o in (("teacher", teacher), ("student", student)) if o is not None}
-    for section, obj in list(given.items()):
-        if not isinstance(raw.get(section, {}), dict):
-            raise ConfigError(f"study: {section}: must be a mapping of keys (model, epochs, ...)")
-        raw.setdefault(section, {})
-        if isinstance(obj, (str, Path)):  # the serialisable form: a model name or an import path
-            raw[section]["model"] = str(obj)
-            del given[section]
-        else:
-            raw[section]["model"] = object_name(obj)  # its name; its identity is its fingerprint, below
+    # the serialisable forms (a model name or an import path) and name= are overrides, as workers read them
+    extra = [*(f"{s}.model={json.dumps(str(o))}" for s, o in given.items() if isinstance(o, (str, Path))),
+             *([f"name={json.dumps(name)}"] if name is not None else [])]
+    given = {s: o for s, o in given.items() if not isinstance(o, (str, Path))}
+    raw, folder, source = _raw_study(study, [*overrides, *extra])
+    for section, obj in given.items():
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise ConfigError(f"{source}: {section}: must be a mapping of keys (model, epochs, ...)")
+        raw[section]["model"] = object_name(obj)  # its name; its identity is its fingerprint, below
     if workers != 1:
         _check_workers(workers, study, bool(given) or data is not None)
     first = parse_study(copy.deepcopy(raw), source, folder=folder)
@@ -197,7 +196,7 @@ def sweep(
     for section, obj in built.items():
         final.set_model_object(section, obj)
     if workers != 1:
-        return _sweep_workers(final, study, [*overrides, *named], storage=storage, workers=workers,
+        return _sweep_workers(final, study, [*overrides, *extra], storage=storage, workers=workers,
                               device=device, threads=threads, cache_dir=cache_dir, max_visits=max_visits,
                               replace=replace, progress=progress)
     return _sweep_here(final, sets, storage=storage, device=device, threads=threads, cache_dir=cache_dir,
@@ -245,7 +244,10 @@ def _data_sets(data: Any) -> tuple[DatasetInfo, Split, Split]:
     from kdbench.data import from_arrays
 
     if isinstance(data, (tuple, list)) and len(data) == 4:
-        return from_arrays(*data, name=IN_MEMORY_DATASET, source="data=")
+        import torch
+
+        arrays = [a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in data]  # numpy reads CPU tensors
+        return from_arrays(*arrays, name=IN_MEMORY_DATASET, source="data=")
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x_train, y_train = _dataset_arrays(data[0], "train")
         x_test, y_test = _dataset_arrays(data[1], "test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -301,3 +302,17 @@ def test_workers_run_a_study_file_without_objects(needs_fmnist: None, tiny_study
     runs = result.runs
     assert len(runs) == 2 and (runs["state"] == "complete").all()  # one visit per worker
     assert runs["visit"].nunique() == 2
+
+
+def test_kdbench_sweep_is_the_api_before_and_after_the_sweep_package_is_imported() -> None:
+    """``import kdbench`` stays light (the CLI's --help pays for no torch); ``kdbench.sweep`` is the API function
+    until the package kdbench.sweep is imported, then that package, which calls the API."""
+    import subprocess
+
+    code = ("import sys, kdbench, kdbench.cli; light = 'torch' not in sys.modules; fn = kdbench.sweep; "
+            "import kdbench.sweep.run; pkg = kdbench.sweep; "
+            "print(light, fn.__module__, pkg.__name__, callable(pkg))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "kdbench.api", "kdbench.sweep", "True"]
+    with pytest.raises(ConfigError, match="study: got a int"):
+        importlib.import_module("kdbench.sweep")(42)  # the package calls the API
