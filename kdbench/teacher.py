@@ -7,7 +7,8 @@ Cache layout, under the cache folder (``$KDBENCH_CACHE`` or ``./.kdbench-cache``
     teachers/<weights key>/logits-<logits key>.pt  {"logits": [views, N, K], "indices": [N]}
 
 The weights key hashes everything that determines the weights (dataset, split, seed, recipe, the
-checkpoint file's bytes); the logits key adds the cache mode, augmentation and logit precision. A file
+checkpoint file's bytes, a user's model's fingerprint: for a trained module given to :func:`kdbench.sweep`,
+a digest of its ``state_dict``); the logits key adds the cache mode, augmentation and logit precision. A file
 whose sha256 does not match meta.json is treated as missing and rebuilt, never used.
 """
 
@@ -305,7 +306,9 @@ def prepare_teacher(
     if enforce_floor and not meta["val_acc"] >= floor:
         raise TeacherTooWeakError(
             f"teacher {cfg.model} reaches {meta['val_acc']:.1%} validation accuracy, below the floor "
-            f"{floor:.1%} (teacher.min_accuracy): train it longer (teacher.epochs) or lower the floor"
+            f"{floor:.1%} (teacher.min_accuracy): train it longer "
+            f"({'the module given as teacher=' if obj is not None and obj.trained else 'teacher.epochs'}) or lower "
+            "the floor"
         )
 
     logit_dtype = torch.float16 if cfg.logit_dtype == "float16" else torch.float32

@@ -316,3 +316,18 @@ def test_kdbench_sweep_is_the_api_before_and_after_the_sweep_package_is_imported
     assert out == ["True", "kdbench.api", "kdbench.sweep", "True"]
     with pytest.raises(ConfigError, match="study: got a int"):
         importlib.import_module("kdbench.sweep")(42)  # the package calls the API
+
+
+def test_an_untrained_module_as_teacher_is_below_the_floor_in_one_line(arrays: Any, tiny_study_dict: dict,
+                                                                       tmp_path: Path) -> None:
+    from kdbench.errors import TeacherTooWeakError
+    from kdbench.store import Store
+
+    raw = dict(_study(tiny_study_dict), teacher={})  # the default floor: chance + half of the rest (55 %)
+    db = f"sqlite:///{tmp_path / 'kd.db'}"
+    torch.manual_seed(0)
+    with pytest.raises(TeacherTooWeakError) as err:
+        kdbench.sweep(raw, teacher=Teacher(), student=_nets(tmp_path, "weak", NETS), data=arrays, storage=db,
+                      device="cpu", threads=1, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value) and "train it longer (the module given as teacher=)" in str(err.value)
+    assert Store.open(db).studies().empty  # nothing registered
