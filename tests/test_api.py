@@ -170,6 +170,11 @@ def test_the_fingerprint_follows_the_source_the_shapes_and_a_trained_modules_wei
     module = Teacher()
     built = model_object("teacher", module, **dims).spec.builder(**dims)
     assert built is not module and torch.equal(built.net[1].weight, module.net[1].weight)
+    norm = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 10)).eval()  # buffers, a 0-d one among them (num_batches_tracked)
+    before = model_object("teacher", norm, **dims).fingerprint
+    norm[1].running_mean += 1
+    assert model_object("teacher", norm, **dims).fingerprint != before  # buffers are weights too
 
 
 def test_a_class_without_readable_source_is_fingerprinted_by_its_code() -> None:

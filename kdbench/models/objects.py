@@ -99,10 +99,11 @@ def _state_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for key, value in model.state_dict().items():
         h.update(key.encode())
-        t = value.detach().cpu().contiguous()
+        t = value.detach().cpu()
         h.update(str(t.dtype).encode())
         h.update(json.dumps(list(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # its bytes (a 0-d buffer, as BatchNorm's step count, made 1-d first: a view changes no element size there)
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
