@@ -18,10 +18,12 @@ __all__ = [
     "load_study",
     "prepare_teacher",
     "run_sweep",
+    "sweep",
     "train",
 ]
 
 if TYPE_CHECKING:
+    from kdbench.api import sweep
     from kdbench.config import load_study
     from kdbench.data import load_data
     from kdbench.losses import distillation_loss
@@ -37,6 +39,7 @@ _LAZY = {
     "load_study": "kdbench.config",
     "prepare_teacher": "kdbench.teacher",
     "run_sweep": "kdbench.sweep",
+    "sweep": "kdbench.api",  # kdbench.sweep(study, teacher=, student=, data=); the package kdbench.sweep calls it too
     "train": "kdbench.train",
 }
 

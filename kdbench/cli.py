@@ -50,19 +50,9 @@ def _on_sigterm(_signum: int, _frame: Any) -> None:
 
 
 def _setup_torch(threads: int | None, device: str) -> Any:
-    import torch
+    from kdbench.train import setup_device
 
-    from kdbench.loop import configure_device
-    from kdbench.train import resolve_device
-
-    if threads is None:
-        threads = max(1, os.cpu_count() or 1)
-    torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise KdbenchError(f"--device {device}: CUDA is not available here; use --device cpu")
-    configure_device(dev)  # cuDNN autotuning and TF32, set in one place
-    return dev
+    return setup_device(device, threads if threads is not None else max(1, os.cpu_count() or 1))
 
 
 def _study_options(fn: F) -> F:
@@ -147,8 +137,8 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
     from kdbench.config import load_study
     from kdbench.progress import sweep_display
     from kdbench.store import Store
-    from kdbench.sweep import prepare_sweep, run_sweep
-    from kdbench.workers import run_workers, worker_threads
+    from kdbench.sweep import run_sweep
+    from kdbench.workers import sweep_workers, worker_threads
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # Optuna's per-trial info lines only with -v
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -162,13 +152,9 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
             summary = run_sweep(study, storage=store, device=dev, cache_dir=cache_dir, events=events,
                                 max_visits=max_visits, replace=replace)
         else:
-            args = [study_file, "--quiet", "--as-worker", "--device", device,  # --storage: by environment
-                    "--threads", str(worker_threads(workers, threads)),
-                    *(f"--set={o}" for o in overrides), *(["--cache-dir", cache_dir] if cache_dir else []),
-                    *(["--max-visits", str(max_visits)] if max_visits else [])]
-            run_workers(study, args, workers=workers, store=store, events=events, storage_url=storage,
-                        prepare=lambda: prepare_sweep(study, storage=store, device=dev, cache_dir=cache_dir,
-                                                      events=events, replace=replace))
+            sweep_workers(study, study_file, overrides, workers=workers, store=store, storage_url=storage,
+                          device=device, here=dev, events=events, threads=threads, cache_dir=cache_dir,
+                          max_visits=max_visits, replace=replace)
             summary = store.finalist_summary(study.name)
     if as_worker:
         return

@@ -16,6 +16,7 @@ __all__ = [
     "IMAGEFOLDER_SIZE",
     "IMAGEFOLDER_TEST_FRACTION",
     "IMPORTANCE_MIN_TRIALS",
+    "IN_MEMORY_DATASET",
     "MAX_BATCH",
     "MAX_EPOCHS",
     "MAX_STEPS",
@@ -35,6 +36,7 @@ DEFAULT_STORAGE = "sqlite:///kdbench.db"  # SQLAlchemy URL of the results databa
 STALE_AFTER_S = 120.0  # seconds without a heartbeat after which another worker takes a running visit over
 HEARTBEAT_S = 15.0  # seconds between heartbeats of a running visit
 POLL_S = 2.0  # seconds between looks at the store while waiting for other workers
+IN_MEMORY_DATASET = "in-memory"  # data.dataset of a study whose data were given to kdbench.sweep (data=)
 
 # --- the search (defaults of study keys left unset, and the limits the schema enforces)
 RANGE_TRIALS = 20  # KD trials of a range search when search.trials is unset (the CE baseline gets as many)

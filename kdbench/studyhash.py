@@ -43,10 +43,9 @@ def study_hash(study: Study) -> str:
             if cfg[section][key] == default or (key == "fuse" and cfg[section][key] == 1):  # keys added later:
                 del cfg[section][key]  # at their defaults they leave the hashes of studies written before unchanged
     for section in ("teacher", "student"):  # a model from outside the zoo: what defines it, by content
-        r = getattr(study, section)
-        if ":" in r.model:
-            from kdbench.models.sources import model_fingerprint
+        if ":" in getattr(study, section).model:
+            from kdbench.models.sources import study_fingerprint
 
-            cfg[section]["fingerprint"] = model_fingerprint(r.model, r.weights, r.model_args, study.folder)
+            cfg[section]["fingerprint"] = study_fingerprint(study, section)  # an import path's or an object's
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -7,7 +7,8 @@ Cache layout, under the cache folder (``$KDBENCH_CACHE`` or ``./.kdbench-cache``
     teachers/<weights key>/logits-<logits key>.pt  {"logits": [views, N, K], "indices": [N]}
 
 The weights key hashes everything that determines the weights (dataset, split, seed, recipe, the
-checkpoint file's bytes); the logits key adds the cache mode, augmentation and logit precision. A file
+checkpoint file's bytes, a user's model's fingerprint: for a trained module given to :func:`kdbench.sweep`,
+a digest of its ``state_dict``); the logits key adds the cache mode, augmentation and logit precision. A file
 whose sha256 does not match meta.json is treated as missing and rebuilt, never used.
 """
 
@@ -36,7 +37,7 @@ from kdbench.defaults import TEACHER_FLOOR_SHARE
 from kdbench.errors import CheckpointError, OutputError, TeacherTooWeakError, first_line
 from kdbench.evaluate import evaluate, inference_ms_per_batch, predict_logits, scores
 from kdbench.models import build_model, count_parameters, load_state_dict_file
-from kdbench.models.sources import model_fingerprint
+from kdbench.models.sources import study_fingerprint, study_model
 from kdbench.provenance import device_name, kdbench_commit, library_versions, provenance
 from kdbench.train import CachedLogits, EpochRecord, LiveTeacher, TeacherSignal, train, view_images
 
@@ -141,9 +142,11 @@ def _weights_key(study: Study, data: Data) -> str:
         if recipe[key] == default:
             del recipe[key]
     if ":" in study.teacher.model:  # a model from outside the zoo: what defines it, by content
-        recipe["fingerprint"] = model_fingerprint(study.teacher.model, study.teacher.weights,
-                                                  study.teacher.model_args, study.folder)
-    if study.teacher.checkpoint:
+        recipe["fingerprint"] = study_fingerprint(study, "teacher")
+    obj = study.model_object("teacher")
+    if obj is not None and obj.trained:  # a trained module: its fingerprint holds its weights' digest
+        recipe = {"model": study.teacher.model, "fingerprint": recipe["fingerprint"]}
+    elif study.teacher.checkpoint:
         path = Path(study.teacher.checkpoint)
         if not path.is_file():
             raise CheckpointError(f"teacher.checkpoint: file {path} not found; give the path of a state dict")
@@ -250,7 +253,7 @@ def prepare_teacher(
 
     def fresh() -> nn.Module:  # the untrained teacher, seeded: built again if a cached state half-loaded
         torch.manual_seed(study.seed)
-        return build_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes,
+        return build_model(study_model(study, "teacher"), in_channels=info.channels, num_classes=info.num_classes,
                            image_size=info.image_size, weights=cfg.weights, model_args=cfg.model_args,
                            folder=study.folder,
                            pretrained=cfg.pretrained if not cfg.checkpoint else None).to(device)
@@ -266,10 +269,13 @@ def prepare_teacher(
             log.warning("teacher cache file %s does not fit %s (%s): rebuilding it", wpath, cfg.model, first_line(exc))
             model = fresh()
     train_seconds: float | None = None
+    obj = study.model_object("teacher")
     if from_cache:
         model.eval()
     else:
-        if cfg.checkpoint:
+        if obj is not None and obj.trained:
+            log.info("teacher %s: the trained module given to kdbench.sweep, evaluated as it is", cfg.model)
+        elif cfg.checkpoint:
             try:
                 load_state_dict_file(model, cfg.checkpoint)
             except CheckpointError as exc:
@@ -300,7 +306,9 @@ def prepare_teacher(
     if enforce_floor and not meta["val_acc"] >= floor:
         raise TeacherTooWeakError(
             f"teacher {cfg.model} reaches {meta['val_acc']:.1%} validation accuracy, below the floor "
-            f"{floor:.1%} (teacher.min_accuracy): train it longer (teacher.epochs) or lower the floor"
+            f"{floor:.1%} (teacher.min_accuracy): train it longer "
+            f"({'the module given as teacher=' if obj is not None and obj.trained else 'teacher.epochs'}) or lower "
+            "the floor"
         )
 
     logit_dtype = torch.float16 if cfg.logit_dtype == "float16" else torch.float32

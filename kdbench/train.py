@@ -27,6 +27,7 @@ from kdbench.loop import (
     TeacherSignal,
     TrainResult,
     budget,
+    configure_device,
     start_loop,
     view_images,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "make_scheduler",
     "predict_logits",
     "resolve_device",
+    "setup_device",
     "train",
     "view_images",
 ]
@@ -58,6 +60,24 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def setup_device(device: str | torch.device | None = "auto", threads: int | None = None) -> torch.device:
+    """The training device, checked and configured (cuDNN autotuning and TF32 on CUDA), and torch's CPU
+    threads set to ``threads`` when given: what ``kdbench sweep`` and :func:`kdbench.sweep` do first.
+
+    Raises:
+        ConfigError: a CUDA device where CUDA is not available.
+    """
+    from kdbench.errors import ConfigError
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
+    configure_device(dev)  # cuDNN autotuning and TF32, set in one place
+    return dev
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:

@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from kdbench.config import Study
 from kdbench.defaults import POLL_S
@@ -28,7 +30,7 @@ from kdbench.errors import KdbenchError
 from kdbench.store import Store
 from kdbench.sweep import SweepEvents, study_progress
 
-__all__ = ["WorkerError", "cpu_cores", "run_workers", "worker_threads"]
+__all__ = ["WorkerError", "cpu_cores", "run_workers", "sweep_workers", "worker_threads"]
 
 STOP_GRACE_S = 60.0  # seconds a worker gets to record its interrupted trial before it is killed
 
@@ -130,6 +132,44 @@ def run_workers(
     if failed:
         i, rc = failed[0]
         raise WorkerError(f"worker {i + 1} of {workers} exited with status {rc}: {last.get(i, 'no output')}")
+
+
+def sweep_workers(
+    study: Study,
+    study_file: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    workers: int,
+    store: Store,
+    storage_url: str,
+    device: str,
+    here: Any,
+    events: SweepEvents,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    max_visits: int | None = None,
+    replace: bool = False,
+) -> None:
+    """``kdbench sweep STUDY_FILE --workers N``: prepare the study here (checks, teacher, registration; ``replace``
+    drops a stored study of the same name once all is checked), then run it on ``workers`` processes that each
+    read ``study_file`` with ``overrides`` (so the study must be a file: objects do not cross processes).
+
+    Args:
+        study: the validated study read from ``study_file`` with ``overrides``.
+        device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``, as each worker is told.
+        here: the ``torch.device`` this process prepares the study on (:func:`kdbench.train.setup_device`).
+        threads: torch threads per worker (default: cores // workers).
+        other arguments: as :func:`kdbench.sweep.run_sweep`'s.
+    """
+    from kdbench.sweep import prepare_sweep
+
+    args = [str(study_file), "--quiet", "--as-worker", "--device", device,  # --storage: by environment
+            "--threads", str(worker_threads(workers, threads)),
+            *(f"--set={o}" for o in overrides), *(["--cache-dir", str(cache_dir)] if cache_dir else []),
+            *(["--max-visits", str(max_visits)] if max_visits else [])]
+    run_workers(study, args, workers=workers, store=store, events=events, storage_url=storage_url,
+                prepare=lambda: prepare_sweep(study, storage=store, device=here, cache_dir=cache_dir, events=events,
+                                              replace=replace))
 
 
 def _stop(procs: list[subprocess.Popen[str]]) -> None:

@@ -22,6 +22,7 @@ from kdbench.config.study import (
     optuna_study_name,
     optuna_study_names,
     parse_study,
+    read_study_file,
 )
 from kdbench.studyfile import apply_overrides
 from kdbench.studyhash import study_hash
@@ -44,5 +45,6 @@ __all__ = [
     "optuna_study_name",
     "optuna_study_names",
     "parse_study",
+    "read_study_file",
     "study_hash",
 ]

@@ -19,7 +19,8 @@ from kdbench.losses import METHODS
 from kdbench.studyfile import apply_overrides, format_error, read_yaml
 from kdbench.studyhash import study_hash
 
-__all__ = ["OPTUNA_SUFFIXES", "Study", "load_study", "optuna_study_name", "optuna_study_names", "parse_study"]
+__all__ = ["OPTUNA_SUFFIXES", "Study", "load_study", "optuna_study_name", "optuna_study_names", "parse_study",
+           "read_study_file"]
 
 
 def optuna_study_name(study: str, loss: str) -> str:
@@ -49,11 +50,25 @@ class Study(Strict):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
     _folder: Path | None = PrivateAttr(default=None)  # the study file's folder: where relative model paths start
+    # teacher/student given as Python objects to kdbench.sweep (kdbench.models.objects.ModelObject), this process only
+    _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def folder(self) -> Path | None:
         """The folder of the study file this study was read from (None for a dict or a stored config)."""
         return self._folder
+
+    def model_object(self, section: str) -> Any:
+        """The :class:`~kdbench.models.objects.ModelObject` given to :func:`kdbench.sweep` as ``section``
+        (``teacher`` or ``student``) in this process, or None (the model string says what to build)."""
+        return self._objects.get(section)
+
+    def set_model_object(self, section: str, obj: Any) -> None:
+        """Build ``section``'s model from ``obj`` (a :class:`~kdbench.models.objects.ModelObject` whose name is this
+        study's ``<section>.model``): what :func:`kdbench.sweep` does with a ``teacher=`` or ``student=`` object."""
+        if section not in ("teacher", "student") or getattr(self, section).model != obj.name:
+            raise ValueError(f"{section}: the object {obj.name!r} is not this study's {section}.model")
+        self._objects[section] = obj
 
     @field_validator("name")
     @classmethod
@@ -117,8 +132,10 @@ class Study(Strict):
         return study_hash(self)
 
 
-def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[str, ...] = ()) -> Study:
-    """Validate a raw mapping (as read from YAML) into a :class:`Study`, after applying overrides."""
+def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[str, ...] = (), *,
+                folder: Path | None = None) -> Study:
+    """Validate a raw mapping (as read from YAML) into a :class:`Study`, after applying overrides; ``folder`` is
+    where its relative model paths start (the study file's folder)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a study file must be a YAML mapping of keys (name, data, teacher, ...)")
     raw = apply_overrides(raw, overrides)
@@ -129,6 +146,7 @@ def parse_study(raw: Any, source: str = "study", overrides: list[str] | tuple[st
     if study.teacher.cache_views and study.data.augment == "none":
         raise ConfigError(f"{source}: teacher.cache: {{views: {study.teacher.cache_views}}} caches augmented views, "
                           "but data.augment is none; use cache: fixed, or set data.augment")
+    study._folder = folder
     return study
 
 
@@ -137,6 +155,16 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
     Raises:
         ConfigError: one line naming the file, the key and the fix.
+    """
+    p = Path(path)
+    return parse_study(read_study_file(p), str(p), overrides, folder=p.resolve().parent)
+
+
+def read_study_file(path: str | Path) -> Any:
+    """A study file's YAML as read, not yet validated (:func:`parse_study` validates it).
+
+    Raises:
+        ConfigError: the file cannot be read, or its YAML is malformed (one line naming the file).
     """
     p = Path(path)
     try:
@@ -152,6 +180,4 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
-    study = parse_study(raw, str(p), overrides)
-    study._folder = p.resolve().parent
-    return study
+    return raw

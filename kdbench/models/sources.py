@@ -39,9 +39,11 @@ from torch import nn
 
 from kdbench.errors import ConfigError, first_line
 
-__all__ = ["check_output", "is_external", "model_fingerprint", "resolve_model"]
+__all__ = ["OBJECT_PREFIX", "check_output", "data_arguments", "is_external", "model_fingerprint", "resolve_model",
+           "study_fingerprint", "study_model"]
 
 _LIBRARIES = ("torchvision", "timm")
+OBJECT_PREFIX = "object:"  # a Python object given to kdbench.sweep (kdbench.models.objects): this process only
 
 
 def is_external(model: str) -> bool:
@@ -50,6 +52,10 @@ def is_external(model: str) -> bool:
 
 
 def _split(model: str) -> tuple[str, str]:
+    if model.startswith(OBJECT_PREFIX):
+        raise ConfigError(f"model {model!r} names a Python object given to kdbench.sweep in the process that ran it; "
+                          "in a study file, or for --workers, give its import path, e.g. 'nets.py:Student' or "
+                          "'package.module:factory'")
     where, _, name = model.rpartition(":")
     if not where or not name:
         raise ConfigError(f"model {model!r}: write torchvision:NAME, timm:NAME, package.module:factory or "
@@ -94,6 +100,23 @@ def model_fingerprint(model: str, weights: str | None, model_args: dict[str, Any
     blob = json.dumps({"model": model, "weights": weights, "args": model_args, "source": source}, sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def study_model(study: Any, section: str) -> Any:
+    """What builds the study's ``section`` model (``teacher`` or ``student``): the
+    :class:`~kdbench.models.zoo.ModelSpec` of an object given to kdbench.sweep, else the model string."""
+    obj = study.model_object(section)
+    return getattr(study, section).model if obj is None else obj.spec
+
+
+def study_fingerprint(study: Any, section: str) -> str:
+    """The fingerprint of the study's ``section`` model from outside the zoo: an object's
+    (:mod:`kdbench.models.objects`), else :func:`model_fingerprint` of its model string."""
+    obj = study.model_object(section)
+    if obj is not None:
+        return str(obj.fingerprint)
+    r = getattr(study, section)
+    return model_fingerprint(r.model, r.weights, r.model_args, study.folder)
 
 
 def resolve_model(model: str, *, weights: str | None = None, model_args: dict[str, Any] | None = None,
@@ -309,21 +332,26 @@ def _user(model: str, where: str, name: str, args: dict[str, Any], folder: Path 
     target = _import(model, where, name, folder)
     if not callable(target):
         raise ConfigError(f"model {model!r}: {name} is a {type(target).__name__}, not a class or factory")
-    try:
-        params = inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
-    takes = {k for k in ("in_channels", "num_classes", "image_size") if k in params}
 
     def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
         data = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
         try:
-            return target(**{k: data[k] for k in takes if k not in args}, **args)
+            return target(**data_arguments(target, data, args), **args)
         except Exception as exc:  # the user's constructor: any error is bad input
             raise ConfigError(f"model {model!r}: {name}(**model_args) raised {type(exc).__name__}: "
                               f"{first_line(exc)}") from None
 
     return build
+
+
+def data_arguments(target: Callable[..., Any], data: dict[str, int], args: dict[str, Any]) -> dict[str, int]:
+    """The data's sizes (``in_channels``, ``num_classes``, ``image_size``) that ``target`` takes by name and
+    ``args`` does not set: what a user's class or factory is called with besides its ``model_args``."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if k in params and k not in args}
 
 
 def _import(model: str, where: str, name: str, folder: Path | None) -> Any:

@@ -30,7 +30,7 @@ from kdbench.errors import OutputError
 from kdbench.provenance import kdbench_commit, library_versions
 from kdbench.report import figures, plots
 from kdbench.report.frames import StudyFrames, comparison_table, compute_frames
-from kdbench.report.sources import StoreLike, read_studies
+from kdbench.report.sources import StoreLike, TestSplit, read_studies
 from kdbench.report.stats import CONFIDENCE
 from kdbench.report.tables import (
     architecture_note,
@@ -157,7 +157,7 @@ def _writable(out: Path) -> None:
 
 
 def write_report(storage: StoreLike, studies: list[str], out: str | Path | None = None, *, fmt: str = "html",
-                 load_images: bool = True) -> Report:
+                 load_images: bool = True, tests: dict[str, TestSplit] | None = None) -> Report:
     """Build the report of one or more studies.
 
     Args:
@@ -166,6 +166,7 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
         out: output folder (default :func:`default_out`); ignored for ``fmt="md"``.
         fmt: ``html`` writes everything; ``md`` only computes the comparison table (printed by the CLI).
         load_images: read the dataset's test split for the prediction grid.
+        tests: test splits by study name, given instead of read (data held in memory, see :func:`kdbench.sweep`).
 
     Raises:
         StoreError: no such database or study (the message lists the studies there).
@@ -174,7 +175,7 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     if fmt not in ("html", "md"):
         raise OutputError(f"--format {fmt!r}: use html or md")
     studies = list(dict.fromkeys(studies))
-    sources = read_studies(storage, studies, load_images=load_images and fmt == "html")
+    sources = read_studies(storage, studies, load_images=load_images and fmt == "html", tests=tests)
     frames = [compute_frames(src) for src in sources]
     table = comparison_table(frames)
     display = comparison_display(table)

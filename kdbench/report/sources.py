@@ -22,7 +22,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from kdbench.config import Study
-from kdbench.defaults import IMPORTANCE_MIN_TRIALS
+from kdbench.defaults import IMPORTANCE_MIN_TRIALS, IN_MEMORY_DATASET
 from kdbench.errors import DataNotFoundError, KdbenchError, StoreError
 from kdbench.report.budget import budget_labels
 from kdbench.store import Store, TeacherRow
@@ -139,7 +139,7 @@ class StudySources:
     storage_url: str = ""  # the database, password masked (for the optuna-dashboard command)
 
 
-def read_study(storage: StoreLike, name: str, *, load_images: bool = True,
+def read_study(storage: StoreLike, name: str, *, load_images: bool = True, test: TestSplit | None = None,
                importance_min_trials: int = IMPORTANCE_MIN_TRIALS) -> StudySources:
     """Read everything the report of one study shows.
 
@@ -147,6 +147,7 @@ def read_study(storage: StoreLike, name: str, *, load_images: bool = True,
         storage: the open store, or the SQLAlchemy URL of the results database (never created).
         name: the study's name.
         load_images: read the dataset's test split for the prediction grid.
+        test: that test split, given (data held in memory, as :func:`kdbench.sweep` takes them) instead of read.
         importance_min_trials: complete KD trials below which importances are not computed.
 
     Returns:
@@ -171,7 +172,7 @@ def read_study(storage: StoreLike, name: str, *, load_images: bool = True,
         name=name, config=config, study=study, config_hash=row.config_hash, commit=row.commit, created=row.created,
         runs=runs,
         epochs=store.epochs(name), teacher=teacher, finalists=store.finalist_summary(name),
-        predictions=_predictions(store, study, runs, load_images), kd_complete=kd_complete,
+        predictions=_predictions(store, study, runs, load_images, test), kd_complete=kd_complete,
         importances=importances, importances_skipped=skipped, logits=_logits(store, runs), storage_url=store.url)
 
 
@@ -187,19 +188,21 @@ def _logits(store: Store, runs: pd.DataFrame) -> dict[str, dict[int, bytes]]:
     return out
 
 
-def read_studies(storage: StoreLike, names: list[str], *, load_images: bool = True) -> list[StudySources]:
+def read_studies(storage: StoreLike, names: list[str], *, load_images: bool = True,
+                 tests: dict[str, TestSplit] | None = None) -> list[StudySources]:
     """:func:`read_study` for each of ``names``, on one store opened once.
 
     Args:
         storage: the open store, or the SQLAlchemy URL of the results database (never created).
         names: the studies' names, in the order returned.
         load_images: read the dataset's test split for each prediction grid.
+        tests: test splits given by study name instead of read (see :func:`read_study`).
 
     Raises:
         StoreError: an unknown study (the message lists the studies in the database) or unusable database.
     """
     store = Store.get(storage, create=False)
-    return [read_study(store, name, load_images=load_images) for name in names]
+    return [read_study(store, name, load_images=load_images, test=(tests or {}).get(name)) for name in names]
 
 
 def _teacher(row: TeacherRow | None) -> TeacherSource | None:
@@ -212,7 +215,8 @@ def _teacher(row: TeacherRow | None) -> TeacherSource | None:
         train_seconds=row.train_seconds)
 
 
-def _predictions(store: Store, study: Study, runs: pd.DataFrame, load_images: bool) -> PredictionSources:
+def _predictions(store: Store, study: Study, runs: pd.DataFrame, load_images: bool,
+                 test: TestSplit | None = None) -> PredictionSources:
     """The stored predictions of the first seed with a best KD and CE finalist; the test split when both exist."""
     from kdbench.data import DATASETS
 
@@ -235,14 +239,21 @@ def _predictions(store: Store, study: Study, runs: pd.DataFrame, load_images: bo
                             kd_by_seed=by_seed["kd"], ce_by_seed=by_seed["ce"])
     if not load_images or out.kd is None or out.ce is None:
         return out
+    if test is not None:
+        out.test = test
+        return out
+    if dataset == IN_MEMORY_DATASET:
+        out.test_error = ("its data were given in memory to kdbench.sweep (data=); the SweepResult's report() has "
+                          "them")
+        return out
     try:
         from kdbench.data import load_study_raw
 
-        info, _, test, _ = load_study_raw(study.data.model_copy(update={"download": False}), study.folder)
+        info, _, split, _ = load_study_raw(study.data.model_copy(update={"download": False}), study.folder)
     except (DataNotFoundError, KdbenchError) as exc:
         out.test_error = str(exc)
         return out
-    out.test = TestSplit(test.labels.numpy(), test.images.numpy(), list(info.classes))
+    out.test = TestSplit(split.labels.numpy(), split.images.numpy(), list(info.classes))
     return out
 
 

@@ -13,9 +13,16 @@ Plan → claim → run: :mod:`.run` prepares the study once (check, register, da
 through its visits, claiming each in the store so that any number of ``kdbench sweep`` processes, on one
 machine or many sharing a database, split the work without running a visit twice. Selection uses
 validation accuracy; the test set is only evaluated for finalists.
+
+``kdbench.sweep(study, teacher=..., student=..., data=...)`` is the Python API (:func:`kdbench.api.sweep`); once
+this package is imported, ``kdbench.sweep`` names it, so the package itself is callable and calls the API.
 """
 
 from __future__ import annotations
+
+import sys
+import types
+from typing import Any
 
 from kdbench.sweep.attempt import SweepContext
 from kdbench.sweep.events import Progress, SweepEvents, study_progress
@@ -44,3 +51,16 @@ __all__ = [
     "search_seeds",
     "study_progress",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """``kdbench.sweep``: this package, which Python sets as the attribute ``sweep`` of ``kdbench`` once it is
+    imported, and the API function :func:`kdbench.api.sweep` (``kdbench.sweep(...)`` calls it either way)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from kdbench.api import sweep
+
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

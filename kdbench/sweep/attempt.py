@@ -23,6 +23,7 @@ from kdbench.errors import NonFiniteLossError, RetiredAttemptError, StoreError, 
 from kdbench.evaluate import inference_ms_per_batch, predict_logits
 from kdbench.losses import WEIGHTS
 from kdbench.models import build_model, count_parameters
+from kdbench.models.sources import study_model
 from kdbench.provenance import device_name, kdbench_commit
 from kdbench.store import Claimed, Store, finite_or_none, now, params_json
 from kdbench.sweep import optuna_bridge
@@ -96,8 +97,9 @@ class Attempt:
         ctx.events.on_visit_start(visit, params)
         torch.manual_seed(visit.seed)
         info, student = ctx.data.info, ctx.study.student
-        self.model = build_model(student.model, in_channels=info.channels, num_classes=info.num_classes,
-                                 image_size=info.image_size, pretrained=student.pretrained, weights=student.weights,
+        self.model = build_model(study_model(ctx.study, "student"), in_channels=info.channels,
+                                 num_classes=info.num_classes, image_size=info.image_size,
+                                 pretrained=student.pretrained, weights=student.weights,
                                  model_args=student.model_args, folder=ctx.study.folder).to(ctx.device)
         self.common["parameters"] = count_parameters(self.model)
         warmup = ctx.study.search.warmup_epochs(visit.loss)

@@ -26,6 +26,7 @@ from kdbench.config import Study
 from kdbench.data import DatasetInfo
 from kdbench.defaults import FUSE_AUTO_MAX, FUSE_MEMORY_SHARE
 from kdbench.models import build_model
+from kdbench.models.sources import study_model
 
 __all__ = ["FusePlan", "fuse_plan", "student_training_bytes"]
 
@@ -83,8 +84,8 @@ def fuse_plan(study: Study, device: torch.device, info: DatasetInfo, free_bytes:
     if fuse != "auto":
         return FusePlan(fuse, f"fusing up to {fuse} search visits per step (search.fuse: {fuse})" if fuse > 1 else "")
     s = study.student
-    student = build_model(s.model, in_channels=info.channels, num_classes=info.num_classes, image_size=info.image_size,
-                          weights=s.weights, model_args=s.model_args, folder=study.folder)
+    student = build_model(study_model(study, "student"), in_channels=info.channels, num_classes=info.num_classes,
+                          image_size=info.image_size, weights=s.weights, model_args=s.model_args, folder=study.folder)
     need = student_training_bytes(student, study.student.batch_size, info)
     free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
     k = max(1, min(FUSE_AUTO_MAX, int(FUSE_MEMORY_SHARE * free // need)))

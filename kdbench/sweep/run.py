@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 
 from kdbench.config import Study
-from kdbench.data import DatasetInfo, load_study_raw, split_data
+from kdbench.data import Data, DatasetInfo, Split, load_study_raw, split_data
 from kdbench.defaults import POLL_S, STALE_AFTER_S
 from kdbench.errors import CheckpointError, ConfigError, StoreError, check_termination
 from kdbench.models import build_model
-from kdbench.models.sources import model_fingerprint
+from kdbench.models.sources import study_fingerprint, study_model
 from kdbench.provenance import library_versions
 from kdbench.store import Claimed, Store
 from kdbench.sweep import optuna_bridge
@@ -52,9 +52,9 @@ def check_models(study: Study, info: DatasetInfo) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for section, recipe, (weights_key, weights) in (("teacher", t, t_weights), ("student", study.student, s_weights)):
         try:
-            model = build_model(recipe.model, in_channels=info.channels, num_classes=info.num_classes,
-                        image_size=info.image_size, pretrained=weights, weights=recipe.weights,
-                        model_args=recipe.model_args, folder=study.folder)
+            model = build_model(study_model(study, section), in_channels=info.channels,
+                                num_classes=info.num_classes, image_size=info.image_size, pretrained=weights,
+                                weights=recipe.weights, model_args=recipe.model_args, folder=study.folder)
         except ConfigError as exc:
             raise ConfigError(f"{section}.model: {exc}") from None
         except CheckpointError as exc:
@@ -62,8 +62,7 @@ def check_models(study: Study, info: DatasetInfo) -> dict[str, dict[str, str]]:
         if ":" in recipe.model:
             shapes = json.dumps([(k, list(v.shape)) for k, v in model.state_dict().items()])
             out[section] = {"model": recipe.model, "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16],
-                            "fingerprint": model_fingerprint(recipe.model, recipe.weights, recipe.model_args,
-                                                             study.folder)}
+                            "fingerprint": study_fingerprint(study, section)}
     return out
 
 
@@ -76,6 +75,7 @@ def prepare_sweep(
     events: SweepEvents | None = None,
     stale_after_s: float = STALE_AFTER_S,
     replace: bool = False,
+    sets: tuple[DatasetInfo, Split, Split] | None = None,
 ) -> SweepContext:
     """Check everything, get the teacher (trained once, then from the cache), then register the study.
 
@@ -91,6 +91,8 @@ def prepare_sweep(
         events: progress hooks.
         stale_after_s: a running visit without a heartbeat for this long is taken over.
         replace: drop a stored study of the same name (its runs, epochs and Optuna trials) once all is checked.
+        sets: the official training and test sets already read (:func:`kdbench.data.from_arrays`,
+            :func:`kdbench.data.load_raw`), split as the study's ``data`` section says instead of reading its files.
     """
     device = torch.device(device)
     events = events or SweepEvents()
@@ -100,14 +102,20 @@ def prepare_sweep(
     cache = open_cache_dir(cache_dir)
     d = study.data
     events.on_status("loading data")
-    raw = load_study_raw(d, study.folder)  # read once (an hf set decodes every image), split for each
-    tdata = split_data(*raw[:3], root=raw[3], val_fraction=d.val_fraction, seed=study.seed, device=device)
+    if sets is None:  # read once (an hf set decodes every image), split for the teacher and the students
+        info, train, test, root = load_study_raw(d, study.folder)
+    else:
+        (info, train, test), root = sets, None
+
+    def split(subset: bool) -> Data:
+        return split_data(info, train, test, root=root, val_fraction=d.val_fraction,
+                          subset=d.subset if subset else None, seed=study.seed, device=device)
+
+    tdata = split(subset=False)
     if len(tdata.val) == 0:
         raise ConfigError(f"data.val_fraction: {d.val_fraction:g} leaves no validation set, and a sweep chooses its "
                           "cells on validation accuracy; set it to e.g. 0.1")
-    sdata = tdata if d.subset is None else split_data(*raw[:3], root=raw[3], val_fraction=d.val_fraction,
-                                                      subset=d.subset, seed=study.seed, device=device)
-    del raw
+    sdata = tdata if d.subset is None else split(subset=True)
     if not replace:
         store.check_study(study, tdata.fingerprint)  # data.root is not in the hash: the same config, other files
     models = check_models(study, tdata.info)
@@ -182,6 +190,7 @@ def run_sweep(
     max_visits: int | None = None,
     fuse: int | None = None,
     replace: bool = False,
+    sets: tuple[DatasetInfo, Split, Split] | None = None,
 ) -> pd.DataFrame:
     """Run (or resume, or join as one more worker) the whole study; return the finalists' summary.
 
@@ -196,9 +205,11 @@ def run_sweep(
         fuse: fuse up to this many search visits per step whatever the device (default: ``search.fuse`` as
             :func:`kdbench.sweep.fuse.fuse_plan` applies it: sequential on the CPU).
         replace: drop a stored study of the same name once the inputs are checked (see :func:`prepare_sweep`).
+        sets: the official training and test sets already read, instead of the data section's files (see
+            :func:`prepare_sweep`).
     """
     ctx = prepare_sweep(study, storage=storage, device=device, cache_dir=cache_dir, events=events,
-                        stale_after_s=stale_after_s, replace=replace)
+                        stale_after_s=stale_after_s, replace=replace, sets=sets)
     optuna_bridge.repair(ctx.store, study, ctx.study_id, stale_after_s)
     ctx.events.on_progress(study_progress(ctx.store, study, ctx.study_id))
     search = plan_search(study)
