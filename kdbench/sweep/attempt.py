@@ -96,9 +96,9 @@ class Attempt:
         ctx.events.on_visit_start(visit, params)
         torch.manual_seed(visit.seed)
         info, student = ctx.data.info, ctx.study.student
-        self.model = build_model(student.model, in_channels=info.channels, num_classes=info.num_classes,
-                                 image_size=info.image_size, pretrained=student.pretrained, weights=student.weights,
-                                 model_args=student.model_args, folder=ctx.study.folder).to(ctx.device)
+        self.model = build_model(student.model, **info.model_shape, pretrained=student.pretrained,
+                                 weights=student.weights, model_args=student.model_args,
+                                 folder=ctx.study.folder).to(ctx.device)
         self.common["parameters"] = count_parameters(self.model)
         warmup = ctx.study.search.warmup_epochs(visit.loss)
         self.kd = None if visit.loss == "ce" else kd_params(visit.loss, params, warmup)
