@@ -170,10 +170,9 @@ def sweep(
         sets = _data_sets(data)
         raw.setdefault("data", {})["dataset"] = IN_MEMORY_DATASET
     elif given:
-        from kdbench.data import load_raw
+        from kdbench.data import load_study_raw
 
-        d = first.data
-        info, train, test, _ = load_raw(d.dataset, root=d.root, download=d.download, image_size=d.image_size)
+        info, train, test, _ = load_study_raw(first.data, first.folder)
         sets = (info, train, test)
     else:
         sets = None
@@ -185,8 +184,7 @@ def sweep(
                               f"{section}=; drop it")
         assert sets is not None
         info = sets[0]
-        built[section] = model_object(section, obj, in_channels=info.channels, num_classes=info.num_classes,
-                                      image_size=info.image_size, model_args=recipe.model_args)
+        built[section] = model_object(section, obj, **info.model_shape, model_args=recipe.model_args)
         if built[section].trained:
             for key in ("checkpoint", "pretrained"):
                 if getattr(recipe, key, None):

@@ -114,7 +114,7 @@ def inference_ms_per_batch(
         The median of the timed passes, in milliseconds.
     """
     device = torch.device(device)
-    x = torch.randn(batch_size, info.channels, info.image_size, info.image_size, device=device)
+    x = info.example_batch(batch_size, device)
     was_training = model.training
     model.eval()
     times = []

@@ -287,7 +287,7 @@ class StepLoop:
             if i >= epoch.todo:
                 break
             x = normalize(epoch.images[rows], self.data.info)
-            if self.channels_last:
+            if self.channels_last and x.dim() == 4:  # features or token ids have no channels
                 x = x.contiguous(memory_format=torch.channels_last)
             yield Batch(i, rows, x, self.data.train.labels[rows])
             self.samples += int(rows.shape[0])

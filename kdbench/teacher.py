@@ -253,8 +253,8 @@ def prepare_teacher(
 
     def fresh() -> nn.Module:  # the untrained teacher, seeded: built again if a cached state half-loaded
         torch.manual_seed(study.seed)
-        return build_model(study_model(study, "teacher"), in_channels=info.channels, num_classes=info.num_classes,
-                           image_size=info.image_size, weights=cfg.weights, model_args=cfg.model_args,
+        return build_model(study_model(study, "teacher"), **info.model_shape, weights=cfg.weights,
+                           model_args=cfg.model_args,
                            folder=study.folder,
                            pretrained=cfg.pretrained if not cfg.checkpoint else None).to(device)
 

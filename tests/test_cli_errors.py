@@ -207,10 +207,21 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], tuple[str, ...]]] = {
         ("x_train images are (1, 12, 12) (C, H, W) but x_test images are (1, 10, 10)", "data.image_size")),
     "npz train and test of other classes": (lambda e: e.sweep(e.yaml(data=e.npz(y_test=np.arange(6) % 3))),
                                             ("y_test has label(s) 2 that y_train never has",)),
-    "npz of features, not images": (
+    "npz of features for a zoo model": (
         lambda e: e.sweep(e.yaml(data=e.npz(x_train=np.zeros((16, 5), np.float32),
                                             x_test=np.zeros((6, 5), np.float32)))),
-        ("x_train: float32 (16, 5) is not uint8 images", "not on features or token ids")),
+        ("teacher.model: model 'cnn-s' takes images, but the data are inputs of shape (5,)", "file.py:Class")),
+    "npz of features with augmentation": (
+        lambda e: e.sweep(e.yaml(data=dict(e.npz(x_train=np.zeros((16, 5), np.float32),
+                                                 x_test=np.zeros((6, 5), np.float32)), augment="flip"))),
+        ("data.augment: 'flip' moves pixels", "not images (torch.float32 (5,) each)", "data.augment: none")),
+    "npz of token ids with an image size": (
+        lambda e: e.sweep(e.yaml(data=dict(e.npz(x_train=np.zeros((16, 7), np.int32),
+                                                 x_test=np.zeros((6, 7), np.int32)), image_size=32))),
+        ("data.image_size applies to images", "int32 inputs (7,)", "remove data.image_size")),
+    "npz of images in one set and features in the other": (
+        lambda e: e.sweep(e.yaml(data=e.npz(x_test=np.zeros((6, 5), np.float32)))),
+        ("x_train is uint8 (16, 12, 12) but x_test is float32 (6, 5)", "both as features/token ids")),
     "npz file missing": (lambda e: e.sweep(e.yaml(data={"dataset": "npz", "path": "gone.npz"})),
                          ("data.path", "gone.npz': file not found",)),
     "npz without data.path": (lambda e: e.sweep(e.yaml(data={"dataset": "npz"})),

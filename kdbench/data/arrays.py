@@ -8,9 +8,13 @@ through :func:`~kdbench.data.load.split_data`.
 
 Images follow Keras' convention: ``uint8 (N, H, W)`` (grayscale) or ``(N, H, W, C)`` with ``C`` in 1, 3;
 ``(N, C, H, W)`` (torch's layout) is accepted too when ``C`` is 1 or 3 and the last axis is not. The
-normalisation statistics are the training pixels' per-channel mean and standard deviation. Inputs that are not
-images (float features, token ids) are refused with one line: the training loop, the normalisation and the
-model checks all take ``uint8 [N, C, H, W]`` images. :func:`resize_images` resizes once, at load, for every
+normalisation statistics are the training pixels' per-channel mean and standard deviation.
+
+Arrays that are not uint8 images (any other dtype, or uint8 of two axes) are other inputs: floating ones are
+features (kept as float32), integer ones token ids or codes (kept as int64), ``(N, ...)`` with the same
+per-input shape in both sets. They are given to the model as they are (no normalisation, no augmentation:
+scale features yourself) and train your own models only (``file.py:Class``); the :class:`DatasetInfo` holds
+their ``input_shape``. :func:`resize_images` resizes once, at load, for every
 source (``data.image_size``), after asking :func:`~kdbench.data.memory.check_fits` whether the result fits.
 """
 
@@ -29,6 +33,23 @@ from kdbench.data.memory import check_fits
 from kdbench.errors import ConfigError
 
 __all__ = ["from_arrays", "image_layout", "resize_images"]
+
+
+def _is_images(x: npt.NDArray[Any]) -> bool:
+    return x.dtype == np.uint8 and x.ndim in (3, 4)
+
+
+def _inputs(x: npt.NDArray[Any], what: str) -> npt.NDArray[Any]:
+    """Non-image inputs as float32 (features) or int64 (token ids), ``(N, ...)``."""
+    if x.ndim < 2:
+        raise ConfigError(f"{what}: inputs of shape {x.shape}; give one row per sample, (N, features) or (N, ...)")
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise ConfigError(f"{what}: features hold NaN or infinite values; clean or impute them first")
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        return np.ascontiguousarray(x, dtype=np.int64)
+    raise ConfigError(f"{what}: {x.dtype} inputs; give uint8 images, float features or integer token ids")
 
 
 def image_layout(x: npt.NDArray[Any], what: str) -> npt.NDArray[np.uint8]:
@@ -128,25 +149,25 @@ def from_arrays(
         ConfigError: a bad array, labels that are not integers or out of range, train and test of
             different shapes, or test labels the training set never has (one line naming ``source``).
     """
-    xtr = image_layout(np.asarray(x_train), f"{source} x_train")
-    xte = image_layout(np.asarray(x_test), f"{source} x_test")
-    if xtr.shape[1] != xte.shape[1] or (image_size is None and xtr.shape[2:] != xte.shape[2:]):
+    xtr_raw, xte_raw = np.asarray(x_train), np.asarray(x_test)
+    if _is_images(xtr_raw) != _is_images(xte_raw):
         raise ConfigError(
-            f"{source}: x_train images are {xtr.shape[1:]} (C, H, W) but x_test images are {xte.shape[1:]}; "
-            "give both sets the same channels and size"
-            + (" (data.image_size resizes both)" if xtr.shape[1] == xte.shape[1] else "")
+            f"{source}: x_train is {xtr_raw.dtype} {xtr_raw.shape} but x_test is {xte_raw.dtype} {xte_raw.shape}; "
+            "give both sets as uint8 images or both as features/token ids"
         )
+    images = _is_images(xtr_raw)
+    if images:
+        xtr, xte = _image_sets(xtr_raw, xte_raw, source, image_size)
+    else:
+        if image_size is not None:
+            raise ConfigError(f"data.image_size applies to images; {source} holds {xtr_raw.dtype} inputs "
+                              f"{xtr_raw.shape[1:]}: remove data.image_size")
+        xtr, xte = _inputs(xtr_raw, f"{source} x_train"), _inputs(xte_raw, f"{source} x_test")
+        if xtr.shape[1:] != xte.shape[1:]:
+            raise ConfigError(f"{source}: x_train inputs are {xtr.shape[1:]} but x_test inputs are "
+                              f"{xte.shape[1:]}; give both sets the same shape per input")
     if len(xtr) == 0 or len(xte) == 0:
-        raise ConfigError(f"{source}: the training and the test set both need at least one image")
-    if image_size is not None:
-        check_fits(len(xtr) + len(xte), int(xtr.shape[1]), int(image_size), "cpu", what=source)
-        xtr = resize_images(torch.from_numpy(xtr), int(image_size), what=source).numpy()
-        xte = resize_images(torch.from_numpy(xte), int(image_size), what=source).numpy()
-    if xtr.shape[2] != xtr.shape[3]:
-        raise ConfigError(
-            f"{source}: images are {xtr.shape[2]}x{xtr.shape[3]}; kdbench trains on square images, "
-            "resize them (data.image_size) or crop them first"
-        )
+        raise ConfigError(f"{source}: the training and the test set both need at least one input")
     ytr = _labels(y_train, len(xtr), f"{source} y_train")
     yte = _labels(y_test, len(xte), f"{source} y_test")
     num_classes = len(classes) if classes is not None else int(max(ytr.max(), yte.max())) + 1
@@ -164,10 +185,37 @@ def from_arrays(
         )
     if num_classes < 2:
         raise ConfigError(f"{source}: the labels hold {num_classes} class; a classifier needs at least 2")
-    pixels = torch.from_numpy(xtr).to(torch.float64).div_(255)
-    mean = tuple(float(v) for v in pixels.mean(dim=(0, 2, 3)))
-    std = tuple(max(float(v), 1e-6) for v in pixels.std(dim=(0, 2, 3)))
     names = tuple(str(c) for c in classes) if classes is not None else tuple(str(i) for i in range(num_classes))
-    info = DatasetInfo(name, int(xtr.shape[1]), num_classes, int(xtr.shape[2]), mean, std, names)
+    if images:
+        pixels = torch.from_numpy(xtr).to(torch.float64).div_(255)
+        mean = tuple(float(v) for v in pixels.mean(dim=(0, 2, 3)))
+        std = tuple(max(float(v), 1e-6) for v in pixels.std(dim=(0, 2, 3)))
+        info = DatasetInfo(name, int(xtr.shape[1]), num_classes, int(xtr.shape[2]), mean, std, names)
+    else:
+        info = DatasetInfo(name, 0, num_classes, 0, (), (), names, input_shape=tuple(int(d) for d in xtr.shape[1:]),
+                           input_dtype=str(xtr.dtype))
     train = Split(torch.from_numpy(xtr), torch.from_numpy(ytr))
     return info, train, Split(torch.from_numpy(xte), torch.from_numpy(yte))
+
+
+def _image_sets(x_train: npt.NDArray[Any], x_test: npt.NDArray[Any], source: str,
+                image_size: int | None) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Both sets as ``uint8 [N, C, S, S]``, resized once to ``image_size`` if given."""
+    xtr = image_layout(x_train, f"{source} x_train")
+    xte = image_layout(x_test, f"{source} x_test")
+    if xtr.shape[1] != xte.shape[1] or (image_size is None and xtr.shape[2:] != xte.shape[2:]):
+        raise ConfigError(
+            f"{source}: x_train images are {xtr.shape[1:]} (C, H, W) but x_test images are {xte.shape[1:]}; "
+            "give both sets the same channels and size"
+            + (" (data.image_size resizes both)" if xtr.shape[1] == xte.shape[1] else "")
+        )
+    if image_size is not None:
+        check_fits(len(xtr) + len(xte), int(xtr.shape[1]), int(image_size), "cpu", what=source)
+        xtr = resize_images(torch.from_numpy(xtr), int(image_size), what=source).numpy()
+        xte = resize_images(torch.from_numpy(xte), int(image_size), what=source).numpy()
+    if xtr.shape[2] != xtr.shape[3]:
+        raise ConfigError(
+            f"{source}: images are {xtr.shape[2]}x{xtr.shape[3]}; kdbench trains on square images, "
+            "resize them (data.image_size) or crop them first"
+        )
+    return xtr, xte

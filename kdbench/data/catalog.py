@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,6 +47,11 @@ class DatasetInfo:
         mean: per-channel mean of the ``[0, 1]``-scaled training pixels.
         std: per-channel standard deviation of the ``[0, 1]``-scaled training pixels.
         classes: class names, indexed by label.
+        input_shape: ``None`` for images; for other inputs (features, token ids: an ``.npz`` or arrays that
+            are not uint8 images), the shape of one input, e.g. ``(64,)``; such data have no channels
+            (``channels`` 0, ``image_size`` 0, no mean or std), are not normalised or augmented, and train
+            your own models only.
+        input_dtype: for those inputs, ``"float32"`` (features) or ``"int64"`` (token ids).
     """
 
     name: str
@@ -55,6 +61,31 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: tuple[str, ...]
+    input_shape: tuple[int, ...] | None = None
+    input_dtype: str = "float32"
+
+    @property
+    def model_shape(self) -> dict[str, Any]:
+        """What :func:`kdbench.models.build_model` needs of the data, as its keyword arguments."""
+        shape: dict[str, Any] = {"in_channels": self.channels, "num_classes": self.num_classes,
+                                 "image_size": self.image_size}
+        if self.input_shape is not None:
+            shape |= {"input_shape": self.input_shape, "input_dtype": getattr(torch, self.input_dtype)}
+        return shape
+
+    def example_batch(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``n`` random model inputs of this data's shape, as the model sees them after normalisation
+        (standard normal; token ids: zeros), for timing or sizing a model."""
+        if self.input_shape is None:
+            return torch.randn(n, self.channels, self.image_size, self.image_size, device=device)
+        if self.input_dtype == "int64":
+            return torch.zeros((n, *self.input_shape), dtype=torch.int64, device=device)
+        return torch.randn((n, *self.input_shape), device=device)
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the inputs are uint8 images ``[C, H, W]`` (else features or token ids, see ``input_shape``)."""
+        return self.input_shape is None
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -209,7 +240,8 @@ class Split:
     """One split of a dataset as two tensors on the same device.
 
     Attributes:
-        images: ``uint8 [N, C, H, W]``, contiguous.
+        images: ``uint8 [N, C, H, W]``, contiguous; for data that are not images (see
+            :attr:`DatasetInfo.input_shape`), ``float32`` features or ``int64`` token ids ``[N, ...]``.
         labels: ``int64 [N]``.
     """
 
@@ -217,10 +249,12 @@ class Split:
     labels: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.labels.dim() != 1 or len(self.images) != len(self.labels):
+        image = self.images.dtype == torch.uint8
+        if (self.images.dim() != 4 if image else self.images.dim() < 2) or self.labels.dim() != 1 \
+                or len(self.images) != len(self.labels):
             raise ValueError(
-                f"Split needs images [N, C, H, W] and labels [N], got {tuple(self.images.shape)} "
-                f"and {tuple(self.labels.shape)}"
+                f"Split needs images [N, C, H, W] (or inputs [N, ...] that are not uint8) and labels [N], got "
+                f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}"
             )
 
     def __len__(self) -> int:

@@ -206,7 +206,8 @@ def split_data(
         raise ConfigError(f"data.val_fraction={val_fraction} leaves no training rows; lower it")
     if torch.device(device).type != "cpu":  # on the CPU they are in memory already
         check_fits(len(train_idx) + len(val_idx) + len(test), info.channels, info.image_size, device,
-                   num_classes=info.num_classes, what=info.name)
+                   num_classes=info.num_classes, what=info.name,
+                   input_bytes=None if info.is_image else test.images[0].numel() * test.images.element_size())
 
     return Data(
         info=info,
@@ -226,9 +227,13 @@ def load_study_raw(data: DataConfig, folder: Path | None = None) -> tuple[Datase
         data: the study's ``data`` section.
         folder: the study file's folder (:attr:`kdbench.config.Study.folder`); ``None``: the working directory.
     """
-    return load_raw(data.dataset, root=data.root, download=data.download, image_size=data.image_size,
-                    path=study_path(data.path, folder), image_column=data.image_column,
-                    label_column=data.label_column)
+    raw = load_raw(data.dataset, root=data.root, download=data.download, image_size=data.image_size,
+                   path=study_path(data.path, folder), image_column=data.image_column,
+                   label_column=data.label_column)
+    if not raw[0].is_image and data.augment != "none":
+        raise ConfigError(f"data.augment: {data.augment!r} moves pixels, but {data.dataset}'s inputs are not images "
+                          f"({raw[1].images.dtype} {tuple(raw[0].input_shape or ())} each); set data.augment: none")
+    return raw
 
 
 def study_path(path: str | None, folder: Path | None) -> Path | None:

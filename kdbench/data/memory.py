@@ -15,10 +15,13 @@ from kdbench.errors import ConfigError
 __all__ = ["available_bytes", "check_fits", "dataset_bytes"]
 
 
-def dataset_bytes(n: int, channels: int, size: int, num_classes: int = 0, views: int = 1) -> int:
+def dataset_bytes(n: int, channels: int, size: int, num_classes: int = 0, views: int = 1,
+                  input_bytes: int | None = None) -> int:
     """Bytes that ``n`` images of ``channels x size x size`` take as uint8, with their int64 labels and
-    the teacher's float32 logits (``views`` of them per image; ``num_classes`` 0 leaves the logits out)."""
-    return n * (channels * size * size + 8 + views * num_classes * 4)
+    the teacher's float32 logits (``views`` of them per image; ``num_classes`` 0 leaves the logits out);
+    ``input_bytes`` replaces ``channels x size x size`` for inputs that are not images."""
+    per = channels * size * size if input_bytes is None else input_bytes
+    return n * (per + 8 + views * num_classes * 4)
 
 
 def available_bytes(device: str | torch.device) -> int | None:
@@ -41,7 +44,7 @@ def available_bytes(device: str | torch.device) -> int | None:
 
 
 def check_fits(n: int, channels: int, size: int, device: str | torch.device, *, num_classes: int = 0,
-               what: str = "the data") -> None:
+               what: str = "the data", input_bytes: int | None = None) -> None:
     """Refuse, in one line naming ``data.image_size``, data that would not fit in ``device``'s free memory.
 
     Args:
@@ -51,12 +54,19 @@ def check_fits(n: int, channels: int, size: int, device: str | torch.device, *, 
         device: where they are to be put.
         num_classes: adds the teacher's float32 logits when given.
         what: how the message names the data.
+        input_bytes: bytes of one input that is not an image (features, token ids); then the refusal names
+            fewer rows, there being no image size to lower.
 
     Raises:
         ConfigError: the estimate is more than the free memory.
     """
-    need = dataset_bytes(n, channels, size, num_classes)
+    need = dataset_bytes(n, channels, size, num_classes, input_bytes=input_bytes)
     free = available_bytes(device)
+    if free is not None and need > free and input_bytes is not None:
+        raise ConfigError(
+            f"data.path: {what}, {n:,} inputs of {input_bytes:,} bytes each, need {_gib(need)} but "
+            f"{torch.device(device)} has {_gib(free)} free; use fewer rows or a smaller input per row"
+        )
     if free is not None and need > free:
         raise ConfigError(
             f"data.image_size: {what}, {n:,} images of {channels}x{size}x{size} as uint8, need {_gib(need)} but "

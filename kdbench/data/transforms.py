@@ -32,9 +32,14 @@ def normalize(
     Returns:
         A new tensor of the same shape and ``dtype``.
 
+    Inputs that are not images (``info.input_shape`` set: features, token ids) are returned as they are,
+    floating ones cast to ``dtype``, integer ones (token ids) unchanged.
+
     Raises:
         ValueError: the input is not uint8 or has the wrong number of channels.
     """
+    if not info.is_image:
+        return images_uint8.to(dtype) if images_uint8.is_floating_point() else images_uint8
     if images_uint8.dtype != torch.uint8:
         raise ValueError(
             f"normalize expects uint8 images, got {images_uint8.dtype}; normalise only raw pixels"

@@ -115,16 +115,20 @@ def object_name(obj: Any) -> str:
 
 
 def model_object(section: str, obj: Any, *, in_channels: int, num_classes: int, image_size: int,
-                 model_args: dict[str, Any] | None = None) -> ModelObject:
+                 model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
+                 input_dtype: torch.dtype = torch.float32) -> ModelObject:
     """The :class:`ModelObject` of ``obj`` given as the study's ``section`` (``teacher`` or ``student``), built
     once for the data and checked: it must be an ``nn.Module`` class or factory (or, for the teacher, a trained
-    module) whose output for a ``[2, C, H, W]`` batch is ``[2, classes]`` logits.
+    module) whose output for a ``[2, C, H, W]`` batch (data that are not images: ``[2, *input_shape]`` of
+    ``input_dtype``, see :attr:`kdbench.data.DatasetInfo.model_shape`) is ``[2, classes]`` logits.
 
     Raises:
         ConfigError: one line naming ``section`` and the fix.
     """
     args = dict(model_args or {})
-    dims = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+    dims: dict[str, Any] = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+    if input_shape is not None:
+        dims["input_shape"] = input_shape
     if isinstance(obj, nn.Module):
         if section != "teacher":
             raise ConfigError(f"{section}=: got a {type(obj).__name__} instance; give its class (or a zero-argument "
@@ -137,7 +141,7 @@ def model_object(section: str, obj: Any, *, in_channels: int, num_classes: int, 
         trained = True
         sources = [_source(c) for c in _user_classes(module)]
 
-        def build_copy(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+        def build_copy(in_channels: int, num_classes: int, image_size: int, **_: Any) -> nn.Module:
             return copy.deepcopy(module).cpu().train()
 
         builder: Callable[..., nn.Module] = build_copy
@@ -147,9 +151,10 @@ def model_object(section: str, obj: Any, *, in_channels: int, num_classes: int, 
         trained = False
         target = obj
 
-        def build_new(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+        def build_new(in_channels: int, num_classes: int, image_size: int,
+                      input_shape: tuple[int, ...] | None = None, **_: Any) -> nn.Module:
             kwargs = data_arguments(target, {"in_channels": in_channels, "num_classes": num_classes,
-                                             "image_size": image_size}, args)
+                                             "image_size": image_size, "input_shape": input_shape}, args)
             try:
                 return target(**kwargs, **args)
             except Exception as exc:  # the user's constructor: any error is bad input
@@ -177,7 +182,8 @@ def model_object(section: str, obj: Any, *, in_channels: int, num_classes: int, 
     if device.type != "cpu" and not trained:
         module = module.cpu()
     try:
-        check_output(name, copy.deepcopy(module).cpu() if trained else module, in_channels, num_classes, image_size)
+        check_output(name, copy.deepcopy(module).cpu() if trained else module, in_channels, num_classes, image_size,
+                     input_shape, input_dtype)
     except ConfigError as exc:
         raise ConfigError(f"{section}=: {exc}") from None
     shapes = _shapes(module)

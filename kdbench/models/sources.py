@@ -147,30 +147,36 @@ def resolve_model(model: str, *, weights: str | None = None, model_args: dict[st
                      summary=f"{model} ({family})", source=model)
 
 
-def check_output(model_name: str, model: nn.Module, in_channels: int, num_classes: int, image_size: int) -> None:
-    """Refuse a model that does not map a ``[2, C, H, W]`` batch to ``[2, classes]`` logits (one line)."""
+def check_output(model_name: str, model: nn.Module, in_channels: int, num_classes: int, image_size: int,
+                 input_shape: tuple[int, ...] | None = None, input_dtype: torch.dtype = torch.float32) -> None:
+    """Refuse a model that does not map a ``[2, C, H, W]`` batch (or, for inputs that are not images, a
+    ``[2, *input_shape]`` batch of ``input_dtype``) to ``[2, classes]`` logits (one line)."""
+    shape = (2, *input_shape) if input_shape is not None else (2, in_channels, image_size, image_size)
+    batch = f"[{', '.join(map(str, shape))}]" + ("" if input_shape is None else f" {str(input_dtype).split('.')[-1]}")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, in_channels, image_size, image_size))
+            out = model(torch.zeros(shape, dtype=input_dtype if input_shape is not None else torch.float32))
     except Exception as exc:  # the user's forward: any error is bad input
-        raise ConfigError(f"model {model_name!r} fails on a [2, {in_channels}, {image_size}, {image_size}] batch of "
-                          f"the data: {type(exc).__name__}: {first_line(exc)}") from None
+        raise ConfigError(f"model {model_name!r} fails on a {batch} batch of the data: {type(exc).__name__}: "
+                          f"{first_line(exc)}") from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"model {model_name!r} returned {got} for a [2, {in_channels}, {image_size}, {image_size}] "
-                          f"batch; it must return [batch, classes] = (2, {num_classes}) logits")
+        raise ConfigError(f"model {model_name!r} returned {got} for a {batch} batch; it must return "
+                          f"[batch, classes] = (2, {num_classes}) logits")
 
 
 def _checked(model_name: str, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-        model = builder(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    def build(in_channels: int, num_classes: int, image_size: int, input_shape: tuple[int, ...] | None = None,
+              input_dtype: torch.dtype = torch.float32) -> nn.Module:
+        extra = {} if input_shape is None else {"input_shape": input_shape}
+        model = builder(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **extra)
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model {model_name!r} built a {type(model).__name__}, not a torch.nn.Module")
-        check_output(model_name, model, in_channels, num_classes, image_size)
+        check_output(model_name, model, in_channels, num_classes, image_size, input_shape, input_dtype)
         return model
 
     return build
@@ -333,8 +339,10 @@ def _user(model: str, where: str, name: str, args: dict[str, Any], folder: Path 
     if not callable(target):
         raise ConfigError(f"model {model!r}: {name} is a {type(target).__name__}, not a class or factory")
 
-    def build(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-        data = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+    def build(in_channels: int, num_classes: int, image_size: int,
+              input_shape: tuple[int, ...] | None = None) -> nn.Module:
+        data: dict[str, Any] = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size,
+                                "input_shape": input_shape}
         try:
             return target(**data_arguments(target, data, args), **args)
         except Exception as exc:  # the user's constructor: any error is bad input
@@ -344,9 +352,9 @@ def _user(model: str, where: str, name: str, args: dict[str, Any], folder: Path 
     return build
 
 
-def data_arguments(target: Callable[..., Any], data: dict[str, int], args: dict[str, Any]) -> dict[str, int]:
-    """The data's sizes (``in_channels``, ``num_classes``, ``image_size``) that ``target`` takes by name and
-    ``args`` does not set: what a user's class or factory is called with besides its ``model_args``."""
+def data_arguments(target: Callable[..., Any], data: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+    """The data's sizes (``in_channels``, ``num_classes``, ``image_size``, ``input_shape``) that ``target`` takes
+    by name and ``args`` does not set: what a user's class or factory is called with besides its ``model_args``."""
     try:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):

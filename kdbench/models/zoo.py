@@ -21,6 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import torch
 from torch import nn
 
 from kdbench.errors import ConfigError
@@ -180,6 +181,8 @@ def build_model(
     weights: str | None = None,
     model_args: dict[str, Any] | None = None,
     folder: Path | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    input_dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Build the model ``name`` for images of ``in_channels x image_size x image_size``.
 
@@ -192,6 +195,9 @@ def build_model(
         pretrained: optional path of a local state-dict file to load into the new model.
         weights, model_args, folder: for a model from outside the zoo (a name with ``:``, see
             :mod:`kdbench.models.sources`): its library weights, its keyword arguments, the study file's folder.
+        input_shape, input_dtype: for data that are not images (features, token ids), the shape and dtype of
+            one input (``DatasetInfo.input_shape``); only your own models (an import path) take them, called
+            with ``input_shape=`` when their signature has it and checked on a ``[2, *input_shape]`` batch.
 
     Returns:
         The model, in training mode, on the CPU.
@@ -208,6 +214,16 @@ def build_model(
         spec = resolve_model(name, weights=weights, model_args=model_args, folder=folder)
     else:
         spec = get_model_spec(name)
+    if input_shape is not None:
+        if spec.family in ("torchvision", "timm") or ":" not in spec.name:
+            raise ConfigError(
+                f"model {spec.name!r} takes images, but the data are inputs of shape {tuple(input_shape)}; "
+                "give your own model for them as path/to/file.py:Class or package.module:factory")
+        model = spec.builder(in_channels=0, num_classes=num_classes, image_size=0, input_shape=tuple(input_shape),
+                             input_dtype=input_dtype)
+        if pretrained is not None:
+            load_state_dict_file(model, pretrained)
+        return model
     for field, value in (
         ("in_channels", in_channels),
         ("num_classes", num_classes),

@@ -253,6 +253,9 @@ def _predictions(store: Store, study: Study, runs: pd.DataFrame, load_images: bo
     except (DataNotFoundError, KdbenchError) as exc:
         out.test_error = str(exc)
         return out
+    if not info.is_image:  # features or token ids: nothing to draw
+        out.test_error = f"the inputs are not images ({split.images.dtype} {tuple(info.input_shape or ())} each)"
+        return out
     out.test = TestSplit(split.labels.numpy(), split.images.numpy(), list(info.classes))
     return out
 

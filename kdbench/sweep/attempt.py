@@ -97,8 +97,7 @@ class Attempt:
         ctx.events.on_visit_start(visit, params)
         torch.manual_seed(visit.seed)
         info, student = ctx.data.info, ctx.study.student
-        self.model = build_model(study_model(ctx.study, "student"), in_channels=info.channels,
-                                 num_classes=info.num_classes, image_size=info.image_size,
+        self.model = build_model(study_model(ctx.study, "student"), **info.model_shape,
                                  pretrained=student.pretrained, weights=student.weights,
                                  model_args=student.model_args, folder=ctx.study.folder).to(ctx.device)
         self.common["parameters"] = count_parameters(self.model)

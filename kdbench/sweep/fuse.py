@@ -57,7 +57,7 @@ def student_training_bytes(model: nn.Module, batch_size: int, info: DatasetInfo)
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, info.channels, info.image_size, info.image_size))
+            model(info.example_batch(1))
         model.train(was_training)
     finally:
         for h in hooks:
@@ -84,8 +84,8 @@ def fuse_plan(study: Study, device: torch.device, info: DatasetInfo, free_bytes:
     if fuse != "auto":
         return FusePlan(fuse, f"fusing up to {fuse} search visits per step (search.fuse: {fuse})" if fuse > 1 else "")
     s = study.student
-    student = build_model(study_model(study, "student"), in_channels=info.channels, num_classes=info.num_classes,
-                          image_size=info.image_size, weights=s.weights, model_args=s.model_args, folder=study.folder)
+    student = build_model(study_model(study, "student"), **info.model_shape, weights=s.weights,
+                          model_args=s.model_args, folder=study.folder)
     need = student_training_bytes(student, study.student.batch_size, info)
     free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
     k = max(1, min(FUSE_AUTO_MAX, int(FUSE_MEMORY_SHARE * free // need)))

@@ -52,8 +52,7 @@ def check_models(study: Study, info: DatasetInfo) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for section, recipe, (weights_key, weights) in (("teacher", t, t_weights), ("student", study.student, s_weights)):
         try:
-            model = build_model(study_model(study, section), in_channels=info.channels,
-                                num_classes=info.num_classes, image_size=info.image_size, pretrained=weights,
+            model = build_model(study_model(study, section), **info.model_shape, pretrained=weights,
                                 weights=recipe.weights, model_args=recipe.model_args, folder=study.folder)
         except ConfigError as exc:
             raise ConfigError(f"{section}.model: {exc}") from None
