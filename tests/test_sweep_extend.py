@@ -1,0 +1,163 @@
+"""The lr extension, planned from fixed frames of results: an arm whose best lr is an end of its list gets its
+best cell trained at the next lr by the list's own ratio, on the search's seeds, until the best is interior or
+search.lr_extend steps are used; every worker plans the same visits from the same runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from kdbench import cli
+from kdbench.config import parse_study
+from kdbench.studyfile import read_yaml
+from kdbench.sweep import plan_search, search_seeds
+from kdbench.sweep.extend import lr_status, plan_extension
+from kdbench.sweep.plan import Visit, plan_finalists
+
+Acc = Callable[[Visit], float]
+STUDY = {"name": "x", "search": {"temperature": [2, 4], "alpha": [0.5], "lr": [2.5e-4, 1e-3, 4e-3],
+                                 "replicates": 2}}
+
+
+def _rows(visits: list[Visit], acc: Acc) -> pd.DataFrame:
+    return pd.DataFrame([{"visit": v.key, "kind": v.stage, "state": "complete", "val_acc": acc(v),
+                          "temperature": v.temperature, "alpha": v.alpha, "lr": v.lr,
+                          "params": json.dumps(dict(v.params)) if v.params else None, "trial_number": 0,
+                          "budget": v.budget_label} for v in visits])
+
+
+def _sweep(study_raw: dict, acc: Acc, overrides: list[str] | None = None) -> tuple[pd.DataFrame, list[list[Visit]]]:
+    """Run the search 'by hand' from ``acc``, then the extension step by step as run_sweep does: train what
+    plan_extension returns that is new, ask again, until nothing is new."""
+    study = parse_study(study_raw, overrides=overrides or [])
+    runs = _rows(plan_search(study), acc)
+    steps: list[list[Visit]] = []
+    while True:
+        new = [v for v in plan_extension(study, runs) if v.key not in set(runs["visit"])]
+        if not new:
+            return runs, steps
+        steps.append(new)
+        runs = pd.concat([runs, _rows(new, acc)], ignore_index=True)
+
+
+def _peaked(ce_best: float, kd_best: dict[float, float]) -> Acc:
+    """Accuracy falling with the log-distance of lr from an arm's (a cell's) optimum; T = 4 is the better cell;
+    replicate 1 is 0.01 lower than replicate 0."""
+    def acc(v: Visit) -> float:
+        assert v.lr is not None
+        best = ce_best if v.loss == "ce" else kd_best[float(v.temperature or 0)]
+        base = 0.7 if v.loss == "ce" else 0.75 + 0.02 * (v.temperature == 4.0)
+        return base - 0.01 * abs(math.log(v.lr / best)) - 0.01 * int(v.key[-1])
+    return acc
+
+
+def test_lr_beyond_uses_the_lists_own_ratio_at_each_end() -> None:
+    s = parse_study(STUDY).search
+    assert s.lr_beyond("low", 1) == pytest.approx(6.25e-5) and s.lr_beyond("high", 1) == pytest.approx(1.6e-2)
+    assert s.lr_beyond("high", 2) == pytest.approx(6.4e-2) and s.lr_beyond("low", 2) == pytest.approx(2.5e-4 / 16)
+    uneven = parse_study({"name": "u", "search": {"lr": [1e-3, 2e-3, 5e-3]}}).search  # ratio 2 below, 2.5 above
+    assert uneven.lr_beyond("low", 1) == pytest.approx(5e-4) and uneven.lr_beyond("high", 1) == pytest.approx(1.25e-2)
+    assert parse_study({"name": "one", "search": {"lr": [1e-3]}}).search.lr_beyond("high", 1) is None
+    assert parse_study({"name": "r", "search": {"temperature": {"low": 1, "high": 8}}}).search.lr_beyond("low", 1) \
+        is None
+
+
+def test_an_end_is_extended_on_the_search_seeds_until_interior_or_the_limit() -> None:
+    """CE's optimum (1) lies far above the list: two steps up (1.6e-2, 6.4e-2), then the limit. KD's best cell
+    (T = 4) peaks at 1.5e-4, below the list: one step down (6.25e-5) makes 2.5e-4 interior. T = 2 is not extended."""
+    runs, steps = _sweep(STUDY, _peaked(1.0, {2.0: 1e-3, 4.0: 1.5e-4}))
+    assert [sorted(v.key for v in step) for step in steps] == [
+        ["ce/lr=0.016/r=0", "ce/lr=0.016/r=1", "kd/T=4/a=0.5/lr=6.25e-05/r=0", "kd/T=4/a=0.5/lr=6.25e-05/r=1"],
+        ["ce/lr=0.064/r=0", "ce/lr=0.064/r=1"]]
+    study = parse_study(STUDY)
+    ext = [v for step in steps for v in step]
+    assert all(v.extension and v.is_search and not v.asks_optuna for v in ext)
+    assert {v.seed for v in ext} == set(search_seeds(study))  # the same replicate seeds as the search
+    assert {v.budget_label for v in ext} == {study.selection_budget.label}
+    status = {a.arm: a for a in lr_status(study, runs)}
+    ce, kd = status["ce"], status["kd"]
+    assert (ce.end, ce.above, ce.below, ce.note, ce.best_lr) == ("high", 2, 0, "limit", pytest.approx(6.4e-2))
+    assert ce.lrs == pytest.approx((2.5e-4, 1e-3, 4e-3, 1.6e-2, 6.4e-2))
+    assert (kd.end, kd.below, kd.above, kd.note, kd.best_lr) == (None, 1, 0, "", 2.5e-4)
+    assert kd.values == (("alpha", 0.5), ("temperature", 4.0))
+    # the finalists are chosen after the extension, on its results
+    finals = {v.loss: v for v in plan_finalists(study, runs) if v.seed == study.seed + 1}
+    assert finals["ce"].lr == pytest.approx(6.4e-2) and (finals["kd"].temperature, finals["kd"].lr) == (4.0, 2.5e-4)
+    # a budget axis: extended at the selection budget (the largest), where the finalists are chosen
+    _, steps = _sweep(STUDY, _peaked(1.0, {2.0: 1e-3, 4.0: 1.5e-4}), ["search.budget=[1, 3]"])
+    assert [len(step) for step in steps] == [4, 2] and all("/e=3/r=" in v.key for step in steps for v in step)
+
+
+def test_a_step_waits_for_every_visit_it_rests_on_and_is_planned_alike_by_every_worker() -> None:
+    study = parse_study(STUDY)
+    acc = _peaked(1.0, {2.0: 1e-3, 4.0: 1e-3})
+    search = _rows(plan_search(study), acc)
+    running = search.copy()
+    running.loc[running["visit"] == "ce/lr=0.001/r=1", "state"] = "running"
+    assert plan_extension(study, running) == []  # CE's search is not final yet: nothing for CE
+    first = plan_extension(study, search)
+    assert [v.key for v in first] == ["ce/lr=0.016/r=0", "ce/lr=0.016/r=1"]
+    assert plan_extension(study, search.sample(frac=1.0, random_state=3)) == first  # any row order: the same plan
+    half = pd.concat([search, _rows(first[:1], acc)], ignore_index=True)
+    assert plan_extension(study, half) == first  # step 2 waits for all of step 1
+    assert {a.arm: a.note for a in lr_status(study, half)} == {"ce": "pending", "kd": ""}
+
+
+def test_interior_optima_limit_zero_one_candidate_and_stored_finalists_are_not_extended() -> None:
+    interior = _peaked(1e-3, {2.0: 1e-3, 4.0: 1e-3})
+    runs, steps = _sweep(STUDY, interior)
+    assert steps == [] and {(a.arm, a.end, a.note) for a in lr_status(parse_study(STUDY), runs)} == {
+        ("ce", None, ""), ("kd", None, "")}
+    high = _peaked(1.0, {2.0: 1.0, 4.0: 1.0})
+    runs, steps = _sweep(STUDY, high, ["search.lr_extend=0"])
+    assert steps == []
+    assert {(a.arm, a.end, a.note) for a in lr_status(parse_study(STUDY, overrides=["search.lr_extend=0"]), runs)} \
+        == {("ce", "high", "limit"), ("kd", "high", "limit")}
+    one = {"name": "one", "search": {"temperature": [2, 4], "alpha": [0.5], "lr": [1e-3], "replicates": 2}}
+    runs, steps = _sweep(one, high)
+    assert steps == [] and {a.note for a in lr_status(parse_study(one), runs)} == {"single"}
+    # finalists stored before kdbench extended lrs: the study is reported, not extended under them
+    study = parse_study(STUDY)
+    stored = _rows(plan_search(study) + plan_finalists(study, _rows(plan_search(study), high)), high)
+    assert plan_extension(study, stored) == []
+    assert {(a.arm, a.end, a.note) for a in lr_status(study, stored)} == {("ce", "high", "stored"),
+                                                                           ("kd", "high", "stored")}
+
+
+def test_a_range_search_is_checked_against_the_ranges_ends_not_extended() -> None:
+    raw = {"name": "r", "search": {"temperature": {"low": 1, "high": 8}, "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                                   "trials": 3}}
+    study = parse_study(raw)
+    lrs = {"ce": [1.2e-4, 5e-4, 1e-3], "kd": [9e-3, 1e-3, 5e-3]}  # the first trial of each is its best
+    rows = [{"visit": v.key, "kind": v.stage, "state": "complete", "val_acc": 0.9 - 0.1 * int(v.key[-1]),
+             "temperature": 2.0 if v.stage == "kd" else None, "alpha": 0.5 if v.stage == "kd" else None,
+             "lr": lrs[v.stage][int(v.key[-1])], "params": None, "trial_number": int(v.key[-1])}
+            for v in plan_search(study)]
+    runs = pd.DataFrame(rows)
+    assert plan_extension(study, runs) == []
+    status = {a.arm: a for a in lr_status(study, runs)}
+    # log10 share of the range: ce (log 1.2e-4 - log 1e-4) / 2 = 0.04 (low end); kd 0.98 (high end)
+    assert (status["ce"].end, status["ce"].note) == ("low", "range")
+    assert (status["kd"].end, status["kd"].note, status["kd"].lrs) == ("high", "range", (1e-4, 1e-2))
+    rows[0]["lr"] = 1.25e-4  # share 0.048: still the outer tenth; 2e-4 (0.15) is interior
+    assert {a.arm: a.end for a in lr_status(study, pd.DataFrame(rows))}["ce"] == "low"
+    rows[0]["lr"] = 2e-4
+    assert {a.arm: a.end for a in lr_status(study, pd.DataFrame(rows))}["ce"] is None
+
+
+def test_lr_extend_leaves_stored_hashes_alone_and_bad_values_name_the_key(tmp_path: Path) -> None:
+    quick = read_yaml((Path(__file__).parent.parent / "studies" / "fashion-mnist-quick.yaml").read_text())
+    assert parse_study(quick).hash == "d9988add52c12eda"
+    assert parse_study(quick, overrides=["search.lr_extend=2"]).hash == "d9988add52c12eda"
+    assert parse_study(quick, overrides=["search.lr_extend=0"]).hash != "d9988add52c12eda"
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nsearch: {lr_extend: -1}\n")
+    res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", f"sqlite:///{tmp_path / 'kd.db'}"])
+    assert res.exit_code == 2 and "search.lr_extend" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "kd.db").exists()
