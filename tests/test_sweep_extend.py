@@ -161,3 +161,52 @@ def test_lr_extend_leaves_stored_hashes_alone_and_bad_values_name_the_key(tmp_pa
     res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", f"sqlite:///{tmp_path / 'kd.db'}"])
     assert res.exit_code == 2 and "search.lr_extend" in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "kd.db").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_extend_an_under_tuned_arm_once_and_the_verdict_says_so(needs_fmnist: None, tiny_study_dict: dict,
+                                                                             tmp_path: Path) -> None:
+    """Through the CLI with --workers 2: lrs far too small for 100 steps ([1e-6, 3e-6]) put every arm's best at
+    the top end; each arm's best cell is trained at 9e-6 and 2.7e-5 on both search seeds, exactly once, then the
+    limit (lr_extend 2) is reached; the finalists take the extended lr, and show and the report's verdict name
+    the arms that hit the limit."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from kdbench.store import Store
+
+    raw = dict(tiny_study_dict, data=dict(tiny_study_dict["data"], val_fraction=0.1),
+               student={"model": "mlp-800", "steps": 100, "batch_size": 64},
+               search={"temperature": [2], "alpha": [0.5], "lr": [1e-6, 3e-6], "replicates": 2},
+               finalists={"top_k": 1, "seeds": 1})
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
+    db = f"sqlite:///{tmp_path / 'kd.db'}"
+    done = subprocess.run([sys.executable, "-m", "kdbench", "sweep", str(tmp_path / "study.yaml"), "--storage", db,
+                           "--device", "cpu", "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--quiet",
+                           "--workers", "2"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    runs = Store.open(db).runs("tiny")
+    assert runs["visit"].is_unique and "#" not in "".join(runs["visit"]) and set(runs["state"]) == {"complete"}
+    assert len(runs) == 8 + 8 + 2  # the search (2 arms x 2 lr x 2 seeds), the extension (2 arms x 2 lr x 2), finalists
+    study = parse_study(raw)
+    search = {v.key for v in plan_search(study)}
+    ext = runs[~runs["visit"].isin(search) & (runs["kind"] != "finalist")]
+    assert sorted(ext["visit"]) == sorted(f"{arm}/lr={lr}/r={r}" for arm in ("ce", "kd/T=2/a=0.5")
+                                          for lr in ("2.7e-05", "9e-06") for r in (0, 1))
+    assert sorted(ext["lr"].round(12).unique()) == [9e-6, 2.7e-5]  # the store holds the real lr
+    assert set(ext["seed"]) == set(search_seeds(study)) and ext["trial_number"].isna().all()  # no Optuna trial
+    fin = runs[runs["kind"] == "finalist"]
+    assert fin["lr"].round(12).tolist() == [2.7e-5, 2.7e-5]  # chosen after the extension
+    shown = CliRunner().invoke(cli.main, ["show", "tiny", "--storage", db])
+    assert shown.exit_code == 0, shown.output
+    assert "Not every arm tuned to an interior lr" in shown.output and "CE's best lr (2.7e-05) is the highest" \
+        in shown.output, shown.output
+    out = tmp_path / "report"
+    rep = CliRunner().invoke(cli.main, ["report", "tiny", "--storage", db, "--out", str(out)])
+    assert rep.exit_code == 0, rep.output
+    verdict = next(line for line in rep.output.splitlines() if line.startswith("tiny: "))
+    assert "Not every arm tuned to an interior lr" in verdict and "CE and KD" in verdict, verdict
+    assert "under-tuned" in verdict and "widened CE's by 2 lr (0 below, 2 above)" in verdict, verdict
+    assert "2.7e-05" in (out / "index.html").read_text()  # the grid's lr axis holds the extended values
