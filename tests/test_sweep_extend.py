@@ -176,6 +176,7 @@ def test_two_workers_extend_an_under_tuned_arm_once_and_the_verdict_says_so(need
     import yaml
 
     from kdbench.store import Store
+    from kdbench.sweep import study_progress
 
     raw = dict(tiny_study_dict, data=dict(tiny_study_dict["data"], val_fraction=0.1),
                student={"model": "mlp-800", "steps": 100, "batch_size": 64},
@@ -199,6 +200,8 @@ def test_two_workers_extend_an_under_tuned_arm_once_and_the_verdict_says_so(need
     assert set(ext["seed"]) == set(search_seeds(study)) and ext["trial_number"].isna().all()  # no Optuna trial
     fin = runs[runs["kind"] == "finalist"]
     assert fin["lr"].round(12).tolist() == [2.7e-5, 2.7e-5]  # chosen after the extension
+    progress = study_progress(Store.open(db), study)
+    assert (progress.done, progress.total) == (18, 18)  # planned 10, and the extension's 8 once stored
     shown = CliRunner().invoke(cli.main, ["show", "tiny", "--storage", db])
     assert shown.exit_code == 0, shown.output
     assert "Not every arm tuned to an interior lr" in shown.output and "CE's best lr (2.7e-05) is the highest" \

@@ -14,6 +14,9 @@ baseline gets as many sampler trials over lr; KD and CE visits alternate.
 **Budget axis** (``search.budget``): the grid above is trained at each budget, on the same seeds (every
 replicate's budgets smallest first); the finalists are chosen at the largest.
 
+**lr extension** (``search.lr_extend``, grids): an arm whose best lr is an end of its list gets its best cell
+trained beyond that end, one step at a time, before the finalists are chosen (:mod:`kdbench.sweep.extend`).
+
 **Finalists**: the ``top_k`` best KD configurations and the best CE one, chosen on validation accuracy
 (for a grid: the replicate mean of a cell at its best lr), each re-trained on fresh seeds seed+1, ... for
 ``finalists.budget`` (default: the search's). **Probes** (``finalists.probe: N``): N more configurations of
@@ -209,7 +212,8 @@ def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
 
 
 def planned_total(study: Study) -> int:
-    """How many visits the whole study has (search, finalists and probes)."""
+    """How many visits the whole study plans (search, finalists and probes); an lr extension, decided from the
+    search's results, comes on top (:func:`kdbench.sweep.events.study_progress` counts it once it is stored)."""
     s, f = study.search, study.finalists
     n_final = (f.top_k * len(s.methods) + (1 if study.baseline.ce else 0)) * f.seeds
     configs = {m: s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods}
