@@ -211,5 +211,6 @@ def test_two_workers_extend_an_under_tuned_arm_once_and_the_verdict_says_so(need
     assert rep.exit_code == 0, rep.output
     verdict = next(line for line in rep.output.splitlines() if line.startswith("tiny: "))
     assert "Not every arm tuned to an interior lr" in verdict and "CE and KD" in verdict, verdict
-    assert "under-tuned" in verdict and "widened CE's by 2 lr (0 below, 2 above)" in verdict, verdict
+    assert "under-tuning" in verdict and "widened CE's lr list by 2 (0 below, 2 above)" in verdict, verdict
+    assert "Tuning was equal per cell (KD: 1 cells × 2 lr × 2 seeds; CE: 2 lr × 2 seeds)" in verdict, verdict
     assert "2.7e-05" in (out / "index.html").read_text()  # the grid's lr axis holds the extended values

@@ -162,7 +162,7 @@ def lr_sentence(arms: list[ArmLr], limit: int) -> str:
         arms: :func:`kdbench.sweep.extend.lr_status` of the study.
         limit: ``search.lr_extend``.
     """
-    added = [f"{_arm(a.arm)}'s by {a.below + a.above} lr ({a.below} below, {a.above} above)"
+    added = [f"{_arm(a.arm)}'s lr list by {a.below + a.above} ({a.below} below, {a.above} above)"
              for a in arms if a.below + a.above]
     extended = (f" The lr extension (search.lr_extend = {limit}: each arm's best cell, by its list's ratio, on the "
                 f"search seeds) widened {', '.join(added)}.") if added else ""
@@ -175,15 +175,15 @@ def lr_sentence(arms: list[ArmLr], limit: int) -> str:
         at = f"{_arm(a.arm)}'s best lr ({a.best_lr:g}) is the {side}"
         why.append({
             "limit": f"{at} it was trained at after {limit} extension step(s) on that side (search.lr_extend = "
-                     f"{limit})",
+                     f"{limit})" if limit else f"{at} of its candidates (search.lr_extend = 0: not extended)",
             "single": f"{_arm(a.arm)} was trained at one lr ({a.best_lr:g}): its lr was not tuned",
             "stored": f"{at} of its candidates, and its finalists were stored before kdbench extended lrs",
             "pending": f"{at} of its lrs so far, and its lr extension is under way",
             "range": f"{at} end of the sampler's lr range (a range search is checked, not extended)",
         }.get(a.note, f"{at} of its lrs"))
     names = " and ".join(_arm(a.arm) for a in ends)
-    return (f"Not every arm tuned to an interior lr: {'; '.join(why)}. {names}'s optimum may lie beyond the lrs "
-            f"tried, so the verdict may reflect {names} being under-tuned (widen search.lr or raise "
+    return (f"Not every arm tuned to an interior lr: {'; '.join(why)}. The optimum of {names} may lie beyond the "
+            f"lrs tried, so the verdict may reflect their under-tuning (widen search.lr or raise "
             f"search.lr_extend).{extended}")
 
 
