@@ -214,3 +214,16 @@ def test_two_workers_extend_an_under_tuned_arm_once_and_the_verdict_says_so(need
     assert "under-tuning" in verdict and "widened CE's lr list by 2 (0 below, 2 above)" in verdict, verdict
     assert "Tuning was equal per cell (KD: 1 cells × 2 lr × 2 seeds; CE: 2 lr × 2 seeds)" in verdict, verdict
     assert "2.7e-05" in (out / "index.html").read_text()  # the grid's lr axis holds the extended values
+
+
+def test_another_methods_best_cell_is_extended_with_all_its_parameters() -> None:
+    raw = {"name": "m", "search": {"method": ["kd", "dkd"], "temperature": [2, 4], "alpha": [0.5], "lr": [1e-3, 3e-3],
+                                   "replicates": 2, "spaces": {"dkd": {"temperature": [2, 4]}}}}
+    runs, steps = _sweep(raw, lambda v: 0.5 + 10 * (v.lr or 0) + 0.01 * (v.temperature or 0))  # more lr is better
+    dkd = [v for v in steps[0] if v.loss == "dkd"]
+    assert [v.key for v in dkd] == [f"dkd/T=4/ce_weight=1/kd_weight=1/nckd_weight=8/tckd_weight=1/lr=0.009/r={r}"
+                                    for r in (0, 1)]
+    assert dkd[0].lr == 0.009 and dict(dkd[0].params)["nckd_weight"] == 8.0 and dkd[0].temperature == 4.0
+    assert [len(s) for s in steps] == [6, 6]  # CE, KD's and DKD's best cells, twice, then the limit
+    status = {a.arm: (a.end, a.above, a.note) for a in lr_status(parse_study(raw), runs)}
+    assert status == {"ce": ("high", 2, "limit"), "kd": ("high", 2, "limit"), "dkd": ("high", 2, "limit")}

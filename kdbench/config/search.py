@@ -249,9 +249,8 @@ class SearchConfig(Strict):
         lrs = self.lr_candidates()
         if lrs is None or len(lrs) < 2:
             return None
-        if side == "low":
-            return lrs[0] * (lrs[0] / lrs[1]) ** step
-        return lrs[-1] * (lrs[-1] / lrs[-2]) ** step
+        x = lrs[0] * (lrs[0] / lrs[1]) ** step if side == "low" else lrs[-1] * (lrs[-1] / lrs[-2]) ** step
+        return float(f"{x:.12g}")  # 0.009, not 0.009000000000000001: the value stored is the value named
 
 
 class BaselineConfig(Strict):
