@@ -42,6 +42,7 @@ IN_MEMORY_DATASET = "in-memory"  # data.dataset of a study whose data were given
 RANGE_TRIALS = 20  # KD trials of a range search when search.trials is unset (the CE baseline gets as many)
 GRID_REPLICATES = 3  # search seeds per cell of a grid search when search.replicates is unset
 SEARCH_SEED_OFFSET = 1000  # replicate i of the search trains on seed + SEARCH_SEED_OFFSET + i (finalists: seed + 1 + i)
+LR_END_SHARE = 0.1  # a range search's best lr in this outer share of its lr range (log range: of its log) is at an end
 SAMPLER_STARTUP_TRIALS = 5  # random trials before TPE models, and complete trials before the median pruner acts
 MAX_VISITS = 100_000  # default search.max_visits: visits (training runs) a study may plan; no shipped study comes
 # near it (the largest plans a few hundred), a typo such as 3000 temperatures does

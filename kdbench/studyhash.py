@@ -26,8 +26,9 @@ def study_hash(study: Study) -> str:
     ``data.root``, ``data.path`` and ``data.download`` are left out: they say where the files are, not what is
     computed (what the files hold is checked apart: the store keeps each study's data fingerprint and refuses other
     data); so are ``data.image_column`` and ``data.label_column`` (hf), ``search.fuse`` (1 or auto),
-    ``search.method`` (kd), ``search.spaces``, ``search.kd_warmup_epochs``, ``search.budget``, ``finalists.budget``
-    and ``finalists.probe`` at their defaults, so that adding those keys changed no stored hash.
+    ``search.method`` (kd), ``search.spaces``, ``search.kd_warmup_epochs``, ``search.budget``, ``search.lr_extend``
+    (2), ``finalists.budget`` and ``finalists.probe`` at their defaults, so that adding those keys changed no stored
+    hash.
     """
     cfg = study.resolved()
     for section, key in _NOT_HASHED:
@@ -35,7 +36,7 @@ def study_hash(study: Study) -> str:
     later: dict[str, tuple[tuple[str, Any], ...]] = {
         "data": (("image_column", "image"), ("label_column", "label")),
         "search": (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0), ("budget", None),
-                   ("max_visits", MAX_VISITS)),
+                   ("max_visits", MAX_VISITS), ("lr_extend", 2)),
         "finalists": (("budget", None), ("probe", 0)),
         "teacher": (("weights", None), ("model_args", {})), "student": (("weights", None), ("model_args", {}))}
     for section, keys in later.items():

@@ -294,3 +294,33 @@ def test_comparison_figure_pairs_seeds_and_shows_the_verdicts_interval(known: st
     p = f.paired
     assert right.get_title() == (f"paired KD − CE (n=5): {100 * p.mean:+.2f} pp, 95% CI [{100 * p.ci_low:+.2f}, "
                                  f"{100 * p.ci_high:+.2f}]")
+
+
+def test_the_lr_sentence_names_every_arm_left_at_an_end_and_why() -> None:
+    """From fixed statuses: all interior (with what the extension added), then an arm at its limit, one trained
+    at a single lr, one whose finalists predate the extension, a range search's end."""
+    from kdbench.report.grid import lr_sentence
+    from kdbench.sweep.extend import ArmLr
+
+    ce = ArmLr("ce", (), (1e-3, 4e-3, 1.6e-2), 4e-3, None, 0, 1, 2)
+    kd = ArmLr("kd", (("alpha", 0.5), ("temperature", 4.0)), (2.5e-4, 1e-3, 4e-3), 1e-3, None, 0, 0, 2)
+    assert lr_sentence([ce, kd], 2) == ("Every arm tuned to an interior lr. The lr extension (search.lr_extend = 2: "
+                                        "each arm's best cell, by its list's ratio, on the search seeds) widened "
+                                        "CE's lr list by 1 (0 below, 1 above).")
+    top = ArmLr("ce", (), (1e-3, 4e-3, 1.6e-2, 6.4e-2), 6.4e-2, "high", 0, 2, 2, "limit")
+    text = lr_sentence([top, kd], 2)
+    assert text.startswith("Not every arm tuned to an interior lr: CE's best lr (0.064) is the highest it was trained "
+                           "at after 2 extension step(s) on that side (search.lr_extend = 2). The optimum of CE may ")
+    assert "verdict may reflect their under-tuning" in text and "widened CE's lr list by 2 (0 below, 2 above)" in text
+    off = ArmLr("ce", (), (1e-3, 4e-3), 4e-3, "high", 0, 0, 0, "limit")
+    assert "CE's best lr (0.004) is the highest of its candidates (search.lr_extend = 0: not extended)" \
+        in lr_sentence([off], 0)
+    one = ArmLr("dkd", (), (1e-3,), 1e-3, "low", 0, 0, 2, "single")
+    stored = ArmLr("kd", (), (2.5e-4, 1e-3), 2.5e-4, "low", 0, 0, 2, "stored")
+    text = lr_sentence([one, stored], 2)
+    assert "DKD was trained at one lr (0.001): its lr was not tuned" in text
+    assert "KD's best lr (0.00025) is the lowest of its candidates, and its finalists were stored before" in text
+    assert "The optimum of DKD and KD may" in text and "widened" not in text
+    ranged = ArmLr("ce", (), (1e-4, 1e-2), 1.2e-4, "low", 0, 0, 2, "range")
+    assert "CE's best lr (0.00012) is the lowest end of the sampler's lr range (a range search is checked, not " \
+           "extended)" in lr_sentence([ranged], 2)

@@ -60,6 +60,9 @@ class SearchConfig(Strict):
     alpha: Grid | Range = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
     lr: Grid | Range = Field(default_factory=lambda: Range(low=3.0e-4, high=3.0e-3, log=True))
     lr_points: Annotated[int, Field(ge=1, le=20)] = 3  # lr candidates spread over an lr range (grid searches)
+    # grid searches: steps per side by which an arm's lr list is extended (by the list's own ratio at that end)
+    # while its best lr is an end of the list (kdbench/sweep/extend.py); 0: never extended
+    lr_extend: Annotated[int, Field(ge=0, le=10)] = 2
     replicates: Annotated[int, Field(ge=1, le=100)] | None = None  # search seeds per cell; default 3 (grid), 1 (range)
     trials: Annotated[int, Field(ge=1)] | None = None  # range searches: KD trials (default 20); CE gets as many
     sampler: Literal["tpe", "random", "grid"] = "tpe"  # range searches; a grid visits every cell
@@ -238,6 +241,16 @@ class SearchConfig(Strict):
         inner = [lo * (hi / lo) ** (i / (n - 1)) if self.lr.log else lo + (hi - lo) * i / (n - 1)
                  for i in range(1, n - 1)]
         return [lo, *(float(x) for x in inner), hi]  # the ends exactly, so the sampler's range holds them
+
+    def lr_beyond(self, side: Literal["low", "high"], step: int) -> float | None:
+        """The ``step``-th lr beyond an end of :meth:`lr_candidates` (``step`` >= 1), by the list's own ratio at
+        that end (``[2.5e-4, 1e-3, 4e-3]``: ``lr_beyond("low", 1)`` is 6.25e-5, ``lr_beyond("high", 2)`` 6.4e-2);
+        None for a range search or a single candidate (no ratio)."""
+        lrs = self.lr_candidates()
+        if lrs is None or len(lrs) < 2:
+            return None
+        x = lrs[0] * (lrs[0] / lrs[1]) ** step if side == "low" else lrs[-1] * (lrs[-1] / lrs[-2]) ** step
+        return float(f"{x:.12g}")  # 0.009, not 0.009000000000000001: the value stored is the value named
 
 
 class BaselineConfig(Strict):

@@ -19,7 +19,9 @@ import pandas as pd
 from kdbench.config import Range
 from kdbench.report import effects
 from kdbench.report.budget import BudgetLabels, StudyLike, as_study, budget_labels
+from kdbench.report.methods import METHOD_NAMES
 from kdbench.report.stats import summarize
+from kdbench.sweep.extend import ArmLr, lr_status
 
 __all__ = [
     "GRID_COLUMNS",
@@ -27,6 +29,7 @@ __all__ = [
     "SearchEvidence",
     "budget_words",
     "grid_table",
+    "lr_sentence",
     "qualified_verdict",
     "search_evidence",
 ]
@@ -54,7 +57,9 @@ class SearchEvidence:
         budgets: each arm's tuning budget in words.
         replicates: search seeds per cell.
         pruner: the pruner that ran (``none`` for a grid unless the study asked for one).
-        sentences: the plain sentences a reader gets first (effects, reliability, budgets, Holm).
+        sentences: the plain sentences a reader gets first (effects, reliability, budgets, Holm, the lr check).
+        lr_arms: each arm's best lr against the lrs its best cell was trained at
+            (:func:`kdbench.sweep.extend.lr_status`).
     """
 
     cells: effects.BestLr
@@ -66,6 +71,7 @@ class SearchEvidence:
     replicates: int
     pruner: str
     sentences: list[str]
+    lr_arms: list[ArmLr]
 
 
 def _search_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -84,6 +90,9 @@ def budget_words(config: StudyLike, runs: pd.DataFrame) -> dict[str, str]:
     search = as_study(config).search
     temps, alphas, lrs_planned = search.temperature, search.alpha, search.lr_candidates() or []
     search_runs = runs[runs["kind"].isin(["kd", "ce"])]
+    if lrs_planned:  # runs beyond the planned lr range are the lr extension's, stated apart (lr_sentence)
+        lr = search_runs["lr"].to_numpy(float)
+        search_runs = search_runs[~((lr < min(lrs_planned) * (1 - 1e-9)) | (lr > max(lrs_planned) * (1 + 1e-9)))]
     at_planned = np.isclose(search_runs["lr"].to_numpy(float)[:, None], np.asarray(lrs_planned, float)[None, :],
                             rtol=1e-9, atol=0.0).any(axis=1).all() if lrs_planned else False
     if isinstance(temps, list) and isinstance(alphas, list) and at_planned:
@@ -135,17 +144,59 @@ def search_evidence(config: StudyLike, runs: pd.DataFrame) -> SearchEvidence:
         sentences.append(edge)
     if budgets:
         sentences.append("Tuning budgets: " + "; ".join(f"{k.upper()}: {v}" for k, v in budgets.items()) + ".")
-    return SearchEvidence(cells, deltas, main, rel, binned, budgets, n_rep, str(pruner), sentences)
+    arms = lr_status(study, runs)
+    if arms:
+        sentences.append(lr_sentence(arms, study.search.lr_extend))
+    return SearchEvidence(cells, deltas, main, rel, binned, budgets, n_rep, str(pruner), sentences, arms)
+
+
+def _arm(arm: str) -> str:
+    return "KD" if arm == "kd" else "CE" if arm == "ce" else METHOD_NAMES.get(arm, arm)
+
+
+def lr_sentence(arms: list[ArmLr], limit: int) -> str:
+    """Whether every arm was tuned to an interior lr (its best lr between two lrs its best cell was trained at),
+    what the lr extension added, and, for an arm that was not, why and what that means for the verdict.
+
+    Args:
+        arms: :func:`kdbench.sweep.extend.lr_status` of the study.
+        limit: ``search.lr_extend``.
+    """
+    added = [f"{_arm(a.arm)}'s lr list by {a.below + a.above} ({a.below} below, {a.above} above)"
+             for a in arms if a.below + a.above]
+    extended = (f" The lr extension (search.lr_extend = {limit}: each arm's best cell, by its list's ratio, on the "
+                f"search seeds) widened {', '.join(added)}.") if added else ""
+    ends = [a for a in arms if a.end is not None]
+    if not ends:
+        return f"Every arm tuned to an interior lr.{extended}"
+    why = []
+    for a in ends:
+        side = "lowest" if a.end == "low" else "highest"
+        at = f"{_arm(a.arm)}'s best lr ({a.best_lr:g}) is the {side}"
+        why.append({
+            "limit": f"{at} it was trained at after {limit} extension step(s) on that side (search.lr_extend = "
+                     f"{limit})" if limit else f"{at} of its candidates (search.lr_extend = 0: not extended)",
+            "single": f"{_arm(a.arm)} was trained at one lr ({a.best_lr:g}): its lr was not tuned",
+            "stored": f"{at} of its candidates, and its finalists were stored before kdbench extended lrs",
+            "pending": f"{at} of its lrs so far, and its lr extension is under way",
+            "range": f"{at} end of the sampler's lr range (a range search is checked, not extended)",
+        }.get(a.note, f"{at} of its lrs"))
+    names = " and ".join(_arm(a.arm) for a in ends)
+    return (f"Not every arm tuned to an interior lr: {'; '.join(why)}. The optimum of {names} may lie beyond the "
+            f"lrs tried, so the verdict may reflect their under-tuning (widen search.lr or raise "
+            f"search.lr_extend).{extended}")
 
 
 def _lr_at_edge(cells: effects.BestLr) -> str:
     """A sentence when cells chose the lowest or highest lr candidate: their optimum may lie outside the list."""
     c = cells.cells[cells.cells["n_lrs"] > 1]
-    lrs = cells.per_lr.groupby("stage")["lr"].agg(["min", "max"])
     if c.empty:
         return ""
-    low = c["best_lr"] <= c["stage"].map(lrs["min"])
-    high = c["best_lr"] >= c["stage"].map(lrs["max"])
+    keys = ["stage", "temperature", "alpha"]  # each cell's own lrs: an extended cell has more than the others
+    lrs = cells.per_lr.groupby(keys, dropna=False)["lr"].agg(["min", "max"]).reset_index()
+    c = c.merge(lrs, on=keys, how="left")
+    low = c["best_lr"] <= c["min"]
+    high = c["best_lr"] >= c["max"]
     kd, ce = c["stage"] == "kd", c["stage"] == "ce"
     parts = []
     if (ce & (low | high)).any():
@@ -162,8 +213,9 @@ def _lr_at_edge(cells: effects.BestLr) -> str:
 def qualified_verdict(text: str, config: StudyLike, evidence: SearchEvidence, *, n_seeds: int,
                       teacher: tuple[str, float] | None, budgets: BudgetLabels | None = None) -> str:
     """A verdict, then the conditions it holds under: the student's training budget (a short budget may not
-    transfer), the number of seeds, the teacher (model and test accuracy), and whether KD and CE were tuned
-    alike (a grid is equal per cell: KD's budget is cells × CE's).
+    transfer), the number of seeds, the teacher (model and test accuracy), whether KD and CE were tuned
+    alike (a grid is equal per cell: KD's budget is cells × CE's), and whether every arm was tuned to an interior
+    lr (:func:`lr_sentence`; an arm whose best lr is an end qualifies the verdict).
 
     Args:
         text: the verdict (:func:`kdbench.report.stats.verdict`).
@@ -188,6 +240,8 @@ def qualified_verdict(text: str, config: StudyLike, evidence: SearchEvidence, *,
         equal = tuned["kd"] == tuned["ce"] or tuned["kd"].endswith(f"cells × {tuned['ce']}")
         text += (f" Tuning was equal per cell ({words})." if equal else
                  f" Tuning was not equal ({words}): the arm tuned more is favoured.")
+    if evidence.lr_arms:
+        text += " " + lr_sentence(evidence.lr_arms, study.search.lr_extend)
     return text
 
 

@@ -3,7 +3,8 @@
 Vocabulary, used everywhere in kdbench:
 
 - a **visit** is a planned unit of work (a KD or CE search trial, or one finalist seed): :mod:`.plan`;
-- its **stage** says which part of the study it belongs to: ``kd``, ``ce`` or ``finalist``;
+- its **stage** says which part of the study it belongs to: ``kd``, ``ce`` or ``finalist``; the **lr
+  extension** (:mod:`.extend`) adds search visits of an arm whose best lr is an end of its list;
 - an **attempt** is one try at a visit (a worker that dies leaves a retired attempt): :mod:`.attempt`; it
   starts when a worker *claims* the visit in the store (:class:`kdbench.store.Claimed`);
 - a **run** is an attempt's row in the store (:mod:`kdbench.store`);

@@ -79,7 +79,7 @@ class Attempt:
         """Fail the attempt this one replaces, ask Optuna (search visits), and build the fresh student."""
         ctx, c, visit = self.ctx, self.c, self.visit
         storage = ctx.store.optuna_storage()
-        if visit.is_search:  # a search visit: an Optuna trial
+        if visit.asks_optuna:  # a planned search visit: an Optuna trial
             try:
                 ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs,
                                                                ctx.optuna_studies)

@@ -21,7 +21,7 @@ class Progress:
     """Where the whole study stands, over every worker's runs (for progress displays)."""
 
     done: int  # planned visits that are final (complete, pruned or failed)
-    total: int  # planned visits, search and finalists
+    total: int  # planned visits, search and finalists, and the lr extension's once it is decided
     counts: dict[str, int]  # runs by state, retired attempts included
     best: dict[str, float]  # best validation accuracy so far, by stage (kd, ce)
     running: list[tuple[str, int]]  # (visit, epochs done) of the runs in progress
@@ -40,8 +40,11 @@ def study_progress(store: Store, study: Study, study_id: int | None = None) -> P
         counts[r.state] = counts.get(r.state, 0) + 1
         if r.state == "complete" and r.kind in ("kd", "ce") and r.val_acc is not None:
             best[r.kind] = max(best.get(r.kind, -math.inf), r.val_acc)
+    arms = {"ce", *study.search.methods}
+    search_rows = sum(1 for r in rows if "#" not in r.visit and r.kind in arms)
+    extended = max(0, search_rows - study.search_visits)  # search runs beyond the plan: the lr extension's
     return Progress(
-        done=sum(1 for r in rows if "#" not in r.visit and r.state in TERMINAL), total=planned_total(study),
+        done=sum(1 for r in rows if "#" not in r.visit and r.state in TERMINAL), total=planned_total(study) + extended,
         counts=counts, best=best,
         running=[(str(r.visit), int(r.epochs_done or 0)) for r in rows if r.state == "running"])
 

@@ -14,6 +14,9 @@ baseline gets as many sampler trials over lr; KD and CE visits alternate.
 **Budget axis** (``search.budget``): the grid above is trained at each budget, on the same seeds (every
 replicate's budgets smallest first); the finalists are chosen at the largest.
 
+**lr extension** (``search.lr_extend``, grids): an arm whose best lr is an end of its list gets its best cell
+trained beyond that end, one step at a time, before the finalists are chosen (:mod:`kdbench.sweep.extend`).
+
 **Finalists**: the ``top_k`` best KD configurations and the best CE one, chosen on validation accuracy
 (for a grid: the replicate mean of a cell at its best lr), each re-trained on fresh seeds seed+1, ... for
 ``finalists.budget`` (default: the search's). **Probes** (``finalists.probe: N``): N more configurations of
@@ -43,7 +46,7 @@ from kdbench.store import (
 )
 
 __all__ = ["Visit", "finalist_seeds", "method_visit", "plan_finalists", "plan_search", "planned_total",
-           "search_seeds", "visit_recipe"]
+           "ranked_configs", "search_seeds", "visit_recipe"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Visit:
         seed: the seed of its initialisation and batch order.
         params: the method's other hyperparameters (weights, ...), sorted by name; a range's are drawn.
         budget: what it trains for (None: the student recipe's).
+        extension: an lr-extension visit (:mod:`kdbench.sweep.extend`): a search run, but no Optuna trial.
     """
 
     key: str
@@ -70,6 +74,7 @@ class Visit:
     rank: int | None = None
     params: tuple[tuple[str, float], ...] = ()
     budget: Budget | None = None
+    extension: bool = False
 
     @property
     def budget_label(self) -> str | None:
@@ -80,6 +85,11 @@ class Visit:
     def is_search(self) -> bool:
         """A search trial (an Optuna trial), not a finalist or a probe."""
         return self.stage not in ("finalist", "probe")
+
+    @property
+    def asks_optuna(self) -> bool:
+        """A search visit of the planned search (an lr-extension visit is a search run Optuna cannot record)."""
+        return self.is_search and not self.extension
 
 
 def visit_recipe(study: Study, visit: Visit) -> StudentConfig:
@@ -93,11 +103,11 @@ def search_seeds(study: Study) -> list[int]:
 
 
 def method_visit(key: str, stage: str, method: str, seed: int, values: dict[str, float],
-                 rank: int | None = None, budget: Budget | None = None) -> Visit:
+                 rank: int | None = None, budget: Budget | None = None, extension: bool = False) -> Visit:
     """The visit ``key`` of one configuration of ``method`` (``values``: its parameters and lr, any subset)."""
     extra = tuple(sorted((k, float(v)) for k, v in values.items() if k not in PARAM_COLUMNS))
     return Visit(key, stage, method, seed, temperature=values.get("temperature"), alpha=values.get("alpha"),
-                 lr=values.get("lr"), rank=rank, params=extra, budget=budget)
+                 lr=values.get("lr"), rank=rank, params=extra, budget=budget, extension=extension)
 
 
 def _cells(study: Study, method: str) -> list[dict[str, float]]:
@@ -155,9 +165,9 @@ def finalist_seeds(study: Study) -> list[int]:
     return [study.seed + 1 + i for i in range(study.finalists.seeds)]
 
 
-def _ranked_configs(done: pd.DataFrame, method: str, grid: bool) -> pd.DataFrame:
+def ranked_configs(done: pd.DataFrame, method: str, grid: bool) -> pd.DataFrame:
     """Configurations of one method (or ce), best first by validation accuracy (a grid: the replicate mean
-    at each lr; a cell's value is its best lr's, one configuration per cell)."""
+    at each lr; a cell's value is its best lr's, one configuration per cell, with its ``cell`` key)."""
     runs = done[done["kind"] == method]
     if not grid:
         return runs.sort_values(["val_acc", "trial_number"], ascending=[False, True])
@@ -187,7 +197,7 @@ def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
         done = done[done["budget"] == study.selection_budget.label]
     budget, f = study.finalist_budget, study.finalists
     for method, k in [*((m, f.top_k) for m in study.search.methods), ("ce", 1 if study.baseline.ce else 0)]:
-        ranked = _ranked_configs(done, method, study.search.is_grid)
+        ranked = ranked_configs(done, method, study.search.is_grid)
         for rank, (_, row) in enumerate(ranked.head(k).iterrows()):
             visits += [method_visit(finalist_key(method, rank, seed), "finalist", method, seed,
                                     run_values(row), rank, budget) for seed in finalist_seeds(study)]
@@ -202,7 +212,8 @@ def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
 
 
 def planned_total(study: Study) -> int:
-    """How many visits the whole study has (search, finalists and probes)."""
+    """How many visits the whole study plans (search, finalists and probes); an lr extension, decided from the
+    search's results, comes on top (:func:`kdbench.sweep.events.study_progress` counts it once it is stored)."""
     s, f = study.search, study.finalists
     n_final = (f.top_k * len(s.methods) + (1 if study.baseline.ce else 0)) * f.seeds
     configs = {m: s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods}

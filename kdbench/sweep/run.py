@@ -1,7 +1,9 @@
 """Running a study: prepare it once (check, register, data, teacher), then claim and train its visits.
 
 :func:`run_sweep` runs, resumes, or joins as one more worker: it works through the search visits, then
-plans the finalists from the search's results and works through them, claiming each visit in the store
+extends the lr list of any arm whose best lr is an end of it (:mod:`kdbench.sweep.extend`, one step at a time,
+each planned from the results of the steps before), then plans the finalists from all of these results and
+works through them, claiming each visit in the store
 so that any number of workers split the work.
 """
 
@@ -27,6 +29,7 @@ from kdbench.store import Claimed, Store
 from kdbench.sweep import optuna_bridge
 from kdbench.sweep.attempt import SweepContext, run_fused, run_visit
 from kdbench.sweep.events import TERMINAL, SweepEvents, study_progress
+from kdbench.sweep.extend import plan_extension
 from kdbench.sweep.fuse import FusePlan, fuse_plan
 from kdbench.sweep.plan import Visit, plan_finalists, plan_search
 from kdbench.teacher import open_cache_dir, prepare_teacher, teacher_record
@@ -218,17 +221,28 @@ def run_sweep(
         ctx.events.on_log(f"{study.name}: {plan.why}")
     k = plan.k if max_visits is None else max(1, min(plan.k, max_visits))
     done = 0
-    for offset in (0, len(search)):
-        visits = search if offset == 0 else plan_finalists(study, ctx.store.runs(study.name))
-        # search visits of one replicate share its seed, hence one data order: they can be fused; finalists and
-        # probes alone
-        for batch in _claim_loop(ctx, visits, offset, k if offset == 0 else 1):
-            if len(batch) > 1:
-                run_fused(ctx, batch)
+    for stage in ("search", "extension", "finalists"):
+        while True:  # the search and the finalists once; the extension one step at a time until nothing is new
+            if stage == "search":
+                visits = search
             else:
-                run_visit(ctx, batch[0])
-            ctx.events.on_progress(study_progress(ctx.store, study, ctx.study_id))
-            done += len(batch)
-            if max_visits is not None and done >= max_visits:
-                return ctx.store.finalist_summary(study.name)
+                runs = ctx.store.runs(study.name)
+                visits = plan_extension(study, runs) if stage == "extension" else plan_finalists(study, runs)
+                final = set(runs.loc[runs["state"].isin(TERMINAL), "visit"])
+                if stage == "extension" and {v.key for v in visits} <= final:
+                    break  # every arm's best lr is interior, or an end after search.lr_extend steps
+            # search visits of one replicate share its seed, hence one data order: they can be fused (extension
+            # visits likewise); finalists and probes alone
+            for batch in _claim_loop(ctx, visits, 0 if stage == "search" else len(search),
+                                     1 if stage == "finalists" else k):
+                if len(batch) > 1:
+                    run_fused(ctx, batch)
+                else:
+                    run_visit(ctx, batch[0])
+                ctx.events.on_progress(study_progress(ctx.store, study, ctx.study_id))
+                done += len(batch)
+                if max_visits is not None and done >= max_visits:
+                    return ctx.store.finalist_summary(study.name)
+            if stage != "extension":
+                break
     return ctx.store.finalist_summary(study.name)
