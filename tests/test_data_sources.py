@@ -423,3 +423,55 @@ def test_a_sweep_and_report_on_inputs_that_are_not_images(tmp_path: Path, kind: 
     run("report", "rows", "--storage", db, "--out", str(tmp_path / "report"))
     html = (tmp_path / "report" / "index.html").read_text()
     assert "test images unavailable: the inputs are not images" in html  # the predictions figure says why
+
+
+@pytest.mark.slow
+def test_a_timm_student_on_an_hf_data_set_sweeps_and_reports_through_the_cli(tmp_path: Path) -> None:
+    """A Hugging Face data set saved with ``datasets`` (RGB PIL images, a ClassLabel) and a timm student
+    (timm's own small test ResNet, built by ``timm.create_model`` for 3 classes) make a full small sweep and a
+    report through the CLI, the class names coming from the ClassLabel."""
+    import subprocess
+    import sys
+
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("timm")
+    from kdbench.store import Store
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Any:  # class c: a bright square in one of three places, on noise
+        labels = rng.integers(0, 3, n)
+        images = []
+        for c in labels:
+            a = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+            a[2 + 4 * c: 6 + 4 * c, 2:14] = 250
+            images.append(Image.fromarray(a))
+        features = datasets.Features({"image": datasets.Image(),
+                                      "label": datasets.ClassLabel(names=["top", "middle", "bottom"])})
+        return datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
+
+    datasets.DatasetDict({"train": split(600), "test": split(150)}).save_to_disk(str(tmp_path / "shapes"))
+    study = {"name": "shapes", "seed": 0, "data": {"dataset": "hf", "path": "shapes", "val_fraction": 0.2},
+             "teacher": {"model": "cnn-s", "epochs": 3, "batch_size": 64, "lr": 3.0e-3},
+             "student": {"model": "timm:test_resnet", "steps": 40, "batch_size": 32},
+             "search": {"temperature": [1, 4], "alpha": [0.5], "lr": [1.0e-3, 3.0e-3], "replicates": 1,
+                        "pruner": "none", "lr_extend": 0},
+             "baseline": {"ce": True}, "finalists": {"top_k": 1, "seeds": 2}}
+    (tmp_path / "shapes.yaml").write_text(yaml.safe_dump(study))
+    db = f"sqlite:///{tmp_path / 'kd.db'}"
+
+    def run(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "kdbench", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    run("sweep", "shapes.yaml", "--storage", db, "--cache-dir", str(tmp_path / "cache"), "--threads", "1",
+        "--device", "cpu", "--quiet")
+    runs = Store.open(db).runs("shapes")
+    assert len(runs) == 10 and (runs["state"] == "complete").all()  # 2 KD cells + CE at 2 lr, 2 x (KD, CE)
+    versions = runs["versions"].iloc[0]
+    assert "timm:test_resnet" in str(versions), versions  # the student's fingerprint is stored with each run
+    run("report", "shapes", "--storage", db, "--out", str(tmp_path / "report"))
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "timm:test_resnet" in html and "middle" in html  # the model; a ClassLabel name (test set read back)
