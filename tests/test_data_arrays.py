@@ -89,8 +89,10 @@ def test_features_and_token_ids_are_other_inputs_kept_as_they_are() -> None:
         (np.array([[0.0, np.nan]], np.float32), np.zeros((1, 2), np.float32), "features hold NaN or infinite values"),
         (np.zeros(2, np.float32), np.zeros(2, np.float32), "inputs of shape (2,); give one row per sample"),
         (np.array([["a"], ["b"]]), np.array([["a"], ["b"]]), "<U1 inputs; give uint8 images, float features or"),
+        (np.zeros((2, 4, 4, 3), np.float32), np.zeros((2, 4, 4, 3), np.float32),
+         "x_train: images must be uint8 (0-255), got float32 (2, 4, 4, 3)"),
     ],
-    ids=["other lengths", "images and features", "nan", "one axis", "strings"],
+    ids=["other lengths", "images and features", "nan", "one axis", "strings", "float images"],
 )
 def test_bad_other_inputs_are_one_line(x_train: np.ndarray, x_test: np.ndarray, fragment: str) -> None:
     with pytest.raises(ConfigError) as err:

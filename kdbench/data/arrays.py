@@ -10,7 +10,8 @@ Images follow Keras' convention: ``uint8 (N, H, W)`` (grayscale) or ``(N, H, W, 
 ``(N, C, H, W)`` (torch's layout) is accepted too when ``C`` is 1 or 3 and the last axis is not. The
 normalisation statistics are the training pixels' per-channel mean and standard deviation.
 
-Arrays that are not uint8 images (any other dtype, or uint8 of two axes) are other inputs: floating ones are
+Arrays that are not uint8 images (any other dtype, or uint8 of two axes) are other inputs, except four-axis arrays
+laid out as images (1 or 3 channels), which are refused as images that are not uint8: floating ones are
 features (kept as float32), integer ones token ids or codes (kept as int64), ``(N, ...)`` with the same
 per-input shape in both sets. They are given to the model as they are (no normalisation, no augmentation:
 scale features yourself) and train your own models only (``file.py:Class``); the :class:`DatasetInfo` holds
@@ -35,7 +36,13 @@ from kdbench.errors import ConfigError
 __all__ = ["from_arrays", "image_layout", "resize_images"]
 
 
-def _is_images(x: npt.NDArray[Any]) -> bool:
+def _is_images(x: npt.NDArray[Any], what: str) -> bool:
+    """Whether ``x`` is uint8 images (else other inputs); refuses images that are not uint8 (one line)."""
+    if x.dtype != np.uint8 and x.ndim == 4 and (x.shape[1] in (1, 3) or x.shape[-1] in (1, 3)):
+        raise ConfigError(
+            f"{what}: images must be uint8 (0-255), got {x.dtype} {x.shape}; scale them to 0-255 and cast "
+            "(e.g. (x * 255).round().astype('uint8')), or give inputs that are not images as (N, features)"
+        )
     return x.dtype == np.uint8 and x.ndim in (3, 4)
 
 
@@ -150,12 +157,12 @@ def from_arrays(
             different shapes, or test labels the training set never has (one line naming ``source``).
     """
     xtr_raw, xte_raw = np.asarray(x_train), np.asarray(x_test)
-    if _is_images(xtr_raw) != _is_images(xte_raw):
+    images = _is_images(xtr_raw, f"{source} x_train")
+    if images != _is_images(xte_raw, f"{source} x_test"):
         raise ConfigError(
             f"{source}: x_train is {xtr_raw.dtype} {xtr_raw.shape} but x_test is {xte_raw.dtype} {xte_raw.shape}; "
             "give both sets as uint8 images or both as features/token ids"
         )
-    images = _is_images(xtr_raw)
     if images:
         xtr, xte = _image_sets(xtr_raw, xte_raw, source, image_size)
     else:
