@@ -37,7 +37,7 @@ demo: env data
 
 # A throwaway PostgreSQL server for the multi-worker tests (see .ci/postgres.sh); they skip without one.
 test: env data
-	bash .ci/postgres.sh $(BIN)/python -m pytest -q
+	bash .ci/postgres.sh $(BIN)/python -m pytest -q --durations=15
 
 lint: env
 	$(BIN)/ruff check kdbench tests
