@@ -45,8 +45,7 @@ def _handle_errors(fn: F) -> F:
 
 
 def _on_sigterm(_signum: int, _frame: Any) -> None:
-    request_termination()
-    raise Terminated("SIGTERM")
+    request_termination()  # raises Terminated here, or where a write held whole ends
 
 
 def _setup_torch(threads: int | None, device: str) -> Any:
