@@ -98,14 +98,17 @@ def _method_spaces(schema: dict[str, Any]) -> None:
         if m == "kd":
             continue
         props: dict[str, Any] = {}
+        published = METHODS[m].defaults
         for key in ("temperature", "alpha", *WEIGHTS, *METHODS[m].params):
             props[key] = copy.deepcopy(space)
             _bounded(BOUNDS.get(key, WEIGHT_BOUNDS))(props[key])
+            props[key]["description"] = (f"published default {published[key]:g}" if key in published else
+                                         "the weight of the hard labels (ce_weight = alpha, kd_weight = 1 - alpha)")
         props["kd_warmup_epochs"] = {"type": "number", "minimum": 0,
                                      "description": "epochs of linear ramp of the method's term (not searched)"}
         schema["properties"][m] = {"type": "object", "additionalProperties": False, "properties": props,
-                                   "description": f"{METHODS[m].title}'s space; unlisted keys take "
-                                                  f"{', '.join(f'{k} {v:g}' for k, v in METHODS[m].defaults.items())}"}
+                                   "description": f"{METHODS[m].title}'s space: lists are grids, unlisted keys take "
+                                                  "their published values"}
 
 
 def _budget_axis(schema: dict[str, Any]) -> None:
