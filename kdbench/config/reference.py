@@ -16,7 +16,7 @@ import yaml
 
 from kdbench.config.schema import study_json_schema
 
-__all__ = ["REFERENCE_PAGE", "schema_keys", "study_reference"]
+__all__ = ["REFERENCE_PAGE", "study_reference"]
 
 REFERENCE_PAGE = Path("docs") / "study-reference.md"
 _VALUE_TYPES = ("Budget", "Range")  # models that are values of a key, not sections of keys
@@ -43,21 +43,6 @@ def _section(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any] | N
     if name is not None and name not in _VALUE_TYPES:
         return dict(schema["$defs"][name])
     return node if node.get("type") == "object" and "properties" in node else None
-
-
-def schema_keys(schema: dict[str, Any]) -> set[str]:
-    """Every key of a study file, dotted (``search.spaces.dkd.nckd_weight``), as the schema gives them."""
-    keys: set[str] = set()
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for key, prop in node.get("properties", {}).items():
-            keys.add(prefix + key)
-            sub = _section(schema, prop)
-            if sub is not None:
-                walk(sub, f"{prefix}{key}.")
-
-    walk(schema, "")
-    return keys
 
 
 def _value(v: Any) -> str:
