@@ -1,6 +1,7 @@
 """The docs build's hook (mkdocs.yml ``hooks:``): the generated study reference must be current, and the pages may
 show files of the repository (a report's figures, the notebook) by their path from ``docs/``, ``../reports/...``,
-which reads right on GitHub too: those files are added to the site and the links pointed at them.
+which reads right on GitHub too: those files are added to the site and the links pointed at them. The docstrings'
+Sphinx roles (``:func:`x` ``) render as the code they name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from mkdocs.structure.files import File, Files
 
 REPO = Path(__file__).resolve().parents[1]
 _OUTSIDE = re.compile(r"\]\(\.\./((?:reports|examples)/[^)#\s]+)\)")
+_ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|exc|obj):(?=<code>)")
 
 
 def on_pre_build(config: Any) -> None:
@@ -34,3 +36,7 @@ def on_files(files: Files, config: Any) -> Files:
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     return _OUTSIDE.sub(r"](\1)", markdown)
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    return _ROLE.sub("", html)

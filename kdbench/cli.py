@@ -76,6 +76,7 @@ def main(verbose: bool) -> None:
     kdbench teacher studies/fashion-mnist-quick.yaml   # train and cache the teacher
     kdbench sweep studies/fashion-mnist-quick.yaml     # baseline, T x alpha search, finalists
     kdbench show fashion-mnist-quick                   # best configurations and counts
+    kdbench schema -o kdbench.schema.json              # the study file's JSON Schema, for your editor
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not verbose:
