@@ -20,7 +20,7 @@ from kdbench.atomic import write_atomically
 from kdbench.config import Study
 from kdbench.data import Data
 from kdbench.errors import NonFiniteLossError, RetiredAttemptError, StoreError, check_termination, held_signals
-from kdbench.evaluate import inference_ms_per_batch, predict_logits
+from kdbench.evaluate import fit_temperature, inference_ms_per_batch, predict_logits
 from kdbench.losses import WEIGHTS
 from kdbench.models import build_model, count_parameters
 from kdbench.models.sources import study_model
@@ -224,13 +224,16 @@ def run_fused(ctx: SweepContext, claimed: list[Claimed]) -> None:
 
 def _finalist_outputs(ctx: SweepContext, visit: Visit, model: torch.nn.Module) -> dict[str, Any]:
     """Keep a finalist's weights (written whole, :func:`kdbench.atomic.write_atomically`), its test predictions
-    and logits (float16)."""
+    and logits (float16), and its calibration temperature fitted on validation."""
     ctx.weights_dir.mkdir(parents=True, exist_ok=True)
     wpath = ctx.weights_dir / (visit.key.replace("/", "_").replace("=", "") + ".pt")
     write_atomically(wpath, lambda tmp: torch.save(model.state_dict(), tmp))
     info = ctx.data.info
     logits = predict_logits(model, ctx.data.test.images, info).float().cpu()
     preds = logits.argmax(1).to(torch.int16).numpy()
+    val = ctx.data.val  # temperature scaling is fitted here, on validation: the report applies it to the test logits
+    temperature = fit_temperature(predict_logits(model, val.images, info), val.labels)
     return dict(weights_path=str(wpath), test_predictions=preds.tobytes(),
                 test_logits=logits.half().numpy().tobytes(),  # calibration (ECE, NLL) in the report
+                calib_temperature=temperature,
                 infer_ms_per_batch=inference_ms_per_batch(model, info, ctx.device))
