@@ -5,22 +5,32 @@ BIN      = $(VENV)/bin
 STUDY   ?= studies/fashion-mnist-quick.yaml
 FMNIST   = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test lint env data
+.PHONY: demo test lint env data test-tools
 
-$(BIN)/kdbench: pyproject.toml Makefile
+# Two stamps, one venv: `make demo` installs the package alone (with the torch this Makefile pins for its own
+# .venv; the package itself asks only for a range), `make test` adds the dev and postgres extras. Either may run
+# first; a changed pyproject.toml or Makefile re-installs both.
+$(VENV)/.demo-stamp: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-stamp: $(VENV)/.demo-stamp
 	$(BIN)/pip install -q -e '.[dev,postgres]'
-	touch $(BIN)/kdbench
+	touch $@
 
-env: $(BIN)/kdbench
+env: $(VENV)/.demo-stamp
 
-# Fashion-MNIST (and chromium and pdflatex, for the report's browser and LaTeX tests) from Debian's packages when root.
+# Fashion-MNIST, from Debian's package when root: all the demo needs besides the venv.
 data:
 	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)); fi
 	@test -f $(FMNIST) || echo "note: Fashion-MNIST not in /usr/share/datasets; set KDBENCH_DATA or data.download: true"
+
+# The test suite's own tools: chromium and pdflatex, for the report's browser and LaTeX tests.
+test-tools:
 	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)); fi
 	@command -v chromium >/dev/null || echo "note: no chromium; the report's browser test is skipped"
@@ -36,10 +46,10 @@ demo: env data
 	echo "make demo: sweep and report took $$(( $$(date +%s) - start )) s (set-up excluded)"
 
 # A throwaway PostgreSQL server for the multi-worker tests (see .ci/postgres.sh); they skip without one.
-test: env data
+test: $(VENV)/.test-stamp data test-tools
 	bash .ci/postgres.sh $(BIN)/python -m pytest -q --durations=15
 
-lint: env
+lint: $(VENV)/.test-stamp
 	$(BIN)/ruff check kdbench tests
 	$(BIN)/mypy
 

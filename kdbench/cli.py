@@ -65,8 +65,20 @@ def _study_options(fn: F) -> F:
     return fn
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    from kdbench.provenance import kdbench_commit
+
+    click.echo(f"kdbench {version('kdbench')} (commit {kdbench_commit()})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="kdbench")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print kdbench's version and git commit, then exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what kdbench does.")
 def main(verbose: bool) -> None:
     """kdbench: does distillation help your small model, and with which T and alpha?
@@ -161,6 +173,21 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
     _print_counts(store, study.name)
     _print_evidence(_evidence(study, store.runs(study.name)).sentences, study.name)
     _print_summary(store, study.name, summary, study)
+    _print_next(study.name, store.url, click.get_current_context().get_parameter_source("storage"))
+
+
+def _print_next(name: str, shown: str, source: click.core.ParameterSource | None) -> None:
+    """The commands that read what the sweep stored, on the same database: a URL from $KDBENCH_STORAGE stays
+    a reference to it, and one given with --storage is shown with its password masked."""
+    import shlex
+
+    from kdbench.report.cost import dashboard_command
+
+    url = '"$KDBENCH_STORAGE"' if source is click.core.ParameterSource.ENVIRONMENT else shlex.quote(shown)
+    storage = "" if source is click.core.ParameterSource.DEFAULT else f" --storage {url}"
+    click.echo(f"next: kdbench report {shlex.quote(name)}{storage}   # writes reports/{name}/index.html\n"
+               f"      {dashboard_command(url)}   # Optuna's dashboard on the same database "
+               "(pip install optuna-dashboard)")
 
 
 def _print_counts(store: Any, name: str) -> None:

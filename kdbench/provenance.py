@@ -1,4 +1,5 @@
-"""Where a number came from: kdbench's git commit, library versions and the device."""
+"""Where a number came from: kdbench's git commit, library versions and the device. Imports torch only to name
+a device, so that `kdbench --version` and the store can ask for the commit without it."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["device_name", "kdbench_commit", "library_versions", "provenance"]
 
@@ -47,6 +49,8 @@ def library_versions() -> dict[str, str]:
 
 def device_name(device: torch.device | str) -> str:
     """A readable device name: the GPU's model, or 'cpu (<processor>, N threads)'."""
+    import torch
+
     dev = torch.device(device)
     if dev.type == "cuda":
         return f"cuda:{dev.index or 0} ({torch.cuda.get_device_name(dev)})"

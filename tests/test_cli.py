@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,39 @@ def test_sweep_opens_the_database_once(needs_fmnist: None, tiny_study_dict: dict
     assert res.output.count("search.fuse: 4 is not applied on the CPU") == 1
     from kdbench.store import Store
     assert not Store.open(db_url).runs("tiny")["device"].str.contains("fused").any()
+    # the next commands, on the same database; the printed report command runs as printed
+    report_line = f"next: kdbench report tiny --storage {db_url}   # writes reports/tiny/index.html"
+    assert report_line in res.output and f"      optuna-dashboard {db_url}   # " in res.output
+    monkeypatch.chdir(tmp_path)
+    rep = CliRunner().invoke(cli.main, shlex.split(report_line.split("#")[0])[2:])
+    assert rep.exit_code == 0, rep.output
+    assert (tmp_path / "reports" / "tiny" / "index.html").exists()
+    # a URL from $KDBENCH_STORAGE (how a password is passed) stays a reference to it
+    res = CliRunner().invoke(cli.main, ["sweep", str(path), "--device", "cpu", "--threads", "1", "--cache-dir",
+                                        str(tmp_path / "cache"), "--max-visits", "1", "--set", "search.fuse=4"],
+                             env={"KDBENCH_STORAGE": db_url})
+    assert res.exit_code == 0, res.output
+    assert 'next: kdbench report tiny --storage "$KDBENCH_STORAGE"' in res.output
+    assert 'optuna-dashboard "$KDBENCH_STORAGE"' in res.output and db_url not in res.output.split("next:")[1]
+
+
+def test_version_prints_the_package_version_and_the_commit() -> None:
+    """`kdbench --version`: the installed version and the commit every stored run records, without torch."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    import kdbench
+
+    res = CliRunner().invoke(cli.main, ["--version"])
+    assert res.exit_code == 0, res.output
+    here = Path(kdbench.__file__).parent
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+    assert sha and res.output.startswith(f"kdbench {version('kdbench')} (commit {sha}")
+    assert version("kdbench") == kdbench.__version__
+    out = subprocess.run([sys.executable, "-c", "import sys; from kdbench.cli import main; main(['--version'])"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == res.output, out.stderr
 
 
 def test_show_prints_cells_effects_reliability_and_budgets(tmp_path: Path) -> None:

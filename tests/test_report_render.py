@@ -88,7 +88,7 @@ OVERFULL = re.compile(r"Overfull \\hbox \((\d+(?:\.\d+)?)pt too wide\)")
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None,
-                    reason="pdflatex is absent (make data installs Debian's texlive-latex-recommended)")
+                    reason="pdflatex is absent (make test installs Debian's texlive-latex-recommended)")
 def test_every_tex_table_compiles_within_the_text_width(single: Path, several: Path, tmp_path: Path) -> None:
     """Each .tex table of a one-study and a two-study report, in a default article page, compiles with pdflatex
     and is at most 1 pt wider than the text (the ASCII-only output needs no Unicode set-up)."""
@@ -182,7 +182,7 @@ def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp
             _compiles_within_the_text_width(table, tmp_path / "latex")
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is absent (make data installs it)")
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is absent (make test installs it)")
 def test_index_html_loads_in_headless_chromium(single: Path) -> None:
     html = (single / "index.html").read_text()
     n_images = html.count("<img ")

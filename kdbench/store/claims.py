@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kdbench.defaults import HEARTBEAT_S
 from kdbench.errors import RetiredAttemptError, StoreError, held_signals
+from kdbench.provenance import kdbench_commit
 from kdbench.store.db import Database
 from kdbench.store.keys import retired_key
 from kdbench.store.queries import params_json
@@ -188,8 +189,6 @@ class Claims(Database):
         self.ensure_tables()
         row = self.check_study(study, data)
         if row is None:
-            from kdbench.provenance import kdbench_commit  # imports torch: only when a study is new
-
             with contextlib.suppress(IntegrityError), self.session() as s:
                 s.add(StudyRow(name=study.name, config=study.model_dump_json(), config_hash=study.hash,
                                commit=kdbench_commit(), data_fingerprint=data, uid=secrets.token_hex(16)))
