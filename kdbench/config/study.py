@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -49,6 +49,9 @@ class Study(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
+    # experiment trackers every run is copied to as well (kdbench/trackers.py, docs/trackers.md); excluded from
+    # the resolved config, so from the hash and the store: it says where results are copied, never what they are
+    log: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list, exclude=True)
     _folder: Path | None = PrivateAttr(default=None)  # the study file's folder: where relative model paths start
     # teacher/student given as Python objects to kdbench.sweep (kdbench.models.objects.ModelObject), this process only
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -81,6 +84,13 @@ class Study(Strict):
             if v.endswith(suffix):
                 raise ValueError(f"ends in {suffix!r}, the suffix of another study's Optuna studies; pick another name")
         return v
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _log_list(cls, v: Any) -> Any:
+        if isinstance(v, str):  # log: mlflow
+            v = [v]
+        return list(dict.fromkeys(v)) if isinstance(v, list) else v
 
     @model_validator(mode="after")
     def _plan_size(self) -> Study:
