@@ -105,7 +105,8 @@ class Logged:
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
-    """The tiny study swept and reported through the CLI: ``log: [tensorboard]`` in the file, ``--log mlflow``."""
+    """The tiny study swept through the CLI (``log: [tensorboard]`` in the file, ``--log mlflow``), then reported
+    (``--log mlflow --log tensorboard``)."""
     if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST package files absent: apt-get install -y dataset-fashion-mnist")
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -116,7 +117,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
         common = ["--storage", url, "--cache-dir", str(cache), "--log", "mlflow"]
         swept = CliRunner().invoke(cli.main, ["sweep", str(path), "--quiet", "--device", "cpu", *common])
         assert swept.exit_code == 0, swept.output
-        reported = CliRunner().invoke(cli.main, ["report", "tiny", "--out", str(out), *common])
+        reported = CliRunner().invoke(cli.main, ["report", "tiny", "--out", str(out), *common, "--log", "tensorboard"])
         assert reported.exit_code == 0, reported.output
         yield Logged(url, cache, out, swept.output)
     finally:
