@@ -237,3 +237,36 @@ def test_a_tracker_failing_mid_sweep_loses_no_run(logged: Logged, tmp_path: Path
     warnings = [line for line in lines if "log: mlflow failed" in line]
     assert len(warnings) == 1 and "logging to mlflow is off for the rest of this process" in warnings[0]
     assert sorted(p.name for p in (cache / "tensorboard" / "tiny").iterdir()) == sorted(str(i) for i in runs["run_id"])
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_uri_is_respected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$MLFLOW_TRACKING_URI wins over the cache's mlflow.db; one that cannot be opened is one line naming it."""
+    from mlflow.tracking import MlflowClient
+
+    from kdbench.errors import OutputError
+    from kdbench.loop import EpochRecord
+    from kdbench.trackers import RunRecord, Trackers
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://nowhere")
+    with pytest.raises(OutputError, match=r"^log: mlflow \(bogus://nowhere\): cannot open it: .*drop mlflow from log$"):
+        Trackers.open(["mlflow"], "s", cache)
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    curve = [EpochRecord(epoch=e, train_loss=1.0 / (e + 1), val_acc=0.5 + e / 10, val_loss=1.0, seconds=2.0, lr=1e-3,
+                         steps=10 * (e + 1)) for e in range(3)]
+    Trackers.open(["mlflow"], "s", cache).log_run(RunRecord(
+        "s", 7, "ce/lr=0.001/r=0", "complete", {"method": "ce", "lr": 1e-3}, {"kdbench.run_id": "7"}, curve,
+        {"val_acc": 0.7, "test_acc": None}, 1_700_000_000.0, 1_700_000_010.0))
+    assert not (cache / "mlflow.db").exists()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("s")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.metrics == {"val_acc": 0.7, "epoch/val_acc": 0.7, "epoch/val_loss": 1.0,
+                                "epoch/train_loss": pytest.approx(1 / 3), "epoch/lr": 1e-3}
+    history = client.get_metric_history(run.info.run_id, "epoch/val_acc")
+    assert [(h.step, h.value, h.timestamp) for h in history] == [  # step: the epoch; time: start + its seconds
+        (0, 0.5, 1_700_000_002_000), (1, 0.6, 1_700_000_004_000), (2, 0.7, 1_700_000_006_000)]
+    assert run.info.start_time == 1_700_000_000_000 and run.info.end_time == 1_700_000_010_000
