@@ -23,11 +23,12 @@ off for the rest of this process: the sweep goes on and loses nothing, for the s
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -153,56 +154,59 @@ class _MLflow:
     name = "mlflow"
 
     def __init__(self, study: str, cache_dir: Path) -> None:
+        import mlflow
         from mlflow.tracking import MlflowClient
 
-        self.uri = mlflow_uri(cache_dir)
-        self.client = MlflowClient(self.uri)
-        self.default_store = not _uri_set_elsewhere()
-        self.artifacts = (cache_dir / "mlartifacts" / study).resolve().as_uri() if self.default_store else None
-        self.experiments: dict[str, str] = {}
-        self.experiment(study)  # created now: before any worker races to it, and a bad URI shows at once
+        default_store = not mlflow.is_tracking_uri_set()  # then the artifacts go to the cache, beside mlflow.db
+        self.client = MlflowClient(mlflow_uri(cache_dir))
+        artifacts = (cache_dir / "mlartifacts" / study).resolve().as_uri() if default_store else None
+        self.experiment_id = self._experiment(study, artifacts)  # now: before workers race to it; a bad URI shows
 
-    def experiment(self, study: str) -> str:
-        if study in self.experiments:
-            return self.experiments[study]
+    def _experiment(self, study: str, artifacts: str | None) -> str:
         from mlflow.exceptions import MlflowException
 
         found = self.client.get_experiment_by_name(study)
         if found is None:
             try:
-                eid = self.client.create_experiment(study, artifact_location=self.artifacts,
-                                                    tags={"kdbench.study": study})
+                return str(self.client.create_experiment(study, artifact_location=artifacts,
+                                                         tags={"kdbench.study": study}))
             except MlflowException:  # another worker created it first
                 found = self.client.get_experiment_by_name(study)
                 if found is None:
                     raise
-                eid = found.experiment_id
-        else:
-            eid = found.experiment_id
-            if found.lifecycle_stage == "deleted":  # deleted in the UI: runs cannot be added to it until restored
-                self.client.restore_experiment(eid)
-        self.experiments[study] = eid
-        return eid
+        if found.lifecycle_stage == "deleted":  # deleted in the UI: runs cannot be added to it until restored
+            self.client.restore_experiment(found.experiment_id)
+        return str(found.experiment_id)
 
     def log_run(self, run: RunRecord) -> None:
         from mlflow.entities import Metric, Param
 
-        mrun = self.client.create_run(self.experiment(run.study), start_time=_ms(run.started), tags=run.tags,
-                                      run_name=run.visit)
-        rid = mrun.info.run_id
+        rid = self.client.create_run(self.experiment_id, start_time=_ms(run.started), tags=run.tags,
+                                     run_name=run.visit).info.run_id
         params = [Param(k, str(v)) for k, v in run.params.items()]
         metrics = [Metric(name, value, _ms(t), step) for name, step, value, t in run.series()]
         metrics += [Metric(k, v, _ms(run.finished), 0) for k, v in run.finals().items()]
-        for i in range(0, len(params), 100):  # MLflow takes up to 100 params per call
-            self.client.log_batch(rid, params=params[i:i + 100])
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(rid, metrics=metrics[i:i + _BATCH])
+        with self._failed_on_error(rid):
+            for i in range(0, len(params), 100):  # MLflow takes up to 100 params per call
+                self.client.log_batch(rid, params=params[i:i + 100])
+            for i in range(0, len(metrics), _BATCH):
+                self.client.log_batch(rid, metrics=metrics[i:i + _BATCH])
         self.client.set_terminated(rid, _MLFLOW_STATUS.get(run.state, "FINISHED"), end_time=_ms(run.finished))
 
+    @contextlib.contextmanager
+    def _failed_on_error(self, rid: str) -> Iterator[None]:
+        """A run half logged is marked FAILED (where the store still answers), not left RUNNING."""
+        try:
+            yield
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(rid, "FAILED")
+            raise
+
     def log_report(self, study: str, out: Path, files: Sequence[Path], tags: dict[str, str]) -> None:
-        mrun = self.client.create_run(self.experiment(study), tags=tags, run_name="report")
-        rid = mrun.info.run_id
-        self.client.log_artifacts(rid, str(out))
+        rid = self.client.create_run(self.experiment_id, tags=tags, run_name="report").info.run_id
+        with self._failed_on_error(rid):
+            self.client.log_artifacts(rid, str(out))
         self.client.set_terminated(rid, "FINISHED")
 
 
@@ -313,17 +317,11 @@ def log_report(report: Any, names: Sequence[str], cache_dir: str | Path, storage
     """
     if report.out is None:
         return
-    names_of = [sf.name for sf in report.frames]
-    for study in names_of:
-        tags = {"kdbench.study": study, "kdbench.stage": "report", "kdbench.storage": storage_url,
-                "kdbench.report_studies": ",".join(names_of)}
-        Trackers.open(names, study, cache_dir, on_warning).log_report(Path(report.out), report.files, tags)
-
-
-def _uri_set_elsewhere() -> bool:
-    import mlflow
-
-    return bool(mlflow.is_tracking_uri_set())
+    covered = ",".join(sf.name for sf in report.frames)
+    for sf in report.frames:
+        tags = {"kdbench.study": sf.name, "kdbench.stage": "report", "kdbench.config_hash": sf.config_hash,
+                "kdbench.storage": storage_url, "kdbench.report_studies": covered}
+        Trackers.open(names, sf.name, cache_dir, on_warning).log_report(Path(report.out), report.files, tags)
 
 
 def _shown(uri: str) -> str:

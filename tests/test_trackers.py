@@ -170,6 +170,7 @@ def test_every_run_is_in_mlflow_as_the_store_has_it(logged: Logged) -> None:
     # the report: one run in the study's experiment holding every file of the report
     reports = [r for r in mruns if r.data.tags["kdbench.stage"] == "report"]
     assert len(reports) == 1 and reports[0].data.tags["kdbench.study"] == "tiny"
+    assert reports[0].data.tags["kdbench.config_hash"] == study.hash and reports[0].info.status == "FINISHED"
     names = {a.path for a in client.list_artifacts(reports[0].info.run_id)}
     written = {p.name for p in logged.out.iterdir() if p.is_file()}
     assert "index.html" in names and written <= names
