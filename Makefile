@@ -42,3 +42,10 @@ test: env data
 lint: env
 	$(BIN)/ruff check kdbench tests
 	$(BIN)/mypy
+
+# The docs site (mkdocs.yml, docs/), built strictly into a throwaway folder: a stale study reference, a broken link
+# or a docstring mkdocstrings cannot read fails the build. `.venv/bin/mkdocs serve` shows the pages live.
+.PHONY: docs
+docs: env
+	$(BIN)/pip install -q -e '.[docs]'
+	site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d "$$site"

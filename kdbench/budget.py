@@ -21,13 +21,26 @@ class _Recipe(Protocol):
 R = TypeVar("R", bound=BaseModel)
 
 
-class Budget(BaseModel):
-    """A training budget: ``epochs`` (passes over the training split) or optimiser ``steps``, one of them."""
+def _one_unit_schema(schema: dict[str, Any]) -> None:
+    """The JSON Schema of what validation takes: a number of epochs, or a mapping giving exactly one unit."""
+    mapping = {**schema, "oneOf": [{"required": [unit], "properties": {unit: {"type": "integer"}}}
+                                   for unit in ("epochs", "steps")]}
+    number = {"type": "integer", "minimum": 1, "maximum": MAX_EPOCHS, "description": "epochs"}
+    schema.clear()
+    schema.update(anyOf=[number, mapping], title=mapping.pop("title"), description=mapping.pop("description"))
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+class Budget(BaseModel):
+    """A training budget: ``epochs`` (passes over the training split) or optimiser ``steps``, one of them; a bare
+    number is epochs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True,
+                              json_schema_extra=_one_unit_schema)
 
     epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = None
+    """Epochs: passes over the training split."""
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+    """Optimiser steps."""
 
     @model_validator(mode="before")
     @classmethod

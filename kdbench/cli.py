@@ -48,8 +48,7 @@ def _handle_errors(fn: F) -> F:
 
 
 def _on_sigterm(_signum: int, _frame: Any) -> None:
-    request_termination()
-    raise Terminated("SIGTERM")
+    request_termination()  # raises Terminated here, or where a write held whole ends
 
 
 def _check_trackers(names: Sequence[str]) -> None:
@@ -88,6 +87,7 @@ def main(verbose: bool) -> None:
     kdbench teacher studies/fashion-mnist-quick.yaml   # train and cache the teacher
     kdbench sweep studies/fashion-mnist-quick.yaml     # baseline, T x alpha search, finalists
     kdbench show fashion-mnist-quick                   # best configurations and counts
+    kdbench schema -o kdbench.schema.json              # the study file's JSON Schema, for your editor
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not verbose:
@@ -292,6 +292,30 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str, lo
     for sf in rep.frames:
         click.echo(f"{sf.name}: {sf.verdict}")
     click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
+
+
+@main.command()
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write the schema to this file instead of standard output.")
+def schema(out: str | None) -> None:
+    """Print the study file's JSON Schema: every key's type, default, unit and allowed values; unknown keys refused.
+
+    Point your editor's YAML extension at it with a first line `# yaml-language-server: $schema=kdbench.schema.json`.
+
+    Example: kdbench schema -o kdbench.schema.json
+    """
+    from kdbench.config.schema import study_schema_text
+
+    text = study_schema_text()
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        _fail(f"{out}: cannot write the schema ({exc.strerror}); give a writable file to --out")
+    click.echo(f"schema written to {out}", err=True)
 
 
 def _evidence(study: Study, runs: Any) -> Any:

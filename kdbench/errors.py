@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = [
     "CheckpointError",
@@ -13,7 +17,11 @@ __all__ = [
     "OutputError",
     "StoreError",
     "TeacherTooWeakError",
+    "Terminated",
+    "check_termination",
     "first_line",
+    "held_signals",
+    "request_termination",
 ]
 
 
@@ -89,15 +97,59 @@ class Terminated(KeyboardInterrupt):
 
 
 _TERMINATION = threading.Event()
+_HOLDING = 0  # > 0 while :func:`held_signals` runs a write that must land whole (main thread only)
 
 
 def request_termination() -> None:
-    """Note that SIGTERM arrived (the handler also raises :class:`Terminated` where it lands; if that point
-    swallows it, a finaliser say, :func:`check_termination` raises it again at the sweep's next safe point)."""
+    """Note that SIGTERM arrived and raise :class:`Terminated` where it lands (the CLI's SIGTERM handler).
+
+    Inside :func:`held_signals` it is only noted, and raised when the held block ends; if the point where it
+    lands swallows it (a finaliser, say), :func:`check_termination` raises it again at the sweep's next safe
+    point.
+    """
     _TERMINATION.set()
+    if _HOLDING == 0:
+        raise Terminated("SIGTERM")
 
 
 def check_termination() -> None:
     """Raise :class:`Terminated` if SIGTERM arrived (called between epochs and before each claim)."""
     if _TERMINATION.is_set():
         raise Terminated("SIGTERM")
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold SIGTERM and Ctrl-C while the block writes something that must land whole (a run's row and its
+    Optuna trial's state; a new Optuna trial and the run's link to it); the signal is raised when the block ends.
+
+    A signal raised at an arbitrary line could otherwise fall between the two writes and leave an Optuna trial
+    RUNNING with its run finished, or a trial no run points to. A second Ctrl-C inside the block interrupts at
+    once (a write stuck on a lock stays interruptible). Outside the main thread (signals are delivered there
+    only) the block runs as it is.
+    """
+    global _HOLDING
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[bool] = []
+
+    def on_int(_signum: int, frame: Any) -> None:
+        if held:
+            signal.default_int_handler(_signum, frame)
+        held.append(True)
+
+    swap = _HOLDING == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if swap:
+        signal.signal(signal.SIGINT, on_int)
+    _HOLDING += 1
+    try:
+        yield
+    finally:
+        _HOLDING -= 1
+        if swap:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+    if _HOLDING == 0:
+        check_termination()

@@ -92,7 +92,7 @@ def format_error(err: ValidationError, source: str) -> str:
     if kind == "extra_forbidden" and loc in RETIRED_KEYS:
         text = f"{loc} is no longer a key: {RETIRED_KEYS[loc]}"
     elif kind == "extra_forbidden":
-        text = f"unknown key {loc!r}; check the spelling (see the study-file reference in README.md)"
+        text = f"unknown key {loc!r}; check the spelling (every key: `kdbench schema`, docs/study-reference.md)"
     elif kind == "missing":
         text = f"{loc}: required key is missing"
     elif kind == "too_short":

@@ -62,3 +62,37 @@ def test_an_arm_with_more_than_twice_the_baselines_ece_is_named() -> None:
     assert calibration_flags(table[table["arm"] != "CE student"]) == ""
     empty = pd.DataFrame(columns=["method", "vs_ce_n"])
     assert method_sentence(empty, table).endswith(flag)
+
+
+def test_ece_after_temperature_scaling_per_arm_by_hand() -> None:
+    # the KD arm's two runs: the first has a fitted T of 2 (its logits halved), the second none stored
+    second = np.log(np.tile([0.8, 0.2], (4, 1)))
+    table = calibration({"teacher": [LOGITS], "KD": [LOGITS, second]}, LABELS,
+                        {"KD": [2.0, None]}).set_index("arm")
+    assert table.loc["KD", "n"] == 2 and table.loc["KD", "n_ts"] == 1
+    assert table.loc["KD", "ece_ts_mean"] == pytest.approx(ece(LOGITS / 2, LABELS))
+    assert math.isnan(table.loc["KD", "ece_ts_sd"]) and table.loc["KD", "t_mean"] == 2.0
+    assert table.loc["teacher", "n_ts"] == 0 and math.isnan(table.loc["teacher", "ece_ts_mean"])
+    # by hand: p ∝ sqrt(p) after halving the log-probabilities. Row 1: sqrt(.9)/(sqrt(.9)+sqrt(.1)) = 0.75,
+    # right; row 2: sqrt(.58) vs sqrt(.42) -> 0.5403 (class 0), wrong; row 3: 0.6046 (class 1), right;
+    # row 4: 0.5249 (class 0), right
+    conf = [np.sqrt(0.9) / (np.sqrt(0.9) + np.sqrt(0.1)), np.sqrt(0.58) / (np.sqrt(0.58) + np.sqrt(0.42)),
+            np.sqrt(0.7) / (np.sqrt(0.7) + np.sqrt(0.3)), np.sqrt(0.55) / (np.sqrt(0.55) + np.sqrt(0.45))]
+    edges = np.linspace(0, 1, 16)
+    which = [int(np.searchsorted(edges, c) - 1) for c in conf]  # (lo, hi] bins
+    right = [1, 0, 1, 1]
+    expected = 0.0
+    for b in set(which):
+        members = [i for i in range(4) if which[i] == b]
+        expected += len(members) / 4 * abs(np.mean([right[i] for i in members]) - np.mean([conf[i] for i in members]))
+    assert table.loc["KD", "ece_ts_mean"] == pytest.approx(expected)
+
+
+def test_the_flag_gives_the_ece_after_temperature_scaling_where_fitted() -> None:
+    import pandas as pd
+
+    from kdbench.report.calibration import calibration_flags
+
+    table = pd.DataFrame({"arm": ["CE student", "DIST student"], "ece_mean": [0.045, 0.67], "ece_sd": [0.01, 0.02],
+                          "nll_mean": [0.3, 2.2], "nll_sd": [None] * 2, "n": [5, 5], "ece_ts_mean": [0.02, 0.031]})
+    assert "DIST student (ECE 67.0 %, n=5; 3.1 % after temperature scaling)" in calibration_flags(table)

@@ -387,3 +387,45 @@ def test_kdbench_tables_without_their_meta_table_are_named(storage: str, tiny_st
     _sql(storage, "CREATE TABLE kdbench_meta (key VARCHAR(64) PRIMARY KEY, value TEXT)",
          f"INSERT INTO kdbench_meta VALUES ('schema_version', '{SCHEMA_VERSION}')")  # the repair the message gives
     assert list(Store.open(storage, create=False).studies()["name"]) == ["tiny"]
+
+
+def test_a_sigterm_between_the_runs_write_and_its_trials_close_waits_for_the_close(
+        storage: str, tiny_study_dict: dict) -> None:
+    """SIGTERM landing right after the run's transaction commits (sent from SQLAlchemy's after_commit hook):
+    the run is recorded and its Optuna trial closed before Terminated is raised, never a finished run with a
+    RUNNING trial (seen once under load in CI before the two writes were held together)."""
+    import os
+    import signal
+
+    from kdbench import errors
+    from kdbench.cli import _on_sigterm
+    from kdbench.sweep import plan_search
+
+    store = Store.open(storage)
+    study = parse_study(tiny_study_dict)
+    row = store.register_study(study)
+    ostudy = optuna.create_study(study_name="tiny", storage=store.optuna_storage(), direction="maximize")
+    claim = store.claim(row.id, plan_search(study)[0], 0, study.hash, stale_after_s=60)
+    assert claim is not None
+    trial = ostudy.ask()
+    store.update_run(claim.run_id, optuna_study="tiny", trial_number=trial.number, trial_id=trial._trial_id)
+
+    sent: list[bool] = []
+
+    def kill_once(_session: object) -> None:
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    sa.event.listen(sa.orm.Session, "after_commit", kill_once)
+    try:
+        with pytest.raises(errors.Terminated):
+            store.finish_run(claim.run_id, [], state="interrupted", error="Terminated: SIGTERM")
+    finally:
+        sa.event.remove(sa.orm.Session, "after_commit", kill_once)
+        signal.signal(signal.SIGTERM, before)
+        errors._TERMINATION.clear()
+    assert sent
+    assert load_runs(storage, "tiny").set_index("run_id").loc[claim.run_id, "state"] == "interrupted"
+    assert store.optuna_storage().get_trial(trial._trial_id).state == optuna.trial.TrialState.FAIL

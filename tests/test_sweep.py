@@ -50,6 +50,9 @@ def test_end_to_end_sweep_and_resume(needs_fmnist: None, tiny_study_dict: dict, 
     teacher = store.study_teacher("tiny")
     assert teacher is not None and teacher.test_logits is not None and len(teacher.test_logits) == 10_000 * 10 * 2
     assert not any(store.test_logits([int(i) for i in search["run_id"]]).values())  # the search never tests
+    # each finalist's calibration temperature, fitted on validation when it trained (the report scales by it)
+    temperatures = store.calib_temperatures([int(i) for i in runs["run_id"]])
+    assert set(temperatures) == {int(i) for i in fin["run_id"]} and all(0.05 < t < 20 for t in temperatures.values())
     row = runs.iloc[0]
     assert row["commit"] and row["device"].startswith("cpu")
     # the run records the torch it ran with: the installed distribution's version, the one torch reports
@@ -143,6 +146,12 @@ def test_methods_sweep_end_to_end(needs_fmnist: None, tiny_study_dict: dict, tmp
     calibration = (out / "calibration.csv").read_text()
     for arm in ("teacher", "KD student", "DKD student", "DIST student", "CE student"):
         assert f"\n{arm}," in calibration, arm
+    import pandas as pd
+
+    calib = pd.read_csv(out / "calibration.csv").set_index("arm")  # ECE after temperature scaling, each student
+    students = calib.drop(index="teacher")
+    assert students["n_ts"].eq(students["n"]).all() and students["t_mean"].between(0.05, 20).all()
+    assert students["ece_ts_mean"].between(0, 1).all()
     assert (out / "method-cells.png").exists() and (out / "trials.png").exists()
     import shutil
 

@@ -23,4 +23,10 @@ def is_geometric(values: list[float]) -> bool:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    """A section of the study file: unknown keys are errors, values frozen once read.
+
+    Each field's docstring (the string under it) is its description in the JSON Schema (``kdbench schema``) and in
+    the generated study reference: what the key means and its unit.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True)

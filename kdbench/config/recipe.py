@@ -15,30 +15,49 @@ __all__ = ["Recipe", "StudentConfig", "TeacherConfig"]
 class Recipe(Strict):
     """How one model is trained. lr is per optimiser step (not scaled by batch size)."""
 
-    # a zoo name (kdbench.models.list_models()), torchvision:NAME, timm:NAME, package.module:factory or
-    # path/to/file.py:ClassOrFactory (relative to the study file); see kdbench/models/sources.py
     model: str
-    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = 3  # passes over the training split
-    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None  # optimiser steps; overrides epochs when set
-    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 128  # samples per step
+    """A zoo name (``kdbench.models.list_models()``), ``torchvision:NAME``, ``timm:NAME``, ``package.module:factory``
+    or ``path/to/file.py:ClassOrFactory`` (relative to the study file); see ``kdbench/models/sources.py``."""
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = 3
+    """Epochs: passes over the training split."""
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+    """Optimiser steps; overrides ``epochs`` when set."""
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 128
+    """Samples per optimiser step."""
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: Annotated[float, Field(gt=0.0)] = 1.0e-3  # learning rate per step
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0  # L2 (sgd, adam) or decoupled (adamw)
-    schedule: Literal["constant", "cosine", "step"] = "constant"  # lr schedule over the budget
-    warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0  # linear warm-up from 0, in epochs
-    step_milestones: tuple[float, ...] = (0.5, 0.75)  # 'step' schedule: fractions of the budget
-    step_gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # 'step' schedule: lr factor at each milestone
-    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # on the hard-label CE term
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    channels_last: bool | Literal["auto"] = "auto"  # auto: on for CNNs on CUDA
-    compile: bool = False  # torch.compile the model
-    pretrained: str | None = None  # a local state-dict file to start from
-    # torchvision:/timm: models: pretrained weights from the library's own cache, never downloaded: a torchvision
-    # weights enum member (IMAGENET1K_V2, DEFAULT) or, for timm, "pretrained"
+    """The optimiser."""
+    lr: Annotated[float, Field(gt=0.0)] = 1.0e-3
+    """Learning rate per optimiser step (not scaled by batch size); a student's comes from ``search.lr``."""
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """SGD momentum (a fraction); sgd only."""
+    nesterov: bool = False
+    """Nesterov momentum; sgd only."""
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    """Weight decay per step: L2 (sgd, adam) or decoupled (adamw)."""
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    """The lr schedule over the budget."""
+    warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0
+    """Epochs of linear lr warm-up from 0 (fractions allowed)."""
+    step_milestones: tuple[float, ...] = Field(default=(0.5, 0.75), json_schema_extra={
+        "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}})
+    """``step`` schedule: where the lr drops, as increasing fractions of the budget, each in (0, 1)."""
+    step_gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    """``step`` schedule: the lr's factor at each milestone."""
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Label smoothing (a fraction) on the hard-label CE term."""
+    amp: bool = True
+    """bf16 autocast on CUDA; ignored on the CPU."""
+    channels_last: bool | Literal["auto"] = "auto"
+    """channels_last memory format; auto: on for convolutional models on CUDA."""
+    compile: bool = False
+    """``torch.compile`` the model (once per process)."""
+    pretrained: str | None = None
+    """A local state-dict file to start from (zoo models)."""
     weights: str | None = None
-    model_args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of a torchvision/timm/user model
+    """torchvision:/timm: models: pretrained weights from the library's own cache, never downloaded: a torchvision
+    weights enum member (``IMAGENET1K_V2``, ``DEFAULT``) or, for timm, ``pretrained``."""
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of a torchvision, timm or your own model (not of a zoo model)."""
 
     @model_validator(mode="after")
     def _external_keys(self) -> Recipe:
@@ -59,11 +78,17 @@ class TeacherConfig(Recipe):
     """The teacher: trained once from this recipe (or loaded from ``checkpoint``), then cached."""
 
     model: str = "cnn-m"
-    checkpoint: str | None = None  # a state-dict file: load instead of training
+    """The teacher's model: a zoo name, ``torchvision:NAME``, ``timm:NAME`` or an import path (as a recipe's)."""
+    checkpoint: str | None = None
+    """A state-dict file to load instead of training (read with ``weights_only=True``)."""
     cache: Literal["fixed", "live"] | dict[Literal["views"], Annotated[int, Field(ge=1)]] = "fixed"
-    logit_dtype: Literal["float16", "float32"] = "float16"  # precision of cached (and live) logits
-    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # val accuracy floor; default
-    # None means chance + half the way to 1 (0.55 for 10 classes): clearly above chance
+    """Teacher logits: ``fixed`` (of the clean images, cached), ``{views: K}`` (K seeded augmented views, cached) or
+    ``live`` (a teacher forward every step)."""
+    logit_dtype: Literal["float16", "float32"] = "float16"
+    """Precision of the cached (and live) logits."""
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    """Validation-accuracy floor (a fraction) below which the teacher is refused; default chance plus half the way
+    to 1 (0.55 for 10 classes)."""
 
     @property
     def cache_views(self) -> int:
@@ -75,3 +100,4 @@ class StudentConfig(Recipe):
     """The student recipe shared by every trial; lr is searched (``search.lr``)."""
 
     model: str = "mlp-800"
+    """The student's model: a zoo name, ``torchvision:NAME``, ``timm:NAME`` or an import path (as a recipe's)."""

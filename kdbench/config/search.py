@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -16,11 +18,14 @@ __all__ = ["BaselineConfig", "FinalistsConfig", "Range", "SearchConfig"]
 
 
 class Range(Strict):
-    """A range handed to the sampler."""
+    """A range handed to the sampler: ``{low, high, log}``."""
 
     low: float
+    """The lowest value (in the parameter's own unit)."""
     high: float
+    """The highest value, >= low."""
     log: bool = False
+    """Sample on a log scale (needs low > 0)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
@@ -41,11 +46,77 @@ def _values(v: Space) -> list[float]:
     return [v.low, v.high] if isinstance(v, Range) else v if isinstance(v, list) else [v]
 
 
-_VALUE_CHECKS = {  # what each searched value must be, and the message when it is not
-    "temperature": (lambda x: math.isfinite(x) and x > 0, "temperatures must be > 0"),
-    "alpha": (lambda x: 0.0 <= x <= 1.0, "alpha values must be in [0, 1] (the weight of the hard labels)"),
-    "lr": (lambda x: math.isfinite(x) and x > 0, "learning rates must be > 0"),
+# What each searched value must be, as JSON Schema keywords: validation (_within) and the schema (_bounded) both read
+# this one table. A method's own parameters and loss weights are WEIGHT_BOUNDS.
+BOUNDS: Mapping[str, Mapping[str, float]] = {
+    "temperature": {"exclusiveMinimum": 0},
+    "alpha": {"minimum": 0, "maximum": 1},
+    "lr": {"exclusiveMinimum": 0},
 }
+WEIGHT_BOUNDS: Mapping[str, float] = {"minimum": 0}
+_MESSAGES = {"temperature": "temperatures must be > 0",
+             "alpha": "alpha values must be in [0, 1] (the weight of the hard labels)",
+             "lr": "learning rates must be > 0"}
+
+
+def _within(x: float, bounds: Mapping[str, float]) -> bool:
+    return (math.isfinite(x) and x >= bounds.get("minimum", -math.inf) and x <= bounds.get("maximum", math.inf)
+            and x > bounds.get("exclusiveMinimum", -math.inf))
+
+
+def _bounded(bounds: Mapping[str, float]) -> Callable[[dict[str, Any]], None]:
+    """A ``json_schema_extra`` putting ``bounds`` on every number a space holds: a grid's items, a range's ends."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        for alt in schema.get("anyOf", [schema]):
+            if alt.get("type") == "array":
+                alt["items"].update(bounds)
+            elif alt.get("type") == "number":
+                alt.update(bounds)
+            elif "$ref" in alt:  # a Range: its ends bounded here, where the parameter is known
+                ref = alt.pop("$ref")
+                alt["allOf"] = [{"$ref": ref}, {"properties": {"low": dict(bounds), "high": dict(bounds)}}]
+
+    return extra
+
+
+def _method_names(schema: dict[str, Any]) -> None:
+    names = list(METHODS)
+    for alt in schema["anyOf"]:
+        target = alt["items"] if alt.get("type") == "array" else alt
+        target["enum"] = names
+        if alt.get("type") == "array":
+            alt["uniqueItems"] = True
+
+
+def _method_spaces(schema: dict[str, Any]) -> None:
+    """``spaces``: for each method but kd, the parameters it takes, each with its bounds (see ``_methods``)."""
+    space = schema["additionalProperties"]["additionalProperties"]
+    schema["additionalProperties"] = False
+    schema["properties"] = {}
+    for m in METHODS:
+        if m == "kd":
+            continue
+        props: dict[str, Any] = {}
+        published = METHODS[m].defaults
+        for key in ("temperature", "alpha", *WEIGHTS, *METHODS[m].params):
+            props[key] = copy.deepcopy(space)
+            _bounded(BOUNDS.get(key, WEIGHT_BOUNDS))(props[key])
+            props[key]["description"] = (f"published default {published[key]:g}" if key in published else
+                                         "the weight of the hard labels (ce_weight = alpha, kd_weight = 1 - alpha)")
+        props["kd_warmup_epochs"] = {"type": "number", "minimum": 0,
+                                     "description": "epochs of linear ramp of the method's term (not searched)"}
+        schema["properties"][m] = {"type": "object", "additionalProperties": False, "properties": props,
+                                   "description": f"{METHODS[m].title}'s space: lists are grids, unlisted keys take "
+                                                  "their published values"}
+
+
+def _budget_axis(schema: dict[str, Any]) -> None:
+    """``search.budget`` also reads ``{epochs: [...]}`` and ``{steps: [...]}`` (see ``_budget_list``)."""
+    schema["anyOf"].insert(1, {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                               "properties": {u: {"type": "array", "minItems": 1,
+                                                  "items": {"type": "integer", "minimum": 1}}
+                                              for u in ("epochs", "steps")}})
 
 
 class SearchConfig(Strict):
@@ -56,32 +127,46 @@ class SearchConfig(Strict):
     luck or seed luck. A range search (T or alpha a range) lets the sampler draw ``trials`` configurations.
     """
 
-    temperature: Grid | Range = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
-    alpha: Grid | Range = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
-    lr: Grid | Range = Field(default_factory=lambda: Range(low=3.0e-4, high=3.0e-3, log=True))
-    lr_points: Annotated[int, Field(ge=1, le=20)] = 3  # lr candidates spread over an lr range (grid searches)
-    # grid searches: steps per side by which an arm's lr list is extended (by the list's own ratio at that end)
-    # while its best lr is an end of the list (kdbench/sweep/extend.py); 0: never extended
+    temperature: Grid | Range = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0],
+                                      json_schema_extra=_bounded(BOUNDS["temperature"]))
+    """Hinton's KD temperature T, > 0: a list is a grid, ``{low, high, log}`` a range for the sampler."""
+    alpha: Grid | Range = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9],
+                                json_schema_extra=_bounded(BOUNDS["alpha"]))
+    """The weight of the hard labels, in [0, 1] (alpha = 1 is plain CE): a list is a grid, a mapping a range."""
+    lr: Grid | Range = Field(default_factory=lambda: Range(low=3.0e-4, high=3.0e-3, log=True),
+                             json_schema_extra=_bounded(BOUNDS["lr"]))
+    """Student learning rate per optimiser step, > 0: a list is crossed with every cell; a range gives ``lr_points``
+    values (grid searches) or is sampled (range searches)."""
+    lr_points: Annotated[int, Field(ge=1, le=20)] = 3
+    """lr candidates spread over an lr range (grid searches), on a log scale when the range is ``log``."""
     lr_extend: Annotated[int, Field(ge=0, le=10)] = 2
-    replicates: Annotated[int, Field(ge=1, le=100)] | None = None  # search seeds per cell; default 3 (grid), 1 (range)
-    trials: Annotated[int, Field(ge=1)] | None = None  # range searches: KD trials (default 20); CE gets as many
-    sampler: Literal["tpe", "random", "grid"] = "tpe"  # range searches; a grid visits every cell
-    pruner: Literal["median", "hyperband", "none"] | None = None  # default none (grid), median (range)
-    # search trials (students) trained at once by one fused step: auto (on CUDA as many as fit, up to
-    # FUSE_AUTO_MAX; sequential on the CPU, where fusing is slower), or K (1 = off; not on the CPU)
+    """Grid searches: lr values per side by which an arm's best cell is extended (by the list's own ratio at that
+    end) while its best lr is an end of the list (``kdbench/sweep/extend.py``); 0: never extended."""
+    replicates: Annotated[int, Field(ge=1, le=100)] | None = None
+    """Search seeds per cell, shared by every cell and CE; default 3 (grid), 1 (range)."""
+    trials: Annotated[int, Field(ge=1)] | None = None
+    """Range searches: sampler trials per method (default 20); CE gets as many."""
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    """Range searches: Optuna's sampler; a grid visits every cell."""
+    pruner: Literal["median", "hyperband", "none"] | None = None
+    """Optuna's pruner; default none (grid), median (range)."""
     fuse: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
-    # the distillation methods compared, each tuned on the same budget (cells x lr x replicates) and seeds:
-    # kd (Hinton, over temperature x alpha above), dkd, dist, lskd (over their spaces below)
-    method: str | Annotated[list[str], Field(min_length=1)] = "kd"
-    # per method (not kd): its hyperparameters as grids, ranges or single values; published defaults fill the rest
-    spaces: dict[str, dict[str, Space]] = Field(default_factory=dict)
-    # epochs of linear ramp of Hinton's KD term (another method's: kd_warmup_epochs in its space; DKD publishes 20)
+    """Search trials (students) trained at once by one fused step: auto (on CUDA as many as fit, up to 64;
+    sequential on the CPU, where fusing is slower), or K (1 = off; not applied on the CPU)."""
+    method: str | Annotated[list[str], Field(min_length=1)] = Field(default="kd", json_schema_extra=_method_names)
+    """The distillation methods compared, each tuned on the same budget (cells x lr x replicates) and seeds: kd
+    (Hinton, over temperature x alpha), dkd, dist, lskd (over their ``spaces``)."""
+    spaces: dict[str, dict[str, Space]] = Field(default_factory=dict, json_schema_extra=_method_spaces)
+    """Per method but kd: its hyperparameters (temperature, alpha or ce_weight + kd_weight, its own) as grids,
+    ranges or single values, and kd_warmup_epochs; published defaults fill the rest."""
     kd_warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0
-    # a budget axis: the whole grid at each of these budgets on the same seeds ([1, 3, 9]: epochs, or
-    # {steps: [...]}); finalists are chosen at the largest. Default: one budget, the student recipe's
-    budget: list[Budget] | None = None
-    # visits (training runs) the search may plan before it is refused as a typo; raise it for a real huge grid
+    """Epochs of linear ramp of Hinton's KD term (another method's: ``kd_warmup_epochs`` in its space)."""
+    budget: list[Budget] | None = Field(default=None, json_schema_extra=_budget_axis)
+    """A budget axis: the whole grid at each of these budgets on the same seeds (``[1, 3, 9]``: epochs, or
+    ``{steps: [...]}``); finalists are chosen at the largest. Default: one budget, the student recipe's."""
     max_visits: Annotated[int, Field(ge=1)] = MAX_VISITS
+    """Visits (training runs) the search may plan; more is refused before anything is trained (a typo such as 3000
+    temperatures); raise it for a real huge grid."""
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -108,9 +193,9 @@ class SearchConfig(Strict):
     @field_validator("temperature", "alpha", "lr")
     @classmethod
     def _values_in_range(cls, v: list[float] | Range, info: ValidationInfo) -> list[float] | Range:
-        ok, message = _VALUE_CHECKS[info.field_name or ""]
-        if any(not ok(x) for x in _values(v)):
-            raise ValueError(message)
+        name = info.field_name or ""
+        if any(not _within(x, BOUNDS[name]) for x in _values(v)):
+            raise ValueError(_MESSAGES[name])
         return v
 
     @model_validator(mode="after")
@@ -138,12 +223,10 @@ class SearchConfig(Strict):
                     hint = f"it is a parameter of {owner[0]}" if owner else "unknown parameter"
                     raise ValueError(f"search.spaces.{m}.{key}: {hint}; {m} takes {', '.join(allowed)}")
                 vals = _values(v)
-                if key == "temperature" and any(not math.isfinite(x) or x <= 0 for x in vals):
-                    raise ValueError(f"search.spaces.{m}.temperature: temperatures must be > 0")
-                if key == "alpha" and any(not (0.0 <= x <= 1.0) for x in vals):
-                    raise ValueError(f"search.spaces.{m}.alpha: alpha values must be in [0, 1]")
-                if key != "temperature" and key != "alpha" and any(not math.isfinite(x) or x < 0 for x in vals):
-                    raise ValueError(f"search.spaces.{m}.{key}: a weight must be a finite number >= 0")
+                if any(not _within(x, BOUNDS.get(key, WEIGHT_BOUNDS)) for x in vals):
+                    what = {"temperature": "temperatures must be > 0", "alpha": "alpha values must be in [0, 1]"}.get(
+                        key, "a weight must be a finite number >= 0")
+                    raise ValueError(f"search.spaces.{m}.{key}: {what}")
             if "alpha" in space and any(w in space for w in WEIGHTS):
                 raise ValueError(f"search.spaces.{m}: give alpha (ce_weight = alpha, kd_weight = 1 - alpha) or "
                                  "ce_weight and kd_weight, not both")
@@ -257,15 +340,19 @@ class BaselineConfig(Strict):
     """The CE-only student: one more cell of the search, with exactly a KD cell's budget."""
 
     ce: bool = True
+    """Train the CE baseline (alpha = 1) as one more cell, on the same lr candidates and seeds."""
 
 
 class FinalistsConfig(Strict):
     """Best configurations re-trained on paired seeds and evaluated on the test set."""
 
-    top_k: Annotated[int, Field(ge=0)] = 1  # best KD configurations (plus the best CE one)
-    seeds: Annotated[int, Field(ge=1, lt=SEARCH_SEED_OFFSET)] = 5  # seeds per finalist: seed+1, seed+2, ...
-    # what the finalists train for: epochs (20) or {steps: N}; default the search's budget (its largest)
+    top_k: Annotated[int, Field(ge=0)] = 1
+    """Best configurations of each method re-trained (plus the best CE one)."""
+    seeds: Annotated[int, Field(ge=1, lt=SEARCH_SEED_OFFSET)] = 5
+    """Fresh seeds per finalist, shared by every finalist: seed+1, seed+2, ..."""
     budget: Budget | None = None
-    # a transfer check: this many more configurations per method, spread over the search's ranking, re-trained
-    # like the finalists (budget, seeds; validation only) to measure whether the search's ranking holds there
+    """What the finalists (and probes) train for: epochs (``15``) or ``{steps: N}``; default the search's (its
+    largest)."""
     probe: Annotated[int, Field(ge=0, le=1000)] = 0
+    """A transfer check: this many more configurations per method, spread over the search's ranking, re-trained like
+    the finalists (budget, seeds) and scored on validation only."""

@@ -41,17 +41,29 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 class Study(Strict):
     """A whole study file."""
 
-    name: str
+    name: str = Field(json_schema_extra={
+        "pattern": SAFE_NAME.pattern,
+        "not": {"pattern": "(" + "|".join(re.escape(x) for x in OPTUNA_SUFFIXES) + ")$"}})
+    """The study's name in the database and in ``reports/<name>/``: letters, digits, ``.``, ``_``, ``-`` (a file-safe
+    name, up to 100), not ending in another study's Optuna suffix (``.ce``, ``.dkd``, ...)."""
     seed: int = 0
+    """Base seed: data split, teacher and search (search seeds seed + 1000 + i); finalists use seed+1, seed+2, ..."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """Which data, and how it is split."""
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    """The teacher's recipe: trained once (or loaded from ``checkpoint``), then cached."""
     student: StudentConfig = Field(default_factory=StudentConfig)
+    """The student's recipe, shared by every trial; its lr comes from ``search.lr``."""
     search: SearchConfig = Field(default_factory=SearchConfig)
+    """What is searched: T x alpha (+ lr), the methods, replicates, budgets."""
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    """The CE baseline."""
     finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
-    # experiment trackers every run is copied to as well (kdbench/trackers.py, docs/trackers.md); excluded from
-    # the resolved config, so from the hash and the store: it says where results are copied, never what they are
+    """The best configurations re-trained on fresh paired seeds and tested."""
     log: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list, exclude=True)
+    """Experiment trackers every run (and ``kdbench report --log``'s files) is copied to as well: ``mlflow``,
+    ``tensorboard`` (see docs/trackers.md). Neither hashed nor stored: it says where results are copied, not what
+    they are."""
     _folder: Path | None = PrivateAttr(default=None)  # the study file's folder: where relative model paths start
     # teacher/student given as Python objects to kdbench.sweep (kdbench.models.objects.ModelObject), this process only
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -85,12 +97,10 @@ class Study(Strict):
                 raise ValueError(f"ends in {suffix!r}, the suffix of another study's Optuna studies; pick another name")
         return v
 
-    @field_validator("log", mode="before")
+    @field_validator("log")
     @classmethod
-    def _log_list(cls, v: Any) -> Any:
-        if isinstance(v, str):  # log: mlflow
-            v = [v]
-        return list(dict.fromkeys(v)) if isinstance(v, list) else v
+    def _log_once(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))  # each tracker once, in the order given
 
     @model_validator(mode="after")
     def _plan_size(self) -> Study:

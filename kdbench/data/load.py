@@ -143,7 +143,9 @@ def load_data(
         device: where the three splits are put.
         download: let torchvision download the dataset if it is not found.
         image_size: resize once at load time (see :func:`load_raw`).
-        path, image_column, label_column: ``npz`` and ``hf`` (see :func:`load_raw`).
+        path: ``npz`` and ``hf``: the file or folder (see :func:`load_raw`).
+        image_column: ``hf``: the column of the images.
+        label_column: ``hf``: the column of the integer labels.
 
     Returns:
         The splits, the dataset info, the official-set indices of ``train`` and the root found.

@@ -193,11 +193,14 @@ def build_model(
         num_classes: size of the logit vector the model returns.
         image_size: height (= width) of the input images in pixels.
         pretrained: optional path of a local state-dict file to load into the new model.
-        weights, model_args, folder: for a model from outside the zoo (a name with ``:``, see
-            :mod:`kdbench.models.sources`): its library weights, its keyword arguments, the study file's folder.
-        input_shape, input_dtype: for data that are not images (features, token ids), the shape and dtype of
-            one input (``DatasetInfo.input_shape``); only your own models (an import path) take them, called
-            with ``input_shape=`` when their signature has it and checked on a ``[2, *input_shape]`` batch.
+        weights: for a model from outside the zoo (a name with ``:``, see :mod:`kdbench.models.sources`): its
+            library weights.
+        model_args: for a model from outside the zoo: its keyword arguments.
+        folder: for a model from outside the zoo: the study file's folder (where a relative path starts).
+        input_shape: for data that are not images (features, token ids), the shape of one input
+            (``DatasetInfo.input_shape``); only your own models (an import path) take it, called with
+            ``input_shape=`` when their signature has it and checked on a ``[2, *input_shape]`` batch.
+        input_dtype: for data that are not images, the dtype of one input.
 
     Returns:
         The model, in training mode, on the CPU.

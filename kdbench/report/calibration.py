@@ -7,6 +7,10 @@ bins of the top-class confidence: ``sum_b |B_b| / n * |accuracy(B_b) - confidenc
 tests/test_report_calibration.py checks it against a hand computation. NLL is the mean of
 ``-log softmax(z)[y]`` (``scipy.special.log_softmax``). Logits are stored in float16: the softmax is taken in
 float64 after decoding.
+
+ECE after temperature scaling (Guo et al. 2017, §4.2): each finalist's test logits divided by the temperature fitted
+on validation when it trained (:func:`kdbench.evaluate.fit_temperature`), so that a method whose probabilities are
+only over- or under-confident is told apart from one whose ranking of the classes is off.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from scipy.special import log_softmax
 
 from kdbench.defaults import CALIBRATION_BINS
 
-__all__ = ["calibration", "calibration_flags", "calibration_frames", "decode_logits", "ece", "nll",
-           "reliability_bins"]
+__all__ = ["CALIBRATION_COLUMNS", "calibration", "calibration_flags", "calibration_frames", "decode_logits", "ece",
+           "nll", "reliability_bins"]
 
 
 def decode_logits(blob: bytes | None, n_test: int) -> npt.NDArray[np.float64] | None:
@@ -58,30 +62,48 @@ def nll(logits: npt.NDArray[np.float64], labels: npt.NDArray[np.int64]) -> float
     return float(-log_softmax(logits, axis=1)[np.arange(len(labels)), labels].mean())
 
 
-def calibration(arms: dict[str, list[npt.NDArray[np.float64]]], labels: npt.NDArray[np.int64]) -> pd.DataFrame:
-    """ECE and NLL of each arm, mean ± sd over its runs (seeds), with n.
+def calibration(arms: dict[str, list[npt.NDArray[np.float64]]], labels: npt.NDArray[np.int64],
+                temperatures: dict[str, list[float | None]] | None = None) -> pd.DataFrame:
+    """ECE and NLL of each arm, mean ± sd over its runs (seeds), with n; and ECE after temperature scaling.
 
     Args:
         arms: each arm's test logits, one array per run (the teacher: one).
         labels: the test labels.
+        temperatures: each arm's fitted temperature per run, in the order of ``arms`` (None where not stored).
 
     Returns:
-        One row per arm: ``arm, ece_mean, ece_sd, nll_mean, nll_sd, n`` (sd NaN for one run).
+        One row per arm: ``arm, ece_mean, ece_sd, nll_mean, nll_sd, n, ece_ts_mean, ece_ts_sd, t_mean, n_ts``
+        (sd NaN for one run; the ``_ts`` columns over the runs with a temperature, NaN and 0 when none has one).
     """
     rows = []
     for arm, runs in arms.items():
         e = np.array([ece(z, labels) for z in runs])
         n_ = np.array([nll(z, labels) for z in runs])
-        rows.append({"arm": arm, "ece_mean": float(e.mean()) if len(e) else np.nan,
-                     "ece_sd": float(e.std(ddof=1)) if len(e) > 1 else np.nan,
-                     "nll_mean": float(n_.mean()) if len(n_) else np.nan,
-                     "nll_sd": float(n_.std(ddof=1)) if len(n_) > 1 else np.nan, "n": len(runs)})
-    return pd.DataFrame(rows, columns=["arm", "ece_mean", "ece_sd", "nll_mean", "nll_sd", "n"])
+        temps = (temperatures or {}).get(arm) or [None] * len(runs)
+        scaled = [(z, t) for z, t in zip(runs, temps, strict=True) if t is not None]
+        ets = np.array([ece(z / t, labels) for z, t in scaled])
+        rows.append({"arm": arm, "ece_mean": _mean(e), "ece_sd": _sd(e), "nll_mean": _mean(n_), "nll_sd": _sd(n_),
+                     "n": len(runs), "ece_ts_mean": _mean(ets), "ece_ts_sd": _sd(ets),
+                     "t_mean": _mean(np.array([t for _, t in scaled])), "n_ts": len(scaled)})
+    return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
+
+
+CALIBRATION_COLUMNS = ["arm", "ece_mean", "ece_sd", "nll_mean", "nll_sd", "n", "ece_ts_mean", "ece_ts_sd", "t_mean",
+                       "n_ts"]
+
+
+def _mean(x: npt.NDArray[np.float64]) -> float:
+    return float(x.mean()) if len(x) else np.nan
+
+
+def _sd(x: npt.NDArray[np.float64]) -> float:
+    return float(x.std(ddof=1)) if len(x) > 1 else np.nan
 
 
 def calibration_frames(logits: dict[str, dict[int, bytes]], teacher_logits: bytes | None,
-                       labels: npt.NDArray[np.int64] | None, names: dict[str, str]) -> tuple[pd.DataFrame,
-                                                                                      pd.DataFrame, str]:
+                       labels: npt.NDArray[np.int64] | None, names: dict[str, str],
+                       temperatures: dict[str, dict[int, float]] | None = None) -> tuple[pd.DataFrame,
+                                                                                          pd.DataFrame, str]:
     """The calibration table, the reliability bins (each arm's seeds pooled) and a note on what is missing.
 
     Args:
@@ -89,6 +111,7 @@ def calibration_frames(logits: dict[str, dict[int, bytes]], teacher_logits: byte
         teacher_logits: the teacher's (None when recorded before they were kept).
         labels: the test labels (None when the test split could not be read).
         names: display name of each loss.
+        temperatures: each loss's fitted calibration temperature by seed (finalists recorded since it is kept).
     """
     empty = calibration({}, np.zeros(0, dtype=np.int64)), pd.DataFrame(
         columns=["arm", "lo", "hi", "count", "confidence", "accuracy"])
@@ -103,10 +126,14 @@ def calibration_frames(logits: dict[str, dict[int, bytes]], teacher_logits: byte
     teacher = decode_logits(teacher_logits, n)
     if teacher is not None:
         arms["teacher"] = [teacher]
+    temps: dict[str, list[float | None]] = {}
     for loss in sorted(logits, key=lambda k: (k != "ce", k != "kd", k)):
-        decoded = [z for z in (decode_logits(b, n) for _, b in sorted(logits[loss].items())) if z is not None]
+        fitted = (temperatures or {}).get(loss, {})
+        pairs = ((sd, decode_logits(b, n)) for sd, b in sorted(logits[loss].items()))
+        decoded = [(z, fitted.get(sd)) for sd, z in pairs if z is not None]
         if decoded:
-            arms[names.get(loss, loss)] = decoded
+            arms[names.get(loss, loss)] = [z for z, _ in decoded]
+            temps[names.get(loss, loss)] = [t for _, t in decoded]
     if not arms:
         return *empty, ("not computed: no stored test logits (finalists and teachers recorded by kdbench before "
                         "schema 2 kept predictions only; re-run the finalists to get them)")
@@ -115,7 +142,7 @@ def calibration_frames(logits: dict[str, dict[int, bytes]], teacher_logits: byte
         b = reliability_bins(np.concatenate(runs), np.tile(labels, len(runs)))
         bins.append(b.assign(arm=arm))
     note = "" if "teacher" in arms else "the teacher's test logits were not stored (recorded before schema 2)"
-    return calibration(arms, labels), pd.concat(bins, ignore_index=True)[empty[1].columns], note
+    return calibration(arms, labels, temps), pd.concat(bins, ignore_index=True)[empty[1].columns], note
 
 
 def calibration_flags(table: pd.DataFrame, baseline: str = "CE student", factor: float = 2.0) -> str:
@@ -134,6 +161,11 @@ def calibration_flags(table: pd.DataFrame, baseline: str = "CE student", factor:
     bad = rows[(rows.index != baseline) & (rows.index != "teacher") & (rows["ece_mean"] > factor * base)]
     if bad.empty:
         return ""
-    names = ", ".join(f"{arm} (ECE {100 * r['ece_mean']:.1f} %, n={int(r['n'])})" for arm, r in bad.iterrows())
+    def scaled(r: pd.Series) -> str:  # ECE after temperature scaling, where fitted: a fixable over-confidence or not
+        ts = r.get("ece_ts_mean")
+        return "" if ts is None or not np.isfinite(ts) else f"; {100 * ts:.1f} % after temperature scaling"
+
+    names = ", ".join(f"{arm} (ECE {100 * r['ece_mean']:.1f} %, n={int(r['n'])}{scaled(r)})"
+                      for arm, r in bad.iterrows())
     return (f"Calibration: {names} more than {factor:g}× the {baseline}'s ECE ({100 * base:.1f} %): "
             "its accuracy comes with badly calibrated probabilities.")

@@ -165,7 +165,7 @@ def compute_frames(src: StudySources) -> StudyFrames:
     test_labels = src.predictions.test.labels if src.predictions.test is not None else None
     calib, reliability, calib_note = calibration_frames(
         src.logits, src.teacher.test_logits if src.teacher else None, test_labels,
-        {loss: arm_name(loss) for loss in src.logits})
+        {loss: arm_name(loss) for loss in src.logits}, src.temperatures)
     return StudyFrames(
         name=src.name, config=src.config, config_hash=src.config_hash, is_grid=is_grid,
         geometric_t=temps is not None and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,

@@ -136,6 +136,7 @@ class StudySources:
     importances: dict[str, float] | None
     importances_skipped: str
     logits: dict[str, dict[int, bytes]] = field(default_factory=dict)  # best finalist of each loss: seed -> float16
+    temperatures: dict[str, dict[int, float]] = field(default_factory=dict)  # the same runs: T fitted on val
     storage_url: str = ""  # the database, password masked (for the optuna-dashboard command)
 
 
@@ -173,7 +174,8 @@ def read_study(storage: StoreLike, name: str, *, load_images: bool = True, test:
         runs=runs,
         epochs=store.epochs(name), teacher=teacher, finalists=store.finalist_summary(name),
         predictions=_predictions(store, study, runs, load_images, test), kd_complete=kd_complete,
-        importances=importances, importances_skipped=skipped, logits=_logits(store, runs), storage_url=store.url)
+        importances=importances, importances_skipped=skipped, logits=_logits(store, runs),
+        temperatures=_temperatures(store, runs), storage_url=store.url)
 
 
 def _logits(store: Store, runs: pd.DataFrame) -> dict[str, dict[int, bytes]]:
@@ -185,6 +187,17 @@ def _logits(store: Store, runs: pd.DataFrame) -> dict[str, dict[int, bytes]]:
         blob = blobs.get(int(r["run_id"]))
         if blob:
             out.setdefault(str(r["loss"]), {})[int(r["seed"])] = blob
+    return out
+
+
+def _temperatures(store: Store, runs: pd.DataFrame) -> dict[str, dict[int, float]]:
+    """The calibration temperature (fitted on validation) of each loss's best finalist, by seed, where stored."""
+    best = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete") & (runs["rank"] == 0)]
+    fitted = store.calib_temperatures([int(i) for i in best["run_id"]])
+    out: dict[str, dict[int, float]] = {}
+    for _, r in best.iterrows():
+        if int(r["run_id"]) in fitted:
+            out.setdefault(str(r["loss"]), {})[int(r["seed"])] = fitted[int(r["run_id"])]
     return out
 
 

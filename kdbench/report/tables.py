@@ -224,16 +224,19 @@ def tex_methods(display: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 
 def calibration_display(sf: StudyFrames) -> pd.DataFrame:
-    """ECE (%) and NLL of each arm, mean ± sd over its seeds, n."""
+    """ECE (%) and NLL of each arm, mean ± sd over its seeds, n; ECE after temperature scaling and the mean fitted T."""
     def pm(mean: Any, sd: Any, scale: float, digits: int) -> str:
         if pd.isna(mean):
             return ""
         return f"{scale * mean:.{digits}f}" + ("" if pd.isna(sd) else f" ± {scale * sd:.{digits}f}")
 
+    scaled = "ECE after T-scaling (%)"
     rows = [{"arm": r["arm"], "ECE (%)": pm(r["ece_mean"], r["ece_sd"], 100, 2),
-             "NLL (nats)": pm(r["nll_mean"], r["nll_sd"], 1, 3), "n": str(int(r["n"]))}
+             "NLL (nats)": pm(r["nll_mean"], r["nll_sd"], 1, 3), "n": str(int(r["n"])),
+             scaled: pm(r.get("ece_ts_mean"), r.get("ece_ts_sd"), 100, 2),
+             "T fitted on val": _num(r.get("t_mean"), ".2f")}
             for _, r in sf.calibration.iterrows()]
-    return pd.DataFrame(rows, columns=["arm", "ECE (%)", "NLL (nats)", "n"])
+    return pd.DataFrame(rows, columns=["arm", "ECE (%)", "NLL (nats)", "n", scaled, "T fitted on val"])
 
 
 def cost_display(sf: StudyFrames) -> pd.DataFrame:

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from kdbench.defaults import HEARTBEAT_S
-from kdbench.errors import RetiredAttemptError, StoreError
+from kdbench.errors import RetiredAttemptError, StoreError, held_signals
 from kdbench.store.db import Database
 from kdbench.store.keys import retired_key
 from kdbench.store.queries import params_json
@@ -338,19 +338,20 @@ class Claims(Database):
         """
         records = list(epochs)
         trial_id = values.get("trial_id")
-        try:
-            with self.session() as s:
-                self._own_running(s, run_id, dict(epochs_done=len(records), state=state, **values))
-                s.add_all(EpochRow(run_id=run_id, epoch=r.epoch, train_loss=finite_or_none(r.train_loss),
-                                   val_acc=finite_or_none(r.val_acc), val_loss=finite_or_none(r.val_loss),
-                                   seconds=r.seconds, lr=r.lr) for r in records)
-                trial_id = s.scalar(sa.select(RunRow.trial_id).where(RunRow.id == run_id))
-        except RetiredAttemptError as exc:
+        with held_signals():  # a SIGTERM or Ctrl-C landing between the two writes waits for the second
+            try:
+                with self.session() as s:
+                    self._own_running(s, run_id, dict(epochs_done=len(records), state=state, **values))
+                    s.add_all(EpochRow(run_id=run_id, epoch=r.epoch, train_loss=finite_or_none(r.train_loss),
+                                       val_acc=finite_or_none(r.val_acc), val_loss=finite_or_none(r.val_loss),
+                                       seconds=r.seconds, lr=r.lr) for r in records)
+                    trial_id = s.scalar(sa.select(RunRow.trial_id).where(RunRow.id == run_id))
+            except RetiredAttemptError as exc:
+                if trial_id is not None:
+                    close_trial(self.optuna_storage(), trial_id, "failed", str(exc))
+                raise
             if trial_id is not None:
-                close_trial(self.optuna_storage(), trial_id, "failed", str(exc))
-            raise
-        if trial_id is not None:
-            close_trial(self.optuna_storage(), trial_id, state, values.get("error"), values.get("val_acc"))
+                close_trial(self.optuna_storage(), trial_id, state, values.get("error"), values.get("val_acc"))
 
     @staticmethod
     def _own_running(s: Any, run_id: int, values: dict[str, Any]) -> None:

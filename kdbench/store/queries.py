@@ -184,6 +184,12 @@ class Queries(Database):
         """The stored test-set logits (float16, finalists; None before schema 2) of these runs, by run id."""
         return self._blobs(RunRow.test_logits, run_ids)
 
+    def calib_temperatures(self, run_ids: list[int]) -> dict[int, float]:
+        """The softmax temperatures fitted on validation (finalists recorded since they were kept), by run id."""
+        with self.session() as s:
+            rows = s.execute(sa.select(RunRow.id, RunRow.calib_temperature).where(RunRow.id.in_(run_ids))).all()
+        return {run_id: t for run_id, t in rows if t is not None}
+
     def _blobs(self, column: Any, run_ids: list[int]) -> dict[int, bytes | None]:
         with self.session() as s:
             return dict(s.execute(sa.select(RunRow.id, column).where(RunRow.id.in_(run_ids))).all())

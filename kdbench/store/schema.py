@@ -37,12 +37,12 @@ __all__ = [
 ]
 
 # Schema 2 added nullable columns only (:func:`upgrade` adds them to a schema-1 database):
-# kdbench_studies.data_fingerprint, kdbench_runs.params, kdbench_runs.test_logits, kdbench_teachers.test_logits;
-# then kdbench_runs.budget. Still schema 2, because a kdbench of schema 2 reads and writes the result as before
-# (so workers of both may share a database; an older kdbench refuses a higher number): kdbench_studies.uid
-# (nullable, a unique index where set), and kdbench_runs.kind and .loss widened from VARCHAR(16) and VARCHAR(8)
-# to VARCHAR(64) (a method's name longer than 8 characters; SQLite never enforced the old lengths, PostgreSQL
-# did). Raise the number only for a change that an older kdbench could not read or write.
+# kdbench_studies.data_fingerprint, kdbench_runs.params, kdbench_runs.test_logits, kdbench_teachers.test_logits; then
+# kdbench_runs.budget, then kdbench_runs.calib_temperature. Still schema 2, because a kdbench of schema 2 reads and
+# writes the result as before (so workers of both may share a database; an older kdbench refuses a higher number):
+# kdbench_studies.uid (nullable, a unique index where set), and kdbench_runs.kind and .loss widened from VARCHAR(16)
+# and VARCHAR(8) to VARCHAR(64) (a method's name longer than 8 characters; SQLite never enforced the old lengths,
+# PostgreSQL did). Raise the number only for a change that an older kdbench could not read or write.
 SCHEMA_VERSION = 2
 NAME_LENGTH = 64  # characters of a method's or a stage's name (kdbench_runs.kind and .loss)
 
@@ -140,6 +140,7 @@ class RunRow(Base):
     weights_path: Mapped[str | None] = mapped_column(sa.Text)
     test_predictions: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     test_logits: Mapped[bytes | None] = mapped_column(sa.LargeBinary)  # finalists: float16 [test, classes] (schema 2)
+    calib_temperature: Mapped[float | None]  # finalists: softmax temperature fitted on validation NLL
     started: Mapped[dt.datetime | None]
     finished: Mapped[dt.datetime | None]
 

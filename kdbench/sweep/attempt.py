@@ -20,8 +20,8 @@ import torch
 from kdbench.atomic import write_atomically
 from kdbench.config import Study
 from kdbench.data import Data
-from kdbench.errors import NonFiniteLossError, RetiredAttemptError, StoreError, check_termination
-from kdbench.evaluate import inference_ms_per_batch, predict_logits
+from kdbench.errors import NonFiniteLossError, RetiredAttemptError, StoreError, check_termination, held_signals
+from kdbench.evaluate import fit_temperature, inference_ms_per_batch, predict_logits
 from kdbench.losses import WEIGHTS
 from kdbench.models import build_model, count_parameters
 from kdbench.models.sources import study_model
@@ -83,17 +83,18 @@ class Attempt:
         """Fail the attempt this one replaces, ask Optuna (search visits), and build the fresh student."""
         ctx, c, visit = self.ctx, self.c, self.visit
         storage = ctx.store.optuna_storage()
-        if visit.asks_optuna:  # a planned search visit: an Optuna trial
-            try:
-                ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs,
-                                                               ctx.optuna_studies)
-            except KeyError:  # the Optuna study this worker opened is gone: dropped with its study by --replace
-                raise StoreError(f"study {ctx.study.name!r} was dropped or replaced in {ctx.store.url} by another "
-                                 "process (kdbench sweep --replace); this worker stops") from None
-            self.link = dict(optuna_study=ostudy.study_name, trial_number=self.trial.number,
-                             trial_id=self.trial._trial_id)
-            ctx.store.update_run(c.run_id, **self.link, temperature=params.get("temperature"),
-                                 alpha=params.get("alpha"), lr=params["lr"], params=params_json(params))
+        if visit.asks_optuna:  # a planned search visit: an Optuna trial, linked to the run before a signal lands
+            with held_signals():
+                try:
+                    ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs,
+                                                                   ctx.optuna_studies)
+                except KeyError:  # the Optuna study this worker opened is gone: dropped with its study (--replace)
+                    raise StoreError(f"study {ctx.study.name!r} was dropped or replaced in {ctx.store.url} by "
+                                     "another process (kdbench sweep --replace); this worker stops") from None
+                self.link = dict(optuna_study=ostudy.study_name, trial_number=self.trial.number,
+                                 trial_id=self.trial._trial_id)
+                ctx.store.update_run(c.run_id, **self.link, temperature=params.get("temperature"),
+                                     alpha=params.get("alpha"), lr=params["lr"], params=params_json(params))
         else:
             params = {k: v for k, v in (("temperature", visit.temperature), ("alpha", visit.alpha),
                                         ("lr", visit.lr)) if v is not None} | dict(visit.params)
@@ -250,13 +251,16 @@ def run_fused(ctx: SweepContext, claimed: list[Claimed]) -> None:
 
 def _finalist_outputs(ctx: SweepContext, visit: Visit, model: torch.nn.Module) -> dict[str, Any]:
     """Keep a finalist's weights (written whole, :func:`kdbench.atomic.write_atomically`), its test predictions
-    and logits (float16)."""
+    and logits (float16), and its calibration temperature fitted on validation."""
     ctx.weights_dir.mkdir(parents=True, exist_ok=True)
     wpath = ctx.weights_dir / (visit.key.replace("/", "_").replace("=", "") + ".pt")
     write_atomically(wpath, lambda tmp: torch.save(model.state_dict(), tmp))
     info = ctx.data.info
     logits = predict_logits(model, ctx.data.test.images, info).float().cpu()
     preds = logits.argmax(1).to(torch.int16).numpy()
+    val = ctx.data.val  # temperature scaling is fitted here, on validation: the report applies it to the test logits
+    temperature = fit_temperature(predict_logits(model, val.images, info), val.labels)
     return dict(weights_path=str(wpath), test_predictions=preds.tobytes(),
                 test_logits=logits.half().numpy().tobytes(),  # calibration (ECE, NLL) in the report
+                calib_temperature=temperature,
                 infer_ms_per_batch=inference_ms_per_batch(model, info, ctx.device))
