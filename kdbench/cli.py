@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from kdbench.defaults import DEFAULT_STORAGE
-from kdbench.errors import KdbenchError, Terminated, request_termination
+from kdbench.errors import ConfigError, KdbenchError, Terminated, request_termination
 
 if TYPE_CHECKING:
     from kdbench.config import Study
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 STORAGE_HELP = "SQLAlchemy URL of the results database (Optuna's tables and kdbench's)."
+LOG_HELP = ("Also log to these experiment trackers: mlflow, tensorboard (comma-separated or repeated; see "
+            "docs/trackers.md).")
 
 
 def _fail(message: str) -> None:
@@ -46,6 +49,15 @@ def _handle_errors(fn: F) -> F:
 
 def _on_sigterm(_signum: int, _frame: Any) -> None:
     request_termination()  # raises Terminated here, or where a write held whole ends
+
+
+def _check_trackers(names: Sequence[str]) -> None:
+    """Stop before anything is trained or written when a tracker's package is missing; quiet MLflow's info lines."""
+    from kdbench.trackers import check_trackers
+
+    check_trackers(names)
+    if "mlflow" in names and not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its "Creating initial MLflow database tables"
 
 
 def _setup_torch(threads: int | None, device: str) -> Any:
@@ -135,10 +147,11 @@ def teacher(study_file: str, overrides: tuple[str, ...], device: str, threads: i
 @click.option("--max-visits", type=click.IntRange(min=1), default=None,
               help="Stop after this many trials (per worker).")
 @click.option("--as-worker", is_flag=True, hidden=True, help="Started by --workers: no summary at the end.")
+@click.option("--log", "log_to", multiple=True, metavar="TRACKERS", help=LOG_HELP + " Added to the study's log:.")
 @_handle_errors
 def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int | None,
           cache_dir: str | None, storage: str, workers: int, quiet: bool, replace: bool,
-          max_visits: int | None, as_worker: bool) -> None:
+          max_visits: int | None, as_worker: bool, log_to: tuple[str, ...]) -> None:
     """Run a study: teacher, CE baseline, T x alpha search, finalists. Re-run to resume; run it on
     several processes (--workers N) or machines against one --storage to share the work.
 
@@ -156,6 +169,12 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     signal.signal(signal.SIGTERM, _on_sigterm)  # a scheduler's SIGTERM ends the trial as Ctrl-C does
     study = load_study(study_file, overrides)
+    if log_to:  # as an override, which --workers passes on to each worker
+        from kdbench.trackers import parse_log_option
+
+        overrides = (*overrides, "log=" + json.dumps([*study.log, *parse_log_option(log_to)]))
+        study = load_study(study_file, overrides)
+    _check_trackers(study.log)
     dev = _setup_torch(worker_threads(1, threads) if workers == 1 else threads, device)
     store = Store.open(storage)
     quiet = quiet or not sys.stdout.isatty()  # a log file or a pipe: plain lines, not live ones that print at the end
@@ -267,8 +286,13 @@ def show(study_name: str, storage: str, top: int) -> None:
               help="Output folder (default reports/<study>/, or reports/<a>+<b>/ for several studies).")
 @click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True,
               help="html: write figures, tables and index.html; md: print the comparison table only.")
+@click.option("--log", "log_to", multiple=True, metavar="TRACKERS", help=LOG_HELP + " MLflow: one run per study "
+              "holding the report's files as artifacts.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the trackers' local files are (default $KDBENCH_CACHE or ./.kdbench-cache).")
 @_handle_errors
-def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) -> None:
+def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str, log_to: tuple[str, ...],
+           cache_dir: str | None) -> None:
     """Write a study's report (heatmaps, CE comparison, curves, predictions, provenance) from the
     database alone; several studies share one comparison table and figure. Never trains.
 
@@ -276,8 +300,19 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str) ->
     """
     from kdbench.report import write_report
     from kdbench.store import Store
+    from kdbench.trackers import parse_log_option
 
-    rep = write_report(Store.open(storage, create=False), list(studies), out, fmt=fmt)
+    trackers = parse_log_option(log_to)
+    if trackers and fmt != "html":
+        raise ConfigError("--log logs the report's files, and --format md writes none; use --format html")
+    _check_trackers(trackers)
+    store = Store.open(storage, create=False)
+    rep = write_report(store, list(studies), out, fmt=fmt)
+    if trackers:
+        from kdbench.teacher import open_cache_dir
+        from kdbench.trackers import log_report
+
+        log_report(rep, trackers, open_cache_dir(cache_dir), store.url, on_warning=click.echo)
     if fmt == "md":
         click.echo(rep.markdown, nl=False)
         return

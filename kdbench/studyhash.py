@@ -28,7 +28,8 @@ def study_hash(study: Study) -> str:
     data); so are ``data.image_column`` and ``data.label_column`` (hf), ``search.fuse`` (1 or auto),
     ``search.method`` (kd), ``search.spaces``, ``search.kd_warmup_epochs``, ``search.budget``, ``search.lr_extend``
     (2), ``finalists.budget`` and ``finalists.probe`` at their defaults, so that adding those keys changed no stored
-    hash.
+    hash. ``log`` (the experiment trackers) is not in the resolved config at all (``Field(exclude=True)``): it says
+    where results are copied, so it is neither hashed nor stored.
     """
     cfg = study.resolved()
     for section, key in _NOT_HASHED:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -60,6 +60,10 @@ class Study(Strict):
     """The CE baseline."""
     finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
     """The best configurations re-trained on fresh paired seeds and tested."""
+    log: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list, exclude=True)
+    """Experiment trackers every run (and ``kdbench report --log``'s files) is copied to as well: ``mlflow``,
+    ``tensorboard`` (see docs/trackers.md). Neither hashed nor stored: it says where results are copied, not what
+    they are."""
     _folder: Path | None = PrivateAttr(default=None)  # the study file's folder: where relative model paths start
     # teacher/student given as Python objects to kdbench.sweep (kdbench.models.objects.ModelObject), this process only
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -92,6 +96,11 @@ class Study(Strict):
             if v.endswith(suffix):
                 raise ValueError(f"ends in {suffix!r}, the suffix of another study's Optuna studies; pick another name")
         return v
+
+    @field_validator("log")
+    @classmethod
+    def _log_once(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))  # each tracker once, in the order given
 
     @model_validator(mode="after")
     def _plan_size(self) -> Study:

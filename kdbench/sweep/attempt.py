@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from kdbench.sweep import optuna_bridge
 from kdbench.sweep.events import SweepEvents
 from kdbench.sweep.plan import Visit, visit_recipe
 from kdbench.teacher import Teacher
+from kdbench.trackers import FINAL_METRICS, RunRecord, Trackers
 from kdbench.train import EpochRecord, KDParams, TrainResult, budget, train
 
 __all__ = ["Attempt", "SweepContext", "kd_params", "run_fused", "run_visit"]
@@ -51,6 +53,7 @@ class SweepContext:
     versions: str = ""
     study_uid: str | None = None  # the study row's identity, never reused (its id may be, after a --replace)
     optuna_studies: dict[str, optuna.Study] = field(default_factory=dict)  # by name, opened once per worker
+    trackers: Trackers | None = None  # study.log's trackers, each run copied to them once its row is final
 
 
 class Attempt:
@@ -72,6 +75,7 @@ class Attempt:
         self.recipe = visit_recipe(ctx.study, c.visit)  # the student recipe at this visit's budget
         self.epochs = budget(self.recipe, len(ctx.data.train))[2]  # epochs this visit trains
         self.closed = False
+        self.started = time.time()
         device = device_name(ctx.device) + (f" · fused x{fused}" if fused > 1 else "")  # how it trained
         self.common: dict[str, Any] = dict(device=device, versions=ctx.versions, commit=kdbench_commit())
 
@@ -121,8 +125,31 @@ class Attempt:
         self.ctx.store.finish_run(self.c.run_id, self.records, state=state, error=reason, finished=now(),
                                   **self.common, **self.link, **values)
         self.closed = True
+        if self.ctx.trackers is not None:  # a copy of what was just stored; a tracker's failure is only warned of
+            self.ctx.trackers.log_run(self._record(state, reason, values))
         self.ctx.events.on_visit_end(self.visit, state, values.get("val_acc"), reason)
         return state
+
+    def _record(self, state: str, reason: str | None, values: dict[str, Any]) -> RunRecord:
+        """What the trackers get of this run: what :meth:`_close` stored, with the recipe it trained."""
+        ctx, visit, recipe = self.ctx, self.visit, self.recipe
+        params: dict[str, Any] = {"method": visit.loss, "stage": visit.stage, **self.params, "seed": visit.seed,
+                                  "epochs": self.epochs, "steps": recipe.steps, "budget": visit.budget_label,
+                                  "batch_size": recipe.batch_size, "optimizer": recipe.optimizer,
+                                  "schedule": recipe.schedule, "weight_decay": recipe.weight_decay,
+                                  "student": recipe.model, "teacher": ctx.study.teacher.model,
+                                  "dataset": ctx.study.data.dataset, "rank": visit.rank,
+                                  "trial_number": self.link.get("trial_number")}
+        tags = {"kdbench.study": ctx.study.name, "kdbench.study_uid": ctx.study_uid, "kdbench.stage": visit.stage,
+                "kdbench.method": visit.loss, "kdbench.seed": visit.seed, "kdbench.config_hash": ctx.study.hash,
+                "kdbench.run_id": self.c.run_id, "kdbench.visit": visit.key, "kdbench.state": state,
+                "kdbench.storage": ctx.store.url, "kdbench.device": self.common["device"],
+                "kdbench.commit": self.common["commit"], "kdbench.error": reason and reason[:1000]}
+        metrics = {k: values.get(k) for k in FINAL_METRICS}
+        return RunRecord(ctx.study.name, self.c.run_id, visit.key, state,
+                         {k: v for k, v in params.items() if v is not None},
+                         {k: str(v) for k, v in tags.items() if v is not None}, list(self.records), metrics,
+                         self.started, time.time())
 
     def finish(self, outcome: TrainResult | BaseException) -> str:
         """Record the outcome; returns the final state (re-raises Ctrl-C and bugs once recorded).

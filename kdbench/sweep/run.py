@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from kdbench.sweep.extend import plan_extension
 from kdbench.sweep.fuse import FusePlan, fuse_plan
 from kdbench.sweep.plan import Visit, plan_finalists, plan_search
 from kdbench.teacher import open_cache_dir, prepare_teacher, teacher_record
+from kdbench.trackers import Trackers
 
 __all__ = ["check_models", "prepare_sweep", "run_sweep"]
 
@@ -97,11 +99,14 @@ def prepare_sweep(
             :func:`kdbench.data.load_raw`), split as the study's ``data`` section says instead of reading its files.
     """
     device = torch.device(device)
+    warn = events.on_log if events is not None else logging.getLogger(__name__).warning  # a tracker's failure
     events = events or SweepEvents()
     store = Store.get(storage)
     if not replace:
         store.check_study(study)
     cache = open_cache_dir(cache_dir)
+    # study.log's trackers, opened before any training: a missing package or a bad tracking URI stops the sweep here
+    trackers = Trackers.open(study.log, study.name, cache, on_warning=warn) if study.log else None
     d = study.data
     events.on_status("loading data")
     if sets is None:  # read once (an hf set decodes every image), split for the teacher and the students
@@ -140,7 +145,8 @@ def prepare_sweep(
     store.set_study_teacher(row.id, teacher.key)
     versions = {**library_versions(), **({"models": models} if models else {})}  # a user's model: its fingerprint
     return SweepContext(study, store, row.id, sdata, teacher, device, cache / "runs" / study.name, events,
-                        stale_after_s, versions=json.dumps(versions, sort_keys=True), study_uid=row.uid)
+                        stale_after_s, versions=json.dumps(versions, sort_keys=True), study_uid=row.uid,
+                        trackers=trackers)
 
 
 def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1) -> Iterator[list[Claimed]]:
