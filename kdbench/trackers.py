@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kdbench.errors import ConfigError, OutputError, first_line
+from kdbench.store.claims import EpochLike
 
 __all__ = ["FINAL_METRICS", "TRACKERS", "RunRecord", "Trackers", "check_trackers", "log_report", "mlflow_uri",
            "parse_log_option"]
@@ -85,23 +86,6 @@ def mlflow_uri(cache_dir: str | Path) -> str:
     if mlflow.is_tracking_uri_set():
         return str(mlflow.get_tracking_uri())
     return f"sqlite:///{(Path(cache_dir) / 'mlflow.db').resolve()}"
-
-
-class EpochLike(Protocol):
-    """One point of a run's curve (:class:`kdbench.train.EpochRecord` is one)."""
-
-    @property
-    def epoch(self) -> int: ...
-    @property
-    def train_loss(self) -> float: ...
-    @property
-    def val_acc(self) -> float: ...
-    @property
-    def val_loss(self) -> float: ...
-    @property
-    def seconds(self) -> float: ...
-    @property
-    def lr(self) -> float: ...
 
 
 @dataclass(frozen=True)
