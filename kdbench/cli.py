@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -49,15 +49,6 @@ def _handle_errors(fn: F) -> F:
 
 def _on_sigterm(_signum: int, _frame: Any) -> None:
     request_termination()  # raises Terminated here, or where a write held whole ends
-
-
-def _check_trackers(names: Sequence[str]) -> None:
-    """Stop before anything is trained or written when a tracker's package is missing; quiet MLflow's info lines."""
-    from kdbench.trackers import check_trackers
-
-    check_trackers(names)
-    if "mlflow" in names and not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its "Creating initial MLflow database tables"
 
 
 def _setup_torch(threads: int | None, device: str) -> Any:
@@ -169,12 +160,12 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     signal.signal(signal.SIGTERM, _on_sigterm)  # a scheduler's SIGTERM ends the trial as Ctrl-C does
     study = load_study(study_file, overrides)
-    if log_to:  # as an override, which --workers passes on to each worker
-        from kdbench.trackers import parse_log_option
+    from kdbench.trackers import check_trackers, parse_log_option
 
+    if log_to:  # as an override, which --workers passes on to each worker
         overrides = (*overrides, "log=" + json.dumps([*study.log, *parse_log_option(log_to)]))
         study = load_study(study_file, overrides)
-    _check_trackers(study.log)
+    check_trackers(study.log)
     dev = _setup_torch(worker_threads(1, threads) if workers == 1 else threads, device)
     store = Store.open(storage)
     quiet = quiet or not sys.stdout.isatty()  # a log file or a pipe: plain lines, not live ones that print at the end
@@ -300,12 +291,12 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str, lo
     """
     from kdbench.report import write_report
     from kdbench.store import Store
-    from kdbench.trackers import parse_log_option
+    from kdbench.trackers import check_trackers, parse_log_option
 
     trackers = parse_log_option(log_to)
     if trackers and fmt != "html":
         raise ConfigError("--log logs the report's files, and --format md writes none; use --format html")
-    _check_trackers(trackers)
+    check_trackers(trackers)
     store = Store.open(storage, create=False)
     rep = write_report(store, list(studies), out, fmt=fmt)
     if trackers:

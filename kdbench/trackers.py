@@ -49,7 +49,8 @@ _BATCH = 1000  # MLflow's limit of entities (metrics + params + tags) per log_ba
 
 
 def check_trackers(names: Iterable[str]) -> None:
-    """Import each tracker's package, so that a missing one stops a sweep before anything is trained.
+    """Import each tracker's package, so that a missing one stops a sweep before anything is trained; MLflow's
+    info lines ("Creating initial MLflow database tables") stay out of the output unless logging is at INFO.
 
     Raises:
         ConfigError: one line naming the tracker and the extra to install.
@@ -62,6 +63,8 @@ def check_trackers(names: Iterable[str]) -> None:
         except ImportError:
             raise ConfigError(f"log: {name} needs the {TRACKERS[name]} package; pip install 'kdbench[{name}]'"
                               ) from None
+        if name == "mlflow" and not logging.getLogger().isEnabledFor(logging.INFO):
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def parse_log_option(values: Iterable[str]) -> list[str]:
