@@ -9,15 +9,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from kdbench.defaults import DEFAULT_STORAGE
 from kdbench.errors import ConfigError, KdbenchError, Terminated, request_termination
-
-if TYPE_CHECKING:
-    from kdbench.config import Study
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -180,31 +177,12 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
             summary = store.finalist_summary(study.name)
     if as_worker:
         return
-    _print_counts(store, study.name)
-    _print_evidence(_evidence(study, store.runs(study.name)).sentences, study.name)
-    _print_summary(store, study.name, summary, study)
-    _print_next(study.name, store.url, click.get_current_context().get_parameter_source("storage"))
+    from kdbench.console import print_counts, print_evidence, print_next, print_summary, search_evidence_of
 
-
-def _print_next(name: str, shown: str, source: click.core.ParameterSource | None) -> None:
-    """The commands that read what the sweep stored, on the same database: a URL from $KDBENCH_STORAGE stays
-    a reference to it, and one given with --storage is shown with its password masked."""
-    import shlex
-
-    from kdbench.report.cost import dashboard_command
-
-    url = '"$KDBENCH_STORAGE"' if source is click.core.ParameterSource.ENVIRONMENT else shlex.quote(shown)
-    storage = "" if source is click.core.ParameterSource.DEFAULT else f" --storage {url}"
-    click.echo(f"next: kdbench report {shlex.quote(name)}{storage}   # writes reports/{name}/index.html\n"
-               f"      {dashboard_command(url)}   # Optuna's dashboard on the same database "
-               "(pip install optuna-dashboard)")
-
-
-def _print_counts(store: Any, name: str) -> None:
-    runs = store.runs(name)
-    counts = runs["state"].value_counts()
-    text = ", ".join(f"{int(n)} {state}" for state, n in counts.items())
-    click.echo(f"{name}: {len(runs)} runs ({text}); failed and interrupted attempts: kdbench show {name}")
+    print_counts(store, study.name)
+    print_evidence(search_evidence_of(study, store.runs(study.name)).sentences, study.name)
+    print_summary(store, study.name, summary, study)
+    print_next(study.name, store.url, click.get_current_context().get_parameter_source("storage"))
 
 
 @main.command(name="ls")
@@ -237,37 +215,10 @@ def show(study_name: str, storage: str, top: int) -> None:
 
     Example: kdbench show fashion-mnist-quick
     """
+    from kdbench.console import print_show
     from kdbench.store import Store
 
-    store = Store.open(storage, create=False)
-    runs = store.runs(study_name)
-    study = store.study_config(study_name)  # a damaged stored config: one line naming it
-    counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
-    click.echo(f"study {study_name} in {store.url}\n\nruns by kind and state:\n{counts.to_string()}\n")
-    evidence = _evidence(study, runs)
-    cells = evidence.cells.cells.dropna(subset=["mean"])
-    if not cells.empty:
-        deltas = evidence.deltas.set_index(["temperature", "alpha"])
-        lines = []
-        for _, c in cells[cells["stage"] == "kd"].nlargest(top, "mean").iterrows():
-            d = deltas.loc[(c["temperature"], c["alpha"])] if (c["temperature"], c["alpha"]) in deltas.index else None
-            if d is None or d["mean"] != d["mean"]:
-                vs = "; vs CE: no CE run on the same seeds yet"
-            else:
-                ci = ("(no CI)" if d["ci_low"] != d["ci_low"]
-                      else f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]")
-                vs = f"; vs CE {100 * d['mean']:+.2f} pp {ci}" + (" *" if d["holm_above_zero"] else "")
-            lines.append(f"  T={c['temperature']:g} alpha={c['alpha']:g}: {_cell(c)}{vs}")
-        for _, c in cells[cells["stage"] == "ce"].iterrows():
-            lines.append(f"  CE: {_cell(c)}")
-        from kdbench.report.budget import budget_labels
-
-        at = budget_labels(study).selection
-        click.echo(f"best cells (validation accuracy at {at}, mean over seeds at the cell's best lr; * above CE "
-                   "after Holm):\n" + "\n".join(lines) + "\n")
-    _print_evidence(evidence.sentences, study_name)
-    _print_summary(store, study_name, store.finalist_summary(study_name), study)
-    _print_transfer(study_name, study, runs)
+    print_show(Store.open(storage, create=False), study_name, top)
 
 
 @main.command()
@@ -334,59 +285,3 @@ def schema(out: str | None) -> None:
     except OSError as exc:
         _fail(f"{out}: cannot write the schema ({exc.strerror}); give a writable file to --out")
     click.echo(f"schema written to {out}", err=True)
-
-
-def _evidence(study: Study, runs: Any) -> Any:
-    """The search's evidence from the study's config and runs alone (not the report's other reads: no
-    epochs, predictions or Optuna importances), at the budget finalists are chosen at."""
-    from kdbench.report.budget import main_runs
-    from kdbench.report.grid import search_evidence
-
-    return search_evidence(study, main_runs(runs, study))
-
-
-def _cell(c: Any) -> str:
-    if c["ci_half"] != c["ci_half"]:  # one seed (or no spread): a value, not an interval
-        return f"{100 * c['mean']:.2f}% (n={int(c['n'])}, no interval) at lr {c['best_lr']:.3g}"
-    return f"{100 * c['mean']:.2f}% ± {100 * c['ci_half']:.2f} (95% CI, n={int(c['n'])}) at lr {c['best_lr']:.3g}"
-
-
-def _print_evidence(sentences: list[str], name: str) -> None:
-    """The search's plain sentences: main effects, reliability, cells above CE after Holm, budgets."""
-    if sentences:
-        click.echo(f"{name}: what the search says (validation accuracy):\n" +
-                   "\n".join(f"  - {line}" for line in sentences))
-
-
-def _print_transfer(name: str, study: Study, runs: Any) -> None:
-    """The transfer check's sentence per method, when finalists trained longer than the search or probes ran."""
-    from kdbench.report.budget import transfers
-
-    for t in transfers(runs, study, study.search.methods):
-        click.echo(f"{name}: {t.method}: {t.sentence}")
-
-
-def _print_summary(store: Any, name: str, summary: Any, study: Study) -> None:
-    from kdbench.report.budget import budget_labels
-    from kdbench.store import run_values
-
-    at = budget_labels(study).finalists
-    teacher = store.study_teacher(name)
-    if teacher is not None:
-        click.echo(f"{name}: teacher {teacher.model}: test {teacher.test_acc:.2%} (val {teacher.val_acc:.2%}, "
-                   f"{teacher.parameters:,} parameters)")
-    if summary.empty:
-        click.echo(f"{name}: no finalists yet (run kdbench sweep to finish the study)")
-        return
-    click.echo(f"{name}: finalists trained {at}, test accuracy over seeds (storage {store.url})")
-    for _, r in summary.iterrows():
-        values = run_values(r)
-        lr = values.pop("lr")
-        cfg = "".join(f"{'T' if k == 'temperature' else k}={v:g} " for k, v in values.items()) + f"lr={lr:.3g}"
-        if r["test_mean"] != r["test_mean"]:
-            test = "no test accuracy stored yet"
-        elif r["test_sd"] == r["test_sd"]:
-            test = f"test {r['test_mean']:.2%} ± {r['test_sd']:.2%} (n={int(r['n'])})"
-        else:
-            test = f"test {r['test_mean']:.2%} (n={int(r['n'])}, no spread)"
-        click.echo(f"  best {r['loss'].upper()} #{int(r['rank']) + 1}: {cfg}: {test}")
