@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from kdbench.report.methods import holm, method_cells, method_sentence, method_table
+from kdbench.report.stats import Paired, detectable_difference
 
 T_975_3 = 3.182446305284263  # Student's t, 0.975 quantile, 3 degrees of freedom (a printed table's value)
 
@@ -79,14 +80,20 @@ def test_holm_leaves_missing_p_values_out_of_the_family() -> None:
 def test_the_method_sentence_says_what_the_data_can_tell() -> None:
     table = method_table(_frame(), ["kd", "dkd", "lskd"])
     sentence = method_sentence(table)
+    # LS-KD − CE: −1, +1, −1, +1 pp, sd 1.1547 pp; the power point (tested by hand in test_report_stats) at n = 4
+    lskd = f"{100 * detectable_difference(Paired(0.0, 0.011547, -0.01, 0.01, 1.0, 4)):.2f}"
     assert sentence == ("Hinton KD (+1.50 pp), DKD (+3.25 pp) helped over CE (Holm-corrected over 3 methods, "
-                        "n=4 shared seeds); LS-KD (+0.00 pp) could not be told apart from CE. Against Hinton KD: "
+                        "n=4 shared seeds); LS-KD (+0.00 pp) could not be told apart from CE (power before Holm's "
+                        f"correction: LS-KD: n = 4, paired sd 1.15 pp: a true difference smaller than about {lskd} "
+                        "pp would have been detected with probability under 80% (paired t-test, two-sided 5%)). "
+                        "Against Hinton KD: "
                         "DKD − Hinton KD = +1.75 pp [+0.23, +3.27] (95 % CI); a method is better than KD only where "
                         "that interval lies above 0.")  # 3.25 − 1.50 pp; the interval from the table's paired t
     dkd = table.set_index("method").loc["DKD"]
     assert (100 * dkd["vs_kd_low"], 100 * dkd["vs_kd_high"]) == pytest.approx((0.23, 3.27), abs=0.005)
     none = method_table(_frame()[lambda f: f["loss"].isin(["ce", "lskd"])], ["lskd"])
     assert method_sentence(none).startswith("No method could be told apart from CE at n=4")
+    assert f"LS-KD: n = 4, paired sd 1.15 pp: a true difference smaller than about {lskd} pp" in method_sentence(none)
     assert method_sentence(method_table(_frame()[lambda f: f["kind"] != "finalist"], ["kd"])).startswith(
         "The methods cannot be compared with CE yet")
 

@@ -82,6 +82,16 @@ def test_detectable_difference_is_the_paired_t_tests_80_percent_power_point() ->
 
     hand = optimize.brentq(lambda x: power(x) - 0.8, 1e-3 * s, 10 * s)
     assert detectable_difference(p) == pytest.approx(hand, rel=1e-4)
+    assert power(detectable_difference(p)) == pytest.approx(0.80, abs=1e-4)  # the solved d, through scipy's nct
+    # the fixed frame's value: differences 0.6, 1.2, 0.3, 0.1, 1.6 pp, sd 0.6269 pp; at n = 5, 80 % power needs
+    # δ/s = 1.6820 (the noncentral t above, to 4 decimals), so δ = 1.054 pp
+    assert 100 * s == pytest.approx(0.6269, abs=1e-4) and hand / s == pytest.approx(1.6820, abs=1e-4)
+    assert 100 * detectable_difference(p) == pytest.approx(1.0544, abs=1e-4)
     assert p.ci_low < 0 < p.ci_high  # this frame cannot tell them apart, so the verdict states its power
-    assert f"a true difference of {100 * hand:.2f} pp or more would have been detected 80%" in verdict(p)
-    assert math.isnan(detectable_difference(paired_difference(kd.iloc[:1], ce.iloc[:1])))
+    assert (f"the interval contains 0 (n = 5, paired sd 0.63 pp: a true difference smaller than about "
+            f"{100 * hand:.2f} pp would have been detected with probability under 80% (paired t-test, two-sided "
+            "5%))") in verdict(p)
+    one = paired_difference(kd.iloc[:1], ce.iloc[:1])
+    assert math.isnan(detectable_difference(one)) and "no power statement is possible with one seed" in verdict(one)
+    flat = paired_difference(kd, kd - 0.01)  # every seed +1 pp: no spread, no power statement
+    assert "n = 5 with no spread between seeds: no power statement is possible" in verdict(flat)

@@ -19,7 +19,7 @@ import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
 from kdbench.report.calibration import calibration_flags
-from kdbench.report.stats import Paired, paired_difference, summarize
+from kdbench.report.stats import Paired, paired_difference, power_clause, summarize
 from kdbench.store import cell_key, run_values
 
 __all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "arm_name", "holm", "method_cells", "method_sentence", "method_table"]
@@ -28,7 +28,7 @@ SHOWN = {"temperature": "T", "alpha": "α"}  # how T and alpha are named in the 
 METHOD_NAMES = {"kd": "Hinton KD", "dkd": "DKD", "dist": "DIST", "lskd": "LS-KD", "ce": "CE"}
 METHOD_COLUMNS = [
     "method", "configuration", "test_mean", "test_sd", "n",
-    "vs_ce_mean", "vs_ce_low", "vs_ce_high", "vs_ce_p", "vs_ce_p_holm", "vs_ce_n",
+    "vs_ce_mean", "vs_ce_low", "vs_ce_high", "vs_ce_p", "vs_ce_p_holm", "vs_ce_n", "vs_ce_sd",
     "vs_kd_mean", "vs_kd_low", "vs_kd_high", "vs_kd_p", "vs_kd_p_holm", "vs_kd_n",
     "search_runs", "cells", "trial_cost_vs_ce",
 ]
@@ -61,7 +61,7 @@ def _by_seed(finals: pd.DataFrame, method: str) -> pd.Series:
 
 def _columns(prefix: str, p: Paired) -> dict[str, float]:
     return {f"{prefix}_mean": p.mean, f"{prefix}_low": p.ci_low, f"{prefix}_high": p.ci_high,
-            f"{prefix}_p": p.p_value, f"{prefix}_n": float(p.n)}
+            f"{prefix}_p": p.p_value, f"{prefix}_n": float(p.n), f"{prefix}_sd": p.sd}
 
 
 def method_table(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
@@ -129,15 +129,22 @@ def _sentence(table: pd.DataFrame) -> str:
         parts.append(f"{_names(hurt)} hurt")
     if not parts:
         return (f"No method could be told apart from CE at n={n} shared seeds (every 95 % interval of the "
-                "difference contains 0, or its Holm-corrected p is ≥ 0.05).")
+                f"difference contains 0, or its Holm-corrected p is ≥ 0.05; {_power(rows)}).")
     rest = rows.drop(index=[*helped.index, *hurt.index])
-    tail = f"; {_names(rest)} could not be told apart from CE" if not rest.empty else ""
+    tail = f"; {_names(rest)} could not be told apart from CE ({_power(rest)})" if not rest.empty else ""
     vs_kd = [f"{r['method']} − Hinton KD = {100 * r['vs_kd_mean']:+.2f} pp [{100 * r['vs_kd_low']:+.2f}, "
              f"{100 * r['vs_kd_high']:+.2f}]" for _, r in helped.iterrows()
              if r["method"] != "Hinton KD" and r["vs_kd_n"] >= 2 and np.isfinite(r["vs_kd_low"])]
     against = (f" Against Hinton KD: {'; '.join(vs_kd)} (95 % CI); a method is better than KD only where that "
                "interval lies above 0.") if vs_kd else ""
     return f"{'; '.join(parts)} (Holm-corrected over {len(rows)} methods, n={n} shared seeds){tail}.{against}"
+
+
+def _power(rows: pd.DataFrame) -> str:
+    """Each method's power clause against CE (:func:`~kdbench.report.stats.power_clause`, before Holm's correction)."""
+    return "power before Holm's correction: " + "; ".join(
+        f"{r['method']}: " + power_clause(Paired(r["vs_ce_mean"], r["vs_ce_sd"], r["vs_ce_low"], r["vs_ce_high"],
+                                                 r["vs_ce_p"], int(r["vs_ce_n"]))) for _, r in rows.iterrows())
 
 
 def _names(rows: pd.DataFrame) -> str:

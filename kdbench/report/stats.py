@@ -40,6 +40,7 @@ __all__ = [
     "mcnemar_test",
     "paired_difference",
     "per_class_delta",
+    "power_clause",
     "summarize",
     "verdict",
 ]
@@ -141,21 +142,37 @@ def verdict(p: Paired) -> str:
         return "KD and CE could not be compared: no seed has a complete KD and CE finalist yet."
     if p.n < 2:
         return (f"KD and CE could not be told apart at n={p.n}: a confidence interval needs at least "
-                f"2 shared seeds (KD − CE = {100 * p.mean:+.2f} pp on the one there is).")
+                f"2 shared seeds (KD − CE = {100 * p.mean:+.2f} pp on the one there is), and {power_clause(p)}.")
     if math.isnan(p.ci_low):
         return (f"KD and CE could not be told apart at n={p.n}: every seed gave KD − CE = {100 * p.mean:+.2f} pp, "
-                "and with no spread a t interval is undefined; add seeds.")
+                f"and with no spread a t interval is undefined ({power_clause(p)}); add seeds.")
     interval = (f"KD − CE = {100 * p.mean:+.2f} pp, {CONFIDENCE:.0%} CI [{100 * p.ci_low:+.2f}, "
                 f"{100 * p.ci_high:+.2f}] pp, paired t-test p = {_p(p.p_value)}, n={p.n} shared seeds")
     if p.ci_low > 0:
         return f"KD helped: {interval}."
     if p.ci_high < 0:
         return f"KD hurt: {interval}."
+    return f"KD and CE could not be told apart at n={p.n}: {interval}; the interval contains 0 ({power_clause(p)})."
+
+
+def power_clause(p: Paired) -> str:
+    """What a paired comparison that could not tell its arms apart would have detected, as a clause: n, the sd
+    of the paired differences and :func:`detectable_difference`, or why no power statement is possible.
+
+    Args:
+        p: the paired result (any difference: KD − CE, a method − CE).
+
+    Returns:
+        E.g. "n = 5, paired sd 0.65 pp: a true difference smaller than about 1.13 pp would have been detected with
+        probability under 80% (paired t-test, two-sided 5%)".
+    """
+    if p.n < 2:
+        return f"no power statement is possible with {'one seed' if p.n == 1 else 'no seed'}"
     mde = detectable_difference(p)
-    return (f"KD and CE could not be told apart at n={p.n}: {interval}; the interval contains 0. With this n and "
-            f"spread (sd of the paired differences {100 * p.sd:.2f} pp), a true difference of "
-            f"{100 * mde:.2f} pp or more would have been detected {POWER:.0%} of the time (paired t-test, two-sided "
-            f"{1 - CONFIDENCE:.0%}); a smaller one could be missed.")
+    if math.isnan(mde):
+        return f"n = {p.n} with no spread between seeds: no power statement is possible"
+    return (f"n = {p.n}, paired sd {100 * p.sd:.2f} pp: a true difference smaller than about {100 * mde:.2f} pp would "
+            f"have been detected with probability under {POWER:.0%} (paired t-test, two-sided {1 - CONFIDENCE:.0%})")
 
 
 def _p(p: float) -> str:
