@@ -232,13 +232,16 @@ def show(study_name: str, storage: str, top: int) -> None:
               "holding the report's files as artifacts.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where the trackers' local files are (default $KDBENCH_CACHE or ./.kdbench-cache).")
+@click.option("--pool", is_flag=True, help="Pool two or more studies of the same pair (retests, other teachers or "
+              "splits) into one random-effects KD − CE estimate with its heterogeneity and a forest plot.")
 @_handle_errors
 def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str, log_to: tuple[str, ...],
-           cache_dir: str | None) -> None:
+           cache_dir: str | None, pool: bool) -> None:
     """Write a study's report (heatmaps, CE comparison, curves, predictions, provenance) from the
     database alone; several studies share one comparison table and figure. Never trains.
 
     Example: kdbench report fashion-mnist-quick --storage sqlite:///kdbench.db
+    Pooled with its retest: kdbench report fashion-mnist-quick fashion-mnist-quick-retest --pool
     """
     from kdbench.report import write_report
     from kdbench.store import Store
@@ -249,7 +252,7 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str, lo
         raise ConfigError("--log logs the report's files, and --format md writes none; use --format html")
     check_trackers(trackers)
     store = Store.open(storage, create=False)
-    rep = write_report(store, list(studies), out, fmt=fmt)
+    rep = write_report(store, list(studies), out, fmt=fmt, pool=pool)
     if trackers:
         from kdbench.teacher import open_cache_dir
         from kdbench.trackers import log_report
@@ -260,6 +263,8 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str, lo
         return
     for sf in rep.frames:
         click.echo(f"{sf.name}: {sf.verdict}")
+    if rep.pooled is not None:
+        click.echo(f"pooled: {rep.pooled.sentence}")
     click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_VISITS",
     "MCNEMAR_EXACT_BELOW",
     "POLL_S",
+    "POOL_TAU2_METHOD",
     "PRUNE_RHO_MIN",
     "RANGE_TRIALS",
     "SAMPLER_STARTUP_TRIALS",
@@ -64,6 +65,8 @@ PRUNE_RHO_MIN = 0.8  # Spearman rho of an epoch's val accuracy with the final on
 # final ranking's variance is not yet visible)
 ANOVA_MIN_SEEDS = 4  # seeds below which the report runs no T × α RM-ANOVA: its p-values rest on sphericity,
 # which with fewer seeds cannot be checked (it is not corrected for; the level effects and their CIs are shown instead)
+POOL_TAU2_METHOD = "dl"  # report --pool: the between-study variance estimator (statsmodels' combine_effects
+# method_re): DerSimonian–Laird, the one-step moment estimate most meta-analyses report; "pm" is Paule–Mandel
 CALIBRATION_BINS = 15  # equal-width confidence bins of the report's ECE and reliability diagram (Guo et al. 2017)
 # complete KD trials below which a report shows no parameter importances. PED-ANOVA (Optuna's default
 # evaluator, target_quantile 0.1) compares the density of the top 10 % of trials with that of all trials;

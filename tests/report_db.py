@@ -27,8 +27,8 @@ KD_TRIALS: dict[tuple[float, float], list[tuple[str, float | None, float]]] = {
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5)
 
 
-def study_config(name: str) -> Any:
-    return parse_study({"name": name, "data": {"dataset": "fashion-mnist"},
+def study_config(name: str, student: str = "mlp-800") -> Any:
+    return parse_study({"name": name, "data": {"dataset": "fashion-mnist"}, "student": {"model": student},
                         "search": {"temperature": [1, 2, 4], "alpha": [0.5, 0.9]},
                         "finalists": {"top_k": 1, "seeds": 5}})
 
@@ -41,13 +41,13 @@ def _predictions(seed: int, accuracy_shift: int) -> bytes:
 def make_db(url: str, name: str = "known", *, kd_test: dict[int, float] | None = None,
             ce_test: dict[int, float] | None = None, ce_val: list[float] | None = None,
             kd_trials: dict[tuple[float, float], list[tuple[str, float | None, float]]] | None = None,
-            teacher: bool = True, device: str = "cpu (test, 1 thread)") -> None:
+            teacher: bool = True, device: str = "cpu (test, 1 thread)", student: str = "mlp-800") -> None:
     """Write one study with the given runs; defaults are the module's known numbers."""
     kd_test = KD_TEST if kd_test is None else kd_test
     ce_test = CE_TEST if ce_test is None else ce_test
     ce_val = CE_VAL if ce_val is None else ce_val
     kd_trials = KD_TRIALS if kd_trials is None else kd_trials
-    study = study_config(name)
+    study = study_config(name, student)
     store = Store.open(url)
     common: dict[str, Any] = dict(config_hash=study.hash, device=device, commit="abc123",
                                   versions=json.dumps({"torch": "2.14.1"}), parameters=1000, started=T0, finished=T0)

@@ -1,4 +1,5 @@
-"""The figures of the report's later sections: each method's cells, calibration, and every trial.
+"""The figures of the report's later sections: each method's cells, calibration, every trial, the budget, and
+the forest plot of several studies pooled (``report --pool``).
 
 Drawn from :mod:`kdbench.report.frames` only, as :mod:`kdbench.report.plots` (the grid, effects, curves,
 predictions, importances and the paired comparison) draws its own; accuracies in percent.
@@ -7,6 +8,7 @@ predictions, importances and the paired comparison) draws its own; accuracies in
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
@@ -14,8 +16,9 @@ from kdbench.defaults import PRUNE_RHO_MIN
 from kdbench.report.frames import StudyFrames
 from kdbench.report.methods import METHOD_NAMES
 from kdbench.report.plots import COLORS, empty_panel, new_figure
+from kdbench.report.stats import CONFIDENCE
 
-__all__ = ["calibration", "method_cells", "trials"]
+__all__ = ["budget", "calibration", "forest", "method_cells", "trials"]
 
 STATE_COLORS = {"complete": "#4c72b0", "pruned": "#c44e52", "failed": "#8c8c8c", "interrupted": "#8c8c8c",
                 "running": "#dd8452"}
@@ -143,5 +146,32 @@ def budget(sf: StudyFrames) -> Figure:
     right.set_ylabel("Spearman ρ with the final val acc")
     right.set_title(f"Does an early epoch rank the final one? (pruner: {sf.evidence.pruner})")
     right.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def forest(table: pd.DataFrame) -> Figure:
+    """The forest plot of pooled studies (:func:`kdbench.report.pool.pool_studies`'s frame): per study its KD − CE with
+    its own paired t interval, the square's area in proportion to its random-effects weight; the pooled estimate
+    as a diamond over its normal interval, the Hartung–Knapp interval as a thin line through it; 0 dashed."""
+    studies, pooled = table[table["row"] == "study"], table[table["row"] == "pooled"].iloc[0]
+    fig, ax = new_figure(8.5, 1.8 + 0.45 * (len(studies) + 1))
+    ys = np.arange(len(studies), 0, -1)
+    for y, (_, r) in zip(ys, studies.iterrows(), strict=True):
+        ax.plot([100 * r["ci_low"], 100 * r["ci_high"]], [y, y], color="#333", lw=1.2)
+        ax.scatter([100 * r["mean"]], [y], marker="s", s=30 + 250 * r["weight"], color=COLORS["kd"], zorder=3)
+    lo, mid, hi = 100 * pooled["ci_low"], 100 * pooled["mean"], 100 * pooled["ci_high"]
+    hk = (100 * pooled["hk_low"], 100 * pooled["hk_high"])  # may reach past the axes (k = 2: t with 1 df)
+    ax.plot(hk, [0, 0], color="#888", lw=0.8, label=f"pooled: Hartung–Knapp interval [{hk[0]:+.2f}, {hk[1]:+.2f}] pp")
+    ax.fill([lo, mid, hi, mid], [0, 0.25, 0, -0.25], color=COLORS["ce"], zorder=3, label="pooled: normal interval")
+    ax.axvline(0, color="#999", ls="--", lw=1)
+    labels = [f"{r['study']} (n={int(r['n'])}, {r['weight']:.0%})" for _, r in studies.iterrows()]
+    ax.set_yticks([*ys, 0], [*labels, str(pooled["study"])])
+    low, high = min(0.0, 100 * table["ci_low"].min()), max(0.0, 100 * table["ci_high"].max())
+    ax.set_xlim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+    ax.set_ylim(-0.7, len(studies) + 0.7)
+    ax.set_xlabel(f"KD − CE test accuracy (pp) with {CONFIDENCE:.0%} intervals (a study's: paired t over its seeds)")
+    ax.set_title(f"Pooled over {len(studies)} studies (random effects; square area: weight)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
     fig.tight_layout()
     return fig

@@ -30,6 +30,7 @@ from kdbench.errors import OutputError
 from kdbench.provenance import kdbench_commit, library_versions
 from kdbench.report import figures, plots
 from kdbench.report.frames import StudyFrames, comparison_table, compute_frames
+from kdbench.report.pool import Pooled, pool_display, pool_studies
 from kdbench.report.sources import StoreLike, TestSplit, read_studies
 from kdbench.report.stats import CONFIDENCE
 from kdbench.report.tables import (
@@ -70,6 +71,9 @@ SECTIONS = {  # id -> heading of each per-study section, in page order
     "importances": "What mattered",
     "provenance": "Provenance",
 }
+POOL_CAPTION = ("KD − CE test accuracy per study (paired over its finalist seeds: mean, standard error, its own t "
+                "interval) and pooled by random effects (normal and Hartung–Knapp intervals); weight: each study's "
+                "share of the pooled estimate.")
 FIGURE_DPI = 110  # dots per inch of the PNGs
 RC: dict[str, Any] = {"svg.hashsalt": "kdbench", "svg.fonttype": "path", "font.size": 9}
 FIGURES: dict[str, Callable[[StudyFrames], Figure]] = {
@@ -94,6 +98,7 @@ class Report:
     comparison: pd.DataFrame
     markdown: str
     files: list[Path] = field(default_factory=list)
+    pooled: Pooled | None = None  # report --pool: the studies' KD − CE pooled (random effects)
 
 
 def default_out(studies: list[str]) -> Path:
@@ -157,7 +162,7 @@ def _writable(out: Path) -> None:
 
 
 def write_report(storage: StoreLike, studies: list[str], out: str | Path | None = None, *, fmt: str = "html",
-                 load_images: bool = True, tests: dict[str, TestSplit] | None = None) -> Report:
+                 load_images: bool = True, tests: dict[str, TestSplit] | None = None, pool: bool = False) -> Report:
     """Build the report of one or more studies.
 
     Args:
@@ -167,10 +172,12 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
         fmt: ``html`` writes everything; ``md`` only computes the comparison table (printed by the CLI).
         load_images: read the dataset's test split for the prediction grid.
         tests: test splits by study name, given instead of read (data held in memory, see :func:`kdbench.sweep`).
+        pool: pool the studies' KD − CE into one random-effects estimate (:mod:`kdbench.report.pool`).
 
     Raises:
         StoreError: no such database or study (the message lists the studies there).
         OutputError: ``out`` cannot be written.
+        ConfigError: ``pool`` with one study, studies of different pairs, or one without a standard error.
     """
     if fmt not in ("html", "md"):
         raise OutputError(f"--format {fmt!r}: use html or md")
@@ -181,8 +188,11 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     display = comparison_display(table)
     notes = " ".join(x for x in (source_note(table), architecture_note(table)) if x)
     markdown = markdown_table(display) + "\n" + notes + "\n"  # what --format md prints
+    pooled = pool_studies(frames) if pool else None  # refused (one line) before anything is written
+    if pooled is not None:
+        markdown += "\n" + markdown_table(pool_display(pooled)) + "\n" + pooled.sentence + "\n"
     if fmt == "md":
-        return Report(None, frames, table, markdown)
+        return Report(None, frames, table, markdown, pooled=pooled)
 
     out_dir = Path(out) if out is not None else default_out(studies)
     _writable(out_dir)
@@ -193,8 +203,11 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
                "median p over seeds) compares the two finalist networks of one seed on the same test images, i.e. "
                "whether those two networks err on different images, not whether one method beats the other.")
     files += _write_table(display, table, out_dir, "comparison", caption, notes, tex_comparison(display))
+    if pooled is not None:
+        files += _write_table(pool_display(pooled), pooled.table, out_dir, "pool", POOL_CAPTION, pooled.sentence)
     with matplotlib.rc_context(RC):  # type: ignore[arg-type]
         comparison_png = _save(plots.comparison(frames), out_dir, "comparison", files)
+        pool_png = _save(figures.forest(pooled.table), out_dir, "pool", files) if pooled is not None else ""
         studies_ctx = []
         for sf in frames:
             prefix = "" if len(frames) == 1 else f"{sf.name}-"
@@ -240,11 +253,12 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     html = _template().render(
         confidence=f"{CONFIDENCE:.0%}", title=" + ".join(studies), source=source_note(table),
         architectures=architecture_note(table), comparison=display, comparison_png=comparison_png,
-        studies=studies_ctx, sections=SECTIONS, several=len(frames) > 1,
+        studies=studies_ctx, sections=SECTIONS, several=len(frames) > 1, pooled=pooled,
+        pool_table=pool_display(pooled) if pooled is not None else None, pool_png=pool_png,
         generator={"commit": kdbench_commit(), **library_versions()})
     _put(out_dir / "index.html", html)
     files.append(out_dir / "index.html")
-    return Report(out_dir, frames, table, markdown, files)
+    return Report(out_dir, frames, table, markdown, files, pooled)
 
 
 def _budget_tables(sf: StudyFrames, out: Path, prefix: str) -> list[Path]:
