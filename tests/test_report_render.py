@@ -80,7 +80,7 @@ def test_writes_every_table_and_figure(single: Path) -> None:
 @pytest.fixture(scope="module")
 def several(db: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("several")
-    write_report(db, ["known", "other"], out)
+    write_report(db, ["known", "other"], out, pool=True)  # the pooled section's table compiles with the rest
     return out
 
 
@@ -93,7 +93,7 @@ def test_every_tex_table_compiles_within_the_text_width(single: Path, several: P
     """Each .tex table of a one-study and a two-study report, in a default article page, compiles with pdflatex
     and is at most 1 pt wider than the text (the ASCII-only output needs no Unicode set-up)."""
     tables = sorted(single.glob("*.tex")) + sorted(several.glob("*.tex"))
-    assert {"comparison.tex", "grid.tex", "known-grid.tex", "other-grid.tex"} <= {p.name for p in tables}
+    assert {"comparison.tex", "grid.tex", "known-grid.tex", "other-grid.tex", "pool.tex"} <= {p.name for p in tables}
     for table in tables:
         tex = table.read_text()
         assert tex.isascii(), f"{table.name}: non-ASCII characters {sorted({c for c in tex if not c.isascii()})}"

@@ -157,13 +157,14 @@ def _p(p: float) -> str:
 
 
 def pool_display(pooled: Pooled) -> pd.DataFrame:
-    """The pooled frame as a text table: differences and intervals in pp, weights in %."""
+    """The pooled frame as a text table: differences and intervals in pp (H–K: Hartung–Knapp), weights in %
+    (the standard errors are in the frame, pool.csv)."""
     def pp(x: float) -> str:
         return "" if pd.isna(x) else f"{100 * x:+.2f}"
 
     rows = [{"study": r["study"], "teacher": "" if pd.isna(r["teacher"]) else r["teacher"],
-             "n": str(int(r["n"])), "KD − CE (pp)": pp(r["mean"]), "se (pp)": f"{100 * r['se']:.2f}",
+             "n": str(int(r["n"])), "KD − CE (pp)": pp(r["mean"]),
              f"{CONFIDENCE:.0%} CI (pp)": f"[{pp(r['ci_low'])}, {pp(r['ci_high'])}]",
-             "Hartung–Knapp CI (pp)": "" if pd.isna(r["hk_low"]) else f"[{pp(r['hk_low'])}, {pp(r['hk_high'])}]",
+             "H–K CI (pp)": "" if pd.isna(r["hk_low"]) else f"[{pp(r['hk_low'])}, {pp(r['hk_high'])}]",
              "weight": f"{r['weight']:.0%}"} for _, r in pooled.table.iterrows()]
     return pd.DataFrame(rows)

@@ -71,9 +71,9 @@ SECTIONS = {  # id -> heading of each per-study section, in page order
     "importances": "What mattered",
     "provenance": "Provenance",
 }
-POOL_CAPTION = ("KD − CE test accuracy per study (paired over its finalist seeds: mean, standard error, its own t "
-                "interval) and pooled by random effects (normal and Hartung–Knapp intervals); weight: each study's "
-                "share of the pooled estimate.")
+POOL_CAPTION = ("KD − CE test accuracy per study (paired over its finalist seeds: mean and its own t interval; "
+                "standard errors in pool.csv) and pooled by random effects (normal and Hartung–Knapp (H–K) "
+                "intervals); weight: each study's share of the pooled estimate.")
 FIGURE_DPI = 110  # dots per inch of the PNGs
 RC: dict[str, Any] = {"svg.hashsalt": "kdbench", "svg.fonttype": "path", "font.size": 9}
 FIGURES: dict[str, Callable[[StudyFrames], Figure]] = {

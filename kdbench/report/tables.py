@@ -334,7 +334,7 @@ _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", 
                                                        "\\": r"\textbackslash{}"}
 _LATEX_MATH = {"α": r"\alpha", "β": r"\beta", "Δ": r"\Delta", "−": "-", "±": r"\pm", "×": r"\times",
                "≠": r"\neq", "≤": r"\leq", "≥": r"\geq", "·": r"\cdot", "²": "^2", "⁻": "^-", "¹": "^1",
-               "³": "^3", "→": r"\to", "≈": r"\approx", "μ": r"\mu", "χ": r"\chi",
+               "³": "^3", "→": r"\to", "≈": r"\approx", "μ": r"\mu", "χ": r"\chi", "τ": r"\tau",
                "<": "<", ">": ">", "|": r"\vert"}  # the ASCII three print as other glyphs in text mode
 TEX_HEADER_CHARS = 10  # a .tex header's lines are wrapped at this many characters
 TEX_TABCOLSEP = r"\setlength{\tabcolsep}{4pt}"  # LaTeX's 6pt each side leaves a 10-column table no room
