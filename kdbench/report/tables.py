@@ -204,7 +204,9 @@ def methods_display(sf: StudyFrames) -> pd.DataFrame:
              "Δ vs KD (pp) [95% CI]": _ci(r["vs_kd_mean"], r["vs_kd_low"], r["vs_kd_high"]),
              "p Holm (vs KD)": _p(r["vs_kd_p_holm"]),
              "search runs": f"{int(r['search_runs'])} ({int(r['cells'])} cells)",
-             "trial cost × CE": _num(r["trial_cost_vs_ce"], ".2f")} for _, r in sf.methods.iterrows()]
+             "trial cost × CE": _num(r["trial_cost_vs_ce"], ".2f"),
+             "test ECE (%)": _pct(r.get("ece_mean"), 1) +
+             (" (> 2× best baseline)" if r.get("ece_flag") else "")} for _, r in sf.methods.iterrows()]
     return pd.DataFrame(rows)
 
 
@@ -219,7 +221,8 @@ def tex_methods(display: pd.DataFrame) -> tuple[pd.DataFrame, str]:
                         "vs CE (pp) [95% CI]": stack("Δ vs CE (pp) [95% CI]", "p Holm (vs CE)"),
                         "vs KD (pp) [95% CI]": stack("Δ vs KD (pp) [95% CI]", "p Holm (vs KD)")})
     note = "; ".join(f"{r['method']}: {r['configuration']}, {r['search runs']} search runs, trial x CE "
-                     f"{r['trial cost × CE']}" for _, r in display.iterrows())
+                     f"{r['trial cost × CE']}" + (f", test ECE {r['test ECE (%)']} %" if r.get("test ECE (%)") else "")
+                     for _, r in display.iterrows())
     return out, note
 
 
