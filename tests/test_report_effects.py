@@ -227,6 +227,11 @@ def test_factor_sentences_say_the_test_and_the_best_level_in_pp() -> None:
         f"{100 * _mean(eff):+.2f} pp over the grid mean, 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}].")
     assert sentences["alpha"] == (
         f"α's effect cannot be told apart from seed noise (F(1, 2) = {f_a:.1f}, p = {p_a:.2g}).")
+    # a grid planned wider than its data so far: the same sentence, and which planned levels it leaves out
+    wider = main_effects(_matrix(), {"temperature": [1.0, 2.0, 4.0, 8.0], "alpha": [0.1, 0.9]},
+                         min_anova_seeds=2).sentences
+    assert wider["temperature"] == sentences["temperature"][:-1] + " (T = 2, 8: no complete KD run yet)."
+    assert wider["alpha"] == sentences["alpha"]
 
 
 def test_reliability_by_hand_for_three_seeds() -> None:

@@ -466,12 +466,16 @@ def _factor_sentence(factor: str, levels: pd.DataFrame, anova: pd.DataFrame | No
     sym = _SYMBOL[factor]
     if levels.empty:
         return f"{sym}'s effect cannot be estimated: there are no KD cells."
+    missing = [v for v in dict.fromkeys(map(float, planned)) if v not in set(levels["level"].astype(float))]
+    lacking = f"{sym} = {', '.join(f'{v:g}' for v in missing)}: no complete KD run yet"
     if len(levels) < 2 and len(set(planned)) > 1:
         values = ", ".join(f"{v:g}" for v in planned)
         return (f"{sym}'s effect cannot be estimated yet: of the planned {sym} ∈ {{{values}}}, only "
-                f"{sym} = {levels['level'].iloc[0]:g} has complete KD runs.")
+                f"{sym} = {levels['level'].iloc[0]:g} has complete KD runs ({lacking}).")
     if len(levels) < 2:
         return f"{sym} was not varied (one level, {sym} = {levels['level'].iloc[0]:g})."
+    if missing:  # the effect of the levels that have runs, and which planned ones it leaves out
+        return _factor_sentence(factor, levels, anova, why, []).rstrip(".") + f" ({lacking})."
     top = levels.loc[levels["effect"].idxmax()]
     ci = (f"{CONFIDENCE:.0%} CI [{100 * top['effect_ci_low']:+.2f}, {100 * top['effect_ci_high']:+.2f}]"
           if np.isfinite(top["effect_ci_low"]) else "no CI (fewer than 2 seeds or no spread)")
