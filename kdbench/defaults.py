@@ -63,7 +63,8 @@ PRUNE_RHO_MIN = 0.8  # Spearman rho of an epoch's val accuracy with the final on
 # that a pruner acting at that epoch may stop trials that would have ranked high (rho^2 = 0.64: a third of the
 # final ranking's variance is not yet visible)
 ANOVA_MIN_SEEDS = 4  # seeds below which the report runs no T × α RM-ANOVA: its p-values rest on sphericity,
-# which with fewer seeds cannot be checked (it is not corrected for; the level effects and their CIs are shown instead)
+# which with fewer seeds cannot be checked (the level effects and their CIs are shown instead); from 4 seeds on its
+# p-values are Greenhouse–Geisser corrected
 CALIBRATION_BINS = 15  # equal-width confidence bins of the report's ECE and reliability diagram (Guo et al. 2017)
 # complete KD trials below which a report shows no parameter importances. PED-ANOVA (Optuna's default
 # evaluator, target_quantile 0.1) compares the density of the top 10 % of trials with that of all trials;
