@@ -71,7 +71,7 @@ def test_writes_every_table_and_figure(single: Path) -> None:
     assert "Top-1 agreement with the teacher (cnn-m) on the test set: CE students " in html
     assert "(mean over n=5 seeds, sd " in html and "Classes KD moved most (KD − CE accuracy" in html
     assert {"fidelity.md", "fidelity.tex", "per-class.csv", "per-class.tex"} <= names
-    assert "p (McNemar)" in (single / "comparison.md").read_text()
+    assert "p (McNemar, 2 networks)" in (single / "comparison.md").read_text()
     csv = pd.read_csv(single / "comparison.csv").set_index("arm")
     assert csv.loc["KD student", "diff_mean"] == pytest.approx(0.013)
     assert csv.loc["KD student", "n"] == 5 and csv.loc["teacher", "parameters"] == 5000
@@ -119,7 +119,7 @@ def test_tables_align_numbers_right(single: Path) -> None:
     header = [c.strip() for c in md[0].strip("|").split("|")]
     rule = dict(zip(header, (c.strip() for c in md[1].strip("|").split("|")), strict=True))
     assert rule["arm"].startswith(":") and not rule["arm"].endswith(":")
-    for col in ("test acc (%)", "n", "KD − CE (pp)", "95% CI (pp)", "p (paired t)", "p (McNemar)"):
+    for col in ("test acc (%)", "n", "KD − CE (pp)", "95% CI (pp)", "p (paired t)", "p (McNemar, 2 networks)"):
         assert rule[col].endswith(":") and not rule[col].startswith(":"), col
     tex = (single / "comparison.tex").read_text()
     assert "\\begin{tabular}{lrrrrrrrr}" in tex and "device:" in tex and "parameters" in tex

@@ -189,8 +189,8 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     files: list[Path] = []
     ci = f"{CONFIDENCE:.0%}"
     caption = (f"Test accuracy (mean ± sd over finalist seeds, n seeds); KD − CE paired over shared seeds with "
-               f"its {ci} t interval and paired t-test p (t): the test of the methods. McNemar's test (McN., the "
-               "median p over seeds) compares the two finalist networks of one seed on the same test images, i.e. "
+               f"its {ci} t interval and paired t-test p (t): the test of the methods. McNemar's test (McN., 2 nets: "
+               "the median p over seeds) compares the two finalist networks of one seed on the same test images, i.e. "
                "whether those two networks err on different images, not whether one method beats the other.")
     files += _write_table(display, table, out_dir, "comparison", caption, notes, tex_comparison(display))
     with matplotlib.rc_context(RC):  # type: ignore[arg-type]
