@@ -155,9 +155,12 @@ def test_partial_study_renders_what_exists(db: str, tmp_path: Path) -> None:
     assert "no complete finalists yet" in html and "cannot be compared yet" in html
     grid = (tmp_path / "grid.md").read_text()
     assert "running, n=1" in grid and "pruned, last 70.00, at epoch" in grid and "not run" in grid
-    assert len(list(tmp_path.glob("*.png"))) == 6  # the grid's 6; not the learning curves (no finalist),
-    # calibration (no logits), every trial (none complete, none with an epoch) or the budget section's (nothing at
-    # another budget, no two-epoch trial): one sentence each instead of an empty figure
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["comparison.png", "importances.png"]  # no empty
+    # figure: no heatmaps or effects (no complete KD trial), learning curves (no finalist), predictions, calibration
+    # (no logits), every trial (none complete, none with an epoch) or the budget section's (nothing at another
+    # budget, no two-epoch trial): one sentence each instead
+    assert "No heatmap: no complete KD trial yet." in html and "No main-effects figure: no complete KD cell" in html
+    assert "Files: grid.md, .csv, .tex</p>" in html
     assert not (tmp_path / "budget.png").exists() and "No budget figure: no configuration was trained" in html
     assert not (tmp_path / "learning-curves.png").exists() and "No learning curves: no complete finalists yet." in html
     assert "No reliability diagram: there is nothing to draw" in html and "No trial figure: no search trial" in html
@@ -187,7 +190,7 @@ def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp
     assert "No prediction grid: no seed with both a KD and a CE finalist yet." in html
     assert "Parameter importances not shown: 4 complete KD trial(s), fewer than the 50" in html
     assert "Calibration not computed: no stored test logits" in html and "Every trial" in html
-    assert len(list(tmp_path.glob("*.png"))) == 7 and not (tmp_path / "fidelity.md").exists()
+    assert len(list(tmp_path.glob("*.png"))) == 6 and not (tmp_path / "fidelity.md").exists()  # no predictions
     assert "No configuration was\ntrained at another budget than the search's" in html
     assert "| teacher |" in (tmp_path / "comparison.md").read_text()
     if shutil.which("pdflatex") is not None:

@@ -32,8 +32,20 @@ def one_evaluation(curves: pd.DataFrame, key: str) -> bool:
 def left_out(sf: StudyFrames) -> dict[str, str]:
     """The figures that would be drawn empty, each with the sentence the report says instead (the report draws
     the others). A budget figure whose two panels would be empty, learning curves with no finalist or one
-    evaluation per run, a reliability diagram with no stored logits, a trial figure with no trial."""
+    evaluation per run, a reliability diagram with no stored logits, a trial figure with no trial, heatmaps and
+    effects with no complete KD cell, a prediction grid with no finalists' predictions."""
     out = {}
+    if sf.grid.empty or sf.grid["cell_mean"].isna().all():
+        out["heatmap-val"] = "No heatmap: no complete KD trial yet."
+    if sf.grid.empty or sf.grid["delta_ce"].isna().all():
+        out["heatmap-diff"] = "No difference heatmap: no KD cell has a complete CE run on the same seeds yet."
+    ev = sf.evidence
+    levels, column = (ev.main_effects.levels, "effect") if sf.is_grid else (ev.binned, "mean")
+    if levels.empty or levels[column].isna().all():
+        out["effects"] = "No main-effects figure: no complete KD cell yet."
+    p = sf.predictions
+    if p.images is None or p.table.empty:
+        out["predictions"] = "No prediction grid: " + "; ".join(p.notes) + "."
     if sf.curves.empty:
         out["learning-curves"] = "No learning curves: no complete finalists yet."
     elif one_evaluation(sf.curves, "loss"):
