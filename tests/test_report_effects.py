@@ -233,6 +233,9 @@ def test_factor_sentences_say_the_test_and_the_best_level_in_pp() -> None:
                          min_anova_seeds=2).sentences
     assert wider["temperature"] == sentences["temperature"][:-1] + " (T = 2, 8: no complete KD run yet)."
     assert wider["alpha"] == sentences["alpha"]
+    nothing = main_effects(pd.DataFrame(), {"temperature": [2.0, 4.0], "alpha": [0.5]}).sentences
+    assert nothing["temperature"] == "T's effect cannot be estimated yet: no KD cell of the planned T ∈ {2, 4} has a " \
+        "complete run."
 
 
 def test_reliability_by_hand_for_three_seeds() -> None:

@@ -471,12 +471,15 @@ def _anova(kd: pd.DataFrame, min_seeds: int) -> tuple[pd.DataFrame | None, str |
 def _factor_sentence(factor: str, levels: pd.DataFrame, anova: pd.DataFrame | None, why: str | None,
                      planned: list[float]) -> str:
     sym = _SYMBOL[factor]
+    values = ", ".join(f"{v:g}" for v in planned)
+    if levels.empty and planned:
+        return (f"{sym}'s effect cannot be estimated yet: no KD cell of the planned {sym} ∈ {{{values}}} has a "
+                "complete run.")
     if levels.empty:
         return f"{sym}'s effect cannot be estimated: there are no KD cells."
     missing = [v for v in dict.fromkeys(map(float, planned)) if v not in set(levels["level"].astype(float))]
     lacking = f"{sym} = {', '.join(f'{v:g}' for v in missing)}: no complete KD run yet"
     if len(levels) < 2 and len(set(planned)) > 1:
-        values = ", ".join(f"{v:g}" for v in planned)
         return (f"{sym}'s effect cannot be estimated yet: of the planned {sym} ∈ {{{values}}}, only "
                 f"{sym} = {levels['level'].iloc[0]:g} has complete KD runs ({lacking}).")
     if len(levels) < 2:
