@@ -78,12 +78,15 @@ def print_summary(store: Any, name: str, summary: Any, study: Study) -> None:
         values = run_values(r)
         lr = values.pop("lr")
         cfg = "".join(f"{'T' if k == 'temperature' else k}={v:g} " for k, v in values.items()) + f"lr={lr:.3g}"
+        runs = int(r["runs"])
         if r["test_mean"] != r["test_mean"]:
-            test = "no test accuracy stored yet"
+            test = f"no test accuracy stored for its {runs} complete run{'s' if runs != 1 else ''}"
         elif r["test_sd"] == r["test_sd"]:
-            test = f"test {r['test_mean']:.2%} ± {r['test_sd']:.2%} (n={int(r['n'])})"
+            test = f"test {r['test_mean']:.2%} ± {r['test_sd']:.2%} (sd, n={int(r['n'])})"
         else:
             test = f"test {r['test_mean']:.2%} (n={int(r['n'])}, no spread)"
+        if 0 < r["n"] < runs:
+            test += f"; {runs - int(r['n'])} complete run(s) stored no test accuracy"
         click.echo(f"  best {r['loss'].upper()} #{int(r['rank']) + 1}: {cfg}: {test}")
 
 
@@ -103,7 +106,8 @@ def print_show(store: Any, study_name: str, top: int) -> None:
             if d is None or d["mean"] != d["mean"]:
                 vs = "; vs CE: no CE run on the same seeds yet"
             else:
-                ci = ("(no CI)" if d["ci_low"] != d["ci_low"]
+                ci = (f"(n={int(d['n'])}, no interval)" if d["n"] < 2 else
+                      "(no CI: the same difference on every seed)" if d["ci_low"] != d["ci_low"]
                       else f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]")
                 vs = f"; vs CE {100 * d['mean']:+.2f} pp {ci}" + (" *" if d["holm_above_zero"] else "")
             lines.append(f"  T={c['temperature']:g} alpha={c['alpha']:g}: {cell_text(c)}{vs}")

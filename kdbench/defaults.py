@@ -64,7 +64,8 @@ PRUNE_RHO_MIN = 0.8  # Spearman rho of an epoch's val accuracy with the final on
 # that a pruner acting at that epoch may stop trials that would have ranked high (rho^2 = 0.64: a third of the
 # final ranking's variance is not yet visible)
 ANOVA_MIN_SEEDS = 4  # seeds below which the report runs no T × α RM-ANOVA: its p-values rest on sphericity,
-# which with fewer seeds cannot be checked (it is not corrected for; the level effects and their CIs are shown instead)
+# which with fewer seeds cannot be checked (the level effects and their CIs are shown instead); from 4 seeds on its
+# p-values are Greenhouse–Geisser corrected
 POOL_TAU2_METHOD = "dl"  # report --pool: the between-study variance estimator (statsmodels' combine_effects
 # method_re): DerSimonian–Laird, the one-step moment estimate most meta-analyses report; "pm" is Paule–Mandel
 CALIBRATION_BINS = 15  # equal-width confidence bins of the report's ECE and reliability diagram (Guo et al. 2017)

@@ -41,8 +41,10 @@ def _predictions(seed: int, accuracy_shift: int) -> bytes:
 def make_db(url: str, name: str = "known", *, kd_test: dict[int, float] | None = None,
             ce_test: dict[int, float] | None = None, ce_val: list[float] | None = None,
             kd_trials: dict[tuple[float, float], list[tuple[str, float | None, float]]] | None = None,
-            teacher: bool = True, device: str = "cpu (test, 1 thread)", student: str = "mlp-800") -> None:
-    """Write one study with the given runs; defaults are the module's known numbers."""
+            teacher: bool = True, device: str = "cpu (test, 1 thread)", student: str = "mlp-800",
+            epochs: int = 3) -> None:
+    """Write one study with the given runs (each finalist evaluated after each of ``epochs`` epochs); defaults are
+    the module's known numbers."""
     kd_test = KD_TEST if kd_test is None else kd_test
     ce_test = CE_TEST if ce_test is None else ce_test
     ce_val = CE_VAL if ce_val is None else ce_val
@@ -79,7 +81,7 @@ def make_db(url: str, name: str = "known", *, kd_test: dict[int, float] | None =
                              test_predictions=_predictions(seed, loss == "kd"), **common)
                 s.add(run)
                 s.flush()
-                for e in range(3):
+                for e in range(epochs):
                     s.add(EpochRow(run_id=run.id, epoch=e, train_loss=1.0 / (e + 1), val_acc=acc - 0.01 * (2 - e),
                                    val_loss=0.5, seconds=1.0, lr=2e-3))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def test_show_prints_cells_effects_reliability_and_budgets(tmp_path: Path) -> No
     assert "best cells (validation accuracy at 3 epochs, mean over seeds at the cell's best lr" in out
     first = out.split("best cells", 1)[1].splitlines()[1]
     assert first.startswith("  T=4 alpha=0.1: 83.30% ± ") and first.endswith("vs CE +3.00 pp [+2.50, +3.50] *")
-    assert "  CE: 80.30% ± " in out and "(no CI)" in out
+    assert "  CE: 80.30% ± " in out and "(no CI: the same difference on every seed)" in out
     assert "RM-ANOVA" in out and "(reliability " in out and "after Holm's correction: T=4 α=0.1" in out
     assert "Tuning budgets: KD: 4 cells × 2 lr × 3 seeds; CE: 2 lr × 3 seeds." in out
 
@@ -137,11 +138,22 @@ def test_show_on_a_half_finished_grid_says_what_is_missing(tmp_path: Path) -> No
                                     (4.0, 0.5): [("failed", None, 1e-3)]})
     shown = CliRunner().invoke(cli.main, ["show", "half", "--storage", url])
     assert shown.exit_code == 0, shown.output
-    assert "T's effect cannot be estimated yet: of the planned T ∈ {1, 2, 4}, only T = 2 has complete KD runs." \
-        in shown.output
+    assert ("T's effect cannot be estimated yet: of the planned T ∈ {1, 2, 4}, only T = 2 has complete KD runs "
+            "(T = 1, 4: no complete KD run yet).") in shown.output
+    assert "vs CE +2.00 pp (n=1, no interval)" in shown.output
     assert "was not varied" not in shown.output and "nan" not in shown.output.lower()
     assert "(n=1, no interval)" in shown.output and "(95% CI, n=1)" not in shown.output
     engine = sa.create_engine(url)
+    with engine.begin() as conn:  # complete finalists without a test accuracy: said so, never "nan%"
+        conn.execute(sa.text("UPDATE kdbench_runs SET test_acc = NULL WHERE kind = 'finalist' AND loss = 'kd'"))
+        conn.execute(sa.text("UPDATE kdbench_runs SET test_acc = NULL WHERE kind = 'finalist' AND loss = 'ce' "
+                             "AND seed = 1"))
+    shown = CliRunner().invoke(cli.main, ["show", "half", "--storage", url])
+    assert shown.exit_code == 0 and "nan" not in shown.output.lower(), shown.output
+    assert re.search(r"best KD #1: T=2 alpha=0\.5 lr=0\.002: no test accuracy stored for its \d complete runs\n",
+                     shown.output), shown.output
+    assert re.search(r"best CE #1: lr=0\.002: test [\d.]+% ± [\d.]+% \(sd, n=4\); 1 complete run\(s\) stored no "
+                     r"test accuracy\n", shown.output), shown.output
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE kdbench_runs SET val_acc = 1.7 WHERE id = (SELECT MIN(id) FROM kdbench_runs "
                              "WHERE kind = 'kd')"))
@@ -150,3 +162,11 @@ def test_show_on_a_half_finished_grid_says_what_is_missing(tmp_path: Path) -> No
     lines = bad.stderr.strip().splitlines()
     assert bad.exit_code == 2 and len(lines) == 1, bad.output
     assert "val_acc = 1.7, not an accuracy (a fraction in [0, 1])" in lines[0] and "--replace" in lines[0]
+    with engine.begin() as conn:  # a negative loss is as impossible: refused the same way, naming run and column
+        conn.execute(sa.text("UPDATE kdbench_runs SET val_acc = 0.89"))
+        conn.execute(sa.text("UPDATE kdbench_runs SET test_loss = -0.25 WHERE kind = 'finalist' AND seed = 2"))
+    engine.dispose()
+    bad = CliRunner().invoke(cli.main, ["show", "half", "--storage", url])
+    lines = bad.stderr.strip().splitlines()
+    assert bad.exit_code == 2 and len(lines) == 1, bad.output
+    assert re.search(r"run \d+ \(final/\w+/rank=0/seed=2\) has test_loss = -0.25, not a cross-entropy", lines[0])

@@ -60,6 +60,11 @@ def test_an_arm_with_more_than_twice_the_baselines_ece_is_named() -> None:
     assert flag == ("Calibration: DIST student (ECE 67.0 %, n=5) more than 2× the CE student's ECE (4.5 %): its "
                     "accuracy comes with badly calibrated probabilities.")  # 0.08 < 2 × 0.045; the teacher is not held
     assert calibration_flags(table[table["arm"] != "CE student"]) == ""
+    # held against the best of several baselines: a label-smoothed CE at 2.0 % makes KD's 8 % more than twice it
+    smoothed = pd.concat([table, pd.DataFrame({"arm": ["CE+LS student"], "ece_mean": [0.02], "n": [5]})])
+    assert calibration_flags(smoothed, ("CE student", "CE+LS student")) == (
+        "Calibration: KD student (ECE 8.0 %, n=5), DIST student (ECE 67.0 %, n=5) more than 2× the best baseline's, "
+        "the CE+LS student's ECE (2.0 %): its accuracy comes with badly calibrated probabilities.")
     empty = pd.DataFrame(columns=["method", "vs_ce_n"])
     assert method_sentence(empty, table).endswith(flag)
 

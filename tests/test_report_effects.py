@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from kdbench.report.effects import (
     ANOVA_COLUMNS,
@@ -227,6 +228,14 @@ def test_factor_sentences_say_the_test_and_the_best_level_in_pp() -> None:
         f"{100 * _mean(eff):+.2f} pp over the grid mean, 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}].")
     assert sentences["alpha"] == (
         f"α's effect cannot be told apart from seed noise (F(1, 2) = {f_a:.1f}, p = {p_a:.2g}).")
+    # a grid planned wider than its data so far: the same sentence, and which planned levels it leaves out
+    wider = main_effects(_matrix(), {"temperature": [1.0, 2.0, 4.0, 8.0], "alpha": [0.1, 0.9]},
+                         min_anova_seeds=2).sentences
+    assert wider["temperature"] == sentences["temperature"][:-1] + " (T = 2, 8: no complete KD run yet)."
+    assert wider["alpha"] == sentences["alpha"]
+    nothing = main_effects(pd.DataFrame(), {"temperature": [2.0, 4.0], "alpha": [0.5]}).sentences
+    assert nothing["temperature"] == "T's effect cannot be estimated yet: no KD cell of the planned T ∈ {2, 4} has a " \
+        "complete run."
 
 
 def test_reliability_by_hand_for_three_seeds() -> None:
@@ -355,3 +364,30 @@ def test_no_rm_anova_below_four_seeds_by_default() -> None:
                              "p-values rest on a sphericity assumption they cannot check"]
     assert effects.sentences["temperature"].startswith("T's RM-ANOVA was not run (it needs at least 4 seeds")
     assert "best T = 4: " in effects.sentences["temperature"]
+
+
+def test_rm_anova_is_greenhouse_geisser_corrected_by_hand() -> None:
+    """T ∈ {1, 2, 4} (α fixed) on 5 seeds: F by hand, ε = tr(S)² / ((k − 1) tr(S²)) with S the covariance of
+    orthonormal contrasts over seeds (Greenhouse & Geisser 1959), p from F(ε(k − 1), ε(k − 1)(n − 1))."""
+    y = np.array([[0.80, 0.83, 0.85], [0.82, 0.82, 0.88], [0.79, 0.84, 0.84], [0.81, 0.81, 0.87],
+                  [0.80, 0.85, 0.86]])  # seeds × T levels
+    rows = [{"stage": "kd", "temperature": t, "alpha": 0.5, "lr": 0.01, "seed": s, "val_acc": y[s, j]}
+            for s in range(5) for j, t in enumerate((1.0, 2.0, 4.0))]
+    runs = pd.DataFrame(rows)
+    effects = main_effects(seed_matrix(runs, best_lr_cells(runs).cells))  # 5 seeds: the default runs it
+    assert effects.anova is not None
+    row = effects.anova.set_index("term").loc["temperature"]
+    n, k = y.shape
+    g, mt, ms = y.mean(), y.mean(axis=0), y.mean(axis=1)
+    ss_t = n * ((mt - g) ** 2).sum()
+    ss_err = ((y - mt[None, :] - ms[:, None] + g) ** 2).sum()
+    f = (ss_t / (k - 1)) / (ss_err / ((k - 1) * (n - 1)))
+    c = np.array([[1, -1, 0], [1, 1, -2]], dtype=float).T / np.array([math.sqrt(2), math.sqrt(6)])
+    s = c.T @ np.cov(y, rowvar=False) @ c
+    eps = np.trace(s) ** 2 / ((k - 1) * np.trace(s @ s))
+    assert 0.5 <= eps < 1  # between its floor 1 / (k − 1) and 1: the data are not spherical
+    assert (row["F"], row["df_num"], row["df_den"]) == pytest.approx((f, 2, 8))
+    assert row["epsilon"] == pytest.approx(eps, rel=1e-9)
+    assert row["p_uncorrected"] == pytest.approx(stats.f.sf(f, 2, 8), rel=1e-9)
+    assert row["p"] == pytest.approx(stats.f.sf(f, 2 * eps, 8 * eps), rel=1e-9)
+    assert f"F(2, 8) = {f:.1f}, Greenhouse–Geisser ε = {eps:.2f}, p = " in effects.sentences["temperature"]

@@ -80,22 +80,51 @@ def test_holm_leaves_missing_p_values_out_of_the_family() -> None:
 def test_the_method_sentence_says_what_the_data_can_tell() -> None:
     table = method_table(_frame(), ["kd", "dkd", "lskd"])
     sentence = method_sentence(table)
-    # LS-KD − CE: −1, +1, −1, +1 pp, sd 1.1547 pp; the power point (tested by hand in test_report_stats) at n = 4
-    lskd = f"{100 * detectable_difference(Paired(0.0, 0.011547, -0.01, 0.01, 1.0, 4)):.2f}"
-    assert sentence == ("Hinton KD (+1.50 pp), DKD (+3.25 pp) helped over CE (Holm-corrected over 3 methods, "
-                        "n=4 shared seeds); LS-KD (+0.00 pp) could not be told apart from CE (power before Holm's "
-                        f"correction: LS-KD: n = 4, paired sd 1.15 pp: a true difference smaller than about {lskd} "
-                        "pp would have been detected with probability under 80% (paired t-test, two-sided 5%)). "
-                        "Against Hinton KD: "
-                        "DKD − Hinton KD = +1.75 pp [+0.23, +3.27] (95 % CI); a method is better than KD only where "
-                        "that interval lies above 0.")  # 3.25 − 1.50 pp; the interval from the table's paired t
+    def power(a: list[float], b: list[float]) -> str:  # the clause at the hand-computed sd of the differences
+        d = [x - y for x, y in zip(a, b, strict=True)]
+        sd = math.sqrt(sum((x - sum(d) / 4) ** 2 for x in d) / 3)
+        mde = detectable_difference(Paired(0.0, sd, -1.0, 1.0, 1.0, 4))  # tested by hand in test_report_stats
+        return (f"n = 4, paired sd {100 * sd:.2f} pp: a true difference smaller than about {100 * mde:.2f} pp would "
+                "have been detected with probability under 80% (paired t-test, two-sided 5%), before Holm's correction")
+
+    assert sentence == (
+        "Against CE (difference in pp, 95 % paired t interval, p Holm-corrected over 3 methods, n=4 shared seeds): "
+        "Hinton KD helped over CE (+1.50 pp [+0.58, +2.42], p Holm = 0.028); DKD helped over CE (+3.25 pp "
+        "[+2.45, +4.05], p Holm = 0.0029); LS-KD and CE could not be told apart (+0.00 pp [-1.84, +1.84], p Holm = 1; "
+        f"{power(ACC['lskd'], ACC['ce'])}). "
+        "Against Hinton KD (difference in pp, 95 % paired t interval, p Holm-corrected over 2 methods, n=4 shared "
+        "seeds): DKD and Hinton KD could not be told apart (+1.75 pp [+0.23, +3.27], p Holm = 0.071; "
+        f"{power(ACC['dkd'], ACC['kd'])}); LS-KD and "
+        f"Hinton KD could not be told apart (-1.50 pp [-4.26, +1.26], p Holm = 0.18; {power(ACC['lskd'], ACC['kd'])}).")
+    assert "1.15 pp" in power(ACC["lskd"], ACC["ce"])  # LS-KD − CE: −1, +1, −1, +1 pp
+    # by hand: DKD − KD differs by 0.01, 0.02, 0.01, 0.03 (mean 1.75 pp, its interval from _hand); its p 0.035
+    # doubled by Holm over the two methods against KD (LS-KD's 0.18 is the larger): 0.071, not below 0.05
     dkd = table.set_index("method").loc["DKD"]
-    assert (100 * dkd["vs_kd_low"], 100 * dkd["vs_kd_high"]) == pytest.approx((0.23, 3.27), abs=0.005)
+    _, low, high = _hand(ACC["dkd"], ACC["kd"])
+    assert (100 * dkd["vs_kd_low"], 100 * dkd["vs_kd_high"]) == pytest.approx((100 * low, 100 * high))
+    assert dkd["vs_kd_p_holm"] == pytest.approx(2 * dkd["vs_kd_p"])
     none = method_table(_frame()[lambda f: f["loss"].isin(["ce", "lskd"])], ["lskd"])
-    assert method_sentence(none).startswith("No method could be told apart from CE at n=4")
-    assert f"LS-KD: n = 4, paired sd 1.15 pp: a true difference smaller than about {lskd} pp" in method_sentence(none)
+    assert method_sentence(none).startswith("Against CE (difference in pp, 95 % paired t interval, p Holm-corrected "
+                                            "over 1 method, n=4 shared seeds): LS-KD and CE could not be told apart")
     assert method_sentence(method_table(_frame()[lambda f: f["kind"] != "finalist"], ["kd"])).startswith(
         "The methods cannot be compared with CE yet")
+
+
+def test_a_method_that_helped_where_kd_did_not_is_not_called_better_than_kd() -> None:
+    # the case: DKD significant against CE, Hinton KD not, and DKD − KD's interval contains 0
+    acc = {"ce": [0.80, 0.82, 0.81, 0.79], "kd": [0.82, 0.815, 0.825, 0.79], "dkd": [0.815, 0.83, 0.822, 0.801]}
+    frame = _frame()
+    for method, accs in acc.items():
+        for seed, a in enumerate(accs, start=1):
+            frame.loc[(frame["kind"] == "finalist") & (frame["loss"] == method) & (frame["seed"] == seed),
+                      "test_acc"] = a
+    sentence = method_sentence(method_table(frame[frame["loss"] != "lskd"], ["kd", "dkd"]))
+    mean, low, high = _hand(acc["dkd"], acc["kd"])  # +0.45 pp, an interval around 0
+    assert low < 0 < high
+    assert "DKD helped over CE" in sentence and "Hinton KD and CE could not be told apart" in sentence
+    assert (f"DKD and Hinton KD could not be told apart ({100 * mean:+.2f} pp [{100 * low:+.2f}, {100 * high:+.2f}]"
+            in sentence)
+    assert "better than" not in sentence
 
 
 def test_method_cells_take_each_cells_best_lr_mean() -> None:
@@ -125,3 +154,14 @@ def test_the_cost_note_flags_noisy_timings() -> None:
     assert table.loc[("teacher", "training, once"), "total_s"] == 60.0
     busy = steady.assign(wall_time_s=[1.0, 4.0, 1.05, 1.2, 1.3, 1.25])  # one CE trial ran on a loaded machine
     assert "Timings are noisy" in cost_note(busy) and "CE trial" in cost_note(busy)
+
+
+def test_the_method_table_flags_an_ece_over_twice_the_best_baselines() -> None:
+    from kdbench.report.methods import method_ece
+
+    calib = pd.DataFrame({"arm": ["teacher", "CE student", "KD student", "DKD student"],
+                          "ece_mean": [0.5, 0.045, 0.08, 0.67]})
+    table = method_ece(method_table(_frame(), ["kd", "dkd", "lskd"]), calib).set_index("method")
+    assert table["ece_mean"].tolist()[:2] == [0.08, 0.67] and math.isnan(table.loc["LS-KD", "ece_mean"])
+    # 0.08 < 2 × 0.045 = 0.09 < 0.67; LS-KD has no stored logits; CE is the baseline itself
+    assert table["ece_flag"].tolist() == [False, True, False, False]

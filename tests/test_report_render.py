@@ -71,7 +71,7 @@ def test_writes_every_table_and_figure(single: Path) -> None:
     assert "Top-1 agreement with the teacher (cnn-m) on the test set: CE students " in html
     assert "(mean over n=5 seeds, sd " in html and "Classes KD moved most (KD − CE accuracy" in html
     assert {"fidelity.md", "fidelity.tex", "per-class.csv", "per-class.tex"} <= names
-    assert "p (McNemar)" in (single / "comparison.md").read_text()
+    assert "p (McNemar, 2 networks)" in (single / "comparison.md").read_text()
     csv = pd.read_csv(single / "comparison.csv").set_index("arm")
     assert csv.loc["KD student", "diff_mean"] == pytest.approx(0.013)
     assert csv.loc["KD student", "n"] == 5 and csv.loc["teacher", "parameters"] == 5000
@@ -119,7 +119,7 @@ def test_tables_align_numbers_right(single: Path) -> None:
     header = [c.strip() for c in md[0].strip("|").split("|")]
     rule = dict(zip(header, (c.strip() for c in md[1].strip("|").split("|")), strict=True))
     assert rule["arm"].startswith(":") and not rule["arm"].endswith(":")
-    for col in ("test acc (%)", "n", "KD − CE (pp)", "95% CI (pp)", "p (paired t)", "p (McNemar)"):
+    for col in ("test acc (%)", "n", "KD − CE (pp)", "95% CI (pp)", "p (paired t)", "p (McNemar, 2 networks)"):
         assert rule[col].endswith(":") and not rule[col].startswith(":"), col
     tex = (single / "comparison.tex").read_text()
     assert "\\begin{tabular}{lrrrrrrrr}" in tex and "device:" in tex and "parameters" in tex
@@ -155,9 +155,26 @@ def test_partial_study_renders_what_exists(db: str, tmp_path: Path) -> None:
     assert "no complete finalists yet" in html and "cannot be compared yet" in html
     grid = (tmp_path / "grid.md").read_text()
     assert "running, n=1" in grid and "pruned, last 70.00, at epoch" in grid and "not run" in grid
-    assert len(list(tmp_path.glob("*.png"))) == 9  # the grid's 7, calibration (empty, saying why), every trial;
-    # not the budget section's (no configuration at another budget, no two-epoch trial: the text says so)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["comparison.png", "importances.png"]  # no empty
+    # figure: no heatmaps or effects (no complete KD trial), learning curves (no finalist), predictions, calibration
+    # (no logits), every trial (none complete, none with an epoch) or the budget section's (nothing at another
+    # budget, no two-epoch trial): one sentence each instead
+    assert "No heatmap: no complete KD trial yet." in html and "No main-effects figure: no complete KD cell" in html
+    assert "Files: grid.md, .csv, .tex</p>" in html
     assert not (tmp_path / "budget.png").exists() and "No budget figure: no configuration was trained" in html
+    assert not (tmp_path / "learning-curves.png").exists() and "No learning curves: no complete finalists yet." in html
+    assert "No reliability diagram: there is nothing to draw" in html and "No trial figure: no search trial" in html
+
+
+def test_one_evaluation_per_run_draws_no_curve(tmp_path: Path) -> None:
+    """Finalists validated once (a 200-step run): a sentence instead of learning curves of one point each."""
+    url = f"sqlite:///{tmp_path / 'kd.db'}"
+    make_db(url, "once", epochs=1)
+    write_report(url, ["once"], tmp_path / "out", load_images=False)
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert not (tmp_path / "out" / "learning-curves.png").exists()
+    assert "No learning curves: one evaluation per run (validation only after the last step): no curve." in html
+    assert (tmp_path / "out" / "heatmap-val.png").exists() and (tmp_path / "out" / "trials.png").exists()
 
 
 def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp_path: Path) -> None:
@@ -173,7 +190,7 @@ def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp
     assert "No prediction grid: no seed with both a KD and a CE finalist yet." in html
     assert "Parameter importances not shown: 4 complete KD trial(s), fewer than the 50" in html
     assert "Calibration not computed: no stored test logits" in html and "Every trial" in html
-    assert len(list(tmp_path.glob("*.png"))) == 9 and not (tmp_path / "fidelity.md").exists()
+    assert len(list(tmp_path.glob("*.png"))) == 6 and not (tmp_path / "fidelity.md").exists()  # no predictions
     assert "No configuration was\ntrained at another budget than the search's" in html
     assert "| teacher |" in (tmp_path / "comparison.md").read_text()
     if shutil.which("pdflatex") is not None:
@@ -186,7 +203,8 @@ def test_a_study_without_finalists_renders_and_says_what_is_missing(db: str, tmp
 def test_index_html_loads_in_headless_chromium(single: Path) -> None:
     html = (single / "index.html").read_text()
     n_images = html.count("<img ")
-    assert n_images == 9 and "http://" not in html.replace("http://www.w3.org", "")  # self-contained
+    # 8: no reliability diagram (this study stored no logits: a sentence instead); self-contained
+    assert n_images == 8 and "http://" not in html.replace("http://www.w3.org", "")
     dom = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
          "--dump-dom", (single / "index.html").as_uri()],

@@ -15,6 +15,8 @@ only over- or under-confident is told apart from one whose ranking of the classe
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -22,8 +24,8 @@ from scipy.special import log_softmax
 
 from kdbench.defaults import CALIBRATION_BINS
 
-__all__ = ["CALIBRATION_COLUMNS", "calibration", "calibration_flags", "calibration_frames", "decode_logits", "ece",
-           "nll", "reliability_bins"]
+__all__ = ["BASELINE_ARM", "CALIBRATION_COLUMNS", "calibration", "calibration_flags", "calibration_frames",
+           "decode_logits", "ece", "nll", "reliability_bins"]
 
 
 def decode_logits(blob: bytes | None, n_test: int) -> npt.NDArray[np.float64] | None:
@@ -145,20 +147,26 @@ def calibration_frames(logits: dict[str, dict[int, bytes]], teacher_logits: byte
     return calibration(arms, labels, temps), pd.concat(bins, ignore_index=True)[empty[1].columns], note
 
 
-def calibration_flags(table: pd.DataFrame, baseline: str = "CE student", factor: float = 2.0) -> str:
-    """A sentence naming each student arm whose mean test ECE is more than ``factor`` times the baseline's
-    (accuracy alone would hide that its probabilities are badly calibrated); "" when none is, or no baseline.
+BASELINE_ARM = "CE student"  # the arm every student's calibration is held against, with any other baseline arm
+
+
+def calibration_flags(table: pd.DataFrame, baselines: Collection[str] = (BASELINE_ARM,), factor: float = 2.0) -> str:
+    """A sentence naming each student arm whose mean test ECE is more than ``factor`` times the best (lowest)
+    baseline's (accuracy alone would hide that its probabilities are badly calibrated); "" when none is, or no
+    baseline has an ECE.
 
     Args:
         table: :func:`calibration`'s result.
-        baseline: the arm the others are held against.
-        factor: how many times the baseline's ECE an arm may reach before it is named.
+        baselines: the baseline arms (CE, and any other the study trains); the one with the lowest ECE is held.
+        factor: how many times the best baseline's ECE an arm may reach before it is named.
     """
     rows = table.set_index("arm")
-    if baseline not in rows.index or not np.isfinite(rows.loc[baseline, "ece_mean"]):
+    held = rows[rows.index.isin(list(baselines)) & np.isfinite(rows["ece_mean"].astype(float))]
+    if held.empty:
         return ""
-    base = float(rows.loc[baseline, "ece_mean"])
-    bad = rows[(rows.index != baseline) & (rows.index != "teacher") & (rows["ece_mean"] > factor * base)]
+    baseline = str(held["ece_mean"].astype(float).idxmin())
+    base = float(held.loc[baseline, "ece_mean"])
+    bad = rows[~rows.index.isin(list(baselines)) & (rows.index != "teacher") & (rows["ece_mean"] > factor * base)]
     if bad.empty:
         return ""
     def scaled(r: pd.Series) -> str:  # ECE after temperature scaling, where fitted: a fixable over-confidence or not
@@ -167,5 +175,6 @@ def calibration_flags(table: pd.DataFrame, baseline: str = "CE student", factor:
 
     names = ", ".join(f"{arm} (ECE {100 * r['ece_mean']:.1f} %, n={int(r['n'])}{scaled(r)})"
                       for arm, r in bad.iterrows())
-    return (f"Calibration: {names} more than {factor:g}× the {baseline}'s ECE ({100 * base:.1f} %): "
+    best = "the best baseline's, the " if len(held) > 1 else "the "
+    return (f"Calibration: {names} more than {factor:g}× {best}{baseline}'s ECE ({100 * base:.1f} %): "
             "its accuracy comes with badly calibrated probabilities.")

@@ -11,15 +11,16 @@ variation that all cells share cancels out of them. Selection is on validation a
 - :func:`delta_vs_ce`: each KD cell − CE, paired over seeds, with a one-sided p-value for Δ > 0 and Holm's
   correction over the cells: with many cells, one clears 0 by chance unless the family is corrected.
 - :func:`main_effects`: T and α level means and their paired effects against the grid mean, and a
-  repeated-measures ANOVA with seed as subject. A level averages several cells, so these are more precise
-  than any single cell.
+  repeated-measures ANOVA with seed as subject (``pingouin.rm_anova``), its p-values Greenhouse–Geisser
+  corrected for non-sphericity, and none below ``ANOVA_MIN_SEEDS`` seeds. A level averages several cells, so
+  these are more precise than any single cell.
 - :func:`reliability`: split-half reliability of the pattern of KD cell means across seeds (Spearman–Brown
   corrected): whether the grid's picture would come back with new seeds or is seed noise.
 - :func:`binned_effect`: for range searches (T or α sampled continuously), mean accuracy per quantile bin.
 
-Every interval is two-sided at :data:`CONFIDENCE`, Student t; every statistic comes from ``scipy.stats``
-or ``statsmodels``. These are pure functions on DataFrames: no drawing, no database. An incomplete design
-(a run not finished) uses what is there and reports n; an empty frame gives empty results.
+Every interval is two-sided at :data:`CONFIDENCE`, Student t; every statistic comes from ``scipy.stats``,
+``statsmodels`` or ``pingouin``. Pure functions on DataFrames: no drawing, no database. An incomplete design (a
+run not finished) uses what is there and reports n; an empty frame gives empty results.
 
 The module is longer than 400 lines because the six statistics read one design (the cells × seeds matrix)
 and share its helpers; split apart, each piece would need the others' private helpers.
@@ -80,7 +81,7 @@ PER_LR_COLUMNS = ("stage", "temperature", "alpha", "lr", "n", "mean", "sd", "bes
 DELTA_COLUMNS = ("temperature", "alpha", "n", "mean", "sd", "ci_low", "ci_high", "p_greater", "p_holm",
                  "holm_above_zero")
 LEVEL_COLUMNS = ("factor", "level", "n", "mean", "ci_low", "ci_high", "effect", "effect_ci_low", "effect_ci_high")
-ANOVA_COLUMNS = ("term", "F", "df_num", "df_den", "p")
+ANOVA_COLUMNS = ("term", "F", "df_num", "df_den", "p", "epsilon", "p_uncorrected")  # p: Greenhouse–Geisser
 BIN_COLUMNS = ("bin", "low", "high", "n", "mean", "ci_low", "ci_high")
 
 FACTORS = ("temperature", "alpha")
@@ -451,27 +452,39 @@ def _anova(kd: pd.DataFrame, min_seeds: int) -> tuple[pd.DataFrame | None, str |
     if kd.sub(kd.mean(axis=0), axis=1).std(axis=1).max() <= _EPS:  # every seed shows the same pattern
         return None, "the cells differ by exactly the same amounts on every seed: no error variance, F undefined"
     long = kd.stack().rename("val_acc").reset_index()
-    with warnings.catch_warnings():  # an error term that is 0 for one effect only gives F = inf: reported as is
-        warnings.simplefilter("ignore", RuntimeWarning)
-        from statsmodels.stats.anova import AnovaRM  # statsmodels' regression stack: loaded only here
-
-        table = AnovaRM(long, "val_acc", subject="seed", within=within).fit().anova_table
-    out = pd.DataFrame({"term": table.index, "F": table["F Value"].to_numpy(), "df_num": table["Num DF"].to_numpy(),
-                        "df_den": table["Den DF"].to_numpy(), "p": table["Pr > F"].to_numpy()})
+    with warnings.catch_warnings():  # an error term that is 0 for one effect only gives F = inf: reported as is;
+        warnings.simplefilter("ignore", RuntimeWarning)  # pingouin's pandas deprecations are not the reader's
+        warnings.filterwarnings("ignore", module=r"pingouin\.")
+        import pingouin  # loaded only here: it imports scikit-learn
+        table = pingouin.rm_anova(long, dv="val_acc", within=within if len(within) > 1 else within[0],
+                                  subject="seed", correction=True)
+    p = table["p_unc"].to_numpy(float)  # one df in the numerator: sphericity holds, ε = 1 and p as it is
+    corrected = table["p_GG_corr"].to_numpy(float) if "p_GG_corr" in table else p
+    out = pd.DataFrame({"term": table["Source"].str.replace(" * ", ":", regex=False).to_numpy(),
+                        "F": table["F"].to_numpy(float), "df_num": table["ddof1"].to_numpy(float),
+                        "df_den": table["ddof2"].to_numpy(float), "p": np.where(np.isnan(corrected), p, corrected),
+                        "epsilon": table["eps"].to_numpy(float) if "eps" in table else 1.0, "p_uncorrected": p})
     return out.loc[:, list(ANOVA_COLUMNS)], None
 
 
 def _factor_sentence(factor: str, levels: pd.DataFrame, anova: pd.DataFrame | None, why: str | None,
                      planned: list[float]) -> str:
     sym = _SYMBOL[factor]
+    values = ", ".join(f"{v:g}" for v in planned)
+    if levels.empty and planned:
+        return (f"{sym}'s effect cannot be estimated yet: no KD cell of the planned {sym} ∈ {{{values}}} has a "
+                "complete run.")
     if levels.empty:
         return f"{sym}'s effect cannot be estimated: there are no KD cells."
+    missing = [v for v in dict.fromkeys(map(float, planned)) if v not in set(levels["level"].astype(float))]
+    lacking = f"{sym} = {', '.join(f'{v:g}' for v in missing)}: no complete KD run yet"
     if len(levels) < 2 and len(set(planned)) > 1:
-        values = ", ".join(f"{v:g}" for v in planned)
         return (f"{sym}'s effect cannot be estimated yet: of the planned {sym} ∈ {{{values}}}, only "
-                f"{sym} = {levels['level'].iloc[0]:g} has complete KD runs.")
+                f"{sym} = {levels['level'].iloc[0]:g} has complete KD runs ({lacking}).")
     if len(levels) < 2:
         return f"{sym} was not varied (one level, {sym} = {levels['level'].iloc[0]:g})."
+    if missing:  # the effect of the levels that have runs, and which planned ones it leaves out
+        return _factor_sentence(factor, levels, anova, why, []).rstrip(".") + f" ({lacking})."
     top = levels.loc[levels["effect"].idxmax()]
     ci = (f"{CONFIDENCE:.0%} CI [{100 * top['effect_ci_low']:+.2f}, {100 * top['effect_ci_high']:+.2f}]"
           if np.isfinite(top["effect_ci_low"]) else "no CI (fewer than 2 seeds or no spread)")
@@ -479,8 +492,9 @@ def _factor_sentence(factor: str, levels: pd.DataFrame, anova: pd.DataFrame | No
     row = anova[anova["term"] == factor] if anova is not None else pd.DataFrame()
     if row.empty:
         return f"{sym}'s RM-ANOVA was not run ({why}); {best}."
-    f, d1, d2, p = (float(row[c].iloc[0]) for c in ("F", "df_num", "df_den", "p"))
-    test = f"F({d1:g}, {d2:g}) = {f:.1f}, p {'< 0.0001' if p < 1e-4 else f'= {p:.2g}'}"  # nan where F is
+    f, d1, d2, p, eps = (float(row[c].iloc[0]) for c in ("F", "df_num", "df_den", "p", "epsilon"))
+    gg = f", Greenhouse–Geisser ε = {eps:.2f}" if d1 > 1 else ""  # one df: sphericity holds, nothing to correct
+    test = f"F({d1:g}, {d2:g}) = {f:.1f}{gg}, p {'< 0.0001' if p < 1e-4 else f'= {p:.2g}'}"  # nan where F is
     if p < SIGNIFICANCE:
         return f"{sym} changes validation accuracy (RM-ANOVA {test}); {best}."
     return f"{sym}'s effect cannot be told apart from seed noise ({test})."

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from kdbench.defaults import PRUNE_RHO_MIN
@@ -18,11 +19,50 @@ from kdbench.report.methods import METHOD_NAMES
 from kdbench.report.plots import COLORS, empty_panel, new_figure
 from kdbench.report.stats import CONFIDENCE
 
-__all__ = ["budget", "calibration", "forest", "method_cells", "trials"]
+__all__ = ["budget", "calibration", "forest", "left_out", "method_cells", "one_evaluation", "trials"]
 
 STATE_COLORS = {"complete": "#4c72b0", "pruned": "#c44e52", "failed": "#8c8c8c", "interrupted": "#8c8c8c",
                 "running": "#dd8452"}
 ARM_COLORS = ["#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3", "#64b5cd"]
+
+
+def one_evaluation(curves: pd.DataFrame, key: str) -> bool:
+    """Every run (or arm, by ``key``) was evaluated once, at the end: a point per run, no curve."""
+    return not curves.empty and int(curves.groupby(key)["epoch"].nunique().max()) <= 1
+
+
+def left_out(sf: StudyFrames) -> dict[str, str]:
+    """The figures that would be drawn empty, each with the sentence the report says instead (the report draws
+    the others). A budget figure whose two panels would be empty, learning curves with no finalist or one
+    evaluation per run, a reliability diagram with no stored logits, a trial figure with no trial, heatmaps and
+    effects with no complete KD cell, a prediction grid with no finalists' predictions."""
+    out = {}
+    if sf.grid.empty or sf.grid["cell_mean"].isna().all():
+        out["heatmap-val"] = "No heatmap: no complete KD trial yet."
+    if sf.grid.empty or sf.grid["delta_ce"].isna().all():
+        out["heatmap-diff"] = "No difference heatmap: no KD cell has a complete CE run on the same seeds yet."
+    ev = sf.evidence
+    levels, column = (ev.main_effects.levels, "effect") if sf.is_grid else (ev.binned, "mean")
+    if levels.empty or levels[column].isna().all():
+        out["effects"] = "No main-effects figure: no complete KD cell yet."
+    p = sf.predictions
+    if p.images is None or p.table.empty:
+        out["predictions"] = "No prediction grid: " + "; ".join(p.notes) + "."
+    if sf.curves.empty:
+        out["learning-curves"] = "No learning curves: no complete finalists yet."
+    elif one_evaluation(sf.curves, "loss"):
+        out["learning-curves"] = ("No learning curves: one evaluation per run (validation only after the last "
+                                  "step): no curve. The comparison above holds at this budget only.")
+    if sf.reliability.empty:
+        out["calibration"] = "No reliability diagram: there is nothing to draw (calibration not computed, see above)."
+    if sf.trials.empty and sf.history.empty:
+        out["trials"] = "No trial figure: no search trial recorded yet."
+    if not sf.transfers and sf.epoch_rho.dropna(subset=["rho"]).empty:
+        out["budget"] = ("No budget figure: no configuration was trained at another budget and no search trial "
+                         "recorded two epochs, so there is nothing to draw.")
+    if not any(not c.empty for c in sf.method_cells.values()):
+        out["method-cells"] = "No per-cell figure of the other methods: none has a complete search trial yet."
+    return out
 
 
 def method_cells(sf: StudyFrames) -> Figure:
@@ -82,10 +122,12 @@ def calibration(sf: StudyFrames) -> Figure:
 
 def trials(sf: StudyFrames) -> Figure:
     """Left: every search trial's validation accuracy per epoch, coloured by its final state (a pruned trial
-    stops early). Right: the optimisation history, each arm's best replicate mean so far by trial."""
+    stops early); left out where every trial was evaluated once (a point per trial, no curve). Right: the
+    optimisation history, each arm's best replicate mean so far by trial."""
+    if sf.trials.empty or one_evaluation(sf.trials, "run_id"):
+        fig, right = new_figure(6.4, 4.2)
+        return _history(fig, right, sf)
     fig, (left, right) = new_figure(11.0, 4.2, 1, 2)
-    if sf.trials.empty:
-        return empty_panel(fig, left, "no search trial recorded yet")
     for (_, state), g in sf.trials.groupby(["run_id", "state"]):
         left.plot(g["epoch"] + 1, g["val_acc"] * 100, color=STATE_COLORS.get(state, "#333"), alpha=0.35, lw=0.8,
                   marker="." if len(g) == 1 else None)
@@ -99,6 +141,12 @@ def trials(sf: StudyFrames) -> Figure:
     left.set_title("Every search trial")
     epochs = int(sf.trials["epoch"].max()) + 1
     left.set_xticks(np.arange(1, epochs + 1))
+    return _history(fig, right, sf)
+
+
+def _history(fig: Figure, right: Axes, sf: StudyFrames) -> Figure:
+    if sf.history.empty:
+        return empty_panel(fig, right, "no complete search trial yet")
     for i, (kind, g) in enumerate(sf.history.groupby("kind", sort=False)):
         color = COLORS["ce"] if kind == "ce" else ARM_COLORS[i % len(ARM_COLORS)]
         right.plot(g["order"], g["best_so_far"] * 100, color=color,

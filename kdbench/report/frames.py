@@ -26,7 +26,7 @@ from kdbench.report.budget import BudgetLabels, Transfer, budget_frames, budget_
 from kdbench.report.calibration import calibration_frames
 from kdbench.report.cost import cost_note, cost_table, dashboard_command, optimisation_history, trial_curves
 from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, qualified_verdict, search_evidence
-from kdbench.report.methods import arm_name, method_cells, method_sentence, method_table
+from kdbench.report.methods import arm_name, method_cells, method_ece, method_sentence, method_table
 from kdbench.report.predictions import FIDELITY_COLUMNS, Fidelity, Predictions, prediction_grid
 from kdbench.report.predictions import fidelity as fidelity_frames
 from kdbench.report.sources import IMPORTANCE_EVALUATOR, StoreLike, StudySources, read_study
@@ -177,14 +177,14 @@ def compute_frames(src: StudySources) -> StudyFrames:
         importances=_importances(src), provenance=_provenance(src), missing=missing,
         log_params=[p for p in ("temperature", "lr") if _log_scale(getattr(study.search, p))],
         seeds=_paired_seeds(finals),
-        fidelity=fidelity, methods=table, method_sentence=method_sentence(table, calib) if several else "",
-        method_cells={m: method_cells(runs, m) for m in methods if m != "kd"}, calibration=calib,
+        fidelity=fidelity, methods=method_ece(table, calib) if several else table, calibration=calib,
+        method_sentence=method_sentence(table, calib) if several else "",
+        method_cells={m: method_cells(runs, m) for m in methods if m != "kd"},
         reliability=reliability, calibration_note=calib_note,
         cost=cost_table(runs, src.teacher.train_seconds if src.teacher else None), cost_note=cost_note(runs),
         trials=trial_curves(src.epochs, runs), history=optimisation_history(runs),
         dashboard=dashboard_command(src.storage_url),
         **budget_frames(src.runs, src.epochs, study, methods, evidence.pruner))
-
 
 
 

@@ -105,7 +105,8 @@ def budget_words(config: StudyLike, runs: pd.DataFrame) -> dict[str, str]:
                 out[stage] = f"{len(temps) * len(alphas)} cells × {each}" if stage == "kd" else each
         return out
     counts = search_runs["kind"].value_counts()
-    return {stage: f"{int(counts[stage])} trials" for stage in ("kd", "ce") if stage in counts}
+    return {stage: f"{int(counts[stage])} trial{'s' if counts[stage] != 1 else ''}" for stage in ("kd", "ce")
+            if stage in counts}
 
 
 def search_evidence(config: StudyLike, runs: pd.DataFrame) -> SearchEvidence:

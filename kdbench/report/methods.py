@@ -18,18 +18,19 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from kdbench.report.calibration import calibration_flags
+from kdbench.report.calibration import BASELINE_ARM, calibration_flags
 from kdbench.report.stats import Paired, paired_difference, power_clause, summarize
 from kdbench.store import cell_key, run_values
 
-__all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "arm_name", "holm", "method_cells", "method_sentence", "method_table"]
+__all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "arm_name", "holm", "method_cells", "method_ece", "method_sentence",
+           "method_table"]
 
 SHOWN = {"temperature": "T", "alpha": "α"}  # how T and alpha are named in the tables
 METHOD_NAMES = {"kd": "Hinton KD", "dkd": "DKD", "dist": "DIST", "lskd": "LS-KD", "ce": "CE"}
 METHOD_COLUMNS = [
     "method", "configuration", "test_mean", "test_sd", "n",
     "vs_ce_mean", "vs_ce_low", "vs_ce_high", "vs_ce_p", "vs_ce_p_holm", "vs_ce_n", "vs_ce_sd",
-    "vs_kd_mean", "vs_kd_low", "vs_kd_high", "vs_kd_p", "vs_kd_p_holm", "vs_kd_n",
+    "vs_kd_mean", "vs_kd_low", "vs_kd_high", "vs_kd_p", "vs_kd_p_holm", "vs_kd_n", "vs_kd_sd",
     "search_runs", "cells", "trial_cost_vs_ce",
 ]
 
@@ -105,13 +106,28 @@ def method_table(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     return out[METHOD_COLUMNS]
 
 
-def method_sentence(table: pd.DataFrame, calibration: pd.DataFrame | None = None) -> str:
-    """Which methods helped over CE (the Holm-corrected test and the interval agree), in one sentence; each
-    method said to help also against Hinton's KD, with that interval (a method significant against CE where
-    KD is not is not thereby better than KD); then any arm whose ECE is more than twice CE's
-    (:func:`~kdbench.report.calibration.calibration_flags`, given the calibration table)."""
+def method_ece(table: pd.DataFrame, calibration: pd.DataFrame, baselines: tuple[str, ...] = (BASELINE_ARM,),
+               factor: float = 2.0) -> pd.DataFrame:
+    """The method table with each method's mean test ECE (``ece_mean``, NaN where none is stored) and
+    ``ece_flag``: True where it is more than ``factor`` times the best (lowest) baseline arm's ECE, the arms
+    :func:`~kdbench.report.calibration.calibration_flags` names."""
+    ece = calibration.set_index("arm")["ece_mean"].astype(float) if len(calibration) else pd.Series(dtype=float)
+    arms = [arm_name(next((k for k, v in METHOD_NAMES.items() if v == m), m)) for m in table["method"]]
+    out = table.assign(ece_mean=[float(ece.get(a, math.nan)) for a in arms])
+    base = ece[ece.index.isin(list(baselines))].min() if len(ece) else math.nan
+    is_base = pd.Series([a in baselines for a in arms], index=table.index)
+    return out.assign(ece_flag=(out["ece_mean"] > factor * base) & ~is_base)
+
+
+def method_sentence(table: pd.DataFrame, calibration: pd.DataFrame | None = None,
+                    baselines: tuple[str, ...] = (BASELINE_ARM,)) -> str:
+    """Each method against CE, then each against Hinton's KD, every difference with its 95 % paired t interval:
+    a method helped (or is better than KD) only where that interval lies above 0 and its Holm-corrected p is
+    below 0.05, so a method significant against CE where KD is not is never thereby called better than KD; then
+    any arm whose ECE is more than twice the best baseline's (:func:`~kdbench.report.calibration.calibration_flags`,
+    given the calibration table)."""
     text = _sentence(table)
-    flags = calibration_flags(calibration) if calibration is not None else ""
+    flags = calibration_flags(calibration, baselines) if calibration is not None else ""
     return f"{text} {flags}" if flags else text
 
 
@@ -119,36 +135,42 @@ def _sentence(table: pd.DataFrame) -> str:
     rows = table[(table["method"] != "CE") & (table["vs_ce_n"] >= 2)]
     if rows.empty:
         return "The methods cannot be compared with CE yet: no method has two seeds paired with CE."
-    helped = rows[(rows["vs_ce_low"] > 0) & (rows["vs_ce_p_holm"] < 0.05)]
-    hurt = rows[(rows["vs_ce_high"] < 0) & (rows["vs_ce_p_holm"] < 0.05)]
-    n = int(rows["vs_ce_n"].min())
-    parts = []
-    if not helped.empty:
-        parts.append(f"{_names(helped)} helped over CE")
-    if not hurt.empty:
-        parts.append(f"{_names(hurt)} hurt")
-    if not parts:
-        return (f"No method could be told apart from CE at n={n} shared seeds (every 95 % interval of the "
-                f"difference contains 0, or its Holm-corrected p is ≥ 0.05; {_power(rows)}).")
-    rest = rows.drop(index=[*helped.index, *hurt.index])
-    tail = f"; {_names(rest)} could not be told apart from CE ({_power(rest)})" if not rest.empty else ""
-    vs_kd = [f"{r['method']} − Hinton KD = {100 * r['vs_kd_mean']:+.2f} pp [{100 * r['vs_kd_low']:+.2f}, "
-             f"{100 * r['vs_kd_high']:+.2f}]" for _, r in helped.iterrows()
-             if r["method"] != "Hinton KD" and r["vs_kd_n"] >= 2 and np.isfinite(r["vs_kd_low"])]
-    against = (f" Against Hinton KD: {'; '.join(vs_kd)} (95 % CI); a method is better than KD only where that "
-               "interval lies above 0.") if vs_kd else ""
-    return f"{'; '.join(parts)} (Holm-corrected over {len(rows)} methods, n={n} shared seeds){tail}.{against}"
+    kd = table[~table["method"].isin(["CE", METHOD_NAMES["kd"]])]
+    return " ".join(x for x in (_against(rows, "vs_ce", "CE"), _against(kd, "vs_kd", METHOD_NAMES["kd"])) if x)
 
 
-def _power(rows: pd.DataFrame) -> str:
-    """Each method's power clause against CE (:func:`~kdbench.report.stats.power_clause`, before Holm's correction)."""
-    return "power before Holm's correction: " + "; ".join(
-        f"{r['method']}: " + power_clause(Paired(r["vs_ce_mean"], r["vs_ce_sd"], r["vs_ce_low"], r["vs_ce_high"],
-                                                 r["vs_ce_p"], int(r["vs_ce_n"]))) for _, r in rows.iterrows())
+def _against(rows: pd.DataFrame, prefix: str, other: str) -> str:
+    """One sentence: each method against ``other`` (CE or Hinton KD), its difference and interval."""
+    if rows.empty:
+        return ""
+    paired = rows[rows[f"{prefix}_n"] >= 2]
+    finite = paired[np.isfinite(paired[f"{prefix}_low"])]
+    up = finite[(finite[f"{prefix}_low"] > 0) & (finite[f"{prefix}_p_holm"] < 0.05)]
+    down = finite[(finite[f"{prefix}_high"] < 0) & (finite[f"{prefix}_p_holm"] < 0.05)]
+    ahead, behind = ("helped over", "hurt against") if prefix == "vs_ce" else ("is better than", "is worse than")
+    parts = [f"{r['method']} {ahead if i in up.index else behind} {other} ({_diff(r, prefix)})"
+             for i, r in rows.iterrows() if i in up.index or i in down.index]
+    parts += [f"{r['method']} and {other} could not be told apart ({_diff(r, prefix)}; {_power(r, prefix)})"
+              for i, r in paired.iterrows() if i not in up.index and i not in down.index]
+    parts += [f"{r['method']} cannot be compared with {other} yet ({int(r[f'{prefix}_n'])} shared seed(s))"
+              for _, r in rows[rows[f"{prefix}_n"] < 2].iterrows()]
+    ns = sorted({int(n) for n in paired[f"{prefix}_n"]}) or [0]
+    n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+    return (f"Against {other} (difference in pp, 95 % paired t interval, p Holm-corrected over {len(paired)} "
+            f"method{'s' if len(paired) != 1 else ''}, {n} shared seeds): {'; '.join(parts)}.")
 
 
-def _names(rows: pd.DataFrame) -> str:
-    return ", ".join(f"{r['method']} ({100 * r['vs_ce_mean']:+.2f} pp)" for _, r in rows.iterrows())
+def _power(r: pd.Series, prefix: str) -> str:
+    """The power clause (:func:`~kdbench.report.stats.power_clause`) of one method's difference, before Holm."""
+    return power_clause(Paired(r[f"{prefix}_mean"], r[f"{prefix}_sd"], r[f"{prefix}_low"], r[f"{prefix}_high"],
+                               r[f"{prefix}_p"], int(r[f"{prefix}_n"]))) + ", before Holm's correction"
+
+
+def _diff(r: pd.Series, prefix: str) -> str:
+    mean, low, high = (100 * r[f"{prefix}_{k}"] for k in ("mean", "low", "high"))
+    if not np.isfinite(low):
+        return f"{mean:+.2f} pp, no interval: every seed gave the same difference"
+    return f"{mean:+.2f} pp [{low:+.2f}, {high:+.2f}], p Holm = {r[f'{prefix}_p_holm']:.2g}"
 
 
 def method_cells(runs: pd.DataFrame, method: str) -> pd.DataFrame:

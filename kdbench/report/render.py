@@ -199,8 +199,8 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
     files: list[Path] = []
     ci = f"{CONFIDENCE:.0%}"
     caption = (f"Test accuracy (mean ± sd over finalist seeds, n seeds); KD − CE paired over shared seeds with "
-               f"its {ci} t interval and paired t-test p (t): the test of the methods. McNemar's test (McN., the "
-               "median p over seeds) compares the two finalist networks of one seed on the same test images, i.e. "
+               f"its {ci} t interval and paired t-test p (t): the test of the methods. McNemar's test (McN., 2 nets: "
+               "the median p over seeds) compares the two finalist networks of one seed on the same test images, i.e. "
                "whether those two networks err on different images, not whether one method beats the other.")
     files += _write_table(display, table, out_dir, "comparison", caption, notes, tex_comparison(display))
     if pooled is not None:
@@ -245,11 +245,11 @@ def write_report(storage: StoreLike, studies: list[str], out: str | Path | None 
                                   "trial's median over CE's.", sf.cost_note)
             files += _budget_tables(sf, out_dir, prefix)
             draws = dict(FIGURES, **({"method-cells": figures.method_cells} if not sf.methods.empty else {}))
-            if not sf.transfers and sf.epoch_rho.dropna(subset=["rho"]).empty:  # two empty panels: left out, the
-                del draws["budget"]  # section's text says why
+            left_out = figures.left_out(sf)  # nothing to draw: a sentence instead of an empty figure
+            draws = {key: draw for key, draw in draws.items() if key not in left_out}
             figs = {key: {"uri": _save(draw(sf), out_dir, prefix + key, files), "file": prefix + key}
                     for key, draw in draws.items()}
-            studies_ctx.append(_study_context(sf, figs, grid_stem, prefix))
+            studies_ctx.append(_study_context(sf, figs, left_out, grid_stem, prefix))
     html = _template().render(
         confidence=f"{CONFIDENCE:.0%}", title=" + ".join(studies), source=source_note(table),
         architectures=architecture_note(table), comparison=display, comparison_png=comparison_png,
@@ -279,15 +279,17 @@ def _budget_tables(sf: StudyFrames, out: Path, prefix: str) -> list[Path]:
     return files
 
 
-def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], grid_stem: str, prefix: str) -> dict[str, Any]:
+def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], left_out: dict[str, str], grid_stem: str,
+                   prefix: str) -> dict[str, Any]:
     prov = dict(sf.provenance)
     prov["counts"] = sf.provenance["counts"].reset_index()
     p = sf.predictions
     return {
         "name": sf.name, "frames": sf, "figs": figs, "grid_stem": grid_stem, "grid": grid_display(sf),
         "verdict": sf.verdict, "missing": sf.missing, "prov": prov,
-        "importances": sf.importances, "pred_notes": p.notes, "pred_seed": p.seed,
-        "pred_caption": _predictions_caption(sf), "importances_caption": _importances_caption(sf),
+        "importances": sf.importances, "pred_notes": p.notes, "pred_seed": p.seed, "left_out": left_out,
+        "pred_caption": _predictions_caption(sf), "trials_caption": _trials_caption(sf),
+        "importances_caption": _importances_caption(sf),
         "fidelity": fidelity_display(sf), "per_class": per_class_display(sf),
         "fidelity_sentences": fidelity_sentences(sf), "fidelity_notes": sf.fidelity.notes, "prefix": prefix,
         "methods": methods_display(sf) if not sf.methods.empty else None, "method_sentence": sf.method_sentence,
@@ -310,6 +312,17 @@ def _predictions_caption(sf: StudyFrames) -> str:
             f"students of seed {p.seed} disagree. The first {first} images are the test set's first ones (a fair "
             f"sample); the other {len(p.table) - first} are the first disagreements, not a sample: CE and KD disagree "
             f"on {p.n_disagree:,} of the {p.n_test:,} test images in all.")
+
+
+def _trials_caption(sf: StudyFrames) -> str:
+    history = ("for each arm, the best replicate mean so far as its trials finished (line: the best mean over the "
+               "configurations that have all their seeds by then, what the search selects on, the same statistic for "
+               "every arm) and each trial (dots): a line still rising at the end says the search had not converged.")
+    if sf.trials.empty or figures.one_evaluation(sf.trials, "run_id"):
+        return (f"How to read it: {history[0].upper()}{history[1:]} No per-trial curves: one evaluation per trial "
+                "(validation only after its last step), so no curve.")
+    return ("How to read it: on the left, one line per search trial, its validation accuracy after each epoch, "
+            "coloured by how it ended; a pruned trial stops where the pruner stopped it. On the right, " + history)
 
 
 def _importances_caption(sf: StudyFrames) -> str:

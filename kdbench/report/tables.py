@@ -56,6 +56,9 @@ def _num(x: Any, fmt: str) -> str:
     return "" if x is None or pd.isna(x) else format(float(x), fmt)
 
 
+MCNEMAR = "p (McNemar, 2 networks)"  # its header says what it tests: one seed's two finalist networks, not the methods
+
+
 def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
     """The comparison table as text: accuracy in %, differences in pp with their CI.
 
@@ -78,9 +81,9 @@ def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
             "test acc (%)": _pct(r["test_mean"]) + sd, "n": _num(r["n"], ".0f"),
             "KD − CE (pp)": _pct(r["diff_mean"], sign=True),
             ci: "" if pd.isna(r["ci_low"]) else f"[{_pct(r['ci_low'], sign=True)}, {_pct(r['ci_high'], sign=True)}]",
-            "p (paired t)": _p(r["p_value"]), "p (McNemar)": _p(r["mcnemar_p"])})
+            "p (paired t)": _p(r["p_value"]), MCNEMAR: _p(r["mcnemar_p"])})
     out = pd.DataFrame(rows, columns=["study", "arm", "model", "T", "α", "lr", "test acc (%)", "n", "KD − CE (pp)",
-                                      ci, "p (paired t)", "p (McNemar)"])
+                                      ci, "p (paired t)", MCNEMAR])
     return out.drop(columns=["study"]) if table["study"].nunique() <= 1 else out
 
 
@@ -204,7 +207,9 @@ def methods_display(sf: StudyFrames) -> pd.DataFrame:
              "Δ vs KD (pp) [95% CI]": _ci(r["vs_kd_mean"], r["vs_kd_low"], r["vs_kd_high"]),
              "p Holm (vs KD)": _p(r["vs_kd_p_holm"]),
              "search runs": f"{int(r['search_runs'])} ({int(r['cells'])} cells)",
-             "trial cost × CE": _num(r["trial_cost_vs_ce"], ".2f")} for _, r in sf.methods.iterrows()]
+             "trial cost × CE": _num(r["trial_cost_vs_ce"], ".2f"),
+             "test ECE (%)": _pct(r.get("ece_mean"), 1) +
+             (" (> 2× best baseline)" if r.get("ece_flag") else "")} for _, r in sf.methods.iterrows()]
     return pd.DataFrame(rows)
 
 
@@ -219,7 +224,8 @@ def tex_methods(display: pd.DataFrame) -> tuple[pd.DataFrame, str]:
                         "vs CE (pp) [95% CI]": stack("Δ vs CE (pp) [95% CI]", "p Holm (vs CE)"),
                         "vs KD (pp) [95% CI]": stack("Δ vs KD (pp) [95% CI]", "p Holm (vs KD)")})
     note = "; ".join(f"{r['method']}: {r['configuration']}, {r['search runs']} search runs, trial x CE "
-                     f"{r['trial cost × CE']}" for _, r in display.iterrows())
+                     f"{r['trial cost × CE']}" + (f", test ECE {r['test ECE (%)']} %" if r.get("test ECE (%)") else "")
+                     for _, r in display.iterrows())
     return out, note
 
 
@@ -446,4 +452,4 @@ def tex_comparison(display: pd.DataFrame) -> pd.DataFrame:
     out["arm"] = out["arm"].str.replace(" student", "")  # "CE", "KD", "KD #2": the note names the models
     out["KD − CE (pp)"] = [f"{d}\n{c}" if c else d for d, c in zip(display["KD − CE (pp)"], display[ci], strict=True)]
     return out.rename(columns={"KD − CE (pp)": f"KD − CE (pp) [{ci.split(' (')[0]}]", "p (paired t)": "p (t)",
-                               "p (McNemar)": "p (McN.)"})
+                               MCNEMAR: "p (McN., 2 nets)"})

@@ -24,9 +24,18 @@ from kdbench.studyfile import stored_study
 __all__ = ["FINALIST_COLUMNS", "Queries", "load_runs", "params_json",
            "run_values"]
 
-FINALIST_COLUMNS = ["loss", "rank", "temperature", "alpha", "lr", "params", "test_mean", "test_sd", "n", "val_mean"]
+FINALIST_COLUMNS = ["loss", "rank", "temperature", "alpha", "lr", "params", "test_mean", "test_sd", "n", "val_mean",
+                    "runs"]  # n: the test accuracies behind mean and sd; runs: complete runs, with one or not
 # what to do about a study row whose config cannot be read
 _DAMAGED_FIX = "run its study file again with kdbench sweep ... --replace, or restore the database from a backup"
+_POSSIBLE = {  # column of a run: the values it can hold (NaN aside), and what such a value is
+    "val_acc": (0.0, 1.0, "an accuracy (a fraction in [0, 1])"),
+    "test_acc": (0.0, 1.0, "an accuracy (a fraction in [0, 1])"),
+    "val_loss": (0.0, math.inf, "a cross-entropy (0 or more)"),
+    "test_loss": (0.0, math.inf, "a cross-entropy (0 or more)"),
+    "epochs_done": (0, math.inf, "a count of epochs (0 or more)"),
+    "wall_time_s": (0.0, math.inf, "a duration in seconds (0 or more)"),
+}
 
 
 def params_json(values: dict[str, float]) -> str | None:
@@ -135,14 +144,13 @@ class Queries(Database):
             df = pd.read_sql(sa.select(RunRow.id.label("run_id"), *cols)
                              .where(RunRow.study_id == row.id).order_by(RunRow.id), conn)
         df.insert(0, "study", study)
-        for col in ("val_acc", "test_acc", "train_acc"):  # a fraction or nothing: anything else is a damaged row
-            if col in df:
-                bad = df[df[col].notna() & ~df[col].between(0.0, 1.0)]
-                if len(bad):
-                    r = bad.iloc[0]
-                    raise StoreError(f"study {study!r} in {self.url}: run {int(r['run_id'])} ({r['visit']}) has "
-                                     f"{col} = {float(r[col]):g}, not an accuracy (a fraction in [0, 1]); "
-                                     f"{_DAMAGED_FIX}")
+        for col, (low, high, what) in _POSSIBLE.items():  # a possible value or nothing: else a damaged row
+            values = pd.to_numeric(df[col], errors="coerce")  # a column of NULLs reads as objects
+            bad = df[values.notna() & ~values.between(low, high)]
+            if len(bad):
+                r = bad.iloc[0]
+                raise StoreError(f"study {study!r} in {self.url}: run {int(r['run_id'])} ({r['visit']}) has "
+                                 f"{col} = {float(r[col]):g}, not {what}; {_DAMAGED_FIX}")
         return df[RUN_COLUMNS]
 
     def run_states(self, study_id: int) -> list[sa.Row[Any]]:
@@ -212,9 +220,9 @@ class Queries(Database):
         g = fin.groupby(["loss", "rank"], dropna=False)
         out = g.agg(temperature=("temperature", "first"), alpha=("alpha", "first"), lr=("lr", "first"),
                     params=("params", "first"),
-                    test_mean=("test_acc", "mean"), test_sd=("test_acc", lambda x: float(np.std(x, ddof=1))
-                                                             if len(x) > 1 else math.nan),
-                    n=("test_acc", "size"), val_mean=("val_acc", "mean")).reset_index()
+                    test_mean=("test_acc", "mean"), test_sd=("test_acc", lambda x: float(np.std(x.dropna(), ddof=1))
+                                                             if x.notna().sum() > 1 else math.nan),
+                    n=("test_acc", "count"), val_mean=("val_acc", "mean"), runs=("test_acc", "size")).reset_index()
         order = out["loss"].map(lambda m: (m != "kd", m == "ce", m))  # Hinton's KD, the other methods, CE
         out = out.assign(_order=order).sort_values(["_order", "rank"]).drop(columns="_order")
         return out[FINALIST_COLUMNS].reset_index(drop=True)
