@@ -25,7 +25,7 @@ from kdbench.store import cell_key, run_values
 __all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "arm_name", "holm", "method_cells", "method_sentence", "method_table"]
 
 SHOWN = {"temperature": "T", "alpha": "α"}  # how T and alpha are named in the tables
-METHOD_NAMES = {"kd": "Hinton KD", "dkd": "DKD", "dist": "DIST", "lskd": "LS-KD", "ce": "CE"}
+METHOD_NAMES = {"kd": "Hinton KD", "dkd": "DKD", "dist": "DIST", "lskd": "LS-KD", "ce": "CE", "ce_ls": "CE+LS"}
 METHOD_COLUMNS = [
     "method", "configuration", "test_mean", "test_sd", "n",
     "vs_ce_mean", "vs_ce_low", "vs_ce_high", "vs_ce_p", "vs_ce_p_holm", "vs_ce_n",

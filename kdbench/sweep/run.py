@@ -32,7 +32,7 @@ from kdbench.sweep.attempt import SweepContext, run_fused, run_visit
 from kdbench.sweep.events import TERMINAL, SweepEvents, study_progress
 from kdbench.sweep.extend import plan_extension
 from kdbench.sweep.fuse import FusePlan, fuse_plan
-from kdbench.sweep.plan import Visit, plan_finalists, plan_search
+from kdbench.sweep.plan import Visit, plan_finalists, plan_search, visit_recipe
 from kdbench.teacher import open_cache_dir, prepare_teacher, teacher_record
 from kdbench.trackers import Trackers
 
@@ -167,8 +167,9 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
         for i, v in enumerate(visits):
             if states.get(v.key) in TERMINAL:
                 continue
-            if batch and (v.seed, v.budget) != (batch[0].visit.seed, batch[0].visit.budget):  # a fused step shares
-                break  # one batch order (one seed) and one schedule (one budget)
+            first = batch[0].visit if batch else v  # a fused step shares one batch order (one seed) and one
+            if (v.seed, visit_recipe(ctx.study, v)) != (first.seed, visit_recipe(ctx.study, first)):  # recipe (one
+                break  # budget, one label smoothing)
             methods = {b.visit.loss for b in batch} - {"ce"}  # and one distillation method (CE joins any)
             if methods and v.loss != "ce" and v.loss not in methods:
                 break
