@@ -372,6 +372,11 @@ class FinalistsConfig(Strict):
     budget: Budget | None = None
     """What the finalists (and probes) train for: epochs (``15``) or ``{steps: N}``; default the search's (its
     largest)."""
+    lr_recheck: bool = False
+    """Grid searches: before the test set is touched, each finalist configuration is trained at ``budget`` on the
+    finalist seeds at its chosen lr and the lrs beside it (its cell's, or by the list's ratio past an end), scored
+    on validation only, and its finalists take the best of them (``kdbench/sweep/recheck.py``): the lr chosen on a
+    short search may not be the best at the finalists' budget."""
     probe: Annotated[int, Field(ge=0, le=1000)] = 0
     """A transfer check: this many more configurations per method, spread over the search's ranking, re-trained like
     the finalists (budget, seeds) and scored on validation only."""

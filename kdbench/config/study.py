@@ -111,6 +111,9 @@ class Study(Strict):
                              f"search.max_visits ({self.search.max_visits:,}); shrink the grid (temperature, alpha, "
                              "lr, replicates, budget), or raise search.max_visits if you mean it")
         f, s = self.finalists, self.search
+        if f.lr_recheck and not s.is_grid:
+            raise ValueError("finalists.lr_recheck needs a grid search (temperature and alpha as lists); a range "
+                             "search's sampler draws lr, so there is no list to re-check along")
         if f.probe:  # probes are drawn from the configurations each method ranks below its top_k finalists
             left = min(s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods) - f.top_k
             if f.probe > left:

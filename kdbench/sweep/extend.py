@@ -159,7 +159,7 @@ def _extension(study: Study, runs: pd.DataFrame) -> tuple[list[Visit], list[ArmL
         found = [_range_arm(study, arm, runs) for arm in arms]
         return [], [a for a in found if a is not None]
     states = dict(zip(runs["visit"], runs["state"], strict=True))
-    stored = bool(runs["kind"].isin(["finalist", "probe"]).any())
+    stored = bool(runs["kind"].isin(["finalist", "probe", "recheck"]).any())
     b = study.selection_budget
     search = [v for v in plan_search(study) if v.budget == b]
     visits: list[Visit] = []

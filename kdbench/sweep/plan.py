@@ -22,6 +22,9 @@ replicate's budgets smallest first); the finalists are chosen at the largest.
 **lr extension** (``search.lr_extend``, grids): an arm whose best lr is an end of its list gets its best cell
 trained beyond that end, one step at a time, before the finalists are chosen (:mod:`kdbench.sweep.extend`).
 
+**lr re-check** (``finalists.lr_recheck``): each finalist configuration trained at the finalists' budget at its lr
+and the lrs beside it, on validation only, before its finalists take the best (:mod:`kdbench.sweep.recheck`).
+
 **Finalists**: the ``top_k`` best KD configurations and the best CE one, chosen on validation accuracy
 (for a grid: the replicate mean of a cell at its best lr), each re-trained on fresh seeds seed+1, ... for
 ``finalists.budget`` (default: the search's). **Probes** (``finalists.probe: N``): N more configurations of
@@ -92,7 +95,7 @@ class Visit:
     @property
     def is_search(self) -> bool:
         """A search trial (an Optuna trial), not a finalist or a probe."""
-        return self.stage not in ("finalist", "probe")
+        return self.stage not in ("finalist", "probe", "recheck")
 
     @property
     def asks_optuna(self) -> bool:
@@ -211,8 +214,7 @@ def _spread(n: int, k: int) -> list[int]:
 
 def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
     """Each method's top_k configurations and each baseline arm's best one (by validation accuracy at the selection
-    budget),
-    each on every finalist seed; then each method's probes (see the module docstring)."""
+    budget), each on every finalist seed; then each method's probes (see the module docstring)."""
     visits: list[Visit] = []
     probes: list[Visit] = []
     baselines = baseline_arms(study)
@@ -236,10 +238,11 @@ def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
 
 
 def planned_total(study: Study) -> int:
-    """How many visits the whole study plans (search, finalists and probes); an lr extension, decided from the
-    search's results, comes on top (:func:`kdbench.sweep.events.study_progress` counts it once it is stored)."""
+    """How many visits the whole study plans (search, lr re-checks, finalists and probes); an lr extension, decided
+    from the search's results, comes on top (:func:`kdbench.sweep.events.study_progress` counts it once stored)."""
     s, f = study.search, study.finalists
-    n_final = (f.top_k * len(s.methods) + len(baseline_arms(study))) * f.seeds
+    rechecks = (3 if len(s.lr_candidates() or []) > 1 else 1) if f.lr_recheck else 0  # lrs per configuration
+    n_final = (f.top_k * len(s.methods) + len(baseline_arms(study))) * f.seeds * (1 + rechecks)
     configs = {m: s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods}
     n_probe = sum(min(f.probe, max(0, n - f.top_k)) for n in configs.values()) * f.seeds
     return len(plan_search(study)) + n_final + n_probe
