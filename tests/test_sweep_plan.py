@@ -272,3 +272,18 @@ def test_the_label_smoothed_loss_matches_a_hand_computation() -> None:
     got = F.cross_entropy(logits, labels, label_smoothing=eps)
     assert eps == 0.2 and float(got) == pytest.approx(hand, abs=1e-6)
     assert float(got) != pytest.approx(float(F.cross_entropy(logits, labels)), abs=1e-3)  # smoothing changed it
+
+
+def test_a_range_search_gives_label_smoothed_ce_as_many_trials_each_at_a_listed_epsilon() -> None:
+    """A range search: ce_ls gets ``trials`` visits, trial r at the r-th epsilon (cycled); the sampler draws lr only."""
+    from kdbench.sweep import optuna_bridge
+
+    study = parse_study({"name": "r", "search": {"temperature": {"low": 1, "high": 4}, "alpha": [0.5], "trials": 4},
+                         "baseline": {"label_smoothing": [0.05, 0.1]}})
+    ls = [v for v in plan_search(study) if v.stage == "ce_ls"]
+    assert [dict(v.params)["label_smoothing"] for v in ls] == [0.05, 0.1, 0.05, 0.1]
+    assert [v.key for v in ls] == [f"ce_ls/r={r}" for r in range(4)] and {v.lr for v in ls} == {None}
+    storage = optuna.storages.InMemoryStorage()
+    asked = [optuna_bridge.ask(storage, study, v, i, 1) for i, v in enumerate(ls[:2])]
+    assert [o.study_name for o, _, _ in asked] == ["r.ce_ls", "r.ce_ls"]
+    assert [p["label_smoothing"] for _, _, p in asked] == [0.05, 0.1] and all(1e-5 < p["lr"] < 1 for _, _, p in asked)
