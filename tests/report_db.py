@@ -42,9 +42,10 @@ def make_db(url: str, name: str = "known", *, kd_test: dict[int, float] | None =
             ce_test: dict[int, float] | None = None, ce_val: list[float] | None = None,
             kd_trials: dict[tuple[float, float], list[tuple[str, float | None, float]]] | None = None,
             teacher: bool = True, device: str = "cpu (test, 1 thread)", student: str = "mlp-800",
-            epochs: int = 3) -> None:
+            epochs: int = 3, ls_test: dict[int, float] | None = None) -> None:
     """Write one study with the given runs (each finalist evaluated after each of ``epochs`` epochs); defaults are
-    the module's known numbers."""
+    the module's known numbers (``ls_test``: CE with label smoothing 0.1 finalists too, validation accuracy = test
+    accuracy as for the others)."""
     kd_test = KD_TEST if kd_test is None else kd_test
     ce_test = CE_TEST if ce_test is None else ce_test
     ce_val = CE_VAL if ce_val is None else ce_val
@@ -73,9 +74,10 @@ def make_db(url: str, name: str = "known", *, kd_test: dict[int, float] | None =
                              trial_number=n, temperature=t, alpha=a, lr=lr, seed=0, state=state, val_acc=val,
                              **common))
                 n += 1
-        for loss, accs in (("kd", kd_test), ("ce", ce_test)):
+        for loss, accs in (("kd", kd_test), ("ce", ce_test), ("ce_ls", ls_test or {})):
             for seed, acc in accs.items():
                 run = RunRow(study_id=sid, visit=f"final/{loss}/rank=0/seed={seed}", kind="finalist", loss=loss,
+                             params='{"label_smoothing": 0.1}' if loss == "ce_ls" else None,
                              rank=0, temperature=2.0 if loss == "kd" else None, alpha=0.5 if loss == "kd" else None,
                              lr=2e-3, seed=seed, state="complete", val_acc=acc, test_acc=acc, infer_ms_per_batch=1.5,
                              test_predictions=_predictions(seed, loss == "kd"), **common)

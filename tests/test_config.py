@@ -57,6 +57,10 @@ def test_budgets_read_as_epochs_or_steps_and_leave_old_hashes_alone(tiny_study_d
     ("search.budget=[]", "search.budget: is empty"),
     ("search.budget=[{epochs: 1}, {steps: 30}]", "search.budget: mixes epochs and steps"),
     ("search.temperature={low: 1, high: 4}", "search.budget (a budget axis) needs a grid"),
+    ("baseline.label_smoothing=[1.0]", "baseline.label_smoothing: each label smoothing epsilon must be a number in"),
+    ("baseline.label_smoothing=[-0.1, 0.1]", "baseline.label_smoothing: each label smoothing epsilon"),
+    ("baseline.label_smoothing=[0.1, 0.1]", "baseline.label_smoothing: lists an epsilon twice"),
+    ("baseline.label_smoothing=[smooth]", "baseline.label_smoothing: each label smoothing epsilon"),
 ])
 def test_bad_values_give_one_line_errors(tiny_study_dict: dict, override: str, needle: str) -> None:
     from kdbench.errors import ConfigError
@@ -76,3 +80,13 @@ def test_malformed_yaml(tmp_path: Path) -> None:
     p.write_text("name: x\nstudent: {model: [\n")
     with pytest.raises(ConfigError, match="malformed YAML at line"):
         load_study(p)
+
+
+def test_label_smoothing_is_read_sorted_and_leaves_old_hashes_alone(tiny_study_dict: dict) -> None:
+    base = parse_study(tiny_study_dict)
+    assert base.baseline.label_smoothing == []
+    assert parse_study(tiny_study_dict, overrides=["baseline.label_smoothing=[]"]).hash == base.hash
+    one = parse_study(tiny_study_dict, overrides=["baseline.label_smoothing=0.1"])
+    assert one.baseline.label_smoothing == [0.1] and one.hash != base.hash
+    two = parse_study(tiny_study_dict, overrides=["baseline.label_smoothing=[0.2, 0]"])
+    assert two.baseline.label_smoothing == [0.0, 0.2] and two.search_visits == base.search_visits + 2

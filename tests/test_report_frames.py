@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -324,3 +325,28 @@ def test_the_lr_sentence_names_every_arm_left_at_an_end_and_why() -> None:
     ranged = ArmLr("ce", (), (1e-4, 1e-2), 1.2e-4, "low", 0, 0, 2, "range")
     assert "CE's best lr (0.00012) is the lowest end of the sampler's lr range (a range search is checked, not " \
            "extended)" in lr_sentence([ranged], 2)
+
+
+@pytest.mark.parametrize("shift", [0.005, -0.005])
+def test_the_verdict_compares_kd_with_the_better_baseline_on_validation(tmp_path: Path, shift: float) -> None:
+    """CE with label smoothing 0.5 pp above (or below) CE on every seed, on validation as on test: the verdict's
+    KD − baseline and its sentence follow the better on validation; the table keeps each baseline, with CE+LS − CE."""
+    url = f"sqlite:///{tmp_path / 'ls.db'}"
+    ls = {s: CE_TEST[s] + shift for s in CE_TEST}
+    make_db(url, ls_test=ls)
+    f = study_frames(url, "known", load_images=False)
+    assert f.arms["arm"].tolist() == ["teacher", "CE student", "CE+LS student", "KD student"]
+    arms = f.arms.set_index("arm")
+    assert arms.loc["CE+LS student", "diff_mean"] == pytest.approx(shift, abs=1e-12)
+    assert arms.loc["KD student", "diff_mean"] == pytest.approx(0.013, abs=1e-12)  # the table's Δ stays KD − CE
+    best, name = (ls, "CE+LS") if shift > 0 else (CE_TEST, "CE")
+    d_mean, d_sd = _hand([KD_TEST[s] - best[s] for s in sorted(KD_TEST)])
+    assert f.paired.mean == pytest.approx(d_mean, abs=1e-12) and f.paired.sd == pytest.approx(d_sd, abs=1e-12)
+    assert f.paired.n == 5
+    assert f.verdict.startswith("KD helped") and f"KD − {name} = {100 * d_mean:+.2f} pp" in f.verdict
+    ce_val, ls_val = (100 * sum(v.values()) / 5 for v in (CE_TEST, ls))
+    assert (f" The baseline is {name}, the better on validation of CE ({ce_val:.2f} %, n=5) and CE+LS (label "
+            f"smoothing 0.1) ({ls_val:.2f} %, n=5)") in f.verdict
+    # a study with CE alone says nothing of baselines: its verdict is the one it always was
+    make_db(f"sqlite:///{tmp_path / 'ce.db'}")
+    assert "The baseline is" not in study_frames(f"sqlite:///{tmp_path / 'ce.db'}", "known", load_images=False).verdict

@@ -7,7 +7,7 @@ from importlib import metadata
 import optuna
 import pytest
 import torch
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from kdbench import cli
 from kdbench.config import parse_study
@@ -104,22 +104,63 @@ def test_fused_sweep_matches_sequential(needs_fmnist: None, tiny_study_dict: dic
         assert parse_study(tiny_study_dict).hash == parse_study(tiny_study_dict, overrides=[f"search.fuse={fuse}"]).hash
 
 
+def _sweep_cli(raw: dict, tmp_path) -> tuple[str, list[str], Result]:
+    """``kdbench sweep`` of the study ``raw`` (written as a file) into a fresh database: its URL, the arguments
+    (to run it again) and the result, checked to have succeeded."""
+    import yaml
+
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    url = f"sqlite:///{tmp_path / (raw['name'] + '.db')}"
+    args = ["sweep", str(path), "--storage", url, "--cache-dir", str(tmp_path / "cache"), "--quiet", "--device", "cpu"]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    return url, args, result
+
+
+@pytest.mark.slow
+def test_label_smoothed_ce_is_a_baseline_end_to_end(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+    """``baseline.label_smoothing: [0.1]`` through the CLI: CE+LS trains as one more cell and a finalist on the
+    shared seeds, its epsilon on its runs and in its Optuna study; the report's table shows CE, CE+LS and KD, and
+    its verdict compares KD with the better baseline on validation."""
+    import pandas as pd
+
+    raw = {**tiny_study_dict, "name": "ls", "baseline": {"ce": True, "label_smoothing": [0.1]}}
+    url, _, _ = _sweep_cli(raw, tmp_path)
+    runs = load_runs(url, "ls")
+    assert len(runs) == planned_total(parse_study(raw)) == 4 + 3 * 2 and set(runs["state"]) == {"complete"}
+    assert runs.groupby("kind").size().to_dict() == {"kd": 2, "ce": 1, "ce_ls": 1, "finalist": 6}
+    smoothed = runs[runs["loss"] == "ce_ls"]
+    assert set(smoothed["params"]) == {'{"label_smoothing": 0.1}'} and len(smoothed) == 3  # stored on every run
+    fin = runs[runs["kind"] == "finalist"]
+    assert fin.groupby("loss")["seed"].apply(sorted).to_dict() == {m: [1, 2] for m in ("kd", "ce", "ce_ls")}
+    assert [t.params for t in optuna.load_study(study_name="ls.ce_ls", storage=url).trials] == [
+        {"label_smoothing": 0.1, "lr": 2e-3}]
+    # CE and CE+LS train differently from the same seed: the smoothing reached the loss
+    ce_run, ls_run = (runs[runs["visit"] == k].iloc[0]
+                      for k in ("ce/lr=0.002/r=0", "ce_ls/label_smoothing=0.1/lr=0.002/r=0"))
+    assert ce_run["seed"] == ls_run["seed"] and ce_run["val_loss"] != ls_run["val_loss"]
+    out = tmp_path / "report"
+    rep = CliRunner().invoke(cli.main, ["report", "ls", "--storage", url, "--out", str(out)])
+    assert rep.exit_code == 0, rep.output
+    table = pd.read_csv(out / "comparison.csv")
+    assert table["arm"].tolist() == ["teacher", "CE student", "CE+LS student", "KD student"]
+    val = fin[fin["rank"] == 0].groupby("loss")["val_acc"].mean()
+    name = "CE+LS" if val["ce_ls"] > val["ce"] else "CE"  # the better on validation (CE on a tie)
+    html = (out / "index.html").read_text()
+    assert f"The baseline is {name}, the better on validation of CE (" in html
+    assert f"KD − {name} = " in html or f"KD and {name} could not be told apart" in html
+
+
 @pytest.mark.slow
 def test_methods_sweep_end_to_end(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
     """Hinton's KD, DKD and DIST on one grid through the CLI: each method's runs, its Optuna study with its
     own parameters, a finalist per method on the shared seeds, the summary naming every parameter; a rerun
     trains nothing."""
-    import yaml
-
     raw = {**tiny_study_dict, "name": "meth"}
     raw["search"] = {**raw["search"], "method": ["kd", "dkd", "dist"],
                      "spaces": {"dkd": {"temperature": [2, 4]}, "dist": {"temperature": [4], "kd_weight": [1, 2]}}}
-    path = tmp_path / "meth.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    args = ["sweep", str(path), "--storage", url, "--cache-dir", str(tmp_path / "cache"), "--quiet", "--device", "cpu"]
-    result = CliRunner().invoke(cli.main, args)
-    assert result.exit_code == 0, result.output
+    url, args, result = _sweep_cli(raw, tmp_path)
     runs = load_runs(url, "meth")
     study = parse_study(raw)
     assert len(runs) == planned_total(study) == 7 + 4 * 2 and set(runs["state"]) == {"complete"}

@@ -16,7 +16,7 @@ from kdbench.errors import ConfigError
 from kdbench.store import load_runs
 from kdbench.sweep import plan_search, planned_total, run_sweep, search_seeds
 from kdbench.sweep.optuna_bridge import report_epoch
-from kdbench.sweep.plan import plan_finalists
+from kdbench.sweep.plan import plan_finalists, visit_recipe
 
 
 def _cell(key: str) -> str:
@@ -214,3 +214,76 @@ def test_probes_spread_over_the_ranking_and_train_like_the_finalists() -> None:
     assert {(v.temperature, v.alpha): v.rank for v in probes} == expected
     assert len(probes) == 4 * 3 and all(v.key.startswith("probe/kd/T=") and not v.is_search for v in probes)
     assert planned_total(study) == len(plan_search(study)) + len(visits)
+
+
+def test_label_smoothed_ce_is_a_baseline_arm_with_a_kd_cells_budget_and_a_finalist() -> None:
+    """``baseline.label_smoothing: [0.05, 0.1]``: two more cells of the arm ce_ls, each at every lr on every search
+    seed at the same budget as a KD cell; its best cell (the replicate mean at its best lr) gets a finalist on the
+    finalist seeds; every key once."""
+    import json
+
+    import pandas as pd
+
+    study = parse_study({"name": "ls", "search": {"temperature": [2, 4], "alpha": [0.5], "lr": [1e-3, 2e-3]},
+                         "baseline": {"label_smoothing": [0.1, 0.05]}})
+    visits = plan_search(study)
+    assert len({v.key for v in visits}) == len(visits) == (2 + 1 + 2) * 2 * 3 == study.search_visits
+    by_cell: dict[str, set[tuple[int, float | None, str | None]]] = {}
+    for v in visits:
+        cell = v.key.rsplit("/lr=", 1)[0]
+        by_cell.setdefault(cell, set()).add((v.seed, v.lr, v.budget_label))
+    assert set(by_cell) == {"kd/T=2/a=0.5", "kd/T=4/a=0.5", "ce", "ce_ls/label_smoothing=0.05",
+                            "ce_ls/label_smoothing=0.1"}
+    assert len({frozenset(s) for s in by_cell.values()}) == 1  # every cell: the same seeds, lrs and budget
+    ls = [v for v in visits if v.stage == "ce_ls"]
+    assert {v.loss for v in ls} == {"ce_ls"} and {dict(v.params)["label_smoothing"] for v in ls} == {0.05, 0.1}
+    assert {visit_recipe(study, v).label_smoothing for v in ls} == {0.05, 0.1}  # what each trains with
+    assert {visit_recipe(study, v).label_smoothing for v in visits if v.stage != "ce_ls"} == {0.0}
+    rows = [{"visit": v.key, "kind": v.stage, "state": "complete", "temperature": v.temperature, "alpha": v.alpha,
+             "lr": v.lr, "params": json.dumps(dict(v.params)) if v.params else None, "trial_number": 0,
+             "val_acc": 0.9 if (dict(v.params).get("label_smoothing"), v.lr) == (0.05, 2e-3) else 0.5}
+            for v in visits]
+    finalists = plan_finalists(study, pd.DataFrame(rows))
+    assert len({v.key for v in finalists}) == len(finalists) == 3 * 5 == planned_total(study) - len(visits)
+    best = [v for v in finalists if v.loss == "ce_ls"]
+    assert [v.seed for v in best] == [1, 2, 3, 4, 5] and {v.key for v in best} == {
+        f"final/ce_ls/rank=0/seed={s}" for s in range(1, 6)}
+    assert {(dict(v.params)["label_smoothing"], v.lr, v.budget_label) for v in best} == {(0.05, 2e-3, "3 epochs")}
+    assert visit_recipe(study, best[0]).label_smoothing == 0.05
+
+
+def test_the_label_smoothed_loss_matches_a_hand_computation() -> None:
+    """CE with label smoothing, as a ce_ls visit trains (``cross_entropy(..., label_smoothing=recipe's)``):
+    (1 - e) * -log p_y + e * mean_k(-log p_k), by hand on fixed logits."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    study = parse_study({"name": "ls", "baseline": {"label_smoothing": [0.2]}})
+    visit = next(v for v in plan_search(study) if v.stage == "ce_ls")
+    eps = visit_recipe(study, visit).label_smoothing
+    logits, labels = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]), torch.tensor([0, 2])
+    hand = 0.0
+    for row, y in zip(logits.tolist(), labels.tolist(), strict=True):
+        log_z = math.log(sum(math.exp(z) for z in row))
+        nll = [log_z - z for z in row]
+        hand += ((1 - eps) * nll[y] + eps * sum(nll) / len(row)) / len(logits)  # the batch mean
+    got = F.cross_entropy(logits, labels, label_smoothing=eps)
+    assert eps == 0.2 and float(got) == pytest.approx(hand, abs=1e-6)
+    assert float(got) != pytest.approx(float(F.cross_entropy(logits, labels)), abs=1e-3)  # smoothing changed it
+
+
+def test_a_range_search_gives_label_smoothed_ce_as_many_trials_each_at_a_listed_epsilon() -> None:
+    """A range search: ce_ls gets ``trials`` visits, trial r at the r-th epsilon (cycled); the sampler draws lr only."""
+    from kdbench.sweep import optuna_bridge
+
+    study = parse_study({"name": "r", "search": {"temperature": {"low": 1, "high": 4}, "alpha": [0.5], "trials": 4},
+                         "baseline": {"label_smoothing": [0.05, 0.1]}})
+    ls = [v for v in plan_search(study) if v.stage == "ce_ls"]
+    assert [dict(v.params)["label_smoothing"] for v in ls] == [0.05, 0.1, 0.05, 0.1]
+    assert [v.key for v in ls] == [f"ce_ls/r={r}" for r in range(4)] and {v.lr for v in ls} == {None}
+    storage = optuna.storages.InMemoryStorage()
+    asked = [optuna_bridge.ask(storage, study, v, i, 1) for i, v in enumerate(ls[:2])]
+    assert [o.study_name for o, _, _ in asked] == ["r.ce_ls", "r.ce_ls"]
+    assert [p["label_smoothing"] for _, _, p in asked] == [0.05, 0.1] and all(1e-5 < p["lr"] < 1 for _, _, p in asked)

@@ -337,10 +337,29 @@ class SearchConfig(Strict):
 
 
 class BaselineConfig(Strict):
-    """The CE-only student: one more cell of the search, with exactly a KD cell's budget."""
+    """The baselines without a teacher: CE, and CE with label smoothing, each with exactly a KD cell's budget.
+
+    Label smoothing is the baseline KD's gain is often partly owed to (Yuan et al., CVPR 2020, "Revisiting
+    knowledge distillation via label smoothing regularization"): an arm ``ce_ls`` whose cells are the values
+    listed, tuned like CE (the same lr candidates, seeds and lr extension), so the verdict compares KD with the
+    better baseline on validation.
+    """
 
     ce: bool = True
     """Train the CE baseline (alpha = 1) as one more cell, on the same lr candidates and seeds."""
+    label_smoothing: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(default_factory=list)
+    """Label-smoothed CE baselines: each epsilon in [0, 1) one more cell of the arm ``ce_ls`` (torch's
+    ``cross_entropy(..., label_smoothing=epsilon)``), on the same lr candidates and seeds; ``[]``: none."""
+
+    @field_validator("label_smoothing", mode="before")
+    @classmethod
+    def _epsilons(cls, v: Any) -> Any:
+        values = v if isinstance(v, list) else [v]
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not (0.0 <= x < 1.0) for x in values):
+            raise ValueError("each label smoothing epsilon must be a number in [0, 1) (0.1 is usual)")
+        if len(set(values)) != len(values):
+            raise ValueError("lists an epsilon twice; give each once")
+        return sorted(float(x) for x in values)
 
 
 class FinalistsConfig(Strict):
@@ -353,6 +372,11 @@ class FinalistsConfig(Strict):
     budget: Budget | None = None
     """What the finalists (and probes) train for: epochs (``15``) or ``{steps: N}``; default the search's (its
     largest)."""
+    lr_recheck: bool = False
+    """Grid searches: before the test set is touched, each finalist configuration is trained at ``budget`` on the
+    finalist seeds at its chosen lr and the lrs beside it (its cell's, or by the list's ratio past an end), scored
+    on validation only, and its finalists take the best of them (``kdbench/sweep/recheck.py``): the lr chosen on a
+    short search may not be the best at the finalists' budget."""
     probe: Annotated[int, Field(ge=0, le=1000)] = 0
     """A transfer check: this many more configurations per method, spread over the search's ranking, re-trained like
     the finalists (budget, seeds) and scored on validation only."""

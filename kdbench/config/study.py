@@ -30,8 +30,9 @@ def optuna_study_name(study: str, loss: str) -> str:
 
 
 def optuna_study_names(study: str) -> list[str]:
-    """Every Optuna study a kdbench study may own, whatever its methods: CE's and every registered method's."""
-    return [optuna_study_name(study, loss) for loss in ("ce", *METHODS)]
+    """Every Optuna study a kdbench study may own, whatever its methods: CE's, CE with label smoothing's and every
+    registered method's."""
+    return [optuna_study_name(study, loss) for loss in ("ce", "ce_ls", *METHODS)]
 
 
 OPTUNA_SUFFIXES = tuple(n.removeprefix("x") for n in optuna_study_names("x") if n != "x")  # ".ce", ".dkd", ...
@@ -57,7 +58,7 @@ class Study(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     """What is searched: T x alpha (+ lr), the methods, replicates, budgets."""
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
-    """The CE baseline."""
+    """The baselines: CE, and CE with label smoothing."""
     finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
     """The best configurations re-trained on fresh paired seeds and tested."""
     log: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list, exclude=True)
@@ -110,6 +111,9 @@ class Study(Strict):
                              f"search.max_visits ({self.search.max_visits:,}); shrink the grid (temperature, alpha, "
                              "lr, replicates, budget), or raise search.max_visits if you mean it")
         f, s = self.finalists, self.search
+        if f.lr_recheck and not s.is_grid:
+            raise ValueError("finalists.lr_recheck needs a grid search (temperature and alpha as lists); a range "
+                             "search's sampler draws lr, so there is no list to re-check along")
         if f.probe:  # probes are drawn from the configurations each method ranks below its top_k finalists
             left = min(s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods) - f.top_k
             if f.probe > left:
@@ -123,6 +127,8 @@ class Study(Strict):
         """How many visits the search plans (computed, not planned: a huge grid is refused before it is built)."""
         s = self.search
         arms = sum(s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods) + (1 if self.baseline.ce else 0)
+        smoothed = self.baseline.label_smoothing  # the ce_ls arm: one cell per epsilon (a range search: its trials)
+        arms += len(smoothed) if s.is_grid else s.n_trials if smoothed else 0
         lrs = s.lr_candidates()
         per_arm = len(lrs) * s.n_replicates * len(self.search_budgets) if s.is_grid and lrs else 1
         return arms * per_arm

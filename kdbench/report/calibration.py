@@ -24,7 +24,7 @@ from scipy.special import log_softmax
 
 from kdbench.defaults import CALIBRATION_BINS
 
-__all__ = ["BASELINE_ARM", "CALIBRATION_COLUMNS", "calibration", "calibration_flags", "calibration_frames",
+__all__ = ["BASELINE_ARMS", "CALIBRATION_COLUMNS", "calibration", "calibration_flags", "calibration_frames",
            "decode_logits", "ece", "nll", "reliability_bins"]
 
 
@@ -147,10 +147,10 @@ def calibration_frames(logits: dict[str, dict[int, bytes]], teacher_logits: byte
     return calibration(arms, labels, temps), pd.concat(bins, ignore_index=True)[empty[1].columns], note
 
 
-BASELINE_ARM = "CE student"  # the arm every student's calibration is held against, with any other baseline arm
+BASELINE_ARMS = ("CE student", "CE+LS student")  # the arms a student's calibration is held against (the best)
 
 
-def calibration_flags(table: pd.DataFrame, baselines: Collection[str] = (BASELINE_ARM,), factor: float = 2.0) -> str:
+def calibration_flags(table: pd.DataFrame, baselines: Collection[str] = BASELINE_ARMS, factor: float = 2.0) -> str:
     """A sentence naming each student arm whose mean test ECE is more than ``factor`` times the best (lowest)
     baseline's (accuracy alone would hide that its probabilities are badly calibrated); "" when none is, or no
     baseline has an ECE.

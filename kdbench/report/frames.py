@@ -22,6 +22,7 @@ import yaml
 
 from kdbench.config import Range, is_geometric
 from kdbench.defaults import IMPORTANCE_MIN_TRIALS
+from kdbench.report.baselines import Baseline, best_baseline
 from kdbench.report.budget import BudgetLabels, Transfer, budget_frames, budget_labels, main_runs
 from kdbench.report.calibration import calibration_frames
 from kdbench.report.cost import cost_note, cost_table, dashboard_command, optimisation_history, trial_curves
@@ -153,7 +154,7 @@ def compute_frames(src: StudySources) -> StudyFrames:
     if finals.empty:
         missing.append("no complete finalists yet: no test accuracies, comparison, fidelity or learning curves")
     labels = budget_labels(study)
-    arms, paired = _arms(src, finals, evidence.budgets, labels)
+    arms, paired, base = _arms(src, finals, evidence.budgets, labels)
     fidelity = fidelity_frames(src.predictions, src.teacher)
     best_kd = arms["arm"] == "KD student"
     if best_kd.any() and fidelity.seeds["mcnemar_p"].notna().any():
@@ -170,8 +171,8 @@ def compute_frames(src: StudySources) -> StudyFrames:
         name=src.name, config=src.config, config_hash=src.config_hash, is_grid=is_grid,
         geometric_t=temps is not None and is_geometric(temps), grid=grid, evidence=evidence, ce_best_val=ce_best,
         ce_trials=ce[["trial_number", "lr", "val_acc"]].reset_index(drop=True), arms=arms, paired=paired,
-        verdict=qualified_verdict(verdict(paired), study, evidence, n_seeds=paired.n, teacher=taught,
-                                  budgets=labels)
+        verdict=qualified_verdict(verdict(paired, base.name) + base.sentence, study, evidence, n_seeds=paired.n,
+                                  teacher=taught, budgets=labels)
         if not finals.empty else "KD and CE cannot be compared yet: no complete finalists.",
         curves=_curves(src.epochs, finals), predictions=prediction_grid(src.predictions, src.teacher),
         importances=_importances(src), provenance=_provenance(src), missing=missing,
@@ -271,9 +272,9 @@ COMPARISON_COLUMNS = [
 
 
 def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str],
-          labels: BudgetLabels) -> tuple[pd.DataFrame, Paired]:
-    """The comparison rows: the teacher, then the CE and KD finalists with the store's test mean, sd and n
-    (:meth:`kdbench.store.Store.finalist_summary`) and, for KD, the paired difference to CE over shared seeds."""
+          labels: BudgetLabels) -> tuple[pd.DataFrame, Paired, Baseline]:
+    """The comparison rows: the teacher, then the finalists with the store's test mean, sd and n and each one's paired
+    difference to CE; and KD's to the better baseline on validation (:func:`~kdbench.report.baselines`)."""
     rows: list[dict[str, Any]] = []
     study, teacher = src.study, src.teacher
     if teacher is not None:
@@ -283,13 +284,12 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str],
     student = study.student.model
     summary = src.finalists.set_index(["loss", "rank"])
     by_seed = {key: g.set_index("seed")["test_acc"] for key, g in finals.groupby(["loss", "rank"])}
-    ce = by_seed.get(("ce", 0))
-    paired = paired_difference(by_seed[("kd", 0)], ce) if ce is not None and ("kd", 0) in by_seed \
-        else paired_difference(pd.Series(dtype=float), pd.Series(dtype=float))
+    ce, base, none = by_seed.get(("ce", 0)), best_baseline(src.finalists), pd.Series(dtype=float)
+    paired = paired_difference(by_seed.get(("kd", 0), none), by_seed.get((base.loss, 0), none))
     # Every student arm is the same architecture: one timing for all of them (per-arm medians differ by noise)
     student_ms = float(finals["infer_ms_per_batch"].median()) if len(finals) else math.nan
     for (loss, rank), g in sorted(finals.groupby(["loss", "rank"]),
-                                  key=lambda kv: (kv[0][0] != "ce", kv[0][0] != "kd", kv[0][1], kv[0][0])):
+                                  key=lambda kv: ({"ce": 0, "ce_ls": 1, "kd": 2}.get(kv[0][0], 3), kv[0][1], kv[0][0])):
         s = summary.loc[(loss, rank)]
         row: dict[str, Any] = {
             "arm": arm_name(str(loss)) + (f" #{int(rank) + 1}" if rank else ""),
@@ -309,7 +309,7 @@ def _arms(src: StudySources, finals: pd.DataFrame, budgets: dict[str, str],
     out.insert(0, "study", src.name)
     out["config_hash"] = src.config_hash
     out = out[COMPARISON_COLUMNS]
-    return out, paired
+    return out, paired, base
 
 
 def _paired_seeds(finals: pd.DataFrame) -> pd.DataFrame:

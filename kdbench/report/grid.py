@@ -22,6 +22,7 @@ from kdbench.report.budget import BudgetLabels, StudyLike, as_study, budget_labe
 from kdbench.report.methods import METHOD_NAMES
 from kdbench.report.stats import summarize
 from kdbench.sweep.extend import ArmLr, lr_status
+from kdbench.sweep.recheck import Recheck, recheck_status
 
 __all__ = [
     "GRID_COLUMNS",
@@ -60,6 +61,7 @@ class SearchEvidence:
         sentences: the plain sentences a reader gets first (effects, reliability, budgets, Holm, the lr check).
         lr_arms: each arm's best lr against the lrs its best cell was trained at
             (:func:`kdbench.sweep.extend.lr_status`).
+        recheck: the finalists' lr re-check in words (:func:`recheck_sentence`), ``""`` without one.
     """
 
     cells: effects.BestLr
@@ -72,6 +74,7 @@ class SearchEvidence:
     pruner: str
     sentences: list[str]
     lr_arms: list[ArmLr]
+    recheck: str = ""
 
 
 def _search_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -148,7 +151,10 @@ def search_evidence(config: StudyLike, runs: pd.DataFrame) -> SearchEvidence:
     arms = lr_status(study, runs)
     if arms:
         sentences.append(lr_sentence(arms, study.search.lr_extend))
-    return SearchEvidence(cells, deltas, main, rel, binned, budgets, n_rep, str(pruner), sentences, arms)
+    recheck = recheck_sentence(recheck_status(study, runs), budget_labels(study).finalists)
+    if recheck:
+        sentences.append(recheck)
+    return SearchEvidence(cells, deltas, main, rel, binned, budgets, n_rep, str(pruner), sentences, arms, recheck)
 
 
 def _arm(arm: str) -> str:
@@ -186,6 +192,22 @@ def lr_sentence(arms: list[ArmLr], limit: int) -> str:
     return (f"Not every arm tuned to an interior lr: {'; '.join(why)}. The optimum of {names} may lie beyond the "
             f"lrs tried, so the verdict may reflect their under-tuning (widen search.lr or raise "
             f"search.lr_extend).{extended}")
+
+
+def recheck_sentence(rechecks: list[Recheck], budget: str) -> str:
+    """Each finalist configuration's lr re-check (``finalists.lr_recheck``): the lrs tried at the finalists' budget,
+    their mean validation accuracy, and whether its finalists kept the search's lr; ``""`` without a re-check."""
+    if not rechecks:
+        return ""
+    parts = []
+    for r in rechecks:
+        name = _arm(r.arm) + (f" #{r.rank + 1}" if r.rank else "")
+        tried = ", ".join(f"{lr:g}: not yet" if math.isnan(m) else f"{lr:g}: {100 * m:.2f} %" for lr, m in r.means)
+        moved = f"kept {r.chosen:g}" if r.best == r.chosen else f"moved from {r.chosen:g} to {r.best:g}"
+        parts.append(f"{name} {moved} ({tried})")
+    n = min(r.n for r in rechecks)
+    return (f"lr re-checked at the finalists' budget ({budget}, mean validation accuracy over n={n} finalist "
+            f"seed{'s' if n != 1 else ''}, before the test set was read): {'; '.join(parts)}.")
 
 
 def _lr_at_edge(cells: effects.BestLr) -> str:
@@ -243,6 +265,8 @@ def qualified_verdict(text: str, config: StudyLike, evidence: SearchEvidence, *,
                  f" Tuning was not equal ({words}): the arm tuned more is favoured.")
     if evidence.lr_arms:
         text += " " + lr_sentence(evidence.lr_arms, study.search.lr_extend)
+    if evidence.recheck:
+        text += " " + evidence.recheck
     return text
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from kdbench.report.calibration import BASELINE_ARM, calibration_flags
+from kdbench.report.calibration import BASELINE_ARMS, calibration_flags
 from kdbench.report.stats import Paired, paired_difference, power_clause, summarize
 from kdbench.store import cell_key, run_values
 
@@ -26,7 +26,7 @@ __all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "arm_name", "holm", "method_cells",
            "method_table"]
 
 SHOWN = {"temperature": "T", "alpha": "α"}  # how T and alpha are named in the tables
-METHOD_NAMES = {"kd": "Hinton KD", "dkd": "DKD", "dist": "DIST", "lskd": "LS-KD", "ce": "CE"}
+METHOD_NAMES = {"kd": "Hinton KD", "dkd": "DKD", "dist": "DIST", "lskd": "LS-KD", "ce": "CE", "ce_ls": "CE+LS"}
 METHOD_COLUMNS = [
     "method", "configuration", "test_mean", "test_sd", "n",
     "vs_ce_mean", "vs_ce_low", "vs_ce_high", "vs_ce_p", "vs_ce_p_holm", "vs_ce_n", "vs_ce_sd",
@@ -106,7 +106,7 @@ def method_table(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     return out[METHOD_COLUMNS]
 
 
-def method_ece(table: pd.DataFrame, calibration: pd.DataFrame, baselines: tuple[str, ...] = (BASELINE_ARM,),
+def method_ece(table: pd.DataFrame, calibration: pd.DataFrame, baselines: tuple[str, ...] = BASELINE_ARMS,
                factor: float = 2.0) -> pd.DataFrame:
     """The method table with each method's mean test ECE (``ece_mean``, NaN where none is stored) and
     ``ece_flag``: True where it is more than ``factor`` times the best (lowest) baseline arm's ECE, the arms
@@ -120,7 +120,7 @@ def method_ece(table: pd.DataFrame, calibration: pd.DataFrame, baselines: tuple[
 
 
 def method_sentence(table: pd.DataFrame, calibration: pd.DataFrame | None = None,
-                    baselines: tuple[str, ...] = (BASELINE_ARM,)) -> str:
+                    baselines: tuple[str, ...] = BASELINE_ARMS) -> str:
     """Each method against CE, then each against Hinton's KD, every difference with its 95 % paired t interval:
     a method helped (or is better than KD) only where that interval lies above 0 and its Holm-corrected p is
     below 0.05, so a method significant against CE where KD is not is never thereby called better than KD; then

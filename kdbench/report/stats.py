@@ -129,30 +129,33 @@ def detectable_difference(p: Paired, power: float = POWER) -> float:
     return float(np.asarray(d).item()) * p.sd
 
 
-def verdict(p: Paired) -> str:
+def verdict(p: Paired, baseline: str = "CE") -> str:
     """One sentence: did KD help, hurt, or could the two not be told apart at this n? (decided by the CI).
 
     Args:
-        p: the paired KD − CE result.
+        p: the paired KD − baseline result.
+        baseline: the baseline's name (``CE``, or ``CE+LS`` when the better baseline on validation is
+            label-smoothed: :func:`kdbench.report.baselines.best_baseline`).
 
     Returns:
         The verdict, with the difference, its interval and p-value when there is one.
     """
     if p.n == 0:
-        return "KD and CE could not be compared: no seed has a complete KD and CE finalist yet."
+        return f"KD and {baseline} could not be compared: no seed has a complete KD and {baseline} finalist yet."
     if p.n < 2:
-        return (f"KD and CE could not be told apart at n={p.n}: a confidence interval needs at least "
-                f"2 shared seeds (KD − CE = {100 * p.mean:+.2f} pp on the one there is), and {power_clause(p)}.")
+        return (f"KD and {baseline} could not be told apart at n={p.n}: a confidence interval needs at least 2 shared "
+                f"seeds (KD − {baseline} = {100 * p.mean:+.2f} pp on the one there is), and {power_clause(p)}.")
     if math.isnan(p.ci_low):
-        return (f"KD and CE could not be told apart at n={p.n}: every seed gave KD − CE = {100 * p.mean:+.2f} pp, "
-                f"and with no spread a t interval is undefined ({power_clause(p)}); add seeds.")
-    interval = (f"KD − CE = {100 * p.mean:+.2f} pp, {CONFIDENCE:.0%} CI [{100 * p.ci_low:+.2f}, "
+        return (f"KD and {baseline} could not be told apart at n={p.n}: every seed gave KD − {baseline} = "
+                f"{100 * p.mean:+.2f} pp, and with no spread a t interval is undefined ({power_clause(p)}); add seeds.")
+    interval = (f"KD − {baseline} = {100 * p.mean:+.2f} pp, {CONFIDENCE:.0%} CI [{100 * p.ci_low:+.2f}, "
                 f"{100 * p.ci_high:+.2f}] pp, paired t-test p = {_p(p.p_value)}, n={p.n} shared seeds")
     if p.ci_low > 0:
         return f"KD helped: {interval}."
     if p.ci_high < 0:
         return f"KD hurt: {interval}."
-    return f"KD and CE could not be told apart at n={p.n}: {interval}; the interval contains 0 ({power_clause(p)})."
+    return (f"KD and {baseline} could not be told apart at n={p.n}: {interval}; the interval contains 0 "
+            f"({power_clause(p)}).")
 
 
 def power_clause(p: Paired) -> str:

@@ -19,6 +19,7 @@ from kdbench.store.keys import (
     config_name,
     finalist_key,
     probe_key,
+    recheck_key,
     retired_key,
     search_key,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "params_json",
     "pid_alive",
     "probe_key",
+    "recheck_key",
     "retired_key",
     "retry_schema_race",
     "run_values",

@@ -3,14 +3,16 @@ and retires old attempts here).
 
 A key names one planned training run: ``kd/T=2/a=0.5/lr=0.001/r=0`` (a grid cell at one lr on replicate 0),
 ``.../e=3/r=0`` on a budget axis, ``ce/r=4`` (a range search's trial), ``final/kd/rank=0/seed=1`` (a finalist),
-``probe/kd/T=8/a=0.1/lr=0.001/seed=1`` (a probe); a retired attempt keeps its key with ``#<attempt>``.
+``probe/kd/T=8/a=0.1/lr=0.001/seed=1`` (a probe), ``recheck/kd/T=2/a=0.5/lr=0.002/seed=1`` (a finalist
+configuration's lr re-checked at the finalists' budget); a retired attempt keeps its key with ``#<attempt>``.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["PARAM_COLUMNS", "cell_key", "config_key", "config_name", "finalist_key", "probe_key", "retired_key",
+__all__ = ["PARAM_COLUMNS", "cell_key", "config_key", "config_name", "finalist_key", "probe_key", "recheck_key",
+           "retired_key",
            "search_key"]
 
 PARAM_COLUMNS = ("temperature", "alpha", "lr")  # a run's parameters with columns of their own; the rest: ``params``
@@ -39,6 +41,11 @@ def finalist_key(method: str, rank: int, seed: int) -> str:
 def probe_key(method: str, values: dict[str, float], seed: int) -> str:
     """A probe: one configuration of the search re-trained like the finalists, on one finalist seed."""
     return f"probe/{config_name(method, values)}/seed={seed}"
+
+
+def recheck_key(method: str, values: dict[str, float], seed: int) -> str:
+    """An lr re-check: a finalist configuration at one lr, trained like the finalists, scored on validation only."""
+    return f"recheck/{config_name(method, values)}/seed={seed}"
 
 
 def retired_key(key: str, attempt: int) -> str:

@@ -223,7 +223,7 @@ class Queries(Database):
                     test_mean=("test_acc", "mean"), test_sd=("test_acc", lambda x: float(np.std(x.dropna(), ddof=1))
                                                              if x.notna().sum() > 1 else math.nan),
                     n=("test_acc", "count"), val_mean=("val_acc", "mean"), runs=("test_acc", "size")).reset_index()
-        order = out["loss"].map(lambda m: (m != "kd", m == "ce", m))  # Hinton's KD, the other methods, CE
+        order = out["loss"].map(lambda m: (m != "kd", m in ("ce", "ce_ls"), m))  # KD, the other methods, CE, CE+LS
         out = out.assign(_order=order).sort_values(["_order", "rank"]).drop(columns="_order")
         return out[FINALIST_COLUMNS].reset_index(drop=True)
 

@@ -29,7 +29,7 @@ from kdbench.provenance import device_name, kdbench_commit
 from kdbench.store import Claimed, Store, finite_or_none, now, params_json
 from kdbench.sweep import optuna_bridge
 from kdbench.sweep.events import SweepEvents
-from kdbench.sweep.plan import Visit, visit_recipe
+from kdbench.sweep.plan import BASELINES, Visit, visit_recipe
 from kdbench.teacher import Teacher
 from kdbench.trackers import FINAL_METRICS, RunRecord, Trackers
 from kdbench.train import EpochRecord, KDParams, TrainResult, budget, train
@@ -107,7 +107,7 @@ class Attempt:
                                  model_args=student.model_args, folder=ctx.study.folder).to(ctx.device)
         self.common["parameters"] = count_parameters(self.model)
         warmup = ctx.study.search.warmup_epochs(visit.loss)
-        self.kd = None if visit.loss == "ce" else kd_params(visit.loss, params, warmup)
+        self.kd = None if visit.loss in BASELINES else kd_params(visit.loss, params, warmup)
 
     def on_epoch(self, rec: EpochRecord) -> None:
         """Record the epoch's progress, show it, and let Optuna's pruner judge it (never at the last epoch)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from kdbench.config import Study
 from kdbench.store import Store
-from kdbench.sweep.plan import Visit, planned_total
+from kdbench.sweep.plan import BASELINES, Visit, planned_total
 from kdbench.train import EpochRecord
 
 __all__ = ["TERMINAL", "Progress", "SweepEvents", "study_progress"]
@@ -40,7 +40,7 @@ def study_progress(store: Store, study: Study, study_id: int | None = None) -> P
         counts[r.state] = counts.get(r.state, 0) + 1
         if r.state == "complete" and r.kind in ("kd", "ce") and r.val_acc is not None:
             best[r.kind] = max(best.get(r.kind, -math.inf), r.val_acc)
-    arms = {"ce", *study.search.methods}
+    arms = {*BASELINES, *study.search.methods}
     search_rows = sum(1 for r in rows if "#" not in r.visit and r.kind in arms)
     extended = max(0, search_rows - study.search_visits)  # search runs beyond the plan: the lr extension's
     return Progress(

@@ -42,7 +42,7 @@ from kdbench.config import Range, Study
 from kdbench.defaults import LR_END_SHARE
 from kdbench.store import cell_key, run_values, search_key
 from kdbench.sweep.events import TERMINAL
-from kdbench.sweep.plan import Visit, method_visit, plan_search, ranked_configs, search_seeds
+from kdbench.sweep.plan import Visit, baseline_arms, method_visit, plan_search, ranked_configs, search_seeds
 
 __all__ = ["ArmLr", "lr_status", "plan_extension"]
 
@@ -154,12 +154,12 @@ def _range_arm(study: Study, arm: str, runs: pd.DataFrame) -> ArmLr | None:
 
 
 def _extension(study: Study, runs: pd.DataFrame) -> tuple[list[Visit], list[ArmLr]]:
-    arms = (["ce"] if study.baseline.ce else []) + study.search.methods
+    arms = baseline_arms(study) + study.search.methods
     if not study.search.is_grid:
         found = [_range_arm(study, arm, runs) for arm in arms]
         return [], [a for a in found if a is not None]
     states = dict(zip(runs["visit"], runs["state"], strict=True))
-    stored = bool(runs["kind"].isin(["finalist", "probe"]).any())
+    stored = bool(runs["kind"].isin(["finalist", "probe", "recheck"]).any())
     b = study.selection_budget
     search = [v for v in plan_search(study) if v.budget == b]
     visits: list[Visit] = []

@@ -1,8 +1,8 @@
 """The Optuna side of a sweep: sampler, pruner, asking for a trial, closing it, repairing after a crash.
 
-Every search visit is one Optuna trial (KD trials in the study ``<name>``, CE trials in ``<name>.ce``,
-another method's in ``<name>.<method>``), in the same database as kdbench's tables. A grid visit fixes
-every parameter (one insert); otherwise the visit's fixed ones go through
+Every search visit is one Optuna trial (KD trials in the study ``<name>``, CE trials in ``<name>.ce``, CE with
+label smoothing's in ``<name>.ce_ls``, another method's in ``<name>.<method>``), in the same database as kdbench's
+tables. A grid visit fixes every parameter (one insert); otherwise the visit's fixed ones go through
 ``PartialFixedSampler`` while the sampler draws lr, so Optuna's own tools (``optuna trials``,
 optuna-dashboard) see the study as it is. kdbench's run rows are the record; Optuna's trial states
 follow them (:func:`kdbench.store.trials.close_trial`, called where a run is finished, and :func:`repair`).
@@ -26,8 +26,12 @@ __all__ = ["ask", "close_trial", "open_study", "repair", "report_epoch"]
 
 
 def _spaces(study: Study, loss: str) -> dict[str, list[float] | Range]:
-    """What a search visit of ``loss`` searches: its method's space and lr (CE: lr only)."""
-    return ({} if loss == "ce" else study.search.space(loss)) | {"lr": study.search.lr}
+    """What a search visit of ``loss`` searches: its method's space and lr (CE: lr only; CE with label smoothing:
+    its epsilons and lr)."""
+    if loss in ("ce", "ce_ls"):
+        eps = study.baseline.label_smoothing
+        return ({"label_smoothing": eps} if loss == "ce_ls" else {}) | {"lr": study.search.lr}
+    return study.search.space(loss) | {"lr": study.search.lr}
 
 
 def _known(visit: Visit) -> dict[str, float]:

@@ -1,5 +1,9 @@
 """What a study trains: its visits, in an order that favours no cell, then the finalists.
 
+**Baselines**: CE (``ce``), and CE with label smoothing (``ce_ls``, ``baseline.label_smoothing``: one cell per
+epsilon, its ``params``), are arms like a method's, tuned alike (lr candidates, seeds, lr extension), each with a
+finalist; the report compares KD with the better of them on validation.
+
 **Grid search** (T and alpha both lists). Every cell (T, alpha), and the CE baseline as one more cell,
 is trained at every lr candidate (``SearchConfig.lr_candidates``) on the same ``replicates`` search seeds:
 replicate i of every cell uses seed ``seed + SEARCH_SEED_OFFSET + i``, hence the same initialisation
@@ -9,13 +13,17 @@ replicate in a seeded shuffled order, so a study stopped early has whole replica
 no T or alpha always comes first or last. CE gets exactly a KD cell's budget.
 
 **Range search** (T or alpha a range): the sampler draws ``trials`` KD configurations, and the CE
-baseline gets as many sampler trials over lr; KD and CE visits alternate.
+baseline gets as many sampler trials over lr; KD and CE visits alternate. CE with label smoothing gets as many,
+trial r at the r-th epsilon of its list (cycled), the sampler drawing lr.
 
 **Budget axis** (``search.budget``): the grid above is trained at each budget, on the same seeds (every
 replicate's budgets smallest first); the finalists are chosen at the largest.
 
 **lr extension** (``search.lr_extend``, grids): an arm whose best lr is an end of its list gets its best cell
 trained beyond that end, one step at a time, before the finalists are chosen (:mod:`kdbench.sweep.extend`).
+
+**lr re-check** (``finalists.lr_recheck``): each finalist configuration trained at the finalists' budget at its lr
+and the lrs beside it, on validation only, before its finalists take the best (:mod:`kdbench.sweep.recheck`).
 
 **Finalists**: the ``top_k`` best KD configurations and the best CE one, chosen on validation accuracy
 (for a grid: the replicate mean of a cell at its best lr), each re-trained on fresh seeds seed+1, ... for
@@ -45,8 +53,11 @@ from kdbench.store import (
     search_key,
 )
 
-__all__ = ["Visit", "finalist_seeds", "method_visit", "plan_finalists", "plan_search", "planned_total",
-           "ranked_configs", "search_seeds", "visit_recipe"]
+__all__ = ["BASELINES", "Visit", "baseline_arms", "finalist_seeds", "method_visit", "plan_finalists", "plan_search",
+           "planned_total", "ranked_configs", "search_seeds", "visit_recipe"]
+
+
+BASELINES = ("ce", "ce_ls")  # the arms without a teacher: CE, and CE with label smoothing
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,7 @@ class Visit:
     @property
     def is_search(self) -> bool:
         """A search trial (an Optuna trial), not a finalist or a probe."""
-        return self.stage not in ("finalist", "probe")
+        return self.stage not in ("finalist", "probe", "recheck")
 
     @property
     def asks_optuna(self) -> bool:
@@ -93,8 +104,18 @@ class Visit:
 
 
 def visit_recipe(study: Study, visit: Visit) -> StudentConfig:
-    """The student recipe a visit trains with: the study's, for the visit's budget."""
-    return visit.budget.apply(study.student) if visit.budget is not None else study.student
+    """The student recipe a visit trains with: the study's, for the visit's budget (CE with label smoothing: with
+    the visit's epsilon)."""
+    recipe = visit.budget.apply(study.student) if visit.budget is not None else study.student
+    if visit.loss == "ce_ls":
+        recipe = recipe.model_copy(update={"label_smoothing": dict(visit.params)["label_smoothing"]})
+    return recipe
+
+
+def baseline_arms(study: Study) -> list[str]:
+    """The study's baseline arms (of :data:`BASELINES`): ``ce`` unless ``baseline.ce`` is off, ``ce_ls`` when
+    ``baseline.label_smoothing`` lists an epsilon."""
+    return (["ce"] if study.baseline.ce else []) + (["ce_ls"] if study.baseline.label_smoothing else [])
 
 
 def search_seeds(study: Study) -> list[int]:
@@ -126,6 +147,7 @@ def _grid_visits(study: Study) -> list[Visit]:
     lrs = s.lr_candidates()
     assert lrs is not None
     cells: list[tuple[str, dict[str, float]]] = [("ce", {})] if study.baseline.ce else []
+    cells += [("ce_ls", {"label_smoothing": e}) for e in study.baseline.label_smoothing]
     cells += [(m, c) for m in s.methods for c in _cells(study, m)]
     axis = s.budget is not None  # a budget axis names the budget in every key
     visits: list[Visit] = []
@@ -151,6 +173,9 @@ def _range_visits(study: Study) -> list[Visit]:
     for r in range(s.n_trials):
         if study.baseline.ce:
             visits.append(Visit(search_key("ce", {}, r), "ce", "ce", seed, budget=b))
+        if eps := study.baseline.label_smoothing:
+            visits.append(method_visit(search_key("ce_ls", {}, r), "ce_ls", "ce_ls", seed,
+                                       {"label_smoothing": eps[r % len(eps)]}, budget=b))
         visits += [method_visit(search_key(m, {}, r), m, m, seed, fixed[m], budget=b) for m in s.methods]
     return visits
 
@@ -188,20 +213,21 @@ def _spread(n: int, k: int) -> list[int]:
 
 
 def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
-    """Each method's top_k configurations and the best CE one (by validation accuracy at the selection budget),
-    each on every finalist seed; then each method's probes (see the module docstring)."""
+    """Each method's top_k configurations and each baseline arm's best one (by validation accuracy at the selection
+    budget), each on every finalist seed; then each method's probes (see the module docstring)."""
     visits: list[Visit] = []
     probes: list[Visit] = []
-    done = runs[(runs["state"] == "complete") & runs["kind"].isin([*study.search.methods, "ce"])]
+    baselines = baseline_arms(study)
+    done = runs[(runs["state"] == "complete") & runs["kind"].isin([*study.search.methods, *baselines])]
     if study.search.budget is not None:  # a budget axis: choose at the largest budget
         done = done[done["budget"] == study.selection_budget.label]
     budget, f = study.finalist_budget, study.finalists
-    for method, k in [*((m, f.top_k) for m in study.search.methods), ("ce", 1 if study.baseline.ce else 0)]:
+    for method, k in [*((m, f.top_k) for m in study.search.methods), *((b, 1) for b in baselines)]:
         ranked = ranked_configs(done, method, study.search.is_grid)
         for rank, (_, row) in enumerate(ranked.head(k).iterrows()):
             visits += [method_visit(finalist_key(method, rank, seed), "finalist", method, seed,
                                     run_values(row), rank, budget) for seed in finalist_seeds(study)]
-        if method == "ce" or not f.probe:
+        if method in BASELINES or not f.probe:
             continue
         rest = ranked.iloc[k:]
         for i in _spread(len(rest), f.probe):
@@ -212,10 +238,11 @@ def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
 
 
 def planned_total(study: Study) -> int:
-    """How many visits the whole study plans (search, finalists and probes); an lr extension, decided from the
-    search's results, comes on top (:func:`kdbench.sweep.events.study_progress` counts it once it is stored)."""
+    """How many visits the whole study plans (search, lr re-checks, finalists and probes); an lr extension, decided
+    from the search's results, comes on top (:func:`kdbench.sweep.events.study_progress` counts it once stored)."""
     s, f = study.search, study.finalists
-    n_final = (f.top_k * len(s.methods) + (1 if study.baseline.ce else 0)) * f.seeds
+    rechecks = (3 if len(s.lr_candidates() or []) > 1 else 1) if f.lr_recheck else 0  # lrs per configuration
+    n_final = (f.top_k * len(s.methods) + len(baseline_arms(study))) * f.seeds * (1 + rechecks)
     configs = {m: s.n_cells(m) if s.is_grid else s.n_trials for m in s.methods}
     n_probe = sum(min(f.probe, max(0, n - f.top_k)) for n in configs.values()) * f.seeds
     return len(plan_search(study)) + n_final + n_probe

@@ -32,7 +32,8 @@ from kdbench.sweep.attempt import SweepContext, run_fused, run_visit
 from kdbench.sweep.events import TERMINAL, SweepEvents, study_progress
 from kdbench.sweep.extend import plan_extension
 from kdbench.sweep.fuse import FusePlan, fuse_plan
-from kdbench.sweep.plan import Visit, plan_finalists, plan_search
+from kdbench.sweep.plan import Visit, plan_search, visit_recipe
+from kdbench.sweep.recheck import plan_recheck, rechecked_finalists
 from kdbench.teacher import open_cache_dir, prepare_teacher, teacher_record
 from kdbench.trackers import Trackers
 
@@ -167,8 +168,9 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
         for i, v in enumerate(visits):
             if states.get(v.key) in TERMINAL:
                 continue
-            if batch and (v.seed, v.budget) != (batch[0].visit.seed, batch[0].visit.budget):  # a fused step shares
-                break  # one batch order (one seed) and one schedule (one budget)
+            first = batch[0].visit if batch else v  # a fused step shares one batch order (one seed) and one
+            if (v.seed, visit_recipe(ctx.study, v)) != (first.seed, visit_recipe(ctx.study, first)):  # recipe (one
+                break  # budget, one label smoothing)
             methods = {b.visit.loss for b in batch} - {"ce"}  # and one distillation method (CE joins any)
             if methods and v.loss != "ce" and v.loss not in methods:
                 break
@@ -227,20 +229,21 @@ def run_sweep(
         ctx.events.on_log(f"{study.name}: {plan.why}")
     k = plan.k if max_visits is None else max(1, min(plan.k, max_visits))
     done = 0
-    for stage in ("search", "extension", "finalists"):
+    for stage in ("search", "extension", "recheck", "finalists"):
         while True:  # the search and the finalists once; the extension one step at a time until nothing is new
             if stage == "search":
                 visits = search
             else:
                 runs = ctx.store.runs(study.name)
-                visits = plan_extension(study, runs) if stage == "extension" else plan_finalists(study, runs)
+                visits = {"extension": plan_extension, "recheck": plan_recheck,
+                          "finalists": rechecked_finalists}[stage](study, runs)
                 final = set(runs.loc[runs["state"].isin(TERMINAL), "visit"])
                 if stage == "extension" and {v.key for v in visits} <= final:
                     break  # every arm's best lr is interior, or an end after search.lr_extend steps
             # search visits of one replicate share its seed, hence one data order: they can be fused (extension
             # visits likewise); finalists and probes alone
             for batch in _claim_loop(ctx, visits, 0 if stage == "search" else len(search),
-                                     1 if stage == "finalists" else k):
+                                     1 if stage in ("recheck", "finalists") else k):
                 if len(batch) > 1:
                     run_fused(ctx, batch)
                 else:

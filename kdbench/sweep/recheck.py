@@ -1,0 +1,137 @@
+"""The lr re-check (``finalists.lr_recheck``): each finalist configuration's lr checked again at the finalists' budget,
+on validation, before the test set is touched.
+
+The search chooses a configuration's lr at its own budget (often short); the finalists may train far longer
+(``finalists.budget``), where a larger or smaller lr may be better, and an arm tuned at the wrong lr for that budget
+is an under-tuned arm. So once the search (and its lr extension) is final, every configuration the finalists would
+take (:func:`kdbench.sweep.plan.plan_finalists`: each method's top_k, each baseline's best) is trained at the
+finalists' budget, on the finalist seeds, at its chosen lr and at the lr on either side of it: the next lr its cell
+was trained at, or past an end of the cell's lrs the next by the list's own ratio at that end (as the lr extension
+steps). These runs (stage ``recheck``) are scored on validation only. Each finalist then trains at the lr whose
+re-check runs have the best mean validation accuracy (the search's lr on a tie), CE and every method alike.
+
+Every worker plans the same re-check from the stored runs, and its visits are named by
+:func:`kdbench.store.recheck_key` (``recheck/kd/T=2/a=0.5/lr=0.002/seed=1``), so each is trained exactly once.
+A finalist's key does not hold its lr, so a study stored before the re-check keeps its finalists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import pandas as pd
+
+from kdbench.config import Study
+from kdbench.store import cell_key, recheck_key, search_key
+from kdbench.sweep.plan import Visit, finalist_seeds, method_visit, plan_finalists
+
+__all__ = ["Recheck", "plan_recheck", "recheck_status", "rechecked_finalists"]
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """One finalist configuration's lr re-check.
+
+    Attributes:
+        arm: ``ce``, ``ce_ls`` or a distillation method; rank: its rank among the arm's finalists (0 = best).
+        chosen: the lr the search chose; best: the lr with the best mean validation accuracy at the finalists'
+            budget (``chosen`` on a tie, or while a re-check run is missing).
+        means: each lr re-checked and its mean validation accuracy over the finalist seeds (NaN: none complete).
+        n: the finalist seeds each mean is over (the fewest among the lrs).
+    """
+
+    arm: str
+    rank: int
+    chosen: float
+    best: float
+    means: tuple[tuple[float, float], ...]
+    n: int
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.12g}")  # 0.009, not 0.009000000000000001: the value stored is the value named
+
+
+def _beside(lr: float, lrs: list[float]) -> list[float]:
+    """``lr`` and the lr on each side of it in ``lrs`` (ascending), by the list's ratio past an end; ``[lr]`` when
+    ``lrs`` has no ratio (one lr)."""
+    if len(lrs) < 2:
+        return [lr]
+    i = min(range(len(lrs)), key=lambda j: abs(math.log(lrs[j] / lr)))
+    low = lrs[i - 1] if i > 0 else lr * lrs[0] / lrs[1]
+    high = lrs[i + 1] if i < len(lrs) - 1 else lr * lrs[-1] / lrs[-2]
+    return [_round(low), lr, _round(high)]
+
+
+def _values(v: Visit, lr: float) -> dict[str, float]:
+    """A finalist configuration's parameters at ``lr``."""
+    base = {k: x for k, x in (("temperature", v.temperature), ("alpha", v.alpha)) if x is not None}
+    return {**base, **dict(v.params), "lr": lr}
+
+
+def _candidates(study: Study, runs: pd.DataFrame, v: Visit) -> list[float]:
+    """The lrs a finalist configuration is re-checked at: its chosen lr and those beside it in its cell's lrs."""
+    assert v.lr is not None
+    at = study.selection_budget.key if study.search.budget is not None else None
+    cell = cell_key(search_key(v.loss, _values(v, v.lr), 0, at))
+    search = runs[(runs["kind"] == v.loss) & (runs["state"] == "complete")]
+    lrs = sorted({float(x) for x, key in zip(search["lr"], search["visit"], strict=True)
+                  if pd.notna(x) and cell_key(key) == cell})
+    return _beside(float(v.lr), lrs)
+
+
+def _configs(study: Study, runs: pd.DataFrame) -> list[Visit]:
+    """One finalist visit per configuration (its first seed's), as the search chose it."""
+    firsts: dict[tuple[str, int | None], Visit] = {}
+    for v in plan_finalists(study, runs):
+        if v.stage == "finalist":
+            firsts.setdefault((v.loss, v.rank), v)
+    return list(firsts.values())
+
+
+def plan_recheck(study: Study, runs: pd.DataFrame) -> list[Visit]:
+    """Every re-check visit (see the module docstring); empty unless ``finalists.lr_recheck``.
+
+    Args:
+        study: the validated study.
+        runs: every run of the study, its search and lr extension final.
+    """
+    if not study.finalists.lr_recheck:
+        return []
+    visits: list[Visit] = []
+    for v in _configs(study, runs):
+        for lr in _candidates(study, runs, v):
+            values = _values(v, lr)
+            visits += [method_visit(recheck_key(v.loss, values, seed), "recheck", v.loss, seed, values, v.rank,
+                                    study.finalist_budget) for seed in finalist_seeds(study)]
+    return visits
+
+
+def recheck_status(study: Study, runs: pd.DataFrame) -> list[Recheck]:
+    """Each finalist configuration's re-check: the lrs tried at the finalists' budget, their validation means, the
+    lr its finalists take. Empty unless ``finalists.lr_recheck``."""
+    if not study.finalists.lr_recheck:
+        return []
+    done = runs[(runs["kind"] == "recheck") & (runs["state"] == "complete")].set_index("visit")["val_acc"]
+    seeds = finalist_seeds(study)
+    out = []
+    for v in _configs(study, runs):
+        assert v.lr is not None
+        means, n = [], len(seeds)
+        for lr in _candidates(study, runs, v):
+            got = done.reindex([recheck_key(v.loss, _values(v, lr), s) for s in seeds]).dropna()
+            means.append((lr, float(got.mean()) if len(got) else math.nan))
+            n = min(n, len(got))
+        complete = n == len(seeds) and all(not math.isnan(m) for _, m in means)
+        best = max(means, key=lambda lm: (lm[1], lm[0] == v.lr))[0] if complete else float(v.lr)
+        out.append(Recheck(v.loss, int(v.rank or 0), float(v.lr), best, tuple(means), n))
+    return out
+
+
+def rechecked_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
+    """The finalists (:func:`kdbench.sweep.plan.plan_finalists`), each configuration at its re-checked lr; the
+    probes as they are. Without ``finalists.lr_recheck``: :func:`plan_finalists` unchanged."""
+    planned = plan_finalists(study, runs)
+    lrs = {(r.arm, r.rank): r.best for r in recheck_status(study, runs)}
+    return [replace(v, lr=lrs.get((v.loss, v.rank or 0), v.lr)) if v.stage == "finalist" else v for v in planned]
