@@ -29,7 +29,8 @@ data:
 	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)); fi
 	@test -f $(FMNIST) || echo "note: Fashion-MNIST not in /usr/share/datasets; set KDBENCH_DATA or data.download: true"
 
-# The test suite's own tools: chromium and pdflatex, for the report's browser and LaTeX tests.
+# The test suite's own tools: chromium and pdflatex, for the report's browser and LaTeX tests; pgbouncer for
+# bench/store_load.py --pgbouncer.
 test-tools:
 	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)); fi
@@ -37,6 +38,9 @@ test-tools:
 	@if ! command -v pdflatex >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq texlive-latex-recommended || (apt-get update -qq && apt-get install -y -qq texlive-latex-recommended)); fi
 	@command -v pdflatex >/dev/null || echo "note: no pdflatex; the report's LaTeX table test is skipped"
+	@if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq pgbouncer || (apt-get update -qq && apt-get install -y -qq pgbouncer)); fi
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || echo "note: no pgbouncer; bench/store_load.py --pgbouncer cannot run"
 
 # The shipped studies' file names are their study names.
 demo: env data

@@ -4,12 +4,19 @@ N processes (no torch: the store, Optuna and pandas only) share one study of V v
 visit they win, kdbench's claim, Optuna's ask, the run's link and a heartbeat write, the run's final write
 and Optuna's tell, as a sweep worker does around its training. Printed per setting: visits per second
 (over the span from the first worker's first claim to the last one's end: start-up left out),
-p50 / p99 latency of a claim attempt, the errors, and the most server connections seen at once (PostgreSQL:
-sampled from pg_stat_activity, per worker), and whether every visit ended complete exactly once.
+p50 / p99 latency of a claim attempt, the errors, the most server connections seen at once (PostgreSQL:
+sampled from pg_stat_activity, per worker), whether every visit ended complete exactly once, the inconsistent
+trials (an Optuna trial whose state is not its run's, or left RUNNING / WAITING) and the most memory one load
+worker held (peak RSS).
 
     python bench/store_load.py                                   # SQLite, 1 4 16 workers
     .ci/postgres.sh python bench/store_load.py --postgres        # and the throwaway PostgreSQL server
     python bench/store_load.py --url postgresql+psycopg://u@h/db --workers 64 --visits 2000
+    .ci/postgres.sh python bench/store_load.py --postgres --proxy --workers 1 32 128
+
+`--proxy` repeats each PostgreSQL setting with Optuna's calls through `kdbench storage-proxy`, and `--pgbouncer`
+through Debian's PgBouncer in transaction mode (a pool of `--pool-size` server connections, started on loopback
+by tests/pgbouncer.py).
 
 With --postgres, `--role-limit L` also runs the largest N as a role whose CONNECTION LIMIT is L (e.g. 3x
 more workers than connections), and `--pooled` repeats each setting as kdbench connected before: SQLAlchemy's
@@ -21,6 +28,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STUDY = "store-load"
 
 
-def worker(url: str, n_visits: int, index: int, pooled: bool) -> None:
+def worker(url: str, n_visits: int, index: int, pooled: bool, proxy: str) -> None:
     """One load worker (run as its own process): prints one JSON line with what it measured."""
     import optuna
 
@@ -41,10 +51,10 @@ def worker(url: str, n_visits: int, index: int, pooled: bool) -> None:
     from kdbench.store import Store, now
 
     if pooled:  # kdbench before issue #15: SQLAlchemy's default pool per engine, no waiting for a free slot
-        db.server_engine_kwargs = lambda: {}  # type: ignore[assignment]
+        db.server_engine_kwargs = lambda url: {}  # type: ignore[assignment]
         db.patient = lambda engine: engine  # type: ignore[assignment]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = Store.open(url)
+    store = Store.open(url, optuna_proxy=proxy or None)
     row = store.study(STUDY)
     assert row is not None
     ostudy = optuna.load_study(study_name=STUDY, storage=store.optuna_storage())
@@ -73,8 +83,9 @@ def worker(url: str, n_visits: int, index: int, pooled: bool) -> None:
             cause = exc.__cause__ or exc.__context__
             why = f" (from {type(cause).__name__}: {str(cause).splitlines()[0][:200]})" if cause else ""
             first_error = first_error or f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}{why}"
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({"won": won, "errors": errors, "first_error": first_error, "claim_ms": claim_ms,
-                      "started": started, "ended": time.time()}))
+                      "started": started, "ended": time.time(), "rss_mb": rss_mb}))
 
 
 class _Visit:
@@ -104,7 +115,36 @@ def _connections(admin_url: str, database: str, stop: threading.Event, seen: lis
         engine.dispose()
 
 
-def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None) -> dict[str, Any]:
+def _inconsistent(url: str, runs: Any) -> int:
+    """Optuna trials whose state is not their run's (kdbench.store.trials.OPTUNA_STATES), or that no run points
+    to, or left RUNNING / WAITING: read straight from the database, not through a proxy."""
+    import optuna
+
+    from kdbench.store.trials import OPTUNA_STATES
+
+    trials = {t.number: t.state.name for t in optuna.load_study(study_name=STUDY, storage=url).trials}
+    linked = runs.dropna(subset=["trial_number"])
+    wrong = sum(trials.get(int(n)) != OPTUNA_STATES.get(st, "RUNNING")
+                for n, st in zip(linked["trial_number"], linked["state"], strict=True))
+    unlinked = set(trials) - {int(n) for n in linked["trial_number"]}  # asked, then the run's link failed
+    return wrong + sum(trials[n] in ("RUNNING", "WAITING") for n in unlinked)
+
+
+def _proxy(url: str) -> tuple[subprocess.Popen, str]:
+    """`kdbench storage-proxy` on ``url`` (a free loopback port), once it answers."""
+    from kdbench.store.proxy import connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "storage-proxy", "--storage", url, "--host", "127.0.0.1",
+                             "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    connect(f"127.0.0.1:{port}", timeout_s=120).close()
+    return proc, f"127.0.0.1:{port}"
+
+
+def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None,
+        proxy: str = "") -> dict[str, Any]:
     """One setting: a fresh study of ``visits`` visits, ``workers`` processes; returns the figures."""
     import optuna
     import sqlalchemy as sa
@@ -127,7 +167,7 @@ def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, __file__, "--worker", url, str(visits)]
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([*cmd, str(i), "1" if pooled else "0"], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([*cmd, str(i), "1" if pooled else "0", proxy], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(workers)]
     outs = [p.communicate() for p in procs]
     wall = time.perf_counter() - t0
@@ -144,12 +184,14 @@ def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None
     ms = sorted(x for r in results for x in r["claim_ms"])
     quantile = (lambda q: ms[min(len(ms) - 1, int(q * len(ms)))] if ms else float("nan"))  # noqa: E731
     errors = sum(r["errors"] for r in results)
-    return {"workers": workers, "visits": visits, "pooled": pooled, "wall_s": round(wall, 2),
+    return {"workers": workers, "visits": visits, "pooled": pooled, "proxy": bool(proxy), "wall_s": round(wall, 2),
             "visits_per_s": round(len(complete) / span, 1), "claim_p50_ms": round(quantile(0.5), 2),
             "claim_p99_ms": round(quantile(0.99), 2), "errors": errors,
             "first_error": next((r["first_error"] for r in results if r["first_error"]), ""),
             "exactly_once": len(complete) == visits and complete["visit"].is_unique and len(runs) == visits,
-            "max_connections": max(seen), "connections_per_worker": round(max(seen) / workers, 2)}
+            "max_connections": max(seen), "connections_per_worker": round(max(seen) / workers, 2),
+            "inconsistent_trials": _inconsistent(url, runs),
+            "worker_rss_mb": round(max((r.get("rss_mb", 0) for r in results), default=0), 1)}
 
 
 def _database(admin_url: str, name: str, role_limit: int | None = None) -> str:
@@ -174,7 +216,7 @@ def _database(admin_url: str, name: str, role_limit: int | None = None) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":  # a load process: no _common, hence no torch
-        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1")
+        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1", sys.argv[6])
         return
     import _common as c
 
@@ -186,6 +228,9 @@ def main() -> None:
     p.add_argument("--role-limit", type=int, default=None, help="PostgreSQL: connection limit of a role for one "
                    "more run of the largest N (e.g. N / 3)")
     p.add_argument("--pooled", action="store_true", help="also each setting with SQLAlchemy's default pool")
+    p.add_argument("--pgbouncer", action="store_true", help="--postgres: also through PgBouncer (transaction mode)")
+    p.add_argument("--pool-size", type=int, default=20, help="PgBouncer's server connections (default 20)")
+    p.add_argument("--proxy", action="store_true", help="--postgres: also Optuna through `kdbench storage-proxy`")
     args = p.parse_args()
     c.setup(args, "store load: claims, Optuna ask/tell and run writes from N processes, no training")
     rows = []
@@ -202,6 +247,25 @@ def main() -> None:
                 for n in args.workers:
                     rows.append({"store": name, **run(url, n, args.visits, pooled, admin_url)})
                     _show(rows[-1])
+        if args.postgres and args.proxy and admin:
+            proc, address = _proxy(targets[-1][0])
+            try:
+                for n in args.workers:
+                    rows.append({"store": "postgresql + proxy", **run(targets[-1][0], n, args.visits, False, admin,
+                                                                      address)})
+                    _show(rows[-1])
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+        if args.postgres and args.pgbouncer and admin:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from pgbouncer import pgbouncer
+
+            with pgbouncer(targets[-1][0], pool_size=args.pool_size) as pooled_url:
+                for n in args.workers:
+                    rows.append({"store": f"postgresql, pgbouncer {args.pool_size}",
+                                 **run(pooled_url, n, args.visits, False, admin)})
+                    _show(rows[-1])
         if args.postgres and args.role_limit and admin:
             n = max(args.workers)
             url = _database(admin, "kdbench_load_limited", args.role_limit)
@@ -217,7 +281,8 @@ def _show(r: dict[str, Any]) -> None:
         if r["max_connections"] else ""
     print(f"{r['store']:<32} {r['workers']:3d} workers ({pool}): {r['visits_per_s']:7.1f} visits/s, claim p50 "
           f"{r['claim_p50_ms']:.1f} ms p99 {r['claim_p99_ms']:.1f} ms, {r['errors']} errors{conns}, exactly once: "
-          f"{r['exactly_once']}" + (f"  first error: {r['first_error']}" if r["first_error"] else ""), flush=True)
+          f"{r['exactly_once']}, {r['inconsistent_trials']} inconsistent trials, {r['worker_rss_mb']} MB/worker"
+          + (f"  first error: {r['first_error']}" if r["first_error"] else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -134,12 +134,15 @@ def teacher(study_file: str, overrides: tuple[str, ...], device: str, threads: i
               help="Delete a stored study of the same name (its results too), once the new input is checked.")
 @click.option("--max-visits", type=click.IntRange(min=1), default=None,
               help="Stop after this many trials (per worker).")
+@click.option("--optuna-proxy", metavar="HOST:PORT", envvar="KDBENCH_OPTUNA_PROXY", default=None,
+              help="Send Optuna's calls through `kdbench storage-proxy` there (kdbench's own go to --storage, the "
+              "same database).")
 @click.option("--as-worker", is_flag=True, hidden=True, help="Started by --workers: no summary at the end.")
 @click.option("--log", "log_to", multiple=True, metavar="TRACKERS", help=LOG_HELP + " Added to the study's log:.")
 @_handle_errors
 def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int | None,
           cache_dir: str | None, storage: str, workers: int, quiet: bool, replace: bool,
-          max_visits: int | None, as_worker: bool, log_to: tuple[str, ...]) -> None:
+          max_visits: int | None, optuna_proxy: str | None, as_worker: bool, log_to: tuple[str, ...]) -> None:
     """Run a study: teacher, CE baseline, T x alpha search, finalists. Re-run to resume; run it on
     several processes (--workers N) or machines against one --storage to share the work.
 
@@ -164,7 +167,9 @@ def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int
         study = load_study(study_file, overrides)
     check_trackers(study.log)
     dev = _setup_torch(worker_threads(1, threads) if workers == 1 else threads, device)
-    store = Store.open(storage)
+    store = Store.open(storage, optuna_proxy=optuna_proxy)
+    if optuna_proxy:  # how --workers passes it on
+        os.environ["KDBENCH_OPTUNA_PROXY"] = optuna_proxy
     quiet = quiet or not sys.stdout.isatty()  # a log file or a pipe: plain lines, not live ones that print at the end
     with sweep_display(quiet, study.student.epochs if study.student.steps is None else None) as events:
         if workers == 1:  # --replace drops the stored study only once the new input is checked
@@ -266,6 +271,25 @@ def report(studies: tuple[str, ...], storage: str, out: str | None, fmt: str, lo
     if rep.pooled is not None:
         click.echo(f"pooled: {rep.pooled.sentence}")
     click.echo(f"report written to {rep.out}/index.html ({len(rep.files)} files)")
+
+
+@main.command(name="storage-proxy")
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help=STORAGE_HELP)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True, help="TCP port.")
+@_handle_errors
+def storage_proxy(storage: str, host: str, port: int) -> None:
+    """Serve the database's Optuna storage to many workers (Optuna's gRPC proxy) until Ctrl-C or SIGTERM.
+
+    Example: kdbench storage-proxy --storage postgresql+psycopg://u@db/kd --port 13000, then on each node
+    kdbench sweep STUDY --storage postgresql+psycopg://u@db/kd --optuna-proxy proxyhost:13000
+    """
+    from kdbench.store import Store
+    from kdbench.store.proxy import serve
+
+    store = Store.open(storage)
+    serve(store, host, port, on_ready=lambda: click.echo(f"Optuna storage proxy for {store.url} on {host}:{port}"))
+    click.echo("Optuna storage proxy stopped")
 
 
 @main.command()

@@ -24,6 +24,8 @@ __all__ = [
     "MCNEMAR_EXACT_BELOW",
     "POLL_S",
     "POOL_TAU2_METHOD",
+    "PROXY_CONNECT_S",
+    "PROXY_THREADS",
     "PRUNE_RHO_MIN",
     "RANGE_TRIALS",
     "SAMPLER_STARTUP_TRIALS",
@@ -37,6 +39,8 @@ DEFAULT_STORAGE = "sqlite:///kdbench.db"  # SQLAlchemy URL of the results databa
 STALE_AFTER_S = 120.0  # seconds without a heartbeat after which another worker takes a running visit over
 HEARTBEAT_S = 15.0  # seconds between heartbeats of a running visit
 POLL_S = 2.0  # seconds between looks at the store while waiting for other workers
+PROXY_THREADS = 10  # Optuna calls the storage proxy serves at once, hence the most database connections it opens
+PROXY_CONNECT_S = 30.0  # seconds a worker waits for the Optuna storage proxy (--optuna-proxy) to answer
 IN_MEMORY_DATASET = "in-memory"  # data.dataset of a study whose data were given to kdbench.sweep (data=)
 
 # --- the search (defaults of study keys left unset, and the limits the schema enforces)

@@ -35,7 +35,7 @@ from kdbench.store.schema import SCHEMA_VERSION, Base, Gaps, MetaRow, schema_gap
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.storages import RDBStorage
+    from optuna.storages import BaseStorage
 
 __all__ = ["Database", "make_engine", "retry_schema_race", "shown_url", "writable_file"]
 
@@ -126,12 +126,15 @@ def _connect_patiently(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> 
     return _patiently(lambda: dialect.connect(*cargs, **cparams))
 
 
-def server_engine_kwargs() -> dict[str, Any]:
+def server_engine_kwargs(url: str) -> dict[str, Any]:
     """How kdbench and Optuna connect to a database server (PostgreSQL, MySQL): no pool. A connection is
     opened for each transaction and closed after it, so a worker holds one only while it writes or reads
     (a trial's dozen short transactions), and hundreds of workers fit a server's default 100 slots; a
-    server that is full anyway is waited for (:data:`CONNECT_RETRY_S`)."""
-    return {"poolclass": NullPool}
+    server that is full anyway is waited for (:data:`CONNECT_RETRY_S`). psycopg 3 prepares no statements:
+    a connection lives one transaction (nothing to reuse), and a pooler in transaction mode (PgBouncer before
+    1.21) would hand a prepared name to another client's server connection."""
+    psycopg = sa.engine.make_url(url).get_driver_name() == "psycopg"
+    return {"poolclass": NullPool, **({"connect_args": {"prepare_threshold": None}} if psycopg else {})}
 
 
 def patient(engine: Engine) -> Engine:
@@ -186,7 +189,7 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
             event.listen(engine, "connect", _sqlite_sync)
         else:
-            engine = patient(sa.create_engine(url, **server_engine_kwargs()))
+            engine = patient(sa.create_engine(url, **server_engine_kwargs(url)))
     except (sa.exc.ArgumentError, ImportError, sa.exc.NoSuchModuleError) as exc:
         raise StoreError(
             f"--storage {shown_url(url)!r}: not a usable SQLAlchemy URL ({exc}); use e.g. sqlite:///kdbench.db "
@@ -235,18 +238,20 @@ def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
 class Database:
     """A connected results database. Create with :meth:`open` (or :meth:`get`)."""
 
-    def __init__(self, url: str, engine: Engine, *, ready: bool = True, read_only: bool = False) -> None:
+    def __init__(self, url: str, engine: Engine, *, ready: bool = True, read_only: bool = False,
+                 optuna_proxy: str | None = None) -> None:
         self.url = shown_url(url)  # for messages; the engine holds the real one
         self.engine = engine
         self.read_only = read_only  # a SQLite file opened mode=ro: every write is refused
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._optuna: RDBStorage | None = None
+        self._optuna: BaseStorage | None = None
+        self.optuna_proxy = optuna_proxy  # host:port of `kdbench storage-proxy`: Optuna's calls go there
         self._ready = ready  # kdbench's tables exist; else :meth:`ensure_tables` creates them at the first write
         self._file = sqlite_file(engine)
         self._identity: tuple[int, int] | None = None  # (device, inode) of the SQLite file once it exists
 
     @classmethod
-    def open(cls, url: str = DEFAULT_STORAGE, *, create: bool = True) -> Self:
+    def open(cls, url: str = DEFAULT_STORAGE, *, create: bool = True, optuna_proxy: str | None = None) -> Self:
         """Connect and check the database; nothing is written until the first write needs kdbench's tables.
 
         A sweep opens with ``create=True``: kdbench's tables (and a new SQLite file) are made by
@@ -257,6 +262,8 @@ class Database:
             url: SQLAlchemy URL of the database.
             create: allow a database without kdbench's tables (a sweep); else it must hold kdbench results
                 already, and a missing SQLite file is an error (ls, show, report).
+            optuna_proxy: ``host:port`` of an Optuna storage proxy serving this database's Optuna tables
+                (:mod:`kdbench.store.proxy`); None: Optuna's calls go to the database itself.
 
         Raises:
             StoreError: unreachable or missing database, a folder that does not exist or cannot be written,
@@ -277,7 +284,7 @@ class Database:
             if not folder.is_dir() or not os.access(folder, os.W_OK):
                 raise StoreError(f"--storage {shown}: cannot open the database (folder {folder} does not exist or "
                                  "is not writable); check the path (a SQLite file in a writable folder that exists)")
-            return cls(url, engine, ready=False)  # the file is created by the first write
+            return cls(url, engine, ready=False, optuna_proxy=optuna_proxy)  # the file is created by the first write
 
         def check() -> bool:
             with engine.connect() as conn:
@@ -326,7 +333,7 @@ class Database:
             fix = "check the path (a SQLite file in a writable folder that exists)" if url.startswith("sqlite") else \
                 "check the URL, that the server is up and the user may connect"
             raise StoreError(f"--storage {shown}: cannot open the database ({first_line(exc)}); {fix}") from None
-        store = cls(url, engine, ready=ready, read_only=read_only)
+        store = cls(url, engine, ready=ready, read_only=read_only, optuna_proxy=optuna_proxy)
         store.check_file()  # the SQLite file's identity, from now on
         return store
 
@@ -417,24 +424,33 @@ class Database:
         except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             raise StoreError(f"--storage {self.url}: Optuna study {name!r} not readable ({first_line(exc)})") from None
 
-    def optuna_storage(self) -> RDBStorage:
-        """Optuna's ``RDBStorage`` on this database, built once from the real (unmasked) URL.
+    def optuna_storage(self) -> BaseStorage:
+        """Optuna's ``RDBStorage`` on this database, built once from the real (unmasked) URL; with
+        :attr:`optuna_proxy`, a client of that proxy (:func:`kdbench.store.proxy.connect`) instead.
 
         SQLite gets the same busy timeout as kdbench's engine. Workers starting together on a new
         database race to create Optuna's tables; the loser retries.
+
+        Raises:
+            StoreError: the proxy does not answer.
         """
         if self._optuna is None:
             import optuna
 
             self.ensure_tables()  # kdbench's tables first: the database is kdbench's from its first write
+            if self.optuna_proxy is not None:
+                from kdbench.store.proxy import connect
+
+                self._optuna = connect(self.optuna_proxy)
+                return self._optuna
 
             url = self.engine.url.render_as_string(hide_password=False)
             kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} \
-                if url.startswith("sqlite") else server_engine_kwargs()
-            self._optuna = retry_schema_race(lambda: _patiently(
-                lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs)))
-            patient(self._optuna.engine)
+                if url.startswith("sqlite") else server_engine_kwargs(url)
+            rdb = retry_schema_race(lambda: _patiently(lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs)))
+            patient(rdb.engine)
             if url.startswith("sqlite"):  # Optuna's own connections: the same commit cost as kdbench's
-                event.listen(self._optuna.engine, "connect", _sqlite_sync)
-                self._optuna.engine.dispose()  # connections opened while Optuna checked its tables lack it
+                event.listen(rdb.engine, "connect", _sqlite_sync)
+                rdb.engine.dispose()  # connections opened while Optuna checked its tables lack it
+            self._optuna = rdb
         return self._optuna
