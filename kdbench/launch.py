@@ -56,11 +56,11 @@ class WorkerCommand:
     requeues: int = field(default=0)
 
     def __call__(self) -> int:
-        from kdbench.workers import _die_with_parent
+        from kdbench.workers import die_with_parent
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "KDBENCH_STORAGE": self.storage_url}
         proc = subprocess.Popen([sys.executable, "-m", "kdbench", "sweep", *self.args], env=env,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
 
         def stop(*_: Any) -> None:
             with contextlib.suppress(ProcessLookupError):

@@ -30,7 +30,7 @@ from kdbench.errors import KdbenchError
 from kdbench.store import Store
 from kdbench.sweep import SweepEvents, study_progress
 
-__all__ = ["WorkerError", "cpu_cores", "run_workers", "sweep_workers", "worker_threads"]
+__all__ = ["WorkerError", "cpu_cores", "die_with_parent", "run_workers", "sweep_workers", "worker_threads"]
 
 STOP_GRACE_S = 60.0  # seconds a worker gets to record its interrupted trial before it is killed
 
@@ -52,7 +52,8 @@ def worker_threads(workers: int, threads: int | None = None) -> int:
     return threads if threads is not None else max(1, cpu_cores() // workers)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child before it runs (``preexec_fn``): SIGINT back to the default, and SIGINT when the parent dies."""
     # the parent stops its workers with SIGINT: a worker must not inherit an ignored SIGINT (as every
     # command started with `&` from a non-interactive shell does)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -97,7 +98,7 @@ def run_workers(
         env["KDBENCH_STORAGE"] = storage_url
     cmd = [sys.executable, "-m", "kdbench", "sweep", *worker_args]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              start_new_session=True, preexec_fn=_die_with_parent) for _ in range(workers)]
+                              start_new_session=True, preexec_fn=die_with_parent) for _ in range(workers)]
     lines: queue.Queue[tuple[int, str]] = queue.Queue()
     relays = [threading.Thread(target=_relay, args=(i, p, lines), daemon=True) for i, p in enumerate(procs)]
     for t in relays:
