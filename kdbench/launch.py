@@ -27,18 +27,16 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdbench.config import LauncherConfig, Study
-from kdbench.defaults import POLL_S
-from kdbench.errors import ConfigError
+from kdbench.errors import ConfigError, KdbenchError
 from kdbench.store import Store
 from kdbench.sweep import SweepEvents, study_progress
-from kdbench.workers import STOP_GRACE_S, WorkerError, run_workers
+from kdbench.workers import STOP_GRACE_S, WorkerError, run_workers, watch
 
 __all__ = ["LAUNCHERS", "Launcher", "WorkerCommand", "launch_workers"]
 
@@ -248,8 +246,13 @@ def launch_workers(study: Study, *, workers: int, store: Store, storage_url: str
 
     def prepare() -> None:
         prepare_sweep(study, storage=store, device=here, cache_dir=cache_dir, events=events, replace=replace)
-        if study_file is not None:  # a worker here would refuse it (a model's code not here): say so now
+        if study_file is None:
+            return
+        try:  # each worker joins from this folder: one that would be refused (a model's code not found) is said now
             join_study(store, study.name, overrides)
+        except KdbenchError as exc:
+            raise ConfigError(f"launcher: a worker started from {Path.cwd()} could not join the study: {exc}; run "
+                              "from the folder the study's model paths start from") from None
 
     n_threads = threads or (worker_threads(workers) if launcher.start is None else cfg.cpus_per_worker)
     args = worker_args(study.name, device=device, threads=n_threads, overrides=overrides, cache_dir=cache_dir,
@@ -269,17 +272,13 @@ def launch_workers(study: Study, *, workers: int, store: Store, storage_url: str
 def _watch(running: _Running, study: Study, store: Store, events: SweepEvents, workers: int) -> None:
     events.on_status(running.what)
     try:
-        next_poll = 0.0
-        while None in (codes := running.poll()):
-            if time.monotonic() >= next_poll:
-                events.on_progress(study_progress(store, study))
-                next_poll = time.monotonic() + POLL_S
-            time.sleep(1.0)
+        watch(lambda: None in running.poll(), store, study, events, tick_s=1.0)
     except KeyboardInterrupt:
         events.on_status("stopping the workers (each records its trial as interrupted)")
         running.stop()
         raise
     events.on_progress(study_progress(store, study))
+    codes = running.poll()
     for i, rc in enumerate(codes):
         if rc in STOPPED:
             events.on_log(f"worker {i + 1} of {workers} was stopped (status {rc}): its visit, if any, was recorded "

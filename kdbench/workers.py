@@ -30,7 +30,8 @@ from kdbench.errors import KdbenchError
 from kdbench.store import Store
 from kdbench.sweep import SweepEvents, study_progress
 
-__all__ = ["WorkerError", "cpu_cores", "die_with_parent", "run_workers", "sweep_workers", "worker_threads"]
+__all__ = ["WorkerError", "cpu_cores", "die_with_parent", "run_workers", "sweep_workers", "watch",
+           "worker_threads"]
 
 STOP_GRACE_S = 60.0  # seconds a worker gets to record its interrupted trial before it is killed
 
@@ -59,6 +60,19 @@ def die_with_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG: SIGINT when the parent dies
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)
+
+
+def watch(running: Callable[[], bool], store: Store, study: Study, events: SweepEvents, *,
+          every: Callable[[], None] = lambda: None, tick_s: float = 0.2) -> None:
+    """Wait while ``running()``: ``every()`` each ``tick_s`` seconds, the study's progress from the store each
+    :data:`~kdbench.defaults.POLL_S`."""
+    next_poll = 0.0
+    while running():
+        every()
+        if time.monotonic() >= next_poll:
+            events.on_progress(study_progress(store, study))
+            next_poll = time.monotonic() + POLL_S
+        time.sleep(tick_s)
 
 
 def _relay(i: int, proc: subprocess.Popen[str], lines: queue.Queue[tuple[int, str]]) -> None:
@@ -113,13 +127,7 @@ def run_workers(
 
     events.on_status(f"{workers} workers (pids {', '.join(str(p.pid) for p in procs)})")
     try:
-        next_poll = 0.0
-        while any(p.poll() is None for p in procs):
-            drain()
-            if time.monotonic() >= next_poll:
-                events.on_progress(study_progress(store, study))
-                next_poll = time.monotonic() + POLL_S
-            time.sleep(0.2)
+        watch(lambda: any(p.poll() is None for p in procs), store, study, events, every=drain)
     except KeyboardInterrupt:
         events.on_status("stopping the workers (each records its trial as interrupted)")
         _stop(procs)

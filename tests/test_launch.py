@@ -70,39 +70,48 @@ def test_submitit_runs_a_study_on_three_workers(needs_fmnist: None, tiny_study_d
     assert len(list((tmp_path / "cache" / "submitit" / "tiny").glob("*_result.pkl"))) == 3  # submitit ran them
 
 
-def _running_worker(db_url: str, name: str, deadline_s: float) -> int:
-    """The pid of a worker training a visit now (from its claim's owner, ``host:pid:...``)."""
+def _running_workers(db_url: str, name: str, n: int, deadline_s: float) -> list[int]:
+    """The pids of ``n`` workers training a visit at once (from their claims' owners, ``host:pid:...``)."""
     import sqlalchemy as sa
 
     from kdbench.store.schema import RunRow
 
-    store = Store.open(db_url)
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
+        store = Store.open(db_url)  # anew: the parent creates the tables once the study is checked
         if store.ready and store.study(name) is not None:
             with store.connect() as conn:
                 owners = conn.execute(sa.select(RunRow.owner).where(RunRow.state == "running")).scalars().all()
-            for owner in owners:
-                pid = int(owner.split(":")[1])
-                if Path(f"/proc/{pid}").exists():
-                    return pid
+            pids = sorted({int(o.split(":")[1]) for o in owners if Path(f"/proc/{o.split(':')[1]}").exists()})
+            if len(pids) >= n:
+                return pids[:n]
         time.sleep(0.5)
-    raise AssertionError("no worker started training in time")
+    raise AssertionError(f"{n} workers were not training at once in time")
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_submitit_worker_leaves_an_interrupted_visit_another_completes(
+def test_sigterm_and_preemption_of_submitit_workers_leave_interrupted_visits_others_complete(
         needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path) -> None:
-    """SLURM's scancel and preemption send SIGTERM to the task's processes: the worker records its visit as
-    interrupted and exits; the other worker takes the visit over; the study ends complete, each visit once."""
-    tiny_study_dict["student"]["epochs"] = 6  # long enough to be caught training
+    """SLURM's scancel and preemption send SIGTERM to a task's processes: worker A records its visit as interrupted
+    and exits. Before a time limit (or on preemption with --signal) submitit's controller gets USR2: worker B is
+    stopped the same way and its task requeued, and its new worker goes on. The study ends complete, each visit
+    once, no Optuna trial left RUNNING."""
+    tiny_study_dict["student"]["epochs"] = 30  # long enough to be caught training, two at once
     proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, tmp_path, "--launcher", "slurm", "--workers", "2")
-    os.kill(_running_worker(db_url, "tiny", 600), signal.SIGTERM)
+    a, b = _running_workers(db_url, "tiny", 2, 900)
+    os.kill(a, signal.SIGTERM)  # what SLURM sends every process of a cancelled or preempted task
+    os.kill(_parent(_parent(b)), signal.SIGUSR2)  # submitit's local controller: its timeout/preemption signal
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
-    assert "was stopped (status 143)" in out
+    assert "was stopped (status 143)" in out  # A's task ended after its worker's SIGTERM; B's was requeued
     runs = Store.open(db_url).runs("tiny")
-    assert (runs["state"] == "interrupted").sum() == 1, runs[["visit", "state", "attempt"]]
+    assert (runs["state"] == "interrupted").sum() == 2, runs[["visit", "state", "attempt"]]
+    logs = "".join(p.read_text() for p in (tmp_path / "cache" / "submitit" / "tiny").glob("*.err"))
+    assert "Requeued job" in logs
     _exactly_once(db_url, tiny_study_dict)
 
 
