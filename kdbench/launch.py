@@ -58,7 +58,7 @@ class WorkerCommand:
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "KDBENCH_STORAGE": self.storage_url}
         proc = subprocess.Popen([sys.executable, "-m", "kdbench", "sweep", *self.args], env=env,
-                                preexec_fn=die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent)  # signals reach it from here
 
         def stop(*_: Any) -> None:
             with contextlib.suppress(ProcessLookupError):

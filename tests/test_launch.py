@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import tiny_study_raw
 
 from kdbench.config import parse_study
 from kdbench.errors import ConfigError
@@ -34,15 +35,25 @@ def test_the_launcher_section_is_neither_hashed_nor_stored_and_flags_win(tiny_st
         with_launcher(study, sbatch=("qos",))
 
 
+@pytest.fixture(scope="module")
+def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny study's teacher, trained once for every test here (the cache is keyed by content)."""
+    from kdbench.teacher import prepare_teacher
+
+    cache = tmp_path_factory.mktemp("cache")
+    prepare_teacher(parse_study(tiny_study_raw()), cache_dir=cache)
+    return cache
+
+
 def _study_file(tmp_path: Path, raw: dict) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump({**raw, "launcher": {"logs": str(tmp_path / "jobs")}}))  # submitit's files
     return path
 
 
-def _sweep(path: Path, db_url: str, tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+def _sweep(path: Path, db_url: str, cache: Path, *args: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "kdbench", "sweep", str(path), "--storage", db_url, "--quiet", "--device", "cpu",
-           "--cache-dir", str(tmp_path / "cache"), *args]
+           "--cache-dir", str(cache), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
@@ -60,14 +71,15 @@ def _exactly_once(db_url: str, raw: dict) -> None:
 
 @pytest.mark.slow
 def test_submitit_runs_a_study_on_three_workers(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, teacher_cache: Path) -> None:
     """--launcher slurm where there is no sbatch: submitit's own local executor, one array task per worker."""
-    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, tmp_path, "--launcher", "slurm", "--workers", "3")
+    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, teacher_cache, "--launcher", "slurm",
+                  "--workers", "3")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     assert "3 submitit local tasks" in out
     _exactly_once(db_url, tiny_study_dict)
-    assert len(list((tmp_path / "cache" / "submitit" / "tiny").glob("*_result.pkl"))) == 3  # submitit ran them
+    assert len(list((tmp_path / "jobs").glob("*_result.pkl"))) == 3  # submitit ran them
 
 
 def _running_workers(db_url: str, name: str, n: int, deadline_s: float) -> list[int]:
@@ -95,32 +107,34 @@ def _parent(pid: int) -> int:
 
 @pytest.mark.slow
 def test_sigterm_and_preemption_of_submitit_workers_leave_interrupted_visits_others_complete(
-        needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path) -> None:
+        needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path,
+        teacher_cache: Path) -> None:
     """SLURM's scancel and preemption send SIGTERM to a task's processes: worker A records its visit as interrupted
-    and exits. Before a time limit (or on preemption with --signal) submitit's controller gets USR2: worker B is
+    and exits. Before a time limit (or on preemption with --signal) submitit's task gets USR2: worker B is
     stopped the same way and its task requeued, and its new worker goes on. The study ends complete, each visit
     once, no Optuna trial left RUNNING."""
     tiny_study_dict["student"]["epochs"] = 30  # long enough to be caught training, two at once
-    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, tmp_path, "--launcher", "slurm", "--workers", "2")
+    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, teacher_cache, "--launcher", "slurm",
+                  "--workers", "2")
     a, b = _running_workers(db_url, "tiny", 2, 900)
     os.kill(a, signal.SIGTERM)  # what SLURM sends every process of a cancelled or preempted task
-    os.kill(_parent(_parent(b)), signal.SIGUSR2)  # submitit's local controller: its timeout/preemption signal
+    os.kill(_parent(b), signal.SIGUSR2)  # its task: what submitit's controller sends near the time limit, and SLURM
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     assert "was stopped (status 143)" in out  # A's task ended after its worker's SIGTERM; B's was requeued
     runs = Store.open(db_url).runs("tiny")
     assert (runs["state"] == "interrupted").sum() == 2, runs[["visit", "state", "attempt"]]
-    logs = "".join(p.read_text() for p in (tmp_path / "cache" / "submitit" / "tiny").glob("*.err"))
+    logs = "".join(p.read_text() for p in (tmp_path / "jobs").glob("*_log.*"))
     assert "Requeued job" in logs
     _exactly_once(db_url, tiny_study_dict)
 
 
 @pytest.mark.slow
 def test_ray_runs_a_study_on_two_workers(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
-                                         tmp_path: Path) -> None:
+                                         tmp_path: Path, teacher_cache: Path) -> None:
     """--launcher ray without an address: a Ray cluster started on this machine for the sweep, one task per worker."""
     pytest.importorskip("ray")
-    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, tmp_path, "--launcher", "ray", "--workers", "2")
+    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, teacher_cache, "--launcher", "ray", "--workers", "2")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     assert "2 Ray tasks on" in out
