@@ -102,6 +102,7 @@ class _Running:
 
 def _submitit(command: WorkerCommand, workers: int, cfg: LauncherConfig, folder: Path, cluster: str | None) -> _Running:
     import submitit
+    from submitit.core.utils import UncompletedJobError
 
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     try:
@@ -123,8 +124,10 @@ def _submitit(command: WorkerCommand, workers: int, cfg: LauncherConfig, folder:
                 continue
             try:
                 out.append(int(job.result()))
-            except Exception as exc:  # submitit: the failed job carries the worker's error
-                out.append(1 if "UncompletedJobError" not in type(exc).__name__ else 143)
+            except UncompletedJobError:  # cancelled or preempted without a requeue: its worker was stopped
+                out.append(143)
+            except Exception:  # submitit: the failed job carries the worker's error (in its logs)
+                out.append(1)
         return out
 
     def stop() -> None:
