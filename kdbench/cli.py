@@ -121,13 +121,23 @@ def teacher(study_file: str, overrides: tuple[str, ...], device: str, threads: i
 
 
 @main.command()
-@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.argument("study_file", type=click.Path(dir_okay=False), required=False)
 @_study_options
 @click.option("--storage", default=DEFAULT_STORAGE, show_default=True, envvar="KDBENCH_STORAGE",
               help=STORAGE_HELP + " Also read from $KDBENCH_STORAGE (how --workers passes it: a password never "
               "appears in a process list).")
+@click.option("--join", metavar="NAME", help="Instead of a study file: run the study NAME stored in --storage "
+              "(kdbench ls lists them), as a worker on any machine with the study's code.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes on this machine sharing the study (torch threads each: cores // N).")
+              help="Workers sharing the study, started by --launcher (local: torch threads each: cores // N).")
+@click.option("--launcher", type=click.Choice(["local", "slurm", "ray"]), default=None,
+              help="Who starts the workers: local processes (default), SLURM through submitit, or Ray tasks; "
+              "these and the options below override the study's launcher: section (docs/cluster.md).")
+@click.option("--gpus-per-worker", type=click.IntRange(min=0), default=None, help="slurm/ray: GPUs per worker.")
+@click.option("--partition", default=None, help="slurm: the partition.")
+@click.option("--time-min", type=click.IntRange(min=1), default=None, help="slurm: each task's time limit, minutes.")
+@click.option("--sbatch", multiple=True, metavar="KEY=VALUE", help="slurm: another sbatch option (repeatable).")
+@click.option("--ray-address", default=None, help="ray: the cluster to join (default: one started here).")
 @click.option("--quiet", is_flag=True, help="No live progress lines; one line per finished trial and teacher epoch "
               "(the default when standard output is not a terminal).")
 @click.option("--replace", is_flag=True,
@@ -140,45 +150,56 @@ def teacher(study_file: str, overrides: tuple[str, ...], device: str, threads: i
 @click.option("--as-worker", is_flag=True, hidden=True, help="Started by --workers: no summary at the end.")
 @click.option("--log", "log_to", multiple=True, metavar="TRACKERS", help=LOG_HELP + " Added to the study's log:.")
 @_handle_errors
-def sweep(study_file: str, overrides: tuple[str, ...], device: str, threads: int | None,
-          cache_dir: str | None, storage: str, workers: int, quiet: bool, replace: bool,
-          max_visits: int | None, optuna_proxy: str | None, as_worker: bool, log_to: tuple[str, ...]) -> None:
+def sweep(study_file: str | None, overrides: tuple[str, ...], device: str, threads: int | None,
+          cache_dir: str | None, storage: str, join: str | None, workers: int, quiet: bool, replace: bool,
+          max_visits: int | None, optuna_proxy: str | None, as_worker: bool, log_to: tuple[str, ...],
+          **launcher: Any) -> None:
     """Run a study: teacher, CE baseline, T x alpha search, finalists. Re-run to resume; run it on
-    several processes (--workers N) or machines against one --storage to share the work.
+    several processes (--workers N), machines (--join NAME) or a cluster (--launcher) against one --storage.
 
     Example: kdbench sweep studies/fashion-mnist-quick.yaml --workers 2
     """
     import optuna
 
     from kdbench.config import load_study
+    from kdbench.join import join_study
+    from kdbench.launch import launch_workers, with_launcher
     from kdbench.progress import sweep_display
     from kdbench.store import Store
     from kdbench.sweep import run_sweep
-    from kdbench.workers import sweep_workers, worker_threads
+    from kdbench.workers import worker_threads
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # Optuna's per-trial info lines only with -v
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     signal.signal(signal.SIGTERM, _on_sigterm)  # a scheduler's SIGTERM ends the trial as Ctrl-C does
-    study = load_study(study_file, overrides)
+    if (study_file is None) == (join is None) or (join and replace):
+        raise ConfigError("give a study file or --join NAME, one of them (--replace only with a study file): "
+                          "kdbench sweep STUDY_FILE, or kdbench sweep --join NAME --storage URL")
+    stored = Store.open(storage, create=False, optuna_proxy=optuna_proxy) if join else None
+    def read(ov: tuple[str, ...]) -> Any:
+        return join_study(stored, join, ov) if stored and join else load_study(str(study_file), ov)
+
+    study = read(overrides)
     from kdbench.trackers import check_trackers, parse_log_option
 
     if log_to:  # as an override, which --workers passes on to each worker
         overrides = (*overrides, "log=" + json.dumps([*study.log, *parse_log_option(log_to)]))
-        study = load_study(study_file, overrides)
+        study = read(overrides)
     check_trackers(study.log)
+    study = with_launcher(study, name=launcher.pop("launcher"), **launcher)
     dev = _setup_torch(worker_threads(1, threads) if workers == 1 else threads, device)
-    store = Store.open(storage, optuna_proxy=optuna_proxy)
-    if optuna_proxy:  # how --workers passes it on
+    store = stored or Store.open(storage, optuna_proxy=optuna_proxy)
+    if optuna_proxy:  # how --workers and the launchers pass it on
         os.environ["KDBENCH_OPTUNA_PROXY"] = optuna_proxy
     quiet = quiet or not sys.stdout.isatty()  # a log file or a pipe: plain lines, not live ones that print at the end
     with sweep_display(quiet, study.student.epochs if study.student.steps is None else None) as events:
-        if workers == 1:  # --replace drops the stored study only once the new input is checked
+        if workers == 1 and study.launcher.name == "local":  # --replace drops the stored study once input is checked
             summary = run_sweep(study, storage=store, device=dev, cache_dir=cache_dir, events=events,
                                 max_visits=max_visits, replace=replace)
         else:
-            sweep_workers(study, study_file, overrides, workers=workers, store=store, storage_url=storage,
-                          device=device, here=dev, events=events, threads=threads, cache_dir=cache_dir,
-                          max_visits=max_visits, replace=replace)
+            launch_workers(study, study_file=study_file, overrides=overrides, workers=workers, store=store,
+                           storage_url=storage, device=device, here=dev, events=events, threads=threads,
+                           cache_dir=cache_dir, max_visits=max_visits, replace=replace)
             summary = store.finalist_summary(study.name)
     if as_worker:
         return

@@ -30,7 +30,8 @@ from kdbench.errors import KdbenchError
 from kdbench.store import Store
 from kdbench.sweep import SweepEvents, study_progress
 
-__all__ = ["WorkerError", "cpu_cores", "run_workers", "sweep_workers", "worker_threads"]
+__all__ = ["WorkerError", "cpu_cores", "die_with_parent", "run_workers", "sweep_workers", "watch",
+           "worker_threads"]
 
 STOP_GRACE_S = 60.0  # seconds a worker gets to record its interrupted trial before it is killed
 
@@ -52,12 +53,26 @@ def worker_threads(workers: int, threads: int | None = None) -> int:
     return threads if threads is not None else max(1, cpu_cores() // workers)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child before it runs (``preexec_fn``): SIGINT back to the default, and SIGINT when the parent dies."""
     # the parent stops its workers with SIGINT: a worker must not inherit an ignored SIGINT (as every
     # command started with `&` from a non-interactive shell does)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     with contextlib.suppress(OSError, AttributeError):  # PR_SET_PDEATHSIG: SIGINT when the parent dies
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)
+
+
+def watch(running: Callable[[], bool], store: Store, study: Study, events: SweepEvents, *,
+          every: Callable[[], None] = lambda: None, tick_s: float = 0.2) -> None:
+    """Wait while ``running()``: ``every()`` each ``tick_s`` seconds, the study's progress from the store each
+    :data:`~kdbench.defaults.POLL_S`."""
+    next_poll = 0.0
+    while running():
+        every()
+        if time.monotonic() >= next_poll:
+            events.on_progress(study_progress(store, study))
+            next_poll = time.monotonic() + POLL_S
+        time.sleep(tick_s)
 
 
 def _relay(i: int, proc: subprocess.Popen[str], lines: queue.Queue[tuple[int, str]]) -> None:
@@ -97,7 +112,7 @@ def run_workers(
         env["KDBENCH_STORAGE"] = storage_url
     cmd = [sys.executable, "-m", "kdbench", "sweep", *worker_args]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              start_new_session=True, preexec_fn=_die_with_parent) for _ in range(workers)]
+                              start_new_session=True, preexec_fn=die_with_parent) for _ in range(workers)]
     lines: queue.Queue[tuple[int, str]] = queue.Queue()
     relays = [threading.Thread(target=_relay, args=(i, p, lines), daemon=True) for i, p in enumerate(procs)]
     for t in relays:
@@ -112,13 +127,7 @@ def run_workers(
 
     events.on_status(f"{workers} workers (pids {', '.join(str(p.pid) for p in procs)})")
     try:
-        next_poll = 0.0
-        while any(p.poll() is None for p in procs):
-            drain()
-            if time.monotonic() >= next_poll:
-                events.on_progress(study_progress(store, study))
-                next_poll = time.monotonic() + POLL_S
-            time.sleep(0.2)
+        watch(lambda: any(p.poll() is None for p in procs), store, study, events, every=drain)
     except KeyboardInterrupt:
         events.on_status("stopping the workers (each records its trial as interrupted)")
         _stop(procs)

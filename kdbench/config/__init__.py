@@ -13,6 +13,7 @@ study keys are :mod:`kdbench.defaults`.
 from kdbench.budget import Budget
 from kdbench.config.base import is_geometric
 from kdbench.config.data import DataConfig
+from kdbench.config.launcher import LauncherConfig
 from kdbench.config.recipe import Recipe, StudentConfig, TeacherConfig
 from kdbench.config.search import BaselineConfig, FinalistsConfig, Range, SearchConfig
 from kdbench.config.study import (
@@ -33,6 +34,7 @@ __all__ = [
     "Budget",
     "DataConfig",
     "FinalistsConfig",
+    "LauncherConfig",
     "Range",
     "Recipe",
     "SearchConfig",

@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from kdbench.budget import Budget
 from kdbench.config.base import Strict
 from kdbench.config.data import DataConfig
+from kdbench.config.launcher import LauncherConfig
 from kdbench.config.recipe import StudentConfig, TeacherConfig
 from kdbench.config.search import BaselineConfig, FinalistsConfig, SearchConfig
 from kdbench.errors import ConfigError
@@ -65,6 +66,9 @@ class Study(Strict):
     """Experiment trackers every run (and ``kdbench report --log``'s files) is copied to as well: ``mlflow``,
     ``tensorboard`` (see docs/trackers.md). Neither hashed nor stored: it says where results are copied, not what
     they are."""
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig, exclude=True)
+    """How ``kdbench sweep --workers N`` starts its workers: on this machine, through SLURM or on Ray (see
+    docs/cluster.md). Neither hashed nor stored: it says where the work runs, not what it computes."""
     _folder: Path | None = PrivateAttr(default=None)  # the study file's folder: where relative model paths start
     # teacher/student given as Python objects to kdbench.sweep (kdbench.models.objects.ModelObject), this process only
     _objects: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -1,0 +1,142 @@
+"""Launchers: the study's workers started by submitit (its real local executor where there is no SLURM) and by a
+local Ray cluster, every visit complete exactly once; a worker SIGTERMed as SLURM does leaves an interrupted visit
+that another worker completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import tiny_study_raw
+
+from kdbench.config import parse_study
+from kdbench.errors import ConfigError
+from kdbench.launch import with_launcher
+from kdbench.store import Store
+from kdbench.sweep import planned_total
+
+
+def test_the_launcher_section_is_neither_hashed_nor_stored_and_flags_win(tiny_study_dict: dict) -> None:
+    plain = parse_study(tiny_study_dict)
+    tiny_study_dict["launcher"] = {"name": "slurm", "partition": "gpu", "sbatch": {"account": "lab"}}
+    study = parse_study(tiny_study_dict)
+    assert study.hash == plain.hash and "launcher" not in study.resolved()
+    flagged = with_launcher(study, name=None, partition="a100", time_min=30, sbatch=("qos=high",))
+    assert (flagged.launcher.name, flagged.launcher.partition, flagged.launcher.time_min) == ("slurm", "a100", 30)
+    assert flagged.launcher.sbatch == {"account": "lab", "qos": "high"} and flagged.hash == plain.hash
+    with pytest.raises(ConfigError, match=r"--sbatch qos: give an sbatch option as KEY=VALUE"):
+        with_launcher(study, sbatch=("qos",))
+
+
+@pytest.fixture(scope="module")
+def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny study's teacher, trained once for every test here (the cache is keyed by content)."""
+    from kdbench.teacher import prepare_teacher
+
+    cache = tmp_path_factory.mktemp("cache")
+    prepare_teacher(parse_study(tiny_study_raw()), cache_dir=cache)
+    return cache
+
+
+def _study_file(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**raw, "launcher": {"logs": str(tmp_path / "jobs")}}))  # submitit's files
+    return path
+
+
+def _sweep(path: Path, db_url: str, cache: Path, *args: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "kdbench", "sweep", str(path), "--storage", db_url, "--quiet", "--device", "cpu",
+           "--cache-dir", str(cache), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _exactly_once(db_url: str, raw: dict) -> None:
+    """Every planned visit complete once (retired attempts aside), and no Optuna trial left RUNNING."""
+    study = parse_study(raw)
+    runs = Store.open(db_url).runs(study.name)
+    final = runs[~runs["visit"].str.contains("#")]
+    assert len(final) == planned_total(study) and set(final["state"]) == {"complete"}, runs[["visit", "state"]]
+    for name in optuna.get_all_study_names(db_url):  # an interrupted visit's trial is closed as FAIL
+        states = [t.state.name for t in optuna.load_study(study_name=name, storage=db_url).trials]
+        assert not {"RUNNING", "WAITING"} & set(states), (name, states)
+        assert states.count("COMPLETE") + states.count("PRUNED") == (final["optuna_study"] == name).sum(), states
+
+
+@pytest.mark.slow
+def test_submitit_runs_a_study_on_three_workers(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
+                                                tmp_path: Path, teacher_cache: Path) -> None:
+    """--launcher slurm where there is no sbatch: submitit's own local executor, one array task per worker."""
+    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, teacher_cache, "--launcher", "slurm",
+                  "--workers", "3")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    assert "3 submitit local tasks" in out
+    _exactly_once(db_url, tiny_study_dict)
+    assert len(list((tmp_path / "jobs").glob("*_result.pkl"))) == 3  # submitit ran them
+
+
+def _running_workers(db_url: str, name: str, n: int, deadline_s: float) -> list[int]:
+    """The pids of ``n`` workers training a visit at once (from their claims' owners, ``host:pid:...``)."""
+    import sqlalchemy as sa
+
+    from kdbench.store.schema import RunRow
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        store = Store.open(db_url)  # anew: the parent creates the tables once the study is checked
+        if store.ready and store.study(name) is not None:
+            with store.connect() as conn:
+                owners = conn.execute(sa.select(RunRow.owner).where(RunRow.state == "running")).scalars().all()
+            pids = sorted({int(o.split(":")[1]) for o in owners if Path(f"/proc/{o.split(':')[1]}").exists()})
+            if len(pids) >= n:
+                return pids[:n]
+        time.sleep(0.5)
+    raise AssertionError(f"{n} workers were not training at once in time")
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.slow
+def test_sigterm_and_preemption_of_submitit_workers_leave_interrupted_visits_others_complete(
+        needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path,
+        teacher_cache: Path) -> None:
+    """SLURM's scancel and preemption send SIGTERM to a task's processes: worker A records its visit as interrupted
+    and exits. Before a time limit (or on preemption with --signal) submitit's task gets USR2: worker B is
+    stopped the same way and its task requeued, and its new worker goes on. The study ends complete, each visit
+    once, no Optuna trial left RUNNING."""
+    tiny_study_dict["student"]["epochs"] = 30  # long enough to be caught training, two at once
+    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, teacher_cache, "--launcher", "slurm",
+                  "--workers", "2")
+    a, b = _running_workers(db_url, "tiny", 2, 900)
+    os.kill(a, signal.SIGTERM)  # what SLURM sends every process of a cancelled or preempted task
+    os.kill(_parent(b), signal.SIGUSR2)  # its task: what submitit's controller sends near the time limit, and SLURM
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    assert "was stopped (status 143)" in out  # A's task ended after its worker's SIGTERM; B's was requeued
+    runs = Store.open(db_url).runs("tiny")
+    assert (runs["state"] == "interrupted").sum() == 2, runs[["visit", "state", "attempt"]]
+    logs = "".join(p.read_text() for p in (tmp_path / "jobs").glob("*_log.*"))
+    assert "Requeued job" in logs
+    _exactly_once(db_url, tiny_study_dict)
+
+
+@pytest.mark.slow
+def test_ray_runs_a_study_on_two_workers(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
+                                         tmp_path: Path, teacher_cache: Path) -> None:
+    """--launcher ray without an address: a Ray cluster started on this machine for the sweep, one task per worker."""
+    pytest.importorskip("ray")
+    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, teacher_cache, "--launcher", "ray", "--workers", "2")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    assert "2 Ray tasks on" in out
+    _exactly_once(db_url, tiny_study_dict)
