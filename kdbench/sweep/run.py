@@ -9,6 +9,8 @@ so that any number of workers split the work.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import json
 import logging
@@ -150,6 +152,18 @@ def prepare_sweep(
                         trackers=trackers)
 
 
+def release_memory() -> None:
+    """Collect cycles and hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere): freed tensors below glibc's mmap threshold otherwise stay resident in the heap, and a worker's
+    peak grows with each trial's leftovers."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): its allocator keeps its own policy
+        return
+    libc.malloc_trim(0)
+
+
 def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1) -> Iterator[list[Claimed]]:
     """Yield up to ``k`` claimed visits at a time until every one of ``visits`` is final (waiting for others').
 
@@ -221,6 +235,7 @@ def run_sweep(
     ctx = prepare_sweep(study, storage=storage, device=device, cache_dir=cache_dir, events=events,
                         stale_after_s=stale_after_s, replace=replace, sets=sets)
     optuna_bridge.repair(ctx.store, study, ctx.study_id, stale_after_s)
+    release_memory()  # the files read and the official training set split: freed, given back before training
     ctx.events.on_progress(study_progress(ctx.store, study, ctx.study_id))
     search = plan_search(study)
     plan = fuse_plan(study, ctx.device, ctx.data.info) if fuse is None else \
@@ -248,6 +263,7 @@ def run_sweep(
                     run_fused(ctx, batch)
                 else:
                     run_visit(ctx, batch[0])
+                release_memory()  # one trial's buffers, so the next one starts from what the process holds
                 ctx.events.on_progress(study_progress(ctx.store, study, ctx.study_id))
                 done += len(batch)
                 if max_visits is not None and done >= max_visits:
