@@ -13,6 +13,17 @@ from kdbench.cli import _on_sigterm
 from kdbench.errors import Terminated, held_signals
 
 
+@pytest.fixture(autouse=True)
+def python_ctrl_c() -> Iterator[None]:
+    """Ctrl-C as Python installs it, whatever this process inherited: a test run started in the background of a
+    non-interactive shell (nohup, `&`) inherits SIGINT ignored, and held_signals leaves an ignored SIGINT alone."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture
 def sigterm_handler() -> Iterator[None]:
     """The CLI's SIGTERM handler, installed for the test and the termination flag cleared after it."""

@@ -73,7 +73,7 @@ def test_end_to_end_sweep_and_resume(needs_fmnist: None, tiny_study_dict: dict, 
     shown = CliRunner().invoke(cli.main, ["show", "tiny", "--storage", db_url])
     assert shown.exit_code == 0, shown.output
     assert "tiny: teacher cnn-s: test" in shown.output and "best KD #1: T=" in shown.output
-    assert "(n=2)" in shown.output
+    assert "(sd, n=2)" in shown.output  # the mean ± sd over the 2 finalist seeds
     # a rerun of a finished study does nothing more
     run_sweep(study, storage=db_url, cache_dir=cache)
     assert len(load_runs(db_url, "tiny")) == 7
