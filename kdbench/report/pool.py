@@ -25,7 +25,7 @@ from statsmodels.stats.meta_analysis import combine_effects
 
 from kdbench.defaults import POOL_TAU2_METHOD
 from kdbench.errors import ConfigError
-from kdbench.report.stats import CONFIDENCE
+from kdbench.report.stats import CONFIDENCE, p_text
 
 if TYPE_CHECKING:
     from kdbench.report.frames import StudyFrames
@@ -145,15 +145,11 @@ def _sentence(table: pd.DataFrame, pair: str, method: str) -> str:
             f"{100 * p['mean']:+.2f} pp, {ci} [{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}] pp (normal; "
             f"the interval {where}), Hartung–Knapp {ci} [{100 * p['hk_low']:+.2f}, {100 * p['hk_high']:+.2f}] pp "
             f"(t, {k - 1} df). Heterogeneity: {tau}, I² = {p['i2']:.0%}, Q = {p['q']:.2f} on {k - 1} df, "
-            f"p = {_p(p['q_p'])}.")
+            f"p = {p_text(p['q_p'])}.")
     if k == 2:
         text += (" With k = 2, τ² from two studies is barely estimable: the normal interval may be too narrow, and "
                  "the Hartung–Knapp one shows how little two studies pin down.")
     return text
-
-
-def _p(p: float) -> str:
-    return f"{p:.2g}" if p >= 1e-4 else "< 0.0001"
 
 
 def pool_display(pooled: Pooled) -> pd.DataFrame:

@@ -38,6 +38,7 @@ __all__ = [
     "agreement",
     "detectable_difference",
     "mcnemar_test",
+    "p_text",
     "paired_difference",
     "per_class_delta",
     "power_clause",
@@ -149,7 +150,7 @@ def verdict(p: Paired, baseline: str = "CE") -> str:
         return (f"KD and {baseline} could not be told apart at n={p.n}: every seed gave KD − {baseline} = "
                 f"{100 * p.mean:+.2f} pp, and with no spread a t interval is undefined ({power_clause(p)}); add seeds.")
     interval = (f"KD − {baseline} = {100 * p.mean:+.2f} pp, {CONFIDENCE:.0%} CI [{100 * p.ci_low:+.2f}, "
-                f"{100 * p.ci_high:+.2f}] pp, paired t-test p = {_p(p.p_value)}, n={p.n} shared seeds")
+                f"{100 * p.ci_high:+.2f}] pp, paired t-test p = {p_text(p.p_value)}, n={p.n} shared seeds")
     if p.ci_low > 0:
         return f"KD helped: {interval}."
     if p.ci_high < 0:
@@ -178,7 +179,8 @@ def power_clause(p: Paired) -> str:
             f"have been detected with probability under {POWER:.0%} (paired t-test, two-sided {1 - CONFIDENCE:.0%})")
 
 
-def _p(p: float) -> str:
+def p_text(p: float) -> str:
+    """A p-value as sentences print it: two significant digits, "< 0.0001" below that, "n/a" when there is none."""
     if math.isnan(p):
         return "n/a"
     return f"{p:.2g}" if p >= 1e-4 else "< 0.0001"
