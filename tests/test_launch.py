@@ -35,13 +35,29 @@ def test_the_launcher_section_is_neither_hashed_nor_stored_and_flags_win(tiny_st
         with_launcher(study, sbatch=("qos",))
 
 
+def _launch_raw() -> dict:
+    """The tiny study with 600 validation images (val_fraction 0.01, not 0.05: every visit evaluates after each
+    epoch, and the tiny study's 3,000 made most of a 30-epoch visit's time) and an mlp-800 teacher (half the CPU
+    time of cnn-s to train and to cache its logits of ~59,000 training images; the launchers never look inside)."""
+    raw = tiny_study_raw()
+    raw["data"]["val_fraction"] = 0.01
+    raw["teacher"]["model"] = "mlp-800"
+    return raw
+
+
+@pytest.fixture
+def launch_raw() -> dict:
+    """A fresh copy of :func:`_launch_raw` for each test."""
+    return _launch_raw()
+
+
 @pytest.fixture(scope="module")
 def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny study's teacher, trained once for every test here (the cache is keyed by content)."""
+    """The launch tests' teacher, trained once for every test here (the cache is keyed by content)."""
     from kdbench.teacher import prepare_teacher
 
     cache = tmp_path_factory.mktemp("cache")
-    prepare_teacher(parse_study(tiny_study_raw()), cache_dir=cache)
+    prepare_teacher(parse_study(_launch_raw()), cache_dir=cache)
     return cache
 
 
@@ -71,15 +87,15 @@ def _exactly_once(db_url: str, raw: dict) -> None:
 
 
 @pytest.mark.slow
-def test_submitit_runs_a_study_on_three_workers(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
+def test_submitit_runs_a_study_on_three_workers(needs_fmnist: None, launch_raw: dict, db_url: str,
                                                 tmp_path: Path, teacher_cache: Path) -> None:
     """--launcher slurm where there is no sbatch: submitit's own local executor, one array task per worker."""
-    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, teacher_cache, "--launcher", "slurm",
+    proc = _sweep(_study_file(tmp_path, launch_raw), db_url, teacher_cache, "--launcher", "slurm",
                   "--workers", "3")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     assert "3 submitit local tasks" in out
-    _exactly_once(db_url, tiny_study_dict)
+    _exactly_once(db_url, launch_raw)
     assert len(list((tmp_path / "jobs").glob("*_result.pkl"))) == 3  # submitit ran them
 
 
@@ -108,14 +124,15 @@ def _parent(pid: int) -> int:
 
 @pytest.mark.slow
 def test_sigterm_and_preemption_of_submitit_workers_leave_interrupted_visits_others_complete(
-        needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path,
+        needs_fmnist: None, launch_raw: dict, db_url: str, tmp_path: Path,
         teacher_cache: Path) -> None:
     """SLURM's scancel and preemption send SIGTERM to a task's processes: worker A records its visit as interrupted
     and exits. Before a time limit (or on preemption with --signal) submitit's task gets USR2: worker B is
     stopped the same way and its task requeued, and its new worker goes on. The study ends complete, each visit
     once, no Optuna trial left RUNNING."""
-    tiny_study_dict["student"]["epochs"] = 30  # long enough to be caught training, two at once
-    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, teacher_cache, "--launcher", "slurm",
+    launch_raw["student"]["epochs"] = 30  # long enough to be caught training, two at once
+    launch_raw["finalists"]["seeds"] = 1  # 2 finalists, not 4: after the stops one worker trains all that is left
+    proc = _sweep(_study_file(tmp_path, launch_raw), db_url, teacher_cache, "--launcher", "slurm",
                   "--workers", "2")
     a, b = _running_workers(db_url, "tiny", 2, 900)
     os.kill(a, signal.SIGTERM)  # what SLURM sends every process of a cancelled or preempted task
@@ -127,16 +144,16 @@ def test_sigterm_and_preemption_of_submitit_workers_leave_interrupted_visits_oth
     assert (runs["state"] == "interrupted").sum() == 2, runs[["visit", "state", "attempt"]]
     logs = "".join(p.read_text() for p in (tmp_path / "jobs").glob("*_log.*"))
     assert "Requeued job" in logs
-    _exactly_once(db_url, tiny_study_dict)
+    _exactly_once(db_url, launch_raw)
 
 
 @pytest.mark.slow
-def test_ray_runs_a_study_on_two_workers(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
+def test_ray_runs_a_study_on_two_workers(needs_fmnist: None, launch_raw: dict, db_url: str,
                                          tmp_path: Path, teacher_cache: Path) -> None:
     """--launcher ray without an address: a Ray cluster started on this machine for the sweep, one task per worker."""
     pytest.importorskip("ray")
-    proc = _sweep(_study_file(tmp_path, tiny_study_dict), db_url, teacher_cache, "--launcher", "ray", "--workers", "2")
+    proc = _sweep(_study_file(tmp_path, launch_raw), db_url, teacher_cache, "--launcher", "ray", "--workers", "2")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     assert "2 Ray tasks on" in out
-    _exactly_once(db_url, tiny_study_dict)
+    _exactly_once(db_url, launch_raw)
