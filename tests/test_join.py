@@ -71,6 +71,8 @@ def test_join_runs_a_stored_study_without_its_file(needs_fmnist: None, tiny_stud
                                                    tmp_path: Path) -> None:
     """One visit from the study file, then the file is gone: --join finishes the study from the store's config,
     every planned visit complete exactly once."""
+    tiny_study_dict["data"]["val_fraction"] = 0.01  # 600 validation images, not 3,000: each visit evaluates on them
+    tiny_study_dict["teacher"]["model"] = "mlp-800"  # half cnn-s's CPU time to train and to cache its logits
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_study_dict))
     common = ["--storage", db_url, "--quiet", "--device", "cpu", "--threads", "1", "--cache-dir", str(tmp_path / "c")]

@@ -123,7 +123,9 @@ def test_a_users_model_file_sweeps_and_an_edit_refuses_to_resume(needs_fmnist: N
 
     (tmp_path / "nets.py").write_text(NETS)
     raw = dict(tiny_study_dict, student=dict(tiny_study_dict["student"], model="nets.py:Student",
-                                             model_args={"width": 16}))
+                                             model_args={"width": 16}),
+               data=dict(tiny_study_dict["data"], val_fraction=0.01),  # 600 validation images: each visit's eval
+               teacher=dict(tiny_study_dict["teacher"], model="mlp-800"))  # half cnn-s's CPU time to train and cache
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
     db = f"sqlite:///{tmp_path / 'kd.db'}"
     args = [sys.executable, "-m", "kdbench", "sweep", str(tmp_path / "study.yaml"), "--storage", db, "--device",
