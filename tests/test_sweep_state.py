@@ -36,14 +36,14 @@ def _optuna_studies(db_url: str) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_replace_of_a_methods_study_leaves_only_the_new_optuna_studies(
-        needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path) -> None:
-    path = _methods_study(tmp_path, tiny_study_dict, [8.0, 2.0])
+        small_study_dict: dict, db_url: str, tmp_path: Path) -> None:
+    path = _methods_study(tmp_path, small_study_dict, [8.0, 2.0])
     res = _sweep(path, db_url, tmp_path, "--max-visits", "7")
     assert res.exit_code == 0, res.output
     assert set(_optuna_studies(db_url)) == {"tiny", "tiny.ce", "tiny.dkd"}
     # another space for dkd with as many cells: the dropped study's tiny.dkd must not survive (Optuna would refuse
     # "CategoricalDistribution does not support dynamic value space")
-    path = _methods_study(tmp_path, tiny_study_dict, [1.0, 0.5])
+    path = _methods_study(tmp_path, small_study_dict, [1.0, 0.5])
     res = _sweep(path, db_url, tmp_path, "--replace", "--max-visits", "2")
     assert res.exit_code == 0, res.output
     after = _optuna_studies(db_url)
@@ -55,9 +55,9 @@ def test_replace_of_a_methods_study_leaves_only_the_new_optuna_studies(
 
 @pytest.mark.slow
 def test_a_complete_run_whose_optuna_trial_is_running_is_closed_by_the_next_sweep(
-        needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path) -> None:
+        small_study_dict: dict, db_url: str, tmp_path: Path) -> None:
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     assert _sweep(path, db_url, tmp_path, "--max-visits", "1").exit_code == 0
     storage = optuna.storages.RDBStorage(db_url)
     run = Store.open(db_url).runs("tiny").iloc[0]
@@ -110,7 +110,7 @@ def test_a_claim_in_a_dropped_study_whose_id_is_reused_is_refused(tmp_path: Path
 
 @pytest.mark.slow
 def test_replace_stops_a_worker_of_the_dropped_study_and_keeps_its_writes_out(
-        needs_fmnist: None, tiny_study_dict: dict, tmp_path: Path) -> None:
+        small_study_dict: dict, tmp_path: Path) -> None:
     """A worker still training when another process runs ``--replace`` with another config stops with one line
     (no traceback), and nothing it wrote after the drop lands in the new study: every run there is the new
     config's (the SQLite id of the dropped study is reused; its uid is not)."""
@@ -119,8 +119,8 @@ def test_replace_stops_a_worker_of_the_dropped_study_and_keeps_its_writes_out(
     import time
 
     db = f"sqlite:///{tmp_path / 'kd.db'}"
-    raw = dict(tiny_study_dict, student=dict(tiny_study_dict["student"], steps=150),
-               search=dict(tiny_study_dict["search"], temperature=[1, 2, 4, 8], alpha=[0.3, 0.7], replicates=2))
+    raw = dict(small_study_dict, student=dict(small_study_dict["student"], steps=150),
+               search=dict(small_study_dict["search"], temperature=[1, 2, 4, 8], alpha=[0.3, 0.7], replicates=2))
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     args = [sys.executable, "-m", "kdbench", "sweep", str(path), "--storage", db, "--device", "cpu", "--threads", "1",
