@@ -110,7 +110,7 @@ def test_a_claim_in_a_dropped_study_whose_id_is_reused_is_refused(tmp_path: Path
 
 @pytest.mark.slow
 def test_replace_stops_a_worker_of_the_dropped_study_and_keeps_its_writes_out(
-        small_study_dict: dict, tmp_path: Path) -> None:
+        needs_fmnist: None, tiny_study_dict: dict, tmp_path: Path) -> None:
     """A worker still training when another process runs ``--replace`` with another config stops with one line
     (no traceback), and nothing it wrote after the drop lands in the new study: every run there is the new
     config's (the SQLite id of the dropped study is reused; its uid is not)."""
@@ -119,8 +119,8 @@ def test_replace_stops_a_worker_of_the_dropped_study_and_keeps_its_writes_out(
     import time
 
     db = f"sqlite:///{tmp_path / 'kd.db'}"
-    raw = dict(small_study_dict, student=dict(small_study_dict["student"], steps=150),
-               search=dict(small_study_dict["search"], temperature=[1, 2, 4, 8], alpha=[0.3, 0.7], replicates=2))
+    raw = dict(tiny_study_dict, student=dict(tiny_study_dict["student"], steps=150),
+               search=dict(tiny_study_dict["search"], temperature=[1, 2, 4, 8], alpha=[0.3, 0.7], replicates=2))
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     args = [sys.executable, "-m", "kdbench", "sweep", str(path), "--storage", db, "--device", "cpu", "--threads", "1",
