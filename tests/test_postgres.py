@@ -24,12 +24,11 @@ WORKERS = 3
 
 
 @pytest.mark.slow
-def test_three_workers_share_a_study(needs_fmnist: None, postgres_url: str, tiny_study_dict: dict,
-                                     tmp_path: Path) -> None:
-    tiny_study_dict["search"]["temperature"] = [1, 2, 4]
-    study = parse_study(tiny_study_dict)
+def test_three_workers_share_a_study(postgres_url: str, small_study_dict: dict, tmp_path: Path) -> None:
+    small_study_dict["search"]["temperature"] = [1, 2, 4]
+    study = parse_study(small_study_dict)
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     cmd = [sys.executable, "-m", "kdbench", "sweep", str(path), "--storage", postgres_url, "--quiet",
            "--threads", "1", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -119,8 +118,7 @@ def password_url(postgres_server: str) -> Iterator[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_a_password_protected_database(needs_fmnist: None, password_url: tuple[str, str], tiny_study_dict: dict,
-                                       tmp_path: Path) -> None:
+def test_a_password_protected_database(password_url: tuple[str, str], small_study_dict: dict, tmp_path: Path) -> None:
     """A sweep and a report on a database whose user needs a password: the report computes the importances
     (Optuna is opened with the real password), and the password appears in no message, row or report file."""
     import sqlalchemy as sa
@@ -128,9 +126,9 @@ def test_a_password_protected_database(needs_fmnist: None, password_url: tuple[s
     from kdbench.report.frames import study_frames
 
     url, secret = password_url
-    tiny_study_dict["search"]["temperature"] = [1, 2, 4, 8]  # four complete KD trials: enough for importances
+    small_study_dict["search"]["temperature"] = [1, 2, 4, 8]  # four complete KD trials: enough for importances
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out_dir = tmp_path / "report"
 

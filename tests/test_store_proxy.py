@@ -90,13 +90,13 @@ def test_a_taken_port_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_workers_through_the_proxy_share_a_study(needs_fmnist: None, postgres_server: str, postgres_url: str,
-                                                 tiny_study_dict: dict, tmp_path: Path) -> None:
+def test_workers_through_the_proxy_share_a_study(postgres_server: str, postgres_url: str, small_study_dict: dict,
+                                                 tmp_path: Path) -> None:
     """Three workers (`--workers 3`) whose Optuna calls go through the proxy and whose kdbench tables go to
     PostgreSQL: every visit runs exactly once, every trial is closed, and the proxy stops cleanly."""
-    study = parse_study(tiny_study_dict)
+    study = parse_study(small_study_dict)
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     Store.open(postgres_url).ensure_tables()
     proxy, address = _start_proxy(postgres_url)
     try:

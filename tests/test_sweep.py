@@ -29,8 +29,8 @@ def test_plan_counts(tiny_study_dict: dict) -> None:
     assert len(plan_search(default)) == (20 + 1) * 3 * 3  # 4 T x 5 alpha and CE, x 3 lr x 3 replicates
 
 
-def test_end_to_end_sweep_and_resume(needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path) -> None:
-    study = parse_study(tiny_study_dict)
+def test_end_to_end_sweep_and_resume(small_study_dict: dict, db_url: str, tmp_path) -> None:
+    study = parse_study(small_study_dict)
     cache = tmp_path / "cache"
     # stop after two visits, as if interrupted, then resume: nothing is redone, nothing duplicated
     run_sweep(study, storage=db_url, cache_dir=cache, max_visits=2)
@@ -44,14 +44,14 @@ def test_end_to_end_sweep_and_resume(needs_fmnist: None, tiny_study_dict: dict, 
     assert search["test_acc"].isna().all()  # the search never looks at the test set
     fin = runs[runs["kind"] == "finalist"]
     assert fin["test_acc"].between(0.3, 1.0).all() and sorted(set(fin["seed"])) == [1, 2]
-    # finalists and the teacher keep their test logits (float16, 10,000 x 10) for the report's calibration
+    # finalists and the teacher keep their test logits (float16, 500 test rows x 10) for the report's calibration
     from kdbench.store import Store
 
     store = Store.open(db_url)
     logits = store.test_logits([int(i) for i in fin["run_id"]])
-    assert {len(b or b"") for b in logits.values()} == {10_000 * 10 * 2}
+    assert {len(b or b"") for b in logits.values()} == {500 * 10 * 2}
     teacher = store.study_teacher("tiny")
-    assert teacher is not None and teacher.test_logits is not None and len(teacher.test_logits) == 10_000 * 10 * 2
+    assert teacher is not None and teacher.test_logits is not None and len(teacher.test_logits) == 500 * 10 * 2
     assert not any(store.test_logits([int(i) for i in search["run_id"]]).values())  # the search never tests
     # each finalist's calibration temperature, fitted on validation when it trained (the report scales by it)
     temperatures = store.calib_temperatures([int(i) for i in runs["run_id"]])
@@ -79,17 +79,18 @@ def test_end_to_end_sweep_and_resume(needs_fmnist: None, tiny_study_dict: dict, 
     assert len(load_runs(db_url, "tiny")) == 7
     # same name, different config: refused with a way out
     with pytest.raises(StoreError, match="--set name=tiny-2"):
-        run_sweep(parse_study(tiny_study_dict, overrides=["student.epochs=2"]), storage=db_url, cache_dir=cache)
+        run_sweep(parse_study(small_study_dict, overrides=["student.epochs=2"]), storage=db_url, cache_dir=cache)
 
 
 @pytest.mark.slow
-def test_fused_sweep_matches_sequential(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+def test_fused_sweep_matches_sequential(small_study_dict: dict, tmp_path) -> None:
     """A sweep told to fuse 4 (as ``search.fuse: 4`` does on CUDA) trains search visits of one replicate seed
     at once (never two seeds in one fused step); each gets the accuracy it gets alone, and its stored device
     says it was fused."""
     cache = tmp_path / "cache"
     got = {}
-    study = parse_study(tiny_study_dict, overrides=["finalists.seeds=1", "search.replicates=2"])
+    study = parse_study(small_study_dict, overrides=["finalists.seeds=1", "search.replicates=2",
+                                                     "data.val_fraction=0.5"])  # 1,000 rows: 3e-3 is 3 of them
     for fuse in (1, 4):
         url = f"sqlite:///{tmp_path / f'fuse{fuse}.db'}"
         run_sweep(study, storage=url, cache_dir=cache, fuse=fuse)
@@ -104,7 +105,8 @@ def test_fused_sweep_matches_sequential(needs_fmnist: None, tiny_study_dict: dic
     assert got[4].loc[search, "device"].str.endswith("fused x3").all()  # 3 visits per seed: groups of 3
     assert not got[4].drop(index=search)["device"].str.contains("fused").any()  # finalists train alone
     for fuse in ("1", "auto"):
-        assert parse_study(tiny_study_dict).hash == parse_study(tiny_study_dict, overrides=[f"search.fuse={fuse}"]).hash
+        fused = parse_study(small_study_dict, overrides=[f"search.fuse={fuse}"])
+        assert parse_study(small_study_dict).hash == fused.hash
 
 
 def _sweep_cli(raw: dict, tmp_path) -> tuple[str, list[str], Result]:
@@ -122,13 +124,13 @@ def _sweep_cli(raw: dict, tmp_path) -> tuple[str, list[str], Result]:
 
 
 @pytest.mark.slow
-def test_label_smoothed_ce_is_a_baseline_end_to_end(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+def test_label_smoothed_ce_is_a_baseline_end_to_end(small_study_dict: dict, tmp_path) -> None:
     """``baseline.label_smoothing: [0.1]`` through the CLI: CE+LS trains as one more cell and a finalist on the
     shared seeds, its epsilon on its runs and in its Optuna study; the report's table shows CE, CE+LS and KD, and
     its verdict compares KD with the better baseline on validation."""
     import pandas as pd
 
-    raw = {**tiny_study_dict, "name": "ls", "baseline": {"ce": True, "label_smoothing": [0.1]}}
+    raw = {**small_study_dict, "name": "ls", "baseline": {"ce": True, "label_smoothing": [0.1]}}
     url, _, _ = _sweep_cli(raw, tmp_path)
     runs = load_runs(url, "ls")
     assert len(runs) == planned_total(parse_study(raw)) == 4 + 3 * 2 and set(runs["state"]) == {"complete"}
@@ -156,11 +158,11 @@ def test_label_smoothed_ce_is_a_baseline_end_to_end(needs_fmnist: None, tiny_stu
 
 
 @pytest.mark.slow
-def test_methods_sweep_end_to_end(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+def test_methods_sweep_end_to_end(small_study_dict: dict, tmp_path) -> None:
     """Hinton's KD, DKD and DIST on one grid through the CLI: each method's runs, its Optuna study with its
     own parameters, a finalist per method on the shared seeds, the summary naming every parameter; a rerun
     trains nothing."""
-    raw = {**tiny_study_dict, "name": "meth"}
+    raw = {**small_study_dict, "name": "meth"}
     raw["search"] = {**raw["search"], "method": ["kd", "dkd", "dist"],
                      "spaces": {"dkd": {"temperature": [2, 4]}, "dist": {"temperature": [4], "kd_weight": [1, 2]}}}
     url, args, result = _sweep_cli(raw, tmp_path)
@@ -207,9 +209,9 @@ def test_methods_sweep_end_to_end(needs_fmnist: None, tiny_study_dict: dict, tmp
 
 
 @pytest.mark.slow
-def test_a_range_search_samples_each_methods_own_parameters(needs_fmnist: None, tiny_study_dict: dict,
+def test_a_range_search_samples_each_methods_own_parameters(small_study_dict: dict,
                                                              tmp_path) -> None:
-    raw = {**tiny_study_dict, "name": "mr", "finalists": {"top_k": 1, "seeds": 1}}
+    raw = {**small_study_dict, "name": "mr", "finalists": {"top_k": 1, "seeds": 1}}
     raw["search"] = {"method": ["kd", "lskd"], "temperature": {"low": 1, "high": 8}, "alpha": [0.5],
                      "lr": [2e-3], "trials": 3, "sampler": "random",
                      "spaces": {"lskd": {"kd_weight": {"low": 1, "high": 9}}}}

@@ -36,14 +36,14 @@ def _optuna_studies(db_url: str) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_replace_of_a_methods_study_leaves_only_the_new_optuna_studies(
-        needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path) -> None:
-    path = _methods_study(tmp_path, tiny_study_dict, [8.0, 2.0])
+        small_study_dict: dict, db_url: str, tmp_path: Path) -> None:
+    path = _methods_study(tmp_path, small_study_dict, [8.0, 2.0])
     res = _sweep(path, db_url, tmp_path, "--max-visits", "7")
     assert res.exit_code == 0, res.output
     assert set(_optuna_studies(db_url)) == {"tiny", "tiny.ce", "tiny.dkd"}
     # another space for dkd with as many cells: the dropped study's tiny.dkd must not survive (Optuna would refuse
     # "CategoricalDistribution does not support dynamic value space")
-    path = _methods_study(tmp_path, tiny_study_dict, [1.0, 0.5])
+    path = _methods_study(tmp_path, small_study_dict, [1.0, 0.5])
     res = _sweep(path, db_url, tmp_path, "--replace", "--max-visits", "2")
     assert res.exit_code == 0, res.output
     after = _optuna_studies(db_url)
@@ -55,9 +55,9 @@ def test_replace_of_a_methods_study_leaves_only_the_new_optuna_studies(
 
 @pytest.mark.slow
 def test_a_complete_run_whose_optuna_trial_is_running_is_closed_by_the_next_sweep(
-        needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path) -> None:
+        small_study_dict: dict, db_url: str, tmp_path: Path) -> None:
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     assert _sweep(path, db_url, tmp_path, "--max-visits", "1").exit_code == 0
     storage = optuna.storages.RDBStorage(db_url)
     run = Store.open(db_url).runs("tiny").iloc[0]

@@ -12,8 +12,8 @@ from kdbench.teacher import prepare_teacher
 
 
 @pytest.mark.slow
-def test_cache_hit_miss_and_corruption(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
-    study = parse_study(tiny_study_dict)
+def test_cache_hit_miss_and_corruption(small_study_dict: dict, tmp_path) -> None:
+    study = parse_study(small_study_dict)
     cache = tmp_path / "cache"
     first = prepare_teacher(study, cache_dir=cache)
     assert not first.from_cache and first.val_acc > 0.3
@@ -31,28 +31,28 @@ def test_cache_hit_miss_and_corruption(needs_fmnist: None, tiny_study_dict: dict
     third = prepare_teacher(study, cache_dir=cache)
     assert not third.from_cache
     # a different recipe is a different key (a miss)
-    other = prepare_teacher(parse_study(tiny_study_dict, overrides=["teacher.steps=61"]), cache_dir=cache)
+    other = prepare_teacher(parse_study(small_study_dict, overrides=["teacher.steps=61"]), cache_dir=cache)
     assert other.key != first.key
 
 
 @pytest.mark.slow
-def test_floor_refuses_a_weak_teacher(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
-    study = parse_study(tiny_study_dict, overrides=["teacher.min_accuracy=0.999"])
+def test_floor_refuses_a_weak_teacher(small_study_dict: dict, tmp_path) -> None:
+    study = parse_study(small_study_dict, overrides=["teacher.min_accuracy=0.999"])
     with pytest.raises(TeacherTooWeakError, match=r"teacher\.min_accuracy"):
         prepare_teacher(study, cache_dir=tmp_path / "c")
 
 
 @pytest.mark.slow
-def test_the_store_record_comes_from_the_cache(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+def test_the_store_record_comes_from_the_cache(small_study_dict: dict, tmp_path) -> None:
     """The teacher's test predictions and inference time are kept in the cache with it, so a worker that finds
     the teacher cached records it without running it; a cache written before they were kept gets them."""
     import json
 
-    from kdbench.data import load_data
+    from kdbench.data import load_study_data
     from kdbench.teacher import teacher_record
 
-    study = parse_study(tiny_study_dict)
-    data = load_data("fashion-mnist", val_fraction=study.data.val_fraction, seed=study.seed)
+    study = parse_study(small_study_dict)
+    data = load_study_data(study.data, seed=study.seed, subset=False)  # the teacher's data
     first = prepare_teacher(study, cache_dir=tmp_path / "c", data=data)
     rec = teacher_record(first, data, torch.device("cpu"))
     preds = torch.from_numpy(np.frombuffer(rec["test_predictions"], dtype="int16").copy())
@@ -72,14 +72,14 @@ def test_the_store_record_comes_from_the_cache(needs_fmnist: None, tiny_study_di
 
 
 @pytest.mark.slow
-def test_a_cache_entry_that_is_not_weights_is_rebuilt(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+def test_a_cache_entry_that_is_not_weights_is_rebuilt(small_study_dict: dict, tmp_path) -> None:
     """A checksum-valid weights.pt holding something else than a state dict (here a pickled module, which
     weights_only=True refuses) is an invalid cache entry: rebuilt, not a traceback."""
     import json
 
     from kdbench.teacher import _sha256
 
-    study = parse_study(tiny_study_dict)
+    study = parse_study(small_study_dict)
     first = prepare_teacher(study, cache_dir=tmp_path / "c")
     wpath = first.cache_dir / "weights.pt"
     torch.save(torch.nn.Linear(2, 2), wpath)
@@ -92,8 +92,7 @@ def test_a_cache_entry_that_is_not_weights_is_rebuilt(needs_fmnist: None, tiny_s
 
 
 @pytest.mark.slow
-def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(needs_fmnist: None, tiny_study_dict: dict,
-                                                              tmp_path) -> None:
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_study_dict: dict, tmp_path) -> None:
     """The cache's writes fail (a file-size limit stands in for a full disk): exit 2, one line naming the
     path, and no half-written .tmp file left behind."""
     import resource
@@ -105,7 +104,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(needs_fmnist: None
     import yaml
 
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
 
     def limit() -> None:  # writes past 16 KiB fail with EFBIG instead of killing the process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -156,18 +155,18 @@ def test_the_teacher_cache_knows_what_the_data_are(tmp_path) -> None:  # type: i
 
 
 @pytest.mark.slow
-def test_cached_augmented_views(needs_fmnist: None, tiny_study_dict: dict, tmp_path) -> None:
+def test_cached_augmented_views(small_study_dict: dict, tmp_path) -> None:
     """teacher.cache: {views: 3} with data.augment: flip keeps the teacher's logits of 3 seeded flipped views of
     the training split (each equal to the teacher's logits on that view), reads them back from the cache, and a
     student's epoch e trains on view e mod 3 with its logits."""
-    from kdbench.data import load_data
+    from kdbench.data import load_study_data
     from kdbench.evaluate import predict_logits
     from kdbench.loop import epoch_pixels, view_images
 
-    raw = {**tiny_study_dict, "data": {**tiny_study_dict["data"], "augment": "flip"},
-           "teacher": {**tiny_study_dict["teacher"], "cache": {"views": 3}, "logit_dtype": "float32"}}
+    raw = {**small_study_dict, "data": {**small_study_dict["data"], "augment": "flip"},
+           "teacher": {**small_study_dict["teacher"], "cache": {"views": 3}, "logit_dtype": "float32"}}
     study = parse_study(raw)
-    data = load_data("fashion-mnist", val_fraction=study.data.val_fraction, seed=study.seed)
+    data = load_study_data(study.data, seed=study.seed, subset=False)  # the teacher's data
     first = prepare_teacher(study, cache_dir=tmp_path / "c", data=data)
     cached = first.cached
     assert cached is not None and cached.augmented and cached.logits.shape == (3, len(data.train), 10)
