@@ -26,8 +26,11 @@ from kdbench.store.keys import (
 from kdbench.store.queries import (
     FINALIST_COLUMNS,
     Queries,
+    RunRecord,
+    is_unset,
     load_runs,
     params_json,
+    run_records,
     run_values,
 )
 from kdbench.store.schema import RUN_COLUMNS, SCHEMA_VERSION, EpochRow, MetaRow, RunRow, StudyRow, TeacherRow, now
@@ -41,6 +44,7 @@ __all__ = [
     "Claimed",
     "EpochRow",
     "MetaRow",
+    "RunRecord",
     "RunRow",
     "Store",
     "StudyRow",
@@ -50,6 +54,7 @@ __all__ = [
     "config_name",
     "finalist_key",
     "finite_or_none",
+    "is_unset",
     "load_runs",
     "make_engine",
     "now",
@@ -59,6 +64,7 @@ __all__ = [
     "recheck_key",
     "retired_key",
     "retry_schema_race",
+    "run_records",
     "run_values",
     "search_key",
     "shown_url",

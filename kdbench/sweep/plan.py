@@ -36,22 +36,30 @@ the finalists' budget; the test set stays the finalists' alone.
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from kdbench.config import Budget, StudentConfig, Study
 from kdbench.defaults import SEARCH_SEED_OFFSET
 from kdbench.store import (
     PARAM_COLUMNS,
+    RunRecord,
     cell_key,
     config_key,
     finalist_key,
+    is_unset,
     probe_key,
+    run_records,
     run_values,
     search_key,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["BASELINES", "Visit", "baseline_arms", "finalist_seeds", "method_visit", "plan_finalists", "plan_search",
            "planned_total", "ranked_configs", "search_seeds", "visit_recipe"]
@@ -190,19 +198,56 @@ def finalist_seeds(study: Study) -> list[int]:
     return [study.seed + 1 + i for i in range(study.finalists.seeds)]
 
 
-def ranked_configs(done: pd.DataFrame, method: str, grid: bool) -> pd.DataFrame:
+def ranked_configs(done: Iterable[RunRecord], method: str, grid: bool) -> list[dict[str, Any]]:
     """Configurations of one method (or ce), best first by validation accuracy (a grid: the replicate mean
-    at each lr; a cell's value is its best lr's, one configuration per cell, with its ``cell`` key)."""
-    runs = done[done["kind"] == method]
+    at each lr; a cell's value is its best lr's, one configuration per cell, with its ``cell`` key).
+
+    Plain rows in, plain rows out (:func:`kdbench.store.run_records`), ordered as pandas would: accuracies
+    descending, a missing one last, ties kept in row order (a range search: broken by trial number).
+    """
+    runs = [dict(r) for r in done if r["kind"] == method]
     if not grid:
-        return runs.sort_values(["val_acc", "trial_number"], ascending=[False, True])
-    runs = runs.assign(config=runs["visit"].map(config_key))
-    firsts = runs.drop_duplicates("config").set_index("config")
-    means = runs.groupby("config")["val_acc"].mean().rename("val_acc").to_frame()
-    ranked = means.join(firsts.drop(columns="val_acc")).reset_index()
-    ranked["cell"] = ranked["config"].map(cell_key)
-    ranked = ranked.sort_values(["val_acc", "config"], ascending=[False, True])
-    return ranked.drop_duplicates("cell")
+        return sorted(runs, key=lambda r: (*_descending(r["val_acc"]), *_ascending(r.get("trial_number"))))
+    firsts: dict[str, dict[str, Any]] = {}  # each configuration's first run, in row order
+    accs: dict[str, list[float]] = {}
+    for r in runs:
+        config = config_key(r["visit"])
+        firsts.setdefault(config, {**r, "config": config})
+        accs.setdefault(config, []).append(r["val_acc"])
+    ranked = [{**firsts[c], "val_acc": _mean(accs[c]), "cell": cell_key(c)} for c in sorted(firsts)]
+    ranked.sort(key=lambda r: (*_descending(r["val_acc"]), r["config"]))
+    best: dict[str, dict[str, Any]] = {}  # each cell's best configuration, in ranked order
+    for r in ranked:
+        best.setdefault(r["cell"], r)
+    return list(best.values())
+
+
+def _descending(value: Any) -> tuple[bool, float]:
+    """A sort key: larger first, unset last."""
+    return (True, 0.0) if is_unset(value) else (False, -float(value))
+
+
+def _ascending(value: Any) -> tuple[bool, float]:
+    """A sort key: smaller first, unset last."""
+    return (True, 0.0) if is_unset(value) else (False, float(value))
+
+
+def _mean(values: list[Any]) -> float:
+    """The mean of the set values (NaN when none), summed exactly as pandas' ``groupby().mean()`` sums them
+    (Kahan-compensated, in row order), so that two configurations tie, or not, as they did with pandas."""
+    total = compensation = 0.0
+    n = 0
+    for v in values:
+        if is_unset(v):
+            continue
+        n += 1
+        y = float(v) - compensation
+        t = total + y
+        compensation = t - total - y
+        if compensation != compensation:  # an infinite value: pandas keeps the sum infinite, not NaN
+            compensation = 0.0
+        total = t
+    return total / n if n else math.nan
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -212,26 +257,33 @@ def _spread(n: int, k: int) -> list[int]:
     return [int(i) for i in np.round(np.linspace(0, n - 1, k))]
 
 
-def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
+def plan_finalists(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> list[Visit]:
     """Each method's top_k configurations and each baseline arm's best one (by validation accuracy at the selection
-    budget), each on every finalist seed; then each method's probes (see the module docstring)."""
+    budget), each on every finalist seed; then each method's probes (see the module docstring).
+
+    Args:
+        study: the validated study.
+        runs: every run of the study: :meth:`kdbench.store.Store.run_records` (a worker's read, without pandas)
+            or :meth:`kdbench.store.Store.runs`.
+    """
     visits: list[Visit] = []
     probes: list[Visit] = []
     baselines = baseline_arms(study)
-    done = runs[(runs["state"] == "complete") & runs["kind"].isin([*study.search.methods, *baselines])]
+    arms = {*study.search.methods, *baselines}
+    done = [r for r in run_records(runs) if r["state"] == "complete" and r["kind"] in arms]
     if study.search.budget is not None:  # a budget axis: choose at the largest budget
-        done = done[done["budget"] == study.selection_budget.label]
+        done = [r for r in done if r["budget"] == study.selection_budget.label]
     budget, f = study.finalist_budget, study.finalists
     for method, k in [*((m, f.top_k) for m in study.search.methods), *((b, 1) for b in baselines)]:
         ranked = ranked_configs(done, method, study.search.is_grid)
-        for rank, (_, row) in enumerate(ranked.head(k).iterrows()):
+        for rank, row in enumerate(ranked[:k]):
             visits += [method_visit(finalist_key(method, rank, seed), "finalist", method, seed,
                                     run_values(row), rank, budget) for seed in finalist_seeds(study)]
         if method in BASELINES or not f.probe:
             continue
-        rest = ranked.iloc[k:]
+        rest = ranked[k:]
         for i in _spread(len(rest), f.probe):
-            values = run_values(rest.iloc[i])
+            values = run_values(rest[i])
             probes += [method_visit(probe_key(method, values, seed), "probe", method, seed,
                                     values, k + i, budget) for seed in finalist_seeds(study)]
     return visits + probes

@@ -18,13 +18,16 @@ A finalist's key does not hold its lr, so a study stored before the re-check kee
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from kdbench.config import Study
-from kdbench.store import cell_key, recheck_key, search_key
+from kdbench.store import RunRecord, cell_key, is_unset, recheck_key, run_records, search_key
 from kdbench.sweep.plan import Visit, finalist_seeds, method_visit, plan_finalists
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Recheck", "plan_recheck", "recheck_status", "rechecked_finalists"]
 
@@ -70,18 +73,17 @@ def _values(v: Visit, lr: float) -> dict[str, float]:
     return {**base, **dict(v.params), "lr": lr}
 
 
-def _candidates(study: Study, runs: pd.DataFrame, v: Visit) -> list[float]:
+def _candidates(study: Study, runs: list[RunRecord], v: Visit) -> list[float]:
     """The lrs a finalist configuration is re-checked at: its chosen lr and those beside it in its cell's lrs."""
     assert v.lr is not None
     at = study.selection_budget.key if study.search.budget is not None else None
     cell = cell_key(search_key(v.loss, _values(v, v.lr), 0, at))
-    search = runs[(runs["kind"] == v.loss) & (runs["state"] == "complete")]
-    lrs = sorted({float(x) for x, key in zip(search["lr"], search["visit"], strict=True)
-                  if pd.notna(x) and cell_key(key) == cell})
+    lrs = sorted({float(r["lr"]) for r in runs if r["kind"] == v.loss and r["state"] == "complete"
+                  and not is_unset(r["lr"]) and cell_key(r["visit"]) == cell})
     return _beside(float(v.lr), lrs)
 
 
-def _configs(study: Study, runs: pd.DataFrame) -> list[Visit]:
+def _configs(study: Study, runs: list[RunRecord]) -> list[Visit]:
     """One finalist visit per configuration (its first seed's), as the search chose it."""
     firsts: dict[tuple[str, int | None], Visit] = {}
     for v in plan_finalists(study, runs):
@@ -90,15 +92,17 @@ def _configs(study: Study, runs: pd.DataFrame) -> list[Visit]:
     return list(firsts.values())
 
 
-def plan_recheck(study: Study, runs: pd.DataFrame) -> list[Visit]:
+def plan_recheck(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> list[Visit]:
     """Every re-check visit (see the module docstring); empty unless ``finalists.lr_recheck``.
 
     Args:
         study: the validated study.
-        runs: every run of the study, its search and lr extension final.
+        runs: every run of the study, its search and lr extension final: :meth:`kdbench.store.Store.run_records`
+            (a worker's read, without pandas) or :meth:`kdbench.store.Store.runs`.
     """
     if not study.finalists.lr_recheck:
         return []
+    runs = run_records(runs)
     visits: list[Visit] = []
     for v in _configs(study, runs):
         for lr in _candidates(study, runs, v):
@@ -108,20 +112,22 @@ def plan_recheck(study: Study, runs: pd.DataFrame) -> list[Visit]:
     return visits
 
 
-def recheck_status(study: Study, runs: pd.DataFrame) -> list[Recheck]:
+def recheck_status(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> list[Recheck]:
     """Each finalist configuration's re-check: the lrs tried at the finalists' budget, their validation means, the
-    lr its finalists take. Empty unless ``finalists.lr_recheck``."""
+    lr its finalists take. Empty unless ``finalists.lr_recheck``. ``runs``: as :func:`plan_recheck`'s."""
     if not study.finalists.lr_recheck:
         return []
-    done = runs[(runs["kind"] == "recheck") & (runs["state"] == "complete")].set_index("visit")["val_acc"]
+    runs = run_records(runs)
+    done = {r["visit"]: r["val_acc"] for r in runs if r["kind"] == "recheck" and r["state"] == "complete"}
     seeds = finalist_seeds(study)
     out = []
     for v in _configs(study, runs):
         assert v.lr is not None
         means, n = [], len(seeds)
         for lr in _candidates(study, runs, v):
-            got = done.reindex([recheck_key(v.loss, _values(v, lr), s) for s in seeds]).dropna()
-            means.append((lr, float(got.mean()) if len(got) else math.nan))
+            keys = (recheck_key(v.loss, _values(v, lr), s) for s in seeds)
+            got = [float(done[k]) for k in keys if not is_unset(done.get(k))]
+            means.append((lr, math.fsum(got) / len(got) if got else math.nan))
             n = min(n, len(got))
         complete = n == len(seeds) and all(not math.isnan(m) for _, m in means)
         best = max(means, key=lambda lm: (lm[1], lm[0] == v.lr))[0] if complete else float(v.lr)
@@ -129,9 +135,11 @@ def recheck_status(study: Study, runs: pd.DataFrame) -> list[Recheck]:
     return out
 
 
-def rechecked_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
+def rechecked_finalists(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> list[Visit]:
     """The finalists (:func:`kdbench.sweep.plan.plan_finalists`), each configuration at its re-checked lr; the
-    probes as they are. Without ``finalists.lr_recheck``: :func:`plan_finalists` unchanged."""
+    probes as they are. Without ``finalists.lr_recheck``: :func:`plan_finalists` unchanged. ``runs``: as
+    :func:`plan_recheck`'s."""
+    runs = run_records(runs)
     planned = plan_finalists(study, runs)
     lrs = {(r.arm, r.rank): r.best for r in recheck_status(study, runs)}
     return [replace(v, lr=lrs.get((v.loss, v.rank or 0), v.lr)) if v.stage == "finalist" else v for v in planned]
