@@ -2,9 +2,9 @@
 
 ``schema.py`` defines the tables; ``db.py`` turns a URL into an engine and an Optuna storage, once;
 ``claims.py`` holds every write (the exactly-once claim protocol, heartbeats, finishing a run);
-``queries.py`` every read (runs, epochs, studies, the finalist summary) as DataFrames. Nothing outside
-this package writes kdbench's tables. Open one :class:`Store` per process, at the edge (the CLI), and
-pass it down.
+``queries.py`` every read (runs, epochs, studies, the finalist summary) as DataFrames, and the few a sweep
+worker makes as plain rows (it never imports pandas). Nothing outside this package writes kdbench's tables.
+Open one :class:`Store` per process, at the edge (the CLI), and pass it down.
 """
 
 from __future__ import annotations
