@@ -41,7 +41,8 @@ from kdbench.config import Range, Study
 from kdbench.defaults import LR_END_SHARE
 from kdbench.store import RunRecord, cell_key, is_unset, run_records, run_values, search_key
 from kdbench.sweep.events import TERMINAL
-from kdbench.sweep.plan import Visit, baseline_arms, method_visit, plan_search, ranked_configs, search_seeds
+from kdbench.sweep.plan import Visit, baseline_arms, method_visit, plan_search, search_seeds
+from kdbench.sweep.rank import ranked_configs
 
 if TYPE_CHECKING:
     import pandas as pd

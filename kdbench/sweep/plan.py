@@ -36,10 +36,9 @@ the finalists' budget; the test set stays the finalists' alone.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,21 +47,19 @@ from kdbench.defaults import SEARCH_SEED_OFFSET
 from kdbench.store import (
     PARAM_COLUMNS,
     RunRecord,
-    cell_key,
-    config_key,
     finalist_key,
-    is_unset,
     probe_key,
     run_records,
     run_values,
     search_key,
 )
+from kdbench.sweep.rank import ranked_configs
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["BASELINES", "Visit", "baseline_arms", "finalist_seeds", "method_visit", "plan_finalists", "plan_search",
-           "planned_total", "ranked_configs", "search_seeds", "visit_recipe"]
+           "planned_total", "search_seeds", "visit_recipe"]
 
 
 BASELINES = ("ce", "ce_ls")  # the arms without a teacher: CE, and CE with label smoothing
@@ -196,58 +193,6 @@ def plan_search(study: Study) -> list[Visit]:
 def finalist_seeds(study: Study) -> list[int]:
     """Finalists run on fresh seeds (seed+1 ...), not the ones the search selected on."""
     return [study.seed + 1 + i for i in range(study.finalists.seeds)]
-
-
-def ranked_configs(done: Iterable[RunRecord], method: str, grid: bool) -> list[dict[str, Any]]:
-    """Configurations of one method (or ce), best first by validation accuracy (a grid: the replicate mean
-    at each lr; a cell's value is its best lr's, one configuration per cell, with its ``cell`` key).
-
-    Plain rows in, plain rows out (:func:`kdbench.store.run_records`), ordered as pandas would: accuracies
-    descending, a missing one last, ties kept in row order (a range search: broken by trial number).
-    """
-    runs = [dict(r) for r in done if r["kind"] == method]
-    if not grid:
-        return sorted(runs, key=lambda r: (*_descending(r["val_acc"]), *_ascending(r.get("trial_number"))))
-    firsts: dict[str, dict[str, Any]] = {}  # each configuration's first run, in row order
-    accs: dict[str, list[float]] = {}
-    for r in runs:
-        config = config_key(r["visit"])
-        firsts.setdefault(config, {**r, "config": config})
-        accs.setdefault(config, []).append(r["val_acc"])
-    ranked = [{**firsts[c], "val_acc": _mean(accs[c]), "cell": cell_key(c)} for c in sorted(firsts)]
-    ranked.sort(key=lambda r: (*_descending(r["val_acc"]), r["config"]))
-    best: dict[str, dict[str, Any]] = {}  # each cell's best configuration, in ranked order
-    for r in ranked:
-        best.setdefault(r["cell"], r)
-    return list(best.values())
-
-
-def _descending(value: Any) -> tuple[bool, float]:
-    """A sort key: larger first, unset last."""
-    return (True, 0.0) if is_unset(value) else (False, -float(value))
-
-
-def _ascending(value: Any) -> tuple[bool, float]:
-    """A sort key: smaller first, unset last."""
-    return (True, 0.0) if is_unset(value) else (False, float(value))
-
-
-def _mean(values: list[Any]) -> float:
-    """The mean of the set values (NaN when none), summed exactly as pandas' ``groupby().mean()`` sums them
-    (Kahan-compensated, in row order), so that two configurations tie, or not, as they did with pandas."""
-    total = compensation = 0.0
-    n = 0
-    for v in values:
-        if is_unset(v):
-            continue
-        n += 1
-        y = float(v) - compensation
-        t = total + y
-        compensation = t - total - y
-        if compensation != compensation:  # an infinite value: pandas keeps the sum infinite, not NaN
-            compensation = 0.0
-        total = t
-    return total / n if n else math.nan
 
 
 def _spread(n: int, k: int) -> list[int]:
