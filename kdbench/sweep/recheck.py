@@ -6,9 +6,10 @@ The search chooses a configuration's lr at its own budget (often short); the fin
 is an under-tuned arm. So once the search (and its lr extension) is final, every configuration the finalists would
 take (:func:`kdbench.sweep.plan.plan_finalists`: each method's top_k, each baseline's best) is trained at the
 finalists' budget, on the finalist seeds, at its chosen lr and at the lr on either side of it: the next lr its cell
-was trained at, or past an end of the cell's lrs the next by the list's own ratio at that end (as the lr extension
-steps). These runs (stage ``recheck``) are scored on validation only. Each finalist then trains at the lr whose
-re-check runs have the best mean validation accuracy (the search's lr on a tie), CE and every method alike.
+was trained at, or past an end of the cell's lrs the search's next lr that way (its list, then the steps the lr
+extension takes beyond its ends: :meth:`kdbench.config.SearchConfig.lr_beyond`). These runs (stage ``recheck``)
+are scored on validation only. Each finalist then trains at the lr whose re-check runs have the best mean validation
+accuracy (the search's lr on a tie; means as :func:`kdbench.sweep.rank.replicate_mean`), CE and every method alike.
 
 Every worker plans the same re-check from the stored runs, and its visits are named by
 :func:`kdbench.store.recheck_key` (``recheck/kd/T=2/a=0.5/lr=0.002/seed=1``), so each is trained exactly once.
@@ -22,9 +23,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from kdbench.config import Study
+from kdbench.config import SearchConfig, Study
 from kdbench.store import RunRecord, cell_key, is_unset, recheck_key, run_records, search_key
 from kdbench.sweep.plan import Visit, finalist_seeds, method_visit, plan_finalists
+from kdbench.sweep.rank import replicate_mean
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,19 +54,23 @@ class Recheck:
     n: int
 
 
-def _round(x: float) -> float:
-    return float(f"{x:.12g}")  # 0.009, not 0.009000000000000001: the value stored is the value named
+def _ladder(search: SearchConfig) -> list[float]:
+    """Every lr a grid's cell can be trained at, ascending: the search's list and, beyond each end, the lr
+    extension's steps (:meth:`~kdbench.config.SearchConfig.lr_beyond`) and one more."""
+    beyond = (search.lr_beyond(side, k) for side in ("low", "high") for k in range(1, search.lr_extend + 2))
+    return sorted({*(search.lr_candidates() or []), *(x for x in beyond if x is not None)})
 
 
-def _beside(lr: float, lrs: list[float]) -> list[float]:
-    """``lr`` and the lr on each side of it in ``lrs`` (ascending), by the list's ratio past an end; ``[lr]`` when
-    ``lrs`` has no ratio (one lr)."""
+def _beside(search: SearchConfig, lr: float, lrs: list[float]) -> list[float]:
+    """``lr`` and the lr on each side of it in ``lrs`` (its cell's, ascending), past an end of them the search's
+    next lr that way (:func:`_ladder`); ``[lr]`` when the cell was trained at one lr."""
     if len(lrs) < 2:
         return [lr]
     i = min(range(len(lrs)), key=lambda j: abs(math.log(lrs[j] / lr)))
-    low = lrs[i - 1] if i > 0 else lr * lrs[0] / lrs[1]
-    high = lrs[i + 1] if i < len(lrs) - 1 else lr * lrs[-1] / lrs[-2]
-    return [_round(low), lr, _round(high)]
+    ladder = _ladder(search)
+    low = lrs[i - 1] if i > 0 else max(x for x in ladder if x < lr)
+    high = lrs[i + 1] if i < len(lrs) - 1 else min(x for x in ladder if x > lr)
+    return [low, lr, high]
 
 
 def _values(v: Visit, lr: float) -> dict[str, float]:
@@ -80,7 +86,7 @@ def _candidates(study: Study, runs: list[RunRecord], v: Visit) -> list[float]:
     cell = cell_key(search_key(v.loss, _values(v, v.lr), 0, at))
     lrs = sorted({float(r["lr"]) for r in runs if r["kind"] == v.loss and r["state"] == "complete"
                   and not is_unset(r["lr"]) and cell_key(r["visit"]) == cell})
-    return _beside(float(v.lr), lrs)
+    return _beside(study.search, float(v.lr), lrs)
 
 
 def _configs(study: Study, runs: list[RunRecord]) -> list[Visit]:
@@ -126,9 +132,9 @@ def recheck_status(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> li
         means, n = [], len(seeds)
         for lr in _candidates(study, runs, v):
             keys = (recheck_key(v.loss, _values(v, lr), s) for s in seeds)
-            got = [float(done[k]) for k in keys if not is_unset(done.get(k))]
-            means.append((lr, math.fsum(got) / len(got) if got else math.nan))
-            n = min(n, len(got))
+            mean, got = replicate_mean(done.get(k) for k in keys)
+            means.append((lr, mean))
+            n = min(n, got)
         complete = n == len(seeds) and all(not math.isnan(m) for _, m in means)
         best = max(means, key=lambda lm: (lm[1], lm[0] == v.lr))[0] if complete else float(v.lr)
         out.append(Recheck(v.loss, int(v.rank or 0), float(v.lr), best, tuple(means), n))
