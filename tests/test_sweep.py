@@ -35,7 +35,8 @@ def test_plan_counts(tiny_study_dict: dict) -> None:
 def test_a_sweep_worker_imports_no_pandas_pil_or_report_libraries() -> None:
     """What `kdbench sweep --as-worker` imports leaves out pandas (and pyarrow: ~95 MiB resident held through
     training), PIL and the report's libraries: a fresh interpreter proves it, whatever this one has imported."""
-    code = ("import sys, kdbench.cli, kdbench.config, kdbench.progress, kdbench.store, kdbench.workers; "
+    code = ("import sys, kdbench.cli, kdbench.config, kdbench.progress, kdbench.store, kdbench.workers, kdbench.join, "
+            "kdbench.launch; "
             "from kdbench.sweep import work_sweep; "
             "print(sorted(m for m in ('pandas', 'pyarrow', 'PIL', 'scipy', 'statsmodels', 'matplotlib', 'seaborn', "
             "'jinja2') if m in sys.modules))")

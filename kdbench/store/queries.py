@@ -82,11 +82,15 @@ class Queries(Database):
         with self.session() as s:
             return s.scalar(sa.select(StudyRow).where(StudyRow.name == name))
 
+    def study_names(self) -> list[str]:
+        """The names of the studies stored, sorted (a plain read: no pandas, for a worker's messages)."""
+        with self.connect() as conn:
+            return sorted(conn.execute(sa.select(StudyRow.name)).scalars())
+
     def _study_row(self, name: str) -> StudyRow:
         row = self.study(name)
         if row is None:
-            with self.connect() as conn:
-                known = ", ".join(sorted(conn.execute(sa.select(StudyRow.name)).scalars())) or "none"
+            known = ", ".join(self.study_names()) or "none"
             raise StoreError(f"no study named {name!r} in {self.url} (studies there: {known})")
         return row
 
