@@ -166,7 +166,7 @@ def sweep(study_file: str | None, overrides: tuple[str, ...], device: str, threa
     from kdbench.launch import launch_workers, with_launcher
     from kdbench.progress import sweep_display
     from kdbench.store import Store
-    from kdbench.sweep import run_sweep
+    from kdbench.sweep import run_sweep, work_sweep
     from kdbench.workers import worker_threads
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # Optuna's per-trial info lines only with -v
@@ -193,6 +193,10 @@ def sweep(study_file: str | None, overrides: tuple[str, ...], device: str, threa
         os.environ["KDBENCH_OPTUNA_PROXY"] = optuna_proxy
     quiet = quiet or not sys.stdout.isatty()  # a log file or a pipe: plain lines, not live ones that print at the end
     with sweep_display(quiet, study.student.epochs if study.student.steps is None else None) as events:
+        if as_worker and workers == 1:  # started by --workers: no summary, hence no pandas (~95 MiB) while training
+            work_sweep(study, storage=store, device=dev, cache_dir=cache_dir, events=events, max_visits=max_visits,
+                       replace=replace)
+            return
         if workers == 1 and study.launcher.name == "local":  # --replace drops the stored study once input is checked
             summary = run_sweep(study, storage=store, device=dev, cache_dir=cache_dir, events=events,
                                 max_visits=max_visits, replace=replace)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
-
 from kdbench.config import Study, parse_study
 from kdbench.errors import ConfigError, StoreError
 from kdbench.models.sources import study_fingerprint
@@ -36,7 +34,7 @@ def join_study(store: Store, name: str, overrides: list[str] | tuple[str, ...] =
     """
     row = store.study(name) if store.ready else None
     if row is None:
-        known = ", ".join(store.studies().get("name", pd.Series(dtype=str))) if store.ready else ""
+        known = ", ".join(store.study_names()) if store.ready else ""
         raise StoreError(f"--join {name}: no study of that name in {store.url} (stored there: {known or 'none'}); "
                          f"list them with kdbench ls --storage URL, or start one from its study file with "
                          f"kdbench sweep STUDY_FILE")
@@ -56,7 +54,7 @@ def join_study(store: Store, name: str, overrides: list[str] | tuple[str, ...] =
 def _what_differs(store: Store, study: Study) -> str:
     """Which model's code differs here, by its fingerprint against the one its runs recorded."""
     stored: dict[str, str] = {}
-    for versions in store.runs(study.name).get("versions", pd.Series(dtype=str)).dropna():
+    for versions in (r["versions"] for r in store.run_records(study.name) if r["versions"] is not None):
         for section, model in json.loads(versions).get("models", {}).items():
             stored.setdefault(section, model.get("fingerprint", ""))
     external = [s for s in ("teacher", "student") if ":" in getattr(study, s).model]

@@ -96,6 +96,13 @@ def test_queries_and_drop(storage: str, tiny_study_dict: dict) -> None:
     runs = load_runs(storage, "tiny")
     assert list(runs["visit"]) == ["kd/T=2/a=0.5/r=0"] and runs.loc[0, "versions"] == {"torch": "2.14.1"}
     assert runs.loc[0, "temperature"] == 2.0 and runs.loc[0, "state"] == "complete"
+    # the worker's read without pandas: the same rows and values, None where the frame has NaN
+    records = store.run_records("tiny")
+    frame = store.runs("tiny").to_dict("records")
+    assert [list(r) for r in records] == [list(r) for r in frame]
+    assert all((a is None and (b is None or b != b)) or a == b
+               for r, f in zip(records, frame, strict=True) for a, b in zip(r.values(), f.values(), strict=True))
+    assert records[0]["alpha"] == 0.5 and records[0]["test_acc"] is None
     assert list(store.epochs("tiny")["val_acc"]) == [0.5]
     with store.session() as s:
         assert s.scalar(sa.select(RunRow.test_predictions)) == preds

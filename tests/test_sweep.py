@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -27,6 +29,19 @@ def test_plan_counts(tiny_study_dict: dict) -> None:
     assert planned_total(study) == 3 + 2 * 2
     default = parse_study({"name": "d"})
     assert len(plan_search(default)) == (20 + 1) * 3 * 3  # 4 T x 5 alpha and CE, x 3 lr x 3 replicates
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: 4 s on a quiet machine, 14 s on a busy one
+def test_a_sweep_worker_imports_no_pandas_pil_or_report_libraries() -> None:
+    """What `kdbench sweep --as-worker` imports leaves out pandas (and pyarrow: ~95 MiB resident held through
+    training), PIL and the report's libraries: a fresh interpreter proves it, whatever this one has imported."""
+    code = ("import sys, kdbench.cli, kdbench.config, kdbench.progress, kdbench.store, kdbench.workers, kdbench.join, "
+            "kdbench.launch; "
+            "from kdbench.sweep import work_sweep; "
+            "print(sorted(m for m in ('pandas', 'pyarrow', 'PIL', 'scipy', 'statsmodels', 'matplotlib', 'seaborn', "
+            "'jinja2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_end_to_end_sweep_and_resume(small_study_dict: dict, db_url: str, tmp_path) -> None:

@@ -50,6 +50,26 @@ def test_each_finalist_configuration_is_rechecked_beside_its_lr_at_the_finalists
     assert {(v.loss, v.lr) for v in rechecked_finalists(study, runs)} == {("kd", 1e-3), ("ce", 2e-3)}
 
 
+def test_past_the_lr_extension_the_recheck_steps_on_as_the_extension_does() -> None:
+    """KD's best lr moves down the two steps search.lr_extend allows (5e-4, then 2.5e-4, each better): its
+    re-check takes the cell's lr above and the extension's next step below (SearchConfig.lr_beyond: 1.25e-4)."""
+    from kdbench.sweep.extend import plan_extension
+
+    study = parse_study(RAW)
+    rows = _search_rows(study)
+    for acc in (0.82, 0.83):
+        for v in plan_extension(study, rows):
+            if v.key not in {r["visit"] for r in rows}:
+                rows.append({"visit": v.key, "kind": v.stage, "state": "complete", "temperature": v.temperature,
+                             "alpha": v.alpha, "lr": v.lr, "params": None, "trial_number": None, "seed": v.seed,
+                             "budget": v.budget_label, "val_acc": acc})
+    kd = sorted({r["lr"] for r in rows if r["kind"] == "kd" and r["temperature"] == 2})
+    assert kd == [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3]
+    assert {v.key for v in plan_extension(study, rows)} <= {r["visit"] for r in rows}  # the extension is final
+    lrs = sorted({v.lr for v in plan_recheck(study, rows) if v.loss == "kd"})
+    assert lrs == [study.search.lr_beyond("low", 3), 2.5e-4, 5e-4] == [1.25e-4, 2.5e-4, 5e-4]
+
+
 def test_the_finalists_take_the_best_rechecked_lr_on_validation_and_the_search_lr_on_a_tie() -> None:
     study = parse_study(RAW)
     rows = _search_rows(study)

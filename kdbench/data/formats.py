@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from PIL import Image
 
 from kdbench.data.catalog import DatasetInfo, DatasetSpec, Split
 from kdbench.data.split import stratified_split
@@ -300,6 +299,8 @@ def _list_images(split_dir: Path, classes: list[str], folder: Path) -> list[tupl
 
 def _read_image(path: Path, size: int) -> npt.NDArray[np.uint8]:
     """One image, squashed to ``size x size``: ``[H, W]`` if grayscale, else ``[H, W, 3]`` RGB."""
+    from PIL import Image  # image folders only: a worker reading IDX or CIFAR files does not load PIL (~2 MiB)
+
     try:
         with Image.open(path) as img:
             img.load()

@@ -23,17 +23,19 @@ import inspect
 import io
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from kdbench.data.arrays import from_arrays
 from kdbench.data.catalog import DatasetInfo, Split
 from kdbench.data.files import search_roots
 from kdbench.data.memory import check_fits
 from kdbench.errors import ConfigError, DataNotFoundError, first_line
+
+if TYPE_CHECKING:
+    from PIL import Image  # imported where images are decoded: IDX and CIFAR readers never load PIL
 
 __all__ = ["NPZ_KEYS", "TORCHVISION_PREFIX", "read_hf", "read_npz", "read_torchvision", "torchvision_classes"]
 
@@ -158,6 +160,8 @@ def _hf_splits(path: Path, source: str, datasets: Any) -> dict[str, Any]:
 
 
 def _decode(value: Any) -> Image.Image | npt.NDArray[Any]:
+    from PIL import Image
+
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, dict) and value.get("bytes") is not None:  # an Image feature not decoded
@@ -171,6 +175,8 @@ _GRAY_MODES = ("1", "L", "I", "I;16", "F")
 def _hf_images(values: Any, image_size: int | None, source: str) -> npt.NDArray[np.uint8]:
     """The column's images as one ``uint8 (N, H, W)`` array (all gray) or ``(N, H, W, 3)``; each decoded once and
     resized as it is read when ``image_size`` is set."""
+    from PIL import Image
+
     values = list(values)
     images = []
     for value in values:
@@ -287,6 +293,8 @@ def _torchvision_split(cls: Any, root: Path, train: bool, download: bool) -> Any
 
 def _torchvision_arrays(label: str, sets: list[Any], image_size: int | None) -> Read:
     """The arrays torchvision holds (``data`` with ``targets``/``labels``), else each ``(image, label)`` item."""
+    from PIL import Image
+
     arrays: list[Any] = []
     for ds in sets:
         data = getattr(ds, "data", None)

@@ -41,6 +41,7 @@ from statsmodels.stats.multitest import multipletests
 
 from kdbench.defaults import ANOVA_MIN_SEEDS
 from kdbench.report.stats import CONFIDENCE
+from kdbench.sweep.rank import Cell, best_per_cell, rank_configs, replicate_mean
 
 __all__ = [
     "ANOVA_COLUMNS",
@@ -158,12 +159,19 @@ def best_lr_cells(runs: pd.DataFrame) -> BestLr:
     """
     r = _runs(runs)
     keys = ["stage", "temperature", "alpha"]
-    per_lr = (r.groupby([*keys, "lr"], dropna=False)["val_acc"].agg(n="count", mean="mean", sd="std")
+    per_lr = (r.groupby([*keys, "lr"], dropna=False)["val_acc"].agg(n="count", sd="std")
               .reset_index().sort_values([*keys, "lr"], key=_cell_order, ignore_index=True))
     per_lr["n"] = per_lr["n"].astype(int)
-    groups = per_lr.groupby(keys, dropna=False, sort=False)["mean"]
-    best, n_lrs = groups.idxmax(), groups.size()  # idxmax: the first maximum, so ties go to the smaller lr
-    per_lr["best"] = per_lr.index.isin(best.to_numpy())
+    # the mean and each cell's best lr as the planner ranks them (kdbench.sweep.rank: fsum means, equal means
+    # to the smaller lr), so that the report names the lr each cell's finalists were chosen at
+    ranked = {stage: rank_configs(r[r["stage"] == stage].to_dict("records")) for stage in ("kd", "ce")}
+    means = {(stage, c.cell, c.lr): c.mean for stage, configs in ranked.items() for c in configs}
+    chosen = {(stage, c.cell, c.lr) for stage, configs in ranked.items() for c in best_per_cell(configs)}
+    at = [(row.stage, _cell(row.temperature, row.alpha), row.lr) for row in per_lr.itertuples(index=False)]
+    per_lr.insert(per_lr.columns.get_loc("sd"), "mean", [means[k] for k in at])
+    per_lr["best"] = [k in chosen for k in at]
+    best = per_lr.index[per_lr["best"]]
+    n_lrs = per_lr.groupby(keys, dropna=False, sort=False).size()
     rows = []
     for i, tried in zip(best.to_numpy(), n_lrs.to_numpy(), strict=True):
         cell = per_lr.loc[i]
@@ -172,7 +180,7 @@ def best_lr_cells(runs: pd.DataFrame) -> BestLr:
         low, high = _t_interval(x)
         rows.append({"stage": cell["stage"], "temperature": cell["temperature"], "alpha": cell["alpha"],
                      "best_lr": cell["lr"], "n_lrs": int(tried),
-                     "n": len(x), "mean": float(x.mean()), "sd": _sd(x), "ci_low": low, "ci_high": high,
+                     "n": len(x), "mean": replicate_mean(x)[0], "sd": _sd(x), "ci_low": low, "ci_high": high,
                      "ci_half": (high - low) / 2})
     return BestLr(pd.DataFrame(rows, columns=list(CELL_COLUMNS)), per_lr.loc[:, list(PER_LR_COLUMNS)])
 
@@ -392,6 +400,11 @@ def _runs(runs: pd.DataFrame) -> pd.DataFrame:
     keep = np.isfinite(r["val_acc"]) & np.isfinite(r["lr"]) & (
         (r["stage"] == "ce") | ((r["stage"] == "kd") & r["temperature"].notna() & r["alpha"].notna()))
     return r[keep]
+
+
+def _cell(temperature: float, alpha: float) -> Cell:
+    """A cell of the frame as :func:`kdbench.sweep.rank.rank_configs` names it (CE's: no parameters)."""
+    return tuple((k, float(v)) for k, v in (("temperature", temperature), ("alpha", alpha)) if not math.isnan(v))
 
 
 def _in_cell(r: pd.DataFrame, stage: str, temperature: float, alpha: float) -> pd.Series:

@@ -21,6 +21,7 @@ from statsmodels.stats.multitest import multipletests
 from kdbench.report.calibration import BASELINE_ARMS, calibration_flags
 from kdbench.report.stats import Paired, paired_difference, power_clause, summarize
 from kdbench.store import cell_key, run_values
+from kdbench.sweep.rank import best_per_cell, rank_configs
 
 __all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "arm_name", "holm", "method_cells", "method_ece", "method_sentence",
            "method_table"]
@@ -190,10 +191,9 @@ def method_cells(runs: pd.DataFrame, method: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["val_mean", "val_sd", "n", "best_lr"])
     params = pd.DataFrame([run_values(r) for _, r in done.iterrows()], index=done.index).drop(columns="lr")
     varying = [c for c in params.columns if params[c].nunique() > 1]
-    frame = params[varying].rename(columns=SHOWN).assign(lr=done["lr"], val_acc=done["val_acc"])
-    keys = [c for c in frame.columns if c not in ("lr", "val_acc")]
-    per_lr = frame.groupby([*keys, "lr"], as_index=False)["val_acc"].agg(["mean", "std", "size"])
-    best = per_lr.sort_values("mean", ascending=False)
-    best = best.drop_duplicates(keys) if keys else best.head(1)
-    out = best.rename(columns={"mean": "val_mean", "std": "val_sd", "size": "n", "lr": "best_lr"})
-    return out[[*keys, "val_mean", "val_sd", "n", "best_lr"]].reset_index(drop=True)
+    keys = [SHOWN.get(c, c) for c in varying]
+    best = best_per_cell(rank_configs(done.to_dict("records")))  # as the planner ranks (kdbench.sweep.rank)
+    out = pd.DataFrame([{**{SHOWN.get(k, k): v for k, v in c.cell if k in varying}, "val_mean": c.mean,
+                         "val_sd": float(np.std(c.values, ddof=1)) if c.n > 1 else math.nan, "n": c.n,
+                         "best_lr": c.lr} for c in best], columns=[*keys, "val_mean", "val_sd", "n", "best_lr"])
+    return out if keys else out.head(1)

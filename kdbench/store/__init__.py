@@ -2,9 +2,9 @@
 
 ``schema.py`` defines the tables; ``db.py`` turns a URL into an engine and an Optuna storage, once;
 ``claims.py`` holds every write (the exactly-once claim protocol, heartbeats, finishing a run);
-``queries.py`` every read (runs, epochs, studies, the finalist summary) as DataFrames. Nothing outside
-this package writes kdbench's tables. Open one :class:`Store` per process, at the edge (the CLI), and
-pass it down.
+``queries.py`` every read (runs, epochs, studies, the finalist summary) as DataFrames, and the few a sweep
+worker makes as plain rows (it never imports pandas). Nothing outside this package writes kdbench's tables.
+Open one :class:`Store` per process, at the edge (the CLI), and pass it down.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ from kdbench.store.keys import (
 from kdbench.store.queries import (
     FINALIST_COLUMNS,
     Queries,
+    RunRecord,
+    is_unset,
     load_runs,
     params_json,
+    run_records,
     run_values,
 )
 from kdbench.store.schema import RUN_COLUMNS, SCHEMA_VERSION, EpochRow, MetaRow, RunRow, StudyRow, TeacherRow, now
@@ -41,6 +44,7 @@ __all__ = [
     "Claimed",
     "EpochRow",
     "MetaRow",
+    "RunRecord",
     "RunRow",
     "Store",
     "StudyRow",
@@ -50,6 +54,7 @@ __all__ = [
     "config_name",
     "finalist_key",
     "finite_or_none",
+    "is_unset",
     "load_runs",
     "make_engine",
     "now",
@@ -59,6 +64,7 @@ __all__ = [
     "recheck_key",
     "retired_key",
     "retry_schema_race",
+    "run_records",
     "run_values",
     "search_key",
     "shown_url",

@@ -2,16 +2,19 @@
 
 :class:`Queries` is one half of :class:`kdbench.store.Store` (the other, :class:`~kdbench.store.claims.Claims`,
 writes). Nothing here changes the database.
+
+pandas is imported by the reads that return DataFrames, not by this module: a sweep worker reads plain rows
+(:meth:`Queries.run_states`, :meth:`Queries.run_records`) and never pays pandas' ~95 MiB (pyarrow included).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 
 from kdbench.config import Study
@@ -21,8 +24,13 @@ from kdbench.store.keys import PARAM_COLUMNS
 from kdbench.store.schema import RUN_COLUMNS, EpochRow, RunRow, StudyRow, TeacherRow
 from kdbench.studyfile import stored_study
 
-__all__ = ["FINALIST_COLUMNS", "Queries", "load_runs", "params_json",
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["FINALIST_COLUMNS", "Queries", "RunRecord", "is_unset", "load_runs", "params_json", "run_records",
            "run_values"]
+
+RunRecord = Mapping[str, Any]  # one run: its RUN_COLUMNS (or some of them) by name, None or NaN where unset
 
 FINALIST_COLUMNS = ["loss", "rank", "temperature", "alpha", "lr", "params", "test_mean", "test_sd", "n", "val_mean",
                     "runs"]  # n: the test accuracies behind mean and sd; runs: complete runs, with one or not
@@ -44,10 +52,22 @@ def params_json(values: dict[str, float]) -> str | None:
     return json.dumps(extra, sort_keys=True) if extra else None
 
 
+def is_unset(value: Any) -> bool:
+    """A value a run does not have: None (a plain row) or NaN (a DataFrame's row)."""
+    return value is None or (isinstance(value, float | np.floating) and math.isnan(value))
+
+
+def run_records(runs: pd.DataFrame | Iterable[RunRecord]) -> list[RunRecord]:
+    """Runs as plain rows: :meth:`Queries.run_records`' as they are, a DataFrame's (:meth:`Queries.runs`) one
+    mapping per row, so that the sweep's planning reads either without importing pandas itself."""
+    to_dict = getattr(runs, "to_dict", None)
+    return to_dict("records") if to_dict is not None else list(runs)
+
+
 def run_values(row: Any) -> dict[str, float]:
-    """Every parameter of a run (a row of :meth:`Queries.runs` or of the finalist summary): T, alpha and lr
-    where set, then the method's others from ``params``."""
-    out = {k: float(row[k]) for k in PARAM_COLUMNS if k in row and pd.notna(row[k])}
+    """Every parameter of a run (a row of :meth:`Queries.runs` or :meth:`Queries.run_records`, or of the finalist
+    summary): T, alpha and lr where set, then the method's others from ``params``."""
+    out = {k: float(row[k]) for k in PARAM_COLUMNS if k in row and not is_unset(row[k])}
     extra = row.get("params")
     if isinstance(extra, str) and extra:
         out.update({k: float(v) for k, v in json.loads(extra).items()})
@@ -62,10 +82,15 @@ class Queries(Database):
         with self.session() as s:
             return s.scalar(sa.select(StudyRow).where(StudyRow.name == name))
 
+    def study_names(self) -> list[str]:
+        """The names of the studies stored, sorted (a plain read: no pandas, for a worker's messages)."""
+        with self.connect() as conn:
+            return sorted(conn.execute(sa.select(StudyRow.name)).scalars())
+
     def _study_row(self, name: str) -> StudyRow:
         row = self.study(name)
         if row is None:
-            known = ", ".join(self.studies().get("name", pd.Series(dtype=str))) or "none"
+            known = ", ".join(self.study_names()) or "none"
             raise StoreError(f"no study named {name!r} in {self.url} (studies there: {known})")
         return row
 
@@ -118,6 +143,8 @@ class Queries(Database):
 
     def studies(self) -> pd.DataFrame:
         """One row per study with counts of runs by state."""
+        import pandas as pd
+
         with self.connect() as conn:
             studies = pd.read_sql(sa.select(StudyRow.id, StudyRow.name, StudyRow.config_hash, StudyRow.created),
                                   conn)
@@ -138,20 +165,45 @@ class Queries(Database):
         Raises:
             StoreError: no such study (the message lists the studies there).
         """
-        row = self._study_row(study)
-        cols = [getattr(RunRow, c) for c in RUN_COLUMNS if c not in ("study", "run_id")]
+        import pandas as pd
+
+        query = self._runs_query(study)
         with self.connect() as conn:
-            df = pd.read_sql(sa.select(RunRow.id.label("run_id"), *cols)
-                             .where(RunRow.study_id == row.id).order_by(RunRow.id), conn)
+            df = pd.read_sql(query, conn)
         df.insert(0, "study", study)
         for col, (low, high, what) in _POSSIBLE.items():  # a possible value or nothing: else a damaged row
             values = pd.to_numeric(df[col], errors="coerce")  # a column of NULLs reads as objects
             bad = df[values.notna() & ~values.between(low, high)]
             if len(bad):
-                r = bad.iloc[0]
-                raise StoreError(f"study {study!r} in {self.url}: run {int(r['run_id'])} ({r['visit']}) has "
-                                 f"{col} = {float(r[col]):g}, not {what}; {_DAMAGED_FIX}")
+                self._damaged(study, bad.iloc[0], col, what)
         return df[RUN_COLUMNS]
+
+    def run_records(self, study: str) -> list[dict[str, Any]]:
+        """:meth:`runs` as plain rows (dicts of ``RUN_COLUMNS``, None where unset), read without pandas: what a
+        sweep worker plans its lr extension and finalists from.
+
+        Raises:
+            StoreError: no such study (the message lists the studies there), or a damaged row (as :meth:`runs`).
+        """
+        query = self._runs_query(study)
+        with self.connect() as conn:
+            rows = [{"study": study, **r._asdict()} for r in conn.execute(query)]
+        for col, (low, high, what) in _POSSIBLE.items():  # as runs() checks: a text read as no number
+            for r in rows:
+                if isinstance(r[col], int | float) and not is_unset(r[col]) and not low <= r[col] <= high:
+                    self._damaged(study, r, col, what)
+        return [{c: r[c] for c in RUN_COLUMNS} for r in rows]
+
+    def _runs_query(self, study: str) -> sa.Select[Any]:
+        """Every run of ``study`` with ``RUN_COLUMNS`` but ``study``, in id order (raises for an unknown study)."""
+        row = self._study_row(study)
+        cols = [getattr(RunRow, c) for c in RUN_COLUMNS if c not in ("study", "run_id")]
+        return sa.select(RunRow.id.label("run_id"), *cols).where(RunRow.study_id == row.id).order_by(RunRow.id)
+
+    def _damaged(self, study: str, r: Any, col: str, what: str) -> None:
+        """Refuse a run whose ``col`` holds a value it cannot hold: a damaged row."""
+        raise StoreError(f"study {study!r} in {self.url}: run {int(r['run_id'])} ({r['visit']}) has "
+                         f"{col} = {float(r[col]):g}, not {what}; {_DAMAGED_FIX}")
 
     def run_states(self, study_id: int) -> list[sa.Row[Any]]:
         """(visit, kind, state, val_acc, epochs_done) of every run of a study: the cheap read a worker makes
@@ -163,6 +215,8 @@ class Queries(Database):
 
     def epochs(self, study: str) -> pd.DataFrame:
         """Per-epoch curves of every run of ``study`` (joined with the run's visit, kind and loss)."""
+        import pandas as pd
+
         row = self.study(study)
         if row is None:
             raise StoreError(f"no study named {study!r} in {self.url}")
@@ -213,6 +267,8 @@ class Queries(Database):
 
         The one summary of the finalists: ``kdbench sweep``, ``kdbench show`` and the report all print it.
         """
+        import pandas as pd
+
         runs = self.runs(name)
         fin = runs[(runs["kind"] == "finalist") & (runs["state"] == "complete")]
         if fin.empty:

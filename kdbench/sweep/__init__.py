@@ -35,7 +35,7 @@ from kdbench.sweep.plan import (
     planned_total,
     search_seeds,
 )
-from kdbench.sweep.run import check_models, prepare_sweep, run_sweep
+from kdbench.sweep.run import check_models, prepare_sweep, run_sweep, work_sweep
 
 __all__ = [
     "Progress",
@@ -51,6 +51,7 @@ __all__ = [
     "run_sweep",
     "search_seeds",
     "study_progress",
+    "work_sweep",
 ]
 
 

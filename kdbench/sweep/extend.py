@@ -33,16 +33,19 @@ were chosen without the extension, and a later one would not be theirs); its sta
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Literal
 
 from kdbench.config import Range, Study
 from kdbench.defaults import LR_END_SHARE
-from kdbench.store import cell_key, run_values, search_key
+from kdbench.store import RunRecord, cell_key, is_unset, run_records, run_values, search_key
 from kdbench.sweep.events import TERMINAL
-from kdbench.sweep.plan import Visit, baseline_arms, method_visit, plan_search, ranked_configs, search_seeds
+from kdbench.sweep.plan import Visit, baseline_arms, method_visit, plan_search, search_seeds
+from kdbench.sweep.rank import ranked_configs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["ArmLr", "lr_status", "plan_extension"]
 
@@ -88,7 +91,7 @@ def _end(lr: float, lrs: list[float]) -> Side | None:
     return None
 
 
-def _grid_arm(study: Study, arm: str, planned: list[Visit], runs: pd.DataFrame,
+def _grid_arm(study: Study, arm: str, planned: list[Visit], runs: list[RunRecord],
               states: dict[str, str], stored: bool) -> tuple[list[Visit], ArmLr | None]:
     """One arm's extension visits so far (planned from the results of the steps before) and its status."""
     s = study.search
@@ -102,11 +105,11 @@ def _grid_arm(study: Study, arm: str, planned: list[Visit], runs: pd.DataFrame,
         if any(states.get(v.key) not in TERMINAL for v in tried):
             return ext, (status and replace(status, note="pending"))
         keys = {v.key for v in tried}
-        done = runs[(runs["state"] == "complete") & runs["visit"].isin(keys)]
+        done = [r for r in runs if r["state"] == "complete" and r["visit"] in keys]
         ranked = ranked_configs(done, arm, grid=True)
-        if ranked.empty:
+        if not ranked:
             return ext, None
-        best = ranked.iloc[0]
+        best = ranked[0]
         values = run_values(best)
         lr = values.pop("lr")
         cell = best["cell"]
@@ -132,13 +135,13 @@ def _grid_arm(study: Study, arm: str, planned: list[Visit], runs: pd.DataFrame,
         tried += new
 
 
-def _range_arm(study: Study, arm: str, runs: pd.DataFrame) -> ArmLr | None:
+def _range_arm(study: Study, arm: str, runs: list[RunRecord]) -> ArmLr | None:
     """A range search's arm: its best trial's lr against the ends of the lr space (checked, not extended)."""
-    done = runs[(runs["state"] == "complete") & (runs["kind"] == arm)]
+    done = [r for r in runs if r["state"] == "complete" and r["kind"] == arm]
     ranked = ranked_configs(done, arm, grid=False)
-    if ranked.empty or pd.isna(ranked.iloc[0]["lr"]):
+    if not ranked or is_unset(ranked[0]["lr"]):
         return None
-    values = run_values(ranked.iloc[0])
+    values = run_values(ranked[0])
     lr = values.pop("lr")
     space = study.search.lr
     if isinstance(space, Range):
@@ -153,13 +156,14 @@ def _range_arm(study: Study, arm: str, runs: pd.DataFrame) -> ArmLr | None:
     return ArmLr(arm, tuple(sorted(values.items())), tuple(ends), lr, side, 0, 0, study.search.lr_extend, "range")
 
 
-def _extension(study: Study, runs: pd.DataFrame) -> tuple[list[Visit], list[ArmLr]]:
+def _extension(study: Study, frame: pd.DataFrame | Iterable[RunRecord]) -> tuple[list[Visit], list[ArmLr]]:
     arms = baseline_arms(study) + study.search.methods
+    runs = run_records(frame)
     if not study.search.is_grid:
         found = [_range_arm(study, arm, runs) for arm in arms]
         return [], [a for a in found if a is not None]
-    states = dict(zip(runs["visit"], runs["state"], strict=True))
-    stored = bool(runs["kind"].isin(["finalist", "probe", "recheck"]).any())
+    states = {r["visit"]: r["state"] for r in runs}
+    stored = any(r["kind"] in ("finalist", "probe", "recheck") for r in runs)
     b = study.selection_budget
     search = [v for v in plan_search(study) if v.budget == b]
     visits: list[Visit] = []
@@ -175,21 +179,22 @@ def _extension(study: Study, runs: pd.DataFrame) -> tuple[list[Visit], list[ArmL
     return visits, statuses
 
 
-def plan_extension(study: Study, runs: pd.DataFrame) -> list[Visit]:
+def plan_extension(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> list[Visit]:
     """Every lr-extension visit the stored runs call for so far (see the module docstring), step by step: a step
     is planned only once the visits it rests on are all final, so a caller trains what this returns, waits for
     it to be final, and asks again until nothing new comes back. Empty for a range search or ``lr_extend: 0``.
 
     Args:
         study: the validated study.
-        runs: every run of the study (:meth:`kdbench.store.Store.runs`).
+        runs: every run of the study: :meth:`kdbench.store.Store.run_records` (a worker's read, without pandas)
+            or :meth:`kdbench.store.Store.runs`.
     """
     if study.search.lr_extend == 0:
         return []
     return _extension(study, runs)[0]
 
 
-def lr_status(study: Study, runs: pd.DataFrame) -> list[ArmLr]:
+def lr_status(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> list[ArmLr]:
     """Each arm's best lr against the lrs its best cell was trained at (an arm without complete runs is left
     out); the report's statement that every arm was tuned to an interior lr, or which was not."""
     return _extension(study, runs)[1]

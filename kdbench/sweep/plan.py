@@ -36,25 +36,30 @@ the finalists' budget; the test set stays the finalists' alone.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from kdbench.config import Budget, StudentConfig, Study
 from kdbench.defaults import SEARCH_SEED_OFFSET
 from kdbench.store import (
     PARAM_COLUMNS,
-    cell_key,
-    config_key,
+    RunRecord,
     finalist_key,
     probe_key,
+    run_records,
     run_values,
     search_key,
 )
+from kdbench.sweep.rank import ranked_configs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["BASELINES", "Visit", "baseline_arms", "finalist_seeds", "method_visit", "plan_finalists", "plan_search",
-           "planned_total", "ranked_configs", "search_seeds", "visit_recipe"]
+           "planned_total", "search_seeds", "visit_recipe"]
 
 
 BASELINES = ("ce", "ce_ls")  # the arms without a teacher: CE, and CE with label smoothing
@@ -190,21 +195,6 @@ def finalist_seeds(study: Study) -> list[int]:
     return [study.seed + 1 + i for i in range(study.finalists.seeds)]
 
 
-def ranked_configs(done: pd.DataFrame, method: str, grid: bool) -> pd.DataFrame:
-    """Configurations of one method (or ce), best first by validation accuracy (a grid: the replicate mean
-    at each lr; a cell's value is its best lr's, one configuration per cell, with its ``cell`` key)."""
-    runs = done[done["kind"] == method]
-    if not grid:
-        return runs.sort_values(["val_acc", "trial_number"], ascending=[False, True])
-    runs = runs.assign(config=runs["visit"].map(config_key))
-    firsts = runs.drop_duplicates("config").set_index("config")
-    means = runs.groupby("config")["val_acc"].mean().rename("val_acc").to_frame()
-    ranked = means.join(firsts.drop(columns="val_acc")).reset_index()
-    ranked["cell"] = ranked["config"].map(cell_key)
-    ranked = ranked.sort_values(["val_acc", "config"], ascending=[False, True])
-    return ranked.drop_duplicates("cell")
-
-
 def _spread(n: int, k: int) -> list[int]:
     """``k`` of the positions ``0 .. n-1`` spread evenly from the first to the last (all when ``k >= n``)."""
     if k >= n:
@@ -212,26 +202,33 @@ def _spread(n: int, k: int) -> list[int]:
     return [int(i) for i in np.round(np.linspace(0, n - 1, k))]
 
 
-def plan_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
+def plan_finalists(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> list[Visit]:
     """Each method's top_k configurations and each baseline arm's best one (by validation accuracy at the selection
-    budget), each on every finalist seed; then each method's probes (see the module docstring)."""
+    budget), each on every finalist seed; then each method's probes (see the module docstring).
+
+    Args:
+        study: the validated study.
+        runs: every run of the study: :meth:`kdbench.store.Store.run_records` (a worker's read, without pandas)
+            or :meth:`kdbench.store.Store.runs`.
+    """
     visits: list[Visit] = []
     probes: list[Visit] = []
     baselines = baseline_arms(study)
-    done = runs[(runs["state"] == "complete") & runs["kind"].isin([*study.search.methods, *baselines])]
+    arms = {*study.search.methods, *baselines}
+    done = [r for r in run_records(runs) if r["state"] == "complete" and r["kind"] in arms]
     if study.search.budget is not None:  # a budget axis: choose at the largest budget
-        done = done[done["budget"] == study.selection_budget.label]
+        done = [r for r in done if r["budget"] == study.selection_budget.label]
     budget, f = study.finalist_budget, study.finalists
     for method, k in [*((m, f.top_k) for m in study.search.methods), *((b, 1) for b in baselines)]:
         ranked = ranked_configs(done, method, study.search.is_grid)
-        for rank, (_, row) in enumerate(ranked.head(k).iterrows()):
+        for rank, row in enumerate(ranked[:k]):
             visits += [method_visit(finalist_key(method, rank, seed), "finalist", method, seed,
                                     run_values(row), rank, budget) for seed in finalist_seeds(study)]
         if method in BASELINES or not f.probe:
             continue
-        rest = ranked.iloc[k:]
+        rest = ranked[k:]
         for i in _spread(len(rest), f.probe):
-            values = run_values(rest.iloc[i])
+            values = run_values(rest[i])
             probes += [method_visit(probe_key(method, values, seed), "probe", method, seed,
                                     values, k + i, budget) for seed in finalist_seeds(study)]
     return visits + probes

@@ -6,9 +6,10 @@ The search chooses a configuration's lr at its own budget (often short); the fin
 is an under-tuned arm. So once the search (and its lr extension) is final, every configuration the finalists would
 take (:func:`kdbench.sweep.plan.plan_finalists`: each method's top_k, each baseline's best) is trained at the
 finalists' budget, on the finalist seeds, at its chosen lr and at the lr on either side of it: the next lr its cell
-was trained at, or past an end of the cell's lrs the next by the list's own ratio at that end (as the lr extension
-steps). These runs (stage ``recheck``) are scored on validation only. Each finalist then trains at the lr whose
-re-check runs have the best mean validation accuracy (the search's lr on a tie), CE and every method alike.
+was trained at, or past an end of the cell's lrs the search's next lr that way (its list, then the steps the lr
+extension takes beyond its ends: :meth:`kdbench.config.SearchConfig.lr_beyond`). These runs (stage ``recheck``)
+are scored on validation only. Each finalist then trains at the lr whose re-check runs have the best mean validation
+accuracy (the search's lr on a tie; means as :func:`kdbench.sweep.rank.replicate_mean`), CE and every method alike.
 
 Every worker plans the same re-check from the stored runs, and its visits are named by
 :func:`kdbench.store.recheck_key` (``recheck/kd/T=2/a=0.5/lr=0.002/seed=1``), so each is trained exactly once.
@@ -18,13 +19,17 @@ A finalist's key does not hold its lr, so a study stored before the re-check kee
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from kdbench.config import Study
-from kdbench.store import cell_key, recheck_key, search_key
+from kdbench.config import SearchConfig, Study
+from kdbench.store import RunRecord, cell_key, is_unset, recheck_key, run_records, search_key
 from kdbench.sweep.plan import Visit, finalist_seeds, method_visit, plan_finalists
+from kdbench.sweep.rank import replicate_mean
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Recheck", "plan_recheck", "recheck_status", "rechecked_finalists"]
 
@@ -49,19 +54,23 @@ class Recheck:
     n: int
 
 
-def _round(x: float) -> float:
-    return float(f"{x:.12g}")  # 0.009, not 0.009000000000000001: the value stored is the value named
+def _ladder(search: SearchConfig) -> list[float]:
+    """Every lr a grid's cell can be trained at, ascending: the search's list and, beyond each end, the lr
+    extension's steps (:meth:`~kdbench.config.SearchConfig.lr_beyond`) and one more."""
+    beyond = (search.lr_beyond(side, k) for side in ("low", "high") for k in range(1, search.lr_extend + 2))
+    return sorted({*(search.lr_candidates() or []), *(x for x in beyond if x is not None)})
 
 
-def _beside(lr: float, lrs: list[float]) -> list[float]:
-    """``lr`` and the lr on each side of it in ``lrs`` (ascending), by the list's ratio past an end; ``[lr]`` when
-    ``lrs`` has no ratio (one lr)."""
+def _beside(search: SearchConfig, lr: float, lrs: list[float]) -> list[float]:
+    """``lr`` and the lr on each side of it in ``lrs`` (its cell's, ascending), past an end of them the search's
+    next lr that way (:func:`_ladder`); ``[lr]`` when the cell was trained at one lr."""
     if len(lrs) < 2:
         return [lr]
     i = min(range(len(lrs)), key=lambda j: abs(math.log(lrs[j] / lr)))
-    low = lrs[i - 1] if i > 0 else lr * lrs[0] / lrs[1]
-    high = lrs[i + 1] if i < len(lrs) - 1 else lr * lrs[-1] / lrs[-2]
-    return [_round(low), lr, _round(high)]
+    ladder = _ladder(search)
+    low = lrs[i - 1] if i > 0 else max(x for x in ladder if x < lr)
+    high = lrs[i + 1] if i < len(lrs) - 1 else min(x for x in ladder if x > lr)
+    return [low, lr, high]
 
 
 def _values(v: Visit, lr: float) -> dict[str, float]:
@@ -70,18 +79,17 @@ def _values(v: Visit, lr: float) -> dict[str, float]:
     return {**base, **dict(v.params), "lr": lr}
 
 
-def _candidates(study: Study, runs: pd.DataFrame, v: Visit) -> list[float]:
+def _candidates(study: Study, runs: list[RunRecord], v: Visit) -> list[float]:
     """The lrs a finalist configuration is re-checked at: its chosen lr and those beside it in its cell's lrs."""
     assert v.lr is not None
     at = study.selection_budget.key if study.search.budget is not None else None
     cell = cell_key(search_key(v.loss, _values(v, v.lr), 0, at))
-    search = runs[(runs["kind"] == v.loss) & (runs["state"] == "complete")]
-    lrs = sorted({float(x) for x, key in zip(search["lr"], search["visit"], strict=True)
-                  if pd.notna(x) and cell_key(key) == cell})
-    return _beside(float(v.lr), lrs)
+    lrs = sorted({float(r["lr"]) for r in runs if r["kind"] == v.loss and r["state"] == "complete"
+                  and not is_unset(r["lr"]) and cell_key(r["visit"]) == cell})
+    return _beside(study.search, float(v.lr), lrs)
 
 
-def _configs(study: Study, runs: pd.DataFrame) -> list[Visit]:
+def _configs(study: Study, runs: list[RunRecord]) -> list[Visit]:
     """One finalist visit per configuration (its first seed's), as the search chose it."""
     firsts: dict[tuple[str, int | None], Visit] = {}
     for v in plan_finalists(study, runs):
@@ -90,15 +98,17 @@ def _configs(study: Study, runs: pd.DataFrame) -> list[Visit]:
     return list(firsts.values())
 
 
-def plan_recheck(study: Study, runs: pd.DataFrame) -> list[Visit]:
+def plan_recheck(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> list[Visit]:
     """Every re-check visit (see the module docstring); empty unless ``finalists.lr_recheck``.
 
     Args:
         study: the validated study.
-        runs: every run of the study, its search and lr extension final.
+        runs: every run of the study, its search and lr extension final: :meth:`kdbench.store.Store.run_records`
+            (a worker's read, without pandas) or :meth:`kdbench.store.Store.runs`.
     """
     if not study.finalists.lr_recheck:
         return []
+    runs = run_records(runs)
     visits: list[Visit] = []
     for v in _configs(study, runs):
         for lr in _candidates(study, runs, v):
@@ -108,30 +118,34 @@ def plan_recheck(study: Study, runs: pd.DataFrame) -> list[Visit]:
     return visits
 
 
-def recheck_status(study: Study, runs: pd.DataFrame) -> list[Recheck]:
+def recheck_status(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> list[Recheck]:
     """Each finalist configuration's re-check: the lrs tried at the finalists' budget, their validation means, the
-    lr its finalists take. Empty unless ``finalists.lr_recheck``."""
+    lr its finalists take. Empty unless ``finalists.lr_recheck``. ``runs``: as :func:`plan_recheck`'s."""
     if not study.finalists.lr_recheck:
         return []
-    done = runs[(runs["kind"] == "recheck") & (runs["state"] == "complete")].set_index("visit")["val_acc"]
+    runs = run_records(runs)
+    done = {r["visit"]: r["val_acc"] for r in runs if r["kind"] == "recheck" and r["state"] == "complete"}
     seeds = finalist_seeds(study)
     out = []
     for v in _configs(study, runs):
         assert v.lr is not None
         means, n = [], len(seeds)
         for lr in _candidates(study, runs, v):
-            got = done.reindex([recheck_key(v.loss, _values(v, lr), s) for s in seeds]).dropna()
-            means.append((lr, float(got.mean()) if len(got) else math.nan))
-            n = min(n, len(got))
+            keys = (recheck_key(v.loss, _values(v, lr), s) for s in seeds)
+            mean, got = replicate_mean(done.get(k) for k in keys)
+            means.append((lr, mean))
+            n = min(n, got)
         complete = n == len(seeds) and all(not math.isnan(m) for _, m in means)
         best = max(means, key=lambda lm: (lm[1], lm[0] == v.lr))[0] if complete else float(v.lr)
         out.append(Recheck(v.loss, int(v.rank or 0), float(v.lr), best, tuple(means), n))
     return out
 
 
-def rechecked_finalists(study: Study, runs: pd.DataFrame) -> list[Visit]:
+def rechecked_finalists(study: Study, runs: pd.DataFrame | Iterable[RunRecord]) -> list[Visit]:
     """The finalists (:func:`kdbench.sweep.plan.plan_finalists`), each configuration at its re-checked lr; the
-    probes as they are. Without ``finalists.lr_recheck``: :func:`plan_finalists` unchanged."""
+    probes as they are. Without ``finalists.lr_recheck``: :func:`plan_finalists` unchanged. ``runs``: as
+    :func:`plan_recheck`'s."""
+    runs = run_records(runs)
     planned = plan_finalists(study, runs)
     lrs = {(r.arm, r.rank): r.best for r in recheck_status(study, runs)}
     return [replace(v, lr=lrs.get((v.loss, v.rank or 0), v.lr)) if v.stage == "finalist" else v for v in planned]

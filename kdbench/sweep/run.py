@@ -4,7 +4,8 @@
 extends the lr list of any arm whose best lr is an end of it (:mod:`kdbench.sweep.extend`, one step at a time,
 each planned from the results of the steps before), then plans the finalists from all of these results and
 works through them, claiming each visit in the store
-so that any number of workers split the work.
+so that any number of workers split the work. :func:`work_sweep` is the same without the finalists' summary at
+the end: what a worker started by ``--workers`` runs, reading plain rows, so it never imports pandas.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 
 from kdbench.config import Study
@@ -39,7 +40,10 @@ from kdbench.sweep.recheck import plan_recheck, rechecked_finalists
 from kdbench.teacher import open_cache_dir, prepare_teacher, teacher_record
 from kdbench.trackers import Trackers
 
-__all__ = ["check_models", "prepare_sweep", "run_sweep"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["check_models", "prepare_sweep", "run_sweep", "work_sweep"]
 
 
 def check_models(study: Study, info: DatasetInfo) -> dict[str, dict[str, str]]:
@@ -232,6 +236,36 @@ def run_sweep(
         sets: the official training and test sets already read, instead of the data section's files (see
             :func:`prepare_sweep`).
     """
+    store = Store.get(storage)
+    work_sweep(study, storage=store, device=device, cache_dir=cache_dir, events=events, stale_after_s=stale_after_s,
+               max_visits=max_visits, fuse=fuse, replace=replace, sets=sets)
+    return store.finalist_summary(study.name)
+
+
+def work_sweep(
+    study: Study,
+    *,
+    storage: str | Store,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    events: SweepEvents | None = None,
+    stale_after_s: float = STALE_AFTER_S,
+    max_visits: int | None = None,
+    fuse: int | None = None,
+    replace: bool = False,
+    sets: tuple[DatasetInfo, Split, Split] | None = None,
+) -> int:
+    """:func:`run_sweep` without the summary at the end: prepare the study, then train the visits this process
+    claims until every one is final (or ``max_visits`` are done). Every read is of plain rows, so the process
+    never imports pandas (~95 MiB resident, pyarrow included).
+
+    Args:
+        study, storage, device, cache_dir, events, stale_after_s, max_visits, fuse, replace, sets: as
+            :func:`run_sweep`.
+
+    Returns:
+        How many visits this process trained.
+    """
     ctx = prepare_sweep(study, storage=storage, device=device, cache_dir=cache_dir, events=events,
                         stale_after_s=stale_after_s, replace=replace, sets=sets)
     optuna_bridge.repair(ctx.store, study, ctx.study_id, stale_after_s)
@@ -249,10 +283,10 @@ def run_sweep(
             if stage == "search":
                 visits = search
             else:
-                runs = ctx.store.runs(study.name)
+                runs = ctx.store.run_records(study.name)
                 visits = {"extension": plan_extension, "recheck": plan_recheck,
                           "finalists": rechecked_finalists}[stage](study, runs)
-                final = set(runs.loc[runs["state"].isin(TERMINAL), "visit"])
+                final = {r["visit"] for r in runs if r["state"] in TERMINAL}
                 if stage == "extension" and {v.key for v in visits} <= final:
                     break  # every arm's best lr is interior, or an end after search.lr_extend steps
             # search visits of one replicate share its seed, hence one data order: they can be fused (extension
@@ -267,7 +301,7 @@ def run_sweep(
                 ctx.events.on_progress(study_progress(ctx.store, study, ctx.study_id))
                 done += len(batch)
                 if max_visits is not None and done >= max_visits:
-                    return ctx.store.finalist_summary(study.name)
+                    return done
             if stage != "extension":
                 break
-    return ctx.store.finalist_summary(study.name)
+    return done
