@@ -156,6 +156,7 @@ def train_fused(
     augment_kind: str = "none",
     evaluate_test: bool = False,
     keep_step_losses: bool = False,
+    eval_every: int | None = None,
 ) -> list[TrainResult | Exception]:
     """Train K students of one architecture together; what K calls of :func:`kdbench.train.train` would do.
 
@@ -170,6 +171,7 @@ def train_fused(
         augment_kind: 'none', 'flip', 'crop' or 'crop+flip'.
         evaluate_test: also evaluate on the test split at the end.
         keep_step_losses: return every step's loss per student.
+        eval_every: also evaluate validation every this many optimiser steps, as :func:`kdbench.train.train`.
 
     Returns:
         K outcomes in order: a :class:`TrainResult`, or the exception that stopped that student (the one its
@@ -193,7 +195,8 @@ def train_fused(
     ce = KDParams(1.0, None, group.method, 1.0, 0.0, group.extra, group.warmup_epochs)
     kds = [s.kd if s.kd is not None and s.kd.reads_teacher else ce for s in students]
     use_kd = bool(real)
-    loop = start_loop(models[0], data, recipe, seed=seed, teacher=teacher, augment_kind=augment_kind, use_kd=use_kd)
+    loop = start_loop(models[0], data, recipe, seed=seed, teacher=teacher, augment_kind=augment_kind, use_kd=use_kd,
+                      eval_every=eval_every)
     for m in models:
         m.train()
     params, buffers = stack_module_state(list(models))

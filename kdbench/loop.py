@@ -11,6 +11,7 @@ It knows nothing of Optuna or the store.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +42,7 @@ __all__ = [
     "check_teacher",
     "configure_device",
     "epoch_pixels",
+    "eval_points",
     "first_non_finite",
     "start_loop",
     "uses_channels_last",
@@ -84,7 +86,10 @@ TeacherSignal = CachedLogits | LiveTeacher
 
 @dataclass
 class EpochRecord:
-    """What one epoch produced; handed to the callback, which may raise to stop (e.g. to prune)."""
+    """What one evaluation point produced (an epoch's end, or a point of ``eval_every``'s step grid); handed to
+    the callback, which may raise to stop (e.g. to prune). ``train_loss`` and ``seconds`` cover the steps since
+    the previous point; ``steps`` counts the optimiser steps taken by the point, ``point`` numbers it from 0
+    (the epoch itself when validation runs at epoch ends only)."""
 
     epoch: int
     train_loss: float
@@ -93,6 +98,11 @@ class EpochRecord:
     seconds: float
     lr: float
     steps: int
+    point: int = -1  # -1: the epoch's own number (validation at epoch ends only)
+
+    def __post_init__(self) -> None:
+        if self.point < 0:
+            self.point = self.epoch
 
 
 @dataclass
@@ -135,6 +145,14 @@ def budget(recipe: Recipe, n: int) -> tuple[int, int, int]:
         return steps_per_epoch, recipe.steps, math.ceil(recipe.steps / steps_per_epoch)
     epochs = recipe.epochs or 1
     return steps_per_epoch, epochs * steps_per_epoch, epochs
+
+
+def eval_points(steps_per_epoch: int, total_steps: int, eval_every: int | None = None) -> list[int]:
+    """The optimiser steps after which validation runs: each epoch's end (the last one at the budget), and with
+    ``eval_every`` also every multiple of it; ``[3, 6, 9, 10]`` for 10 steps in one epoch with ``eval_every=3``."""
+    ends = set(range(steps_per_epoch, total_steps, steps_per_epoch)) | {total_steps}
+    grid = set(range(eval_every, total_steps, eval_every)) if eval_every is not None else set()
+    return sorted(ends | grid)
 
 
 def check_teacher(teacher: TeacherSignal | None, data: Data, augment_kind: str, use_kd: bool) -> None:
@@ -219,6 +237,11 @@ class Epoch:
         images: the uint8 training images of this epoch (see :func:`epoch_pixels`).
         cached_logits: the cached teacher logits for them, or None (live teacher or none).
         started: ``time.perf_counter()`` at its start.
+        rows: the epoch's seeded batches of training rows (shared by the parts of one epoch).
+        point: the evaluation point its end is (see :func:`eval_points`), numbered from 0.
+
+    With ``eval_every`` an epoch comes in parts, one per evaluation point it holds: each part is an
+    :class:`Epoch` of the same ``index``, pixels and batch order, whose ``first_step`` and ``todo`` are the part's.
     """
 
     index: int
@@ -227,6 +250,8 @@ class Epoch:
     images: torch.Tensor
     cached_logits: torch.Tensor | None
     started: float
+    rows: Iterator[torch.Tensor]
+    point: int
 
     def non_finite(self, step_losses: torch.Tensor) -> NonFiniteLossError | None:
         """The error naming the first NaN/inf among one student's CPU step losses of this epoch, or None."""
@@ -243,6 +268,7 @@ class Epoch:
             seconds=time.perf_counter() - self.started,
             lr=lr,
             steps=self.first_step + self.todo,
+            point=self.point,
         )
 
 
@@ -267,25 +293,30 @@ class StepLoop:
     num_epochs: int
     order: Callable[[int], Iterator[torch.Tensor]]
     started: float
+    eval_every: int | None = None
     step: int = 0
     samples: int = 0
     train_time: float = 0.0
 
     def epochs(self) -> Iterator[Epoch]:
-        """Each epoch in turn, until the caller stops or an epoch's end reaches the step budget."""
+        """Each epoch in turn (in parts, one per evaluation point, with ``eval_every``), until the caller stops or
+        an epoch's end reaches the step budget; the caller evaluates at the end of each."""
+        points = iter(enumerate(eval_points(self.steps_per_epoch, self.total_steps, self.eval_every)))
         for index in range(self.num_epochs):
             started = time.perf_counter()
             images, cached = epoch_pixels(self.data, self.teacher, self.augment_kind, self.seed, index)
-            todo = min(self.steps_per_epoch, self.total_steps - self.step)
-            yield Epoch(index, self.step, todo, images, cached, started)
+            end = self.step + min(self.steps_per_epoch, self.total_steps - self.step)
+            rows = self.order(self.recipe.batch_size)
+            while self.step < end:
+                point, at = next(points)
+                yield Epoch(index, self.step, at - self.step, images, cached, started, rows, point)
+                started = time.perf_counter()
             if self.step >= self.total_steps:
                 return
 
     def batches(self, epoch: Epoch) -> Iterator[Batch]:
         """The epoch's ``todo`` seeded batches, normalised on the device (channels-last if the loop is)."""
-        for i, rows in enumerate(self.order(self.recipe.batch_size)):
-            if i >= epoch.todo:
-                break
+        for i, rows in enumerate(itertools.islice(epoch.rows, epoch.todo)):
             x = normalize(epoch.images[rows], self.data.info)
             if self.channels_last and x.dim() == 4:  # features or token ids have no channels
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -326,6 +357,7 @@ def start_loop(
     teacher: TeacherSignal | None,
     augment_kind: str,
     use_kd: bool,
+    eval_every: int | None = None,
 ) -> StepLoop:
     """Start a training run: seed it, check the teacher, set up the device, the budget and the batch order.
 
@@ -337,6 +369,7 @@ def start_loop(
         teacher: cached logits, a live teacher (put in eval mode here) or None.
         augment_kind: 'none', 'flip', 'crop' or 'crop+flip'.
         use_kd: whether any loss reads the teacher.
+        eval_every: also evaluate every this many optimiser steps (:func:`eval_points`); None: at epoch ends.
 
     Returns:
         The loop, at step 0.
@@ -354,7 +387,7 @@ def start_loop(
         teacher.model.eval()
     return StepLoop(
         data, recipe, teacher, augment_kind, seed, use_kd, uses_channels_last(recipe, data.device, model),
-        steps_per_epoch, total_steps, epochs, batch_order(n, seed, data.device), started,
+        steps_per_epoch, total_steps, epochs, batch_order(n, seed, data.device), started, eval_every,
     )
 
 

@@ -27,10 +27,10 @@ def study_hash(study: Study) -> str:
     computed (what the files hold is checked apart: the store keeps each study's data fingerprint and refuses other
     data); so are ``data.image_column`` and ``data.label_column`` (hf), ``search.fuse`` (1 or auto),
     ``search.method`` (kd), ``search.spaces``, ``search.kd_warmup_epochs``, ``search.budget``, ``search.lr_extend``
-    (2), ``finalists.budget``, ``finalists.probe``, ``finalists.lr_recheck`` and ``baseline.label_smoothing`` ([])
-    at their defaults, so that adding those keys changed no stored hash. ``log`` (the experiment trackers) is not in
-    the resolved config at all (``Field(exclude=True)``): it says where results are copied, so it is neither hashed
-    nor stored.
+    (2), ``finalists.budget``, ``finalists.probe``, ``finalists.lr_recheck``, ``baseline.label_smoothing`` ([]) and
+    ``student.eval_every`` (null) at their defaults, so that adding those keys changed no stored hash. ``log`` (the
+    experiment trackers) is not in the resolved config at all (``Field(exclude=True)``): it says where results are
+    copied, so it is neither hashed nor stored.
     """
     cfg = study.resolved()
     for section, key in _NOT_HASHED:
@@ -40,7 +40,8 @@ def study_hash(study: Study) -> str:
         "search": (("fuse", "auto"), ("method", "kd"), ("spaces", {}), ("kd_warmup_epochs", 0.0), ("budget", None),
                    ("max_visits", MAX_VISITS), ("lr_extend", 2)),
         "finalists": (("budget", None), ("probe", 0), ("lr_recheck", False)), "baseline": (("label_smoothing", []),),
-        "teacher": (("weights", None), ("model_args", {})), "student": (("weights", None), ("model_args", {}))}
+        "teacher": (("weights", None), ("model_args", {})),
+        "student": (("weights", None), ("model_args", {}), ("eval_every", None))}
     for section, keys in later.items():
         for key, default in keys:
             if cfg[section][key] == default or (key == "fuse" and cfg[section][key] == 1):  # keys added later:

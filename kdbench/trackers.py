@@ -3,7 +3,8 @@
 ``log: [mlflow, tensorboard]`` in the study file (or ``--log`` on ``kdbench sweep`` and ``kdbench report``). The
 store stays the one record of results; a tracker gets a copy, written once a run's row is final, from what was
 written there (:class:`RunRecord`): its parameters, tags (study, stage, seed, config hash, ...), its per-epoch
-curve as a step series (step = the store's 0-based epoch) and its final metrics under the store's column names.
+curve as a step series (step = the store's 0-based epoch; with ``student.eval_every``, the point's number) and
+its final metrics under the store's column names.
 The training loop knows nothing of trackers: the sweep calls :meth:`Trackers.log_run` when an attempt ends
 (:mod:`kdbench.sweep.attempt`).
 
@@ -122,7 +123,7 @@ class RunRecord:
             for key in EPOCH_SERIES:
                 value = getattr(rec, key)
                 if value is not None and math.isfinite(value):
-                    yield f"epoch/{key}", rec.epoch, float(value), t
+                    yield f"epoch/{key}", rec.point, float(value), t
 
     def finals(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.metrics.items() if v is not None and math.isfinite(v)}

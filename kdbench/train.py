@@ -28,6 +28,7 @@ from kdbench.loop import (
     TrainResult,
     budget,
     configure_device,
+    eval_points,
     start_loop,
     view_images,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "TeacherSignal",
     "TrainResult",
     "budget",
+    "eval_points",
     "evaluate",  # re-exported from kdbench.evaluate with the two below
     "inference_ms_per_batch",
     "lr_factor",
@@ -154,6 +156,7 @@ def train(
     callback: Callable[[EpochRecord], None] | None = None,
     evaluate_test: bool = False,
     keep_step_losses: bool = False,
+    eval_every: int | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train`` following ``recipe``; return accuracies, curves and timings.
 
@@ -167,16 +170,19 @@ def train(
         teacher: cached logits or a live teacher; needed when ``kd`` reads it (a distillation weight > 0).
         kd: the distillation loss (method, T, weights); ``None`` trains with cross-entropy only.
         augment_kind: 'none', 'flip', 'crop' or 'crop+flip'.
-        callback: called after every epoch with its :class:`EpochRecord`; may raise to stop.
+        callback: called after every evaluation point with its :class:`EpochRecord`; may raise to stop.
         evaluate_test: also evaluate on the test split at the end (finalists and teachers only).
         keep_step_losses: return every step's loss (for tests that compare runs step by step).
+        eval_every: also evaluate validation every this many optimiser steps (``student.eval_every``); None:
+            at each epoch's end only. The last point is the end of the run either way.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the message names the step.
     """
     lr = recipe.lr if lr is None else lr
     use_kd = kd is not None and kd.reads_teacher
-    loop = start_loop(model, data, recipe, seed=seed, teacher=teacher, augment_kind=augment_kind, use_kd=use_kd)
+    loop = start_loop(model, data, recipe, seed=seed, teacher=teacher, augment_kind=augment_kind, use_kd=use_kd,
+                      eval_every=eval_every)
     if loop.channels_last:
         model = model.to(memory_format=torch.channels_last)
     user_model, model, step_model = model, *_compiled(model, recipe.compile)

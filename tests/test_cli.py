@@ -171,3 +171,36 @@ def test_show_on_a_half_finished_grid_says_what_is_missing(tmp_path: Path) -> No
     lines = bad.stderr.strip().splitlines()
     assert bad.exit_code == 2 and len(lines) == 1, bad.output
     assert re.search(r"run \d+ \(final/\w+/rank=0/seed=2\) has test_loss = -0.25, not a cross-entropy", lines[0])
+
+
+@pytest.mark.slow
+def test_eval_every_gives_each_run_a_curve_through_the_cli(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
+                                                           tmp_path: Path) -> None:
+    """``student.eval_every: 3`` on 10 steps: every run stores points at steps 3, 6, 9 and 10, Optuna gets the
+    same points, the run keeps its end-of-run accuracy, and the report draws learning curves on a step axis."""
+    from kdbench.report.frames import study_frames
+    from kdbench.store import Store
+
+    tiny_study_dict["student"] = {"model": "mlp-800", "steps": 10, "batch_size": 16, "eval_every": 3}
+    tiny_study_dict["search"] = {"temperature": [4], "alpha": [0.5], "lr": [2e-3], "replicates": 1}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_study_dict))
+    res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--device", "cpu", "--threads", "1",
+                                        "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    store = Store.open(db_url)
+    runs, points = store.runs("tiny"), store.epochs("tiny")
+    assert set(runs["kind"]) == {"kd", "ce", "finalist"} and (runs["state"] == "complete").all()
+    for run_id, g in points.groupby("run_id"):
+        assert g["steps"].tolist() == [3, 6, 9, 10] and g["epoch"].tolist() == [0, 1, 2, 3]
+        run = runs.set_index("run_id").loc[run_id]
+        assert run["val_acc"] == g["val_acc"].iloc[-1] and run["epochs_done"] == 1
+    assert runs.loc[runs["kind"] != "finalist", "test_acc"].isna().all()  # test: finalists only
+    trials = optuna.load_study(study_name=runs["optuna_study"].dropna().iloc[0], storage=db_url).trials
+    assert all(sorted(t.intermediate_values) == [0, 1, 2, 3] for t in trials)
+    sf = study_frames(db_url, "tiny", load_images=False)
+    assert sf.curves.groupby("loss")["x"].apply(list).tolist() == [[3.0, 6.0, 9.0, 10.0]] * 2
+    rep = CliRunner().invoke(cli.main, ["report", "tiny", "--storage", db_url, "--out", str(tmp_path / "r")])
+    assert rep.exit_code == 0, rep.output
+    assert (tmp_path / "r" / "learning-curves.png").exists()
+    assert "No learning curves" not in (tmp_path / "r" / "index.html").read_text()

@@ -61,6 +61,8 @@ def test_budgets_read_as_epochs_or_steps_and_leave_old_hashes_alone(tiny_study_d
     ("baseline.label_smoothing=[-0.1, 0.1]", "baseline.label_smoothing: each label smoothing epsilon"),
     ("baseline.label_smoothing=[0.1, 0.1]", "baseline.label_smoothing: lists an epsilon twice"),
     ("baseline.label_smoothing=[smooth]", "baseline.label_smoothing: each label smoothing epsilon"),
+    ("student.eval_every=0", "student.eval_every"),
+    ("student.eval_every=often", "student.eval_every"),
 ])
 def test_bad_values_give_one_line_errors(tiny_study_dict: dict, override: str, needle: str) -> None:
     from kdbench.errors import ConfigError
@@ -71,6 +73,15 @@ def test_bad_values_give_one_line_errors(tiny_study_dict: dict, override: str, n
         parse_study(tiny_study_dict, "s.yaml", overrides=[override])
     msg = str(err.value)
     assert needle in msg and "\n" not in msg and msg.startswith("s.yaml: ")
+
+
+def test_eval_every_is_steps_and_leaves_old_hashes_alone(tiny_study_dict: dict) -> None:
+    base = parse_study(tiny_study_dict)
+    assert base.student.eval_every is None
+    assert parse_study(tiny_study_dict, overrides=["student.eval_every=null"]).hash == base.hash
+    grid = parse_study(tiny_study_dict, overrides=["student.eval_every=25"])
+    assert grid.student.eval_every == 25 and grid.hash != base.hash
+    assert grid.search_visits == base.search_visits  # it changes the curves, not what is trained
 
 
 def test_malformed_yaml(tmp_path: Path) -> None:

@@ -71,6 +71,25 @@ def test_fused_equals_sequential(needs_fmnist: None, name: str, optimizer: str, 
 
 
 @pytest.mark.slow
+def test_fused_students_evaluate_on_the_step_grid_as_sequential_runs(needs_fmnist: None) -> None:
+    """eval_every 4 on 10 steps (one epoch of 570 rows by 64): points at 4, 8 and 10, as train gives them."""
+    data = _data()
+    recipe = parse_study({"name": "f", "student": {"model": "mlp-800", "batch_size": 64, "steps": 10}}).student
+    students = STUDENTS[:2]
+    seq = [train(_model("mlp-800"), data, recipe, lr=lr, seed=3, teacher=_teacher(data), kd=_kd(t, a),
+                 eval_every=4) for lr, t, a in students]
+    out = train_fused([_model("mlp-800") for _ in students], data, recipe,
+                      [FusedStudent(lr, _kd(t, a)) for lr, t, a in students], seed=3, teacher=_teacher(data),
+                      eval_every=4)
+    for s, f in zip(seq, out, strict=True):
+        assert isinstance(f, TrainResult)
+        assert [e.steps for e in f.epochs] == [e.steps for e in s.epochs] == [4, 8, 10]
+        assert [e.point for e in f.epochs] == [0, 1, 2]
+        assert [e.val_acc for e in f.epochs] == pytest.approx([e.val_acc for e in s.epochs], abs=2e-3)
+        assert f.val_acc == f.epochs[-1].val_acc == pytest.approx(s.val_acc, abs=2e-3)
+
+
+@pytest.mark.slow
 def test_fused_prunes_and_fails_per_student(needs_fmnist: None) -> None:
     data = _data()
     recipe = parse_study({"name": "f", "student": {"model": "mlp-800", "batch_size": 128, "epochs": 2}}).student

@@ -173,7 +173,8 @@ def test_one_evaluation_per_run_draws_no_curve(tmp_path: Path) -> None:
     write_report(url, ["once"], tmp_path / "out", load_images=False)
     html = (tmp_path / "out" / "index.html").read_text()
     assert not (tmp_path / "out" / "learning-curves.png").exists()
-    assert "No learning curves: one evaluation per run (validation only after the last step): no curve." in html
+    assert ("No learning curves: one evaluation per run (validation only after the last step; student.eval_every "
+            "gives a curve): no curve.") in html
     assert (tmp_path / "out" / "heatmap-val.png").exists() and (tmp_path / "out" / "trials.png").exists()
 
 

@@ -248,6 +248,20 @@ def test_a_schema_1_database_is_upgraded_in_place_and_keeps_its_rows(storage: st
     Store.open(storage)  # opening an upgraded database again changes nothing
 
 
+def test_a_database_from_before_eval_every_gains_the_steps_column(storage: str, tiny_study_dict: dict) -> None:
+    """kdbench_epochs.steps (student.eval_every) is added on open like every schema-2 column; no row is lost."""
+    Store.open(storage).register_study(parse_study(tiny_study_dict))
+    engine = sa.create_engine(storage)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE kdbench_epochs DROP COLUMN steps"))
+        assert [t for t, c in schema_gaps(conn).columns] == ["kdbench_epochs"]
+    engine.dispose()
+    store = Store.open(storage)
+    with store.connect() as conn:
+        assert not schema_gaps(conn)
+    assert "steps" in store.epochs("tiny").columns and list(store.studies()["name"]) == ["tiny"]
+
+
 def test_a_missing_column_is_added_whatever_the_version_says(storage: str, tiny_study_dict: dict) -> None:
     """The columns decide, not the version number: a database whose version is current but that lacks a
     column (written between two additions) gets it."""

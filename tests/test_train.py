@@ -8,7 +8,7 @@ from kdbench.data import load_data
 from kdbench.errors import NonFiniteLossError
 from kdbench.models import build_model
 from kdbench.teacher import prepare_teacher
-from kdbench.train import KDParams, LiveTeacher, lr_factor, make_scheduler, train
+from kdbench.train import KDParams, LiveTeacher, eval_points, lr_factor, make_scheduler, train
 
 
 def _setup(study_dict: dict, tmp_path):  # type: ignore[no-untyped-def]
@@ -121,3 +121,31 @@ def test_scheduler_sets_base_lr_times_factor(name: str) -> None:
         opt.step()
         sched.step()
     assert seen == pytest.approx({s: base_lr * v for s, v in expected.items()}, rel=1e-12, abs=1e-15)
+
+
+def test_eval_points_on_the_step_grid_and_at_epoch_ends() -> None:
+    assert eval_points(36, 10, 3) == [3, 6, 9, 10]  # a run shorter than an epoch: the grid, then the end
+    assert eval_points(36, 10) == [10]  # the default: once, at the end
+    assert eval_points(9, 20) == [9, 18, 20]  # each epoch's end
+    assert eval_points(9, 20, 6) == [6, 9, 12, 18, 20]  # the grid and the epoch ends, each once
+    assert eval_points(9, 18, 20) == [9, 18]  # a grid wider than the run adds nothing
+
+
+def test_eval_every_records_the_grid_and_leaves_the_run_unchanged(needs_fmnist: None) -> None:
+    """Steps 10, eval_every 3: points at 3, 6, 9 and 10; the same steps, and the same final validation accuracy
+    (what selection reads), as the run that evaluates once."""
+    study = parse_study({"name": "g", "student": {"model": "mlp-800", "steps": 10, "batch_size": 16,
+                                                  "eval_every": 3}})
+    data = load_data("fashion-mnist", val_fraction=0.05, subset=600, seed=0)
+    seen: list[int] = []
+    grid = train(_student(data), data, study.student, seed=2, keep_step_losses=True,
+                 eval_every=study.student.eval_every, callback=lambda r: seen.append(r.steps))
+    once = train(_student(data), data, study.student, seed=2, keep_step_losses=True)
+    assert [r.steps for r in grid.epochs] == seen == [3, 6, 9, 10]
+    assert [r.point for r in grid.epochs] == [0, 1, 2, 3] and {r.epoch for r in grid.epochs} == {0}
+    assert [r.steps for r in once.epochs] == [10] and once.epochs[0].point == 0
+    assert grid.step_losses == once.step_losses and grid.steps == once.steps == 10
+    assert (grid.val_acc, grid.val_loss) == (once.val_acc, once.val_loss)
+    assert grid.epochs[-1].val_acc == once.epochs[-1].val_acc
+    assert grid.epochs[0].train_loss == pytest.approx(sum(grid.step_losses[:3]) / 3)
+    assert len({r.val_loss for r in grid.epochs}) == 4  # four real evaluations, not one copied

@@ -101,3 +101,7 @@ class StudentConfig(Recipe):
 
     model: str = "mlp-800"
     """The student's model: a zoo name, ``torchvision:NAME``, ``timm:NAME`` or an import path (as a recipe's)."""
+    eval_every: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+    """Optimiser steps between validation passes (a curve for a run shorter than an epoch; each pass costs time);
+    null: validation at each epoch's end only. Set, validation also runs every this many steps; the last pass
+    is at the end of the run either way, and it is the accuracy selection reads."""

@@ -1,5 +1,6 @@
-"""What the study cost, and every trial as it went: wall-clock per arm and stage, each search trial's curve
-with its state, and the optimisation history (the best replicate mean so far, per arm, in trial order).
+"""What the study cost, and every run as it went: wall-clock per arm and stage, the finalists' learning curves,
+each search trial's curve with its state (on epochs, or on ``student.eval_every``'s step grid), and the
+optimisation history (the best replicate mean so far, per arm, in trial order).
 
 Timings are the stored wall-clock of each run (training and its per-epoch validation; start-up, the store
 and Optuna not included) on the study's own device; a ratio is between medians of runs of one study, so
@@ -14,8 +15,8 @@ import pandas as pd
 
 from kdbench.report.methods import METHOD_NAMES
 
-__all__ = ["COST_COLUMNS", "NOISY_SPREAD", "cost_note", "cost_table", "dashboard_command", "optimisation_history",
-           "trial_curves"]
+__all__ = ["COST_COLUMNS", "NOISY_SPREAD", "cost_note", "cost_table", "curve_axis", "curve_points", "dashboard_command",
+           "finalist_curves", "optimisation_history", "trial_curves"]
 
 COST_COLUMNS = ["arm", "stage", "runs", "total_s", "median_s", "vs_ce"]
 NOISY_SPREAD = 1.5  # an arm's search trials whose 90th/10th percentile wall-clock exceeds this: noisy timings
@@ -66,15 +67,47 @@ def cost_note(runs: pd.DataFrame) -> str:
             "arms side by side on a quiet machine (bench/) for a cost comparison.")
 
 
+def curve_axis(eval_every: int | None) -> str:
+    """What a curve's x counts: optimiser steps where validation ran on ``student.eval_every``'s step grid, else
+    epochs (one point at each epoch's end)."""
+    return "optimiser step" if eval_every is not None else "epoch"
+
+
+def curve_points(epochs: pd.DataFrame, eval_every: int | None) -> pd.DataFrame:
+    """The store's evaluation points (:meth:`kdbench.store.Store.epochs`) with ``x``, where each is drawn: the
+    optimiser steps taken by it on a step grid (see :func:`curve_axis`), else its epoch counted from 1."""
+    steps = epochs["steps"] if "steps" in epochs else pd.Series(float("nan"), index=epochs.index)
+    x = steps if eval_every is not None and steps.notna().all() else epochs["epoch"] + 1
+    return epochs.assign(x=x.astype(float))
+
+
+def finalist_curves(epochs: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
+    """Per loss and evaluation point (:func:`curve_points`, drawn at ``x``) of the best (rank 0) finalists: val
+    accuracy and train loss, mean and sd over seeds."""
+    cols = ["loss", "epoch", "x", "n", "val_mean", "val_sd", "loss_mean", "loss_sd"]
+    ep = epochs[epochs["run_id"].isin(finals.loc[finals["rank"] == 0, "run_id"])]
+    if ep.empty:
+        return pd.DataFrame(columns=cols)
+    g = ep.groupby(["loss", "epoch"])
+    out = g.agg(x=("x", "max"), n=("run_id", "size"), val_mean=("val_acc", "mean"), val_sd=("val_acc", "std"),
+                loss_mean=("train_loss", "mean"), loss_sd=("train_loss", "std")).reset_index()
+    return out[cols]
+
+
 def trial_curves(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Every search trial's validation accuracy per epoch with its final state (pruned and failed included).
+    """Every search trial's validation accuracy per evaluation point with its final state (pruned and failed
+    included).
+
+    Args:
+        epochs: the points (:func:`curve_points`).
+        runs: every run of the study.
 
     Returns:
-        ``run_id, kind, state, epoch, val_acc`` (one row per stored epoch).
+        ``run_id, kind, state, epoch, x, val_acc`` (one row per stored point; ``epoch`` numbers it in its run).
     """
     search = runs[~runs["kind"].isin(["finalist"])][["run_id", "state"]]
-    e = epochs[epochs["kind"] != "finalist"][["run_id", "kind", "epoch", "val_acc"]]
-    return e.merge(search, on="run_id", how="inner")[["run_id", "kind", "state", "epoch", "val_acc"]]
+    e = epochs[epochs["kind"] != "finalist"][["run_id", "kind", "epoch", "x", "val_acc"]]
+    return e.merge(search, on="run_id", how="inner")[["run_id", "kind", "state", "epoch", "x", "val_acc"]]
 
 
 def optimisation_history(runs: pd.DataFrame) -> pd.DataFrame:

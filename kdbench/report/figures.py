@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from kdbench.defaults import PRUNE_RHO_MIN
+from kdbench.report.cost import curve_axis
 from kdbench.report.frames import StudyFrames
 from kdbench.report.methods import METHOD_NAMES
 from kdbench.report.plots import COLORS, empty_panel, new_figure
@@ -52,7 +53,8 @@ def left_out(sf: StudyFrames) -> dict[str, str]:
         out["learning-curves"] = "No learning curves: no complete finalists yet."
     elif one_evaluation(sf.curves, "loss"):
         out["learning-curves"] = ("No learning curves: one evaluation per run (validation only after the last "
-                                  "step): no curve. The comparison above holds at this budget only.")
+                                  "step; student.eval_every gives a curve): no curve. The comparison above holds at "
+                                  "this budget only.")
     if sf.reliability.empty:
         out["calibration"] = "No reliability diagram: there is nothing to draw (calibration not computed, see above)."
     if sf.trials.empty and sf.history.empty:
@@ -121,26 +123,26 @@ def calibration(sf: StudyFrames) -> Figure:
 
 
 def trials(sf: StudyFrames) -> Figure:
-    """Left: every search trial's validation accuracy per epoch, coloured by its final state (a pruned trial
-    stops early); left out where every trial was evaluated once (a point per trial, no curve). Right: the
-    optimisation history, each arm's best replicate mean so far by trial."""
+    """Left: every search trial's validation accuracy per evaluation point (epochs, or the steps of
+    ``student.eval_every``), coloured by its final state (a pruned trial stops early); left out where every trial
+    was evaluated once (a point per trial, no curve). Right: the optimisation history, each arm's best replicate
+    mean so far by trial."""
     if sf.trials.empty or one_evaluation(sf.trials, "run_id"):
         fig, right = new_figure(6.4, 4.2)
         return _history(fig, right, sf)
     fig, (left, right) = new_figure(11.0, 4.2, 1, 2)
     for (_, state), g in sf.trials.groupby(["run_id", "state"]):
-        left.plot(g["epoch"] + 1, g["val_acc"] * 100, color=STATE_COLORS.get(state, "#333"), alpha=0.35, lw=0.8,
+        left.plot(g["x"], g["val_acc"] * 100, color=STATE_COLORS.get(state, "#333"), alpha=0.35, lw=0.8,
                   marker="." if len(g) == 1 else None)
     for state, color in STATE_COLORS.items():
         if state in set(sf.trials["state"]):
             n = sf.trials.loc[sf.trials["state"] == state, "run_id"].nunique()
             left.plot([], [], color=color, label=f"{state} (n={n})")
     left.legend(fontsize=7)
-    left.set_xlabel("epoch")
+    left.set_xlabel(curve_axis(sf.config.get("student", {}).get("eval_every")))
     left.set_ylabel("val acc (%)")
     left.set_title("Every search trial")
-    epochs = int(sf.trials["epoch"].max()) + 1
-    left.set_xticks(np.arange(1, epochs + 1))
+    left.xaxis.get_major_locator().set_params(integer=True)
     return _history(fig, right, sf)
 
 

@@ -25,7 +25,15 @@ from kdbench.defaults import IMPORTANCE_MIN_TRIALS
 from kdbench.report.baselines import Baseline, best_baseline
 from kdbench.report.budget import BudgetLabels, Transfer, budget_frames, budget_labels, main_runs
 from kdbench.report.calibration import calibration_frames
-from kdbench.report.cost import cost_note, cost_table, dashboard_command, optimisation_history, trial_curves
+from kdbench.report.cost import (
+    cost_note,
+    cost_table,
+    curve_points,
+    dashboard_command,
+    finalist_curves,
+    optimisation_history,
+    trial_curves,
+)
 from kdbench.report.grid import RUN_STATES, SearchEvidence, grid_table, qualified_verdict, search_evidence
 from kdbench.report.methods import arm_name, method_cells, method_ece, method_sentence, method_table
 from kdbench.report.predictions import FIDELITY_COLUMNS, Fidelity, Predictions, prediction_grid
@@ -136,6 +144,7 @@ def compute_frames(src: StudySources) -> StudyFrames:
     temps, alphas = (t, a) if isinstance(t, list) and isinstance(a, list) else (None, None)
     is_grid = temps is not None
     missing: list[str] = []
+    points = curve_points(src.epochs, study.student.eval_every)  # the curves' x: epochs, or steps on a step grid
 
     search_runs = runs[runs["kind"].isin(["kd", "ce"])]
     kd = search_runs[search_runs["kind"] == "kd"]
@@ -174,7 +183,7 @@ def compute_frames(src: StudySources) -> StudyFrames:
         verdict=qualified_verdict(verdict(paired, base.name) + base.sentence, study, evidence, n_seeds=paired.n,
                                   teacher=taught, budgets=labels)
         if not finals.empty else "KD and CE cannot be compared yet: no complete finalists.",
-        curves=_curves(src.epochs, finals), predictions=prediction_grid(src.predictions, src.teacher),
+        curves=finalist_curves(points, finals), predictions=prediction_grid(src.predictions, src.teacher),
         importances=_importances(src), provenance=_provenance(src), missing=missing,
         log_params=[p for p in ("temperature", "lr") if _log_scale(getattr(study.search, p))],
         seeds=_paired_seeds(finals),
@@ -183,10 +192,9 @@ def compute_frames(src: StudySources) -> StudyFrames:
         method_cells={m: method_cells(runs, m) for m in methods if m != "kd"},
         reliability=reliability, calibration_note=calib_note,
         cost=cost_table(runs, src.teacher.train_seconds if src.teacher else None), cost_note=cost_note(runs),
-        trials=trial_curves(src.epochs, runs), history=optimisation_history(runs),
+        trials=trial_curves(points, runs), history=optimisation_history(runs),
         dashboard=dashboard_command(src.storage_url),
         **budget_frames(src.runs, src.epochs, study, methods, evidence.pruner))
-
 
 
 def _log_scale(spec: Any) -> bool:
@@ -337,21 +345,6 @@ def comparison_table(frames: list[StudyFrames]) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     return pd.concat(parts, ignore_index=True)[COMPARISON_COLUMNS]
-
-
-# ---------------------------------------------------------------------------------------------- curves
-
-
-def _curves(epochs: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
-    """Per loss and epoch of the best (rank 0) finalists: val accuracy and train loss, mean/sd/min/max over seeds."""
-    cols = ["loss", "epoch", "n", "val_mean", "val_sd", "loss_mean", "loss_sd"]
-    ep = epochs[epochs["run_id"].isin(finals.loc[finals["rank"] == 0, "run_id"])]
-    if ep.empty:
-        return pd.DataFrame(columns=cols)
-    g = ep.groupby(["loss", "epoch"])
-    out = g.agg(n=("run_id", "size"), val_mean=("val_acc", "mean"), val_sd=("val_acc", "std"),
-                loss_mean=("train_loss", "mean"), loss_sd=("train_loss", "std")).reset_index()
-    return out[cols]
 
 
 # ---------------------------------------------------------------------------------------------- importances

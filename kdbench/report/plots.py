@@ -21,6 +21,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from kdbench.report.cost import curve_axis
 from kdbench.report.frames import StudyFrames, grid_cells, grid_pivot
 from kdbench.report.stats import CONFIDENCE
 
@@ -200,7 +201,8 @@ def effects(sf: StudyFrames) -> Figure:
 
 
 def learning_curves(sf: StudyFrames) -> Figure:
-    """Validation accuracy and training loss per epoch of the CE and KD finalists: mean and ±1 sd over seeds.
+    """Validation accuracy and training loss per evaluation point (each epoch's end, or ``student.eval_every``'s
+    step grid) of the CE and KD finalists: mean and ±1 sd over seeds.
 
     Args:
         sf: the study's frames.
@@ -216,14 +218,14 @@ def learning_curves(sf: StudyFrames) -> Figure:
     for loss, part in c.groupby("loss"):
         label = f"{str(loss).upper()} finalist (n={int(part['n'].min())} seeds)"
         for ax, m, sd, scale in ((axes[0], "val_mean", "val_sd", 100), (axes[1], "loss_mean", "loss_sd", 1)):
-            x = part["epoch"] + 1
+            x = part["x"]
             ax.plot(x, scale * part[m], marker="o", color=COLORS.get(str(loss), "#333"), label=label)
             ax.fill_between(x, scale * (part[m] - part[sd].fillna(0)), scale * (part[m] + part[sd].fillna(0)),
                             color=COLORS.get(str(loss), "#333"), alpha=0.2)
     axes[0].set_ylabel("validation accuracy (%)")
     axes[1].set_ylabel("training loss (each run's own objective)")
     for ax in axes:
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(curve_axis(sf.config.get("student", {}).get("eval_every")))
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

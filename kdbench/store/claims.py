@@ -128,10 +128,14 @@ class VisitLike(Protocol):
 
 
 class EpochLike(Protocol):
-    """What the store keeps of one epoch (:class:`kdbench.train.EpochRecord` is one)."""
+    """What the store keeps of one evaluation point (:class:`kdbench.train.EpochRecord` is one)."""
 
     @property
     def epoch(self) -> int: ...
+    @property
+    def point(self) -> int: ...
+    @property
+    def steps(self) -> int: ...
     @property
     def train_loss(self) -> float: ...
     @property
@@ -340,8 +344,10 @@ class Claims(Database):
         with held_signals():  # a SIGTERM or Ctrl-C landing between the two writes waits for the second
             try:
                 with self.session() as s:
-                    self._own_running(s, run_id, dict(epochs_done=len(records), state=state, **values))
-                    s.add_all(EpochRow(run_id=run_id, epoch=r.epoch, train_loss=finite_or_none(r.train_loss),
+                    done = records[-1].epoch + 1 if records else 0  # several points per epoch with eval_every
+                    self._own_running(s, run_id, dict(epochs_done=done, state=state, **values))
+                    s.add_all(EpochRow(run_id=run_id, epoch=r.point, steps=r.steps,
+                                       train_loss=finite_or_none(r.train_loss),
                                        val_acc=finite_or_none(r.val_acc), val_loss=finite_or_none(r.val_loss),
                                        seconds=r.seconds, lr=r.lr) for r in records)
                     trial_id = s.scalar(sa.select(RunRow.trial_id).where(RunRow.id == run_id))

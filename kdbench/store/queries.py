@@ -214,15 +214,17 @@ class Queries(Database):
                 .where(RunRow.study_id == study_id).order_by(RunRow.id)))
 
     def epochs(self, study: str) -> pd.DataFrame:
-        """Per-epoch curves of every run of ``study`` (joined with the run's visit, kind and loss)."""
+        """Per-epoch curves of every run of ``study`` (joined with the run's visit, kind and loss): a row per
+        evaluation point, ``epoch`` its number along the run, ``steps`` the optimiser steps by then (None before
+        it was kept)."""
         import pandas as pd
 
         row = self.study(study)
         if row is None:
             raise StoreError(f"no study named {study!r} in {self.url}")
         q = (sa.select(RunRow.id.label("run_id"), RunRow.visit, RunRow.kind, RunRow.loss, RunRow.seed,
-                       RunRow.rank, EpochRow.epoch, EpochRow.train_loss, EpochRow.val_acc, EpochRow.val_loss,
-                       EpochRow.seconds, EpochRow.lr)
+                       RunRow.rank, EpochRow.epoch, EpochRow.steps, EpochRow.train_loss, EpochRow.val_acc,
+                       EpochRow.val_loss, EpochRow.seconds, EpochRow.lr)
              .join(EpochRow, EpochRow.run_id == RunRow.id)
              .where(RunRow.study_id == row.id).order_by(RunRow.id, EpochRow.epoch))
         with self.connect() as conn:

@@ -42,7 +42,8 @@ __all__ = [
 # writes the result as before (so workers of both may share a database; an older kdbench refuses a higher number):
 # kdbench_studies.uid (nullable, a unique index where set), and kdbench_runs.kind and .loss widened from VARCHAR(16)
 # and VARCHAR(8) to VARCHAR(64) (a method's name longer than 8 characters; SQLite never enforced the old lengths,
-# PostgreSQL did). Raise the number only for a change that an older kdbench could not read or write.
+# PostgreSQL did). Then kdbench_epochs.steps (student.eval_every: several points per epoch, numbered in .epoch).
+# Raise the number only for a change that an older kdbench could not read or write.
 SCHEMA_VERSION = 2
 NAME_LENGTH = 64  # characters of a method's or a stage's name (kdbench_runs.kind and .loss)
 
@@ -150,7 +151,8 @@ class EpochRow(Base):
     __table_args__ = (sa.UniqueConstraint("run_id", "epoch", name="uq_kdbench_epochs"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("kdbench_runs.id", ondelete="CASCADE"), index=True)
-    epoch: Mapped[int]
+    epoch: Mapped[int]  # the point's number along its run: the epoch, or with student.eval_every the point's
+    steps: Mapped[int | None]  # optimiser steps taken by the point (None in rows stored before it was kept)
     train_loss: Mapped[float | None]
     val_acc: Mapped[float | None]
     val_loss: Mapped[float | None]

@@ -32,7 +32,7 @@ from kdbench.sweep.events import SweepEvents
 from kdbench.sweep.plan import BASELINES, Visit, visit_recipe
 from kdbench.teacher import Teacher
 from kdbench.trackers import FINAL_METRICS, RunRecord, Trackers
-from kdbench.train import EpochRecord, KDParams, TrainResult, budget, train
+from kdbench.train import EpochRecord, KDParams, TrainResult, budget, eval_points, train
 
 __all__ = ["Attempt", "SweepContext", "kd_params", "run_fused", "run_visit"]
 
@@ -73,7 +73,8 @@ class Attempt:
         self.kd: KDParams | None = None
         self.records: list[EpochRecord] = []
         self.recipe = visit_recipe(ctx.study, c.visit)  # the student recipe at this visit's budget
-        self.epochs = budget(self.recipe, len(ctx.data.train))[2]  # epochs this visit trains
+        per_epoch, steps, self.epochs = budget(self.recipe, len(ctx.data.train))  # epochs this visit trains
+        self.points = len(eval_points(per_epoch, steps, self.recipe.eval_every))  # its validation passes
         self.closed = False
         self.started = time.time()
         device = device_name(ctx.device) + (f" · fused x{fused}" if fused > 1 else "")  # how it trained
@@ -86,7 +87,7 @@ class Attempt:
         if visit.asks_optuna:  # a planned search visit: an Optuna trial, linked to the run before a signal lands
             with held_signals():
                 try:
-                    ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.epochs,
+                    ostudy, self.trial, params = optuna_bridge.ask(storage, ctx.study, visit, c.index, self.points,
                                                                    ctx.optuna_studies)
                 except KeyError:  # the Optuna study this worker opened is gone: dropped with its study (--replace)
                     raise StoreError(f"study {ctx.study.name!r} was dropped or replaced in {ctx.store.url} by "
@@ -110,15 +111,17 @@ class Attempt:
         self.kd = None if visit.loss in BASELINES else kd_params(visit.loss, params, warmup)
 
     def on_epoch(self, rec: EpochRecord) -> None:
-        """Record the epoch's progress, show it, and let Optuna's pruner judge it (never at the last epoch)."""
+        """Record the point's progress (an epoch's end, or a step of ``student.eval_every``), show it, and let
+        Optuna's pruner judge it (never at the last point)."""
         check_termination()  # SIGTERM ends the trial here if its exception was swallowed where it landed
         self.records.append(rec)
         self.ctx.store.update_run(self.c.run_id, epochs_done=rec.epoch + 1, heartbeat=now(),
                                   val_acc=finite_or_none(rec.val_acc))
         self.ctx.events.on_epoch(rec, self.epochs)
         if (self.trial is not None and math.isfinite(rec.val_acc)
-                and optuna_bridge.report_epoch(self.trial, rec.val_acc, rec.epoch, self.epochs)):
-            raise optuna.TrialPruned(f"pruned at epoch {rec.epoch} (val acc {rec.val_acc:.4f})")
+                and optuna_bridge.report_epoch(self.trial, rec.val_acc, rec.point, self.points)):
+            at = f"step {rec.steps}" if self.recipe.eval_every is not None else f"epoch {rec.epoch}"
+            raise optuna.TrialPruned(f"pruned at {at} (val acc {rec.val_acc:.4f})")
 
     def _close(self, state: str, reason: str | None, **values: Any) -> str:
         # the link again: a Ctrl-C between asking Optuna and the first write must not orphan the trial
@@ -208,7 +211,7 @@ def run_visit(ctx: SweepContext, c: Claimed) -> str:
             outcome = train(a.model, ctx.data, a.recipe, lr=a.params["lr"], seed=c.visit.seed,
                             teacher=ctx.teacher.signal_for(ctx.data) if a.kd else None, kd=a.kd,
                             augment_kind=ctx.study.data.augment, callback=a.on_epoch,
-                            evaluate_test=c.visit.stage == "finalist")
+                            evaluate_test=c.visit.stage == "finalist", eval_every=a.recipe.eval_every)
     except BaseException as exc:
         outcome = exc
     return a.finish(outcome)
@@ -235,7 +238,7 @@ def run_fused(ctx: SweepContext, claimed: list[Claimed]) -> None:
                     [m for i in live if (m := attempts[i].model) is not None], ctx.data, attempts[0].recipe,
                     [FusedStudent(attempts[i].params["lr"], attempts[i].kd, attempts[i].on_epoch) for i in live],
                     seed=claimed[0].visit.seed, teacher=ctx.teacher.signal_for(ctx.data),
-                    augment_kind=ctx.study.data.augment)
+                    augment_kind=ctx.study.data.augment, eval_every=attempts[0].recipe.eval_every)
             outcomes.update(zip(live, trained, strict=True))
     except BaseException as exc:
         outcomes = {i: outcomes.get(i, exc) for i in range(len(attempts))}

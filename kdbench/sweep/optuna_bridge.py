@@ -136,7 +136,8 @@ def ask(storage: optuna.storages.BaseStorage, study: Study, visit: Visit, index:
 
 
 def report_epoch(trial: optuna.Trial, value: float, epoch: int, epochs: int) -> bool:
-    """Report one epoch's validation accuracy to Optuna; True when the pruner stops the trial.
+    """Report one epoch's validation accuracy to Optuna; True when the pruner stops the trial. With
+    ``student.eval_every`` an "epoch" here is an evaluation point (its number, and the run's count of them).
 
     Never at the last epoch: a trial that finished is a result, whatever the pruner thinks of it (Optuna's
     median pruner compares it with the median of earlier trials, and would otherwise blank finished cells).
