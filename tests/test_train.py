@@ -8,7 +8,7 @@ from kdbench.data import load_data
 from kdbench.errors import NonFiniteLossError
 from kdbench.models import build_model
 from kdbench.teacher import prepare_teacher
-from kdbench.train import KDParams, LiveTeacher, eval_points, lr_factor, make_scheduler, train
+from kdbench.train import KDParams, LiveTeacher, eval_points, lr_factor, make_optimizer, make_scheduler, train
 
 
 def _setup(study_dict: dict, tmp_path):  # type: ignore[no-untyped-def]
@@ -149,3 +149,26 @@ def test_eval_every_records_the_grid_and_leaves_the_run_unchanged(needs_fmnist: 
     assert grid.epochs[-1].val_acc == once.epochs[-1].val_acc
     assert grid.epochs[0].train_loss == pytest.approx(sum(grid.step_losses[:3]) / 3)
     assert len({r.val_loss for r in grid.epochs}) == 4  # four real evaluations, not one copied
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_runs_torchs_fused_kernel_on_float_parameters(optimizer: str) -> None:
+    """Adam and AdamW take torch's fused step on the CPU's float parameters, and step them as the default loop
+    does (to float tolerance); SGD keeps torch's default."""
+    model = build_model("mlp-800", in_channels=1, num_classes=10, image_size=28)
+    recipe = Recipe(model="mlp-800", optimizer=optimizer, weight_decay=1e-4)
+    opt = make_optimizer(model, recipe, 1e-3)
+    assert opt.defaults["fused"] is True
+    loop = build_model("mlp-800", in_channels=1, num_classes=10, image_size=28)
+    loop.load_state_dict(model.state_dict())
+    ref = (torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW)(loop.parameters(), lr=1e-3,
+                                                                          weight_decay=1e-4)
+    x = torch.randn(16, 1, 28, 28)
+    for m, o in ((model, opt), (loop, ref)):
+        for _ in range(3):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    for a, b in zip(model.parameters(), loop.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert make_optimizer(model, Recipe(model="mlp-800", optimizer="sgd"), 1e-3).defaults.get("fused") is None
