@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from kdbench.report.bins import BIN_COLUMNS, binned_effect
 from kdbench.report.effects import (
     ANOVA_COLUMNS,
-    BIN_COLUMNS,
     CELL_COLUMNS,
     DELTA_COLUMNS,
     LEVEL_COLUMNS,
@@ -24,7 +24,6 @@ from kdbench.report.effects import (
     PER_LR_COLUMNS,
     RELIABLE,
     best_lr_cells,
-    binned_effect,
     delta_vs_ce,
     main_effects,
     reliability,

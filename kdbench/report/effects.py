@@ -16,7 +16,8 @@ variation that all cells share cancels out of them. Selection is on validation a
   these are more precise than any single cell.
 - :func:`reliability`: split-half reliability of the pattern of KD cell means across seeds (Spearman–Brown
   corrected): whether the grid's picture would come back with new seeds or is seed noise.
-- :func:`binned_effect`: for range searches (T or α sampled continuously), mean accuracy per quantile bin.
+- :func:`kdbench.report.bins.binned_effect` (its own module, on this one's frame): for range searches, mean
+  accuracy per quantile bin.
 
 Every interval is two-sided at :data:`CONFIDENCE`, Student t; every statistic comes from ``scipy.stats``,
 ``statsmodels`` or ``pingouin``. Pure functions on DataFrames: no drawing, no database. An incomplete design (a
@@ -45,7 +46,6 @@ from kdbench.sweep.rank import Cell, best_per_cell, rank_configs, replicate_mean
 
 __all__ = [
     "ANOVA_COLUMNS",
-    "BIN_COLUMNS",
     "CELL_COLUMNS",
     "CONFIDENCE",
     "DELTA_COLUMNS",
@@ -60,12 +60,13 @@ __all__ = [
     "MainEffects",
     "Reliability",
     "best_lr_cells",
-    "binned_effect",
     "delta_vs_ce",
     "main_effects",
     "reliability",
     "reliability_sentence",
+    "search_runs",
     "seed_matrix",
+    "t_interval",
 ]
 
 # Spearman–Brown split-half reliability of the KD cell means. From 0.7 (the usual bar for a reliable
@@ -83,7 +84,6 @@ DELTA_COLUMNS = ("temperature", "alpha", "n", "mean", "sd", "ci_low", "ci_high",
                  "holm_above_zero")
 LEVEL_COLUMNS = ("factor", "level", "n", "mean", "ci_low", "ci_high", "effect", "effect_ci_low", "effect_ci_high")
 ANOVA_COLUMNS = ("term", "F", "df_num", "df_den", "p", "epsilon", "p_uncorrected")  # p: Greenhouse–Geisser
-BIN_COLUMNS = ("bin", "low", "high", "n", "mean", "ci_low", "ci_high")
 
 FACTORS = ("temperature", "alpha")
 _SYMBOL = {"temperature": "T", "alpha": "α"}
@@ -157,7 +157,7 @@ def best_lr_cells(runs: pd.DataFrame) -> BestLr:
     Returns:
         The cells and the per-lr means; both frames are empty (with their columns) for no runs.
     """
-    r = _runs(runs)
+    r = search_runs(runs)
     keys = ["stage", "temperature", "alpha"]
     per_lr = (r.groupby([*keys, "lr"], dropna=False)["val_acc"].agg(n="count", sd="std")
               .reset_index().sort_values([*keys, "lr"], key=_cell_order, ignore_index=True))
@@ -177,7 +177,7 @@ def best_lr_cells(runs: pd.DataFrame) -> BestLr:
         cell = per_lr.loc[i]
         x = r.loc[_in_cell(r, cell["stage"], cell["temperature"], cell["alpha"]) & (r["lr"] == cell["lr"]),
                   "val_acc"].to_numpy(dtype=float)
-        low, high = _t_interval(x)
+        low, high = t_interval(x)
         rows.append({"stage": cell["stage"], "temperature": cell["temperature"], "alpha": cell["alpha"],
                      "best_lr": cell["lr"], "n_lrs": int(tried),
                      "n": len(x), "mean": replicate_mean(x)[0], "sd": _sd(x), "ci_low": low, "ci_high": high,
@@ -197,7 +197,7 @@ def seed_matrix(runs: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         (the last row; find it with ``index.get_level_values("temperature").isna()``). Columns: the seeds
         (named ``seed``), sorted. NaN where a seed's run is missing (mean of duplicates, if any).
     """
-    r = _runs(runs)
+    r = search_runs(runs)
     rows = [r.loc[_in_cell(r, c.stage, c.temperature, c.alpha) & (r["lr"] == c.best_lr)]
             .groupby("seed")["val_acc"].mean() for c in cells.itertuples(index=False)]
     index = pd.MultiIndex.from_arrays([cells["temperature"].to_numpy(dtype=float),
@@ -272,8 +272,8 @@ def main_effects(matrix: pd.DataFrame, planned: dict[str, list[float]] | None = 
         for level, x in by_level.iterrows():
             x = x.dropna()
             effect = (x - grand[x.index]).to_numpy(dtype=float)
-            m_low, m_high = _t_interval(x.to_numpy(dtype=float))
-            e_low, e_high = _t_interval(effect)
+            m_low, m_high = t_interval(x.to_numpy(dtype=float))
+            e_low, e_high = t_interval(effect)
             rows.append({"factor": factor, "level": float(level), "n": len(x), "mean": float(x.mean()),
                          "ci_low": m_low, "ci_high": m_high, "effect": float(effect.mean()),
                          "effect_ci_low": e_low, "effect_ci_high": e_high})
@@ -349,44 +349,7 @@ def reliability_sentence(rho: float) -> str:
             "no single cell can be called best.")
 
 
-def binned_effect(runs: pd.DataFrame, param: str, bins: int) -> pd.DataFrame:
-    """Mean validation accuracy of the KD runs per quantile bin of ``param`` (no interpolation).
-
-    Every KD run counts, at whatever lr it was trained; pass only each cell's best-lr runs to see the
-    accuracy a value reaches when its lr is tuned.
-
-    Args:
-        runs: search runs, columns :data:`RUN_COLUMNS`.
-        param: ``"temperature"`` or ``"alpha"``.
-        bins: how many quantile bins (``pandas.qcut``; duplicate edges are dropped, so there may be fewer).
-
-    Returns:
-        One row per bin, columns :data:`BIN_COLUMNS`: ``bin`` (0-based), ``low``/``high`` (the quantile
-        edges: the first bin is [low, high], the others (low, high]), ``n``, ``mean`` and its t interval
-        (NaN for n < 2 or no spread). Empty for no KD runs.
-    """
-    if param not in FACTORS:
-        raise ValueError(f"param must be one of {FACTORS}, not {param!r}")
-    r = _runs(runs)
-    r = r[(r["stage"] == "kd") & r[param].notna()]
-    if r.empty or bins < 1:
-        return pd.DataFrame(columns=list(BIN_COLUMNS))
-    x = r[param].astype(float)
-    if x.nunique() == 1:
-        codes, edges = np.zeros(len(x), dtype=int), np.array([x.iloc[0], x.iloc[0]])
-    else:
-        binned, edges = pd.qcut(x, bins, retbins=True, duplicates="drop")
-        codes = binned.cat.codes.to_numpy()
-    rows = []
-    for i in range(len(edges) - 1):
-        y = r.loc[codes == i, "val_acc"].to_numpy(dtype=float)
-        low, high = _t_interval(y)
-        rows.append({"bin": i, "low": float(edges[i]), "high": float(edges[i + 1]), "n": len(y),
-                     "mean": float(y.mean()) if len(y) else math.nan, "ci_low": low, "ci_high": high})
-    return pd.DataFrame(rows, columns=list(BIN_COLUMNS))
-
-
-def _runs(runs: pd.DataFrame) -> pd.DataFrame:
+def search_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs' six columns, KD and CE rows with a finite val_acc and lr; T and α NaN for CE."""
     if runs.empty:
         return pd.DataFrame({c: pd.Series(dtype=object if c == "stage" else float) for c in RUN_COLUMNS})
@@ -431,7 +394,7 @@ def _sd(x: np.ndarray) -> float:
     return float(np.std(x, ddof=1)) if len(x) >= 2 else math.nan
 
 
-def _t_interval(x: np.ndarray) -> tuple[float, float]:
+def t_interval(x: np.ndarray) -> tuple[float, float]:
     """Student-t interval of the mean of ``x`` (``ttest_1samp``); NaN for n < 2 or no spread."""
     x = x[np.isfinite(x)]
     if len(x) < 2 or _sd(x) <= _EPS:

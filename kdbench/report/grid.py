@@ -18,6 +18,7 @@ import pandas as pd
 
 from kdbench.config import Range
 from kdbench.report import effects
+from kdbench.report.bins import binned_effect
 from kdbench.report.budget import BudgetLabels, StudyLike, as_study, budget_labels
 from kdbench.report.methods import METHOD_NAMES
 from kdbench.report.stats import summarize
@@ -128,7 +129,7 @@ def search_evidence(config: StudyLike, runs: pd.DataFrame) -> SearchEvidence:
     kd = done[done["stage"] == "kd"]
     binned = pd.DataFrame()
     if not is_grid and len(kd) > 0:
-        parts = [effects.binned_effect(kd, p, 5).assign(param=p) for p in effects.FACTORS
+        parts = [binned_effect(kd, p, 5).assign(param=p) for p in effects.FACTORS
                  if isinstance(getattr(search, p), Range)]
         binned = pd.concat(parts, ignore_index=True) if parts else binned
     budgets = budget_words(study, runs)
