@@ -199,9 +199,13 @@ def first_non_finite(step_losses: torch.Tensor) -> int | None:
 
 
 def uses_channels_last(recipe: Recipe, device: torch.device, model: nn.Module) -> bool:
-    """``channels_last: auto`` turns it on for convolutional models on CUDA."""
+    """``channels_last: auto`` turns it on for convolutional models on CUDA and the CPU.
+
+    On the CPU, oneDNN's convolutions run faster in it too: a cnn-m training step of batch 128 took 0.65x the
+    time, cnn-s 0.64x, resnet8x4 (batch 64) 0.76x (``python bench/step_costs.py``, 2 cores).
+    """
     return recipe.channels_last is True or (
-        recipe.channels_last == "auto" and device.type == "cuda" and _is_conv(model)
+        recipe.channels_last == "auto" and device.type in ("cuda", "cpu") and _is_conv(model)
     )
 
 

@@ -48,7 +48,7 @@ class Recipe(Strict):
     amp: bool = True
     """bf16 autocast on CUDA; ignored on the CPU."""
     channels_last: bool | Literal["auto"] = "auto"
-    """channels_last memory format; auto: on for convolutional models on CUDA."""
+    """channels_last memory format; auto: on for convolutional models on CUDA and the CPU (oneDNN)."""
     compile: bool = False
     """``torch.compile`` the model (once per process)."""
     pretrained: str | None = None
