@@ -325,7 +325,9 @@ def _trials_caption(sf: StudyFrames) -> str:
     if sf.trials.empty or figures.one_evaluation(sf.trials, "run_id"):
         return (f"How to read it: {history[0].upper()}{history[1:]} No per-trial curves: one evaluation per trial "
                 "(validation only after its last step), so no curve.")
-    return ("How to read it: on the left, one line per search trial, its validation accuracy after each epoch, "
+    point = "step of its student.eval_every grid" if sf.config.get("student", {}).get("eval_every") is not None \
+        else "epoch"
+    return (f"How to read it: on the left, one line per search trial, its validation accuracy after each {point}, "
             "coloured by how it ended; a pruned trial stops where the pruner stopped it. On the right, " + history)
 
 
