@@ -107,6 +107,12 @@ def budget_words(config: StudyLike, runs: pd.DataFrame) -> dict[str, str]:
                 lrs, seeds = int(per.loc[stage, "lrs"]), int(per.loc[stage, "seeds"])
                 each = f"{lrs} lr × {seeds} seed{'s' if seeds != 1 else ''}"
                 out[stage] = f"{len(temps) * len(alphas)} cells × {each}" if stage == "kd" else each
+                # a half-finished grid: the lrs and seeds seen so far, not yet the plan
+                planned = (len(temps) * len(alphas) if stage == "kd" else 1) * len(lrs_planned) * \
+                    search.n_replicates * len(as_study(config).search_budgets)
+                ended = int((search_runs["kind"].eq(stage)
+                             & search_runs["state"].isin(["complete", "pruned", "failed"])).sum())
+                out[stage] += f" so far ({ended} of {planned} planned runs ended)" if ended < planned else ""
         return out
     counts = search_runs["kind"].value_counts()
     return {stage: f"{int(counts[stage])} trial{'s' if counts[stage] != 1 else ''}" for stage in ("kd", "ce")
