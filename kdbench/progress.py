@@ -107,7 +107,7 @@ def sweep_display(quiet: bool, total_epochs: int | None = 1) -> Iterator[SweepEv
             if p is None:
                 return
             now = describe_params(state["params"]) if state["params"] else ", ".join(
-                f"{v} (epoch {e})" for v, e in p.running)
+                v if p.steps else f"{v} (epoch {e})" for v, e in p.running)  # on a step grid: no epoch count
             bar.update(sweep_task, total=p.total, completed=p.done, visible=True,
                        info=f"{pace.eta(p)}  {_best(p)}  now: {now}")
 

@@ -50,3 +50,15 @@ def test_the_live_line_counts_steps_on_a_step_grid_and_epochs_otherwise(capsys: 
                                          steps=100 if steps else 430), 1, steps)
     out = capsys.readouterr().out
     assert re.search(shown, out) and ("epoch" in out) == (steps is None), out
+
+
+@pytest.mark.parametrize("steps", [True, False])
+def test_the_running_visits_of_other_workers_show_an_epoch_count_only_at_epoch_ends(
+        capsys: pytest.CaptureFixture[str], steps: bool) -> None:
+    """A worker's run validated every N steps has stored 1 epoch done after its first point (step 100 of a
+    430-step epoch): the line names the visit without an epoch count, which would read as a finished epoch."""
+    with sweep_display(quiet=False) as events:
+        events.on_progress(Progress(done=2, total=9, counts={"complete": 2, "running": 1}, best={},
+                                    running=[("kd/T=2/a=0.5/lr=0.001/r=0", 1)], steps=steps))
+    out = capsys.readouterr().out
+    assert "now: kd/T=2/a=0.5/lr=0.001/r=0" in out and ("(epoch 1)" in out) != steps, out

@@ -25,6 +25,7 @@ class Progress:
     counts: dict[str, int]  # runs by state, retired attempts included
     best: dict[str, float]  # best validation accuracy so far, by stage (kd, ce)
     running: list[tuple[str, int]]  # (visit, epochs done) of the runs in progress
+    steps: bool = False  # validation on student.eval_every's step grid: a run's epochs done are not its points
 
 
 def study_progress(store: Store, study: Study, study_id: int | None = None) -> Progress:
@@ -46,7 +47,8 @@ def study_progress(store: Store, study: Study, study_id: int | None = None) -> P
     return Progress(
         done=sum(1 for r in rows if "#" not in r.visit and r.state in TERMINAL), total=planned_total(study) + extended,
         counts=counts, best=best,
-        running=[(str(r.visit), int(r.epochs_done or 0)) for r in rows if r.state == "running"])
+        running=[(str(r.visit), int(r.epochs_done or 0)) for r in rows if r.state == "running"],
+        steps=study.student.eval_every is not None)
 
 
 @dataclass
