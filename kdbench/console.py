@@ -56,13 +56,15 @@ def print_evidence(sentences: list[str], name: str) -> None:
 def print_transfer(name: str, study: Study, runs: Any) -> None:
     """The transfer check's sentence per method, when finalists trained longer than the search or probes ran."""
     from kdbench.report.budget import transfers
+    from kdbench.report.methods import arm_label
 
     for t in transfers(runs, study, study.search.methods):
-        click.echo(f"{name}: {t.method}: {t.sentence}")
+        click.echo(f"{name}: {arm_label(t.method)}: {t.sentence}")
 
 
 def print_summary(store: Any, name: str, summary: Any, study: Study) -> None:
     from kdbench.report.budget import budget_labels
+    from kdbench.report.methods import arm_label
     from kdbench.store import run_values
 
     at = budget_labels(study).finalists
@@ -77,6 +79,7 @@ def print_summary(store: Any, name: str, summary: Any, study: Study) -> None:
     for _, r in summary.iterrows():
         values = run_values(r)
         lr = values.pop("lr")
+        values.pop("label_smoothing", None)  # CE+LS's, said in its label
         cfg = "".join(f"{'T' if k == 'temperature' else k}={v:g} " for k, v in values.items()) + f"lr={lr:.3g}"
         runs = int(r["runs"])
         if r["test_mean"] != r["test_mean"]:
@@ -87,14 +90,16 @@ def print_summary(store: Any, name: str, summary: Any, study: Study) -> None:
             test = f"test {r['test_mean']:.2%} (n={int(r['n'])}, no spread)"
         if 0 < r["n"] < runs:
             test += f"; {runs - int(r['n'])} complete run(s) stored no test accuracy"
-        click.echo(f"  best {r['loss'].upper()} #{int(r['rank']) + 1}: {cfg}: {test}")
+        click.echo(f"  best {arm_label(r['loss'], r['params'])} #{int(r['rank']) + 1}: {cfg}: {test}")
 
 
 def print_show(store: Any, study_name: str, top: int) -> None:
     """`kdbench show`: counts by kind and state, the best cells against CE, the search's sentences, finalists."""
+    from kdbench.report.methods import arm_label
+
     runs = store.runs(study_name)
     study = store.study_config(study_name)  # a damaged stored config: one line naming it
-    counts = runs.groupby(["kind", "state"]).size().unstack(fill_value=0)
+    counts = runs.assign(kind=runs["kind"].map(arm_label)).groupby(["kind", "state"]).size().unstack(fill_value=0)
     click.echo(f"study {study_name} in {store.url}\n\nruns by kind and state:\n{counts.to_string()}\n")
     evidence = search_evidence_of(study, runs)
     cells = evidence.cells.cells.dropna(subset=["mean"])

@@ -1,7 +1,8 @@
 """What a sweep shows while it runs: two live lines (rich), or one plain line per finished trial (--quiet).
 
 The live lines: the whole study (visits done/total over every worker, an ETA from this session's pace,
-the best validation accuracy so far, the trial now running) and the epochs of the current trial.
+the best validation accuracy so far, the trial now running) and the epochs of the current trial (its optimiser
+steps where validation runs on ``student.eval_every``'s step grid).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def sweep_display(quiet: bool, total_epochs: int | None = 1) -> Iterator[SweepEv
             if p is None:
                 return
             now = describe_params(state["params"]) if state["params"] else ", ".join(
-                f"{v} (epoch {e})" for v, e in p.running)
+                v if p.steps else f"{v} (epoch {e})" for v, e in p.running)  # on a step grid: no epoch count
             bar.update(sweep_task, total=p.total, completed=p.done, visible=True,
                        info=f"{pace.eta(p)}  {_best(p)}  now: {now}")
 
@@ -123,6 +124,10 @@ def sweep_display(quiet: bool, total_epochs: int | None = 1) -> Iterator[SweepEv
             bar.update(epoch_task, total=total, completed=r.epoch + 1,
                        info=f"train loss {r.train_loss:.4f}  val {r.val_acc:.2%}  ({r.seconds:.1f} s)")
 
+        def step_point(r: EpochRecord, total: int) -> None:  # a point of the step grid: steps, not epochs
+            bar.update(epoch_task, total=total, completed=r.steps, description="steps",
+                       info=f"step {r.steps}: train loss {r.train_loss:.4f}  val {r.val_acc:.2%}  ({r.seconds:.1f} s)")
+
         def status(msg: str) -> None:
             bar.update(epoch_task, info=msg)
 
@@ -130,4 +135,4 @@ def sweep_display(quiet: bool, total_epochs: int | None = 1) -> Iterator[SweepEv
             bar.console.print(line, markup=False, highlight=False)
 
         yield SweepEvents(on_progress=progress, on_visit_start=start_live, on_epoch=epoch, on_status=status,
-                          on_log=log)
+                          on_log=log, on_step_point=step_point)

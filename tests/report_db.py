@@ -27,8 +27,9 @@ KD_TRIALS: dict[tuple[float, float], list[tuple[str, float | None, float]]] = {
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5)
 
 
-def study_config(name: str, student: str = "mlp-800") -> Any:
-    return parse_study({"name": name, "data": {"dataset": "fashion-mnist"}, "student": {"model": student},
+def study_config(name: str, student: str = "mlp-800", eval_every: int | None = None) -> Any:
+    every = {} if eval_every is None else {"eval_every": eval_every}
+    return parse_study({"name": name, "data": {"dataset": "fashion-mnist"}, "student": {"model": student, **every},
                         "search": {"temperature": [1, 2, 4], "alpha": [0.5, 0.9]},
                         "finalists": {"top_k": 1, "seeds": 5}})
 
@@ -42,15 +43,16 @@ def make_db(url: str, name: str = "known", *, kd_test: dict[int, float] | None =
             ce_test: dict[int, float] | None = None, ce_val: list[float] | None = None,
             kd_trials: dict[tuple[float, float], list[tuple[str, float | None, float]]] | None = None,
             teacher: bool = True, device: str = "cpu (test, 1 thread)", student: str = "mlp-800",
-            epochs: int = 3, ls_test: dict[int, float] | None = None) -> None:
+            epochs: int = 3, ls_test: dict[int, float] | None = None, eval_every: int | None = None) -> None:
     """Write one study with the given runs (each finalist evaluated after each of ``epochs`` epochs); defaults are
     the module's known numbers (``ls_test``: CE with label smoothing 0.1 finalists too, validation accuracy = test
-    accuracy as for the others)."""
+    accuracy as for the others; ``eval_every``: the study's ``student.eval_every``, each finalist's points then
+    that many steps apart)."""
     kd_test = KD_TEST if kd_test is None else kd_test
     ce_test = CE_TEST if ce_test is None else ce_test
     ce_val = CE_VAL if ce_val is None else ce_val
     kd_trials = KD_TRIALS if kd_trials is None else kd_trials
-    study = study_config(name, student)
+    study = study_config(name, student, eval_every)
     store = Store.open(url)
     common: dict[str, Any] = dict(config_hash=study.hash, device=device, commit="abc123",
                                   versions=json.dumps({"torch": "2.14.1"}), parameters=1000, started=T0, finished=T0)
@@ -85,7 +87,8 @@ def make_db(url: str, name: str = "known", *, kd_test: dict[int, float] | None =
                 s.flush()
                 for e in range(epochs):
                     s.add(EpochRow(run_id=run.id, epoch=e, train_loss=1.0 / (e + 1), val_acc=acc - 0.01 * (2 - e),
-                                   val_loss=0.5, seconds=1.0, lr=2e-3))
+                                   val_loss=0.5, seconds=1.0, lr=2e-3,
+                                   steps=None if eval_every is None else eval_every * (e + 1)))
 
 
 # A replicated grid (the current design): T in {1, 4} x alpha in {0.1, 0.9} and CE, 2 lr, 3 seeds.

@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from kdbench import cli
+from kdbench.errors import StoreError
 from kdbench.store import db
 
 
@@ -171,6 +172,37 @@ def test_show_on_a_half_finished_grid_says_what_is_missing(tmp_path: Path) -> No
     lines = bad.stderr.strip().splitlines()
     assert bad.exit_code == 2 and len(lines) == 1, bad.output
     assert re.search(r"run \d+ \(final/\w+/rank=0/seed=2\) has test_loss = -0.25, not a cross-entropy", lines[0])
+
+
+def test_show_names_each_arm_as_the_report_does_on_a_half_finished_step_grid(tmp_path: Path) -> None:
+    """With CE+LS finalists and ``student.eval_every``, the half-finished grid's sentences hold as above, and CE with
+    label smoothing is named as the report names it ("CE+LS (label smoothing 0.1)"), never by its internal
+    name; an impossible accuracy at an evaluation point is refused on read as a run's is."""
+    import sqlalchemy as sa
+    from report_db import make_db
+
+    from kdbench.report.frames import study_frames
+
+    url = f"sqlite:///{tmp_path / 'half.db'}"
+    make_db(url, "half", kd_trials={(2.0, 0.5): [("complete", 0.890, 1e-3)], (2.0, 0.9): [("complete", 0.865, 1e-3)],
+                                    (4.0, 0.5): [("failed", None, 1e-3)]}, ls_test={1: 0.90, 2: 0.905, 3: 0.91},
+            eval_every=100)
+    shown = CliRunner().invoke(cli.main, ["show", "half", "--storage", url])
+    out = shown.output
+    assert shown.exit_code == 0, out
+    assert re.search(r"best CE\+LS \(label smoothing 0\.1\) #1: lr=0\.002: test 90\.50% ± 0\.50% \(sd, n=3\)\n", out)
+    assert re.search(r"best KD #1: T=2 alpha=0\.5 lr=0\.002: test ", out) and "best CE #1: lr=0.002: test " in out
+    assert not re.search(r"ce_ls|label_smoothing", out, re.IGNORECASE), out
+    assert re.search(r"\nCE +3 +0\nKD +2 +1\n", out), out  # runs by kind, each arm as named everywhere
+    assert "T's effect cannot be estimated yet" in out and "was not varied" not in out and "nan" not in out.lower()
+    assert "(n=1, no interval)" in out and "(95% CI, n=1)" not in out
+    assert study_frames(url, "half", load_images=False).curves["x"].tolist()[:3] == [100, 200, 300]  # steps
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE kdbench_epochs SET val_acc = 1.7 WHERE id = (SELECT MIN(id) FROM kdbench_epochs)"))
+    engine.dispose()
+    with pytest.raises(StoreError, match=r"run \d+ \(final/\w+/rank=0/seed=\d\) has val_acc = 1.7, not an accuracy"):
+        study_frames(url, "half", load_images=False)
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@ the pruner's warning, the transfer check (rank correlation, winner's rank, gap, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -78,12 +80,76 @@ def test_the_pruner_is_warned_about_where_it_acted_on_a_low_correlation() -> Non
     low = rho.copy()
     low.loc[low["epoch"] == 1, "rho"] = 0.5  # as if epoch 1 ranked the final one poorly
     [warning] = pruner_warnings(runs, low, "median")
-    assert "The median pruner stopped 2 kd trials after epoch 1" in warning and "ρ = 0.50" in warning
+    assert "The median pruner stopped 2 KD trials after epoch 1" in warning and "ρ = 0.50" in warning
     assert "n = 6 complete trials" in warning
     assert pruner_warnings(runs, rho, "median") == []  # the measured ρ (0.83) is above the floor: no warning
     late, _ = _trials(pruned_at=2)
     assert pruner_warnings(late, rho, "median") == []  # epoch 2 ranks it perfectly
     assert pruner_warnings(_trials()[0], low, "none") == []  # nothing pruned, nothing to warn about
+
+
+def _step_grid(epochs: pd.DataFrame) -> pd.DataFrame:
+    """The same trials as :func:`_trials` validated on ``student.eval_every: 100``'s grid of a 300-step run in
+    one epoch: three points, at steps 100, 200 and 300 (``epoch`` numbers the point, as the store keeps it)."""
+    return epochs.assign(steps=100 * (epochs["epoch"] + 1))
+
+
+def test_on_a_step_grid_each_point_is_named_by_its_step() -> None:
+    runs, epochs = _trials()
+    points = _step_grid(epochs)
+    out = epoch_rank_correlation(runs, points, eval_every=100)
+    assert list(out["step"]) == [100, 200] and set(out["steps"]) == {300}
+    assert out["rho"].tolist() == pytest.approx([_hand_spearman(E1, FINAL), 1.0])  # the same ranking as by epoch
+    by_epoch = epoch_rank_correlation(runs, points)  # without eval_every: epochs, no steps
+    assert by_epoch["step"].isna().all() and by_epoch["rho"].tolist() == out["rho"].tolist()
+
+
+def test_on_a_step_grid_the_pruner_is_warned_at_the_step_it_stopped() -> None:
+    """A trial pruned at its second point (step 200) of a one-epoch run stored epochs_done = 1: the warning names
+    step 200 and that point's ρ, not epoch 1's."""
+    runs, epochs = _trials()
+    runs = pd.concat([runs, pd.DataFrame([_run(10 + j, "kd", "pruned", epochs_done=1) for j in range(2)])])
+    epochs = pd.concat([epochs, pd.DataFrame([{"run_id": 10 + j, "epoch": e, "val_acc": 0.4} for j in range(2)
+                                              for e in (0, 1)])])
+    points = _step_grid(epochs)
+    rho = epoch_rank_correlation(runs, points, eval_every=100)
+    low = rho.assign(rho=[0.9, 0.5])  # as if step 200 ranked the final accuracy poorly, step 100 well
+    [warning] = pruner_warnings(runs, low, "median", points)
+    assert warning.startswith("The median pruner stopped 2 KD trials after step 200, where accuracy ranks the "
+                              "final one only with Spearman ρ = 0.50") and "epoch" not in warning
+    assert pruner_warnings(runs, rho, "median", points) == []  # step 200 ranks it perfectly
+    assert pruner_warnings(runs, low, "median") == []  # read as epochs, it would be epoch 1's ρ (0.9): no warning
+
+
+def test_the_budget_table_and_figure_say_steps_on_a_step_grid_and_epochs_otherwise(tmp_path: Path) -> None:
+    from report_db import make_db
+
+    from kdbench.report import figures
+    from kdbench.report.frames import study_frames
+    from kdbench.report.tables import epoch_rho_display
+
+    url = f"sqlite:///{tmp_path / 'known.db'}"
+    make_db(url)
+    known = study_frames(url, "known", load_images=False)
+    runs, epochs = _trials()
+    on_steps = dataclasses.replace(known, config={**known.config, "student": {**known.config["student"],
+                                                                               "eval_every": 100}},
+                                   epoch_rho=epoch_rank_correlation(runs, _step_grid(epochs), eval_every=100))
+    on_epochs = dataclasses.replace(known, epoch_rho=epoch_rank_correlation(runs, epochs))
+    shown = epoch_rho_display(on_steps)
+    assert list(shown.columns[:3]) == ["arm", "budget", "step"] and list(shown["step"]) == ["100 of 300",
+                                                                                             "200 of 300"]
+    assert set(shown["arm"]) == {"KD"}
+    assert list(epoch_rho_display(on_epochs)["epoch"]) == ["1 of 3", "2 of 3"]
+    for sf, unit, label, ticks in ((on_steps, "step", "optimiser step", [100, 200]), (on_epochs, "epoch", "epoch",
+                                                                                        [1, 2])):
+        right = figures.budget(sf).axes[1]
+        assert right.get_title().startswith(f"Does an early {unit} rank the final one?")
+        assert right.get_xlabel() == label and list(right.get_xticks()) == ticks
+    empty = dataclasses.replace(on_steps, epoch_rho=epoch_rank_correlation(runs.iloc[:0], epochs))
+    assert "recorded two evaluation points" in figures.left_out(empty)["budget"]
+    assert "recorded two epochs" in figures.left_out(dataclasses.replace(on_epochs, epoch_rho=empty.epoch_rho))[
+        "budget"]
 
 
 def test_a_spearman_interval_needs_five_pairs_and_a_varying_side() -> None:

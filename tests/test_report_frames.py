@@ -157,6 +157,18 @@ def test_geometric_detection() -> None:
     assert not is_geometric([0.1, 0.3, 0.5, 0.7, 0.9]) and not is_geometric([1, 2]) and not is_geometric([0, 1, 2])
 
 
+def test_a_half_finished_grid_says_its_tuning_budget_so_far() -> None:
+    """The lrs and seeds a half-finished grid has seen are not its plan: the words say how many planned runs ended."""
+    from kdbench.report.grid import budget_words
+
+    config = {"name": "rep", "search": {"temperature": [1, 4], "alpha": [0.1, 0.9], "lr": [1e-3, 2e-3],
+                                        "replicates": 3}}
+    rows = [{"kind": "ce", "lr": lr, "seed": s, "state": "complete"} for lr in (1e-3, 2e-3) for s in (0, 1, 2)]
+    rows += [{"kind": "kd", "lr": 1e-3, "seed": 0, "state": st} for st in ("complete", "failed", "running")]
+    words = budget_words(config, pd.DataFrame(rows))
+    assert words == {"kd": "4 cells × 1 lr × 1 seed so far (2 of 24 planned runs ended)", "ce": "2 lr × 3 seeds"}
+
+
 def test_replicated_grid_cells_effects_and_budgets(tmp_path) -> None:
     from report_db import REP_CELL, REP_LRS, REP_SEEDS, make_replicated_db, rep_val
 

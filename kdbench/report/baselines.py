@@ -9,14 +9,15 @@ stronger on validation. A study with CE alone keeps CE and says nothing more: it
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["BASELINE_NAMES", "Baseline", "best_baseline"]
+from kdbench.report.methods import arm_label
 
-BASELINE_NAMES = {"ce": "CE", "ce_ls": "CE+LS"}  # each baseline arm as the verdict names it
+__all__ = ["BASELINES", "Baseline", "best_baseline"]
+
+BASELINES = ("ce", "ce_ls")  # the baseline arms, each named as everywhere else (:func:`arm_label`)
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,6 @@ class Baseline:
     sentence: str
 
 
-def _epsilon(params: object) -> str:
-    eps = json.loads(params).get("label_smoothing") if isinstance(params, str) else None
-    return f" (label smoothing {eps:g})" if eps is not None else ""
-
-
 def best_baseline(finalists: pd.DataFrame) -> Baseline:
     """The baseline arm whose best (rank 0) finalist has the highest mean validation accuracy (CE on a tie).
 
@@ -50,17 +46,17 @@ def best_baseline(finalists: pd.DataFrame) -> Baseline:
     Returns:
         The chosen baseline; CE (with no sentence) when no baseline arm has a complete finalist yet.
     """
-    rows = finalists[finalists["loss"].isin(list(BASELINE_NAMES)) & (finalists["rank"] == 0)]
+    rows = finalists[finalists["loss"].isin(BASELINES) & (finalists["rank"] == 0)]
     if rows.empty:
         return Baseline("ce", "CE", "")
     rows = rows.assign(_tie=rows["loss"] != "ce").sort_values(["val_mean", "_tie"], ascending=[False, True])
     best = rows.iloc[0]
     loss = str(best["loss"])
-    name = BASELINE_NAMES[loss]
+    name = arm_label(loss)
     if len(rows) == 1:
-        return Baseline(loss, name, "" if loss == "ce" else f" The baseline is {name}{_epsilon(best['params'])}: "
+        return Baseline(loss, name, "" if loss == "ce" else f" The baseline is {arm_label(loss, best['params'])}: "
                                                             "baseline.ce is off.")
-    accs = " and ".join(f"{BASELINE_NAMES[str(r['loss'])]}{_epsilon(r['params'])} ({100 * r['val_mean']:.2f} %, "
+    accs = " and ".join(f"{arm_label(str(r['loss']), r['params'])} ({100 * r['val_mean']:.2f} %, "
                         f"n={int(r['n'])})" for _, r in rows.sort_values("loss").iterrows())
     return Baseline(loss, name, f" The baseline is {name}, the better on validation of {accs} (the finalists' mean "
                                 "validation accuracy over their seeds; the test set chose nothing).")

@@ -6,8 +6,8 @@ distillation: a good teacher is patient and consistent": the best T moves with t
 al. 2018: short-horizon tuning biases hyperparameters).
 
 - :func:`epoch_rank_correlation`: over the search's unpruned trials, how well the validation accuracy at each
-  epoch ranks the final one (Spearman ρ with a bootstrap interval): the assumption every early-stopping
-  pruner makes. :func:`pruner_warnings` names the epochs a pruner acted at where that ρ is low.
+  epoch (or step, on ``student.eval_every``'s grid) ranks the final one (Spearman ρ with a bootstrap interval):
+  the assumption every early-stopping pruner makes. :func:`pruner_warnings` names where a pruner acted on a low ρ.
 - :func:`transfer`: the finalists and probes (``finalists.probe``) re-trained at the finalists' budget on the
   same seeds, against their search scores: rank correlation over configurations with a bootstrap interval,
   the search winner's rank at full budget and its paired gap to the best there, and one sentence.
@@ -32,35 +32,19 @@ from scipy import stats
 from kdbench.config import Study
 from kdbench.defaults import PRUNE_RHO_MIN
 from kdbench.report import effects
+from kdbench.report.methods import arm_label
 from kdbench.report.stats import CONFIDENCE, Paired, paired_difference
 from kdbench.store import run_values
 from kdbench.studyfile import stored_study
 
-__all__ = [
-    "BOOTSTRAP_RESAMPLES",
-    "BUDGET_COLUMNS",
-    "EPOCH_COLUMNS",
-    "RANK_CI_MIN_N",
-    "TRANSFER_COLUMNS",
-    "BudgetLabels",
-    "StudyLike",
-    "Transfer",
-    "as_study",
-    "budget_frames",
-    "budget_labels",
-    "budget_table",
-    "epoch_rank_correlation",
-    "main_runs",
-    "pruner_warnings",
-    "spearman_interval",
-    "transfer",
-    "transfers",
-]
+__all__ = ["BOOTSTRAP_RESAMPLES", "BUDGET_COLUMNS", "EPOCH_COLUMNS", "RANK_CI_MIN_N", "TRANSFER_COLUMNS",
+           "BudgetLabels", "StudyLike", "Transfer", "as_study", "budget_frames", "budget_labels", "budget_table",
+           "epoch_rank_correlation", "main_runs", "pruner_warnings", "spearman_interval", "transfer", "transfers"]
 
 BOOTSTRAP_RESAMPLES = 2000  # resamples of every bootstrap interval here (percentile method, seeded: reproducible)
 RANK_CI_MIN_N = 5  # pairs below which a rank correlation gets no bootstrap interval: 3 or 4 pairs have too few
 # distinct resamples (most repeat a point, many have a constant side) for percentiles to mean anything
-EPOCH_COLUMNS = ["stage", "budget", "epoch", "epochs", "n", "rho", "ci_low", "ci_high"]
+EPOCH_COLUMNS = ["stage", "budget", "epoch", "epochs", "step", "steps", "n", "rho", "ci_low", "ci_high"]
 TRANSFER_COLUMNS = ["config", "search_rank", "search_val", "search_n", "full_val", "full_sd", "full_n", "full_rank"]
 BUDGET_COLUMNS = ["budget", "stage", "where", "best_cell", "kd_val", "ce_val", "n", "diff", "ci_low", "ci_high"]
 
@@ -139,16 +123,18 @@ def spearman_interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float
     return rho, float(lo), float(hi)
 
 
-def epoch_rank_correlation(runs: pd.DataFrame, epochs: pd.DataFrame, default_budget: str = "") -> pd.DataFrame:
+def epoch_rank_correlation(runs: pd.DataFrame, epochs: pd.DataFrame, default_budget: str = "",
+                           eval_every: int | None = None) -> pd.DataFrame:
     """How well each epoch's validation accuracy ranks the final one, over the search's complete trials.
 
     Per search stage (an Optuna study: ``kd``, ``ce``, ...) and budget, and per epoch before the last: Spearman
     ρ between the trials' validation accuracy at that epoch and at their last epoch, with a bootstrap interval
     over trials. Only complete trials count (a pruned one has no final value), so under an active pruner they
-    are its survivors. Epochs are numbered from 1.
+    are its survivors. Epochs are numbered from 1 (with ``eval_every``, evaluation points).
 
     Args:
         default_budget: the budget of runs stored before runs recorded theirs.
+        eval_every: ``student.eval_every``: ``step`` and ``steps`` say where the point and the last lie.
 
     Returns:
         Columns :data:`EPOCH_COLUMNS` (``epochs``: the budget's epochs); empty when no trial has two epochs.
@@ -160,6 +146,8 @@ def epoch_rank_correlation(runs: pd.DataFrame, epochs: pd.DataFrame, default_bud
     budget = search.set_index("run_id")["budget"].fillna(default_budget)
     e = epochs[epochs["run_id"].isin(search["run_id"])].dropna(subset=["val_acc"])
     wide = e.pivot_table(index="run_id", columns="epoch", values="val_acc", aggfunc="first")
+    on_grid = eval_every is not None and "steps" in e and e["steps"].notna().all()  # else step, steps: NaN
+    at = e.pivot_table(index="run_id", columns="epoch", values="steps", aggfunc="first") if on_grid else None
     kinds = search.set_index("run_id")["kind"]
     for (stage, label), ids in wide.groupby([kinds.reindex(wide.index), budget.reindex(wide.index)]).groups.items():
         w = wide.loc[ids].dropna(axis=1, how="all")
@@ -167,28 +155,37 @@ def epoch_rank_correlation(runs: pd.DataFrame, epochs: pd.DataFrame, default_bud
             continue
         last = int(w.columns.max())
         final = w[last]
+        steps = at.loc[ids].max() if at is not None else pd.Series(dtype=float)  # a point's, alike in a budget
         for epoch in sorted(int(c) for c in w.columns if c != last):
             both = pd.concat([w[epoch], final], axis=1).dropna()
             rho, lo, hi = spearman_interval(both.iloc[:, 0].to_numpy(), both.iloc[:, 1].to_numpy())
             rows.append({"stage": stage, "budget": label, "epoch": epoch + 1, "epochs": last + 1, "n": len(both),
+                         "step": float(steps.get(epoch, math.nan)), "steps": float(steps.get(last, math.nan)),
                          "rho": rho, "ci_low": lo, "ci_high": hi})
     out = pd.DataFrame(rows, columns=EPOCH_COLUMNS)
     return out.sort_values(["stage", "budget", "epoch"], key=_budget_order).reset_index(drop=True)
 
 
-def pruner_warnings(runs: pd.DataFrame, correlation: pd.DataFrame, pruner: str) -> list[str]:
+def pruner_warnings(runs: pd.DataFrame, correlation: pd.DataFrame, pruner: str,
+                    points: pd.DataFrame | None = None) -> list[str]:
     """One warning per (stage, epoch) where the pruner stopped trials and that epoch's ρ is below
-    :data:`kdbench.config.PRUNE_RHO_MIN` (or could not be measured)."""
+    :data:`kdbench.config.PRUNE_RHO_MIN` (or could not be measured). With ``points`` (the store's evaluation
+    points of a study on ``student.eval_every``'s step grid) a trial stopped at its last point, said in steps."""
     pruned = runs[(runs["state"] == "pruned") & ~runs["kind"].isin(["finalist", "probe"])]
     if pruned.empty:
         return []
+    unit, keys = ("step", ["kind", "epochs_done", "step"]) if points is not None else ("epoch", ["kind", "epochs_done"])
+    if points is not None:  # a trial's last point, where it stopped (its epochs_done counts epochs, not points)
+        last = points.sort_values("epoch").groupby("run_id").last()
+        pruned = pruned.assign(epochs_done=pruned["run_id"].map(last["epoch"] + 1),
+                               step=pruned["run_id"].map(last["steps"])).dropna(subset=["epochs_done", "step"])
     out = []
-    for (stage, at), g in pruned.groupby(["kind", "epochs_done"]):
+    for (stage, at, *step), g in pruned.groupby(keys):
         match = correlation[(correlation["stage"] == stage) & (correlation["epoch"] == int(at))]
-        n = len(g)
-        what = f"The {pruner} pruner stopped {n} {stage} trial{'s' if n != 1 else ''} after epoch {int(at)}"
+        n, where = len(g), f"step {int(step[0])}" if step else f"epoch {int(at)}"
+        what = f"The {pruner} pruner stopped {n} {arm_label(str(stage))} trial{'s' if n != 1 else ''} after {where}"
         if match.empty or math.isnan(float(match["rho"].iloc[0])):
-            out.append(f"{what}, where no complete trials measure how well that epoch ranks the final accuracy: "
+            out.append(f"{what}, where no complete trials measure how well that {unit} ranks the final accuracy: "
                        "the pruner's assumption is untested.")
             continue
         r = match.iloc[0]
@@ -362,9 +359,10 @@ def budget_frames(runs: pd.DataFrame, epochs: pd.DataFrame, config: StudyLike, m
     """Everything the report's budget section shows (the :class:`kdbench.report.frames.StudyFrames` fields
     ``budgets``, ``epoch_rho``, ``pruner_warnings``, ``transfers``, ``budget_table``), from every run: probes
     and every search budget."""
-    labels = budget_labels(config)
-    rho = epoch_rank_correlation(runs, epochs, labels.selection)
-    return dict(budgets=labels, epoch_rho=rho, pruner_warnings=pruner_warnings(runs, rho, pruner),
+    labels, eval_every = budget_labels(config), as_study(config).student.eval_every
+    rho = epoch_rank_correlation(runs, epochs, labels.selection, eval_every)
+    points = epochs if eval_every is not None else None
+    return dict(budgets=labels, epoch_rho=rho, pruner_warnings=pruner_warnings(runs, rho, pruner, points),
                 transfers=transfers(runs, config, methods),
                 budget_table=budget_table(runs, config) if len(labels.search) > 1 or labels.longer
                 else pd.DataFrame(columns=BUDGET_COLUMNS))

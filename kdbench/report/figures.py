@@ -32,6 +32,11 @@ def one_evaluation(curves: pd.DataFrame, key: str) -> bool:
     return not curves.empty and int(curves.groupby(key)["epoch"].nunique().max()) <= 1
 
 
+def _points(sf: StudyFrames) -> str:
+    """What a trial's evaluation points are, in words: on ``student.eval_every``'s step grid, or epoch ends."""
+    return "evaluation points" if sf.config.get("student", {}).get("eval_every") is not None else "epochs"
+
+
 def left_out(sf: StudyFrames) -> dict[str, str]:
     """The figures that would be drawn empty, each with the sentence the report says instead (the report draws
     the others). A budget figure whose two panels would be empty, learning curves with no finalist or one
@@ -61,7 +66,7 @@ def left_out(sf: StudyFrames) -> dict[str, str]:
         out["trials"] = "No trial figure: no search trial recorded yet."
     if not sf.transfers and sf.epoch_rho.dropna(subset=["rho"]).empty:
         out["budget"] = ("No budget figure: no configuration was trained at another budget and no search trial "
-                         "recorded two epochs, so there is nothing to draw.")
+                         f"recorded two {_points(sf)}, so there is nothing to draw.")
     if not any(not c.empty for c in sf.method_cells.values()):
         out["method-cells"] = "No per-cell figure of the other methods: none has a complete search trial yet."
     return out
@@ -164,7 +169,8 @@ def _history(fig: Figure, right: Axes, sf: StudyFrames) -> Figure:
 
 def budget(sf: StudyFrames) -> Figure:
     """Left: each configuration trained at the finalists' budget, its search value against its value there (the
-    transfer check). Right: each epoch's rank correlation with the final accuracy over the search's trials."""
+    transfer check). Right: each epoch's (or step's, on ``student.eval_every``'s grid) rank correlation with the
+    final accuracy over the search's trials."""
     fig, (left, right) = new_figure(11.0, 4.2, 1, 2)
     if not sf.transfers:
         empty_panel(fig, left, "no configuration trained at another budget\n(finalists.budget, finalists.probe)")
@@ -183,18 +189,20 @@ def budget(sf: StudyFrames) -> Figure:
         left.legend(fontsize=7)
     rho = sf.epoch_rho.dropna(subset=["rho"])
     if rho.empty:
-        return empty_panel(fig, right, "no search trial has two epochs:\nnothing ranks before the last")
+        return empty_panel(fig, right, f"no search trial has two {_points(sf)}:\nnothing ranks before the last")
+    unit = "step" if rho["step"].notna().all() else "epoch"  # the x: optimiser steps on a step grid
+    nudge = 0.05 * (float(rho["step"].min()) if unit == "step" else 1.0)  # arms side by side at a point
     for i, ((stage, label), g) in enumerate(rho.groupby(["stage", "budget"], sort=False)):
         color = COLORS.get(str(stage), ARM_COLORS[i % len(ARM_COLORS)])
         err = np.vstack([g["rho"] - g["ci_low"], g["ci_high"] - g["rho"]]).clip(min=0)
-        right.errorbar(g["epoch"] + 0.05 * i, g["rho"], yerr=np.nan_to_num(err), color=color, marker="o",
+        right.errorbar(g[unit] + nudge * i, g["rho"], yerr=np.nan_to_num(err), color=color, marker="o",
                        capsize=3, label=f"{METHOD_NAMES.get(str(stage), stage)}, {label} (n={int(g['n'].max())})")
     right.axhline(PRUNE_RHO_MIN, color="#999", ls=":", lw=1, label=f"ρ = {PRUNE_RHO_MIN:g}: a pruner's floor")
     right.set_ylim(min(0.0, float(rho["ci_low"].min()) - 0.05), 1.02)
-    right.set_xticks(sorted(set(rho["epoch"])))
-    right.set_xlabel("epoch")
+    right.set_xticks(sorted(set(rho[unit])))
+    right.set_xlabel("optimiser step" if unit == "step" else "epoch")
     right.set_ylabel("Spearman ρ with the final val acc")
-    right.set_title(f"Does an early epoch rank the final one? (pruner: {sf.evidence.pruner})")
+    right.set_title(f"Does an early {unit} rank the final one? (pruner: {sf.evidence.pruner})")
     right.legend(fontsize=7)
     fig.tight_layout()
     return fig

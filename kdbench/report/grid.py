@@ -20,7 +20,7 @@ from kdbench.config import Range
 from kdbench.report import effects
 from kdbench.report.bins import binned_effect
 from kdbench.report.budget import BudgetLabels, StudyLike, as_study, budget_labels
-from kdbench.report.methods import METHOD_NAMES
+from kdbench.report.methods import arm_label
 from kdbench.report.stats import summarize
 from kdbench.sweep.extend import ArmLr, lr_status
 from kdbench.sweep.recheck import Recheck, recheck_status
@@ -107,6 +107,12 @@ def budget_words(config: StudyLike, runs: pd.DataFrame) -> dict[str, str]:
                 lrs, seeds = int(per.loc[stage, "lrs"]), int(per.loc[stage, "seeds"])
                 each = f"{lrs} lr × {seeds} seed{'s' if seeds != 1 else ''}"
                 out[stage] = f"{len(temps) * len(alphas)} cells × {each}" if stage == "kd" else each
+                # a half-finished grid: the lrs and seeds seen so far, not yet the plan
+                planned = (len(temps) * len(alphas) if stage == "kd" else 1) * len(lrs_planned) * \
+                    search.n_replicates * len(as_study(config).search_budgets)
+                ended = int((search_runs["kind"].eq(stage)
+                             & search_runs["state"].isin(["complete", "pruned", "failed"])).sum())
+                out[stage] += f" so far ({ended} of {planned} planned runs ended)" if ended < planned else ""
         return out
     counts = search_runs["kind"].value_counts()
     return {stage: f"{int(counts[stage])} trial{'s' if counts[stage] != 1 else ''}" for stage in ("kd", "ce")
@@ -148,7 +154,7 @@ def search_evidence(config: StudyLike, runs: pd.DataFrame) -> SearchEvidence:
     if edge:
         sentences.append(edge)
     if budgets:
-        sentences.append("Tuning budgets: " + "; ".join(f"{k.upper()}: {v}" for k, v in budgets.items()) + ".")
+        sentences.append("Tuning budgets: " + "; ".join(f"{arm_label(k)}: {v}" for k, v in budgets.items()) + ".")
     arms = lr_status(study, runs)
     if arms:
         sentences.append(lr_sentence(arms, study.search.lr_extend))
@@ -156,10 +162,6 @@ def search_evidence(config: StudyLike, runs: pd.DataFrame) -> SearchEvidence:
     if recheck:
         sentences.append(recheck)
     return SearchEvidence(cells, deltas, main, rel, binned, budgets, n_rep, str(pruner), sentences, arms, recheck)
-
-
-def _arm(arm: str) -> str:
-    return "KD" if arm == "kd" else "CE" if arm == "ce" else METHOD_NAMES.get(arm, arm)
 
 
 def lr_sentence(arms: list[ArmLr], limit: int) -> str:
@@ -170,7 +172,7 @@ def lr_sentence(arms: list[ArmLr], limit: int) -> str:
         arms: :func:`kdbench.sweep.extend.lr_status` of the study.
         limit: ``search.lr_extend``.
     """
-    added = [f"{_arm(a.arm)}'s lr list by {a.below + a.above} ({a.below} below, {a.above} above)"
+    added = [f"{arm_label(a.arm)}'s lr list by {a.below + a.above} ({a.below} below, {a.above} above)"
              for a in arms if a.below + a.above]
     extended = (f" The lr extension (search.lr_extend = {limit}: each arm's best cell, by its list's ratio, on the "
                 f"search seeds) widened {', '.join(added)}.") if added else ""
@@ -180,16 +182,16 @@ def lr_sentence(arms: list[ArmLr], limit: int) -> str:
     why = []
     for a in ends:
         side = "lowest" if a.end == "low" else "highest"
-        at = f"{_arm(a.arm)}'s best lr ({a.best_lr:g}) is the {side}"
+        at = f"{arm_label(a.arm)}'s best lr ({a.best_lr:g}) is the {side}"
         why.append({
             "limit": f"{at} it was trained at after {limit} extension step(s) on that side (search.lr_extend = "
                      f"{limit})" if limit else f"{at} of its candidates (search.lr_extend = 0: not extended)",
-            "single": f"{_arm(a.arm)} was trained at one lr ({a.best_lr:g}): its lr was not tuned",
+            "single": f"{arm_label(a.arm)} was trained at one lr ({a.best_lr:g}): its lr was not tuned",
             "stored": f"{at} of its candidates, and its finalists were stored before kdbench extended lrs",
             "pending": f"{at} of its lrs so far, and its lr extension is under way",
             "range": f"{at} end of the sampler's lr range (a range search is checked, not extended)",
         }.get(a.note, f"{at} of its lrs"))
-    names = " and ".join(_arm(a.arm) for a in ends)
+    names = " and ".join(arm_label(a.arm) for a in ends)
     return (f"Not every arm tuned to an interior lr: {'; '.join(why)}. The optimum of {names} may lie beyond the "
             f"lrs tried, so the verdict may reflect their under-tuning (widen search.lr or raise "
             f"search.lr_extend).{extended}")
@@ -202,7 +204,7 @@ def recheck_sentence(rechecks: list[Recheck], budget: str) -> str:
         return ""
     parts = []
     for r in rechecks:
-        name = _arm(r.arm) + (f" #{r.rank + 1}" if r.rank else "")
+        name = arm_label(r.arm) + (f" #{r.rank + 1}" if r.rank else "")
         tried = ", ".join(f"{lr:g}: not yet" if math.isnan(m) else f"{lr:g}: {100 * m:.2f} %" for lr, m in r.means)
         moved = f"kept {r.chosen:g}" if r.best == r.chosen else f"moved from {r.chosen:g} to {r.best:g}"
         parts.append(f"{name} {moved} ({tried})")

@@ -11,6 +11,7 @@ tuning budget (search runs: cells × lr × seeds) and the cost of one search tri
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -23,8 +24,8 @@ from kdbench.report.stats import Paired, paired_difference, power_clause, summar
 from kdbench.store import cell_key, run_values
 from kdbench.sweep.rank import best_per_cell, rank_configs
 
-__all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "arm_name", "holm", "method_cells", "method_ece", "method_sentence",
-           "method_table"]
+__all__ = ["METHOD_COLUMNS", "METHOD_NAMES", "arm_label", "arm_name", "holm", "method_cells", "method_ece",
+           "method_sentence", "method_table"]
 
 SHOWN = {"temperature": "T", "alpha": "α"}  # how T and alpha are named in the tables
 METHOD_NAMES = {"kd": "Hinton KD", "dkd": "DKD", "dist": "DIST", "lskd": "LS-KD", "ce": "CE", "ce_ls": "CE+LS"}
@@ -36,9 +37,19 @@ METHOD_COLUMNS = [
 ]
 
 
+def arm_label(loss: str, params: object = None) -> str:
+    """An arm as every page and printed line names it (never its internal name, ``ce_ls``): ``KD`` (Hinton's),
+    ``CE``, ``CE+LS``, ``DKD``, ...; with a run's ``params`` (a dict, or the store's JSON) that give a label
+    smoothing, that too: ``CE+LS (label smoothing 0.1)``."""
+    name = "KD" if loss == "kd" else METHOD_NAMES.get(loss, loss)
+    values = json.loads(params) if isinstance(params, str) and params else params
+    eps = values.get("label_smoothing") if isinstance(values, dict) else None
+    return f"{name} (label smoothing {eps:g})" if eps is not None else name
+
+
 def arm_name(loss: str) -> str:
     """How a finalist arm is called on the page: "CE student", "KD student" (Hinton's), "DKD student", ..."""
-    return f"{'KD' if loss == 'kd' else METHOD_NAMES.get(loss, loss)} student"
+    return f"{arm_label(loss)} student"
 
 
 def holm(p_values: list[float]) -> list[float]:

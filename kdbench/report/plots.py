@@ -23,6 +23,7 @@ from matplotlib.patches import Rectangle
 
 from kdbench.report.cost import curve_axis
 from kdbench.report.frames import StudyFrames, grid_cells, grid_pivot
+from kdbench.report.methods import arm_label
 from kdbench.report.stats import CONFIDENCE
 
 __all__ = ["COLORS", "comparison", "effects", "empty_panel", "heatmap_diff", "heatmap_val", "importances",
@@ -216,7 +217,7 @@ def learning_curves(sf: StudyFrames) -> Figure:
         empty_panel(fig, axes[1], "")
         return empty_panel(fig, axes[0], "no complete finalists yet")
     for loss, part in c.groupby("loss"):
-        label = f"{str(loss).upper()} finalist (n={int(part['n'].min())} seeds)"
+        label = f"{arm_label(str(loss))} finalist (n={int(part['n'].min())} seeds)"
         for ax, m, sd, scale in ((axes[0], "val_mean", "val_sd", 100), (axes[1], "loss_mean", "loss_sd", 1)):
             x = part["x"]
             ax.plot(x, scale * part[m], marker="o", color=COLORS.get(str(loss), "#333"), label=label)

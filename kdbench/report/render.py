@@ -30,6 +30,7 @@ from kdbench.errors import OutputError
 from kdbench.provenance import kdbench_commit, library_versions
 from kdbench.report import figures, plots
 from kdbench.report.frames import StudyFrames, comparison_table, compute_frames
+from kdbench.report.methods import arm_label
 from kdbench.report.pool import Pooled, pool_display, pool_studies
 from kdbench.report.sources import StoreLike, TestSplit, read_studies
 from kdbench.report.stats import CONFIDENCE
@@ -265,13 +266,15 @@ def _budget_tables(sf: StudyFrames, out: Path, prefix: str) -> list[Path]:
     """The budget section's tables: per-epoch rank correlation, transfer per method, best cell per budget."""
     files = []
     if len(sf.epoch_rho):
-        files += _write_table(epoch_rho_display(sf), sf.epoch_rho, out, f"{prefix}epoch-rank",
-                              f"{sf.name}: Spearman rho of each epoch's validation accuracy with the final one over "
+        shown = epoch_rho_display(sf)
+        point = "step" if "step" in shown else "epoch"  # on student.eval_every's step grid, or epoch ends
+        files += _write_table(shown, sf.epoch_rho, out, f"{prefix}epoch-rank",
+                              f"{sf.name}: Spearman rho of each {point}'s validation accuracy with the final one over "
                               f"the search's complete trials ({CONFIDENCE:.0%} bootstrap CI, n trials).")
     for i, t in enumerate(sf.transfers):
         files += _write_table(transfer_display(sf, i), t.table, out, f"{prefix}transfer-{t.method}",
-                              f"{sf.name}: {t.method} configurations at the search's budget and at the finalists' "
-                              "(validation accuracy; search rank from 1).", t.sentence)
+                              f"{sf.name}: {arm_label(t.method)} configurations at the search's budget and at the "
+                              "finalists' (validation accuracy; search rank from 1).", t.sentence)
     if len(sf.budget_table):
         files += _write_table(budget_display(sf), sf.budget_table, out, f"{prefix}budget",
                               f"{sf.name}: per budget, the best KD configuration and KD - CE on validation, paired "
@@ -300,6 +303,7 @@ def _study_context(sf: StudyFrames, figs: dict[str, dict[str, str]], left_out: d
         "budget": sf.budgets, "transfers": [(t, transfer_display(sf, i)) for i, t in enumerate(sf.transfers)],
         "budget_table": budget_display(sf), "epoch_rho": epoch_rho_display(sf),
         "pruner_warnings": sf.pruner_warnings,
+        "on_steps": sf.config.get("student", {}).get("eval_every") is not None,  # validation on a step grid
     }
 
 
@@ -321,7 +325,9 @@ def _trials_caption(sf: StudyFrames) -> str:
     if sf.trials.empty or figures.one_evaluation(sf.trials, "run_id"):
         return (f"How to read it: {history[0].upper()}{history[1:]} No per-trial curves: one evaluation per trial "
                 "(validation only after its last step), so no curve.")
-    return ("How to read it: on the left, one line per search trial, its validation accuracy after each epoch, "
+    point = "step of its student.eval_every grid" if sf.config.get("student", {}).get("eval_every") is not None \
+        else "epoch"
+    return (f"How to read it: on the left, one line per search trial, its validation accuracy after each {point}, "
             "coloured by how it ended; a pruned trial stops where the pruner stopped it. On the right, " + history)
 
 

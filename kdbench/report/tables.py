@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from kdbench.report.frames import StudyFrames, grid_cells
+from kdbench.report.methods import arm_label
 from kdbench.report.stats import CONFIDENCE
 
 __all__ = [
@@ -280,13 +281,15 @@ def transfer_display(sf: StudyFrames, i: int) -> pd.DataFrame:
 
 
 def epoch_rho_display(sf: StudyFrames) -> pd.DataFrame:
-    """Per search stage, budget and epoch: Spearman ρ of that epoch's validation accuracy with the final one."""
-    ci = f"{CONFIDENCE:.0%} CI"
-    rows = [{"arm": str(r["stage"]), "budget": str(r["budget"]), "epoch": f"{int(r['epoch'])} of {int(r['epochs'])}",
+    """Per search stage, budget and epoch (or step, on ``student.eval_every``'s grid): Spearman ρ of that
+    point's validation accuracy with the final one."""
+    ci, rho = f"{CONFIDENCE:.0%} CI", sf.epoch_rho
+    unit, at = ("step", ("step", "steps")) if len(rho) and rho["step"].notna().all() else ("epoch", ("epoch", "epochs"))
+    rows = [{"arm": arm_label(str(r["stage"])), "budget": str(r["budget"]), unit: f"{int(r[at[0]])} of {int(r[at[1]])}",
              "n trials": str(int(r["n"])), "Spearman ρ": _num(r["rho"], ".2f"),
              ci: "" if pd.isna(r["ci_low"]) else f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"}
-            for _, r in sf.epoch_rho.iterrows()]
-    return pd.DataFrame(rows, columns=["arm", "budget", "epoch", "n trials", "Spearman ρ", ci])
+            for _, r in rho.iterrows()]
+    return pd.DataFrame(rows, columns=["arm", "budget", unit, "n trials", "Spearman ρ", ci])
 
 
 def per_class_display(sf: StudyFrames) -> pd.DataFrame:

@@ -171,11 +171,7 @@ class Queries(Database):
         with self.connect() as conn:
             df = pd.read_sql(query, conn)
         df.insert(0, "study", study)
-        for col, (low, high, what) in _POSSIBLE.items():  # a possible value or nothing: else a damaged row
-            values = pd.to_numeric(df[col], errors="coerce")  # a column of NULLs reads as objects
-            bad = df[values.notna() & ~values.between(low, high)]
-            if len(bad):
-                self._damaged(study, bad.iloc[0], col, what)
+        self._refuse_impossible(study, df, list(_POSSIBLE))
         return df[RUN_COLUMNS]
 
     def run_records(self, study: str) -> list[dict[str, Any]]:
@@ -199,6 +195,17 @@ class Queries(Database):
         row = self._study_row(study)
         cols = [getattr(RunRow, c) for c in RUN_COLUMNS if c not in ("study", "run_id")]
         return sa.select(RunRow.id.label("run_id"), *cols).where(RunRow.study_id == row.id).order_by(RunRow.id)
+
+    def _refuse_impossible(self, study: str, df: pd.DataFrame, columns: list[str]) -> None:
+        """A possible value or nothing in each of ``columns`` (of :data:`_POSSIBLE`): else a damaged row."""
+        import pandas as pd
+
+        for col in columns:
+            low, high, what = _POSSIBLE[col]
+            values = pd.to_numeric(df[col], errors="coerce")  # a column of NULLs reads as objects
+            bad = df[values.notna() & ~values.between(low, high)]
+            if len(bad):
+                self._damaged(study, bad.iloc[0], col, what)
 
     def _damaged(self, study: str, r: Any, col: str, what: str) -> None:
         """Refuse a run whose ``col`` holds a value it cannot hold: a damaged row."""
@@ -228,7 +235,9 @@ class Queries(Database):
              .join(EpochRow, EpochRow.run_id == RunRow.id)
              .where(RunRow.study_id == row.id).order_by(RunRow.id, EpochRow.epoch))
         with self.connect() as conn:
-            return pd.read_sql(q, conn)
+            df = pd.read_sql(q, conn)
+        self._refuse_impossible(study, df, ["val_acc", "val_loss"])  # a point's, as a run's: the curves read them
+        return df
 
     def teacher(self, key: str) -> TeacherRow | None:
         """The teacher recorded under cache ``key``, or None."""

@@ -73,8 +73,8 @@ class Attempt:
         self.kd: KDParams | None = None
         self.records: list[EpochRecord] = []
         self.recipe = visit_recipe(ctx.study, c.visit)  # the student recipe at this visit's budget
-        per_epoch, steps, self.epochs = budget(self.recipe, len(ctx.data.train))  # epochs this visit trains
-        self.points = len(eval_points(per_epoch, steps, self.recipe.eval_every))  # its validation passes
+        per_epoch, self.steps, self.epochs = budget(self.recipe, len(ctx.data.train))  # steps, epochs it trains
+        self.points = len(eval_points(per_epoch, self.steps, self.recipe.eval_every))  # its validation passes
         self.closed = False
         self.started = time.time()
         device = device_name(ctx.device) + (f" · fused x{fused}" if fused > 1 else "")  # how it trained
@@ -117,7 +117,7 @@ class Attempt:
         self.records.append(rec)
         self.ctx.store.update_run(self.c.run_id, epochs_done=rec.epoch + 1, heartbeat=now(),
                                   val_acc=finite_or_none(rec.val_acc))
-        self.ctx.events.on_epoch(rec, self.epochs)
+        self.ctx.events.student_point(rec, self.epochs, self.steps if self.recipe.eval_every is not None else None)
         if (self.trial is not None and math.isfinite(rec.val_acc)
                 and optuna_bridge.report_epoch(self.trial, rec.val_acc, rec.point, self.points)):
             at = f"step {rec.steps}" if self.recipe.eval_every is not None else f"epoch {rec.epoch}"

@@ -25,6 +25,7 @@ class Progress:
     counts: dict[str, int]  # runs by state, retired attempts included
     best: dict[str, float]  # best validation accuracy so far, by stage (kd, ce)
     running: list[tuple[str, int]]  # (visit, epochs done) of the runs in progress
+    steps: bool = False  # validation on student.eval_every's step grid: a run's epochs done are not its points
 
 
 def study_progress(store: Store, study: Study, study_id: int | None = None) -> Progress:
@@ -46,7 +47,8 @@ def study_progress(store: Store, study: Study, study_id: int | None = None) -> P
     return Progress(
         done=sum(1 for r in rows if "#" not in r.visit and r.state in TERMINAL), total=planned_total(study) + extended,
         counts=counts, best=best,
-        running=[(str(r.visit), int(r.epochs_done or 0)) for r in rows if r.state == "running"])
+        running=[(str(r.visit), int(r.epochs_done or 0)) for r in rows if r.state == "running"],
+        steps=study.student.eval_every is not None)
 
 
 @dataclass
@@ -57,6 +59,8 @@ class SweepEvents:
     on_visit_start: Callable[[Visit, dict[str, float]], None] = lambda v, p: None
     on_epoch: Callable[[EpochRecord, int], None] = lambda r, total: None
     on_teacher_epoch: Callable[[EpochRecord, int], None] | None = None  # None: on_epoch's
+    # a point of student.eval_every's step grid, with the run's optimiser steps (None: on_epoch's, with its epochs)
+    on_step_point: Callable[[EpochRecord, int], None] | None = None
     on_visit_end: Callable[[Visit, str, float | None, str | None], None] = lambda v, state, acc, note: None
     on_status: Callable[[str], None] = lambda msg: None
     on_log: Callable[[str], None] = lambda line: None  # a line from another process (worker output)
@@ -64,3 +68,11 @@ class SweepEvents:
     def teacher_epoch(self, rec: EpochRecord, total: int) -> None:
         """One epoch of the teacher's training (its own hook when given, else :attr:`on_epoch`)."""
         (self.on_teacher_epoch or self.on_epoch)(rec, total)
+
+    def student_point(self, rec: EpochRecord, epochs: int, steps: int | None) -> None:
+        """One evaluation point of a student's run: with ``steps`` (validation on ``student.eval_every``'s step
+        grid: the run's optimiser steps) :attr:`on_step_point` when given, else :attr:`on_epoch` with ``epochs``."""
+        if steps is not None and self.on_step_point is not None:
+            self.on_step_point(rec, steps)
+        else:
+            self.on_epoch(rec, epochs)
