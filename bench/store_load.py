@@ -7,7 +7,9 @@ and Optuna's tell, as a sweep worker does around its training. Printed per setti
 p50 / p99 latency of a claim attempt, the errors, the most server connections seen at once (PostgreSQL:
 sampled from pg_stat_activity, per worker), whether every visit ended complete exactly once, the inconsistent
 trials (an Optuna trial whose state is not its run's, or left RUNNING / WAITING) and the most memory one load
-worker held (peak RSS).
+worker held (peak RSS). A load worker imports no torch (tests/test_store.py checks it in a fresh interpreter):
+one held 88 MiB (its own peak RSS over 200 visits on SQLite; `/usr/bin/time -v` 88 MiB), against 562 MiB (687)
+while `import kdbench.store` loaded torch through the study schema (commit f959e31, the same command).
 
     python bench/store_load.py                                   # SQLite, 1 4 16 workers
     .ci/postgres.sh python bench/store_load.py --postgres        # and the throwaway PostgreSQL server
@@ -85,7 +87,7 @@ def worker(url: str, n_visits: int, index: int, pooled: bool, proxy: str) -> Non
             first_error = first_error or f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}{why}"
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({"won": won, "errors": errors, "first_error": first_error, "claim_ms": claim_ms,
-                      "started": started, "ended": time.time(), "rss_mb": rss_mb}))
+                      "started": started, "ended": time.time(), "rss_mb": rss_mb, "torch": "torch" in sys.modules}))
 
 
 class _Visit:
@@ -143,11 +145,9 @@ def _proxy(url: str) -> tuple[subprocess.Popen, str]:
     return proc, f"127.0.0.1:{port}"
 
 
-def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None,
-        proxy: str = "") -> dict[str, Any]:
-    """One setting: a fresh study of ``visits`` visits, ``workers`` processes; returns the figures."""
+def fresh_study(url: str) -> None:
+    """The load's study, new (any earlier one dropped): kdbench's row and the Optuna study the workers ask."""
     import optuna
-    import sqlalchemy as sa
 
     from kdbench.config import parse_study
     from kdbench.store import Store
@@ -158,6 +158,16 @@ def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None
     store.register_study(parse_study({"name": STUDY}))
     optuna.create_study(study_name=STUDY, storage=store.optuna_storage(), direction="maximize")
     store.engine.dispose()
+
+
+def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None,
+        proxy: str = "") -> dict[str, Any]:
+    """One setting: a fresh study of ``visits`` visits, ``workers`` processes; returns the figures."""
+    import sqlalchemy as sa
+
+    from kdbench.store import Store
+
+    fresh_study(url)
     stop, seen = threading.Event(), [0]
     watcher = None
     if admin_url is not None:
