@@ -18,7 +18,8 @@ while `import kdbench.store` loaded torch through the study schema (commit f959e
 
 `--proxy` repeats each PostgreSQL setting with Optuna's calls through `kdbench storage-proxy`, and `--pgbouncer`
 through Debian's PgBouncer in transaction mode (a pool of `--pool-size` server connections, started on loopback
-by tests/pgbouncer.py).
+by tests/pgbouncer.py); both together add the two at once: kdbench's tables through the pooler, Optuna's calls
+through the proxy, whose own storage goes through the pooler too.
 
 With --postgres, `--role-limit L` also runs the largest N as a role whose CONNECTION LIMIT is L (e.g. 3x
 more workers than connections), and `--pooled` repeats each setting as kdbench connected before: SQLAlchemy's
@@ -38,11 +39,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "store-load"
+SETTINGS = ("sqlite", "given", "postgresql", "proxy", "pgbouncer", "pgbouncer+proxy")  # what --only may name
 
 
 def worker(url: str, n_visits: int, index: int, pooled: bool, proxy: str) -> None:
@@ -85,9 +89,19 @@ def worker(url: str, n_visits: int, index: int, pooled: bool, proxy: str) -> Non
             cause = exc.__cause__ or exc.__context__
             why = f" (from {type(cause).__name__}: {str(cause).splitlines()[0][:200]})" if cause else ""
             first_error = first_error or f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}{why}"
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    rss_mb = _peak_rss_mb()
     print(json.dumps({"won": won, "errors": errors, "first_error": first_error, "claim_ms": claim_ms,
                       "started": started, "ended": time.time(), "rss_mb": rss_mb, "torch": "torch" in sys.modules}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS in MiB: Linux's VmHWM, its own address space's; ru_maxrss where there is none (on
+    Linux it keeps the high-water mark of the process before exec: the forked parent's, torch included)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; macOS: bytes
 
 
 class _Visit:
@@ -132,8 +146,9 @@ def _inconsistent(url: str, runs: Any) -> int:
     return wrong + sum(trials[n] in ("RUNNING", "WAITING") for n in unlinked)
 
 
-def _proxy(url: str) -> tuple[subprocess.Popen, str]:
-    """`kdbench storage-proxy` on ``url`` (a free loopback port), once it answers."""
+@contextmanager
+def _proxy(url: str) -> Iterator[str]:
+    """`kdbench storage-proxy` on ``url`` (a free loopback port): its address once it answers; stopped after."""
     from kdbench.store.proxy import connect
 
     with socket.socket() as s:
@@ -141,8 +156,12 @@ def _proxy(url: str) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "kdbench", "storage-proxy", "--storage", url, "--host", "127.0.0.1",
                              "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)})
-    connect(f"127.0.0.1:{port}", timeout_s=120).close()
-    return proc, f"127.0.0.1:{port}"
+    try:
+        connect(f"127.0.0.1:{port}", timeout_s=120).close()
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
 
 
 def fresh_study(url: str) -> None:
@@ -241,6 +260,8 @@ def main() -> None:
     p.add_argument("--pgbouncer", action="store_true", help="--postgres: also through PgBouncer (transaction mode)")
     p.add_argument("--pool-size", type=int, default=20, help="PgBouncer's server connections (default 20)")
     p.add_argument("--proxy", action="store_true", help="--postgres: also Optuna through `kdbench storage-proxy`")
+    p.add_argument("--only", nargs="+", choices=SETTINGS, default=SETTINGS, help="of the settings the flags above "
+                   "ask for, run only these (given: --url; default: all)")
     args = p.parse_args()
     c.setup(args, "store load: claims, Optuna ask/tell and run writes from N processes, no training")
     rows = []
@@ -253,29 +274,34 @@ def main() -> None:
                 sys.exit("--postgres needs $KDBENCH_TEST_POSTGRES (run under .ci/postgres.sh)")
             targets.append((_database(admin, "kdbench_load"), "postgresql", admin))
         for url, name, admin_url in targets:
+            if name not in args.only:
+                continue
             for pooled in ([False, True] if args.pooled and name != "sqlite" else [False]):
                 for n in args.workers:
                     rows.append({"store": name, **run(url, n, args.visits, pooled, admin_url)})
                     _show(rows[-1])
-        if args.postgres and args.proxy and admin:
-            proc, address = _proxy(targets[-1][0])
-            try:
+        if args.postgres and args.proxy and admin and "proxy" in args.only:
+            with _proxy(targets[-1][0]) as address:
                 for n in args.workers:
                     rows.append({"store": "postgresql + proxy", **run(targets[-1][0], n, args.visits, False, admin,
                                                                       address)})
                     _show(rows[-1])
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
-        if args.postgres and args.pgbouncer and admin:
+        if args.postgres and args.pgbouncer and admin and {"pgbouncer", "pgbouncer+proxy"} & set(args.only):
             sys.path.insert(0, str(ROOT / "tests"))
             from pgbouncer import pgbouncer
 
             with pgbouncer(targets[-1][0], pool_size=args.pool_size) as pooled_url:
-                for n in args.workers:
+                for n in args.workers if "pgbouncer" in args.only else []:
                     rows.append({"store": f"postgresql, pgbouncer {args.pool_size}",
                                  **run(pooled_url, n, args.visits, False, admin)})
                     _show(rows[-1])
+                # kdbench's tables through the pooler, Optuna's through the proxy (itself pooled)
+                if args.proxy and "pgbouncer+proxy" in args.only:
+                    with _proxy(pooled_url) as address:
+                        for n in args.workers:
+                            rows.append({"store": f"postgresql, pgbouncer {args.pool_size} + proxy",
+                                         **run(pooled_url, n, args.visits, False, admin, address)})
+                            _show(rows[-1])
         if args.postgres and args.role_limit and admin:
             n = max(args.workers)
             url = _database(admin, "kdbench_load_limited", args.role_limit)
