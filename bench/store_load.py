@@ -115,14 +115,16 @@ class _Visit:
 
 
 def _connections(admin_url: str, database: str, stop: threading.Event, seen: list[int]) -> None:
-    """The most connections to ``database`` seen at once (PostgreSQL's pg_stat_activity, every 20 ms)."""
+    """The most client connections to ``database`` seen at once (PostgreSQL's pg_stat_activity, every 20 ms):
+    client backends only, not the autovacuum workers the load's writes start on the same database."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(admin_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             while not stop.wait(0.02):
-                n = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"),
+                n = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d "
+                                         "AND backend_type = 'client backend'"),
                                  {"d": database}).scalar_one()
                 seen.append(int(n))
     except Exception as exc:  # the figure is then missing, said once
