@@ -15,6 +15,7 @@ while `import kdbench.store` loaded torch through the study schema (commit f959e
     .ci/postgres.sh python bench/store_load.py --postgres        # and the throwaway PostgreSQL server
     python bench/store_load.py --url postgresql+psycopg://u@h/db --workers 64 --visits 2000
     .ci/postgres.sh python bench/store_load.py --postgres --proxy --workers 1 32 128
+    .ci/postgres.sh python bench/store_load.py --postgres --pgbouncer --proxy --only pgbouncer+proxy --workers 128
 
 `--proxy` repeats each PostgreSQL setting with Optuna's calls through `kdbench storage-proxy`, and `--pgbouncer`
 through Debian's PgBouncer in transaction mode (a pool of `--pool-size` server connections, started on loopback
