@@ -131,7 +131,7 @@ def test_workers_starting_at_once_on_a_new_database(storage: str) -> None:
 def test_a_load_worker_claims_asks_and_tells_without_torch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """bench/store_load.py's load worker (kdbench.store, Optuna: claims, ask, run writes, tell) in a fresh
     interpreter never loads torch: the store's reads name the study's schema (which imports kdbench.losses, hence
-    torch) for type checking only. With torch, one load worker held ~10x the memory (the bench's docstring)."""
+    torch) for type checking only. With torch, one load worker held ~6x the memory (the bench's docstring)."""
     import subprocess
     import sys
     from pathlib import Path
