@@ -30,7 +30,7 @@ data:
 	@test -f $(FMNIST) || echo "note: Fashion-MNIST not in /usr/share/datasets; set KDBENCH_DATA or data.download: true"
 
 # The test suite's own tools: chromium and pdflatex, for the report's browser and LaTeX tests; pgbouncer for
-# bench/store_load.py --pgbouncer.
+# tests/test_postgres.py's test through PgBouncer and bench/store_load.py --pgbouncer.
 test-tools:
 	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)); fi
@@ -40,7 +40,7 @@ test-tools:
 	@command -v pdflatex >/dev/null || echo "note: no pdflatex; the report's LaTeX table test is skipped"
 	@if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq pgbouncer || (apt-get update -qq && apt-get install -y -qq pgbouncer)); fi
-	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || echo "note: no pgbouncer; bench/store_load.py --pgbouncer cannot run"
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || echo "note: no pgbouncer; the PgBouncer test is skipped and bench/store_load.py --pgbouncer cannot run"
 
 # The shipped studies' file names are their study names.
 demo: env data

@@ -7,16 +7,20 @@ and Optuna's tell, as a sweep worker does around its training. Printed per setti
 p50 / p99 latency of a claim attempt, the errors, the most server connections seen at once (PostgreSQL:
 sampled from pg_stat_activity, per worker), whether every visit ended complete exactly once, the inconsistent
 trials (an Optuna trial whose state is not its run's, or left RUNNING / WAITING) and the most memory one load
-worker held (peak RSS).
+worker held (peak RSS). A load worker imports no torch (tests/test_store.py checks it in a fresh interpreter):
+one held 88 MiB (its own peak RSS over 200 visits on SQLite; `/usr/bin/time -v` 88 MiB), against 562 MiB (687)
+while `import kdbench.store` loaded torch through the study schema (commit f959e31, the same command).
 
     python bench/store_load.py                                   # SQLite, 1 4 16 workers
     .ci/postgres.sh python bench/store_load.py --postgres        # and the throwaway PostgreSQL server
     python bench/store_load.py --url postgresql+psycopg://u@h/db --workers 64 --visits 2000
     .ci/postgres.sh python bench/store_load.py --postgres --proxy --workers 1 32 128
+    .ci/postgres.sh python bench/store_load.py --postgres --pgbouncer --proxy --only pgbouncer+proxy --workers 128
 
 `--proxy` repeats each PostgreSQL setting with Optuna's calls through `kdbench storage-proxy`, and `--pgbouncer`
 through Debian's PgBouncer in transaction mode (a pool of `--pool-size` server connections, started on loopback
-by tests/pgbouncer.py).
+by tests/pgbouncer.py); both together add the two at once: kdbench's tables through the pooler, Optuna's calls
+through the proxy, whose own storage goes through the pooler too.
 
 With --postgres, `--role-limit L` also runs the largest N as a role whose CONNECTION LIMIT is L (e.g. 3x
 more workers than connections), and `--pooled` repeats each setting as kdbench connected before: SQLAlchemy's
@@ -36,11 +40,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "store-load"
+SETTINGS = ("sqlite", "given", "postgresql", "proxy", "pgbouncer", "pgbouncer+proxy")  # what --only may name
 
 
 def worker(url: str, n_visits: int, index: int, pooled: bool, proxy: str) -> None:
@@ -83,9 +90,19 @@ def worker(url: str, n_visits: int, index: int, pooled: bool, proxy: str) -> Non
             cause = exc.__cause__ or exc.__context__
             why = f" (from {type(cause).__name__}: {str(cause).splitlines()[0][:200]})" if cause else ""
             first_error = first_error or f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}{why}"
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    rss_mb = _peak_rss_mb()
     print(json.dumps({"won": won, "errors": errors, "first_error": first_error, "claim_ms": claim_ms,
-                      "started": started, "ended": time.time(), "rss_mb": rss_mb}))
+                      "started": started, "ended": time.time(), "rss_mb": rss_mb, "torch": "torch" in sys.modules}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS in MiB: Linux's VmHWM, its own address space's; ru_maxrss where there is none (on
+    Linux it keeps the high-water mark of the process before exec: the forked parent's, torch included)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; macOS: bytes
 
 
 class _Visit:
@@ -99,14 +116,16 @@ class _Visit:
 
 
 def _connections(admin_url: str, database: str, stop: threading.Event, seen: list[int]) -> None:
-    """The most connections to ``database`` seen at once (PostgreSQL's pg_stat_activity, every 20 ms)."""
+    """The most client connections to ``database`` seen at once (PostgreSQL's pg_stat_activity, every 20 ms):
+    client backends only, not the autovacuum workers the load's writes start on the same database."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(admin_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             while not stop.wait(0.02):
-                n = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"),
+                n = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d "
+                                         "AND backend_type = 'client backend'"),
                                  {"d": database}).scalar_one()
                 seen.append(int(n))
     except Exception as exc:  # the figure is then missing, said once
@@ -130,8 +149,9 @@ def _inconsistent(url: str, runs: Any) -> int:
     return wrong + sum(trials[n] in ("RUNNING", "WAITING") for n in unlinked)
 
 
-def _proxy(url: str) -> tuple[subprocess.Popen, str]:
-    """`kdbench storage-proxy` on ``url`` (a free loopback port), once it answers."""
+@contextmanager
+def _proxy(url: str) -> Iterator[str]:
+    """`kdbench storage-proxy` on ``url`` (a free loopback port): its address once it answers; stopped after."""
     from kdbench.store.proxy import connect
 
     with socket.socket() as s:
@@ -139,15 +159,17 @@ def _proxy(url: str) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "kdbench", "storage-proxy", "--storage", url, "--host", "127.0.0.1",
                              "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)})
-    connect(f"127.0.0.1:{port}", timeout_s=120).close()
-    return proc, f"127.0.0.1:{port}"
+    try:
+        connect(f"127.0.0.1:{port}", timeout_s=120).close()
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
 
 
-def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None,
-        proxy: str = "") -> dict[str, Any]:
-    """One setting: a fresh study of ``visits`` visits, ``workers`` processes; returns the figures."""
+def fresh_study(url: str) -> None:
+    """The load's study, new (any earlier one dropped): kdbench's row and the Optuna study the workers ask."""
     import optuna
-    import sqlalchemy as sa
 
     from kdbench.config import parse_study
     from kdbench.store import Store
@@ -158,6 +180,16 @@ def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None
     store.register_study(parse_study({"name": STUDY}))
     optuna.create_study(study_name=STUDY, storage=store.optuna_storage(), direction="maximize")
     store.engine.dispose()
+
+
+def run(url: str, workers: int, visits: int, pooled: bool, admin_url: str | None,
+        proxy: str = "") -> dict[str, Any]:
+    """One setting: a fresh study of ``visits`` visits, ``workers`` processes; returns the figures."""
+    import sqlalchemy as sa
+
+    from kdbench.store import Store
+
+    fresh_study(url)
     stop, seen = threading.Event(), [0]
     watcher = None
     if admin_url is not None:
@@ -231,6 +263,8 @@ def main() -> None:
     p.add_argument("--pgbouncer", action="store_true", help="--postgres: also through PgBouncer (transaction mode)")
     p.add_argument("--pool-size", type=int, default=20, help="PgBouncer's server connections (default 20)")
     p.add_argument("--proxy", action="store_true", help="--postgres: also Optuna through `kdbench storage-proxy`")
+    p.add_argument("--only", nargs="+", choices=SETTINGS, default=SETTINGS, help="of the settings the flags above "
+                   "ask for, run only these (given: --url; default: all)")
     args = p.parse_args()
     c.setup(args, "store load: claims, Optuna ask/tell and run writes from N processes, no training")
     rows = []
@@ -243,29 +277,34 @@ def main() -> None:
                 sys.exit("--postgres needs $KDBENCH_TEST_POSTGRES (run under .ci/postgres.sh)")
             targets.append((_database(admin, "kdbench_load"), "postgresql", admin))
         for url, name, admin_url in targets:
+            if name not in args.only:
+                continue
             for pooled in ([False, True] if args.pooled and name != "sqlite" else [False]):
                 for n in args.workers:
                     rows.append({"store": name, **run(url, n, args.visits, pooled, admin_url)})
                     _show(rows[-1])
-        if args.postgres and args.proxy and admin:
-            proc, address = _proxy(targets[-1][0])
-            try:
+        if args.postgres and args.proxy and admin and "proxy" in args.only:
+            with _proxy(targets[-1][0]) as address:
                 for n in args.workers:
                     rows.append({"store": "postgresql + proxy", **run(targets[-1][0], n, args.visits, False, admin,
                                                                       address)})
                     _show(rows[-1])
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
-        if args.postgres and args.pgbouncer and admin:
+        if args.postgres and args.pgbouncer and admin and {"pgbouncer", "pgbouncer+proxy"} & set(args.only):
             sys.path.insert(0, str(ROOT / "tests"))
             from pgbouncer import pgbouncer
 
             with pgbouncer(targets[-1][0], pool_size=args.pool_size) as pooled_url:
-                for n in args.workers:
+                for n in args.workers if "pgbouncer" in args.only else []:
                     rows.append({"store": f"postgresql, pgbouncer {args.pool_size}",
                                  **run(pooled_url, n, args.visits, False, admin)})
                     _show(rows[-1])
+                # kdbench's tables through the pooler, Optuna's through the proxy (itself pooled)
+                if args.proxy and "pgbouncer+proxy" in args.only:
+                    with _proxy(pooled_url) as address:
+                        for n in args.workers:
+                            rows.append({"store": f"postgresql, pgbouncer {args.pool_size} + proxy",
+                                         **run(pooled_url, n, args.visits, False, admin, address)})
+                            _show(rows[-1])
         if args.postgres and args.role_limit and admin:
             n = max(args.workers)
             url = _database(admin, "kdbench_load_limited", args.role_limit)

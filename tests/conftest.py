@@ -118,6 +118,19 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     engine.dispose()
 
 
+@pytest.fixture
+def pgbouncer_url(postgres_url: str) -> Iterator[str]:
+    """``postgres_url`` through Debian's PgBouncer in transaction mode on loopback (tests/pgbouncer.py: a pool of
+    ``pgbouncer.POOL_SIZE`` server connections), or a skip that says why there is none."""
+    from pgbouncer import missing, pgbouncer
+
+    why = missing()
+    if why is not None:
+        pytest.skip(why)
+    with pgbouncer(postgres_url) as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each storage kdbench supports, like Optuna's storage tests: SQLite always, PostgreSQL when there."""

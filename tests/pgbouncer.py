@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 START_S = 20.0  # seconds PgBouncer gets to accept connections
+POOL_SIZE = 5  # server connections PgBouncer opens per database and user, unless told otherwise
 IDLE_TRANSACTION_S = 30.0  # seconds a client may sit idle inside a transaction before PgBouncer closes its server link
 
 
@@ -35,7 +36,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def pgbouncer(server_url: str, pool_size: int = 5) -> Iterator[str]:
+def pgbouncer(server_url: str, pool_size: int = POOL_SIZE) -> Iterator[str]:
     """PgBouncer (``pool_mode = transaction``, at most ``pool_size`` server connections per database and user)
     in front of the server of ``server_url`` (trust authentication, as the test server's); yields ``server_url``
     pointed at it. Stopped and its folder deleted afterwards."""
@@ -53,12 +54,17 @@ def pgbouncer(server_url: str, pool_size: int = 5) -> Iterator[str]:
         f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 2000\n"
         f"idle_transaction_timeout = {IDLE_TRANSACTION_S:g}\nadmin_users = {user}\nlogfile = {folder}/pgbouncer.log\n")
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    cmd = [binary, str(folder / "pgbouncer.ini")]
+    cmd = [binary, "--quiet", str(folder / "pgbouncer.ini")]  # --quiet: its log goes to the logfile only
     if os.geteuid() == 0:
         folder.chmod(0o755)
         shutil.chown(folder, "postgres")
         cmd += ["-u", "postgres"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its stderr goes to a file, never to a pipe nobody reads: PgBouncer logs every client login there too (with
+    # kdbench's pool-less engines, every transaction is one), and once the pipe's 64 KiB were full it blocked in
+    # that write, every client and server connection with it: the stall earlier runs took for a pooling problem
+    err = (folder / "stderr.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    err.close()
     try:
         deadline = time.monotonic() + START_S
         while True:
@@ -68,7 +74,7 @@ def pgbouncer(server_url: str, pool_size: int = 5) -> Iterator[str]:
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log = folder / "pgbouncer.log"
-                    raise RuntimeError(f"pgbouncer did not start: {proc.stderr.read() if proc.stderr else ''}"
+                    raise RuntimeError(f"pgbouncer did not start: {(folder / 'stderr.log').read_text()}"
                                        f"{log.read_text() if log.exists() else ''}") from None
                 time.sleep(0.05)
         yield url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)

@@ -193,3 +193,19 @@ def test_three_times_more_workers_than_connections(postgres_server: str) -> None
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             conn.execute(sa.text(f'DROP ROLE IF EXISTS "{name}_user"'))
         engine.dispose()
+
+
+@pytest.mark.slow
+def test_load_workers_through_pgbouncer_in_transaction_mode(pgbouncer_url: str, postgres_server: str) -> None:
+    """4 store-load workers (bench/store_load.py) through PgBouncer in transaction mode, a pool of 5 server
+    connections: every visit complete exactly once, no error, no Optuna trial left RUNNING or WAITING (or unlike
+    its run), and never more server connections than the pool."""
+    from pgbouncer import POOL_SIZE
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import store_load
+
+    got = store_load.run(pgbouncer_url, workers=4, visits=40, pooled=False, admin_url=postgres_server)
+    assert got["errors"] == 0, got["first_error"]
+    assert got["exactly_once"] and got["inconsistent_trials"] == 0
+    assert 0 < got["max_connections"] <= POOL_SIZE

@@ -128,6 +128,28 @@ def test_workers_starting_at_once_on_a_new_database(storage: str) -> None:
     assert Store.open(storage).studies().empty
 
 
+def test_a_load_worker_claims_asks_and_tells_without_torch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """bench/store_load.py's load worker (kdbench.store, Optuna: claims, ask, run writes, tell) in a fresh
+    interpreter never loads torch: the store's reads name the study's schema (which imports kdbench.losses, hence
+    torch) for type checking only. With torch, one load worker held ~6x the memory (the bench's docstring)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    import store_load
+
+    url = f"sqlite:///{tmp_path / 'load.db'}"
+    store_load.fresh_study(url)
+    out = subprocess.run([sys.executable, str(bench / "store_load.py"), "--worker", url, "3", "0", "0", ""],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert (got["won"], got["errors"], got["torch"]) == (3, 0, False), got
+    trials = optuna.load_study(study_name=store_load.STUDY, storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+
+
 def test_a_retired_attempt_cannot_write(tmp_path, tiny_study_dict: dict) -> None:  # type: ignore[no-untyped-def]
     """Once another claim has taken a visit over, the old attempt's progress and final writes are refused
     (conditional updates on state and owner) and its row keeps the retirement's reason."""

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sqlalchemy as sa
 
-from kdbench.config import Study
 from kdbench.errors import ConfigError, StoreError, first_line
 from kdbench.store.db import Database
 from kdbench.store.keys import PARAM_COLUMNS
@@ -26,6 +25,8 @@ from kdbench.studyfile import stored_study
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from kdbench.config import Study  # not at run time: the schema imports torch (kdbench.losses' registry)
 
 __all__ = ["FINALIST_COLUMNS", "Queries", "RunRecord", "is_unset", "load_runs", "params_json", "run_records",
            "run_values"]
