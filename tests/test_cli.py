@@ -17,7 +17,7 @@ from kdbench.store import db
 
 
 @pytest.mark.slow
-def test_sweep_opens_the_database_once(needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path,
+def test_sweep_opens_the_database_once(small_study_dict: dict, db_url: str, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     opened = {"engine": 0, "optuna": 0}
     make_engine, rdb_init = db.make_engine, optuna.storages.RDBStorage.__init__
@@ -33,7 +33,7 @@ def test_sweep_opens_the_database_once(needs_fmnist: None, tiny_study_dict: dict
     monkeypatch.setattr(db, "make_engine", count_engine)
     monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", count_optuna)
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     # no --quiet: standard output is not a terminal here, so the sweep prints plain lines as it goes
     res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--device", "cpu",
                                         "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
@@ -98,7 +98,7 @@ def test_show_prints_cells_effects_reliability_and_budgets(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_workers_get_the_storage_url_by_environment_not_argv(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
+def test_workers_get_the_storage_url_by_environment_not_argv(small_study_dict: dict, db_url: str,
                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--workers N` passes --storage to its workers in $KDBENCH_STORAGE: a password in the URL never shows in
     a process list (argv is readable by every user, a process's environment only by its owner)."""
@@ -116,7 +116,7 @@ def test_workers_get_the_storage_url_by_environment_not_argv(needs_fmnist: None,
 
     monkeypatch.setattr(workers.subprocess, "Popen", record)
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--quiet", "--device", "cpu",
                                         "--cache-dir", str(tmp_path / "cache"), "--workers", "2"])
     assert res.exit_code == 0, res.output

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import tiny_study_raw
+from conftest import small_study_raw
 from sqlalchemy.orm import Session
 
 from kdbench.config import Study, parse_study
@@ -30,14 +30,13 @@ from kdbench.sweep import plan_search, planned_total, run_sweep, study_progress
 from kdbench.teacher import prepare_teacher
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("needs_fmnist")
 
 
 @pytest.fixture(scope="module")
-def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny study's teacher, trained once for every test here (the cache is keyed by content)."""
+def teacher_cache(tmp_path_factory: pytest.TempPathFactory, small_fmnist_npz: Path) -> Path:
+    """The small study's teacher, trained once for every test here (the cache is keyed by content)."""
     cache = tmp_path_factory.mktemp("cache")
-    study = parse_study(tiny_study_raw())
+    study = parse_study(small_study_raw(small_fmnist_npz))
     prepare_teacher(study, cache_dir=cache)
     return cache
 
@@ -99,9 +98,10 @@ def _check_planned_set(db: str, study: Study) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_resume_and_optuna_cli(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
-    study = parse_study(tiny_study_raw())
-    path = _write(tmp_path, tiny_study_raw())
+def test_ctrl_c_then_resume_and_optuna_cli(
+        small_fmnist_npz: Path, tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+    study = parse_study(small_study_raw(small_fmnist_npz))
+    path = _write(tmp_path, small_study_raw(small_fmnist_npz))
     proc = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
     _wait_mid_trial(proc, db_url, "tiny", 1)
     proc.send_signal(signal.SIGINT)
@@ -131,9 +131,10 @@ def test_ctrl_c_then_resume_and_optuna_cli(tmp_path: Path, db_url: str, teacher_
 
 
 @pytest.mark.slow
-def test_sigkill_mid_trial_is_noticed_failed_and_rerun(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
-    study = parse_study(tiny_study_raw())
-    path = _write(tmp_path, tiny_study_raw())
+def test_sigkill_mid_trial_is_noticed_failed_and_rerun(
+        small_fmnist_npz: Path, tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+    study = parse_study(small_study_raw(small_fmnist_npz))
+    path = _write(tmp_path, small_study_raw(small_fmnist_npz))
     rng = random.Random(0)
     kills = 0
     for _ in range(2):  # killed at random points, restarted each time
@@ -159,10 +160,10 @@ def test_sigkill_mid_trial_is_noticed_failed_and_rerun(tmp_path: Path, db_url: s
 
 
 @pytest.mark.slow
-def test_a_finalist_at_a_longer_budget_resumes_after_sigkill(tmp_path: Path, db_url: str,
+def test_a_finalist_at_a_longer_budget_resumes_after_sigkill(small_fmnist_npz: Path, tmp_path: Path, db_url: str,
                                                              teacher_cache: Path) -> None:
     """Finalists and a probe trained for 10 epochs (the search: 1): killed mid-finalist, then resumed."""
-    raw = tiny_study_raw()
+    raw = small_study_raw(small_fmnist_npz)
     raw["finalists"] = {"top_k": 1, "seeds": 2, "budget": 10, "probe": 1}
     study = parse_study(raw)
     path = _write(tmp_path, raw)
@@ -194,8 +195,8 @@ def test_a_finalist_at_a_longer_budget_resumes_after_sigkill(tmp_path: Path, db_
     assert len(probes) == 2 and probes["test_acc"].isna().all()  # probes are scored on validation only
 
 
-def test_a_stale_heartbeat_on_another_host_is_taken_over(db_url: str) -> None:
-    study = parse_study(tiny_study_raw())
+def test_a_stale_heartbeat_on_another_host_is_taken_over(small_fmnist_npz: Path, db_url: str) -> None:
+    study = parse_study(small_study_raw(small_fmnist_npz))
     store = Store.open(db_url)
     row = store.register_study(study)
     visit = plan_search(study)[0]
@@ -215,10 +216,10 @@ def test_a_stale_heartbeat_on_another_host_is_taken_over(db_url: str) -> None:
 
 
 @pytest.mark.slow
-def test_racing_workers_on_sqlite(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+def test_racing_workers_on_sqlite(small_fmnist_npz: Path, tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
     """`--workers 2` and a separate `kdbench sweep` started together on a fresh database."""
-    study = parse_study(tiny_study_raw())
-    path = _write(tmp_path, tiny_study_raw())
+    study = parse_study(small_study_raw(small_fmnist_npz))
+    path = _write(tmp_path, small_study_raw(small_fmnist_npz))
     procs = [_sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache), "--workers", "2"),
              _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))]
     outs = [p.communicate(timeout=900) for p in procs]
@@ -231,8 +232,9 @@ def test_racing_workers_on_sqlite(tmp_path: Path, db_url: str, teacher_cache: Pa
 
 
 @pytest.mark.slow
-def test_non_finite_loss_is_failed_with_its_step_and_the_sweep_goes_on(db_url: str, teacher_cache: Path) -> None:
-    raw = tiny_study_raw()
+def test_non_finite_loss_is_failed_with_its_step_and_the_sweep_goes_on(
+        small_fmnist_npz: Path, db_url: str, teacher_cache: Path) -> None:
+    raw = small_study_raw(small_fmnist_npz)
     raw["search"].update(lr=[1.0e-3, 1.0e30], sampler="grid")
     raw["search"]["lr_extend"] = 0  # the subject is a diverging lr; extending below 1e-3 by 1e27 would add runs
     raw["finalists"]["seeds"] = 1
@@ -250,8 +252,9 @@ def test_non_finite_loss_is_failed_with_its_step_and_the_sweep_goes_on(db_url: s
 
 
 @pytest.mark.slow
-def test_a_crash_inside_a_finalists_final_write_leaves_no_half_run(db_url: str, teacher_cache: Path) -> None:
-    study = parse_study(tiny_study_raw())
+def test_a_crash_inside_a_finalists_final_write_leaves_no_half_run(
+        small_fmnist_npz: Path, db_url: str, teacher_cache: Path) -> None:
+    study = parse_study(small_study_raw(small_fmnist_npz))
     fired: list[int] = []
 
     def crash(session: Session, _ctx: object) -> None:
@@ -301,11 +304,12 @@ def _stop_outside_a_write(proc: subprocess.Popen[str], db: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_late_worker_never_writes_into_its_retired_attempt(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+def test_a_late_worker_never_writes_into_its_retired_attempt(
+        small_fmnist_npz: Path, tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
     """Worker A is stopped (SIGSTOP) mid-trial past the heartbeat timeout; B takes its visit over and finishes
     the study; A resumes: its writes are refused (the run stays retired, B's stands), it says so and ends
     cleanly, and every visit has exactly one complete run and one COMPLETE Optuna trial."""
-    raw = tiny_study_raw()
+    raw = small_study_raw(small_fmnist_npz)
     raw["student"]["epochs"] = 8  # a trial of a few seconds, so that the stop lands inside one
     study = parse_study(raw)
     path = _write(tmp_path, raw)
@@ -332,10 +336,11 @@ def test_a_late_worker_never_writes_into_its_retired_attempt(tmp_path: Path, db_
 
 
 @pytest.mark.slow
-def test_sigterm_ends_the_trial_as_ctrl_c_does(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+def test_sigterm_ends_the_trial_as_ctrl_c_does(
+        small_fmnist_npz: Path, tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
     """A scheduler's SIGTERM mid-trial: exit 143 with the resume line, the run interrupted and its Optuna trial
     FAIL (not left running), and the same command finishes the study."""
-    raw = tiny_study_raw()
+    raw = small_study_raw(small_fmnist_npz)
     raw["student"]["epochs"] = 8  # trials of a few seconds: the signal lands inside one
     study = parse_study(raw)
     path = _write(tmp_path, raw)
@@ -356,13 +361,14 @@ def test_sigterm_ends_the_trial_as_ctrl_c_does(tmp_path: Path, db_url: str, teac
 
 
 @pytest.mark.slow
-def test_a_deleted_database_stops_the_sweep_at_once(tmp_path: Path, teacher_cache: Path) -> None:
+def test_a_deleted_database_stops_the_sweep_at_once(
+        small_fmnist_npz: Path, tmp_path: Path, teacher_cache: Path) -> None:
     """The database file is deleted mid-sweep: the worker stops before its next trial with one line and exit 2,
     rather than training every remaining visit into a file nobody can read."""
     folder = tmp_path / "db"
     folder.mkdir()
     url = f"sqlite:///{folder / 'kd.db'}"
-    raw = tiny_study_raw()
+    raw = small_study_raw(small_fmnist_npz)
     raw["student"]["epochs"] = 4
     proc = _sweep(str(_write(tmp_path, raw)), "--storage", url, "--cache-dir", str(teacher_cache))
     _wait_mid_trial(proc, url, "tiny", 0)
