@@ -174,17 +174,17 @@ def test_show_on_a_half_finished_grid_says_what_is_missing(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_eval_every_gives_each_run_a_curve_through_the_cli(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
+def test_eval_every_gives_each_run_a_curve_through_the_cli(small_study_dict: dict, db_url: str,
                                                            tmp_path: Path) -> None:
     """``student.eval_every: 3`` on 10 steps: every run stores points at steps 3, 6, 9 and 10, Optuna gets the
     same points, the run keeps its end-of-run accuracy, and the report draws learning curves on a step axis."""
     from kdbench.report.frames import study_frames
     from kdbench.store import Store
 
-    tiny_study_dict["student"] = {"model": "mlp-800", "steps": 10, "batch_size": 16, "eval_every": 3}
-    tiny_study_dict["search"] = {"temperature": [4], "alpha": [0.5], "lr": [2e-3], "replicates": 1}
+    small_study_dict["student"] = {"model": "mlp-800", "steps": 10, "batch_size": 16, "eval_every": 3}
+    small_study_dict["search"] = {"temperature": [4], "alpha": [0.5], "lr": [2e-3], "replicates": 1}
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--device", "cpu", "--threads", "1",
                                         "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     assert res.exit_code == 0, res.output
