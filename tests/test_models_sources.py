@@ -122,7 +122,8 @@ def test_a_users_model_file_sweeps_and_an_edit_refuses_to_resume(small_study_dic
 
     (tmp_path / "nets.py").write_text(NETS)
     raw = dict(small_study_dict, student=dict(small_study_dict["student"], model="nets.py:Student",
-                                              model_args={"width": 16}))
+                                              model_args={"width": 16}),
+               teacher=dict(small_study_dict["teacher"], model="mlp-800"))  # a fraction of cnn-s's CPU time
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
     db = f"sqlite:///{tmp_path / 'kd.db'}"
     args = [sys.executable, "-m", "kdbench", "sweep", str(tmp_path / "study.yaml"), "--storage", db, "--device",

@@ -179,8 +179,9 @@ def test_two_workers_extend_an_under_tuned_arm_once_and_the_verdict_says_so(smal
     from kdbench.store import Store
     from kdbench.sweep import study_progress
 
-    # the small study's 2,000 rows: 200 validation images, evaluated after each of the ~10 epochs of every visit
-    raw = dict(small_study_dict,
+    # the small study's 2,000 rows: 200 validation images, evaluated after each of the ~10 epochs of every visit;
+    # an mlp-800 teacher: a fraction of cnn-s's CPU time to train and to cache its logits
+    raw = dict(small_study_dict, teacher=dict(small_study_dict["teacher"], model="mlp-800"),
                student={"model": "mlp-800", "steps": 100, "batch_size": 64},
                search={"temperature": [2], "alpha": [0.5], "lr": [1e-6, 3e-6], "replicates": 2},
                finalists={"top_k": 1, "seeds": 1})
