@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +79,25 @@ def small_study_raw(npz: Path) -> dict:
 def small_study_dict(small_fmnist_npz: Path) -> dict:
     """A fresh copy of :func:`small_study_raw` for each test."""
     return small_study_raw(small_fmnist_npz)
+
+
+def stop_outside_a_write(pid: int, db: str) -> None:
+    """SIGSTOP process ``pid`` at a moment it holds no SQLite write lock (a worker stopped inside a write would
+    block every other worker: SQLite has one writer), retrying until the database takes a write at once."""
+    path = db.removeprefix("sqlite:///")
+    for _ in range(200):
+        os.kill(pid, signal.SIGSTOP)
+        conn = sqlite3.connect(path, timeout=0.05)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.rollback()
+            return
+        except sqlite3.OperationalError:  # locked: let it finish its write, try again
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    raise AssertionError("the worker was inside a write every time")
 
 
 @pytest.fixture

@@ -296,12 +296,12 @@ def test_a_study_file_with_an_import_path_beside_objects(arrays: Any, tiny_study
 
 
 @pytest.mark.slow
-def test_workers_run_a_study_file_without_objects(needs_fmnist: None, tiny_study_dict: dict, tmp_path: Path) -> None:
+def test_workers_run_a_study_file_without_objects(small_study_dict: dict, tmp_path: Path) -> None:
     """workers=2 on a study file (no objects): the parent prepares the study, two `kdbench sweep` processes share
     its visits, as `kdbench sweep --workers 2` does."""
     import yaml
 
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(tiny_study_dict))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(small_study_dict))
     result = kdbench.sweep(tmp_path / "study.yaml", workers=2, max_visits=1, threads=1, device="cpu",
                            storage=f"sqlite:///{tmp_path / 'kd.db'}", cache_dir=tmp_path / "cache")
     runs = result.runs

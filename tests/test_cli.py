@@ -18,7 +18,7 @@ from kdbench.store import db
 
 
 @pytest.mark.slow
-def test_sweep_opens_the_database_once(needs_fmnist: None, tiny_study_dict: dict, db_url: str, tmp_path: Path,
+def test_sweep_opens_the_database_once(small_study_dict: dict, db_url: str, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     opened = {"engine": 0, "optuna": 0}
     make_engine, rdb_init = db.make_engine, optuna.storages.RDBStorage.__init__
@@ -34,7 +34,7 @@ def test_sweep_opens_the_database_once(needs_fmnist: None, tiny_study_dict: dict
     monkeypatch.setattr(db, "make_engine", count_engine)
     monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", count_optuna)
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     # no --quiet: standard output is not a terminal here, so the sweep prints plain lines as it goes
     res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--device", "cpu",
                                         "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
@@ -99,7 +99,7 @@ def test_show_prints_cells_effects_reliability_and_budgets(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_workers_get_the_storage_url_by_environment_not_argv(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
+def test_workers_get_the_storage_url_by_environment_not_argv(small_study_dict: dict, db_url: str,
                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--workers N` passes --storage to its workers in $KDBENCH_STORAGE: a password in the URL never shows in
     a process list (argv is readable by every user, a process's environment only by its owner)."""
@@ -117,7 +117,7 @@ def test_workers_get_the_storage_url_by_environment_not_argv(needs_fmnist: None,
 
     monkeypatch.setattr(workers.subprocess, "Popen", record)
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--quiet", "--device", "cpu",
                                         "--cache-dir", str(tmp_path / "cache"), "--workers", "2"])
     assert res.exit_code == 0, res.output
@@ -206,17 +206,17 @@ def test_show_names_each_arm_as_the_report_does_on_a_half_finished_step_grid(tmp
 
 
 @pytest.mark.slow
-def test_eval_every_gives_each_run_a_curve_through_the_cli(needs_fmnist: None, tiny_study_dict: dict, db_url: str,
+def test_eval_every_gives_each_run_a_curve_through_the_cli(small_study_dict: dict, db_url: str,
                                                            tmp_path: Path) -> None:
     """``student.eval_every: 3`` on 10 steps: every run stores points at steps 3, 6, 9 and 10, Optuna gets the
     same points, the run keeps its end-of-run accuracy, and the report draws learning curves on a step axis."""
     from kdbench.report.frames import study_frames
     from kdbench.store import Store
 
-    tiny_study_dict["student"] = {"model": "mlp-800", "steps": 10, "batch_size": 16, "eval_every": 3}
-    tiny_study_dict["search"] = {"temperature": [4], "alpha": [0.5], "lr": [2e-3], "replicates": 1}
+    small_study_dict["student"] = {"model": "mlp-800", "steps": 10, "batch_size": 16, "eval_every": 3}
+    small_study_dict["search"] = {"temperature": [4], "alpha": [0.5], "lr": [2e-3], "replicates": 1}
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict))
+    path.write_text(yaml.safe_dump(small_study_dict))
     res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", db_url, "--device", "cpu", "--threads", "1",
                                         "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     assert res.exit_code == 0, res.output

@@ -112,8 +112,7 @@ def test_the_study_hash_holds_the_fingerprint_and_zoo_hashes_stay(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_a_users_model_file_sweeps_and_an_edit_refuses_to_resume(needs_fmnist: None, tiny_study_dict: dict,
-                                                                tmp_path: Path) -> None:
+def test_a_users_model_file_sweeps_and_an_edit_refuses_to_resume(small_study_dict: dict, tmp_path: Path) -> None:
     """Through the CLI: a study whose student is the user's own class (a file beside the study) sweeps with
     --workers 2 and reports, its runs record the model's fingerprint; editing the class makes the next sweep
     exit 2 in one line."""
@@ -122,10 +121,9 @@ def test_a_users_model_file_sweeps_and_an_edit_refuses_to_resume(needs_fmnist: N
     from kdbench.store import Store
 
     (tmp_path / "nets.py").write_text(NETS)
-    raw = dict(tiny_study_dict, student=dict(tiny_study_dict["student"], model="nets.py:Student",
-                                             model_args={"width": 16}),
-               data=dict(tiny_study_dict["data"], val_fraction=0.01),  # 600 validation images: each visit's eval
-               teacher=dict(tiny_study_dict["teacher"], model="mlp-800"))  # half cnn-s's CPU time to train and cache
+    raw = dict(small_study_dict, student=dict(small_study_dict["student"], model="nets.py:Student",
+                                              model_args={"width": 16}),
+               teacher=dict(small_study_dict["teacher"], model="mlp-800"))  # a fraction of cnn-s's CPU time
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
     db = f"sqlite:///{tmp_path / 'kd.db'}"
     args = [sys.executable, "-m", "kdbench", "sweep", str(tmp_path / "study.yaml"), "--storage", db, "--device",

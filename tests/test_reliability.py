@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import tiny_study_raw
+from conftest import small_study_raw, stop_outside_a_write
 from sqlalchemy.orm import Session
 
 from kdbench.config import Study, parse_study
@@ -30,14 +30,13 @@ from kdbench.sweep import plan_search, planned_total, run_sweep, study_progress
 from kdbench.teacher import prepare_teacher
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("needs_fmnist")
 
 
 @pytest.fixture(scope="module")
-def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny study's teacher, trained once for every test here (the cache is keyed by content)."""
+def teacher_cache(tmp_path_factory: pytest.TempPathFactory, small_fmnist_npz: Path) -> Path:
+    """The small study's teacher, trained once for every test here (the cache is keyed by content)."""
     cache = tmp_path_factory.mktemp("cache")
-    study = parse_study(tiny_study_raw())
+    study = parse_study(small_study_raw(small_fmnist_npz))
     prepare_teacher(study, cache_dir=cache)
     return cache
 
@@ -77,6 +76,27 @@ def _wait_mid_trial(proc: subprocess.Popen[str], db: str, name: str, min_complet
     raise AssertionError("the sweep never got mid-trial")
 
 
+def _stop_mid_trial(proc: subprocess.Popen[str], db: str, name: str, min_complete: int) -> pd.DataFrame:
+    """``proc`` stopped (SIGSTOP, outside a write) while the store shows ``min_complete`` complete runs and one
+    running; returns the runs as they stand. A signal sent now lands inside that trial when the process is
+    continued, however short its trials are (one seen running may have ended before the stop: then again)."""
+    while True:
+        _wait_mid_trial(proc, db, name, min_complete)
+        stop_outside_a_write(proc.pid, db)
+        runs = _runs(db, name)
+        assert runs is not None
+        if (runs["state"] == "running").any():
+            return runs
+        proc.send_signal(signal.SIGCONT)
+
+
+def _signal_mid_trial(proc: subprocess.Popen[str], db: str, name: str, min_complete: int, sig: int) -> None:
+    """Send ``sig`` to ``proc`` inside a trial (:func:`_stop_mid_trial`), then let it go on."""
+    _stop_mid_trial(proc, db, name, min_complete)
+    proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
+
+
 def _check_planned_set(db: str, study: Study) -> None:
     """Exactly one complete run per planned visit; retired attempts only as ``visit#n``; no orphans."""
     runs = load_runs(db, study.name)
@@ -99,12 +119,12 @@ def _check_planned_set(db: str, study: Study) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_resume_and_optuna_cli(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
-    study = parse_study(tiny_study_raw())
-    path = _write(tmp_path, tiny_study_raw())
+def test_ctrl_c_then_resume_and_optuna_cli(
+        small_fmnist_npz: Path, tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+    study = parse_study(small_study_raw(small_fmnist_npz))
+    path = _write(tmp_path, small_study_raw(small_fmnist_npz))
     proc = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
-    _wait_mid_trial(proc, db_url, "tiny", 1)
-    proc.send_signal(signal.SIGINT)
+    _signal_mid_trial(proc, db_url, "tiny", 1, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
     assert "Run the same command again to resume" in err and "Traceback" not in err
@@ -131,15 +151,16 @@ def test_ctrl_c_then_resume_and_optuna_cli(tmp_path: Path, db_url: str, teacher_
 
 
 @pytest.mark.slow
-def test_sigkill_mid_trial_is_noticed_failed_and_rerun(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
-    study = parse_study(tiny_study_raw())
-    path = _write(tmp_path, tiny_study_raw())
+def test_sigkill_mid_trial_is_noticed_failed_and_rerun(
+        small_fmnist_npz: Path, tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+    study = parse_study(small_study_raw(small_fmnist_npz))
+    path = _write(tmp_path, small_study_raw(small_fmnist_npz))
     rng = random.Random(0)
     kills = 0
     for _ in range(2):  # killed at random points, restarted each time
         proc = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
         before = (load_runs(db_url, "tiny")["state"] == "complete").sum() if kills else 0
-        _wait_mid_trial(proc, db_url, "tiny", before + rng.randint(0, 2))
+        _stop_mid_trial(proc, db_url, "tiny", before + rng.randint(0, 2))
         proc.kill()
         proc.communicate()
         kills += 1
@@ -159,20 +180,26 @@ def test_sigkill_mid_trial_is_noticed_failed_and_rerun(tmp_path: Path, db_url: s
 
 
 @pytest.mark.slow
-def test_a_finalist_at_a_longer_budget_resumes_after_sigkill(tmp_path: Path, db_url: str,
+def test_a_finalist_at_a_longer_budget_resumes_after_sigkill(small_fmnist_npz: Path, tmp_path: Path, db_url: str,
                                                              teacher_cache: Path) -> None:
     """Finalists and a probe trained for 10 epochs (the search: 1): killed mid-finalist, then resumed."""
-    raw = tiny_study_raw()
+    raw = small_study_raw(small_fmnist_npz)
     raw["finalists"] = {"top_k": 1, "seeds": 2, "budget": 10, "probe": 1}
     study = parse_study(raw)
     path = _write(tmp_path, raw)
     proc = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
+
+    def mid_finalist(runs: pd.DataFrame | None) -> bool:  # a finalist running and past its first epoch
+        return runs is not None and bool(((runs["kind"] == "finalist") & (runs["state"] == "running")
+                                          & (runs["epochs_done"] >= 2)).any())
+
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # until a finalist is running and past its first epoch
-        runs = _runs(db_url, "tiny")
-        if runs is not None and ((runs["kind"] == "finalist") & (runs["state"] == "running")
-                                 & (runs["epochs_done"] >= 2)).any():
-            break
+    while time.monotonic() < deadline:
+        if mid_finalist(_runs(db_url, "tiny")):
+            stop_outside_a_write(proc.pid, db_url)  # still mid-finalist once stopped: killed there
+            if mid_finalist(_runs(db_url, "tiny")):
+                break
+            proc.send_signal(signal.SIGCONT)
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     else:
@@ -194,8 +221,8 @@ def test_a_finalist_at_a_longer_budget_resumes_after_sigkill(tmp_path: Path, db_
     assert len(probes) == 2 and probes["test_acc"].isna().all()  # probes are scored on validation only
 
 
-def test_a_stale_heartbeat_on_another_host_is_taken_over(db_url: str) -> None:
-    study = parse_study(tiny_study_raw())
+def test_a_stale_heartbeat_on_another_host_is_taken_over(small_fmnist_npz: Path, db_url: str) -> None:
+    study = parse_study(small_study_raw(small_fmnist_npz))
     store = Store.open(db_url)
     row = store.register_study(study)
     visit = plan_search(study)[0]
@@ -215,10 +242,10 @@ def test_a_stale_heartbeat_on_another_host_is_taken_over(db_url: str) -> None:
 
 
 @pytest.mark.slow
-def test_racing_workers_on_sqlite(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+def test_racing_workers_on_sqlite(small_fmnist_npz: Path, tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
     """`--workers 2` and a separate `kdbench sweep` started together on a fresh database."""
-    study = parse_study(tiny_study_raw())
-    path = _write(tmp_path, tiny_study_raw())
+    study = parse_study(small_study_raw(small_fmnist_npz))
+    path = _write(tmp_path, small_study_raw(small_fmnist_npz))
     procs = [_sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache), "--workers", "2"),
              _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))]
     outs = [p.communicate(timeout=900) for p in procs]
@@ -231,8 +258,9 @@ def test_racing_workers_on_sqlite(tmp_path: Path, db_url: str, teacher_cache: Pa
 
 
 @pytest.mark.slow
-def test_non_finite_loss_is_failed_with_its_step_and_the_sweep_goes_on(db_url: str, teacher_cache: Path) -> None:
-    raw = tiny_study_raw()
+def test_non_finite_loss_is_failed_with_its_step_and_the_sweep_goes_on(
+        small_fmnist_npz: Path, db_url: str, teacher_cache: Path) -> None:
+    raw = small_study_raw(small_fmnist_npz)
     raw["search"].update(lr=[1.0e-3, 1.0e30], sampler="grid")
     raw["search"]["lr_extend"] = 0  # the subject is a diverging lr; extending below 1e-3 by 1e27 would add runs
     raw["finalists"]["seeds"] = 1
@@ -250,8 +278,9 @@ def test_non_finite_loss_is_failed_with_its_step_and_the_sweep_goes_on(db_url: s
 
 
 @pytest.mark.slow
-def test_a_crash_inside_a_finalists_final_write_leaves_no_half_run(db_url: str, teacher_cache: Path) -> None:
-    study = parse_study(tiny_study_raw())
+def test_a_crash_inside_a_finalists_final_write_leaves_no_half_run(
+        small_fmnist_npz: Path, db_url: str, teacher_cache: Path) -> None:
+    study = parse_study(small_study_raw(small_fmnist_npz))
     fired: list[int] = []
 
     def crash(session: Session, _ctx: object) -> None:
@@ -279,41 +308,18 @@ def test_a_crash_inside_a_finalists_final_write_leaves_no_half_run(db_url: str, 
     _check_planned_set(db_url, study)
 
 
-def _stop_outside_a_write(proc: subprocess.Popen[str], db: str) -> None:
-    """SIGSTOP ``proc`` at a moment it holds no SQLite write lock (a worker stopped inside a write would block
-    every other worker: SQLite has one writer), retrying until the database takes a write at once."""
-    import sqlite3
-
-    path = db.removeprefix("sqlite:///")
-    for _ in range(200):
-        proc.send_signal(signal.SIGSTOP)
-        conn = sqlite3.connect(path, timeout=0.05)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.rollback()
-            return
-        except sqlite3.OperationalError:  # locked: let it finish its write, try again
-            proc.send_signal(signal.SIGCONT)
-            time.sleep(0.05)
-        finally:
-            conn.close()
-    raise AssertionError("the worker was inside a write every time")
-
-
 @pytest.mark.slow
-def test_a_late_worker_never_writes_into_its_retired_attempt(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+def test_a_late_worker_never_writes_into_its_retired_attempt(
+        small_fmnist_npz: Path, tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
     """Worker A is stopped (SIGSTOP) mid-trial past the heartbeat timeout; B takes its visit over and finishes
     the study; A resumes: its writes are refused (the run stays retired, B's stands), it says so and ends
     cleanly, and every visit has exactly one complete run and one COMPLETE Optuna trial."""
-    raw = tiny_study_raw()
-    raw["student"]["epochs"] = 8  # a trial of a few seconds, so that the stop lands inside one
+    raw = small_study_raw(small_fmnist_npz)
     study = parse_study(raw)
     path = _write(tmp_path, raw)
     a = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
-    _wait_mid_trial(a, db_url, "tiny", 0)
-    _stop_outside_a_write(a, db_url)
+    held = _stop_mid_trial(a, db_url, "tiny", 0)
     try:
-        held = _runs(db_url, "tiny")
         visit = held[held["state"] == "running"]["visit"].iloc[0]
         run_sweep(study, storage=db_url, cache_dir=teacher_cache, stale_after_s=1.0)  # worker B, in this process
     finally:
@@ -332,16 +338,15 @@ def test_a_late_worker_never_writes_into_its_retired_attempt(tmp_path: Path, db_
 
 
 @pytest.mark.slow
-def test_sigterm_ends_the_trial_as_ctrl_c_does(tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
+def test_sigterm_ends_the_trial_as_ctrl_c_does(
+        small_fmnist_npz: Path, tmp_path: Path, db_url: str, teacher_cache: Path) -> None:
     """A scheduler's SIGTERM mid-trial: exit 143 with the resume line, the run interrupted and its Optuna trial
     FAIL (not left running), and the same command finishes the study."""
-    raw = tiny_study_raw()
-    raw["student"]["epochs"] = 8  # trials of a few seconds: the signal lands inside one
+    raw = small_study_raw(small_fmnist_npz)
     study = parse_study(raw)
     path = _write(tmp_path, raw)
     proc = _sweep(str(path), "--storage", db_url, "--cache-dir", str(teacher_cache))
-    _wait_mid_trial(proc, db_url, "tiny", 1)
-    proc.send_signal(signal.SIGTERM)
+    _signal_mid_trial(proc, db_url, "tiny", 1, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, (out, err)
     assert "terminated (SIGTERM)" in err and "Run the same command again to resume" in err
@@ -356,13 +361,14 @@ def test_sigterm_ends_the_trial_as_ctrl_c_does(tmp_path: Path, db_url: str, teac
 
 
 @pytest.mark.slow
-def test_a_deleted_database_stops_the_sweep_at_once(tmp_path: Path, teacher_cache: Path) -> None:
+def test_a_deleted_database_stops_the_sweep_at_once(
+        small_fmnist_npz: Path, tmp_path: Path, teacher_cache: Path) -> None:
     """The database file is deleted mid-sweep: the worker stops before its next trial with one line and exit 2,
     rather than training every remaining visit into a file nobody can read."""
     folder = tmp_path / "db"
     folder.mkdir()
     url = f"sqlite:///{folder / 'kd.db'}"
-    raw = tiny_study_raw()
+    raw = small_study_raw(small_fmnist_npz)
     raw["student"]["epochs"] = 4
     proc = _sweep(str(_write(tmp_path, raw)), "--storage", url, "--cache-dir", str(teacher_cache))
     _wait_mid_trial(proc, url, "tiny", 0)

@@ -165,7 +165,7 @@ def test_lr_extend_leaves_stored_hashes_alone_and_bad_values_name_the_key(tmp_pa
 
 
 @pytest.mark.slow
-def test_two_workers_extend_an_under_tuned_arm_once_and_the_verdict_says_so(needs_fmnist: None, tiny_study_dict: dict,
+def test_two_workers_extend_an_under_tuned_arm_once_and_the_verdict_says_so(small_study_dict: dict,
                                                                              tmp_path: Path) -> None:
     """Through the CLI with --workers 2: lrs far too small for 100 steps ([1e-6, 3e-6]) put every arm's best at
     the top end; each arm's best cell is trained at 9e-6 and 2.7e-5 on both search seeds, exactly once, then the
@@ -179,11 +179,9 @@ def test_two_workers_extend_an_under_tuned_arm_once_and_the_verdict_says_so(need
     from kdbench.store import Store
     from kdbench.sweep import study_progress
 
-    # val_fraction 0.01: 600 validation images, evaluated after each of the ~12 epochs of every visit (at 0.1, 6,000
-    # images made evaluation most of the test's time); the lrs' accuracies differ by 0.07 or more on them
-    # an mlp-800 teacher: half cnn-s's CPU time to train and to cache its logits of ~59,000 training images
-    raw = dict(tiny_study_dict, data=dict(tiny_study_dict["data"], val_fraction=0.01),
-               teacher=dict(tiny_study_dict["teacher"], model="mlp-800"),
+    # the small study's 2,000 rows: 200 validation images, evaluated after each of the ~10 epochs of every visit;
+    # an mlp-800 teacher: a fraction of cnn-s's CPU time to train and to cache its logits
+    raw = dict(small_study_dict, teacher=dict(small_study_dict["teacher"], model="mlp-800"),
                student={"model": "mlp-800", "steps": 100, "batch_size": 64},
                search={"temperature": [2], "alpha": [0.5], "lr": [1e-6, 3e-6], "replicates": 2},
                finalists={"top_k": 1, "seeds": 1})

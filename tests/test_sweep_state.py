@@ -10,6 +10,7 @@ import optuna
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import stop_outside_a_write
 
 from kdbench import cli
 from kdbench.config import parse_study
@@ -110,33 +111,44 @@ def test_a_claim_in_a_dropped_study_whose_id_is_reused_is_refused(tmp_path: Path
 
 @pytest.mark.slow
 def test_replace_stops_a_worker_of_the_dropped_study_and_keeps_its_writes_out(
-        needs_fmnist: None, tiny_study_dict: dict, tmp_path: Path) -> None:
+        small_study_dict: dict, tmp_path: Path) -> None:
     """A worker still training when another process runs ``--replace`` with another config stops with one line
     (no traceback), and nothing it wrote after the drop lands in the new study: every run there is the new
     config's (the SQLite id of the dropped study is reused; its uid is not)."""
+    import signal
     import subprocess
     import sys
     import time
 
     db = f"sqlite:///{tmp_path / 'kd.db'}"
-    raw = dict(tiny_study_dict, student=dict(tiny_study_dict["student"], steps=150),
-               search=dict(tiny_study_dict["search"], temperature=[1, 2, 4, 8], alpha=[0.3, 0.7], replicates=2))
+    raw = dict(small_study_dict, student=dict(small_study_dict["student"], steps=150),
+               search=dict(small_study_dict["search"], temperature=[1, 2, 4, 8], alpha=[0.3, 0.7], replicates=2))
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     args = [sys.executable, "-m", "kdbench", "sweep", str(path), "--storage", db, "--device", "cpu", "--threads", "1",
             "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+
+    def mid_visit() -> bool:  # the old worker has finished a run of its own and is training another
+        store = Store.open(db) if (tmp_path / "kd.db").exists() else None  # the file comes before the study
+        runs = store.runs("tiny") if store is not None and store.study("tiny") is not None else None
+        return runs is not None and (runs["state"] == "complete").any() and (runs["state"] == "running").any()
+
     old = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # until the old worker has finished a run of its own
-            store = Store.open(db) if (tmp_path / "kd.db").exists() else None  # the file comes before the study
-            runs = store.runs("tiny") if store is not None and store.study("tiny") is not None else None
-            if runs is not None and (runs["state"] == "complete").any():
-                break
+        while time.monotonic() < deadline:  # then held there (stopped outside a write) while --replace runs
+            if mid_visit():
+                stop_outside_a_write(old.pid, db)
+                if mid_visit():
+                    break
+                old.send_signal(signal.SIGCONT)
             assert old.poll() is None, old.communicate()
-            time.sleep(0.5)
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the old worker was never seen mid-visit")
         new = subprocess.run([*args, "--replace", "--set", "student.steps=20", "--max-visits", "2"],
                              capture_output=True, text=True, timeout=300)
+        old.send_signal(signal.SIGCONT)
         assert new.returncode == 0, new.stderr
         _, err = old.communicate(timeout=300)
     finally:

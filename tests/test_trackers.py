@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import FMNIST, tiny_study_raw
+from conftest import small_study_raw, tiny_study_raw
 
 from kdbench import cli
 from kdbench.config import load_study, parse_study
@@ -30,9 +30,9 @@ def _own_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store under the cache is what is tested
 
 
-def _study_file(folder: Path, name: str = "tiny", **extra: object) -> Path:
+def _study_file(folder: Path, name: str = "tiny", study: dict | None = None, **extra: object) -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**tiny_study_raw(), **extra}))
+    path.write_text(yaml.safe_dump({**(study or tiny_study_raw()), **extra}))
     return path
 
 
@@ -101,25 +101,25 @@ class Logged:
     cache: Path
     out: Path
     sweep_output: str
+    study: dict  # the study swept (log aside): its teacher is in the cache
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
-    """The tiny study swept through the CLI (``log: [tensorboard]`` in the file, ``--log mlflow``), then reported
+def logged(tmp_path_factory: pytest.TempPathFactory, small_fmnist_npz: Path) -> Iterator[Logged]:
+    """The small study swept through the CLI (``log: [tensorboard]`` in the file, ``--log mlflow``), then reported
     (``--log mlflow --log tensorboard``)."""
-    if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("Fashion-MNIST package files absent: apt-get install -y dataset-fashion-mnist")
+    study = small_study_raw(small_fmnist_npz)
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
         tmp = tmp_path_factory.mktemp("trackers")
-        path, url = _study_file(tmp, log=["tensorboard"]), f"sqlite:///{tmp / 'kd.db'}"
+        path, url = _study_file(tmp, study=study, log=["tensorboard"]), f"sqlite:///{tmp / 'kd.db'}"
         cache, out = tmp / "cache", tmp / "report"
         common = ["--storage", url, "--cache-dir", str(cache), "--log", "mlflow"]
         swept = CliRunner().invoke(cli.main, ["sweep", str(path), "--quiet", "--device", "cpu", *common])
         assert swept.exit_code == 0, swept.output
         reported = CliRunner().invoke(cli.main, ["report", "tiny", "--out", str(out), *common, "--log", "tensorboard"])
         assert reported.exit_code == 0, reported.output
-        yield Logged(url, cache, out, swept.output)
+        yield Logged(url, cache, out, swept.output, study)
     finally:
         if saved is not None:
             os.environ["MLFLOW_TRACKING_URI"] = saved
@@ -206,7 +206,7 @@ def test_logging_changes_no_result(logged: Logged, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     shutil.copytree(logged.cache / "teachers", cache / "teachers")
     url = f"sqlite:///{tmp_path / 'plain.db'}"
-    run_sweep(parse_study(tiny_study_raw()), storage=url, cache_dir=cache, max_visits=1)
+    run_sweep(parse_study(logged.study), storage=url, cache_dir=cache, max_visits=1)
     plain = load_runs(url, "tiny").iloc[0]
     with_log = load_runs(logged.url, "tiny").set_index("visit").loc[plain["visit"]]
     assert plain["val_acc"] == with_log["val_acc"] and plain["config_hash"] == with_log["config_hash"]
@@ -231,7 +231,7 @@ def test_a_tracker_failing_mid_sweep_loses_no_run(logged: Logged, tmp_path: Path
             client.delete_experiment(found.experiment_id)
 
     events = SweepEvents(on_visit_start=delete_experiment, on_log=lines.append)
-    study = parse_study({**tiny_study_raw(), "log": ["mlflow", "tensorboard"]})
+    study = parse_study({**logged.study, "log": ["mlflow", "tensorboard"]})
     run_sweep(study, storage=url, cache_dir=cache, max_visits=2, events=events)
     runs = load_runs(url, "tiny")
     assert len(runs) == 2 and set(runs["state"]) == {"complete"}
