@@ -240,10 +240,7 @@ def test_report_of_a_real_tiny_sweep(needs_fmnist: None, tiny_study_dict: dict, 
     from kdbench.config import parse_study
     from kdbench.sweep import run_sweep
 
-    # Fashion-MNIST itself (its class names, its images in the predictions figure); a live teacher spares the
-    # teacher's logits on all 57,000 training rows, which the report never reads (~3/4 of this test's time)
-    run_sweep(parse_study(tiny_study_dict, overrides=["teacher.cache=live"]), storage=db_url,
-              cache_dir=tmp_path / "cache")
+    run_sweep(parse_study(tiny_study_dict), storage=db_url, cache_dir=tmp_path / "cache")
     db_file = Path(db_url.removeprefix("sqlite:///"))
 
     def content() -> list[str]:  # the database's rows and schema (in WAL mode the file's bytes change on a
