@@ -169,6 +169,24 @@ def test_a_half_finished_grid_says_its_tuning_budget_so_far() -> None:
     assert words == {"kd": "4 cells × 1 lr × 1 seed so far (2 of 24 planned runs ended)", "ce": "2 lr × 3 seeds"}
 
 
+def test_tuning_budgets_name_ce_with_label_smoothing_and_equal_means_per_cell() -> None:
+    """CE+LS is an arm tuned like CE (one cell per ε): its budget is put in words and counts for "equal per cell"."""
+    from kdbench.report.grid import _equal_per_cell, budget_words
+
+    lrs, seeds = (1e-3, 2e-3), (0, 1, 2)
+    config = {"name": "rep", "search": {"temperature": [1, 4], "alpha": [0.1, 0.9], "lr": list(lrs), "replicates": 3},
+              "baseline": {"label_smoothing": [0.1, 0.2]}}
+    rows = [{"kind": "kd", "lr": lr, "seed": s, "state": "complete"} for _ in range(4) for lr in lrs for s in seeds]
+    rows += [{"kind": "ce", "lr": lr, "seed": s, "state": "complete"} for lr in lrs for s in seeds]
+    rows += [{"kind": "ce_ls", "lr": lr, "seed": s, "state": "complete"} for _ in range(2) for lr in lrs for s in seeds]
+    words = budget_words(config, pd.DataFrame(rows))
+    assert words == {"kd": "4 cells × 2 lr × 3 seeds", "ce": "2 lr × 3 seeds", "ce_ls": "2 cells × 2 lr × 3 seeds"}
+    assert _equal_per_cell(words)
+    one_eps = budget_words({**config, "baseline": {"label_smoothing": [0.1]}}, pd.DataFrame(rows[:-6]))
+    assert one_eps["ce_ls"] == "2 lr × 3 seeds" and _equal_per_cell(one_eps)
+    assert not _equal_per_cell({**words, "ce_ls": "2 cells × 1 lr × 3 seeds"})
+
+
 def test_replicated_grid_cells_effects_and_budgets(tmp_path) -> None:
     from report_db import REP_CELL, REP_LRS, REP_SEEDS, make_replicated_db, rep_val
 

@@ -83,17 +83,22 @@ def _search_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return done.rename(columns={"kind": "stage"})[list(effects.RUN_COLUMNS)]
 
 
+ARMS = ("kd", "ce", "ce_ls")  # the arms whose tuning budget is put in words: Hinton KD, CE, CE with label smoothing
+
+
 def budget_words(config: StudyLike, runs: pd.DataFrame) -> dict[str, str]:
     """Each arm's tuning budget in words, from what the search planned (its config) and ran (its runs).
 
     A replicated grid (T and α lists, every run at one of the planned lr candidates) reads
-    ``{"kd": "20 cells × 3 lr × 3 seeds", "ce": "3 lr × 3 seeds"}``; any other study (a range search, or a grid
-    stored before replicated grids, whose cells drew their lr) counts its search runs, e.g.
-    ``{"kd": "12 trials", "ce": "3 trials"}``.
+    ``{"kd": "20 cells × 3 lr × 3 seeds", "ce": "3 lr × 3 seeds", "ce_ls": "3 lr × 3 seeds"}`` (CE with label
+    smoothing: one cell per ε, "2 cells × ..." for two); any other study (a range search, or a grid stored before
+    replicated grids, whose cells drew their lr) counts its search runs, e.g. ``{"kd": "12 trials", "ce": "3
+    trials"}``.
     """
-    search = as_study(config).search
+    study = as_study(config)
+    search = study.search
     temps, alphas, lrs_planned = search.temperature, search.alpha, search.lr_candidates() or []
-    search_runs = runs[runs["kind"].isin(["kd", "ce"])]
+    search_runs = runs[runs["kind"].isin(ARMS)]
     if lrs_planned:  # runs beyond the planned lr range are the lr extension's, stated apart (lr_sentence)
         lr = search_runs["lr"].to_numpy(float)
         search_runs = search_runs[~((lr < min(lrs_planned) * (1 - 1e-9)) | (lr > max(lrs_planned) * (1 + 1e-9)))]
@@ -102,21 +107,27 @@ def budget_words(config: StudyLike, runs: pd.DataFrame) -> dict[str, str]:
     if isinstance(temps, list) and isinstance(alphas, list) and at_planned:
         per = search_runs.groupby("kind").agg(lrs=("lr", "nunique"), seeds=("seed", "nunique"))
         out: dict[str, str] = {}
-        for stage in ("kd", "ce"):
+        cells = {"kd": len(temps) * len(alphas), "ce": 1, "ce_ls": max(1, len(study.baseline.label_smoothing))}
+        for stage in ARMS:
             if stage in per.index:
                 lrs, seeds = int(per.loc[stage, "lrs"]), int(per.loc[stage, "seeds"])
                 each = f"{lrs} lr × {seeds} seed{'s' if seeds != 1 else ''}"
-                out[stage] = f"{len(temps) * len(alphas)} cells × {each}" if stage == "kd" else each
+                out[stage] = f"{cells[stage]} cells × {each}" if stage == "kd" or cells[stage] > 1 else each
                 # a half-finished grid: the lrs and seeds seen so far, not yet the plan
-                planned = (len(temps) * len(alphas) if stage == "kd" else 1) * len(lrs_planned) * \
-                    search.n_replicates * len(as_study(config).search_budgets)
+                planned = cells[stage] * len(lrs_planned) * search.n_replicates * len(study.search_budgets)
                 ended = int((search_runs["kind"].eq(stage)
                              & search_runs["state"].isin(["complete", "pruned", "failed"])).sum())
                 out[stage] += f" so far ({ended} of {planned} planned runs ended)" if ended < planned else ""
         return out
     counts = search_runs["kind"].value_counts()
-    return {stage: f"{int(counts[stage])} trial{'s' if counts[stage] != 1 else ''}" for stage in ("kd", "ce")
+    return {stage: f"{int(counts[stage])} trial{'s' if counts[stage] != 1 else ''}" for stage in ARMS
             if stage in counts}
+
+
+def _equal_per_cell(budgets: dict[str, str]) -> bool:
+    """Whether every arm's tuning budget in :func:`budget_words` is the same per cell ("3 lr × 3 seeds" for CE
+    against KD's "9 cells × 3 lr × 3 seeds")."""
+    return len({b.split(" cells × ", 1)[-1] for b in budgets.values()}) <= 1
 
 
 def search_evidence(config: StudyLike, runs: pd.DataFrame) -> SearchEvidence:
@@ -262,9 +273,8 @@ def qualified_verdict(text: str, config: StudyLike, evidence: SearchEvidence, *,
              f"finalist seed{'s' if n_seeds != 1 else ''}, {taught}.")
     tuned = evidence.budgets
     if "kd" in tuned and "ce" in tuned:
-        words = f"KD: {tuned['kd']}; CE: {tuned['ce']}"
-        equal = tuned["kd"] == tuned["ce"] or tuned["kd"].endswith(f"cells × {tuned['ce']}")
-        text += (f" Tuning was equal per cell ({words})." if equal else
+        words = "; ".join(f"{arm_label(k)}: {v}" for k, v in tuned.items())
+        text += (f" Tuning was equal per cell ({words})." if _equal_per_cell(tuned) else
                  f" Tuning was not equal ({words}): the arm tuned more is favoured.")
     if evidence.lr_arms:
         text += " " + lr_sentence(evidence.lr_arms, study.search.lr_extend)
