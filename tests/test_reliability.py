@@ -360,6 +360,59 @@ def test_sigterm_ends_the_trial_as_ctrl_c_does(
     _check_planned_set(db_url, study)
 
 
+@pytest.mark.parametrize("where", ["claim", "attempt"])
+def test_a_sigterm_between_a_claim_and_its_trials_start_records_the_run_interrupted(
+        small_fmnist_npz: Path, db_url: str, teacher_cache: Path, monkeypatch: pytest.MonkeyPatch,
+        where: str) -> None:
+    """SIGTERM landing right after a claim commits, or while the claimed visit's attempt is being set up (before
+    its trial records itself): the run is interrupted, not left running for a dead worker (which the next claim
+    would retire as failed: seen once in CI, a submitit worker stopped right after its claim)."""
+    from kdbench import errors
+    from kdbench.cli import _on_sigterm
+    from kdbench.sweep import attempt
+
+    study = parse_study(small_study_raw(small_fmnist_npz))
+    sent: list[bool] = []
+
+    def kill_once() -> None:
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    if where == "claim":
+        claim = Store.claim
+
+        def claim_then_kill(self: Store, *args: object, **kwargs: object) -> object:
+            claimed = claim(self, *args, **kwargs)  # type: ignore[arg-type]
+            kill_once()
+            return claimed
+
+        monkeypatch.setattr(Store, "claim", claim_then_kill)
+    else:
+        recipe = attempt.visit_recipe
+
+        def recipe_then_kill(*args: object) -> object:
+            kill_once()
+            return recipe(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(attempt, "visit_recipe", recipe_then_kill)
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with pytest.raises(errors.Terminated):
+            run_sweep(study, storage=db_url, cache_dir=teacher_cache)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        errors._TERMINATION.clear()
+    monkeypatch.undo()
+    runs = load_runs(db_url, "tiny")
+    assert sent and list(runs["state"]) == ["interrupted"], runs[["visit", "state", "error"]]
+    assert runs["error"].iloc[0] == "Terminated: SIGTERM"
+    run_sweep(study, storage=db_url, cache_dir=teacher_cache)  # the resume retires it as interrupted, not failed
+    runs = load_runs(db_url, "tiny").set_index("visit")
+    assert runs.filter(like="#", axis=0)["state"].tolist() == ["interrupted"]
+    _check_planned_set(db_url, study)
+
+
 @pytest.mark.slow
 def test_a_deleted_database_stops_the_sweep_at_once(
         small_fmnist_npz: Path, tmp_path: Path, teacher_cache: Path) -> None:

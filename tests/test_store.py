@@ -432,6 +432,29 @@ def test_kdbench_tables_without_their_meta_table_are_named(storage: str, tiny_st
     assert list(Store.open(storage, create=False).studies()["name"]) == ["tiny"]
 
 
+def test_interrupt_claims_records_only_this_workers_running_claims(storage: str, tiny_study_dict: dict) -> None:
+    """A stopping worker's claims whose trials never began: its running ones interrupted (a linked Optuna trial
+    failed), a finished one and another worker's left as they are."""
+    store = Store.open(storage)
+    study = parse_study(tiny_study_dict)
+    sid = store.register_study(study).id
+    done, other, mine, linked = (store.claim(sid, _visit(f"kd/T={t}/a=0.5/r=0"), i, study.hash, 60.0)
+                                 for i, t in enumerate((2, 4, 8, 16)))
+    assert done and other and mine and linked
+    store.finish_run(done.run_id, [], state="complete", val_acc=0.5)
+    with store.session() as s:
+        s.execute(sa.update(RunRow).where(RunRow.id == other.run_id).values(owner="elsewhere:1"))
+    trial = optuna.create_study(study_name="tiny", storage=store.optuna_storage()).ask()
+    store.update_run(linked.run_id, optuna_study="tiny", trial_number=trial.number, trial_id=trial._trial_id)
+    ids = [c.run_id for c in (done, other, mine, linked)]
+    assert store.interrupt_claims(ids, "Terminated: SIGTERM") == 2
+    runs = load_runs(storage, "tiny").set_index("run_id")
+    assert runs.loc[ids, "state"].tolist() == ["complete", "running", "interrupted", "interrupted"]
+    assert runs.loc[mine.run_id, "error"] == "Terminated: SIGTERM"
+    assert store.optuna_storage().get_trial(trial._trial_id).state == optuna.trial.TrialState.FAIL
+    assert store.interrupt_claims(ids, "again") == 0  # nothing of this worker's is running any more
+
+
 def test_a_sigterm_between_the_runs_write_and_its_trials_close_waits_for_the_close(
         storage: str, tiny_study_dict: dict) -> None:
     """SIGTERM landing right after the run's transaction commits (sent from SQLAlchemy's after_commit hook):

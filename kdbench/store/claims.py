@@ -6,6 +6,9 @@ host, or no heartbeat for ``stale_after_s``) or was interrupted is claimed again
 as ``<visit>#<attempt>`` (failed with the reason, or interrupted) and the visit gets a new row. A run
 ends in one transaction: its state, results and epochs together, never half a run.
 
+The module runs past 400 lines because every conditional write of that protocol (claim, retire, beat, finish,
+interrupt) checks the same owner and state columns, and reading them side by side is how a race is caught.
+
 :class:`Claims` is one half of :class:`kdbench.store.Store` (the other, :class:`~kdbench.store.queries.Queries`,
 reads).
 """
@@ -254,10 +257,28 @@ class Claims(Database):
 
         See :meth:`_claim_row` (the transaction) for what is claimed and what is refused.
         """
-        claimed = self._claim_row(study_id, visit, index, config_hash, stale_after_s, study_uid)
-        if claimed is not None and claimed.replaced_trial is not None:  # after the commit: the retire is final
-            close_trial(self.optuna_storage(), claimed.replaced_trial, "failed", claimed.replaced_reason)
+        with held_signals():  # a signal landing between the claim and the retired trial's close waits for the close
+            claimed = self._claim_row(study_id, visit, index, config_hash, stale_after_s, study_uid)
+            if claimed is not None and claimed.replaced_trial is not None:  # after the commit: the retire is final
+                close_trial(self.optuna_storage(), claimed.replaced_trial, "failed", claimed.replaced_reason)
         return claimed
+
+    def interrupt_claims(self, run_ids: Iterable[int], reason: str) -> int:
+        """Record as interrupted each of ``run_ids`` that this worker still holds running (a claim whose trial
+        never began, a signal having stopped the worker first), and fail the Optuna trials they link; returns how
+        many. Runs recorded meanwhile, or taken over, are left as they are."""
+        ids = list(run_ids)
+        if not ids:
+            return 0
+        mine = sa.and_(RunRow.id.in_(ids), RunRow.state == "running", RunRow.owner == worker_id())
+        with held_signals():
+            with self.session() as s:
+                trials = [t for t in s.scalars(sa.select(RunRow.trial_id).where(mine)).all() if t is not None]
+                n = s.execute(sa.update(RunRow).where(mine).values(  # type: ignore[attr-defined]
+                    state="interrupted", error=reason, finished=now())).rowcount
+            for trial_id in trials:
+                close_trial(self.optuna_storage(), trial_id, "interrupted", reason)
+        return int(n)
 
     def _claim_row(self, study_id: int, visit: VisitLike, index: int, config_hash: str,
                    stale_after_s: float, study_uid: str | None) -> Claimed | None:

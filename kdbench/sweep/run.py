@@ -25,7 +25,7 @@ import torch
 from kdbench.config import Study
 from kdbench.data import Data, DatasetInfo, Split, load_study_raw, split_data
 from kdbench.defaults import POLL_S, STALE_AFTER_S
-from kdbench.errors import CheckpointError, ConfigError, StoreError, check_termination
+from kdbench.errors import CheckpointError, ConfigError, StoreError, check_termination, held_signals
 from kdbench.models import build_model
 from kdbench.models.sources import study_fingerprint, study_model
 from kdbench.provenance import library_versions
@@ -168,11 +168,23 @@ def release_memory() -> None:
     libc.malloc_trim(0)
 
 
-def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1) -> Iterator[list[Claimed]]:
+def _interrupt(ctx: SweepContext, claimed: list[int], exc: BaseException) -> None:
+    """Record as interrupted the claimed runs this worker still holds running as it stops on ``exc`` (the claims
+    a signal caught before their trials began); the error that stops it stays the one the user sees."""
+    try:
+        ctx.store.interrupt_claims(claimed, f"{type(exc).__name__}: {exc}"[:500])
+    except Exception:  # the store itself failing (the error being raised, often): the next claim retires them
+        logging.getLogger(__name__).warning("could not record %d claimed run(s) as interrupted", len(claimed),
+                                            exc_info=True)
+
+
+def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int,
+                claimed: list[int]) -> Iterator[list[Claimed]]:
     """Yield up to ``k`` claimed visits at a time until every one of ``visits`` is final (waiting for others').
 
     One read of the study's run states per batch picks the candidates, so a batch costs one query and a
-    transaction per visit tried, not one per visit of the study.
+    transaction per visit tried, not one per visit of the study. Each claim's run id is added to ``claimed``
+    before a signal landing in the claim is raised, so the caller can record the run as interrupted.
     """
     while True:
         check_termination()  # a SIGTERM whose exception was swallowed where it landed stops the sweep here
@@ -192,7 +204,10 @@ def _claim_loop(ctx: SweepContext, visits: list[Visit], offset: int, k: int = 1)
             methods = {b.visit.loss for b in batch} - {"ce"}  # and one distillation method (CE joins any)
             if methods and v.loss != "ce" and v.loss not in methods:
                 break
-            c = ctx.store.claim(ctx.study_id, v, offset + i, ctx.study.hash, ctx.stale_after_s, ctx.study_uid)
+            with held_signals():
+                c = ctx.store.claim(ctx.study_id, v, offset + i, ctx.study.hash, ctx.stale_after_s, ctx.study_uid)
+                if c is not None:
+                    claimed.append(c.run_id)
             if c is not None:
                 batch.append(c)
                 if len(batch) == k:
@@ -282,6 +297,7 @@ def work_sweep(
     # the collector's reach, so the collection after each trial walks only what trials made (a full one took
     # ~0.2 s per trial on 2 CPU cores); given back to the collector when this worker stops
     gc.freeze()
+    claimed: list[int] = []  # claims not yet known to be recorded (a trial records itself once it has begun)
     try:
         for stage in ("search", "extension", "recheck", "finalists"):
             while True:  # the search and the finalists once; the extension one step at a time until nothing is new
@@ -297,11 +313,12 @@ def work_sweep(
                 # search visits of one replicate share its seed, hence one data order: they can be fused (extension
                 # visits likewise); finalists and probes alone
                 for batch in _claim_loop(ctx, visits, 0 if stage == "search" else len(search),
-                                         1 if stage in ("recheck", "finalists") else k):
+                                         1 if stage in ("recheck", "finalists") else k, claimed):
                     if len(batch) > 1:
                         run_fused(ctx, batch)
                     else:
                         run_visit(ctx, batch[0])
+                    claimed.clear()
                     release_memory()  # one trial's buffers, so the next one starts from what the process holds
                     ctx.events.on_progress(study_progress(ctx.store, study, ctx.study_id))
                     done += len(batch)
@@ -310,5 +327,8 @@ def work_sweep(
                 if stage != "extension":
                     break
         return done
+    except BaseException as exc:  # a signal or an error between a claim and its trial's start: recorded too
+        _interrupt(ctx, claimed, exc)
+        raise
     finally:
         gc.unfreeze()
