@@ -76,7 +76,9 @@ class WorkerCommand:
             signal.signal(signal.SIGTERM, stop)
             before_usr = signal.signal(signal.SIGUSR2, preempted)
         try:
-            return proc.wait()
+            while True:  # in short waits: Ray's cancel raises KeyboardInterrupt without a signal, which a blocking
+                with contextlib.suppress(subprocess.TimeoutExpired):  # wait would never let in
+                    return proc.wait(timeout=0.5)
         except BaseException:  # a Ctrl-C, or a Ray cancel: the worker records its visit first
             stop()
             with contextlib.suppress(subprocess.TimeoutExpired):

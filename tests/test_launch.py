@@ -67,11 +67,14 @@ def _study_file(tmp_path: Path, raw: dict) -> Path:
     return path
 
 
-def _sweep(path: Path, db_url: str, cache: Path, *args: str) -> subprocess.Popen[str]:
+def _sweep(path: Path, db_url: str, cache: Path, *args: str, interactive: bool = False) -> subprocess.Popen[str]:
+    """``kdbench sweep`` of ``path``; ``interactive``: SIGINT acts as at a terminal, even when the test run was
+    started in the background (a script's `cmd &` starts with SIGINT ignored, and children inherit that)."""
     cmd = [sys.executable, "-m", "kdbench", "sweep", str(path), "--storage", db_url, "--quiet", "--device", "cpu",
            "--cache-dir", str(cache), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if interactive else None)
 
 
 def _exactly_once(db_url: str, raw: dict) -> None:
@@ -156,4 +159,37 @@ def test_ray_runs_a_study_on_two_workers(needs_fmnist: None, launch_raw: dict, d
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     assert "2 Ray tasks on" in out
+    _exactly_once(db_url, launch_raw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local", "slurm", "ray"])
+def test_ctrl_c_to_the_parent_while_two_workers_train_leaves_interrupted_visits_the_next_run_completes(
+        needs_fmnist: None, launch_raw: dict, db_url: str, tmp_path: Path, teacher_cache: Path,
+        launcher: str) -> None:
+    """Ctrl-C to `kdbench sweep --workers 2` (each launcher) while both workers train: it exits 130, both visits
+    are recorded as interrupted (none left running, none failed), and the same command then completes the study,
+    each visit once."""
+    if launcher == "ray":
+        pytest.importorskip("ray")
+    launch_raw["student"]["epochs"] = 30  # long enough to be caught training, two at once
+    launch_raw["finalists"]["seeds"] = 1
+    path = _study_file(tmp_path, launch_raw)
+    args = ("--launcher", launcher, "--workers", "2")
+    proc = _sweep(path, db_url, teacher_cache, *args, interactive=True)
+    workers = _running_workers(db_url, "tiny", 2, 900)
+    proc.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C, sent to the parent alone
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "Run the same command again to resume" in out
+    end = time.monotonic() + 120  # the workers record their visits as they stop (a launcher's may outlive it)
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < end:
+        time.sleep(0.2)
+    runs = Store.open(db_url).runs("tiny")
+    assert sorted(runs["state"]) == ["interrupted", "interrupted"], runs[["visit", "state", "error"]]
+    proc = _sweep(path, db_url, teacher_cache, *args)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    runs = Store.open(db_url).runs("tiny")
+    assert sorted(runs.loc[runs["visit"].str.contains("#"), "state"]) == ["interrupted", "interrupted"]
     _exactly_once(db_url, launch_raw)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from report_db import make_db
+from report_db import CE_TEST, KD_TEST, make_db
 from scipy import stats
 
 from kdbench import cli
@@ -138,3 +138,20 @@ def test_pool_writes_its_section_table_and_forest_plot(db: str, tmp_path: Path) 
     html = (tmp_path / "index.html").read_text()
     assert '<h2 id="pool">Pooled across studies</h2>' in html and "forest plot of the pooled studies" in html
     assert "pooled: Pooled over k = 2 studies" in res.output
+
+
+def test_pool_takes_kd_minus_ce_from_every_study_whatever_baseline_its_verdict_chose(tmp_path: Path) -> None:
+    """Study "ls-better" has CE+LS better than CE on validation, so its verdict is KD − CE+LS; the pool still takes
+    its KD − CE (one quantity across studies), checked against DerSimonian–Laird by hand."""
+    url = f"sqlite:///{tmp_path / 'kd.db'}"
+    make_db(url, "ls-better", ls_test={s: a + 0.01 for s, a in CE_TEST.items()})  # KD − CE+LS is 1 pp less
+    make_db(url, "ce-better", kd_test={1: 0.91, 2: 0.93, 3: 0.92}, ce_test={1: 0.90, 2: 0.90, 3: 0.905},
+            ls_test={1: 0.89, 2: 0.89, 3: 0.89})
+    res = CliRunner().invoke(cli.main, ["report", "ls-better", "ce-better", "--pool", "--format", "md",
+                                        "--storage", url])
+    assert res.exit_code == 0, res.output
+    diffs = [[KD_TEST[s] - CE_TEST[s] for s in sorted(KD_TEST)], [0.01, 0.03, 0.015]]
+    hand = _dersimonian_laird([statistics.mean(d) for d in diffs], [statistics.variance(d) / len(d) for d in diffs])
+    assert f"KD − CE = {100 * hand['mean']:+.2f} pp, 95% CI [{100 * hand['ci_low']:+.2f}, " in res.output
+    assert "| ls-better                         | cnn-m (90.50 %) |   5 |          +1.30 |" in res.output
+    assert "whichever baseline its own verdict compared with" in res.output

@@ -25,12 +25,12 @@ from statsmodels.stats.meta_analysis import combine_effects
 
 from kdbench.defaults import POOL_TAU2_METHOD
 from kdbench.errors import ConfigError
-from kdbench.report.stats import CONFIDENCE, p_text
+from kdbench.report.stats import CONFIDENCE, Paired, p_text, paired_difference
 
 if TYPE_CHECKING:
     from kdbench.report.frames import StudyFrames
 
-__all__ = ["POOL_COLUMNS", "Pooled", "pair_of", "pool_display", "pool_effects", "pool_studies"]
+__all__ = ["POOL_COLUMNS", "Pooled", "kd_minus_ce", "pair_of", "pool_display", "pool_effects", "pool_studies"]
 
 POOL_COLUMNS = ["row", "study", "teacher", "seeds", "n", "mean", "sd", "se", "ci_low", "ci_high", "weight",
                 "hk_low", "hk_high", "tau2", "i2", "q", "q_df", "q_p"]
@@ -55,6 +55,14 @@ def pair_of(sf: StudyFrames) -> dict[str, str]:
             "arms": ", ".join(arms) or "none"}
 
 
+def kd_minus_ce(sf: StudyFrames) -> Paired:
+    """The study's best KD finalist against its CE finalist, paired by seed: the one comparison every study has.
+    Not the verdict's own (:attr:`StudyFrames.paired`), which is against CE+LS where that baseline was better on
+    the study's validation: pooling one study's KD − CE with another's KD − CE+LS would mix two quantities."""
+    seeds = sf.seeds.set_index("seed")
+    return paired_difference(seeds["kd"], seeds["ce"])
+
+
 def _check(frames: list[StudyFrames]) -> None:
     if len(frames) < 2:
         names = ", ".join(f.name for f in frames) or "none"
@@ -68,7 +76,7 @@ def _check(frames: list[StudyFrames]) -> None:
             raise ConfigError(f"--pool: study {sf.name} is not the same pair as {first.name}: {what}; pool only "
                               "studies of the same student model, dataset and arms")
     for sf in frames:
-        p = sf.paired
+        p = kd_minus_ce(sf)
         if p.n < 2 or not p.sd > 1e-12:
             raise ConfigError(f"--pool: study {sf.name} has no standard error for KD − CE ({p.n} shared finalist "
                               "seed(s), at least 2 with some spread needed); finish its finalists or leave it out")
@@ -88,9 +96,10 @@ def pool_studies(frames: list[StudyFrames], method: str = POOL_TAU2_METHOD) -> P
         ConfigError: one study, studies of different pairs, or a study with no standard error (one line each).
     """
     _check(frames)
-    effects = pd.DataFrame([{"study": sf.name, "teacher": _teacher(sf), "n": sf.paired.n, "mean": sf.paired.mean,
-                             "seeds": " ".join(str(int(s)) for s in sf.seeds["seed"]), "sd": sf.paired.sd,
-                             "ci_low": sf.paired.ci_low, "ci_high": sf.paired.ci_high} for sf in frames])
+    paired = [kd_minus_ce(sf) for sf in frames]
+    effects = pd.DataFrame([{"study": sf.name, "teacher": _teacher(sf), "n": p.n, "mean": p.mean,
+                             "seeds": " ".join(str(int(s)) for s in sf.seeds["seed"]), "sd": p.sd,
+                             "ci_low": p.ci_low, "ci_high": p.ci_high} for sf, p in zip(frames, paired, strict=True)])
     pair = pair_of(frames[0])
     return pool_effects(effects, f"{pair['student']} on {pair['dataset']} ({pair['arms']})", method)
 
@@ -146,6 +155,8 @@ def _sentence(table: pd.DataFrame, pair: str, method: str) -> str:
             f"the interval {where}), Hartung–Knapp {ci} [{100 * p['hk_low']:+.2f}, {100 * p['hk_high']:+.2f}] pp "
             f"(t, {k - 1} df). Heterogeneity: {tau}, I² = {p['i2']:.0%}, Q = {p['q']:.2f} on {k - 1} df, "
             f"p = {p_text(p['q_p'])}.")
+    text += (" Each study contributes its KD − CE, whichever baseline its own verdict compared with (CE+LS, where "
+             "that was better on its validation).") if "CE+LS" in pair else ""
     if k == 2:
         text += (" With k = 2, τ² from two studies is barely estimable: the normal interval may be too narrow, and "
                  "the Hartung–Knapp one shows how little two studies pin down.")
