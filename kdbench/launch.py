@@ -15,7 +15,9 @@ that a worker can join it from this folder, starts the workers, and shows the st
   started on this machine for the sweep.
 
 The storage URL reaches each worker in its environment (``$KDBENCH_STORAGE``), never its arguments; submitit keeps
-it in its job folder's pickles (readable by their owner only, as SLURM's own job files are).
+it in its job folder's pickles (readable by their owner only, as SLURM's own job files are). The Optuna proxy's
+address (``--optuna-proxy``) travels the same way, inside the pickled command, so a Ray cluster started before the
+sweep (whose workers have their own environment) gets it too.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,15 @@ class WorkerCommand:
 
     args: list[str]
     storage_url: str
+    optuna_proxy: str | None = None  # carried, not inherited: a Ray cluster started before the sweep has its own env
     requeues: int = field(default=0)
 
     def __call__(self) -> int:
         from kdbench.workers import die_with_parent
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "KDBENCH_STORAGE": self.storage_url}
+        if self.optuna_proxy:
+            env["KDBENCH_OPTUNA_PROXY"] = self.optuna_proxy
         proc = subprocess.Popen([sys.executable, "-m", "kdbench", "sweep", *self.args], env=env,
                                 start_new_session=True, preexec_fn=die_with_parent)  # signals reach it from here
 
@@ -89,7 +94,7 @@ class WorkerCommand:
         """submitit's requeue: the same worker again (it resumes from the store)."""
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(WorkerCommand(self.args, self.storage_url, self.requeues + 1))
+        return DelayedSubmission(replace(self, requeues=self.requeues + 1))
 
 
 @dataclass
@@ -116,7 +121,7 @@ def _submitit(command: WorkerCommand, workers: int, cfg: LauncherConfig, folder:
     except (NameError, AssertionError, ValueError) as exc:  # submitit's refusals of a parameter
         raise ConfigError(f"launcher: submitit refused the options ({str(exc).splitlines()[0]}); see "
                           "docs/cluster.md") from None
-    jobs = executor.submit_array([WorkerCommand(command.args, command.storage_url) for _ in range(workers)])
+    jobs = executor.submit_array([replace(command) for _ in range(workers)])
 
     def poll() -> list[int | None]:
         out: list[int | None] = []
@@ -267,7 +272,7 @@ def launch_workers(study: Study, *, workers: int, store: Store, storage_url: str
         return
     prepare()
     folder = Path(cfg.logs) if cfg.logs else open_cache_dir(cache_dir) / "submitit" / study.name
-    running = launcher.start(WorkerCommand(args, storage_url), workers, cfg, folder)
+    running = launcher.start(WorkerCommand(args, storage_url, store.optuna_proxy), workers, cfg, folder)
     try:
         _watch(running, study, store, events, workers)
     finally:

@@ -193,3 +193,41 @@ def test_ctrl_c_to_the_parent_while_two_workers_train_leaves_interrupted_visits_
     runs = Store.open(db_url).runs("tiny")
     assert sorted(runs.loc[runs["visit"].str.contains("#"), "state"]) == ["interrupted", "interrupted"]
     _exactly_once(db_url, launch_raw)
+
+
+@pytest.mark.slow
+def test_ray_workers_on_a_cluster_started_before_the_sweep_go_through_the_optuna_proxy(
+        needs_fmnist: None, launch_raw: dict, db_url: str, tmp_path: Path, teacher_cache: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray cluster started before the sweep (`ray start --head`, as a real one is) gives its workers its own
+    environment, not the parent's: `--optuna-proxy` must travel inside each worker's command. The proxy here serves
+    a database of its own, so a worker whose Optuna calls went to --storage would find no Optuna study there."""
+    pytest.importorskip("ray")
+    from test_store_proxy import _free_port, _start_proxy
+
+    # Ray 2.60 turns token authentication on for `ray start`, and then refused ray.init(address=HOST:PORT) here
+    # ("Authentication token is missing"; address="auto" connected): off for this cluster and the sweep
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "RAY_USAGE_STATS_ENABLED": "0"}
+    ray = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    optuna_db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    proxy, address = _start_proxy(optuna_db)
+    try:
+        proc = _sweep(_study_file(tmp_path, launch_raw), db_url, teacher_cache, "--launcher", "ray",
+                      "--ray-address", f"127.0.0.1:{port}", "--workers", "2", "--optuna-proxy", address)
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        proxy.communicate(timeout=30)
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 0, out
+    assert f":{port}" in out and "2 Ray tasks on" in out
+    runs = Store.open(db_url).runs("tiny")
+    assert len(runs) == planned_total(parse_study(launch_raw)) and set(runs["state"]) == {"complete"}
+    assert not optuna.get_all_study_names(db_url)  # every Optuna call went through the proxy, to its database
+    states = [t.state.name for name in optuna.get_all_study_names(optuna_db)
+              for t in optuna.load_study(study_name=name, storage=optuna_db).trials]
+    assert states and set(states) == {"COMPLETE"} and len(states) == runs["trial_number"].notna().sum()
