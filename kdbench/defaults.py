@@ -28,6 +28,7 @@ __all__ = [
     "PROXY_THREADS",
     "PRUNE_RHO_MIN",
     "RANGE_TRIALS",
+    "RAY_CONNECT_S",
     "SAMPLER_STARTUP_TRIALS",
     "SEARCH_SEED_OFFSET",
     "STALE_AFTER_S",
@@ -41,6 +42,7 @@ HEARTBEAT_S = 15.0  # seconds between heartbeats of a running visit
 POLL_S = 2.0  # seconds between looks at the store while waiting for other workers
 PROXY_THREADS = 10  # Optuna calls the storage proxy serves at once, hence the most database connections it opens
 PROXY_CONNECT_S = 30.0  # seconds a worker waits for the Optuna storage proxy (--optuna-proxy) to answer
+RAY_CONNECT_S = 10.0  # seconds the sweep waits for launcher.ray_address to accept a connection before refusing it
 IN_MEMORY_DATASET = "in-memory"  # data.dataset of a study whose data were given to kdbench.sweep (data=)
 
 # --- the search (defaults of study keys left unset, and the limits the schema enforces)

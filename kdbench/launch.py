@@ -26,6 +26,7 @@ import contextlib
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.config import LauncherConfig, Study
+from kdbench.defaults import RAY_CONNECT_S
 from kdbench.errors import ConfigError, KdbenchError
 from kdbench.store import Store
 from kdbench.sweep import SweepEvents, study_progress
@@ -154,6 +156,21 @@ def _run_command(command: WorkerCommand) -> int:  # what each Ray task runs
     return command()
 
 
+def _ray_answers(cfg: LauncherConfig) -> None:
+    """Refuse a ``launcher.ray_address`` where nothing accepts a connection, at once and before the teacher trains
+    (``ray.init`` retries such an address for many minutes)."""
+    address = cfg.ray_address
+    if address is None or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_S).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"launcher.ray_address: nothing answers at {address!r} ({exc or type(exc).__name__}); "
+                          "give the head node's host:port (`ray start --head` prints it), or leave it unset for "
+                          "a cluster on this machine") from None
+
+
 def _ray(command: WorkerCommand, workers: int, cfg: LauncherConfig, _folder: Path) -> _Running:
     import ray
 
@@ -202,12 +219,13 @@ class Launcher:
     module: str | None
     start: Callable[[WorkerCommand, int, LauncherConfig, Path], _Running] | None
     doc: str
+    check: Callable[[LauncherConfig], None] = lambda _cfg: None  # refuses options before anything is prepared
 
 
 LAUNCHERS: dict[str, Launcher] = {x.name: x for x in (
     Launcher("local", None, None, "processes on this machine"),
     Launcher("slurm", "submitit", _slurm, "one SLURM job-array task per worker, through submitit"),
-    Launcher("ray", "ray", _ray, "one Ray task per worker"),
+    Launcher("ray", "ray", _ray, "one Ray task per worker", _ray_answers),
 )}
 
 
@@ -253,6 +271,7 @@ def launch_workers(study: Study, *, workers: int, store: Store, storage_url: str
     if launcher.module is not None and importlib.util.find_spec(launcher.module) is None:
         raise ConfigError(f"launcher: {cfg.name} needs {launcher.module}, which is not installed; "
                           "pip install 'kdbench[cluster]'")
+    launcher.check(cfg)
 
     def prepare() -> None:
         prepare_sweep(study, storage=store, device=here, cache_dir=cache_dir, events=events, replace=replace)

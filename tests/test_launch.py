@@ -231,3 +231,62 @@ def test_ray_workers_on_a_cluster_started_before_the_sweep_go_through_the_optuna
     states = [t.state.name for name in optuna.get_all_study_names(optuna_db)
               for t in optuna.load_study(study_name=name, storage=optuna_db).trials]
     assert states and set(states) == {"COMPLETE"} and len(states) == runs["trial_number"].notna().sum()
+
+
+def test_a_launcher_whose_package_is_missing_is_one_line(launch_raw: dict, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--launcher slurm` without submitit installed (an import of it blocked as Python documents: a None entry in
+    sys.modules): one line naming the extra to install, exit 2, before any teacher is trained."""
+    from click.testing import CliRunner
+
+    from kdbench import cli
+
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    url = f"sqlite:///{tmp_path / 'kd.db'}"
+    res = CliRunner().invoke(cli.main, ["sweep", str(_study_file(tmp_path, launch_raw)), "--storage", url,
+                                        "--launcher", "slurm", "--workers", "2", "--cache-dir", str(tmp_path / "c"),
+                                        "--quiet"])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0] == ("kdbench: error: launcher: slurm needs submitit, which is not installed; "
+                        "pip install 'kdbench[cluster]'")
+    assert not (tmp_path / "c" / "teachers").exists()
+
+
+@pytest.mark.parametrize(("section", "says"), [
+    ({"name": "slurm", "gpus_per_worker": -1}, "launcher.gpus_per_worker"),
+    ({"name": "slurm", "time_min": 0}, "launcher.time_min"),
+    ({"name": "kubernetes"}, "launcher.name"),
+])
+def test_launcher_options_that_are_not_valid_are_one_line(launch_raw: dict, tmp_path: Path, section: dict,
+                                                          says: str) -> None:
+    """A study file's launcher section that is not valid: one line naming the key, exit 2."""
+    from click.testing import CliRunner
+
+    from kdbench import cli
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**launch_raw, "launcher": section}))
+    res = CliRunner().invoke(cli.main, ["sweep", str(path), "--storage", f"sqlite:///{tmp_path / 'kd.db'}",
+                                        "--workers", "2", "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and says in lines[0], res.output
+    assert not (tmp_path / "kd.db").exists()  # refused before anything was stored
+
+
+def test_a_ray_address_where_nothing_answers_is_one_line_before_the_teacher_trains(
+        launch_raw: dict, tmp_path: Path) -> None:
+    """`--ray-address` where nothing listens: one line and exit 2 within seconds (ray.init retries such an address for
+    many minutes), before a teacher is trained or a study stored."""
+    pytest.importorskip("ray")
+    from test_store_proxy import _free_port
+
+    address = f"127.0.0.1:{_free_port()}"  # a port just found free: nothing listens there
+    start = time.monotonic()
+    proc = _sweep(_study_file(tmp_path, launch_raw), f"sqlite:///{tmp_path / 'kd.db'}", tmp_path / "c",
+                  "--launcher", "ray", "--ray-address", address, "--workers", "2")
+    out, _ = proc.communicate(timeout=120)
+    lines = out.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith(
+        f"kdbench: error: launcher.ray_address: nothing answers at '{address}' ("), out
+    assert time.monotonic() - start < 60 and not (tmp_path / "c" / "teachers").exists()
