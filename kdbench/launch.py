@@ -175,11 +175,15 @@ def _ray(command: WorkerCommand, workers: int, cfg: LauncherConfig, _folder: Pat
     import ray
 
     started = not ray.is_initialized()
-    if started:  # no address: a cluster on this machine, for this sweep
+    if started:  # no address: a new cluster on this machine for this sweep ("local": never one already running here)
         try:
-            ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=True,
+            ray.init(address=cfg.ray_address or "local", include_dashboard=False, log_to_driver=True,
                      num_cpus=None if cfg.ray_address else workers * cfg.cpus_per_worker)
         except (ConnectionError, ValueError, RuntimeError) as exc:
+            if cfg.ray_address is None:
+                raise ConfigError(f"launcher: Ray could not start a cluster on this machine "
+                                  f"({str(exc).splitlines()[0]}); give launcher.ray_address (--ray-address) of "
+                                  "one started with `ray start --head`") from None
             raise ConfigError(f"launcher.ray_address: cannot join the Ray cluster at {cfg.ray_address!r} "
                               f"({str(exc).splitlines()[0]}); start one with `ray start --head`, or leave it "
                               "unset for one on this machine") from None

@@ -196,12 +196,13 @@ def test_ctrl_c_to_the_parent_while_two_workers_train_leaves_interrupted_visits_
 
 
 @pytest.mark.slow
-def test_ray_workers_on_a_cluster_started_before_the_sweep_go_through_the_optuna_proxy(
+def test_ray_workers_on_a_cluster_started_before_the_sweep_go_through_the_optuna_proxy_and_others_start_their_own(
         needs_fmnist: None, launch_raw: dict, db_url: str, tmp_path: Path, teacher_cache: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A Ray cluster started before the sweep (`ray start --head`, as a real one is) gives its workers its own
     environment, not the parent's: `--optuna-proxy` must travel inside each worker's command. The proxy here serves
-    a database of its own, so a worker whose Optuna calls went to --storage would find no Optuna study there."""
+    a database of its own, so a worker whose Optuna calls went to --storage would find no Optuna study there. A sweep
+    without --ray-address meanwhile starts a cluster of its own rather than joining the one running here."""
     pytest.importorskip("ray")
     from test_store_proxy import _free_port, _start_proxy
 
@@ -219,12 +220,18 @@ def test_ray_workers_on_a_cluster_started_before_the_sweep_go_through_the_optuna
         proc = _sweep(_study_file(tmp_path, launch_raw), db_url, teacher_cache, "--launcher", "ray",
                       "--ray-address", f"127.0.0.1:{port}", "--workers", "2", "--optuna-proxy", address)
         out, _ = proc.communicate(timeout=900)
+        # without --ray-address: a cluster of its own, never the one already running here (ray.init's default
+        # joins that one, where its num_cpus was refused)
+        own = _sweep(_study_file(tmp_path, launch_raw), f"sqlite:///{tmp_path / 'own.db'}", teacher_cache,
+                     "--launcher", "ray", "--workers", "2")
+        own_out, _ = own.communicate(timeout=900)
     finally:
         proxy.send_signal(signal.SIGTERM)
         proxy.communicate(timeout=30)
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert proc.returncode == 0, out
     assert f":{port}" in out and "2 Ray tasks on" in out
+    assert own.returncode == 0 and "2 Ray tasks on" in own_out and f":{port}" not in own_out, own_out
     runs = Store.open(db_url).runs("tiny")
     assert len(runs) == planned_total(parse_study(launch_raw)) and set(runs["state"]) == {"complete"}
     assert not optuna.get_all_study_names(db_url)  # every Optuna call went through the proxy, to its database
