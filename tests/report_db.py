@@ -74,7 +74,7 @@ def make_db(url: str, name: str = "known", *, kd_test: dict[int, float] | None =
             for r, (state, val, lr) in enumerate(trials):
                 s.add(RunRow(study_id=sid, visit=f"kd/T={t:g}/a={a:g}/r={r}", kind="kd", loss="kd", optuna_study=name,
                              trial_number=n, temperature=t, alpha=a, lr=lr, seed=0, state=state, val_acc=val,
-                             **common))
+                             epochs_done=2 if state == "pruned" else 0, **common))  # pruned after its 2nd epoch
                 n += 1
         for loss, accs in (("kd", kd_test), ("ce", ce_test), ("ce_ls", ls_test or {})):
             for seed, acc in accs.items():

@@ -154,7 +154,7 @@ def test_partial_study_renders_what_exists(db: str, tmp_path: Path) -> None:
     assert "Partial study: what is missing" in html and "no complete CE baseline trial" in html
     assert "no complete finalists yet" in html and "cannot be compared yet" in html
     grid = (tmp_path / "grid.md").read_text()
-    assert "running, n=1" in grid and "pruned, last 70.00, at epoch" in grid and "not run" in grid
+    assert "running, n=1" in grid and "pruned, last 70.00, in epoch 2" in grid and "not run" in grid
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["comparison.png", "importances.png"]  # no empty
     # figure: no heatmaps or effects (no complete KD trial), learning curves (no finalist), predictions, calibration
     # (no logits), every trial (none complete, none with an epoch) or the budget section's (nothing at another

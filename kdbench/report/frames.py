@@ -263,7 +263,8 @@ def _no_value(r: pd.Series) -> str:
     if int(r["n_trials"]) == 0:
         return "not run"
     if r["n_pruned"] and not math.isnan(r["pruned_last_val"]):
-        return f"pruned\nlast {100 * r['pruned_last_val']:.2f}\nat epoch {int(r['pruned_epoch'])}"
+        epoch = int(r["pruned_epoch"])  # one-based: the epoch its last validation point fell in
+        return f"pruned\nlast {100 * r['pruned_last_val']:.2f}" + (f"\nin epoch {epoch}" if epoch >= 1 else "")
     if r["n_pruned"]:
         return f"pruned\nn={int(r['n_trials'])}"
     return f"{'failed' if r['n_failed'] else 'running'}\nn={int(r['n_trials'])}"

@@ -289,7 +289,7 @@ def grid_table(kd: pd.DataFrame, temps: list[float] | None, alphas: list[float] 
     mean, sd and minimum validation accuracy, the best single trial's lr and its difference to the best CE
     trial; then the replicated design's cell value at its best lr (mean, n, CI half-width), its paired
     difference to CE with its interval and Holm mark; and, for cells with pruned trials, the best last value
-    a pruned trial reached and at which epoch. A grid lists every configured cell, visited or not."""
+    a pruned trial reached and in which epoch (one-based). A grid lists every configured cell, visited or not."""
     keyed = kd.dropna(subset=["temperature", "alpha"])
     rows = []
     for (t, a), g in keyed.groupby(["temperature", "alpha"], sort=True):
@@ -303,7 +303,7 @@ def grid_table(kd: pd.DataFrame, temps: list[float] | None, alphas: list[float] 
                      "min_val": float(done["val_acc"].min()) if len(done) else math.nan,
                      "lr_best": float(done["lr"].iloc[0]) if len(done) else math.nan,
                      "pruned_last_val": float(pruned["val_acc"].iloc[0]) if len(pruned) else math.nan,
-                     "pruned_epoch": int(pruned["epochs_done"].iloc[0]) - 1 if len(pruned) else math.nan})
+                     "pruned_epoch": int(pruned["epochs_done"].iloc[0]) if len(pruned) else math.nan})
     out = pd.DataFrame(rows, columns=[c for c in GRID_COLUMNS if not c.startswith(("cell_", "delta_", "holm"))
                                       and c != "diff_ce"])
     if temps is not None and alphas is not None:  # every configured point, visited or not

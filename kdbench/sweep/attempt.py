@@ -120,7 +120,7 @@ class Attempt:
         self.ctx.events.student_point(rec, self.epochs, self.steps if self.recipe.eval_every is not None else None)
         if (self.trial is not None and math.isfinite(rec.val_acc)
                 and optuna_bridge.report_epoch(self.trial, rec.val_acc, rec.point, self.points)):
-            at = f"step {rec.steps}" if self.recipe.eval_every is not None else f"epoch {rec.epoch}"
+            at = f"step {rec.steps}" if self.recipe.eval_every is not None else f"epoch {rec.epoch + 1}"
             raise optuna.TrialPruned(f"pruned at {at} (val acc {rec.val_acc:.4f})")
 
     def _close(self, state: str, reason: str | None, **values: Any) -> str:
