@@ -46,12 +46,14 @@ MB = 1 << 20
 TARGET_MIB = 150  # issue #16: worker peak within this of import torch + data + logits
 FLOOR_MARGIN_MIB = 100  # issue #27: worker peak within this of the floor measured as a process
 
+# any PyTorch training script's first optimiser step (it imports torch._dynamo): in the steps and in the floor
+OPTIM_STEP = ("m = torch.nn.Linear(2, 2); o = torch.optim.Adam(m.parameters()); m(torch.ones(1, 2)).sum().backward(); "
+              "o.step()")
 # imported cumulatively in one process; the RSS after each step is its share
 STEPS = [
     ("python", "pass"),
     ("torch", "import torch"),
-    ("torch.optim first step (imports torch._dynamo)",
-     "m = torch.nn.Linear(2, 2); o = torch.optim.Adam(m.parameters()); m(torch.ones(1, 2)).sum().backward(); o.step()"),
+    ("torch.optim first step (imports torch._dynamo)", OPTIM_STEP),
     ("sqlalchemy", "import sqlalchemy"),
     ("optuna", "import optuna"),
     ("pandas", "import pandas"),
@@ -94,10 +96,10 @@ print(int(acc))
 """
 
 # the floor as a process: torch, a first optimiser step, and the bytes a worker must hold (touched), then exit
-FLOOR = """
+FLOOR = f"""
 import sys
 import torch
-m = torch.nn.Linear(2, 2); o = torch.optim.Adam(m.parameters()); m(torch.ones(1, 2)).sum().backward(); o.step()
+{OPTIM_STEP}
 data = torch.ones(int(sys.argv[1]), dtype=torch.uint8)
 logits = torch.ones(int(sys.argv[2]), 10, dtype=torch.float16)
 """

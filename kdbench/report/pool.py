@@ -63,7 +63,7 @@ def kd_minus_ce(sf: StudyFrames) -> Paired:
     return paired_difference(seeds["kd"], seeds["ce"])
 
 
-def _check(frames: list[StudyFrames]) -> None:
+def _check(frames: list[StudyFrames], paired: list[Paired]) -> None:
     if len(frames) < 2:
         names = ", ".join(f.name for f in frames) or "none"
         raise ConfigError(f"--pool: pooling needs at least two studies of the same pair, got one ({names}); "
@@ -75,8 +75,7 @@ def _check(frames: list[StudyFrames]) -> None:
             what = "; ".join(f"{k} {got[k]} (not {want[k]})" for k in want if got[k] != want[k])
             raise ConfigError(f"--pool: study {sf.name} is not the same pair as {first.name}: {what}; pool only "
                               "studies of the same student model, dataset and arms")
-    for sf in frames:
-        p = kd_minus_ce(sf)
+    for sf, p in zip(frames, paired, strict=True):
         if p.n < 2 or not p.sd > 1e-12:
             raise ConfigError(f"--pool: study {sf.name} has no standard error for KD − CE ({p.n} shared finalist "
                               "seed(s), at least 2 with some spread needed); finish its finalists or leave it out")
@@ -95,8 +94,8 @@ def pool_studies(frames: list[StudyFrames], method: str = POOL_TAU2_METHOD) -> P
     Raises:
         ConfigError: one study, studies of different pairs, or a study with no standard error (one line each).
     """
-    _check(frames)
     paired = [kd_minus_ce(sf) for sf in frames]
+    _check(frames, paired)
     effects = pd.DataFrame([{"study": sf.name, "teacher": _teacher(sf), "n": p.n, "mean": p.mean,
                              "seeds": " ".join(str(int(s)) for s in sf.seeds["seed"]), "sd": p.sd,
                              "ci_low": p.ci_low, "ci_high": p.ci_high} for sf, p in zip(frames, paired, strict=True)])
